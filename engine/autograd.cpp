@@ -1,0 +1,70 @@
+#include "engine/autograd.h"
+
+#include <vector>
+
+namespace mira {
+
+namespace {
+
+struct Node {
+  const char* name;
+  std::shared_ptr<AutogradMeta> out;
+  BackwardFn fn;
+};
+
+thread_local bool g_grad_enabled = true;
+thread_local std::vector<Node> g_tape;
+
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+
+NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor* t : inputs)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+void record(const char* name, Tensor& out, BackwardFn fn) {
+  out.set_requires_grad(true);
+  out.meta()->is_leaf = false;
+  g_tape.push_back(Node{name, out.meta(), std::move(fn)});
+}
+
+GradSlot grad_slot(const Tensor& t) {
+  MIRA_CHECK(t.meta() != nullptr, "grad_slot of a tensor outside autograd");
+  AutogradMeta& m = *t.meta();
+  if (m.grad.defined()) return {m.grad, true};
+  m.grad = Tensor::empty(t.shape(), t.dtype(), t.device());
+  return {m.grad, false};
+}
+
+void backward(const Tensor& loss, const Tensor& seed) {
+  MIRA_CHECK(loss.requires_grad(), "backward() on a tensor that does not require grad");
+  // Move the tape out first: closures may record nothing, and an exception leaves it empty.
+  std::vector<Node> tape;
+  tape.swap(g_tape);
+  if (seed.defined()) {
+    MIRA_CHECK(seed.shape() == loss.shape(), "backward seed ", seed.shape().str(), " for loss ", loss.shape().str());
+    loss.meta()->grad = seed.clone();
+  } else {
+    MIRA_CHECK(loss.numel() == 1, "backward() without a seed needs a one-element loss, got ", loss.shape().str());
+    loss.meta()->grad = Tensor::full(loss.shape(), 1.0, loss.dtype(), loss.device());
+  }
+  NoGradGuard no_grad;  // backward closures never record
+  for (auto it = tape.rbegin(); it != tape.rend(); ++it) {
+    AutogradMeta& out = *it->out;
+    if (!out.grad.defined()) continue;  // nothing flowed here from the loss
+    it->fn(out.grad);
+    if (!out.retain_grad && !out.is_leaf) out.grad = Tensor();
+  }
+}
+
+size_t tape_size() { return g_tape.size(); }
+void clear_tape() { g_tape.clear(); }
+
+}  // namespace mira

@@ -1,0 +1,57 @@
+// Autograd: a thread-local tape of nodes, recorded in forward order and replayed in reverse
+// by backward(loss). A node holds the output's AutogradMeta and a closure that receives the
+// output's gradient and adds into its inputs' gradients.
+//
+// The gradient rule (the one thing to remember):
+// - backward() always ACCUMULATES into the gradients of leaves (tensors marked
+//   requires_grad by the user, e.g. parameters). Zero them between steps (ParamStore::zero_grad
+//   does it in one memset over the flat gradient buffer).
+// - A gradient buffer that does not exist yet is allocated and OVERWRITTEN by the first
+//   contribution (no zero fill); later contributions accumulate. grad_slot() tells kernels which.
+// - Intermediate (non-leaf) gradients are freed as soon as their node has run, unless
+//   retain_grad() was called on that tensor.
+// - Under NoGradGuard nothing is recorded (the EMA teacher's forward, evaluation).
+#pragma once
+
+#include <functional>
+#include <initializer_list>
+
+#include "engine/tensor.h"
+
+namespace mira {
+
+bool grad_enabled();
+
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+using BackwardFn = std::function<void(const Tensor& grad_out)>;
+
+// True when the op with these inputs must be recorded (grad mode on, some input requires grad).
+bool needs_grad(std::initializer_list<const Tensor*> inputs);
+// Marks `out` as a non-leaf requiring grad and appends the node. Call only when needs_grad().
+void record(const char* name, Tensor& out, BackwardFn fn);
+
+// Seeds the loss gradient with `seed` (default: ones; the loss must then have one element),
+// replays the tape in reverse and clears it.
+void backward(const Tensor& loss, const Tensor& seed = Tensor());
+
+size_t tape_size();
+void clear_tape();  // drops recorded nodes without running them
+
+struct GradSlot {
+  Tensor grad;
+  bool accumulate;  // false: the buffer is fresh, the kernel must overwrite every element
+};
+// The gradient buffer of t (allocated on first use, same shape/dtype/device as t).
+GradSlot grad_slot(const Tensor& t);
+
+}  // namespace mira

@@ -1,0 +1,80 @@
+// The CUDA build's engine/cuda_backend.h: device queries, copies, memsets, casts and fills, all
+// issued on the CudaContext stream of the device involved. The allocator entry points live in
+// engine/cuda/allocator.cpp.
+#include <cstring>
+
+#include "engine/cuda/context.h"
+#include "engine/cuda/device_guard.h"
+#include "engine/cuda_backend.h"
+#include "kernels/cuda/pointwise.cuh"
+
+namespace mira::cuda {
+
+bool built_with_cuda() { return true; }
+
+int device_count() {
+  // Cached: the count cannot change during a run, and the query costs a driver call.
+  static const int count = [] {
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // no driver / no device: not an error for a CPU run
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
+void set_device(int index) {
+  MIRA_CHECK(index >= 0 && index < device_count(), "cuda:", index, " does not exist (", device_count(),
+             " CUDA devices)");
+  MIRA_CUDA_CHECK(cudaSetDevice(index));
+}
+
+void synchronize() {
+  if (device_count() == 0) return;
+  MIRA_CUDA_CHECK(cudaStreamSynchronize(CudaContext::get().stream()));
+}
+
+void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes, bool host_pinned) {
+  if (bytes == 0) return;
+  if (dst_dev.is_cpu() && src_dev.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  // The stream of the device that holds the source (or the destination, for uploads) carries
+  // the copy; cudaMemcpyDefault infers the direction from the addresses (unified addressing),
+  // including device-to-device across GPUs.
+  DeviceGuard guard(src_dev.is_cuda() ? src_dev.index : dst_dev.index);
+  cudaStream_t stream = CudaContext::get().stream();
+  MIRA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+  // A pageable host buffer may be reused or freed as soon as we return, and a download must be
+  // complete before the caller reads it: wait unless the host side is pinned.
+  const bool host_involved = dst_dev.is_cpu() || src_dev.is_cpu();
+  if (host_involved && !host_pinned) MIRA_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void memset_zero(void* dst, size_t bytes) {
+  if (bytes == 0) return;
+  MIRA_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, CudaContext::get().stream()));
+}
+
+void cast(const void* src, DType src_t, void* dst, DType dst_t, int64_t n) {
+  if (n <= 0) return;
+  MIRA_CHECK(src_t != DType::F64 && dst_t != DType::F64, "cast: f64 tensors live on the CPU only");
+  cudaStream_t stream = CudaContext::get().stream();
+  if (src_t == dst_t) {
+    MIRA_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(n) * dtype_size(src_t), cudaMemcpyDeviceToDevice,
+                                    stream));
+    return;
+  }
+  gpu::cast(src, static_cast<int>(src_t), dst, static_cast<int>(dst_t), n, stream);
+}
+
+void fill(void* dst, DType t, int64_t n, double value) {
+  MIRA_CHECK(t != DType::F64, "fill: f64 tensors live on the CPU only");
+  gpu::fill(dst, static_cast<int>(t), n, value, CudaContext::get().stream());
+}
+
+}  // namespace mira::cuda

@@ -1,0 +1,25 @@
+// The CUDA backend of a CPU-only build: every entry point says the build has no CUDA.
+#include "engine/cuda_backend.h"
+
+namespace mira::cuda {
+
+namespace {
+[[noreturn]] void no_cuda() { MIRA_FAIL("this build has no CUDA backend (configure with MIRA_CUDA=ON on a machine with nvcc)"); }
+}  // namespace
+
+bool built_with_cuda() { return false; }
+int device_count() { return 0; }
+void set_device(int) { no_cuda(); }
+void synchronize() {}
+void* device_alloc(size_t, int) { no_cuda(); }
+void device_free(void*, int) {}
+void* pinned_alloc(size_t) { no_cuda(); }
+void pinned_free(void*) {}
+MemoryStats memory_stats(int) { return {}; }
+void empty_cache(int) {}
+void copy(void*, Device, const void*, Device, size_t, bool) { no_cuda(); }
+void memset_zero(void*, size_t) { no_cuda(); }
+void cast(const void*, DType, void*, DType, int64_t) { no_cuda(); }
+void fill(void*, DType, int64_t, double) { no_cuda(); }
+
+}  // namespace mira::cuda

@@ -1,0 +1,50 @@
+// The engine's differentiable ops. Each checks its arguments, allocates its output on the
+// input's device, runs the CPU kernel (f32/f64) or the CUDA one (f32/bf16), and records its
+// backward on the tape when an input requires grad (see engine/autograd.h for the rule on
+// accumulation). Images are NHWC; conv weights OHWI (K, R, S, C); features (N, C).
+#pragma once
+
+#include "engine/autograd.h"
+#include "engine/tensor.h"
+
+namespace mira::ops {
+
+// x (N, H, W, C), w (K, R, S, C) -> (N, P, Q, K)
+Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad);
+// x (N, I), w (O, I), b (O) or undefined -> (N, O)
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+
+struct BatchNormState {
+  Tensor running_mean;  // (C), updated in training mode
+  Tensor running_var;   // (C)
+  int64_t num_batches_tracked = 0;
+};
+// x (N, H, W, C) or (N, C). Training: batch statistics (biased variance in the normalisation),
+// running statistics updated as PyTorch does (momentum 0.1, unbiased variance); eval: running
+// statistics. gamma, beta: (C).
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& state, bool training,
+                  double momentum = 0.1, double eps = 1e-5);
+
+Tensor relu(const Tensor& x);
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, double alpha);
+// Max pool with window k, stride s, padding p (ResNet: 3, 2, 1). x (N, H, W, C)
+Tensor max_pool2d(const Tensor& x, int k = 3, int s = 2, int p = 1);
+// (N, H, W, C) -> (N, C)
+Tensor global_avg_pool(const Tensor& x);
+// Rows of (N, D) divided by max(||row||, eps) (torch.nn.functional.normalize).
+Tensor l2_normalize(const Tensor& x, double eps = 1e-12);
+// Weight-normalised linear without bias: W_k = gain * v_k / ||v_k|| (torch weight_norm, dim 0),
+// gain fixed (not trained). x (N, I), v (K, I) -> (N, K) cosine similarities when gain is 1
+// and x has unit rows.
+Tensor wn_linear(const Tensor& x, const Tensor& v, double gain = 1.0);
+// Rows of (N, K).
+Tensor log_softmax(const Tensor& x);
+// mean_i [ -sum_j t_ij log_softmax(z)_ij ]; targets carry no gradient. -> scalar
+Tensor soft_cross_entropy(const Tensor& logits, const Tensor& targets);
+Tensor sum(const Tensor& x);   // -> scalar
+Tensor mean(const Tensor& x);  // -> scalar
+// Autograd-aware reshape (a view of the same storage).
+Tensor reshape(const Tensor& x, const Shape& shape);
+
+}  // namespace mira::ops

@@ -1,0 +1,34 @@
+// safetensors files (8-byte little-endian header length, JSON header, raw little-endian
+// tensors), the checkpoint format: PyTorch reads them with safetensors.torch.load_file.
+// Writing is atomic (temp file in the same folder, fsync, rename, fsync of the folder), so a
+// crash or a full disk leaves the previous file intact. Reading validates everything before
+// allocating: a truncated or corrupt file is a mira::Error naming the problem, never a crash
+// or a partial load.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace mira {
+
+struct SafetensorsFile {
+  std::map<std::string, Tensor> tensors;  // CPU tensors
+  std::map<std::string, std::string> metadata;
+};
+
+// Tensors may live on any device (copied to the host); bf16 tensors are stored as BF16.
+void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+// bf16 entries load as f32 (the host holds no bf16). Entries with more than 4 dimensions or an
+// unsupported dtype are errors naming the entry.
+SafetensorsFile load_safetensors(const std::string& path);
+
+// Atomically replaces `path` with `bytes` (the same temp + fsync + rename protocol).
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+}  // namespace mira

@@ -1,0 +1,40 @@
+// 2-D convolution on the CPU, NHWC activations and OHWI (K, R, S, C) weights: im2col of one
+// image into a (P*Q, R*S*C) matrix, then one GEMM per image. 1x1 stride-1 unpadded convs (half
+// of ResNet-50's) skip im2col: the image already is that matrix. Twin of the cuDNN path.
+#pragma once
+
+#include <cstdint>
+
+namespace mira {
+
+struct ConvShape {
+  int N = 0, H = 0, W = 0, C = 0;  // input
+  int K = 0, R = 0, S = 0;         // filters (K, R, S, C)
+  int stride = 1, pad = 0;
+  int P = 0, Q = 0;  // output height, width
+  static ConvShape make(int N, int H, int W, int C, int K, int R, int S, int stride, int pad) {
+    ConvShape s{N, H, W, C, K, R, S, stride, pad, 0, 0};
+    s.P = (H + 2 * pad - R) / stride + 1;
+    s.Q = (W + 2 * pad - S) / stride + 1;
+    return s;
+  }
+  bool is_pointwise() const { return R == 1 && S == 1 && stride == 1 && pad == 0; }
+};
+
+namespace cpu {
+
+// Scratch the caller provides (elements of T): one image's im2col matrix, 0 for pointwise.
+int64_t conv2d_workspace_elems(const ConvShape& s);
+
+// x: (N, H, W, C); w: (K, R, S, C); y: (N, P, Q, K)
+template <typename T>
+void conv2d_fwd(const ConvShape& s, const T* x, const T* w, T* y, T* workspace);
+// dy: (N, P, Q, K); w: (K, R, S, C); dx: (N, H, W, C)
+template <typename T>
+void conv2d_bwd_data(const ConvShape& s, const T* dy, const T* w, T* dx, T* workspace, bool accumulate);
+// dy: (N, P, Q, K); x: (N, H, W, C); dw: (K, R, S, C)
+template <typename T>
+void conv2d_bwd_filter(const ConvShape& s, const T* dy, const T* x, T* dw, T* workspace, bool accumulate);
+
+}  // namespace cpu
+}  // namespace mira

@@ -1,0 +1,36 @@
+// Check macros for CUDA runtime calls and kernel launches; they throw mira::Error naming the
+// expression, file and line. Set MIRA_SYNC_CHECK=1 in the environment to synchronise after
+// every launch, which turns an asynchronous fault into an error at the launch that caused it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+
+#include "engine/error.h"
+
+namespace mira::cuda_detail {
+inline bool sync_check_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("MIRA_SYNC_CHECK");
+    return v && v[0] == '1';
+  }();
+  return on;
+}
+}  // namespace mira::cuda_detail
+
+#define MIRA_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                          \
+    cudaError_t mira_err_ = (expr);                                                             \
+    if (mira_err_ != cudaSuccess)                                                               \
+      ::mira::throw_error(__FILE__, __LINE__, #expr,                                            \
+                          std::string("CUDA error: ") + cudaGetErrorString(mira_err_));         \
+  } while (0)
+
+// After every kernel launch: launch-configuration errors always, execution errors when
+// MIRA_SYNC_CHECK=1.
+#define MIRA_CUDA_LAUNCH_CHECK(stream)                                                          \
+  do {                                                                                          \
+    MIRA_CUDA_CHECK(cudaGetLastError());                                                        \
+    if (::mira::cuda_detail::sync_check_enabled()) MIRA_CUDA_CHECK(cudaStreamSynchronize(stream)); \
+  } while (0)

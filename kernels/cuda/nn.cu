@@ -1,0 +1,674 @@
+// CUDA kernels for BN, pooling, row normalisations and the soft cross-entropy (twins of
+// kernels/cpu/nn.cpp), plus the bias add / bias gradient of the cuBLAS linear.
+//
+// Choices worth knowing:
+// - Column reductions over (M, C) (BN statistics, BN backward sums, bias gradient) run in two
+//   fixed passes: blocks of 32 channels x 16 row-threads write per-block partials in double,
+//   then one thread per channel adds the partials in block order. The number of row blocks
+//   depends only on (M, C), not on the GPU, so every card gives the same bits; no atomics.
+// - BN statistics use sums shifted by the channel's first value (cheap, and as accurate as
+//   Welford when the shift is a typical sample), per thread in f32 over at most a few hundred
+//   rows, then double.
+// - Where the CPU twin computes a short f32 expression, the kernel spells it with __fmul_rn /
+//   __fadd_rn so nvcc does not fuse it into an FMA and f32 results match the CPU bit for bit
+//   (BN apply, pooling gradients); row reductions (softmax, norms) differ from the CPU's double
+//   accumulation by f32 rounding only.
+// - Max-pool backward gathers: each input element rescans the (at most ceil(k/s)^2) windows
+//   that contain it, with the CPU's first-maximum rule, and adds their dy in window order.
+#include "kernels/cuda/nn.cuh"
+
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+
+namespace mira::gpu {
+
+namespace {
+
+// ---- column reductions over (M, C)
+
+constexpr int kColTile = 32;  // channels per block: one warp reads 32 consecutive channels of a row
+constexpr int kColRows = 16;  // row-threads per block (threadIdx.y)
+constexpr int kColTargetBlocks = 1024;
+constexpr int kColMinRowsPerThread = 4;
+
+enum ColMode { kColStats = 0, kColBwd = 1, kColSum = 2 };
+
+struct ColGrid {
+  int tiles = 1;
+  int G = 1;  // row blocks
+  int64_t rows_per_block = 0;
+};
+
+ColGrid col_grid(int64_t M, int C) {
+  ColGrid g;
+  g.tiles = (C + kColTile - 1) / kColTile;
+  int64_t G = (kColTargetBlocks + g.tiles - 1) / g.tiles;
+  const int64_t by_rows = (M + kColRows * kColMinRowsPerThread - 1) / (kColRows * kColMinRowsPerThread);
+  if (G > by_rows) G = by_rows;
+  if (G < 1) G = 1;
+  g.G = static_cast<int>(G);
+  g.rows_per_block = (M + G - 1) / G;
+  return g;
+}
+
+size_t col_workspace_bytes(int64_t M, int C) {
+  const ColGrid g = col_grid(M, C);
+  return static_cast<size_t>(g.G) * 2 * static_cast<size_t>(C) * sizeof(double);
+}
+
+// a: (M, C) x (stats), dy (bwd, sum); x: (M, C) for bwd; mean, invstd: (C) for bwd;
+// part: (G, 2, C) per-block sums. Block (32, 16) covers 32 channels x rows_per_block rows;
+// threadIdx.x is the channel (coalesced), threadIdx.y strides the rows.
+template <int MODE, typename T>
+__global__ void __launch_bounds__(kColTile* kColRows)
+    col_partial_kernel(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
+                       int64_t rows_per_block, double* part) {
+  __shared__ double s0[kColRows][kColTile + 1];
+  __shared__ double s1[kColRows][kColTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c = blockIdx.x * kColTile + tx;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_block;
+  const int64_t r1 = r0 + rows_per_block < M ? r0 + rows_per_block : M;
+  float acc0 = 0.f, acc1 = 0.f;
+  if (c < C) {
+    if constexpr (MODE == kColStats) {
+      const float shift = to_f(a[c]);
+      for (int64_t r = r0 + ty; r < r1; r += kColRows) {
+        const float d = to_f(a[r * C + c]) - shift;
+        acc0 += d;
+        acc1 += d * d;
+      }
+    } else if constexpr (MODE == kColBwd) {
+      const float m = mean[c], is = invstd[c];
+      for (int64_t r = r0 + ty; r < r1; r += kColRows) {
+        const float g = to_f(a[r * C + c]);
+        const float xhat = __fmul_rn(__fsub_rn(to_f(x[r * C + c]), m), is);
+        acc0 += g;
+        acc1 += g * xhat;
+      }
+    } else {
+      for (int64_t r = r0 + ty; r < r1; r += kColRows) acc0 += to_f(a[r * C + c]);
+    }
+  }
+  s0[ty][tx] = acc0;
+  s1[ty][tx] = acc1;
+  __syncthreads();
+  if (ty == 0 && c < C) {
+    double t0 = 0.0, t1 = 0.0;
+#pragma unroll
+    for (int i = 0; i < kColRows; ++i) {
+      t0 += s0[i][tx];
+      t1 += s1[i][tx];
+    }
+    part[(static_cast<int64_t>(blockIdx.y) * 2 + 0) * C + c] = t0;
+    part[(static_cast<int64_t>(blockIdx.y) * 2 + 1) * C + c] = t1;
+  }
+}
+
+// part: (G, 2, C); x: (M, C) (row 0 is the stats shift); mean, var: (C). One thread per channel.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    bn_stats_final_kernel(const double* part, int G, const T* x, int64_t M, int C, float* mean, float* var) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double s0 = 0.0, s1 = 0.0;
+  for (int g = 0; g < G; ++g) {
+    s0 += part[(static_cast<int64_t>(g) * 2 + 0) * C + c];
+    s1 += part[(static_cast<int64_t>(g) * 2 + 1) * C + c];
+  }
+  const double m = s0 / static_cast<double>(M);
+  double v = s1 / static_cast<double>(M) - m * m;
+  if (v < 0.0) v = 0.0;
+  mean[c] = static_cast<float>(static_cast<double>(to_f(x[c])) + m);
+  var[c] = static_cast<float>(v);
+}
+
+// part: (G, 2, C); out0, out1: (C). One thread per channel.
+__global__ void __launch_bounds__(256)
+    bn_bwd_final_kernel(const double* part, int G, int C, float* out0, float* out1) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double s0 = 0.0, s1 = 0.0;
+  for (int g = 0; g < G; ++g) {
+    s0 += part[(static_cast<int64_t>(g) * 2 + 0) * C + c];
+    s1 += part[(static_cast<int64_t>(g) * 2 + 1) * C + c];
+  }
+  out0[c] = static_cast<float>(s0);
+  out1[c] = static_cast<float>(s1);
+}
+
+// part: (G, 2, C); db: (C). One thread per channel.
+template <typename D>
+__global__ void __launch_bounds__(256) col_sum_final_kernel(const double* part, int G, int C, D* db, bool acc) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double s = 0.0;
+  for (int g = 0; g < G; ++g) s += part[(static_cast<int64_t>(g) * 2) * C + c];
+  if (acc) s += static_cast<double>(to_f(db[c]));
+  db[c] = from_f<D>(static_cast<float>(s));
+}
+
+template <int MODE, typename T>
+ColGrid launch_col_partial(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
+                           void* workspace, cudaStream_t stream) {
+  const ColGrid g = col_grid(M, C);
+  const dim3 block(kColTile, kColRows), grid(g.tiles, g.G);
+  col_partial_kernel<MODE, T><<<grid, block, 0, stream>>>(a, x, mean, invstd, M, C, g.rows_per_block,
+                                                         static_cast<double*>(workspace));
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+  return g;
+}
+
+// ---- per-channel elementwise over (M, C): block (32, 8), threadIdx.x the channel, rows
+// grid-strided over blockIdx.y; each thread keeps its channel's parameters in registers.
+constexpr int kApplyRows = 8;
+
+dim3 apply_grid(int64_t M, int C) {
+  const int tiles = (C + kColTile - 1) / kColTile;
+  int64_t gy = (M + kApplyRows * 4 - 1) / (kApplyRows * 4);
+  if (gy < 1) gy = 1;
+  if (gy > 65535) gy = 65535;
+  return dim3(tiles, static_cast<unsigned>(gy));
+}
+
+// x, y: (M, C); mean, invstd, gamma, beta: (C)
+template <typename T>
+__global__ void __launch_bounds__(kColTile* kApplyRows)
+    bn_fwd_apply_kernel(const T* x, const float* mean, const float* invstd, const float* gamma, const float* beta,
+                        T* y, int64_t M, int C) {
+  const int c = blockIdx.x * kColTile + threadIdx.x;
+  if (c >= C) return;
+  const float m = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
+  const int64_t step = static_cast<int64_t>(gridDim.y) * kApplyRows;
+  for (int64_t r = static_cast<int64_t>(blockIdx.y) * kApplyRows + threadIdx.y; r < M; r += step) {
+    const int64_t i = r * C + c;
+    y[i] = from_f<T>(__fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(to_f(x[i]), m), is), g), b));
+  }
+}
+
+// dy, x, dx: (M, C); mean, invstd, gamma, sum_dy, sum_dy_xhat: (C) (sums null in eval mode)
+template <typename T>
+__global__ void __launch_bounds__(kColTile* kApplyRows)
+    bn_bwd_apply_kernel(const T* dy, const T* x, const float* mean, const float* invstd, const float* gamma,
+                        const float* sum_dy, const float* sum_dy_xhat, double count, T* dx, int64_t M, int C,
+                        bool acc) {
+  const int c = blockIdx.x * kColTile + threadIdx.x;
+  if (c >= C) return;
+  const float m = mean[c], is = invstd[c];
+  const float k = __fmul_rn(gamma[c], is);
+  const float a = sum_dy ? static_cast<float>(static_cast<double>(sum_dy[c]) / count) : 0.f;
+  const float b = sum_dy_xhat ? static_cast<float>(static_cast<double>(sum_dy_xhat[c]) / count) : 0.f;
+  const int64_t step = static_cast<int64_t>(gridDim.y) * kApplyRows;
+  for (int64_t r = static_cast<int64_t>(blockIdx.y) * kApplyRows + threadIdx.y; r < M; r += step) {
+    const int64_t i = r * C + c;
+    const float xhat = __fmul_rn(__fsub_rn(to_f(x[i]), m), is);
+    const float g = __fmul_rn(k, __fsub_rn(__fsub_rn(to_f(dy[i]), a), __fmul_rn(xhat, b)));
+    dx[i] = from_f<T>(acc ? __fadd_rn(to_f(dx[i]), g) : g);
+  }
+}
+
+// y: (N, O); b: (O)
+template <typename T, typename B>
+__global__ void __launch_bounds__(kColTile* kApplyRows) bias_add_kernel(T* y, const B* b, int64_t N, int O) {
+  const int o = blockIdx.x * kColTile + threadIdx.x;
+  if (o >= O) return;
+  const float bo = to_f(b[o]);
+  const int64_t step = static_cast<int64_t>(gridDim.y) * kApplyRows;
+  for (int64_t r = static_cast<int64_t>(blockIdx.y) * kApplyRows + threadIdx.y; r < N; r += step) {
+    const int64_t i = r * O + o;
+    y[i] = from_f<T>(__fadd_rn(to_f(y[i]), bo));
+  }
+}
+
+// mean, var, invstd, running_mean, running_var: (C); one thread per channel, double arithmetic
+// in the CPU twin's order.
+__global__ void __launch_bounds__(256)
+    bn_finalize_kernel(const float* mean, const float* var, float* invstd, float* running_mean, float* running_var,
+                       int C, double momentum, double eps, double unbias) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  invstd[c] = static_cast<float>(1.0 / sqrt(__dadd_rn(static_cast<double>(var[c]), eps)));
+  const double keep = 1.0 - momentum;
+  if (running_mean)
+    running_mean[c] = static_cast<float>(
+        __dadd_rn(__dmul_rn(keep, static_cast<double>(running_mean[c])), __dmul_rn(momentum, static_cast<double>(mean[c]))));
+  if (running_var)
+    running_var[c] = static_cast<float>(__dadd_rn(__dmul_rn(keep, static_cast<double>(running_var[c])),
+                                                  __dmul_rn(__dmul_rn(momentum, static_cast<double>(var[c])), unbias)));
+}
+
+// ---- pooling
+
+constexpr int kThreads = 256;
+
+// x: (N, H, W, C); y: (N, P, Q, C). One thread per output element, c fastest (coalesced).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    maxpool_fwd_kernel(const T* x, T* y, int N, int H, int W, int C, int k, int s, int p, int P, int Q) {
+  const int64_t total = static_cast<int64_t>(N) * P * Q * C;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int c = static_cast<int>(i % C);
+    int64_t t = i / C;
+    const int q = static_cast<int>(t % Q);
+    t /= Q;
+    const int pi = static_cast<int>(t % P);
+    const int64_t n = t / P;
+    float best = -INFINITY;
+    for (int r = 0; r < k; ++r) {
+      const int h = pi * s - p + r;
+      if (h < 0 || h >= H) continue;
+      for (int u = 0; u < k; ++u) {
+        const int w = q * s - p + u;
+        if (w < 0 || w >= W) continue;
+        const float v = to_f(x[((n * H + h) * W + w) * C + c]);
+        best = best < v ? v : best;  // std::max(best, v), the CPU twin's NaN behaviour
+      }
+    }
+    y[i] = from_f<T>(best);
+  }
+}
+
+// dy: (N, P, Q, C); x, dx: (N, H, W, C). One thread per input element, c fastest.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    maxpool_bwd_kernel(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
+                       bool acc) {
+  const int64_t total = static_cast<int64_t>(N) * H * W * C;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int c = static_cast<int>(i % C);
+    int64_t t = i / C;
+    const int w0 = static_cast<int>(t % W);
+    t /= W;
+    const int h0 = static_cast<int>(t % H);
+    const int64_t n = t / H;
+    // Windows containing (h0, w0): pi*s - p <= h0 <= pi*s - p + k - 1.
+    const int nh = h0 + p - k + 1, nw = w0 + p - k + 1;
+    const int p_lo = nh > 0 ? (nh + s - 1) / s : 0;
+    const int q_lo = nw > 0 ? (nw + s - 1) / s : 0;
+    const int p_hi = min((h0 + p) / s, P - 1);
+    const int q_hi = min((w0 + p) / s, Q - 1);
+    float g = acc ? to_f(dx[i]) : 0.f;
+    for (int pi = p_lo; pi <= p_hi; ++pi) {
+      for (int q = q_lo; q <= q_hi; ++q) {
+        // The CPU twin's scan: the first valid position whose value beats all before it.
+        float best = -INFINITY;
+        int arg_h = -1, arg_w = -1;
+        for (int r = 0; r < k; ++r) {
+          const int h = pi * s - p + r;
+          if (h < 0 || h >= H) continue;
+          for (int u = 0; u < k; ++u) {
+            const int w = q * s - p + u;
+            if (w < 0 || w >= W) continue;
+            const float v = to_f(x[((n * H + h) * W + w) * C + c]);
+            if (v > best || arg_h < 0) {
+              best = v;
+              arg_h = h;
+              arg_w = w;
+            }
+          }
+        }
+        if (arg_h == h0 && arg_w == w0) g = __fadd_rn(g, to_f(dy[((n * P + pi) * Q + q) * C + c]));
+      }
+    }
+    dx[i] = from_f<T>(g);
+  }
+}
+
+// x: (N, HW, C); y: (N, C). One thread per (n, c), c fastest; the sum is in double.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) avgpool_fwd_kernel(const T* x, T* y, int N, int HW, int C) {
+  const int64_t total = static_cast<int64_t>(N) * C;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t n = i / C;
+    const int c = static_cast<int>(i % C);
+    const T* in = x + n * HW * C + c;
+    double acc = 0.0;
+    for (int j = 0; j < HW; ++j) acc += static_cast<double>(to_f(in[static_cast<int64_t>(j) * C]));
+    y[i] = from_f<T>(static_cast<float>(acc / HW));
+  }
+}
+
+// dy: (N, C); dx: (N, HW, C). One thread per dx element.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    avgpool_bwd_kernel(const T* dy, T* dx, int N, int HW, int C, float inv, bool acc) {
+  const int64_t total = static_cast<int64_t>(N) * HW * C;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int c = static_cast<int>(i % C);
+    const int64_t n = i / (static_cast<int64_t>(HW) * C);
+    const float v = __fmul_rn(to_f(dy[n * C + c]), inv);
+    dx[i] = from_f<T>(acc ? __fadd_rn(to_f(dx[i]), v) : v);
+  }
+}
+
+// ---- row kernels: one block per row (grid-strided over rows), threads stride the row.
+
+int row_threads(int K) { return K <= 256 ? 64 : K <= 2048 ? 128 : 256; }
+unsigned row_blocks(int N) { return static_cast<unsigned>(N < 65535 ? (N > 0 ? N : 1) : 65535); }
+
+// x, y: (N, D); norm: (N)
+template <typename T>
+__global__ void __launch_bounds__(256) l2norm_fwd_kernel(const T* x, T* y, float* norm, int N, int D, float eps) {
+  __shared__ float scratch[33];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const T* xr = x + static_cast<int64_t>(n) * D;
+    float ss = 0.f;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+      const float v = to_f(xr[d]);
+      ss += v * v;
+    }
+    ss = block_sum(ss, scratch);
+    const float nrm = sqrtf(ss);
+    if (threadIdx.x == 0) norm[n] = nrm;
+    const float den = fmaxf(nrm, eps);
+    T* yr = y + static_cast<int64_t>(n) * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) yr[d] = from_f<T>(__fdiv_rn(to_f(xr[d]), den));
+  }
+}
+
+// dy, y, dx: (N, D); norm: (N)
+template <typename T>
+__global__ void __launch_bounds__(256)
+    l2norm_bwd_kernel(const T* dy, const T* y, const float* norm, T* dx, int N, int D, float eps, bool acc) {
+  __shared__ float scratch[33];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const int64_t off = static_cast<int64_t>(n) * D;
+    // Below eps the denominator is the constant eps, so the map is linear.
+    const bool clamped = norm[n] <= eps;
+    const float den = clamped ? eps : norm[n];
+    float dot = 0.f;
+    if (!clamped) {
+      for (int d = threadIdx.x; d < D; d += blockDim.x) dot += to_f(dy[off + d]) * to_f(y[off + d]);
+      dot = block_sum(dot, scratch);
+    }
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+      const float v = __fdiv_rn(__fsub_rn(to_f(dy[off + d]), __fmul_rn(dot, to_f(y[off + d]))), den);
+      dx[off + d] = from_f<T>(acc ? __fadd_rn(to_f(dx[off + d]), v) : v);
+    }
+  }
+}
+
+// x, y: (N, K)
+template <typename T>
+__global__ void __launch_bounds__(256) log_softmax_fwd_kernel(const T* x, T* y, int N, int K) {
+  __shared__ float scratch_f[33];
+  __shared__ double scratch_d[33];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const T* xr = x + static_cast<int64_t>(n) * K;
+    float mx = -INFINITY;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) mx = fmaxf(mx, to_f(xr[k]));
+    mx = block_max(mx, scratch_f);
+    double s = 0.0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) s += static_cast<double>(expf(to_f(xr[k]) - mx));
+    s = block_sum(s, scratch_d);
+    const float lse = mx + static_cast<float>(log(s));
+    T* yr = y + static_cast<int64_t>(n) * K;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) yr[k] = from_f<T>(to_f(xr[k]) - lse);
+  }
+}
+
+// dy, y, dx: (N, K)
+template <typename T>
+__global__ void __launch_bounds__(256) log_softmax_bwd_kernel(const T* dy, const T* y, T* dx, int N, int K, bool acc) {
+  __shared__ double scratch[33];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const int64_t off = static_cast<int64_t>(n) * K;
+    double s = 0.0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) s += static_cast<double>(to_f(dy[off + k]));
+    const float sf = static_cast<float>(block_sum(s, scratch));
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+      const float v = __fsub_rn(to_f(dy[off + k]), __fmul_rn(expf(to_f(y[off + k])), sf));
+      dx[off + k] = from_f<T>(acc ? __fadd_rn(to_f(dx[off + k]), v) : v);
+    }
+  }
+}
+
+// z: (N, K) logits; t: (N, K) targets; loss_rows, lse: (N). The loss sums in double.
+template <typename T, typename TT>
+__global__ void __launch_bounds__(256)
+    soft_ce_fwd_kernel(const T* z, const TT* t, float* loss_rows, float* lse_out, int N, int K) {
+  __shared__ float scratch_f[33];
+  __shared__ double scratch_d[33];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const int64_t off = static_cast<int64_t>(n) * K;
+    float mx = -INFINITY;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) mx = fmaxf(mx, to_f(z[off + k]));
+    mx = block_max(mx, scratch_f);
+    double s = 0.0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) s += static_cast<double>(expf(to_f(z[off + k]) - mx));
+    s = block_sum(s, scratch_d);
+    const double l = static_cast<double>(mx) + log(s);
+    double loss = 0.0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x)
+      loss -= static_cast<double>(to_f(t[off + k])) * (static_cast<double>(to_f(z[off + k])) - l);
+    loss = block_sum(loss, scratch_d);
+    if (threadIdx.x == 0) {
+      lse_out[n] = static_cast<float>(l);
+      loss_rows[n] = static_cast<float>(loss);
+    }
+  }
+}
+
+// z, t, dz: (N, K); lse: (N); dloss: (1)
+template <typename T, typename TT>
+__global__ void __launch_bounds__(256) soft_ce_bwd_kernel(const T* z, const TT* t, const float* lse,
+                                                          const float* dloss, float alpha, T* dz, int N, int K,
+                                                          bool acc) {
+  __shared__ double scratch[33];
+  const float sc = __fmul_rn(dloss[0], alpha);
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const int64_t off = static_cast<int64_t>(n) * K;
+    double ts = 0.0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) ts += static_cast<double>(to_f(t[off + k]));
+    const float tsum = static_cast<float>(block_sum(ts, scratch));
+    const float l = lse[n];
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+      const float p = expf(__fsub_rn(to_f(z[off + k]), l));
+      const float v = __fmul_rn(sc, __fsub_rn(__fmul_rn(p, tsum), to_f(t[off + k])));
+      dz[off + k] = from_f<T>(acc ? __fadd_rn(to_f(dz[off + k]), v) : v);
+    }
+  }
+}
+
+}  // namespace
+
+// ---- linear helpers
+
+template <typename T, typename B>
+void bias_add(T* y, const B* b, int64_t N, int O, cudaStream_t stream) {
+  if (N <= 0 || O <= 0) return;
+  bias_add_kernel<T, B><<<apply_grid(N, O), dim3(kColTile, kApplyRows), 0, stream>>>(y, b, N, O);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+size_t col_sum_workspace_bytes(int64_t N, int O) { return col_workspace_bytes(N, O); }
+
+template <typename T, typename D>
+void col_sum(const T* dy, int64_t N, int O, D* db, bool accumulate, void* workspace, cudaStream_t stream) {
+  if (O <= 0) return;
+  const ColGrid g = launch_col_partial<kColSum, T>(dy, nullptr, nullptr, nullptr, N, O, workspace, stream);
+  col_sum_final_kernel<D><<<(O + 255) / 256, 256, 0, stream>>>(static_cast<const double*>(workspace), g.G, O, db,
+                                                               accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+// ---- batch norm
+
+size_t bn_workspace_bytes(int64_t M, int C) { return col_workspace_bytes(M, C); }
+
+template <typename T>
+void bn_stats(const T* x, int64_t M, int C, float* mean, float* var, void* workspace, cudaStream_t stream) {
+  MIRA_CHECK(M > 0, "bn_stats over zero rows");
+  if (C <= 0) return;
+  const ColGrid g = launch_col_partial<kColStats, T>(x, nullptr, nullptr, nullptr, M, C, workspace, stream);
+  bn_stats_final_kernel<T><<<(C + 255) / 256, 256, 0, stream>>>(static_cast<const double*>(workspace), g.G, x, M, C,
+                                                                mean, var);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void bn_finalize(const float* mean, const float* var, float* invstd, float* running_mean, float* running_var, int C,
+                 double momentum, double eps, double count, cudaStream_t stream) {
+  if (C <= 0) return;
+  const double unbias = count > 1 ? count / (count - 1) : 1.0;
+  bn_finalize_kernel<<<(C + 255) / 256, 256, 0, stream>>>(mean, var, invstd, running_mean, running_var, C, momentum,
+                                                          eps, unbias);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const float* gamma, const float* beta, T* y,
+                  int64_t M, int C, cudaStream_t stream) {
+  if (M <= 0 || C <= 0) return;
+  bn_fwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(x, mean, invstd, gamma, beta,
+                                                                                     y, M, C);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invstd, int64_t M, int C, float* sum_dy,
+                   float* sum_dy_xhat, void* workspace, cudaStream_t stream) {
+  if (C <= 0) return;
+  const ColGrid g = launch_col_partial<kColBwd, T>(dy, x, mean, invstd, M, C, workspace, stream);
+  bn_bwd_final_kernel<<<(C + 255) / 256, 256, 0, stream>>>(static_cast<const double*>(workspace), g.G, C, sum_dy,
+                                                           sum_dy_xhat);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void bn_bwd_apply(const T* dy, const T* x, const float* mean, const float* invstd, const float* gamma,
+                  const float* sum_dy, const float* sum_dy_xhat, double count, T* dx, int64_t M, int C,
+                  bool accumulate, cudaStream_t stream) {
+  if (M <= 0 || C <= 0) return;
+  bn_bwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(
+      dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+// ---- pooling
+
+template <typename T>
+void maxpool_fwd(const T* x, T* y, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
+                 cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(N) * P * Q * C;
+  if (total <= 0) return;
+  maxpool_fwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(x, y, N, H, W, C, k, s, p, P, Q);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
+                 bool accumulate, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(N) * H * W * C;
+  if (total <= 0) return;
+  maxpool_bwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s, p, P, Q,
+                                                                            accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void avgpool_fwd(const T* x, T* y, int N, int HW, int C, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(N) * C;
+  if (total <= 0) return;
+  avgpool_fwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(x, y, N, HW, C);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void avgpool_bwd(const T* dy, T* dx, int N, int HW, int C, bool accumulate, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(N) * HW * C;
+  if (total <= 0) return;
+  const float inv = 1.0f / static_cast<float>(HW);
+  avgpool_bwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, dx, N, HW, C, inv, accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+// ---- rows
+
+template <typename T>
+void l2norm_fwd(const T* x, T* y, float* norm, int N, int D, double eps, cudaStream_t stream) {
+  if (N <= 0) return;
+  l2norm_fwd_kernel<T><<<row_blocks(N), row_threads(D), 0, stream>>>(x, y, norm, N, D, static_cast<float>(eps));
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void l2norm_bwd(const T* dy, const T* y, const float* norm, T* dx, int N, int D, double eps, bool accumulate,
+                cudaStream_t stream) {
+  if (N <= 0) return;
+  l2norm_bwd_kernel<T><<<row_blocks(N), row_threads(D), 0, stream>>>(dy, y, norm, dx, N, D, static_cast<float>(eps),
+                                                                     accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void log_softmax_fwd(const T* x, T* y, int N, int K, cudaStream_t stream) {
+  if (N <= 0) return;
+  log_softmax_fwd_kernel<T><<<row_blocks(N), row_threads(K), 0, stream>>>(x, y, N, K);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void log_softmax_bwd(const T* dy, const T* y, T* dx, int N, int K, bool accumulate, cudaStream_t stream) {
+  if (N <= 0) return;
+  log_softmax_bwd_kernel<T><<<row_blocks(N), row_threads(K), 0, stream>>>(dy, y, dx, N, K, accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T, typename TT>
+void soft_ce_fwd(const T* z, const TT* t, float* loss_rows, float* lse, int N, int K, cudaStream_t stream) {
+  if (N <= 0) return;
+  soft_ce_fwd_kernel<T, TT><<<row_blocks(N), row_threads(K), 0, stream>>>(z, t, loss_rows, lse, N, K);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T, typename TT>
+void soft_ce_bwd(const T* z, const TT* t, const float* lse, const float* dloss, float alpha, T* dz, int N, int K,
+                 bool accumulate, cudaStream_t stream) {
+  if (N <= 0) return;
+  soft_ce_bwd_kernel<T, TT><<<row_blocks(N), row_threads(K), 0, stream>>>(z, t, lse, dloss, alpha, dz, N, K,
+                                                                          accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+#define MIRA_INST(T)                                                                                                 \
+  template void bias_add<T, float>(T*, const float*, int64_t, int, cudaStream_t);                                   \
+  template void col_sum<T, float>(const T*, int64_t, int, float*, bool, void*, cudaStream_t);                       \
+  template void bn_stats<T>(const T*, int64_t, int, float*, float*, void*, cudaStream_t);                           \
+  template void bn_fwd_apply<T>(const T*, const float*, const float*, const float*, const float*, T*, int64_t, int, \
+                                cudaStream_t);                                                                       \
+  template void bn_bwd_reduce<T>(const T*, const T*, const float*, const float*, int64_t, int, float*, float*,      \
+                                 void*, cudaStream_t);                                                               \
+  template void bn_bwd_apply<T>(const T*, const T*, const float*, const float*, const float*, const float*,         \
+                                const float*, double, T*, int64_t, int, bool, cudaStream_t);                         \
+  template void maxpool_fwd<T>(const T*, T*, int, int, int, int, int, int, int, int, int, cudaStream_t);            \
+  template void maxpool_bwd<T>(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, bool,           \
+                               cudaStream_t);                                                                        \
+  template void avgpool_fwd<T>(const T*, T*, int, int, int, cudaStream_t);                                          \
+  template void avgpool_bwd<T>(const T*, T*, int, int, int, bool, cudaStream_t);                                    \
+  template void l2norm_fwd<T>(const T*, T*, float*, int, int, double, cudaStream_t);                                \
+  template void l2norm_bwd<T>(const T*, const T*, const float*, T*, int, int, double, bool, cudaStream_t);          \
+  template void log_softmax_fwd<T>(const T*, T*, int, int, cudaStream_t);                                           \
+  template void log_softmax_bwd<T>(const T*, const T*, T*, int, int, bool, cudaStream_t);                           \
+  template void soft_ce_fwd<T, T>(const T*, const T*, float*, float*, int, int, cudaStream_t);                      \
+  template void soft_ce_bwd<T, T>(const T*, const T*, const float*, const float*, float, T*, int, int, bool,        \
+                                  cudaStream_t);
+MIRA_INST(float)
+MIRA_INST(__nv_bfloat16)
+#undef MIRA_INST
+
+// Mixed precision: bf16 activations with f32 parameters / targets.
+template void bias_add<__nv_bfloat16, __nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, int64_t, int,
+                                                     cudaStream_t);
+template void col_sum<__nv_bfloat16, __nv_bfloat16>(const __nv_bfloat16*, int64_t, int, __nv_bfloat16*, bool, void*,
+                                                    cudaStream_t);
+template void soft_ce_fwd<__nv_bfloat16, float>(const __nv_bfloat16*, const float*, float*, float*, int, int,
+                                                cudaStream_t);
+template void soft_ce_bwd<__nv_bfloat16, float>(const __nv_bfloat16*, const float*, const float*, const float*, float,
+                                                __nv_bfloat16*, int, int, bool, cudaStream_t);
+
+}  // namespace mira::gpu

@@ -1,0 +1,240 @@
+// labels: cpu
+// Every op: an f64 central-difference gradient check, and forward values against direct
+// definitions (naive loops) so the fast paths (im2col + GEMM) are checked too.
+#include <cmath>
+
+#include "engine/ops.h"
+#include "testing.h"
+
+using namespace mira;
+using mira::testing::allclose;
+using mira::testing::gradcheck;
+
+namespace {
+
+Tensor rnd(const Shape& s, uint64_t seed, DType t = DType::F64, double stddev = 1.0) {
+  return Tensor::randn(s, seed, 0.0, stddev, t).set_requires_grad();
+}
+
+// Direct convolution, NHWC x OHWI, in double.
+std::vector<double> conv_naive(const Tensor& x, const Tensor& w, int stride, int pad) {
+  const int N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3), K = w.dim(0), R = w.dim(1), S = w.dim(2);
+  const int P = (H + 2 * pad - R) / stride + 1, Q = (W + 2 * pad - S) / stride + 1;
+  std::vector<double> xv = x.to_vector(), wv = w.to_vector(), y(size_t(N) * P * Q * K, 0.0);
+  for (int n = 0; n < N; ++n)
+    for (int p = 0; p < P; ++p)
+      for (int q = 0; q < Q; ++q)
+        for (int k = 0; k < K; ++k) {
+          double s = 0;
+          for (int r = 0; r < R; ++r)
+            for (int t = 0; t < S; ++t)
+              for (int c = 0; c < C; ++c) {
+                const int h = p * stride - pad + r, ww = q * stride - pad + t;
+                if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                s += xv[((size_t(n) * H + h) * W + ww) * C + c] * wv[((size_t(k) * R + r) * S + t) * C + c];
+              }
+          y[((size_t(n) * P + p) * Q + q) * K + k] = s;
+        }
+  return y;
+}
+
+struct ConvCase {
+  int N, H, W, C, K, R, S, stride, pad;
+};
+
+}  // namespace
+
+TEST_CASE("conv2d: forward against direct convolution, f64 gradients") {
+  const ConvCase cases[] = {{2, 7, 6, 3, 4, 3, 3, 1, 1}, {2, 9, 9, 2, 3, 7, 7, 2, 3}, {2, 5, 5, 4, 3, 1, 1, 1, 0},
+                            {2, 6, 6, 4, 5, 1, 1, 2, 0}, {1, 8, 7, 3, 2, 3, 3, 2, 1}, {2, 4, 4, 3, 2, 3, 3, 1, 2}};
+  for (const ConvCase& c : cases) {
+    CAPTURE(c.R);
+    CAPTURE(c.stride);
+    CAPTURE(c.pad);
+    for (DType t : {DType::F32, DType::F64}) {
+      Tensor x = rnd({c.N, c.H, c.W, c.C}, 1, t), w = rnd({c.K, c.R, c.S, c.C}, 2, t);
+      Tensor y = ops::conv2d(x, w, c.stride, c.pad);
+      // f32: sums of up to 147 products of N(0,1) values; error well under 1e-5 relative.
+      CHECK(allclose(y.to_vector(), conv_naive(x, w, c.stride, c.pad), {1e-5, 1e-5}, "conv2d fwd"));
+    }
+    Tensor x = rnd({c.N, c.H, c.W, c.C}, 3), w = rnd({c.K, c.R, c.S, c.C}, 4);
+    CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], c.stride, c.pad); }, {x, w},
+                    "conv2d"));
+  }
+  Tensor x = rnd({1, 4, 4, 3}, 1), w = rnd({2, 3, 3, 2}, 2);
+  CHECK_THROWS_AS(ops::conv2d(x, w, 1, 1), Error);  // channel mismatch
+  CHECK_THROWS_AS(ops::conv2d(x, rnd({2, 7, 7, 3}, 2), 1, 0), Error);  // image smaller than filter
+}
+
+TEST_CASE("linear: forward and gradients, with and without bias") {
+  Tensor x = rnd({5, 7}, 1), w = rnd({3, 7}, 2), b = rnd({3}, 3);
+  Tensor y = ops::linear(x, w, b);
+  std::vector<double> xv = x.to_vector(), wv = w.to_vector(), bv = b.to_vector(), ref(15);
+  for (int n = 0; n < 5; ++n)
+    for (int o = 0; o < 3; ++o) {
+      double s = bv[o];
+      for (int i = 0; i < 7; ++i) s += xv[n * 7 + i] * wv[o * 7 + i];
+      ref[n * 3 + o] = s;
+    }
+  CHECK(allclose(y.to_vector(), ref, {1e-12, 1e-12}, "linear fwd"));
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::linear(in[0], in[1], in[2]); }, {x, w, b}, "linear"));
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::linear(in[0], in[1]); }, {x, w}, "linear no bias"));
+  CHECK_THROWS_AS(ops::linear(x, rnd({3, 6}, 2)), Error);
+}
+
+TEST_CASE("batch_norm: training statistics, PyTorch running update, eval mode, gradients") {
+  for (bool image : {true, false}) {
+    Shape s = image ? Shape{3, 4, 5, 6} : Shape{10, 6};
+    Tensor x = rnd(s, 1, DType::F64, 2.0), g = rnd({6}, 2), b = rnd({6}, 3);
+    ops::BatchNormState st{Tensor::zeros({6}, DType::F64), Tensor::full({6}, 1.0, DType::F64)};
+    Tensor y = ops::batch_norm(x, g, b, st, true);
+    // Reference: per-channel biased statistics.
+    const int64_t M = x.numel() / 6;
+    std::vector<double> xv = x.to_vector(), gv = g.to_vector(), bv = b.to_vector(), ref(xv.size());
+    std::vector<double> rm(6), rv(6);
+    for (int c = 0; c < 6; ++c) {
+      double m = 0, v = 0;
+      for (int64_t i = 0; i < M; ++i) m += xv[i * 6 + c];
+      m /= M;
+      for (int64_t i = 0; i < M; ++i) v += (xv[i * 6 + c] - m) * (xv[i * 6 + c] - m);
+      v /= M;
+      for (int64_t i = 0; i < M; ++i) ref[i * 6 + c] = (xv[i * 6 + c] - m) / std::sqrt(v + 1e-5) * gv[c] + bv[c];
+      rm[c] = 0.1 * m;
+      rv[c] = 0.9 + 0.1 * v * M / (M - 1);  // PyTorch: unbiased variance in the running estimate
+    }
+    CHECK(allclose(y.to_vector(), ref, {1e-12, 1e-10}, "bn train fwd"));
+    CHECK(allclose(st.running_mean.to_vector(), rm, {1e-14, 1e-12}, "running_mean"));
+    CHECK(allclose(st.running_var.to_vector(), rv, {1e-14, 1e-12}, "running_var"));
+    CHECK(st.num_batches_tracked == 1);
+    // Eval mode uses the running statistics.
+    Tensor ye = ops::batch_norm(x, g, b, st, false);
+    std::vector<double> ref_e(xv.size());
+    for (int64_t i = 0; i < M; ++i)
+      for (int c = 0; c < 6; ++c) ref_e[i * 6 + c] = (xv[i * 6 + c] - rm[c]) / std::sqrt(rv[c] + 1e-5) * gv[c] + bv[c];
+    CHECK(allclose(ye.to_vector(), ref_e, {1e-12, 1e-10}, "bn eval fwd"));
+    CHECK(st.num_batches_tracked == 1);
+    for (bool training : {true, false}) {
+      CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::batch_norm(in[0], in[1], in[2], st, training); },
+                      {x, g, b}, training ? "bn train" : "bn eval"));
+    }
+  }
+}
+
+TEST_CASE("relu, add, scale: gradients") {
+  // Keep inputs away from the kink at 0 so central differences are exact.
+  Tensor x = rnd({4, 5}, 1);
+  std::vector<double> v = x.to_vector();
+  for (double& e : v) e += e >= 0 ? 0.1 : -0.1;
+  x = Tensor::from_vector(v, {4, 5}, DType::F64).set_requires_grad();
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::relu(in[0]); }, {x}, "relu"));
+  Tensor a = rnd({2, 3, 3, 2}, 2), b = rnd({2, 3, 3, 2}, 3);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::add(in[0], in[1]); }, {a, b}, "add"));
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::scale(in[0], -2.5); }, {a}, "scale"));
+  CHECK(ops::relu(Tensor::from_vector({-1, 0, 2}, {3})).to_vector() == std::vector<double>{0, 0, 2});
+  CHECK_THROWS_AS(ops::add(a, rnd({2, 3, 3, 1}, 3)), Error);
+}
+
+TEST_CASE("max_pool2d 3x3/2 pad 1: forward, first-max ties, gradients") {
+  Tensor x = rnd({2, 7, 6, 3}, 1);
+  Tensor y = ops::max_pool2d(x, 3, 2, 1);
+  CHECK(y.shape() == Shape{2, 4, 3, 3});
+  std::vector<double> xv = x.to_vector(), yv = y.to_vector();
+  for (int n = 0; n < 2; ++n)
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 3; ++j)
+        for (int c = 0; c < 3; ++c) {
+          double m = -INFINITY;
+          for (int r = 0; r < 3; ++r)
+            for (int t = 0; t < 3; ++t) {
+              int h = 2 * i - 1 + r, w = 2 * j - 1 + t;
+              if (h >= 0 && h < 7 && w >= 0 && w < 6) m = std::max(m, xv[((n * 7 + h) * 6 + w) * 3 + c]);
+            }
+          CHECK(yv[((n * 4 + i) * 3 + j) * 3 + c] == m);
+        }
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::max_pool2d(in[0], 3, 2, 1); }, {x}, "max_pool2d"));
+  // Ties: the whole gradient goes to the first maximum of the window, as in PyTorch.
+  Tensor ones = Tensor::full({1, 2, 2, 1}, 1.0, DType::F64).set_requires_grad();
+  backward(ops::sum(ops::max_pool2d(ones, 3, 2, 1)));
+  CHECK(ones.grad().to_vector() == std::vector<double>{1, 0, 0, 0});
+}
+
+TEST_CASE("global_avg_pool, l2_normalize, wn_linear: gradients") {
+  Tensor x = rnd({2, 3, 4, 5}, 1);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::global_avg_pool(in[0]); }, {x}, "global_avg_pool"));
+  Tensor f = rnd({4, 6}, 2);
+  Tensor y = ops::l2_normalize(f);
+  std::vector<double> yv = y.to_vector();
+  for (int n = 0; n < 4; ++n) {
+    double s = 0;
+    for (int d = 0; d < 6; ++d) s += yv[n * 6 + d] * yv[n * 6 + d];
+    CHECK(std::fabs(s - 1) < 1e-14);
+  }
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::l2_normalize(in[0]); }, {f}, "l2_normalize"));
+  // A zero row stays zero (norm clamped at eps) and its gradient is finite.
+  Tensor z = Tensor::zeros({1, 3}, DType::F64).set_requires_grad();
+  Tensor zy = ops::l2_normalize(z);
+  CHECK(zy.to_vector() == std::vector<double>{0, 0, 0});
+  backward(ops::sum(zy));
+  for (double g : z.grad().to_vector()) CHECK(std::isfinite(g));
+  Tensor v = rnd({7, 6}, 3);
+  // With unit-norm inputs and gain 1 the logits are cosine similarities in [-1, 1].
+  Tensor cos = ops::wn_linear(y.detach(), v);
+  for (double c : cos.to_vector()) CHECK(std::fabs(c) <= 1 + 1e-12);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::wn_linear(in[0], in[1]); }, {f, v}, "wn_linear"));
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::wn_linear(in[0], in[1], 2.0); }, {f, v},
+                  "wn_linear gain 2"));
+}
+
+TEST_CASE("log_softmax and soft-target cross-entropy") {
+  Tensor z = rnd({5, 7}, 1, DType::F64, 3.0);
+  Tensor ls = ops::log_softmax(z);
+  std::vector<double> lv = ls.to_vector();
+  for (int n = 0; n < 5; ++n) {
+    double s = 0;
+    for (int k = 0; k < 7; ++k) s += std::exp(lv[n * 7 + k]);
+    CHECK(std::fabs(s - 1) < 1e-14);
+  }
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::log_softmax(in[0]); }, {z}, "log_softmax"));
+  // Soft targets on the simplex (softmax of random values).
+  Tensor t = ops::log_softmax(Tensor::randn({5, 7}, 9, 0, 1, DType::F64));
+  std::vector<double> tv = t.to_vector();
+  for (double& e : tv) e = std::exp(e);
+  Tensor targets = Tensor::from_vector(tv, {5, 7}, DType::F64);
+  Tensor loss = ops::soft_cross_entropy(z, targets);
+  double ref = 0;
+  for (int i = 0; i < 35; ++i) ref -= tv[i] * lv[i];
+  CHECK(std::fabs(loss.item() - ref / 5) < 1e-12);
+  CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::soft_cross_entropy(in[0], targets); }, {z},
+                  "soft_cross_entropy"));
+  // Same loss as the composition mean(-sum(t * log_softmax(z / tau))) used by the MIRA loss.
+  Tensor z2 = ops::scale(z, 1 / 0.1);
+  CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::soft_cross_entropy(ops::scale(in[0], 10.0), targets); },
+                  {z}, "soft_cross_entropy / tau"));
+  // Extreme logits stay finite.
+  Tensor big = Tensor::from_vector({1000, -1000, 0, 0, 1000, -1000}, {2, 3});
+  Tensor tt = Tensor::from_vector({0.5, 0.5, 0, 0, 0, 1}, {2, 3});
+  CHECK(std::isfinite(ops::soft_cross_entropy(big, tt).item()));
+}
+
+TEST_CASE("sum, mean, reshape: gradients") {
+  Tensor x = rnd({3, 4}, 1);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::sum(in[0]); }, {x}, "sum"));
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::mean(in[0]); }, {x}, "mean"));
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::relu(ops::reshape(in[0], {2, 6})); }, {x}, "reshape"));
+  CHECK(std::fabs(ops::mean(x).item() - ops::sum(x).item() / 12) < 1e-14);
+}
+
+TEST_CASE("a small network end to end: conv-bn-relu-pool-linear-ce gradients") {
+  Tensor x = rnd({3, 8, 8, 2}, 1), w1 = rnd({4, 3, 3, 2}, 2, DType::F64, 0.5), g = rnd({4}, 3), b = rnd({4}, 4);
+  Tensor w2 = rnd({5, 4}, 5), v = rnd({6, 5}, 6);
+  ops::BatchNormState st{Tensor::zeros({4}, DType::F64), Tensor::full({4}, 1.0, DType::F64)};
+  std::vector<double> tv(18);
+  for (int i = 0; i < 18; ++i) tv[i] = (i % 6 == i / 6) ? 1.0 : 0.0;
+  Tensor targets = Tensor::from_vector(tv, {3, 6}, DType::F64);
+  auto net = [&](const std::vector<Tensor>& in) {
+    Tensor h = ops::max_pool2d(ops::relu(ops::batch_norm(ops::conv2d(in[0], in[1], 1, 1), in[2], in[3], st, true)));
+    Tensor f = ops::l2_normalize(ops::linear(ops::global_avg_pool(h), in[4]));
+    return ops::soft_cross_entropy(ops::scale(ops::wn_linear(f, in[5]), 10.0), targets);
+  };
+  CHECK(gradcheck(net, {x, w1, g, b, w2, v}, "small net", 1e-6, {1e-7, 1e-4}));
+}

@@ -1,0 +1,117 @@
+// Shared test helpers: one tolerance rule, |got - ref| <= atol + rtol * |ref|, that prints the
+// max abs/rel error, the worst index and the first pairs when it fails; and an f64
+// central-difference gradient check for any function of tensors.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace mira::testing {
+
+struct Tol {
+  double atol = 1e-5;
+  double rtol = 1e-5;
+};
+
+// Returns true when every pair is within tolerance; otherwise prints a report naming `what`.
+inline bool allclose(const std::vector<double>& got, const std::vector<double>& ref, Tol tol,
+                     const std::string& what) {
+  if (got.size() != ref.size()) {
+    std::printf("[%s] size mismatch: got %zu, ref %zu\n", what.c_str(), got.size(), ref.size());
+    return false;
+  }
+  double max_abs = 0, max_rel = 0;
+  size_t worst = 0, bad = 0;
+  double worst_excess = -1;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double a = std::fabs(got[i] - ref[i]);
+    const double r = a / std::max(std::fabs(ref[i]), 1e-30);
+    const double excess = a - (tol.atol + tol.rtol * std::fabs(ref[i]));
+    const bool nan_mismatch = std::isnan(got[i]) != std::isnan(ref[i]);
+    if (excess > 0 || nan_mismatch) ++bad;
+    if (std::isnan(a) || excess > worst_excess) {
+      worst_excess = std::isnan(a) ? INFINITY : excess;
+      worst = i;
+    }
+    max_abs = std::max(max_abs, a);
+    max_rel = std::max(max_rel, r);
+  }
+  if (bad == 0) return true;
+  std::printf("[%s] %zu of %zu outside atol=%g rtol=%g; max abs %.3e, max rel %.3e, worst index %zu (got %.9g ref %.9g)\n",
+              what.c_str(), bad, got.size(), tol.atol, tol.rtol, max_abs, max_rel, worst, got[worst], ref[worst]);
+  for (size_t i = 0; i < std::min<size_t>(got.size(), 6); ++i)
+    std::printf("    [%zu] got %.9g ref %.9g\n", i, got[i], ref[i]);
+  return false;
+}
+
+inline bool allclose(const Tensor& got, const Tensor& ref, Tol tol, const std::string& what) {
+  if (got.shape() != ref.shape()) {
+    std::printf("[%s] shape mismatch: got %s, ref %s\n", what.c_str(), got.shape().str().c_str(),
+                ref.shape().str().c_str());
+    return false;
+  }
+  return allclose(got.to_vector(), ref.to_vector(), tol, what);
+}
+
+}  // namespace mira::testing
+
+#include "engine/autograd.h"
+#include "engine/rng.h"
+
+namespace mira::testing {
+
+// f64 central-difference gradient check. `f` maps the inputs to an output of any shape; the
+// scalar checked is sum(f(x) * r) for a fixed random r, so every output element contributes.
+// Inputs must be f64 CPU tensors with requires_grad set. At most `max_elems` entries per
+// input are probed (spread over the tensor). Returns true when every probed entry satisfies
+// |analytic - numeric| <= atol + rtol * |numeric|.
+inline bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
+                      const std::string& what, double eps = 1e-6, Tol tol = {1e-7, 1e-5}, int max_elems = 64) {
+  for (const Tensor& t : inputs) REQUIRE(t.dtype() == DType::F64);
+  Tensor out = f(inputs);
+  const int64_t n_out = out.numel();
+  std::vector<double> r(static_cast<size_t>(n_out));
+  for (int64_t i = 0; i < n_out; ++i) r[i] = philox_normal(4242, static_cast<uint64_t>(i));
+  Tensor seed = Tensor::from_vector(r, out.shape(), DType::F64);
+  for (Tensor& t : inputs) t.set_grad(Tensor());
+  backward(out, seed);
+  auto objective = [&]() {
+    NoGradGuard ng;
+    std::vector<double> o = f(inputs).to_vector();
+    double s = 0;
+    for (size_t i = 0; i < o.size(); ++i) s += o[i] * r[i];
+    return s;
+  };
+  bool ok = true;
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    Tensor& x = inputs[k];
+    Tensor g = x.grad();
+    std::vector<double> analytic = g.defined() ? g.to_vector() : std::vector<double>(x.numel(), 0.0);
+    std::vector<double> numeric, probed;
+    const int64_t n = x.numel();
+    const int64_t step = std::max<int64_t>(1, n / max_elems);
+    double* p = x.data<double>();
+    for (int64_t i = 0; i < n; i += step) {
+      const double orig = p[i];
+      p[i] = orig + eps;
+      const double plus = objective();
+      p[i] = orig - eps;
+      const double minus = objective();
+      p[i] = orig;
+      numeric.push_back((plus - minus) / (2 * eps));
+      probed.push_back(analytic[i]);
+    }
+    ok = allclose(probed, numeric, tol, what + " d/input" + std::to_string(k)) && ok;
+  }
+  return ok;
+}
+
+}  // namespace mira::testing
