@@ -4,8 +4,9 @@
 // Choices worth knowing:
 // - Column reductions over (M, C) (BN statistics, BN backward sums, bias gradient) run in two
 //   fixed passes: blocks of 32 channels x 16 row-threads write per-block partials in double,
-//   then one thread per channel adds the partials in block order. The number of row blocks
-//   depends only on (M, C), not on the GPU, so every card gives the same bits; no atomics.
+//   then a second kernel adds each channel's partials in a fixed order. The number of row
+//   blocks depends only on (M, C), not on the GPU, so every card gives the same bits; no
+//   atomics.
 // - BN statistics use sums shifted by the channel's first value (cheap, and as accurate as
 //   Welford when the shift is a typical sample), per thread in f32 over at most a few hundred
 //   rows, then double.
@@ -106,47 +107,50 @@ __global__ void __launch_bounds__(kColTile* kColRows)
   }
 }
 
-// part: (G, 2, C); x: (M, C) (row 0 is the stats shift); mean, var: (C). One thread per channel.
-template <typename T>
-__global__ void __launch_bounds__(256)
-    bn_stats_final_kernel(const double* part, int G, const T* x, int64_t M, int C, float* mean, float* var) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  double s0 = 0.0, s1 = 0.0;
-  for (int g = 0; g < G; ++g) {
-    s0 += part[(static_cast<int64_t>(g) * 2 + 0) * C + c];
-    s1 += part[(static_cast<int64_t>(g) * 2 + 1) * C + c];
+// part: (G, 2, C) per-block sums -> per-channel totals, then the mode's epilogue:
+//   stats: x (M, C) (row 0 is the shift) -> mean, var (C);  bwd: -> out0, out1 (C);
+//   sum: db (C) (+)= total.
+// Block (32, 16) per 32 channels: threadIdx.y strides the G partials in a fixed order, then
+// row 0 adds the 16 per-thread sums in order. Deterministic, and short enough per thread that
+// the pass costs a few microseconds even with G = 1024.
+template <int MODE, typename T, typename D>
+__global__ void __launch_bounds__(kColTile* kColRows)
+    col_final_kernel(const double* part, int G, int64_t M, int C, const T* x, float* out0, float* out1, D* db,
+                     bool acc) {
+  __shared__ double s0[kColRows][kColTile + 1];
+  __shared__ double s1[kColRows][kColTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c = blockIdx.x * kColTile + tx;
+  double a0 = 0.0, a1 = 0.0;
+  if (c < C) {
+    for (int g = ty; g < G; g += kColRows) {
+      a0 += part[(static_cast<int64_t>(g) * 2 + 0) * C + c];
+      if constexpr (MODE != kColSum) a1 += part[(static_cast<int64_t>(g) * 2 + 1) * C + c];
+    }
   }
-  const double m = s0 / static_cast<double>(M);
-  double v = s1 / static_cast<double>(M) - m * m;
-  if (v < 0.0) v = 0.0;
-  mean[c] = static_cast<float>(static_cast<double>(to_f(x[c])) + m);
-  var[c] = static_cast<float>(v);
-}
-
-// part: (G, 2, C); out0, out1: (C). One thread per channel.
-__global__ void __launch_bounds__(256)
-    bn_bwd_final_kernel(const double* part, int G, int C, float* out0, float* out1) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  double s0 = 0.0, s1 = 0.0;
-  for (int g = 0; g < G; ++g) {
-    s0 += part[(static_cast<int64_t>(g) * 2 + 0) * C + c];
-    s1 += part[(static_cast<int64_t>(g) * 2 + 1) * C + c];
+  s0[ty][tx] = a0;
+  s1[ty][tx] = a1;
+  __syncthreads();
+  if (ty != 0 || c >= C) return;
+  double t0 = 0.0, t1 = 0.0;
+#pragma unroll
+  for (int i = 0; i < kColRows; ++i) {
+    t0 += s0[i][tx];
+    t1 += s1[i][tx];
   }
-  out0[c] = static_cast<float>(s0);
-  out1[c] = static_cast<float>(s1);
-}
-
-// part: (G, 2, C); db: (C). One thread per channel.
-template <typename D>
-__global__ void __launch_bounds__(256) col_sum_final_kernel(const double* part, int G, int C, D* db, bool acc) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  double s = 0.0;
-  for (int g = 0; g < G; ++g) s += part[(static_cast<int64_t>(g) * 2) * C + c];
-  if (acc) s += static_cast<double>(to_f(db[c]));
-  db[c] = from_f<D>(static_cast<float>(s));
+  if constexpr (MODE == kColStats) {
+    const double m = t0 / static_cast<double>(M);
+    double v = t1 / static_cast<double>(M) - m * m;
+    if (v < 0.0) v = 0.0;
+    out0[c] = static_cast<float>(static_cast<double>(to_f(x[c])) + m);
+    out1[c] = static_cast<float>(v);
+  } else if constexpr (MODE == kColBwd) {
+    out0[c] = static_cast<float>(t0);
+    out1[c] = static_cast<float>(t1);
+  } else {
+    if (acc) t0 += static_cast<double>(to_f(db[c]));
+    db[c] = from_f<D>(static_cast<float>(t0));
+  }
 }
 
 template <int MODE, typename T>
@@ -492,8 +496,8 @@ template <typename T, typename D>
 void col_sum(const T* dy, int64_t N, int O, D* db, bool accumulate, void* workspace, cudaStream_t stream) {
   if (O <= 0) return;
   const ColGrid g = launch_col_partial<kColSum, T>(dy, nullptr, nullptr, nullptr, N, O, workspace, stream);
-  col_sum_final_kernel<D><<<(O + 255) / 256, 256, 0, stream>>>(static_cast<const double*>(workspace), g.G, O, db,
-                                                               accumulate);
+  col_final_kernel<kColSum, T, D><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
+      static_cast<const double*>(workspace), g.G, N, O, nullptr, nullptr, nullptr, db, accumulate);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -506,8 +510,8 @@ void bn_stats(const T* x, int64_t M, int C, float* mean, float* var, void* works
   MIRA_CHECK(M > 0, "bn_stats over zero rows");
   if (C <= 0) return;
   const ColGrid g = launch_col_partial<kColStats, T>(x, nullptr, nullptr, nullptr, M, C, workspace, stream);
-  bn_stats_final_kernel<T><<<(C + 255) / 256, 256, 0, stream>>>(static_cast<const double*>(workspace), g.G, x, M, C,
-                                                                mean, var);
+  col_final_kernel<kColStats, T, float><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
+      static_cast<const double*>(workspace), g.G, M, C, x, mean, var, nullptr, false);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -534,8 +538,8 @@ void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invs
                    float* sum_dy_xhat, void* workspace, cudaStream_t stream) {
   if (C <= 0) return;
   const ColGrid g = launch_col_partial<kColBwd, T>(dy, x, mean, invstd, M, C, workspace, stream);
-  bn_bwd_final_kernel<<<(C + 255) / 256, 256, 0, stream>>>(static_cast<const double*>(workspace), g.G, C, sum_dy,
-                                                           sum_dy_xhat);
+  col_final_kernel<kColBwd, T, float><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
+      static_cast<const double*>(workspace), g.G, M, C, x, sum_dy, sum_dy_xhat, nullptr, false);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The one command to run on a machine with a GPU: everything that needs a device, in one call,
+# ending with a compact table (name, status, seconds). Full logs go to LOG_DIR.
+#
+#   tools/device_check.sh [LOG_DIR]     (default: $OUT if set, else ./device_logs)
+#
+# Steps: machine facts (nvidia-smi, nvcc, driver); cuDNN / cuBLAS / NCCL located in the PyTorch
+# pip wheels (site-packages/nvidia/*) and exported as CUDNN_INCLUDE_DIR / CUDNN_LIB_DIR (hints
+# read by cmake/MiraCuda.cmake), NCCL_INCLUDE_DIR / NCCL_LIB_DIR and LD_LIBRARY_PATH; the build:
+# a carried build-device/ that already holds test binaries is used as it is, otherwise the
+# script configures and builds one (which needs Debian's OpenBLAS, nlohmann-json and doctest
+# headers: it says which are missing); `ldd` of a test binary; the GPU tests (ctest -L gpu when
+# the build was configured for this checkout, else each gpu-labelled binary directly, since a
+# carried build's ctest files name the paths of the machine that configured it); then every
+# benchmark binary in build-device/bench/ and bench/pytorch_mira_step.py when torch imports.
+#
+# Environment: MIRA_DEVICE_BUILD (build folder, default build-device), MIRA_TEST_TIMEOUT (s per
+# test, default 300), MIRA_BENCH_TIMEOUT (s per benchmark, default 300), MIRA_BENCH_ARGS_<name>
+# (arguments for benchmark <name>, e.g. MIRA_BENCH_ARGS_mira_assign="--time"), MIRA_SKIP_BENCH=1.
+#
+# No `set -e`: a failing test or benchmark must not stop the run before the table prints.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+ROOT=$(pwd)
+LOG_DIR=${1:-${OUT:-./device_logs}}
+mkdir -p "$LOG_DIR" || exit 2
+LOG_DIR=$(cd "$LOG_DIR" && pwd)
+BUILD=${MIRA_DEVICE_BUILD:-build-device}
+TEST_TIMEOUT=${MIRA_TEST_TIMEOUT:-300}
+BENCH_TIMEOUT=${MIRA_BENCH_TIMEOUT:-300}
+T_START=$(date +%s.%N)
+
+ROWS=()  # "name|status|seconds|note"
+FAILED=0
+
+say() { echo "[device_check] $*" | tee -a "$LOG_DIR/summary.log"; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+row() {  # name status seconds note
+  ROWS+=("$1|$2|$3|${4:-}")
+  case "$2" in PASS|SKIP|OK) ;; *) FAILED=1 ;; esac
+}
+
+print_table() {
+  echo
+  echo "==================== device check: $(date -u +%Y-%m-%dT%H:%MZ) ===================="
+  [[ -s "$LOG_DIR/gpu.txt" ]] && head -n 1 "$LOG_DIR/gpu.txt"
+  printf "%-34s %-8s %9s  %s\n" "name" "status" "seconds" "note"
+  printf "%-34s %-8s %9s  %s\n" "----" "------" "-------" "----"
+  local r name status secs note
+  for r in "${ROWS[@]}"; do
+    IFS='|' read -r name status secs note <<<"$r"
+    printf "%-34s %-8s %9s  %s\n" "$name" "$status" "$secs" "${note:0:70}"
+  done
+  echo "total $(elapsed "$T_START") s; logs in $LOG_DIR"
+}
+
+# ---- machine
+say "repository: $ROOT; logs: $LOG_DIR"
+{
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi -L
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  else
+    echo "nvidia-smi not found"
+  fi
+} >"$LOG_DIR/gpu.txt" 2>&1
+cat "$LOG_DIR/gpu.txt"
+NVCC=$(command -v nvcc || { [[ -x /usr/local/cuda/bin/nvcc ]] && echo /usr/local/cuda/bin/nvcc; } || true)
+if [[ -n "$NVCC" ]]; then
+  "$NVCC" --version | tail -n 2 | tee "$LOG_DIR/nvcc.txt"
+else
+  say "nvcc not found (fine for a carried build)"
+fi
+
+# ---- vendor libraries from the PyTorch wheels
+NV_DIR=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
+if [[ -n "$NV_DIR" && -d "$NV_DIR" ]]; then
+  say "pip nvidia packages in $NV_DIR: $(ls "$NV_DIR" | tr '\n' ' ')"
+  for pkg in "$NV_DIR"/*/; do
+    [[ -d "$pkg/lib" ]] && export LD_LIBRARY_PATH="${pkg}lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  done
+  if [[ -d "$NV_DIR/cudnn/include" ]]; then
+    export CUDNN_INCLUDE_DIR="$NV_DIR/cudnn/include" CUDNN_LIB_DIR="$NV_DIR/cudnn/lib"
+    say "cuDNN: $CUDNN_LIB_DIR ($(ls "$CUDNN_LIB_DIR" | grep -m1 -o 'libcudnn\.so\.[0-9]*' || echo '?'))"
+  fi
+  [[ -d "$NV_DIR/cublas/lib" ]] && say "cuBLAS: $NV_DIR/cublas/lib"
+  if [[ -d "$NV_DIR/nccl/include" ]]; then
+    export NCCL_INCLUDE_DIR="$NV_DIR/nccl/include" NCCL_LIB_DIR="$NV_DIR/nccl/lib"
+    say "NCCL: $NCCL_LIB_DIR"
+  fi
+else
+  say "no pip 'nvidia' package found (python3: $(command -v python3 || echo none)); relying on system libraries"
+fi
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' \
+  >"$LOG_DIR/torch.txt" 2>&1 && cat "$LOG_DIR/torch.txt" || say "torch not importable"
+
+# ---- build
+have_tests() { compgen -G "$BUILD/tests/test_*" >/dev/null; }
+missing_headers() {
+  local h miss=()
+  for h in cblas.h nlohmann/json.hpp doctest/doctest.h; do
+    echo "#include <$h>" | c++ -E -x c++ - -I/usr/include/x86_64-linux-gnu/openblas-pthread -I/usr/include/openblas \
+      >/dev/null 2>&1 || miss+=("$h")
+  done
+  echo "${miss[*]:-}"
+}
+if have_tests; then
+  say "using the build in $BUILD (carried or already built)"
+  row "build" "OK" "0" "prepared $BUILD"
+else
+  t=$(now)
+  miss=$(missing_headers)
+  if [[ -n "$miss" ]]; then
+    say "cannot build here: missing headers: $miss (Debian: libopenblas-dev nlohmann-json3-dev doctest-dev)."
+    say "carry a build made elsewhere: cmake -S . -B build-device -G Ninja -DMIRA_CUDA=ON -DMIRA_CUDA_ARCHS=90 -DMIRA_STATIC_DEPS=ON"
+    row "build" "FAIL" "$(elapsed "$t")" "missing headers: $miss"
+  elif ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
+    say "cannot build here: cmake or ninja missing"
+    row "build" "FAIL" "$(elapsed "$t")" "cmake/ninja missing"
+  else
+    say "configuring and building $BUILD (log: build.log)"
+    {
+      cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMIRA_CUDA=ON -DMIRA_CUDA_ARCHS=90 \
+        -DMIRA_STATIC_DEPS=ON && cmake --build "$BUILD" -j "$(nproc)"
+    } >"$LOG_DIR/build.log" 2>&1
+    rc=$?
+    if [[ $rc -eq 0 ]]; then row "build" "OK" "$(elapsed "$t")"; else
+      row "build" "FAIL" "$(elapsed "$t")" "$(grep -m1 -E 'error|Error' "$LOG_DIR/build.log")"
+      tail -n 30 "$LOG_DIR/build.log"
+    fi
+  fi
+fi
+
+# ---- link check
+first_test=$(compgen -G "$BUILD/tests/test_*" | while read -r f; do [[ -x "$f" && -f "$f" ]] && echo "$f" && break; done)
+if [[ -n "$first_test" ]]; then
+  ldd "$first_test" >"$LOG_DIR/ldd.txt" 2>&1
+  grep -E 'cudart|cublas|cudnn|nccl|openblas|jpeg|not found' "$LOG_DIR/ldd.txt"
+  if grep -q 'not found' "$LOG_DIR/ldd.txt"; then
+    row "ldd $(basename "$first_test")" "FAIL" "0" "$(grep 'not found' "$LOG_DIR/ldd.txt" | awk '{print $1}' | tr '\n' ' ')"
+  fi
+fi
+
+# ---- GPU tests
+gpu_tests=()
+for src in tests/test_*.cpp; do
+  head -n 1 "$src" | grep -Eq '^// labels:.*\bgpu\b' && gpu_tests+=("$(basename "$src" .cpp)")
+done
+configured_here=0
+if [[ -f "$BUILD/CMakeCache.txt" ]] && grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT\$" "$BUILD/CMakeCache.txt"; then
+  configured_here=1
+fi
+if [[ $configured_here -eq 1 ]] && command -v ctest >/dev/null; then
+  say "ctest -L gpu (log: ctest_gpu.log)"
+  ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout "$TEST_TIMEOUT" >"$LOG_DIR/ctest_gpu.log" 2>&1
+  # "1/2 Test #5: test_ops_gpu ......   Passed    3.21 sec" / "***Failed" / "***Skipped"
+  while read -r name status secs; do
+    case "$status" in Passed) s=PASS ;; Skipped|Not*) s=SKIP ;; Timeout) s=TIMEOUT ;; *) s=FAIL ;; esac
+    row "$name" "$s" "$secs" "$([[ $s == FAIL ]] && grep -m1 -E 'ERROR|FAILED|error' "$LOG_DIR/ctest_gpu.log")"
+  done < <(sed -nE 's/.*Test +#[0-9]+: ([^ ]+) \.+ *(\*\*\*)?([A-Za-z]+).* ([0-9.]+) sec.*/\1 \3 \4/p' "$LOG_DIR/ctest_gpu.log")
+  grep -E 'tests passed|tests failed' "$LOG_DIR/ctest_gpu.log"
+else
+  say "running gpu-labelled binaries directly (${gpu_tests[*]:-none})"
+  for name in "${gpu_tests[@]}"; do
+    exe="$BUILD/tests/$name"
+    if [[ ! -x "$exe" ]]; then
+      row "$name" "MISSING" "0" "not built"
+      continue
+    fi
+    t=$(now)
+    (cd "$BUILD/tests" && timeout "$TEST_TIMEOUT" "./$name") >"$LOG_DIR/$name.log" 2>&1
+    rc=$?
+    case $rc in
+      0) s=PASS ;;
+      77) s=SKIP ;;
+      124) s=TIMEOUT ;;
+      *) s=FAIL ;;
+    esac
+    note=$(grep -m1 -E '^\[doctest\] test cases|SKIPPED' "$LOG_DIR/$name.log")
+    [[ $s == FAIL ]] && note="rc $rc: $(grep -m1 -E 'ERROR|error|what\(\)' "$LOG_DIR/$name.log")"
+    row "$name" "$s" "$(elapsed "$t")" "$note"
+    [[ $s == FAIL || $s == TIMEOUT ]] && tail -n 40 "$LOG_DIR/$name.log"
+  done
+fi
+
+# ---- benchmarks
+if [[ "${MIRA_SKIP_BENCH:-0}" != 1 ]]; then
+  for exe in "$BUILD"/bench/*; do
+    [[ -f "$exe" && -x "$exe" ]] || continue
+    name=$(basename "$exe")
+    var="MIRA_BENCH_ARGS_${name//[^A-Za-z0-9_]/_}"
+    args=${!var:-}
+    t=$(now)
+    say "bench $name $args (log: bench_$name.log)"
+    # shellcheck disable=SC2086
+    (cd "$ROOT" && timeout "$BENCH_TIMEOUT" "$exe" $args) >"$LOG_DIR/bench_$name.log" 2>&1
+    rc=$?
+    s=$([[ $rc -eq 0 ]] && echo OK || { [[ $rc -eq 124 ]] && echo TIMEOUT || echo FAIL; })
+    row "bench $name" "$s" "$(elapsed "$t")" "$(grep -v '^\s*$' "$LOG_DIR/bench_$name.log" | tail -n 1)"
+  done
+  if [[ -f bench/pytorch_mira_step.py ]] && python3 -c 'import torch' 2>/dev/null; then
+    t=$(now)
+    say "bench pytorch_mira_step.py (log: bench_pytorch_mira_step.log)"
+    timeout "$BENCH_TIMEOUT" python3 bench/pytorch_mira_step.py >"$LOG_DIR/bench_pytorch_mira_step.log" 2>&1
+    rc=$?
+    row "bench pytorch_mira_step.py" "$([[ $rc -eq 0 ]] && echo OK || echo FAIL)" "$(elapsed "$t")" \
+      "$(grep -v '^\s*$' "$LOG_DIR/bench_pytorch_mira_step.log" | tail -n 1)"
+  fi
+fi
+
+print_table | tee "$LOG_DIR/table.txt"
+exit $FAILED
