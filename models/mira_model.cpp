@@ -27,6 +27,10 @@ void MiraModel::init(uint64_t seed) {
   s_backbone_->init(seed);
   s_proj_->init(seed);
   protos_->init(seed);
+  reset_teacher();
+}
+
+void MiraModel::reset_teacher() {
   teacher_->flat_params().copy_(student_->flat_params().slice_batch(0, teacher_->flat_params().numel()));
   teacher_->flat_buffers().copy_(student_->flat_buffers().slice_batch(0, teacher_->flat_buffers().numel()));
 }

@@ -24,6 +24,8 @@ class MiraModel {
   explicit MiraModel(const MiraModelConfig& cfg, Device device = Device::cpu(), DType dtype = DType::F32);
   // Seeded init of the student; the teacher starts as an exact copy (parameters and buffers).
   void init(uint64_t seed);
+  // teacher := student (parameters and BN buffers), as at the start of training.
+  void reset_teacher();
 
   // Student logits (N, K) for one crop batch (its own BN batch statistics).
   Tensor student_logits(const Tensor& x);

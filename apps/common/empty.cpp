@@ -1,1 +1,0 @@
-// Keeps mira_app_common non-empty before the first shared helper lands.

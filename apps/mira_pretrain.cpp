@@ -1,0 +1,366 @@
+// mira_pretrain: MIRA pre-training of a ResNet on an image dataset.
+//
+//   mira_pretrain --config FILE [--set key=value ...] [--data PATH] [--out RUN_DIR]
+//                 [--resume auto|CKPT] [--device cpu|cuda[:i]] [--seed S] [--eval-data PATH]
+//
+// The run is observable (progress line, RUN_DIR/metrics.jsonl), interruptible (SIGINT/SIGTERM
+// write a checkpoint and exit cleanly) and resumable (--resume auto continues from the newest
+// checkpoint; on the CPU an interrupted and resumed run ends bit-identical to an uninterrupted
+// one). A non-finite loss stops the run with an error and keeps the last good checkpoint; a
+// failed checkpoint write (full disk) is an error that keeps the previous one.
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "apps/common/cli.h"
+#include "apps/pretrain/pretrain_config.h"
+#include "apps/pretrain/run_dir.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "engine/cuda_backend.h"
+#include "engine/safetensors.h"
+#include "engine/schedule.h"
+#include "models/mira_trainer.h"
+
+using namespace mira;
+using namespace mira::apps;
+namespace fs = std::filesystem;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_signal(int sig) {
+  g_stop_signal = sig;
+  std::signal(sig, SIG_DFL);  // a second signal ends the process at once
+}
+
+// Splits "--set k=v" / "--set=k=v" out of argv (the parser takes one value per option).
+std::vector<std::string> take_sets(int& argc, char** argv) {
+  std::vector<std::string> sets;
+  int w = 1;
+  for (int r = 1; r < argc; ++r) {
+    std::string a = argv[r];
+    if (a == "--set") {
+      MIRA_CHECK(r + 1 < argc, "--set needs key=value");
+      sets.push_back(argv[++r]);
+    } else if (a.rfind("--set=", 0) == 0) {
+      sets.push_back(a.substr(6));
+    } else {
+      argv[w++] = argv[r];
+    }
+  }
+  argc = w;
+  return sets;
+}
+
+models::ResNetConfig backbone_config(const Json& m) {
+  models::ResNetConfig c = models::ResNetConfig::from_name(m["arch"]);
+  if (!m["widths"].empty()) {
+    c.widths = m["widths"].get<std::vector<int>>();
+    c.blocks = m["blocks"].get<std::vector<int>>();
+  }
+  c.cifar_stem = m["cifar_stem"];
+  c.cifar_stem_padding = m["cifar_stem_padding"];
+  c.zero_init_residual = m["zero_init_residual"];
+  return c;
+}
+
+data::MultiCropRecipe recipe_from(const Json& d) {
+  data::MultiCropRecipe r = data::MultiCropRecipe::by_name(d["recipe"]);
+  const int locals = d["local_crops"];
+  if (locals >= 0) {
+    MIRA_CHECK(r.views.size() >= 2, "recipe ", r.name, " has fewer than two views");
+    MIRA_CHECK(locals == 0 || r.views.size() > 2, "data.local_crops = ", locals, ": recipe '", r.name,
+               "' has no local crop to repeat");
+    const data::ViewSpec local = r.views.size() > 2 ? r.views[2] : r.views[0];
+    r.views.resize(2);
+    for (int i = 0; i < locals; ++i) r.views.push_back(local);
+  }
+  const std::string interp = d["interp"];
+  if (!interp.empty()) {
+    for (auto& v : r.views) v.interp = interp == "bilinear" ? data::Interp::Bilinear : data::Interp::Bicubic;
+  }
+  if (!d["mean"].empty()) {
+    for (int c = 0; c < 3; ++c) {
+      r.mean[c] = d["mean"][c].get<float>();
+      r.std[c] = d["std"][c].get<float>();
+    }
+  }
+  return r;
+}
+
+std::unique_ptr<data::Dataset> open_train_data(const Json& d) {
+  const std::string path = d["path"];
+  MIRA_CHECK(!path.empty(), "no training data: give --data PATH or set data.path");
+  int64_t last_report = 0;
+  auto progress = [&](int64_t n) {
+    if (n - last_report >= 10000) {
+      std::fprintf(stderr, "\rscanning %s: %lld files", path.c_str(), static_cast<long long>(n));
+      last_report = n;
+    }
+  };
+  auto ds = data::open_dataset(path, data::parse_format(d["format"]), data::Split::Train, progress);
+  if (last_report) std::fprintf(stderr, "\n");
+  const int64_t subset = d["train_subset"];
+  if (subset > 0 && subset < ds->size()) {
+    MIRA_CHECK(ds->in_memory(), "data.train_subset needs an IDX or CIFAR dataset (", ds->path(), " is an image tree)");
+    const size_t img = static_cast<size_t>(ds->height()) * ds->width() * ds->channels();
+    std::vector<uint8_t> pixels(ds->pixels(), ds->pixels() + img * subset);
+    std::vector<int64_t> labels(static_cast<size_t>(subset));
+    for (int64_t i = 0; i < subset; ++i) labels[i] = ds->label(i);
+    ds = std::make_unique<data::InMemoryDataset>(ds->path(), ds->format(), ds->height(), ds->width(),
+                                                 ds->channels(), ds->num_classes(), std::move(pixels),
+                                                 std::move(labels));
+  }
+  return ds;
+}
+
+std::string fmt_duration(double s) {
+  char b[32];
+  if (s >= 3600) {
+    std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
+  } else {
+    std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
+  }
+  return b;
+}
+
+int run(int argc, char** argv) {
+  std::vector<std::string> sets = take_sets(argc, argv);
+  ArgParser args("mira_pretrain", "MIRA self-supervised pre-training (Lee et al., NeurIPS 2022).");
+  args.option("config", "JSON preset (configs/*.json); keys not given keep their defaults")
+      .option("data", "training data: ImageFolder tree, IDX or CIFAR directory (sets data.path)")
+      .option("out", "run directory for config, metrics and checkpoints", "runs/mira")
+      .option("resume", "auto (newest checkpoint in the run directory, if any) or a checkpoint file")
+      .option("device", "cpu, cuda or cuda:N (sets train.device)")
+      .option("seed", "random seed (sets train.seed)")
+      .option("eval-data", "test split for a k-NN evaluation at the end (sets eval.test_data)");
+  if (!args.parse(argc, argv)) return 0;
+
+  // Configuration: defaults < preset < --set < dedicated flags.
+  const Json& schema = pretrain_schema();
+  Json cfg = schema;
+  if (args.has("config")) cfg = merge_config(schema, cfg, read_json_file(args.str("config")), args.str("config"));
+  apply_overrides(cfg, schema, sets);
+  if (args.has("data")) cfg["data"]["path"] = args.str("data");
+  if (args.has("device")) cfg["train"]["device"] = args.str("device");
+  if (args.has("seed")) cfg["train"]["seed"] = parse_int(args.str("seed"), "--seed");
+  if (args.has("eval-data")) cfg["eval"]["test_data"] = args.str("eval-data");
+  validate_pretrain_config(cfg);
+
+  const std::string run_dir = args.str("out");
+  fs::create_directories(checkpoint_dir(run_dir));
+  write_file_atomic((fs::path(run_dir) / "config.json").string(), cfg.dump(2) + "\n");
+
+  const Device device = Device::parse(cfg["train"]["device"]);
+  if (device.is_cuda()) {
+    MIRA_CHECK(cuda::built_with_cuda(), "train.device is ", device.str(), " but this build has no CUDA backend");
+    MIRA_CHECK(cuda::device_count() > device.index, "train.device is ", device.str(), " but ",
+               cuda::device_count(), " CUDA devices are visible");
+    cuda::set_device(device.index);
+  }
+  Communicator& comm = local_comm();
+  const int64_t global_batch = cfg["train"]["batch_size"];
+  MIRA_CHECK(global_batch % comm.world_size() == 0, "train.batch_size ", global_batch, " is not divisible by ",
+             comm.world_size(), " ranks");
+
+  // Data.
+  auto dataset = open_train_data(cfg["data"]);
+  data::MultiCropRecipe recipe = recipe_from(cfg["data"]);
+  data::LoaderConfig lc;
+  lc.batch_size = global_batch / comm.world_size();
+  lc.threads = cfg["data"]["threads"];
+  lc.prefetch = cfg["data"]["prefetch"];
+  lc.sampler.seed = cfg["train"]["seed"];
+  lc.sampler.rank = comm.rank();
+  lc.sampler.world = comm.world_size();
+  lc.sampler.drop_last = true;
+  lc.sampler.batch_size = lc.batch_size;
+  lc.pinned = device.is_cuda();
+  data::Loader loader(*dataset, recipe, lc);
+  loader.start_epoch(0);
+  const int64_t steps_per_epoch = loader.batches_per_epoch();
+  MIRA_CHECK(steps_per_epoch > 0, "the dataset (", dataset->size(), " images) is smaller than one batch of ",
+             global_batch);
+
+  // Model, optimiser, schedules.
+  models::MiraModelConfig mc;
+  mc.backbone = backbone_config(cfg["model"]);
+  mc.head = models::HeadConfig{cfg["model"]["proj_hidden"], cfg["model"]["proj_out"], cfg["model"]["prototypes"]};
+  models::MiraModel model(mc, device, DType::F32);
+  model.init(cfg["train"]["seed"]);
+  const Json& o = cfg["optim"];
+  OptimConfig oc{o["name"], o["momentum"], o["weight_decay"], o["eta"]};
+  const Json& mj = cfg["mira"];
+  models::MiraTrainer trainer(model, oc, {mj["tau_s"], mj["tau_t"], mj["iters"]}, comm);
+
+  const int64_t epochs = cfg["train"]["epochs"];
+  const int64_t total_steps = epochs * steps_per_epoch;
+  LrSchedule lr;
+  lr.base_lr = o["lr"].get<double>() * (o["scale_lr_by_batch"].get<bool>() ? double(global_batch) / 256.0 : 1.0);
+  lr.warmup_start_lr = o["warmup_start_lr"];
+  lr.min_lr = o["min_lr"];
+  lr.warmup_steps = static_cast<int64_t>(std::llround(o["warmup_epochs"].get<double>() * steps_per_epoch));
+  lr.steps_per_epoch = steps_per_epoch;
+  lr.total_steps = total_steps;
+  const CosineRamp beta{mj["beta_initial"], mj["beta_final"], total_steps};
+  const CosineRamp ema{mj["ema_initial"], mj["ema_final"], total_steps};
+  const int64_t freeze_epochs = mj["freeze_prototypes_epochs"];
+
+  // Resume.
+  TrainPosition pos;
+  if (args.has("resume")) {
+    std::string ckpt = args.str("resume");
+    if (ckpt == "auto") {
+      auto all = list_checkpoints(run_dir);
+      ckpt.clear();
+      // Newest first; a checkpoint that does not load (cut short by a crash outside our
+      // atomic write, or damaged later) is reported and the previous one is tried.
+      for (auto it = all.rbegin(); it != all.rend() && ckpt.empty(); ++it) {
+        try {
+          Json saved;
+          pos = load_training_checkpoint(it->path, model, trainer.optimizer(), &saved);
+          ckpt = it->path;
+        } catch (const Error& e) {
+          std::fprintf(stderr, "warning: skipping checkpoint %s: %s\n", it->path.c_str(), e.what());
+        }
+      }
+      if (ckpt.empty()) std::printf("no checkpoint in %s: starting from scratch\n", run_dir.c_str());
+    } else {
+      Json saved;
+      pos = load_training_checkpoint(ckpt, model, trainer.optimizer(), &saved);
+    }
+    if (!ckpt.empty()) {
+      std::printf("resuming from %s at step %lld (epoch %lld)\n", ckpt.c_str(), static_cast<long long>(pos.step),
+                  static_cast<long long>(pos.epoch));
+    }
+  }
+  MetricsLog metrics((fs::path(run_dir) / "metrics.jsonl").string(), pos.step);
+
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  const int64_t ckpt_every = cfg["train"]["checkpoint_every"];
+  const int64_t keep_every = cfg["train"]["keep_every"];
+  const int64_t log_every = cfg["train"]["log_every"];
+  const int64_t max_steps = cfg["train"]["max_steps"];
+  const double log_k = std::log(double(mc.head.prototypes));
+  std::printf("MIRA pre-training: %s, %lld images, %zu crops of %s, batch %lld, %lld epochs x %lld steps, %s on %s\n",
+              mc.backbone.arch.c_str(), static_cast<long long>(dataset->size()), recipe.views.size(),
+              recipe.name.c_str(), static_cast<long long>(global_batch), static_cast<long long>(epochs),
+              static_cast<long long>(steps_per_epoch), oc.name.c_str(), device.str().c_str());
+
+  int64_t step = pos.step, saved_step = pos.step;
+  TrainPosition here = pos;
+  auto save = [&]() {
+    save_training_checkpoint(checkpoint_path(run_dir, step), model, trainer.optimizer(), here, cfg);
+    prune_checkpoints(run_dir, keep_every * std::max<int64_t>(ckpt_every, 1));
+    saved_step = step;
+  };
+  using Clock = std::chrono::steady_clock;
+  const auto t_start = Clock::now();
+  auto t_log = t_start;
+  int64_t images_since_log = 0, steps_this_run = 0;
+  double last_loss = NAN;
+  bool collapse_warned = false;
+  bool stopped = false;
+  for (int64_t epoch = pos.epoch; epoch < epochs && !stopped; ++epoch) {
+    loader.start_epoch(epoch);
+    data::Batch batch;
+    int64_t k = 0;
+    while (loader.next(batch)) {
+      if (epoch == pos.epoch && k < pos.step_in_epoch) {  // resumed: these batches are done
+        ++k;
+        continue;
+      }
+      std::vector<Tensor> views;
+      for (const Tensor& v : batch.views) views.push_back(device.is_cuda() ? v.to(device) : v);
+      models::MiraStepSchedule s{lr.at(step), beta.at(step), ema.at(step), epoch < freeze_epochs};
+      const bool log_now = (step + 1) % log_every == 0;
+      models::MiraStepStats st;
+      try {
+        st = trainer.step(views, s, log_now);
+      } catch (const Error& e) {
+        MIRA_FAIL("step ", step + 1, " (epoch ", epoch, "): ", e.what(), "; the last good checkpoint is ",
+                  saved_step > 0 ? checkpoint_path(run_dir, saved_step) : std::string("(none yet)"));
+      }
+      ++step;
+      ++k;
+      ++steps_this_run;
+      last_loss = st.loss;
+      images_since_log += global_batch;
+      here = TrainPosition{step, k == steps_per_epoch ? epoch + 1 : epoch, k == steps_per_epoch ? 0 : k};
+      if (log_now) {
+        const auto now = Clock::now();
+        const double dt = std::chrono::duration<double>(now - t_log).count();
+        const double ips = dt > 0 ? images_since_log / dt : 0;
+        const double elapsed = std::chrono::duration<double>(now - t_start).count();
+        const double eta = steps_this_run > 0 ? elapsed / steps_this_run * (total_steps - step) : 0;
+        Json line{{"step", step},
+                  {"epoch", epoch},
+                  {"loss", st.loss},
+                  {"lr", s.lr},
+                  {"beta", s.beta},
+                  {"ema_momentum", s.ema_momentum},
+                  {"target_entropy", st.target_entropy},
+                  {"marginal_entropy", st.marginal_entropy},
+                  {"clusters_in_use", st.clusters_in_use},
+                  {"kkt_residual", st.kkt_residual},
+                  {"images_per_s", ips},
+                  {"time_s", elapsed}};
+        if (device.is_cuda()) line["gpu_memory_bytes"] = cuda::memory_stats(device.index).peak_allocated_bytes;
+        metrics.write(line);
+        std::printf("epoch %lld/%lld step %lld/%lld loss %.4f lr %.4f beta %.4f ema %.5f H(T) %.3f H(wbar) %.3f/%.3f "
+                    "clusters %d img/s %.0f ETA %s\n",
+                    static_cast<long long>(epoch + 1), static_cast<long long>(epochs), static_cast<long long>(step),
+                    static_cast<long long>(total_steps), st.loss, s.lr, s.beta, s.ema_momentum, st.target_entropy,
+                    st.marginal_entropy, log_k, st.clusters_in_use, ips, fmt_duration(eta).c_str());
+        std::fflush(stdout);
+        if (!collapse_warned && st.marginal_entropy < 0.5 * log_k) {
+          std::fprintf(stderr,
+                       "warning: possible collapse at step %lld: marginal entropy %.3f is below half of log K = %.3f "
+                       "(%d clusters in use)\n",
+                       static_cast<long long>(step), st.marginal_entropy, log_k, st.clusters_in_use);
+          collapse_warned = true;
+        }
+        t_log = now;
+        images_since_log = 0;
+      }
+      if (ckpt_every > 0 && step % ckpt_every == 0) save();
+      if (g_stop_signal) {
+        save();
+        std::printf("stopped by signal %d at step %lld: checkpoint %s written; continue with --resume auto\n",
+                    int(g_stop_signal), static_cast<long long>(step), checkpoint_path(run_dir, step).c_str());
+        stopped = true;
+        break;
+      }
+      if (max_steps > 0 && step >= max_steps) {
+        stopped = true;
+        break;
+      }
+    }
+  }
+  if (saved_step != step) save();
+  const double seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+  Json summary{{"steps", step},
+               {"steps_this_run", steps_this_run},
+               {"final_loss", last_loss},
+               {"seconds_this_run", seconds},
+               {"images_per_s", seconds > 0 ? steps_this_run * global_batch / seconds : 0.0},
+               {"skipped_files", loader.skipped_files()},
+               {"checkpoint", checkpoint_path(run_dir, step)},
+               {"complete", step >= total_steps}};
+  write_file_atomic((fs::path(run_dir) / "summary.json").string(), summary.dump(2) + "\n");
+  std::printf("done: %lld steps, final loss %.4f, checkpoint %s\n", static_cast<long long>(step), last_loss,
+              checkpoint_path(run_dir, step).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return run_main([&] { return run(argc, argv); });
+}

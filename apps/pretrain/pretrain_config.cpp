@@ -1,0 +1,86 @@
+#include "apps/pretrain/pretrain_config.h"
+
+#include "engine/error.h"
+
+namespace mira::apps {
+
+const Json& pretrain_schema() {
+  static const Json schema = Json::parse(R"({
+    "model": {
+      "arch": "resnet50",
+      "widths": [], "blocks": [],
+      "cifar_stem": false, "cifar_stem_padding": 1,
+      "zero_init_residual": true,
+      "proj_hidden": 2048, "proj_out": 256, "prototypes": 3000
+    },
+    "data": {
+      "path": "", "format": "auto", "train_subset": 0,
+      "recipe": "imagenet", "local_crops": -1, "interp": "", "mean": [], "std": [],
+      "threads": 0, "prefetch": 3
+    },
+    "optim": {
+      "name": "lars", "lr": 0.3, "scale_lr_by_batch": true,
+      "warmup_epochs": 10.0, "warmup_start_lr": 0.0, "min_lr": 0.0,
+      "weight_decay": 1e-6, "momentum": 0.9, "eta": 0.001
+    },
+    "mira": {
+      "tau_s": 0.1, "tau_t": 0.225, "iters": 30,
+      "beta_initial": 0.7, "beta_final": 0.6666666666666666,
+      "ema_initial": 0.99, "ema_final": 1.0,
+      "freeze_prototypes_epochs": 1
+    },
+    "train": {
+      "epochs": 100, "batch_size": 4096, "seed": 0, "device": "cpu",
+      "checkpoint_every": 500, "keep_every": 0, "log_every": 10, "max_steps": 0
+    },
+    "eval": {"test_data": "", "knn_k": 20, "knn_t": 0.07}
+  })");
+  return schema;
+}
+
+namespace {
+void require(bool ok, const char* key, const std::string& what) {
+  MIRA_CHECK(ok, "configuration: '", key, "' ", what);
+}
+}  // namespace
+
+void validate_pretrain_config(const Json& c) {
+  const std::string arch = c["model"]["arch"];
+  require(arch == "resnet18" || arch == "resnet50" || arch == "resnet_tiny", "model.arch",
+          "must be resnet18, resnet50 or resnet_tiny, got " + arch);
+  require(c["model"]["widths"].size() == c["model"]["blocks"].size(), "model.widths",
+          "and model.blocks must have the same length");
+  require(c["model"]["prototypes"] >= 1, "model.prototypes", "must be >= 1");
+  require(c["model"]["proj_hidden"] >= 1 && c["model"]["proj_out"] >= 1, "model.proj_hidden", "and proj_out must be >= 1");
+  const int pad = c["model"]["cifar_stem_padding"];
+  require(pad == 1 || pad == 2, "model.cifar_stem_padding", "must be 1 or 2");
+  require(c["train"]["epochs"] >= 1, "train.epochs", "must be >= 1");
+  require(c["train"]["batch_size"] >= 2, "train.batch_size", "must be >= 2 (BatchNorm needs two samples)");
+  require(c["train"]["checkpoint_every"] >= 0 && c["train"]["keep_every"] >= 0, "train.checkpoint_every",
+          "and train.keep_every must be >= 0");
+  require(c["train"]["log_every"] >= 1, "train.log_every", "must be >= 1");
+  require(c["train"]["max_steps"] >= 0, "train.max_steps", "must be >= 0");
+  require(c["data"]["train_subset"] >= 0, "data.train_subset", "must be >= 0");
+  require(c["data"]["mean"].size() == 0 || c["data"]["mean"].size() == 3, "data.mean", "must have 3 values");
+  require(c["data"]["std"].size() == 0 || c["data"]["std"].size() == 3, "data.std", "must have 3 values");
+  const std::string interp = c["data"]["interp"];
+  require(interp.empty() || interp == "bilinear" || interp == "bicubic", "data.interp",
+          "must be bilinear or bicubic, got " + interp);
+  const std::string opt = c["optim"]["name"];
+  require(opt == "sgd" || opt == "lars", "optim.name", "must be sgd or lars, got " + opt);
+  require(c["optim"]["lr"] > 0, "optim.lr", "must be > 0");
+  require(c["optim"]["warmup_epochs"] >= 0, "optim.warmup_epochs", "must be >= 0");
+  require(c["optim"]["weight_decay"] >= 0, "optim.weight_decay", "must be >= 0");
+  require(c["optim"]["momentum"] >= 0 && c["optim"]["momentum"] < 1, "optim.momentum", "must be in [0, 1)");
+  const double bi = c["mira"]["beta_initial"], bf = c["mira"]["beta_final"];
+  require(bi >= 0 && bi < 1, "mira.beta_initial", "must be in [0, 1)");
+  require(bf >= 0 && bf < 1, "mira.beta_final", "must be in [0, 1)");
+  require(c["mira"]["tau_s"] > 0 && c["mira"]["tau_t"] > 0, "mira.tau_s", "and mira.tau_t must be > 0");
+  require(c["mira"]["iters"] >= 0, "mira.iters", "must be >= 0");
+  const double ei = c["mira"]["ema_initial"], ef = c["mira"]["ema_final"];
+  require(ei >= 0 && ei <= 1 && ef >= 0 && ef <= 1, "mira.ema_initial", "and mira.ema_final must be in [0, 1]");
+  require(c["mira"]["freeze_prototypes_epochs"] >= 0, "mira.freeze_prototypes_epochs", "must be >= 0");
+  require(c["eval"]["knn_k"] >= 1 && c["eval"]["knn_t"] > 0, "eval.knn_k", "must be >= 1 and eval.knn_t > 0");
+}
+
+}  // namespace mira::apps

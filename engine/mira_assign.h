@@ -1,0 +1,55 @@
+// Assignment ops: MIRA's pseudo-labels (paper Eq. 4-7, the official fixed-point iteration) and
+// the Sinkhorn-Knopp baseline of SwAV. Targets carry no gradient. Numerics, robustness and the
+// GPU variants are explained in kernels/cpu/mira_assign.h and kernels/cuda/mira_assign.cuh;
+// docs/assignment.md is the user-level account.
+//
+// Multi-process runs pass their Communicator: each rank holds its own rows, and the K-length
+// column sums are summed over ranks before the loop and in every iteration (the logits are
+// never gathered). Every rank must call the op with the same K, tau_t, beta and iters.
+#pragma once
+
+#include <vector>
+
+#include "engine/comm.h"
+#include "engine/tensor.h"
+
+namespace mira {
+
+// Over all ranks; for collapse monitoring (a collapsed assignment has a low marginal entropy).
+struct AssignStats {
+  Tensor wbar;                  // (K) f64 on the CPU: mean_i T_ij over the global batch
+  double kkt_residual = 0;      // MIRA: max_ij |T_ij - normalise_i(wbar^a * P)_j|; Sinkhorn: NaN
+  double target_entropy = 0;    // mean_i H(T_i), nats
+  double marginal_entropy = 0;  // H(wbar), nats; log K at equipartition
+};
+
+// CUDA variant (kernels/cuda/mira_assign.cuh); the CPU path ignores it. Auto: Fused for one
+// process, PerPass for several, Unfused where K is too large for either (K > 12288).
+enum class AssignKernel { Auto, Fused, PerPass, Unfused };
+
+struct AssignOptions {
+  AssignKernel kernel = AssignKernel::Auto;
+  // CUDA Fused/PerPass: hold E in bf16 during the iteration (faster, ~1e-4 absolute error).
+  bool bf16_cache = false;
+  // CUDA: read back the count of non-finite logits and throw if there are any. This
+  // synchronises the stream once per call; turn it off while capturing a CUDA graph.
+  bool check_finite = true;
+};
+
+// logits: (N, K) f32, f64 (CPU only) or bf16 -> targets (N, K), f64 for f64 logits, else f32,
+// on the logits' device. tau_t > 0, beta in [0, 1), iters >= 0 (the official code uses 30).
+// Throws mira::Error for bad arguments or a NaN / Inf logit on any rank.
+Tensor mira_assign(const Tensor& logits, double tau_t, double beta, int iters, Communicator& comm = local_comm(),
+                   AssignStats* stats = nullptr, const AssignOptions& opts = {});
+
+// Several views (e.g. MIRA's two global crops) of the same shape, dtype and device, each with
+// its own targets and column sums; on CUDA they share one launch. stats: one entry per view.
+std::vector<Tensor> mira_assign(const std::vector<Tensor>& views, double tau_t, double beta, int iters,
+                                Communicator& comm = local_comm(), std::vector<AssignStats>* stats = nullptr,
+                                const AssignOptions& opts = {});
+
+// SwAV's Sinkhorn-Knopp: eps > 0 (0.05), iters >= 1 (3). Rows of the result sum to 1.
+Tensor sinkhorn_assign(const Tensor& logits, double eps = 0.05, int iters = 3, Communicator& comm = local_comm(),
+                       AssignStats* stats = nullptr, const AssignOptions& opts = {});
+
+}  // namespace mira

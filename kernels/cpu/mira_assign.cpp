@@ -1,0 +1,269 @@
+#include "kernels/cpu/mira_assign.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "engine/error.h"
+
+namespace mira::cpu {
+
+namespace {
+
+void reduce_sum(const AssignReduce* r, double* data, int64_t n) {
+  if (r && r->sum) r->sum(data, n, r->ctx);
+}
+void reduce_max(const AssignReduce* r, double* data, int64_t n) {
+  if (r && r->max) r->max(data, n, r->ctx);
+}
+
+void check_args(int64_t N, int64_t K, double a, const char* a_name, int iters, int min_iters, const char* op) {
+  MIRA_CHECK(N > 0 && K > 0, op, ": empty input (N = ", N, ", K = ", K, ")");
+  MIRA_CHECK(std::isfinite(a) && a > 0, op, ": ", a_name, " must be a positive finite number, got ", a);
+  MIRA_CHECK(iters >= min_iters, op, ": iters must be >= ", min_iters, ", got ", iters);
+}
+
+// One pass over the rows: r_i = sum_j w_j E_ij, c_j = sum_i E_ij / r_i (w = null: all ones).
+// r_i >= 1 by construction (see the header); the guard only keeps a broken invariant from
+// turning into a NaN.
+template <typename T>
+void column_pass(const T* E, const double* w, double* c, int64_t N, int64_t K) {
+  std::fill(c, c + K, 0.0);
+  for (int64_t i = 0; i < N; ++i) {
+    const T* e = E + i * K;
+    double r = 0;
+    if (w) {
+      for (int64_t j = 0; j < K; ++j) r += w[j] * static_cast<double>(e[j]);
+    } else {
+      for (int64_t j = 0; j < K; ++j) r += static_cast<double>(e[j]);
+    }
+    const double s = r > 0 ? 1.0 / r : 0.0;
+    for (int64_t j = 0; j < K; ++j) c[j] += static_cast<double>(e[j]) * s;
+  }
+}
+
+// Row-stable softmax numerator E_i = exp((L_i - max L_i) * inv_tau), row max exactly 1.
+// Returns false (and leaves the row zero) when the row holds a NaN or an infinity.
+template <typename T>
+bool exp_row(const T* l, T* e, int64_t K, double inv_tau) {
+  double m = -std::numeric_limits<double>::infinity();
+  bool finite = true;
+  for (int64_t j = 0; j < K; ++j) {
+    const double v = static_cast<double>(l[j]);
+    finite = finite && std::isfinite(v);
+    m = std::max(m, v);
+  }
+  if (!finite) {
+    std::fill(e, e + K, T(0));
+    return false;
+  }
+  for (int64_t j = 0; j < K; ++j) e[j] = static_cast<T>(std::exp((static_cast<double>(l[j]) - m) * inv_tau));
+  return true;
+}
+
+constexpr double kLog2Max = 1020.0;  // double weights: K of them sum to < 2^1020 < DBL_MAX
+
+}  // namespace
+
+void mira_weights_from_mass(const double* x, double* w, int64_t K, double exponent, double log2_cap) {
+  double xmax = 0;
+  for (int64_t j = 0; j < K; ++j) xmax = std::max(xmax, x[j]);
+  if (!(xmax > 0)) {  // no mass anywhere (cannot happen with one row): uniform weights
+    std::fill(w, w + K, 1.0);
+    return;
+  }
+  const double l2max = std::log2(xmax);
+  for (int64_t j = 0; j < K; ++j) {
+    if (x[j] > 0) {
+      // (log2 x_j - log2 xmax) <= 0 and exponent <= 0, so the product is >= 0 and w_j >= 1.
+      w[j] = std::exp2(std::min(exponent * (std::log2(x[j]) - l2max), log2_cap));
+    } else {
+      w[j] = 0;
+    }
+  }
+}
+
+int64_t mira_assign_work_size(int64_t, int64_t K) { return 2 * K + 1; }
+int64_t sinkhorn_assign_work_size(int64_t N, int64_t K) { return N + 3 * K + 1; }
+int64_t assign_stats_work_size(int64_t, int64_t K) { return 2 * K + 1; }
+
+template <typename T>
+void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double tau_t, double beta, int iters,
+                     double* work, const AssignReduce* reduce) {
+  check_args(N, K, tau_t, "tau_t", iters, 0, "mira_assign");
+  MIRA_CHECK(beta >= 0 && beta < 1, "mira_assign: beta must be in [0, 1), got ", beta);
+  const double tau_p = tau_t * (1.0 - beta);
+  MIRA_CHECK(tau_p > 0 && std::isfinite(1.0 / tau_p), "mira_assign: tau_t * (1 - beta) = ", tau_p, " is too small");
+  MIRA_CHECK(logits != targets, "mira_assign: targets may not alias logits");
+  const double inv_tau = 1.0 / tau_p;
+  const double log2_cap = mira_weight_log2_cap(K, kLog2Max);
+  double* w = work;
+  double* c = work + K;  // K column sums + 1 slot counting non-finite logits (reduced with them)
+  T* E = targets;        // the targets buffer holds E until the last pass
+
+  int64_t bad = 0;
+  for (int64_t i = 0; i < N; ++i) bad += exp_row(logits + i * K, E + i * K, K, inv_tau) ? 0 : 1;
+
+  // Initial update (from u = 1): c = colsum(P).
+  column_pass(E, static_cast<const double*>(nullptr), c, N, K);
+  c[K] = static_cast<double>(bad);
+  reduce_sum(reduce, c, K + 1);
+  MIRA_CHECK(c[K] == 0, "mira_assign: the logits contain NaN or Inf (", c[K], " rows over all ranks)");
+  mira_weights_from_mass(c, w, K, -beta, log2_cap);
+
+  for (int it = 0; it < iters; ++it) {
+    column_pass(E, w, c, N, K);
+    reduce_sum(reduce, c, K);
+    mira_weights_from_mass(c, w, K, -beta, log2_cap);
+  }
+
+  for (int64_t i = 0; i < N; ++i) {
+    T* e = E + i * K;
+    double r = 0;
+    for (int64_t j = 0; j < K; ++j) r += w[j] * static_cast<double>(e[j]);
+    const double s = r > 0 ? 1.0 / r : 0.0;
+    for (int64_t j = 0; j < K; ++j) e[j] = static_cast<T>(w[j] * static_cast<double>(e[j]) * s);
+  }
+}
+
+// ---- Sinkhorn-Knopp in the log domain. With x = L / eps:
+//   g_j = -LSE_i(x_ij + f_i)   (normalise prototypes; f = 0 at first, constants drop out)
+//   f_i = -LSE_j(x_ij + g_j)   (normalise samples)
+// SwAV's `iters` iterations are g, (f, g) x (iters - 1), and its final Q * B is the row
+// softmax of x + g (the last sample normalisation).
+
+namespace {
+
+// g_j = -LSE over all ranks' rows of (x_ij + f_i); M, S: K scratch each; one extra slot in M
+// carries the non-finite count on the first call.
+template <typename T>
+void column_lse(const T* logits, const double* f, double* g, double* M, double* S, int64_t N, int64_t K,
+                double inv_eps, const AssignReduce* reduce, bool check_finite) {
+  std::fill(M, M + K, -std::numeric_limits<double>::infinity());
+  int64_t bad = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const T* l = logits + i * K;
+    const double fi = f ? f[i] : 0.0;
+    for (int64_t j = 0; j < K; ++j) {
+      const double v = static_cast<double>(l[j]) * inv_eps + fi;
+      if (check_finite && !std::isfinite(v)) {
+        ++bad;
+        continue;
+      }
+      M[j] = std::max(M[j], v);
+    }
+  }
+  if (check_finite) {
+    double b = static_cast<double>(bad);
+    reduce_sum(reduce, &b, 1);
+    MIRA_CHECK(b == 0, "sinkhorn_assign: the logits contain NaN or Inf (", b, " values over all ranks)");
+  }
+  reduce_max(reduce, M, K);
+  std::fill(S, S + K, 0.0);
+  for (int64_t i = 0; i < N; ++i) {
+    const T* l = logits + i * K;
+    const double fi = f ? f[i] : 0.0;
+    for (int64_t j = 0; j < K; ++j) S[j] += std::exp(static_cast<double>(l[j]) * inv_eps + fi - M[j]);
+  }
+  reduce_sum(reduce, S, K);
+  for (int64_t j = 0; j < K; ++j) g[j] = -(M[j] + std::log(S[j]));  // S_j >= 1: the max term is exp(0)
+}
+
+// Log-sum-exp of x_ij + g_j over row i.
+template <typename T>
+double row_lse(const T* l, const double* g, int64_t K, double inv_eps) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < K; ++j) m = std::max(m, static_cast<double>(l[j]) * inv_eps + g[j]);
+  double s = 0;
+  for (int64_t j = 0; j < K; ++j) s += std::exp(static_cast<double>(l[j]) * inv_eps + g[j] - m);
+  return m + std::log(s);
+}
+
+}  // namespace
+
+template <typename T>
+void sinkhorn_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double eps, int iters, double* work,
+                         const AssignReduce* reduce) {
+  check_args(N, K, eps, "eps", iters, 1, "sinkhorn_assign");
+  const double inv_eps = 1.0 / eps;
+  MIRA_CHECK(std::isfinite(inv_eps), "sinkhorn_assign: eps = ", eps, " is too small");
+  double* f = work;
+  double* g = f + N;
+  double* M = g + K;
+  double* S = M + K;
+
+  column_lse(logits, static_cast<const double*>(nullptr), g, M, S, N, K, inv_eps, reduce, true);
+  for (int it = 1; it < iters; ++it) {
+    for (int64_t i = 0; i < N; ++i) f[i] = -row_lse(logits + i * K, g, K, inv_eps);
+    column_lse(logits, f, g, M, S, N, K, inv_eps, reduce, false);
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    const T* l = logits + i * K;
+    T* t = targets + i * K;
+    const double lse = row_lse(l, g, K, inv_eps);
+    for (int64_t j = 0; j < K; ++j) t[j] = static_cast<T>(std::exp(static_cast<double>(l[j]) * inv_eps + g[j] - lse));
+  }
+}
+
+template <typename T>
+void assign_stats(const T* logits, const T* targets, int64_t N, int64_t K, double tau_t, double beta, double* wbar,
+                  double* work, AssignStatsOut* out, const AssignReduce* reduce) {
+  MIRA_CHECK(N > 0 && K > 0, "assign_stats: empty input");
+  // wbar (as sums), then the entropy sum and the row count, reduced together.
+  double* sums = work;  // K column sums + entropy sum + row count
+  std::fill(sums, sums + K + 2, 0.0);
+  for (int64_t i = 0; i < N; ++i) {
+    const T* t = targets + i * K;
+    for (int64_t j = 0; j < K; ++j) {
+      const double v = static_cast<double>(t[j]);
+      sums[j] += v;
+      if (v > 0) sums[K] -= v * std::log(v);
+    }
+  }
+  sums[K + 1] = static_cast<double>(N);
+  reduce_sum(reduce, sums, K + 2);
+  const double n_global = sums[K + 1];
+  out->target_entropy = sums[K] / n_global;
+  double hm = 0;
+  for (int64_t j = 0; j < K; ++j) {
+    wbar[j] = sums[j] / n_global;
+    if (wbar[j] > 0) hm -= wbar[j] * std::log(wbar[j]);
+  }
+  out->marginal_entropy = hm;
+  out->kkt_residual = NAN;
+  if (!logits) return;
+
+  // KKT (paper Eq. 5): T_i = normalise(wbar^a * P_i), a = -beta / (1 - beta).
+  MIRA_CHECK(beta >= 0 && beta < 1 && tau_t > 0, "assign_stats: bad tau_t / beta");
+  double* wk = work;  // reuses the sums: they are no longer needed
+  mira_weights_from_mass(wbar, wk, K, -beta / (1.0 - beta), mira_weight_log2_cap(K, kLog2Max));
+  const double inv_tau = 1.0 / (tau_t * (1.0 - beta));
+  double kkt = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const T* l = logits + i * K;
+    const T* t = targets + i * K;
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < K; ++j) m = std::max(m, static_cast<double>(l[j]));
+    double r = 0;
+    for (int64_t j = 0; j < K; ++j) r += wk[j] * std::exp((static_cast<double>(l[j]) - m) * inv_tau);
+    const double s = r > 0 ? 1.0 / r : 0.0;
+    for (int64_t j = 0; j < K; ++j) {
+      const double u = wk[j] * std::exp((static_cast<double>(l[j]) - m) * inv_tau) * s;
+      kkt = std::max(kkt, std::fabs(static_cast<double>(t[j]) - u));
+    }
+  }
+  reduce_max(reduce, &kkt, 1);
+  out->kkt_residual = kkt;
+}
+
+#define MIRA_INSTANTIATE(T)                                                                                     \
+  template void mira_assign_fwd<T>(const T*, T*, int64_t, int64_t, double, double, int, double*,                \
+                                   const AssignReduce*);                                                        \
+  template void sinkhorn_assign_fwd<T>(const T*, T*, int64_t, int64_t, double, int, double*, const AssignReduce*); \
+  template void assign_stats<T>(const T*, const T*, int64_t, int64_t, double, double, double*, double*,          \
+                                AssignStatsOut*, const AssignReduce*);
+MIRA_INSTANTIATE(float)
+MIRA_INSTANTIATE(double)
+#undef MIRA_INSTANTIATE
+
+}  // namespace mira::cpu

@@ -1,0 +1,1050 @@
+// MIRA assignment and Sinkhorn-Knopp on CUDA; see mira_assign.cuh for the variants and
+// kernels/cpu/mira_assign.h for the numerics (rescaled weights w >= 1, zero-mass columns,
+// row-stable E with row maximum 1).
+//
+// The fused kernel, and why it looks the way it does:
+// - Work mapping: a block owns a contiguous run of rows of one view and every column; thread t
+//   owns columns (ch * blockDim + t) * 4 + u (ch < NCH, u < 4), the same in every pass, so its
+//   weights w and its column-sum partials c live in registers and every access to E, in shared
+//   memory or the workspace, is a coalesced 16-byte (f32) or 8-byte (bf16) vector.
+// - Rows go R at a time (R * 4 * NCH = 32 values of E in registers): each thread forms R
+//   partial row sums, a warp reduces the R of them with a transposing butterfly (R - 1
+//   shuffles instead of 5 R), warps combine through shared memory behind one __syncthreads
+//   (double-buffered), and each thread then adds E_ij / r_i to its column partials from the
+//   registers it already holds: E is read once per pass.
+// - Column sums are made deterministic: every block writes its K partials, a grid barrier,
+//   then tile t of 32 columns is summed over the blocks in a fixed order by one block (lanes
+//   = columns, warps = strided block subsets, then a fixed cross-warp order), another grid
+//   barrier. Two grid barriers per pass is the price of bitwise reproducible targets.
+// - 768 threads at most (K <= 768 * 16), so __launch_bounds__(768, 1) leaves 85 registers
+//   per thread for the 32 values of E, 2 x 4 NCH of w and c, and addresses.
+// The other kernels (unfused variant, statistics, Sinkhorn) are plain: a block per row for
+// row reductions, a (column tile, row chunk) grid plus a merge kernel for column reductions,
+// always summed in a fixed order.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/mira_assign.cuh"
+
+namespace cg = cooperative_groups;
+
+namespace mira::cuda {
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kVec = 4;            // consecutive columns per thread and vector access
+constexpr int kFusedMaxBlock = 768;
+constexpr int kFusedMaxK = kFusedMaxBlock * 16;
+constexpr float kLog2MaxF32 = 124.f;  // K weights of at most 2^(124 - log2 K): sums < 2^124
+constexpr int kRowBlock = 256;        // threads of the plain row kernels
+constexpr int kColTile = 256;         // columns per block of the plain column kernels
+constexpr int kRowsPerChunk = 64;     // rows per block of the plain column kernels
+
+size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// ---- element access
+
+__device__ __forceinline__ float ldg_f32(const float* p) { return __ldg(p); }
+__device__ __forceinline__ float ldg_f32(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+
+// Four consecutive columns of one logits row starting at col (col % 4 == 0), -inf where col >= K;
+// vec: K % 4 == 0 and the rows are 16-byte (f32) / 8-byte (bf16) aligned.
+__device__ __forceinline__ void load_logits4(const float* row, int col, int K, bool vec, float (&x)[kVec]) {
+  if (vec && col < K) {
+    const float4 q = __ldg(reinterpret_cast<const float4*>(row + col));
+    x[0] = q.x, x[1] = q.y, x[2] = q.z, x[3] = q.w;
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) x[u] = col + u < K ? __ldg(row + col + u) : -INFINITY;
+}
+__device__ __forceinline__ void load_logits4(const __nv_bfloat16* row, int col, int K, bool vec, float (&x)[kVec]) {
+  if (vec && col < K) {
+    const uint2 q = __ldg(reinterpret_cast<const uint2*>(row + col));
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.y));
+    x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) x[u] = col + u < K ? ldg_f32(row + col + u) : -INFINITY;
+}
+
+// E in shared memory or the workspace, four columns at a time.
+template <typename TE>
+struct ECache;
+template <>
+struct ECache<float> {
+  static __device__ __forceinline__ void load(const float* p, float (&v)[kVec]) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  }
+  static __device__ __forceinline__ void store(float* p, const float (&v)[kVec]) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  static __device__ __forceinline__ float round(float x) { return x; }
+};
+template <>
+struct ECache<__nv_bfloat16> {
+  static __device__ __forceinline__ void load(const __nv_bfloat16* p, float (&v)[kVec]) {
+    const uint2 q = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+  static __device__ __forceinline__ void store(__nv_bfloat16* p, const float (&v)[kVec]) {
+    __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]);
+    __nv_bfloat162 b = __floats2bfloat162_rn(v[2], v[3]);
+    uint2 q;
+    q.x = *reinterpret_cast<const unsigned*>(&a);
+    q.y = *reinterpret_cast<const unsigned*>(&b);
+    *reinterpret_cast<uint2*>(p) = q;
+  }
+  static __device__ __forceinline__ float round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+};
+
+template <bool MAX>
+__device__ __forceinline__ float rop(float a, float b) {
+  return MAX ? fmaxf(a, b) : a + b;
+}
+
+// Block-wide reduction of R values per thread (one per row of the batch). Every thread gets
+// the R totals. red: two buffers of `stride` >= 32 R floats of shared memory, used alternately
+// (parity) so one __syncthreads per call suffices: a buffer is rewritten two calls later,
+// after every warp has passed the barrier of the call in between, hence finished reading it.
+// Calls with different R must pass the same stride so the two buffers never overlap.
+template <int R>
+struct RowReduce {
+  static constexpr int kLanesPerRow = 32 / R;
+
+  // After the steps OFF = 16, 8, ..., 32/R, lane l holds, for row l / (32/R), the sum over the
+  // lanes that differ from l in the bits >= 32/R: each step keeps half of the rows and adds
+  // the partner's copy of the same half.
+  template <int N, int OFF, bool MAX>
+  static __device__ __forceinline__ void butterfly(float (&d)[R], int lane) {
+    if constexpr (N > 1) {
+      constexpr int H = N / 2;
+      const bool upper = (lane & OFF) != 0;
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        const float send = upper ? d[i] : d[i + H];
+        const float keep = upper ? d[i + H] : d[i];
+        d[i] = rop<MAX>(keep, __shfl_xor_sync(kFull, send, OFF));
+      }
+      butterfly<H, OFF / 2, MAX>(d, lane);
+    }
+  }
+
+  template <bool MAX>
+  static __device__ __forceinline__ void allreduce(float (&d)[R], float* red, int stride, int& parity) {
+    constexpr int LPR = kLanesPerRow;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    butterfly<R, 16, MAX>(d, lane);
+    float v = d[0];
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) v = rop<MAX>(v, __shfl_xor_sync(kFull, v, off));
+    float* buf = red + parity * stride;
+    parity ^= 1;
+    const int rho = lane / LPR, sub = lane % LPR;
+    // Slot of (warp, row): (warp / LPR) * 32 + row * LPR + warp % LPR, so the reads below
+    // (lane = row * LPR + sub, warp = k * LPR + sub) are one conflict-free 32-float row.
+    if (sub == 0) buf[(warp / LPR) * 32 + rho * LPR + warp % LPR] = v;
+    __syncthreads();
+    float acc = MAX ? -INFINITY : 0.f;
+    for (int k = 0; k * LPR + sub < nwarps; ++k) acc = rop<MAX>(acc, buf[k * 32 + lane]);
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) acc = rop<MAX>(acc, __shfl_xor_sync(kFull, acc, off));
+#pragma unroll
+    for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
+  }
+};
+
+// ---- the fused / per-pass kernel
+
+struct FusedArgs {
+  const void* logits[kMiraMaxViews];
+  float* targets[kMiraMaxViews];
+  int V, N, K, Kp;
+  int views_per_group, blocks_per_view, rows_per_block, smem_rows;
+  int64_t ecache_rows_per_block;
+  float k2;        // log2(e) / (tau_t (1 - beta)): E = exp2((L - max) * k2)
+  float exponent;  // -beta
+  float log2_cap;
+  int iters, pass_begin, pass_end;
+  bool vec_logits;   // K % 4 == 0 and rows aligned: vector loads of logits / stores of targets
+  void* ecache;      // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
+  float* partial;    // (V, blocks_per_view, Kp)
+  float* colsum;     // (V, Kp) + the non-finite counter
+  float* rowmax;     // (V, N)
+};
+
+// What one block works on during one view group: its rows [r0, r1) of view v.
+template <typename TIn, typename TE>
+struct BlockRows {
+  const FusedArgs* a;
+  const TIn* logits;  // (N, K) of view v
+  float* targets;     // (N, K) of view v
+  TE* scache;         // smem_rows rows of Kp
+  float* red;         // RowReduce scratch: two buffers of red_stride floats
+  int red_stride;
+  int v, bv, r0, r1;
+
+  __device__ __forceinline__ TE* cache_row(int row) const {
+    const int lr = row - r0;
+    if (lr < a->smem_rows) return scache + static_cast<size_t>(lr) * a->Kp;
+    return static_cast<TE*>(a->ecache) +
+           ((static_cast<size_t>(v) * a->blocks_per_view + bv) * a->ecache_rows_per_block + (lr - a->smem_rows)) *
+               static_cast<size_t>(a->Kp);
+  }
+  __device__ __forceinline__ int col(int ch) const { return (ch * blockDim.x + threadIdx.x) * kVec; }
+};
+
+// The first pass: E from the logits (row maxima, exp, rounding to the cache type), stored to
+// the cache; c += E_ij / r_i with r_i = sum_j E_ij (the update from u = 1). RB rows at a time.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&c)[NCH][kVec], int& parity,
+                                           float& bad) {
+  const FusedArgs& a = *b.a;
+  for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
+    float e[RB][NCH][kVec];
+    float m[RB], d[RB];
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const int row = row0 + rr;
+      m[rr] = -INFINITY;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch) {
+        if (row < b.r1) {
+          load_logits4(b.logits + static_cast<size_t>(row) * a.K, b.col(ch), a.K, a.vec_logits, e[rr][ch]);
+        } else {
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = -INFINITY;
+        }
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) {
+          if (b.col(ch) + u < a.K && row < b.r1 && !isfinite(e[rr][ch][u])) bad += 1.f;
+          m[rr] = fmaxf(m[rr], e[rr][ch][u]);
+        }
+      }
+    }
+    RowReduce<RB>::template allreduce<true>(m, b.red, b.red_stride, parity);
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const int row = row0 + rr;
+      d[rr] = 0.f;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) {
+          // Masked columns and rows get 0 (exp2 of -inf - m would be NaN for an all-masked row).
+          const float y = row < b.r1 && b.col(ch) + u < a.K ? exp2f((e[rr][ch][u] - m[rr]) * a.k2) : 0.f;
+          e[rr][ch][u] = ECache<TE>::round(y);  // iterate on exactly what the cache holds
+          d[rr] += e[rr][ch][u];
+        }
+      if (row < b.r1) {
+        TE* crow = b.cache_row(row);
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch) ECache<TE>::store(crow + b.col(ch), e[rr][ch]);
+        if (threadIdx.x == 0) a.rowmax[static_cast<size_t>(b.v) * a.N + row] = m[rr];
+      }
+    }
+    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const float s = row0 + rr < b.r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
+    }
+  }
+}
+
+// An update: r_i = sum_j w_j E_ij, c_j += E_ij / r_i, E from the cache. The hot loop.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
+                                            float (&c)[NCH][kVec], int& parity) {
+  const FusedArgs& a = *b.a;
+  for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
+    float e[RB][NCH][kVec];
+    float d[RB];
+    // A batch never straddles shared memory and the workspace (smem_rows is a multiple of 8).
+    const TE* crow0 = b.cache_row(row0) + b.col(0);
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      if (row0 + rr < b.r1) {
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch)
+          ECache<TE>::load(crow0 + static_cast<size_t>(rr) * a.Kp + ch * blockDim.x * kVec, e[rr][ch]);
+      } else {
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      d[rr] = 0.f;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[rr][ch][u], d[rr]);
+    }
+    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const float s = row0 + rr < b.r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
+    }
+  }
+}
+
+// The last pass: T_ij = w_j E_ij / sum_l w_l E_il. With a bf16 cache E is recomputed in f32
+// from the logits and the stored row maxima, so the targets see exact E.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec], int& parity) {
+  const FusedArgs& a = *b.a;
+  for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
+    float e[RB][NCH][kVec];
+    float d[RB];
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const int row = row0 + rr;
+      if (row >= b.r1) {
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
+      } else if (std::is_same<TE, float>::value) {
+        const TE* crow = b.cache_row(row);
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(crow + b.col(ch), e[rr][ch]);
+      } else {
+        const float m = a.rowmax[static_cast<size_t>(b.v) * a.N + row];
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch) {
+          load_logits4(b.logits + static_cast<size_t>(row) * a.K, b.col(ch), a.K, a.vec_logits, e[rr][ch]);
+#pragma unroll
+          for (int u = 0; u < kVec; ++u)
+            e[rr][ch][u] = b.col(ch) + u < a.K ? exp2f((e[rr][ch][u] - m) * a.k2) : 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      d[rr] = 0.f;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[rr][ch][u], d[rr]);
+    }
+    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const int row = row0 + rr;
+      if (row >= b.r1) continue;
+      const float s = d[rr] > 0.f ? 1.f / d[rr] : 0.f;
+      float* trow = b.targets + static_cast<size_t>(row) * a.K;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch) {
+        const int col = b.col(ch);
+        float t[kVec];
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) t[u] = w[ch][u] * e[rr][ch][u] * s;
+        if (a.vec_logits && col < a.K) {
+          *reinterpret_cast<float4*>(trow + col) = make_float4(t[0], t[1], t[2], t[3]);
+        } else {
+#pragma unroll
+          for (int u = 0; u < kVec; ++u)
+            if (col + u < a.K) trow[col + u] = t[u];
+        }
+      }
+    }
+  }
+}
+
+// Grid: views_per_group * blocks_per_view blocks, all resident (cooperative launch); block:
+// ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
+// NCH = 32 values of E in registers); the first and last passes, which hold more per row,
+// take half as many.
+template <typename TIn, typename TE, int NCH, int R>
+__global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
+  constexpr int RH = R > 1 ? R / 2 : 1;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ float red[2 * 32 * R];
+  __shared__ float redc[32 * 33];
+  cg::grid_group grid = cg::this_grid();
+
+  const int tid = threadIdx.x, bd = blockDim.x;
+  const int lane = tid & 31, warp = tid >> 5, nwarps = bd >> 5;
+  const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
+  const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
+  int parity = 0;
+  float bad = 0;  // non-finite logits seen by this thread
+
+  for (int gi = 0; gi < groups; ++gi) {
+    const int v = gi * a.views_per_group + vg;
+    const bool active = v < a.V;  // uniform per block
+    BlockRows<TIn, TE> b;
+    b.a = &a;
+    // Constant indices only: indexing the parameter arrays with v would copy them to local memory.
+    b.logits = static_cast<const TIn*>(v == 0 ? a.logits[0] : v == 1 ? a.logits[1] : v == 2 ? a.logits[2] : a.logits[3]);
+    b.targets = v == 0 ? a.targets[0] : v == 1 ? a.targets[1] : v == 2 ? a.targets[2] : a.targets[3];
+    b.scache = reinterpret_cast<TE*>(smem_raw);
+    b.red = red;
+    b.red_stride = 32 * R;
+    b.v = v, b.bv = bv;
+    b.r0 = bv * a.rows_per_block;
+    b.r1 = min(a.N, b.r0 + a.rows_per_block);
+
+    for (int p = a.pass_begin; p < a.pass_end; ++p) {
+      float c[NCH][kVec];
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) c[ch][u] = 0.f;
+
+      if (active) {
+        if (p == 0) {
+          pass_first<RH, NCH>(b, c, parity, bad);
+        } else {
+          // Weights from the previous pass's column sums: w_j = (c_j / max c)^(-beta), capped;
+          // 0 for an empty column (including the padding beyond K).
+          float w[NCH][kVec];
+          float cm[1] = {0.f};
+#pragma unroll
+          for (int ch = 0; ch < NCH; ++ch) {
+            ECache<float>::load(a.colsum + static_cast<size_t>(v) * a.Kp + b.col(ch), w[ch]);
+#pragma unroll
+            for (int u = 0; u < kVec; ++u) cm[0] = fmaxf(cm[0], w[ch][u]);
+          }
+          RowReduce<1>::allreduce<true>(cm, red, 32 * R, parity);
+          const float l2max = log2f(cm[0]);
+#pragma unroll
+          for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+            for (int u = 0; u < kVec; ++u) {
+              const float x = w[ch][u];
+              w[ch][u] = x > 0.f ? exp2f(fminf(a.exponent * (log2f(x) - l2max), a.log2_cap)) : 0.f;
+            }
+          if (p <= a.iters) {
+            pass_update<R, NCH>(b, w, c, parity);
+          } else {
+            pass_targets<RH, NCH>(b, w, parity);
+          }
+        }
+      }
+
+      if (p <= a.iters) {
+        if (active) {
+          float* part = a.partial + (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
+#pragma unroll
+          for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(part + b.col(ch), c[ch]);
+        }
+        grid.sync();
+        if (active) {
+          // Tiles of 32 columns over this view's blocks; each column summed in a fixed order.
+          const float* base = a.partial + static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
+          for (int tile = bv; tile < a.Kp / 32; tile += a.blocks_per_view) {
+            const int col = tile * 32 + lane;
+            float s = 0.f;
+            for (int q = warp; q < a.blocks_per_view; q += nwarps) s += base[static_cast<size_t>(q) * a.Kp + col];
+            redc[warp * 33 + lane] = s;
+            __syncthreads();
+            if (warp == 0) {
+              float t = 0.f;
+              for (int w2 = 0; w2 < nwarps; ++w2) t += redc[w2 * 33 + lane];
+              a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
+            }
+            __syncthreads();
+          }
+        }
+        if (p + 1 < a.pass_end) grid.sync();
+      }
+    }
+  }
+  if (bad > 0.f) atomicAdd(a.colsum + static_cast<size_t>(a.V) * a.Kp, bad);
+}
+
+using FusedFn = void (*)(const FusedArgs);
+
+// Rows per batch R. NCH = 1 (K <= 3072): R = 4 compiles without spills within the 80
+// registers of 768 threads; R = 8 halves the barriers but spills ~20 bytes, and is kept for
+// the bench to decide. NCH = 2: R = 2 (no spills); NCH = 4 (K > 6144): one row (a few spills).
+template <typename TIn, typename TE>
+FusedFn fused_fn(int nch, int batch_rows) {
+  switch (nch) {
+    case 1: return batch_rows == 8 ? mira_fused_kernel<TIn, TE, 1, 8> : mira_fused_kernel<TIn, TE, 1, 4>;
+    case 2: return mira_fused_kernel<TIn, TE, 2, 2>;
+    default: return mira_fused_kernel<TIn, TE, 4, 1>;
+  }
+}
+
+int fused_batch_rows(int nch, int requested) {
+  if (nch == 1) return requested == 8 ? 8 : 4;
+  return nch == 2 ? 2 : 1;
+}
+
+FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows) {
+  const bool bf16_e = cache == MiraCache::BF16;
+  if (bf16_in)
+    return bf16_e ? fused_fn<__nv_bfloat16, __nv_bfloat16>(nch, batch_rows) : fused_fn<__nv_bfloat16, float>(nch, batch_rows);
+  return bf16_e ? fused_fn<float, __nv_bfloat16>(nch, batch_rows) : fused_fn<float, float>(nch, batch_rows);
+}
+
+// ---- plain kernels (unfused variant, statistics, Sinkhorn)
+
+// Every thread gets the block total; `sh` holds 32 floats. The leading barrier keeps a call
+// from overwriting `sh` while a previous call's readers are still at it.
+template <bool MAX>
+__device__ float block_allreduce(float v, float* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int off = 16; off >= 1; off >>= 1) v = rop<MAX>(v, __shfl_xor_sync(kFull, v, off));
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  float t = MAX ? -INFINITY : 0.f;
+  for (int w = 0; w < nw; ++w) t = rop<MAX>(t, sh[w]);
+  return t;
+}
+
+// Block per row: E = exp2((L - max L) * k2) into (N, K) f32; counts non-finite logits.
+template <typename TIn>
+__global__ void mira_unf_exp_kernel(const TIn* L, float* E, int K, float k2, float* nonfinite) {
+  __shared__ float sh[32];
+  const size_t off = static_cast<size_t>(blockIdx.x) * K;
+  float m = -INFINITY, bad = 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) {
+    const float x = ldg_f32(L + off + j);
+    if (!isfinite(x)) bad += 1.f;
+    m = fmaxf(m, x);
+  }
+  m = block_allreduce<true>(m, sh);
+  for (int j = threadIdx.x; j < K; j += blockDim.x) E[off + j] = exp2f((ldg_f32(L + off + j) - m) * k2);
+  if (bad > 0.f) atomicAdd(nonfinite, bad);
+}
+
+// Block per row: s_i = 1 / sum_j w_j E_ij (w null: all ones).
+__global__ void mira_unf_rowinv_kernel(const float* E, const float* w, float* s, int K) {
+  __shared__ float sh[32];
+  const size_t off = static_cast<size_t>(blockIdx.x) * K;
+  float d = 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) d += (w ? w[j] : 1.f) * E[off + j];
+  d = block_allreduce<false>(d, sh);
+  if (threadIdx.x == 0) s[blockIdx.x] = d > 0.f ? 1.f / d : 0.f;
+}
+
+// Grid (column tiles, row chunks): partial[chunk][j] = sum over the chunk's rows of X_ij * s_i
+// (s null: 1).
+__global__ void colsum_partial_kernel(const float* X, const float* s, float* partial, int N, int K) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= K) return;
+  const int i0 = blockIdx.y * kRowsPerChunk, i1 = min(N, i0 + kRowsPerChunk);
+  float acc = 0.f;
+  for (int i = i0; i < i1; ++i) acc = fmaf(X[static_cast<size_t>(i) * K + j], s ? s[i] : 1.f, acc);
+  partial[static_cast<size_t>(blockIdx.y) * K + j] = acc;
+}
+
+__global__ void colsum_merge_kernel(const float* partial, float* c, int chunks, int K) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= K) return;
+  float acc = 0.f;
+  for (int q = 0; q < chunks; ++q) acc += partial[static_cast<size_t>(q) * K + j];
+  c[j] = acc;
+}
+
+// One block: w_j = (c_j / max c)^exponent capped, 0 where c_j = 0.
+__global__ void mira_unf_weights_kernel(const float* c, float* w, int K, float exponent, float log2_cap) {
+  __shared__ float sh[32];
+  float m = 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) m = fmaxf(m, c[j]);
+  m = block_allreduce<true>(m, sh);
+  const float l2max = log2f(m);
+  for (int j = threadIdx.x; j < K; j += blockDim.x) {
+    const float x = c[j];
+    w[j] = x > 0.f ? exp2f(fminf(exponent * (log2f(x) - l2max), log2_cap)) : 0.f;
+  }
+}
+
+// Block per row: T_ij = w_j E_ij / sum_l w_l E_il.
+__global__ void mira_unf_targets_kernel(const float* E, const float* w, float* T, int K) {
+  __shared__ float sh[32];
+  const size_t off = static_cast<size_t>(blockIdx.x) * K;
+  float d = 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) d += w[j] * E[off + j];
+  d = block_allreduce<false>(d, sh);
+  const float s = d > 0.f ? 1.f / d : 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) T[off + j] = w[j] * E[off + j] * s;
+}
+
+// Statistics: partial column sums of T and of -T log T over row chunks.
+__global__ void stats_partial_kernel(const float* T, float* part_t, float* part_h, int N, int K) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= K) return;
+  const int i0 = blockIdx.y * kRowsPerChunk, i1 = min(N, i0 + kRowsPerChunk);
+  float st = 0.f, sh = 0.f;
+  for (int i = i0; i < i1; ++i) {
+    const float t = T[static_cast<size_t>(i) * K + j];
+    st += t;
+    if (t > 0.f) sh -= t * logf(t);
+  }
+  part_t[static_cast<size_t>(blockIdx.y) * K + j] = st;
+  part_h[static_cast<size_t>(blockIdx.y) * K + j] = sh;
+}
+
+__global__ void stats_merge_kernel(const float* part_t, const float* part_h, double* sums, int chunks, int K) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= K) return;
+  double st = 0, sh = 0;
+  for (int q = 0; q < chunks; ++q) {
+    st += part_t[static_cast<size_t>(q) * K + j];
+    sh += part_h[static_cast<size_t>(q) * K + j];
+  }
+  sums[j] = st;
+  sums[K + j] = sh;
+}
+
+// Block per row: max_j |T_ij - w_j E_ij / sum_l w_l E_il|, folded into *out (f32 bits; all
+// values >= 0, so unsigned order is float order).
+template <typename TIn>
+__global__ void mira_kkt_kernel(const TIn* L, const float* T, const float* w, int K, float k2, unsigned* out) {
+  __shared__ float sh[32];
+  const size_t off = static_cast<size_t>(blockIdx.x) * K;
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) m = fmaxf(m, ldg_f32(L + off + j));
+  m = block_allreduce<true>(m, sh);
+  float d = 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) d += w[j] * exp2f((ldg_f32(L + off + j) - m) * k2);
+  d = block_allreduce<false>(d, sh);
+  const float s = d > 0.f ? 1.f / d : 0.f;
+  float worst = 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) {
+    const float u = w[j] * exp2f((ldg_f32(L + off + j) - m) * k2) * s;
+    worst = fmaxf(worst, fabsf(T[off + j] - u));
+  }
+  worst = block_allreduce<true>(worst, sh);
+  if (threadIdx.x == 0) atomicMax(out, __float_as_uint(worst));
+}
+
+// Sinkhorn: online log-sum-exp down columns, per (column tile, row chunk).
+template <typename TIn>
+__global__ void sk_col_partial_kernel(const TIn* L, const float* f, float* pm, float* ps, int N, int K, float inv_eps,
+                                      float* nonfinite) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= K) return;
+  const int i0 = blockIdx.y * kRowsPerChunk, i1 = min(N, i0 + kRowsPerChunk);
+  float m = -INFINITY, s = 0.f, bad = 0.f;
+  for (int i = i0; i < i1; ++i) {
+    const float l = ldg_f32(L + static_cast<size_t>(i) * K + j);
+    if (nonfinite && !isfinite(l)) {
+      bad += 1.f;
+      continue;
+    }
+    const float x = l * inv_eps + (f ? f[i] : 0.f);
+    if (x > m) {
+      s = s * expf(m - x) + 1.f;
+      m = x;
+    } else {
+      s += expf(x - m);
+    }
+  }
+  pm[static_cast<size_t>(blockIdx.y) * K + j] = m;
+  ps[static_cast<size_t>(blockIdx.y) * K + j] = s;
+  if (bad > 0.f) atomicAdd(nonfinite, bad);
+}
+
+__global__ void sk_col_merge_kernel(const float* pm, const float* ps, float* lse, float* lse_copy, bool neg,
+                                    int chunks, int K) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= K) return;
+  float M = -INFINITY;
+  for (int q = 0; q < chunks; ++q) M = fmaxf(M, pm[static_cast<size_t>(q) * K + j]);
+  float S = 0.f;
+  for (int q = 0; q < chunks; ++q) {
+    const float m = pm[static_cast<size_t>(q) * K + j];
+    if (m > -INFINITY) S += ps[static_cast<size_t>(q) * K + j] * expf(m - M);
+  }
+  const float v = M + logf(S);
+  lse[j] = neg ? -v : v;
+  if (lse_copy) lse_copy[j] = v;
+}
+
+__global__ void sk_shift_kernel(const float* lse, const float* M, float* e, int K) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j < K) e[j] = expf(lse[j] - M[j]);
+}
+
+__global__ void sk_finish_kernel(const float* M, const float* e, float* g, int K) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j < K) g[j] = -(M[j] + logf(e[j]));
+}
+
+// Block per row: lse_i = LSE_j(x_ij + g_j); writes f_i = -lse_i, or the row softmax as targets.
+template <typename TIn, bool TARGETS>
+__global__ void sk_row_kernel(const TIn* L, const float* g, float* out, int K, float inv_eps) {
+  __shared__ float sh[32];
+  const size_t off = static_cast<size_t>(blockIdx.x) * K;
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) m = fmaxf(m, ldg_f32(L + off + j) * inv_eps + g[j]);
+  m = block_allreduce<true>(m, sh);
+  float s = 0.f;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) s += expf(ldg_f32(L + off + j) * inv_eps + g[j] - m);
+  s = block_allreduce<false>(s, sh);
+  const float lse = m + logf(s);
+  if (TARGETS) {
+    for (int j = threadIdx.x; j < K; j += blockDim.x) out[off + j] = expf(ldg_f32(L + off + j) * inv_eps + g[j] - lse);
+  } else if (threadIdx.x == 0) {
+    out[blockIdx.x] = -lse;
+  }
+}
+
+int device_attr(cudaDeviceAttr attr, int dev) {
+  int v = 0;
+  MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, dev));
+  return v;
+}
+
+int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+}  // namespace
+
+bool mira_fused_supports(int K) { return K >= 1 && K <= kFusedMaxK; }
+
+MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, MiraSchedule schedule,
+                   int batch_rows) {
+  MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews, "mira_plan: 1 to ", kMiraMaxViews, " views, got ", p.V);
+  MIRA_CHECK(p.N >= 1 && p.K >= 1, "mira_plan: empty problem (N = ", p.N, ", K = ", p.K, ")");
+  MiraPlan plan;
+  plan.variant = variant;
+  plan.cache = cache;
+
+  if (variant == MiraVariant::Unfused) {
+    // Views run one after another through the same buffers.
+    plan.chunks = ceil_div(p.N, kRowsPerChunk);
+    plan.Kp = p.K;
+    size_t off = 0;
+    plan.off_ecache = off;
+    off = align_up(off + static_cast<size_t>(p.N) * p.K * sizeof(float), 256);
+    plan.off_rowmax = off;  // the row inverses s_i
+    off = align_up(off + static_cast<size_t>(p.N) * sizeof(float), 256);
+    plan.off_partial = off;
+    off = align_up(off + static_cast<size_t>(plan.chunks) * p.K * sizeof(float), 256);
+    plan.off_colsum = off;
+    off = align_up(off + (static_cast<size_t>(p.K) + 1) * sizeof(float), 256);
+    plan.off_w = off;
+    off = align_up(off + static_cast<size_t>(p.K) * sizeof(float), 256);
+    plan.workspace_bytes = off;
+    plan.flag_index = p.K;
+    return plan;
+  }
+
+  MIRA_CHECK(mira_fused_supports(p.K), "mira_plan: the fused kernels take K <= ", kFusedMaxK, ", got ", p.K,
+             " (use MiraVariant::Unfused)");
+  int nch = 1;
+  while (nch < 4 && ceil_div(p.K, kVec * nch) > kFusedMaxBlock) nch *= 2;
+  plan.cpt = kVec * nch;
+  plan.block = ceil_div(ceil_div(p.K, plan.cpt), 32) * 32;
+  plan.Kp = plan.cpt * plan.block;
+  plan.batch_rows = fused_batch_rows(nch, batch_rows);
+  const FusedFn fn = select_fused(p.logits_bf16, cache, nch, plan.batch_rows);
+
+  int dev = 0;
+  MIRA_CUDA_CHECK(cudaGetDevice(&dev));
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount, dev);
+  const int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  const int smem_sm = device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+  const double l2 = device_attr(cudaDevAttrL2CacheSize, dev);
+  cudaFuncAttributes fa{};
+  MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(fn)));
+  const int smem_static = static_cast<int>(fa.sharedSizeBytes);
+  const int smem_dyn_max = std::max(0, smem_optin - smem_static);
+  // Set to the maximum once, so plans of any size can launch this instantiation.
+  MIRA_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_dyn_max));
+  const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::BF16 ? 2 : 4);
+
+  int occ0 = 0;  // blocks per SM without the row cache
+  MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ0, fn, plan.block, 0));
+  MIRA_CHECK(occ0 >= 1, "mira_plan: the fused kernel does not fit an SM (", plan.block, " threads)");
+
+  struct Candidate {
+    int vpg, bpv, rpb, smem_rows, bps;
+    double cost;
+  };
+  auto evaluate = [&](int vpg, int bps, bool use_smem) {
+    Candidate c{vpg, 0, 0, 0, bps, 0};
+    c.bpv = std::max(1, sms * bps / vpg);
+    c.rpb = ceil_div(p.N, c.bpv);
+    if (use_smem) {
+      // Shared memory per SM is shared by its blocks; keep 1 KB per block for the system.
+      const int per_block = std::min(smem_dyn_max, smem_sm / bps - smem_static - 1024);
+      c.smem_rows = static_cast<int>(std::min<size_t>(c.rpb, per_block > 0 ? per_block / row_bytes : 0));
+      // Row batches (up to 8 rows) must not straddle shared memory and the workspace.
+      if (c.smem_rows < c.rpb) c.smem_rows = c.smem_rows / 8 * 8;
+      int occ = 0;
+      MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, plan.block, c.smem_rows * row_bytes));
+      if (occ < bps) return Candidate{vpg, 0, 0, 0, bps, INFINITY};
+    }
+    // Cost per group and pass: two grid barriers (~1.5 us each), E from shared memory at
+    // ~20 TB/s, the rest from L2 (~5 TB/s) while it fits half of it, else from HBM (~2.5 TB/s).
+    const int groups = ceil_div(p.V, vpg);
+    const double on = static_cast<double>(vpg) * c.bpv * c.smem_rows * row_bytes;
+    const double off = static_cast<double>(vpg) * c.bpv * (c.rpb - c.smem_rows) * row_bytes;
+    const double per_pass = 3e-6 + on / 20e12 + off / (off <= 0.5 * l2 ? 5e12 : 2.5e12);
+    c.cost = groups * (p.iters + 2) * per_pass;
+    return c;
+  };
+
+  Candidate best{0, 0, 0, 0, 0, INFINITY};
+  if (variant == MiraVariant::PerPass) {
+    best = evaluate(p.V, occ0, false);  // E cannot stay on chip between launches
+  } else {
+    for (int vpg : {p.V, 1}) {
+      if (vpg != p.V && (p.V == 1 || schedule == MiraSchedule::Concurrent)) continue;
+      if (vpg == p.V && p.V > 1 && schedule == MiraSchedule::Sequential) continue;
+      for (int bps = 1; bps <= std::min(occ0, 8); ++bps) {
+        const Candidate c = evaluate(vpg, bps, true);
+        if (c.cost < best.cost) best = c;
+      }
+    }
+    MIRA_CHECK(best.cost < INFINITY, "mira_plan: no launch configuration fits the device");
+  }
+  plan.views_per_group = best.vpg;
+  plan.blocks_per_view = best.bpv;
+  plan.grid = best.vpg * best.bpv;
+  plan.rows_per_block = best.rpb;
+  plan.smem_rows = best.smem_rows;
+  plan.smem_bytes = static_cast<size_t>(best.smem_rows) * row_bytes;
+  plan.ecache_rows_per_block = best.rpb - best.smem_rows;
+
+  size_t off = 0;
+  plan.off_ecache = off;
+  off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.ecache_rows_per_block * row_bytes, 256);
+  plan.off_partial = off;
+  off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(float), 256);
+  plan.off_colsum = off;
+  off = align_up(off + (static_cast<size_t>(p.V) * plan.Kp + 1) * sizeof(float), 256);
+  plan.off_rowmax = off;
+  off = align_up(off + static_cast<size_t>(p.V) * p.N * sizeof(float), 256);
+  plan.workspace_bytes = off;
+  plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
+  return plan;
+}
+
+float* mira_reduce_buffer(const MiraPlan& plan, void* ws) {
+  return reinterpret_cast<float*>(static_cast<char*>(ws) + plan.off_colsum);
+}
+
+int64_t mira_reduce_len(const MiraProblem& p, const MiraPlan& plan, int pass) {
+  return static_cast<int64_t>(p.V) * plan.Kp + (pass == 0 ? 1 : 0);
+}
+
+const float* mira_nonfinite_count(const MiraPlan& plan, const void* ws) {
+  return reinterpret_cast<const float*>(static_cast<const char*>(ws) + plan.off_colsum) + plan.flag_index;
+}
+
+namespace {
+
+FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end) {
+  FusedArgs a{};
+  bool vec = p.K % kVec == 0;
+  for (int v = 0; v < p.V; ++v) {
+    a.logits[v] = p.logits[v];
+    a.targets[v] = p.targets[v];
+    MIRA_CHECK(p.logits[v] && p.targets[v], "mira_assign_cuda: null pointer for view ", v);
+    const size_t align = p.logits_bf16 ? 8 : 16;
+    vec = vec && reinterpret_cast<uintptr_t>(p.logits[v]) % align == 0 &&
+          reinterpret_cast<uintptr_t>(p.targets[v]) % 16 == 0;
+  }
+  a.V = p.V, a.N = p.N, a.K = p.K, a.Kp = plan.Kp;
+  a.views_per_group = plan.views_per_group;
+  a.blocks_per_view = plan.blocks_per_view;
+  a.rows_per_block = plan.rows_per_block;
+  a.smem_rows = plan.smem_rows;
+  a.ecache_rows_per_block = plan.ecache_rows_per_block;
+  a.k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(p.tau_t) * (1.0 - p.beta)));
+  a.exponent = -p.beta;
+  a.log2_cap = kLog2MaxF32 - std::ceil(std::log2(static_cast<double>(p.K)));
+  a.iters = p.iters;
+  a.pass_begin = pass_begin, a.pass_end = pass_end;
+  a.vec_logits = vec;
+  char* base = static_cast<char*>(ws);
+  a.ecache = base + plan.off_ecache;
+  a.partial = reinterpret_cast<float*>(base + plan.off_partial);
+  a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
+  a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
+  return a;
+}
+
+void check_problem(const MiraProblem& p) {
+  MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews && p.N >= 1 && p.K >= 1, "mira_assign_cuda: bad problem shape");
+  MIRA_CHECK(p.tau_t > 0 && p.beta >= 0 && p.beta < 1 && p.iters >= 0, "mira_assign_cuda: bad tau_t / beta / iters");
+}
+
+void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end,
+                  cudaStream_t stream) {
+  const int nch = plan.cpt / kVec;
+  const FusedFn fn = select_fused(p.logits_bf16, plan.cache, nch, plan.batch_rows);
+  FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
+  void* args[] = {&a};
+  MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),
+                                              args, plan.smem_bytes, stream));
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void launch_unfused(const MiraProblem& p, const MiraPlan& plan, void* ws, cudaStream_t stream) {
+  char* base = static_cast<char*>(ws);
+  float* E = reinterpret_cast<float*>(base + plan.off_ecache);
+  float* s = reinterpret_cast<float*>(base + plan.off_rowmax);
+  float* partial = reinterpret_cast<float*>(base + plan.off_partial);
+  float* c = reinterpret_cast<float*>(base + plan.off_colsum);
+  float* w = reinterpret_cast<float*>(base + plan.off_w);
+  const float k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(p.tau_t) * (1.0 - p.beta)));
+  const float log2_cap = kLog2MaxF32 - std::ceil(std::log2(static_cast<double>(p.K)));
+  const dim3 col_grid(ceil_div(p.K, kColTile), plan.chunks);
+  const int col_blocks = ceil_div(p.K, kColTile);
+  for (int v = 0; v < p.V; ++v) {
+    if (p.logits_bf16) {
+      mira_unf_exp_kernel<<<p.N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.logits[v]), E, p.K, k2,
+                                                         c + p.K);
+    } else {
+      mira_unf_exp_kernel<<<p.N, kRowBlock, 0, stream>>>(static_cast<const float*>(p.logits[v]), E, p.K, k2, c + p.K);
+    }
+    MIRA_CUDA_LAUNCH_CHECK(stream);
+    for (int pass = 0; pass <= p.iters; ++pass) {
+      mira_unf_rowinv_kernel<<<p.N, kRowBlock, 0, stream>>>(E, pass == 0 ? nullptr : w, s, p.K);
+      MIRA_CUDA_LAUNCH_CHECK(stream);
+      colsum_partial_kernel<<<col_grid, kColTile, 0, stream>>>(E, s, partial, p.N, p.K);
+      MIRA_CUDA_LAUNCH_CHECK(stream);
+      colsum_merge_kernel<<<col_blocks, kColTile, 0, stream>>>(partial, c, plan.chunks, p.K);
+      MIRA_CUDA_LAUNCH_CHECK(stream);
+      mira_unf_weights_kernel<<<1, 1024, 0, stream>>>(c, w, p.K, -p.beta, log2_cap);
+      MIRA_CUDA_LAUNCH_CHECK(stream);
+    }
+    mira_unf_targets_kernel<<<p.N, kRowBlock, 0, stream>>>(E, w, p.targets[v], p.K);
+    MIRA_CUDA_LAUNCH_CHECK(stream);
+  }
+}
+
+}  // namespace
+
+void mira_assign_cuda(const MiraProblem& p, const MiraPlan& plan, void* ws, cudaStream_t stream) {
+  check_problem(p);
+  MIRA_CHECK(plan.variant != MiraVariant::PerPass, "mira_assign_cuda: a PerPass plan runs through mira_assign_pass_cuda");
+  MIRA_CUDA_CHECK(cudaMemsetAsync(const_cast<float*>(mira_nonfinite_count(plan, ws)), 0, sizeof(float), stream));
+  if (plan.variant == MiraVariant::Unfused) {
+    launch_unfused(p, plan, ws, stream);
+  } else {
+    launch_fused(p, plan, ws, 0, p.iters + 2, stream);
+  }
+}
+
+void mira_assign_pass_cuda(const MiraProblem& p, const MiraPlan& plan, int pass, void* ws, cudaStream_t stream) {
+  check_problem(p);
+  MIRA_CHECK(plan.variant == MiraVariant::PerPass, "mira_assign_pass_cuda: needs a PerPass plan");
+  MIRA_CHECK(pass >= 0 && pass <= p.iters + 1, "mira_assign_pass_cuda: pass ", pass, " out of [0, ", p.iters + 1, "]");
+  if (pass == 0)
+    MIRA_CUDA_CHECK(cudaMemsetAsync(const_cast<float*>(mira_nonfinite_count(plan, ws)), 0, sizeof(float), stream));
+  launch_fused(p, plan, ws, pass, pass + 1, stream);
+}
+
+// ---- statistics
+
+size_t assign_stats_scratch_bytes(int N, int K) {
+  return 2 * static_cast<size_t>(ceil_div(N, kRowsPerChunk)) * K * sizeof(float);
+}
+
+void assign_stats_sums_cuda(const float* targets, int N, int K, double* sums, void* scratch, cudaStream_t stream) {
+  const int chunks = ceil_div(N, kRowsPerChunk);
+  float* part_t = static_cast<float*>(scratch);
+  float* part_h = part_t + static_cast<size_t>(chunks) * K;
+  stats_partial_kernel<<<dim3(ceil_div(K, kColTile), chunks), kColTile, 0, stream>>>(targets, part_t, part_h, N, K);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+  stats_merge_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(part_t, part_h, sums, chunks, K);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void mira_kkt_cuda(const void* logits, bool logits_bf16, const float* targets, const float* w, int N, int K,
+                   float tau_t, float beta, float* out, cudaStream_t stream) {
+  const float k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(tau_t) * (1.0 - beta)));
+  MIRA_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float), stream));
+  auto* bits = reinterpret_cast<unsigned*>(out);
+  if (logits_bf16) {
+    mira_kkt_kernel<<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), targets, w, K, k2, bits);
+  } else {
+    mira_kkt_kernel<<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), targets, w, K, k2, bits);
+  }
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+// ---- Sinkhorn-Knopp
+
+size_t sinkhorn_scratch_bytes(int N, int K) {
+  return 2 * static_cast<size_t>(ceil_div(N, kRowsPerChunk)) * K * sizeof(float);
+}
+
+void sinkhorn_col_lse_cuda(const void* logits, bool logits_bf16, const float* f, float* lse, float* lse_copy,
+                           bool neg, int N, int K, float inv_eps, float* nonfinite, void* scratch,
+                           cudaStream_t stream) {
+  const int chunks = ceil_div(N, kRowsPerChunk);
+  float* pm = static_cast<float*>(scratch);
+  float* ps = pm + static_cast<size_t>(chunks) * K;
+  const dim3 grid(ceil_div(K, kColTile), chunks);
+  if (logits_bf16) {
+    sk_col_partial_kernel<<<grid, kColTile, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), f, pm, ps, N, K,
+                                                         inv_eps, nonfinite);
+  } else {
+    sk_col_partial_kernel<<<grid, kColTile, 0, stream>>>(static_cast<const float*>(logits), f, pm, ps, N, K, inv_eps,
+                                                         nonfinite);
+  }
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+  sk_col_merge_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(pm, ps, lse, lse_copy, neg, chunks, K);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void sinkhorn_lse_shift_cuda(const float* lse, const float* M, float* e, int K, cudaStream_t stream) {
+  sk_shift_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(lse, M, e, K);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void sinkhorn_lse_finish_cuda(const float* M, const float* e, float* g, int K, cudaStream_t stream) {
+  sk_finish_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(M, e, g, K);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void sinkhorn_row_cuda(const void* logits, bool logits_bf16, const float* g, float* f, int N, int K, float inv_eps,
+                       cudaStream_t stream) {
+  if (logits_bf16) {
+    sk_row_kernel<__nv_bfloat16, false><<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g, f,
+                                                                    K, inv_eps);
+  } else {
+    sk_row_kernel<float, false><<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), g, f, K, inv_eps);
+  }
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void sinkhorn_targets_cuda(const void* logits, bool logits_bf16, const float* g, float* targets, int N, int K,
+                           float inv_eps, cudaStream_t stream) {
+  if (logits_bf16) {
+    sk_row_kernel<__nv_bfloat16, true><<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g,
+                                                                   targets, K, inv_eps);
+  } else {
+    sk_row_kernel<float, true><<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), g, targets, K, inv_eps);
+  }
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+}  // namespace mira::cuda

@@ -1,0 +1,128 @@
+// CUDA launchers of the MIRA assignment and of Sinkhorn-Knopp; the numerics are those of
+// kernels/cpu/mira_assign.h (read its file comment first), in f32 with f32 accumulation.
+// Raw device pointers only: the caller allocates the workspace the plan asks for.
+//
+// MIRA variants (all give the same targets up to f32 rounding; each is checked against the
+// CPU reference in tests/test_mira_assign_gpu.cpp and bench/mira_assign):
+// - Fused: one cooperative, persistent launch runs every pass of every view. Each block owns
+//   a fixed set of rows and keeps as many of them as fit in shared memory (E in f32, or bf16
+//   with MiraCache::BF16), the rest in a workspace that stays in L2 when it fits; the K-length
+//   column sums are reduced deterministically (per-block partials, fixed order) between two
+//   grid-wide barriers per pass. Views run side by side on disjoint blocks, or one after the
+//   other on the whole GPU when that keeps more of E on chip (MiraSchedule).
+// - PerPass: the fused kernel cut at the all-reduce: one cooperative launch per pass (the
+//   iteration count plus two), E in the workspace, and the caller sums the column sums over
+//   ranks between launches. Plain stream work, so it can be captured in a CUDA graph.
+// - Unfused: six small kernels and four launches per iteration, E in the workspace (a bench
+//   baseline, and the path for K > 12288 where the fused kernel's registers do not reach).
+// MiraCache::BF16 stores E in bf16 during the iteration (the final targets recompute E in f32
+// from the logits): about 2x less on-chip/L2 traffic for ~1e-4 absolute error in the targets,
+// so it is opt-in; the default is f32.
+//
+// Weights on the GPU are capped at 2^(124 - ceil(log2 K)) (CPU: 2^(1020 - ...)) so that row
+// sums and their inverses stay normal f32; the cap only binds when column masses differ by
+// more than ~1e30, where f32 cannot represent E's ratios anyway.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mira::cuda {
+
+constexpr int kMiraMaxViews = 4;
+
+enum class MiraVariant : int { Fused, PerPass, Unfused };
+enum class MiraCache : int { F32, BF16 };
+enum class MiraSchedule : int { Auto, Concurrent, Sequential };
+
+// V views of this rank's N rows each; the K-length column sums (and so the targets) are
+// per view. logits[v]: (N, K) f32 or bf16 (logits_bf16); targets[v]: (N, K) f32.
+struct MiraProblem {
+  const void* logits[kMiraMaxViews] = {};
+  float* targets[kMiraMaxViews] = {};
+  int V = 1;
+  int N = 0;
+  int K = 0;
+  bool logits_bf16 = false;
+  float tau_t = 0.225f;
+  float beta = 2.0f / 3.0f;
+  int iters = 30;
+};
+
+// Launch geometry and workspace layout, decided on the host for one problem shape and device.
+struct MiraPlan {
+  MiraVariant variant = MiraVariant::Fused;
+  MiraCache cache = MiraCache::F32;
+  int cpt = 4;             // columns per thread (fused / per-pass)
+  int batch_rows = 4;      // rows per register batch (fused / per-pass)
+  int block = 256;         // threads per block
+  int grid = 0;            // blocks (cooperative: all resident)
+  int views_per_group = 1; // views side by side; V / views_per_group groups one after another
+  int blocks_per_view = 0;
+  int rows_per_block = 0;
+  int smem_rows = 0;       // rows per block held in shared memory
+  size_t smem_bytes = 0;   // dynamic shared memory per block
+  int Kp = 0;              // padded row length of E in shared memory and the workspace
+  size_t workspace_bytes = 0;
+  int chunks = 0;           // unfused: row chunks of the column reduction
+  // Byte offsets into the workspace. colsum holds the column sums (V * Kp floats; unfused: K)
+  // and, right after them, the non-finite counter (so one all-reduce carries both).
+  size_t off_ecache = 0, off_partial = 0, off_colsum = 0, off_rowmax = 0, off_w = 0;
+  int64_t ecache_rows_per_block = 0;  // rows of E per block held in the workspace
+  int64_t flag_index = 0;             // index of the non-finite counter in colsum
+};
+
+// Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).
+// batch_rows: rows per register batch of the fused kernel for K <= 3072, 4 (default) or 8.
+MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache = MiraCache::F32,
+                   MiraSchedule schedule = MiraSchedule::Auto, int batch_rows = 4);
+// Can the fused / per-pass kernel take this K? (K <= 12288: 768 threads x 16 columns)
+bool mira_fused_supports(int K);
+
+// Fused and Unfused: the whole assignment of every view, on `stream`. The workspace must hold
+// plan.workspace_bytes and stay untouched until the work completes.
+void mira_assign_cuda(const MiraProblem& p, const MiraPlan& plan, void* workspace, cudaStream_t stream);
+
+// PerPass: pass 0 (E, initial update) .. iters (updates) and iters + 1 (targets). After every
+// pass p <= iters, sum mira_reduce_buffer over ranks (mira_reduce_len(plan, p) floats,
+// device memory) before launching pass p + 1.
+void mira_assign_pass_cuda(const MiraProblem& p, const MiraPlan& plan, int pass, void* workspace,
+                           cudaStream_t stream);
+float* mira_reduce_buffer(const MiraPlan& plan, void* workspace);
+int64_t mira_reduce_len(const MiraProblem& p, const MiraPlan& plan, int pass);
+
+// Number of non-finite logits seen (a float in device memory, exact up to 2^24; in the reduce
+// buffer, so after pass 0's all-reduce it counts every rank). Valid once pass 0 has run.
+const float* mira_nonfinite_count(const MiraPlan& plan, const void* workspace);
+
+// ---- statistics (collapse monitoring), one view
+// sums: (2K) f64 out: sum_i T_ij, then sum_i -T_ij log T_ij per column. scratch: stats_scratch_bytes.
+size_t assign_stats_scratch_bytes(int N, int K);
+void assign_stats_sums_cuda(const float* targets, int N, int K, double* sums, void* scratch, cudaStream_t stream);
+// max_ij |T_ij - w_j E_ij / sum_l w_l E_il| with E recomputed from the logits; w: (K) f32 KKT
+// weights (wbar^a, see mira_weights_from_mass); out: one f32, overwritten.
+void mira_kkt_cuda(const void* logits, bool logits_bf16, const float* targets, const float* w, int N, int K,
+                   float tau_t, float beta, float* out, cudaStream_t stream);
+
+// ---- Sinkhorn-Knopp (log domain), one view; x = L / eps.
+// lse: (K) out, log-sum-exp over this rank's rows of x_ij + f_i (f: (N) or null for 0); also
+// copied to lse_copy when not null (the multi-rank merge needs two). neg = true writes -lse
+// instead (one rank: that is g). nonfinite: float counter to add to, or null.
+size_t sinkhorn_scratch_bytes(int N, int K);
+void sinkhorn_col_lse_cuda(const void* logits, bool logits_bf16, const float* f, float* lse, float* lse_copy,
+                           bool neg, int N, int K, float inv_eps, float* nonfinite, void* scratch,
+                           cudaStream_t stream);
+// Multi-rank merge of per-rank column LSEs: with M = max over ranks of lse (all-reduced),
+// e = exp(lse - M) (then all-reduced by sum), g = -(M + log e).
+void sinkhorn_lse_shift_cuda(const float* lse, const float* M, float* e, int K, cudaStream_t stream);
+void sinkhorn_lse_finish_cuda(const float* M, const float* e, float* g, int K, cudaStream_t stream);
+// f_i = -LSE_j(x_ij + g_j)
+void sinkhorn_row_cuda(const void* logits, bool logits_bf16, const float* g, float* f, int N, int K, float inv_eps,
+                       cudaStream_t stream);
+// targets_i = softmax_j(x_ij + g_j)
+void sinkhorn_targets_cuda(const void* logits, bool logits_bf16, const float* g, float* targets, int N, int K,
+                           float inv_eps, cudaStream_t stream);
+
+}  // namespace mira::cuda

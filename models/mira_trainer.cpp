@@ -1,0 +1,102 @@
+#include "models/mira_trainer.h"
+
+#include <cmath>
+
+#include "engine/ops.h"
+#include "models/mira_loss.h"
+
+namespace mira::models {
+
+MiraTrainer::MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraStepConfig& cfg, Communicator& comm)
+    : model_(model), optimizer_(model.student(), optim), cfg_(cfg), comm_(comm) {}
+
+namespace {
+
+// Prototypes that are the argmax of at least one row, over all ranks.
+int count_clusters(const Tensor& targets, Communicator& comm) {
+  const int64_t N = targets.dim(0), K = targets.dim(1);
+  std::vector<double> t = targets.to_vector();
+  std::vector<double> used(static_cast<size_t>(K), 0.0);
+  for (int64_t i = 0; i < N; ++i) {
+    int64_t best = 0;
+    for (int64_t j = 1; j < K; ++j)
+      if (t[i * K + j] > t[i * K + best]) best = j;
+    used[best] = 1.0;
+  }
+  comm.allreduce_max(used.data(), K);
+  int n = 0;
+  for (double u : used) n += u > 0;
+  return n;
+}
+
+// Throws naming the first tensor of the store whose gradients (or values) are not finite. One
+// reduction over the flat buffer per call; the element scan runs only when it fails.
+void check_finite(const ParamStore& ps, bool grads) {
+  const Tensor flat = grads ? ps.flat_grads() : ps.flat_params();
+  double total;
+  {
+    NoGradGuard ng;
+    total = ops::sum(flat).item();
+  }
+  if (std::isfinite(total)) return;
+  const std::vector<double> v = flat.to_vector();
+  for (const ParamStore::Entry& e : ps.entries()) {
+    if (e.kind != ParamStore::Kind::Param) continue;
+    for (int64_t i = 0; i < e.shape.numel(); ++i) {
+      const double x = v[static_cast<size_t>(e.offset + i)];
+      if (!std::isfinite(x)) {
+        MIRA_FAIL(grads ? "non-finite gradient " : "non-finite parameter after the update ", x, " in '", e.name,
+                  "' (element ", i, ")", grads ? "" : ": the learning rate is too large for this run");
+      }
+    }
+  }
+  MIRA_FAIL(grads ? "the gradients" : "the parameters", " sum to ", total, " (overflow)");
+}
+
+}  // namespace
+
+MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool clusters) {
+  MIRA_CHECK(views.size() >= 2, "a MIRA step needs at least the two global crops, got ", views.size());
+  if (s.freeze_prototypes != frozen_) {
+    optimizer_.set_frozen("prototypes.", s.freeze_prototypes);
+    frozen_ = s.freeze_prototypes;
+  }
+  model_.ema_update(s.ema_momentum);
+  std::vector<Tensor> teacher{model_.teacher_logits(views[0]), model_.teacher_logits(views[1])};
+  std::vector<AssignStats> astats;
+  std::vector<Tensor> targets = mira_assign(teacher, cfg_.tau_t, s.beta, cfg_.iters, comm_, &astats);
+
+  std::vector<Tensor> student;
+  student.reserve(views.size());
+  for (const Tensor& v : views) student.push_back(model_.student_logits(v));
+  Tensor loss = mira_loss(student, targets[0], targets[1], cfg_.tau_s);
+
+  // The loss is a local mean; the reported loss and the gradients are averaged over ranks.
+  double loss_sum = loss.item();
+  comm_.allreduce_sum(&loss_sum, 1);
+  const int world = comm_.world_size();
+  MiraStepStats st;
+  st.loss = loss_sum / world;
+  if (!std::isfinite(st.loss)) {
+    clear_tape();
+    MIRA_FAIL("the loss is ", st.loss, ": training diverged (parameters left at the previous step)");
+  }
+  model_.student().zero_grad();
+  backward(loss);
+  if (world > 1) {
+    Tensor g = model_.student().flat_grads();
+    comm_.allreduce_sum(g);
+    g.copy_(ops::scale(g, 1.0 / world));
+  }
+  check_finite(model_.student(), true);
+  optimizer_.step(s.lr);
+  check_finite(model_.student(), false);
+
+  st.target_entropy = 0.5 * (astats[0].target_entropy + astats[1].target_entropy);
+  st.marginal_entropy = 0.5 * (astats[0].marginal_entropy + astats[1].marginal_entropy);
+  st.kkt_residual = std::max(astats[0].kkt_residual, astats[1].kkt_residual);
+  if (clusters) st.clusters_in_use = count_clusters(targets[0], comm_);
+  return st;
+}
+
+}  // namespace mira::models

@@ -1,0 +1,55 @@
+// One MIRA training step (official train.py order): EMA update of the teacher, teacher logits
+// of the two global crops (no gradient, train-mode BN), one MIRA target per global view,
+// student logits of every crop (each crop batch with its own BN statistics), the swapped-
+// prediction loss, backward, gradient average over ranks, optimiser step (prototypes frozen
+// while asked, as the official code drops their gradients in the first epoch).
+#pragma once
+
+#include <vector>
+
+#include "engine/comm.h"
+#include "engine/mira_assign.h"
+#include "engine/optim.h"
+#include "models/mira_model.h"
+
+namespace mira::models {
+
+struct MiraStepConfig {
+  double tau_s = 0.1;
+  double tau_t = 0.225;
+  int iters = 30;
+};
+
+struct MiraStepSchedule {  // this step's values of the schedules
+  double lr = 0.0;
+  double beta = 0.7;
+  double ema_momentum = 0.99;
+  bool freeze_prototypes = false;
+};
+
+struct MiraStepStats {
+  double loss = 0;              // global mean
+  double target_entropy = 0;    // mean over the two views, nats
+  double marginal_entropy = 0;  // mean over the two views, nats (log K at equipartition)
+  double kkt_residual = 0;      // max over the two views
+  int clusters_in_use = -1;     // prototypes that are the argmax of some target row (view 0,
+                                // global batch); -1 when not computed
+};
+
+class MiraTrainer {
+ public:
+  MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraStepConfig& cfg, Communicator& comm);
+  // views: the crops of this rank's batch, global crops first, on the model's device.
+  // Throws mira::Error when the loss is not finite (before any parameter changes).
+  MiraStepStats step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool count_clusters);
+  Optimizer& optimizer() { return optimizer_; }
+
+ private:
+  MiraModel& model_;
+  Optimizer optimizer_;
+  MiraStepConfig cfg_;
+  Communicator& comm_;
+  bool frozen_ = false;
+};
+
+}  // namespace mira::models

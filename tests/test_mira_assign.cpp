@@ -1,0 +1,480 @@
+// labels: cpu
+// The MIRA assignment and Sinkhorn-Knopp on the CPU: the properties of spec section 1 (KKT
+// condition, optimality, beta = 0, permutation, split batch over ranks, convergence rate), the
+// official iteration itself, extreme and degenerate inputs, and argument errors.
+#include <cmath>
+#include <numeric>
+#include <thread>
+
+#include "engine/comm.h"
+#include "engine/mira_assign.h"
+#include "engine/rng.h"
+#include "kernels/cpu/mira_assign.h"
+#include "testing.h"
+
+using namespace mira;
+using mira::testing::allclose;
+using mira::testing::Tol;
+
+namespace {
+
+std::vector<double> randn(int64_t n, uint64_t seed, double stddev) {
+  std::vector<double> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = stddev * philox_normal(seed, static_cast<uint64_t>(i));
+  return v;
+}
+
+// The official function (train.py, `mira`), transcribed literally in double: softmax, then
+// v = (colsum / N)^(1 - beta), iters updates with v^(-beta/(1-beta)), final normalisation.
+std::vector<double> official_mira(const std::vector<double>& L, int64_t N, int64_t K, double tau, double beta,
+                                  int iters) {
+  std::vector<double> k(L.size());
+  for (int64_t i = 0; i < N; ++i) {
+    double m = -INFINITY, z = 0;
+    for (int64_t j = 0; j < K; ++j) m = std::max(m, L[i * K + j] / tau / (1 - beta));
+    for (int64_t j = 0; j < K; ++j) z += std::exp(L[i * K + j] / tau / (1 - beta) - m);
+    for (int64_t j = 0; j < K; ++j) k[i * K + j] = std::exp(L[i * K + j] / tau / (1 - beta) - m) / z;
+  }
+  std::vector<double> v(K, 0.0), temp(K);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) v[j] += k[i * K + j];
+  for (auto& x : v) x = std::pow(x / N, 1 - beta);
+  for (int it = 0; it < iters; ++it) {
+    std::fill(temp.begin(), temp.end(), 0.0);
+    for (int64_t i = 0; i < N; ++i) {
+      double r = 0;
+      for (int64_t j = 0; j < K; ++j) r += std::pow(v[j], -beta / (1 - beta)) * k[i * K + j];
+      for (int64_t j = 0; j < K; ++j) temp[j] += k[i * K + j] / r;
+    }
+    for (int64_t j = 0; j < K; ++j) v[j] = std::pow(temp[j] / N, 1 - beta);
+  }
+  std::vector<double> t(L.size());
+  for (int64_t i = 0; i < N; ++i) {
+    double r = 0;
+    for (int64_t j = 0; j < K; ++j) r += std::pow(v[j], -beta / (1 - beta)) * k[i * K + j];
+    for (int64_t j = 0; j < K; ++j) t[i * K + j] = std::pow(v[j], -beta / (1 - beta)) * k[i * K + j] / r;
+  }
+  return t;
+}
+
+// SwAV's distributed_sinkhorn for one process, transcribed literally in double.
+std::vector<double> swav_sinkhorn(const std::vector<double>& L, int64_t B, int64_t K, double eps, int iters) {
+  std::vector<double> Q(L.size());  // (B, K) here; SwAV holds the transpose
+  double total = 0;
+  for (size_t i = 0; i < L.size(); ++i) total += Q[i] = std::exp(L[i] / eps);
+  for (auto& q : Q) q /= total;
+  for (int it = 0; it < iters; ++it) {
+    for (int64_t j = 0; j < K; ++j) {  // rows of Q^T: prototypes sum to 1/K
+      double s = 0;
+      for (int64_t i = 0; i < B; ++i) s += Q[i * K + j];
+      for (int64_t i = 0; i < B; ++i) Q[i * K + j] /= s * K;
+    }
+    for (int64_t i = 0; i < B; ++i) {  // columns of Q^T: samples sum to 1/B
+      double s = 0;
+      for (int64_t j = 0; j < K; ++j) s += Q[i * K + j];
+      for (int64_t j = 0; j < K; ++j) Q[i * K + j] /= s * B;
+    }
+  }
+  for (auto& q : Q) q *= B;
+  return Q;
+}
+
+// Paper Eq. 4 at W (rows on the simplex), one process:
+//   mean_i KL(W_i || softmax(L_i / tau)) - beta * (H(mean_i W_i) - mean_i H(W_i)).
+double objective(const std::vector<double>& L, const std::vector<double>& W, int64_t N, int64_t K, double tau,
+                 double beta) {
+  double kl = 0, h_rows = 0;
+  std::vector<double> wbar(K, 0.0);
+  for (int64_t i = 0; i < N; ++i) {
+    double m = -INFINITY, z = 0;
+    for (int64_t j = 0; j < K; ++j) m = std::max(m, L[i * K + j] / tau);
+    for (int64_t j = 0; j < K; ++j) z += std::exp(L[i * K + j] / tau - m);
+    const double lse = m + std::log(z);
+    for (int64_t j = 0; j < K; ++j) {
+      const double w = W[i * K + j];
+      wbar[j] += w / N;
+      if (w > 0) {
+        kl += w * (std::log(w) - (L[i * K + j] / tau - lse));
+        h_rows -= w * std::log(w);
+      }
+    }
+  }
+  double h_marg = 0;
+  for (double w : wbar)
+    if (w > 0) h_marg -= w * std::log(w);
+  return kl / N - beta * (h_marg - h_rows / N);
+}
+
+template <typename T>
+std::vector<double> kernel_mira(const std::vector<double>& L, int64_t N, int64_t K, double tau, double beta,
+                                int iters) {
+  std::vector<T> l(L.begin(), L.end()), t(L.size());
+  std::vector<double> work(cpu::mira_assign_work_size(N, K));
+  cpu::mira_assign_fwd<T>(l.data(), t.data(), N, K, tau, beta, iters, work.data());
+  return std::vector<double>(t.begin(), t.end());
+}
+
+template <typename T>
+cpu::AssignStatsOut kernel_stats(const std::vector<double>& L, const std::vector<double>& Tg, int64_t N, int64_t K,
+                                 double tau, double beta, std::vector<double>* wbar = nullptr) {
+  std::vector<T> l(L.begin(), L.end()), t(Tg.begin(), Tg.end());
+  std::vector<double> wb(K), work(cpu::assign_stats_work_size(N, K));
+  cpu::AssignStatsOut out;
+  cpu::assign_stats<T>(l.data(), t.data(), N, K, tau, beta, wb.data(), work.data(), &out);
+  if (wbar) *wbar = wb;
+  return out;
+}
+
+double sse(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
+  return s;
+}
+
+// Every value finite, rows on the simplex (|row sum - 1| <= tol, entries in [0, 1]).
+bool rows_on_simplex(const std::vector<double>& t, int64_t N, int64_t K, double tol) {
+  for (int64_t i = 0; i < N; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < K; ++j) {
+      const double v = t[i * K + j];
+      if (!std::isfinite(v) || v < 0 || v > 1 + tol) return false;
+      s += v;
+    }
+    if (std::fabs(s - 1) > tol) return false;
+  }
+  return true;
+}
+
+constexpr double kTau = 0.225, kBeta = 2.0 / 3.0;
+
+}  // namespace
+
+TEST_CASE("mira: the iteration is the official one (f64, to rounding)") {
+  const int64_t N = 48, K = 20;
+  const auto L = randn(N * K, 1, 0.5);
+  for (int iters : {0, 1, 5, 30}) {
+    CAPTURE(iters);
+    CHECK(allclose(kernel_mira<double>(L, N, K, kTau, kBeta, iters), official_mira(L, N, K, kTau, kBeta, iters),
+                   Tol{1e-13, 1e-11}, "official"));
+  }
+  CHECK(allclose(kernel_mira<double>(L, N, K, 0.1, 0.75, 30), official_mira(L, N, K, 0.1, 0.75, 30),
+                 Tol{1e-13, 1e-11}, "official tau 0.1 beta 0.75"));
+}
+
+TEST_CASE("mira: KKT residual after 30 iterations (f64 < 1e-9, f32 < 1e-5)") {
+  // Well conditioned: the spec's B = 256, K = 300 with logits ~ N(0, 0.2^2), and B = 512,
+  // K = 100 with N(0, 0.3^2). (At B = 256, K = 300, N(0, 0.3^2) more columns than rows get
+  // little mass and the residual after 30 iterations is 0.5e-9 to 2e-9, seed to seed.)
+  struct Case {
+    int64_t N, K;
+    double stddev;
+    uint64_t seed;
+  };
+  for (const Case& c : {Case{256, 300, 0.2, 11}, Case{512, 100, 0.3, 12}}) {
+    const int64_t N = c.N, K = c.K;
+    CAPTURE(N);
+    const auto L = randn(N * K, c.seed, c.stddev);
+    const auto t64 = kernel_mira<double>(L, N, K, kTau, kBeta, 30);
+    const auto t32 = kernel_mira<float>(L, N, K, kTau, kBeta, 30);
+    const double kkt64 = kernel_stats<double>(L, t64, N, K, kTau, kBeta).kkt_residual;
+    const double kkt32 = kernel_stats<float>(L, t32, N, K, kTau, kBeta).kkt_residual;
+    CAPTURE(kkt64);
+    CAPTURE(kkt32);
+    CHECK(kkt64 < 1e-9);
+    CHECK(kkt32 < 1e-5);
+    // More iterations drive the f64 residual to rounding level.
+    CHECK(kernel_stats<double>(L, kernel_mira<double>(L, N, K, kTau, kBeta, 200), N, K, kTau, kBeta).kkt_residual <
+          1e-14);
+    // f32 against the f64 reference: E is rounded to f32 once, everything else is double.
+    CHECK(allclose(t32, t64, Tol{1e-7, 1e-5}, "f32 vs f64"));
+  }
+}
+
+TEST_CASE("mira: convergence to the 1000-iteration solution matches the paper's Fig. 2 numbers") {
+  // Spec: B = 256, K = 300, tau_t = 0.225, beta = 2/3, logits ~ N(0, 0.3^2): SSE to the
+  // 1000-iteration solution about 4e-2 after 1 iteration, 2e-3 after 3, 1e-7 after 10, 1e-18 after 30.
+  const int64_t N = 256, K = 300;
+  const auto L = randn(N * K, 7, 0.3);
+  const auto ref = kernel_mira<double>(L, N, K, kTau, kBeta, 1000);
+  const double s1 = sse(kernel_mira<double>(L, N, K, kTau, kBeta, 1), ref);
+  const double s3 = sse(kernel_mira<double>(L, N, K, kTau, kBeta, 3), ref);
+  const double s10 = sse(kernel_mira<double>(L, N, K, kTau, kBeta, 10), ref);
+  const double s30 = sse(kernel_mira<double>(L, N, K, kTau, kBeta, 30), ref);
+  MESSAGE("SSE after 1, 3, 10, 30 iterations: ", s1, " ", s3, " ", s10, " ", s30);
+  CHECK(s1 > 1e-2);
+  CHECK(s1 < 2e-1);
+  CHECK(s3 > 4e-4);
+  CHECK(s3 < 1e-2);
+  CHECK(s10 > 1e-8);
+  CHECK(s10 < 1e-6);
+  CHECK(s30 < 1e-16);
+}
+
+TEST_CASE("mira: the result minimises the objective (Eq. 4) against feasible perturbations") {
+  const int64_t N = 40, K = 12;
+  const auto L = randn(N * K, 3, 0.4);
+  const auto T = kernel_mira<double>(L, N, K, kTau, kBeta, 300);
+  const double f0 = objective(L, T, N, K, kTau, kBeta);
+  for (uint64_t s = 0; s < 30; ++s) {
+    // Zero-sum perturbation per row, small enough to keep every entry positive.
+    auto z = randn(N * K, 100 + s, 1.0);
+    std::vector<double> W = T;
+    const double eps = s % 2 ? 1e-3 : 1e-5;
+    for (int64_t i = 0; i < N; ++i) {
+      const double mean = std::accumulate(z.begin() + i * K, z.begin() + (i + 1) * K, 0.0) / K;
+      double lim = INFINITY;
+      for (int64_t j = 0; j < K; ++j) {
+        const double d = z[i * K + j] - mean;
+        if (d < 0) lim = std::min(lim, T[i * K + j] / -d);
+      }
+      for (int64_t j = 0; j < K; ++j) W[i * K + j] += std::min(eps, 0.5 * lim) * (z[i * K + j] - mean);
+    }
+    CAPTURE(s);
+    CHECK(objective(L, W, N, K, kTau, kBeta) > f0);
+  }
+}
+
+TEST_CASE("mira: beta = 0 gives softmax(L / tau_t)") {
+  const int64_t N = 30, K = 17;
+  const auto L = randn(N * K, 4, 1.0);
+  std::vector<double> sm(L.size());
+  for (int64_t i = 0; i < N; ++i) {
+    double m = -INFINITY, z = 0;
+    for (int64_t j = 0; j < K; ++j) m = std::max(m, L[i * K + j] / kTau);
+    for (int64_t j = 0; j < K; ++j) z += std::exp(L[i * K + j] / kTau - m);
+    for (int64_t j = 0; j < K; ++j) sm[i * K + j] = std::exp(L[i * K + j] / kTau - m) / z;
+  }
+  CHECK(allclose(kernel_mira<double>(L, N, K, kTau, 0.0, 30), sm, Tol{1e-15, 1e-13}, "beta 0, f64"));
+  CHECK(allclose(kernel_mira<float>(L, N, K, kTau, 0.0, 30), sm, Tol{1e-7, 1e-5}, "beta 0, f32"));
+}
+
+TEST_CASE("mira: permuting rows permutes the targets") {
+  const int64_t N = 64, K = 25;
+  const auto L = randn(N * K, 5, 0.5);
+  std::vector<int64_t> perm(N);
+  for (int64_t i = 0; i < N; ++i) perm[i] = (i * 37 + 11) % N;  // 37 is coprime to 64
+  std::vector<double> Lp(L.size());
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) Lp[i * K + j] = L[perm[i] * K + j];
+  const auto T = kernel_mira<double>(L, N, K, kTau, kBeta, 30);
+  const auto Tp = kernel_mira<double>(Lp, N, K, kTau, kBeta, 30);
+  std::vector<double> Tperm(T.size());
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) Tperm[i * K + j] = T[perm[i] * K + j];
+  // Only the order of the column sums' terms changes.
+  CHECK(allclose(Tp, Tperm, Tol{1e-14, 1e-12}, "permuted"));
+}
+
+TEST_CASE("mira and sinkhorn: two thread-ranks splitting the batch equal one rank holding it") {
+  const int64_t N = 90, K = 31, N0 = 37;  // uneven split on purpose
+  const auto Lv = randn(N * K, 6, 0.5);
+  const Tensor L = Tensor::from_vector(Lv, {N, K}, DType::F64);
+  AssignStats s_one, s_sk_one;
+  const Tensor one = mira_assign(L, kTau, kBeta, 30, local_comm(), &s_one);
+  const Tensor sk_one = sinkhorn_assign(L, 0.05, 3, local_comm(), &s_sk_one);
+
+  auto comms = make_thread_comms(2);
+  Tensor part[2], sk_part[2];
+  AssignStats st[2], sk_st[2];
+  std::thread ranks[2];
+  std::string errors[2];
+  for (int r = 0; r < 2; ++r) {
+    ranks[r] = std::thread([&, r] {
+      try {
+        const Tensor mine = r == 0 ? L.slice_batch(0, N0) : L.slice_batch(N0, N);
+        part[r] = mira_assign(mine, kTau, kBeta, 30, *comms[r], &st[r]);
+        sk_part[r] = sinkhorn_assign(mine, 0.05, 3, *comms[r], &sk_st[r]);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  REQUIRE(errors[0] == "");
+  REQUIRE(errors[1] == "");
+  std::vector<double> joined = part[0].to_vector(), sk_joined = sk_part[0].to_vector();
+  for (double v : part[1].to_vector()) joined.push_back(v);
+  for (double v : sk_part[1].to_vector()) sk_joined.push_back(v);
+  // The column sums are added in a different order (two partial sums, then their sum).
+  CHECK(allclose(joined, one.to_vector(), Tol{1e-14, 1e-12}, "mira split batch"));
+  CHECK(allclose(sk_joined, sk_one.to_vector(), Tol{1e-14, 1e-12}, "sinkhorn split batch"));
+  for (int r = 0; r < 2; ++r) {
+    CHECK(allclose(st[r].wbar.to_vector(), s_one.wbar.to_vector(), Tol{1e-15, 1e-12}, "wbar over ranks"));
+    CHECK(st[r].kkt_residual == doctest::Approx(s_one.kkt_residual).epsilon(1e-3));
+    CHECK(st[r].target_entropy == doctest::Approx(s_one.target_entropy).epsilon(1e-12));
+    CHECK(st[r].marginal_entropy == doctest::Approx(s_one.marginal_entropy).epsilon(1e-12));
+    CHECK(sk_st[r].marginal_entropy == doctest::Approx(s_sk_one.marginal_entropy).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("mira: statistics") {
+  const int64_t N = 100, K = 40;
+  const auto Lv = randn(N * K, 8, 0.3);
+  AssignStats s;
+  const Tensor T = mira_assign(Tensor::from_vector(Lv, {N, K}, DType::F64), kTau, kBeta, 30, local_comm(), &s);
+  const auto t = T.to_vector();
+  const auto wbar = s.wbar.to_vector();
+  REQUIRE(wbar.size() == static_cast<size_t>(K));
+  CHECK(std::accumulate(wbar.begin(), wbar.end(), 0.0) == doctest::Approx(1.0).epsilon(1e-12));
+  std::vector<double> col(K, 0.0);
+  double ht = 0;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      col[j] += t[i * K + j] / N;
+      ht -= t[i * K + j] * std::log(t[i * K + j]) / N;
+    }
+  CHECK(allclose(wbar, col, Tol{1e-15, 1e-12}, "wbar"));
+  CHECK(s.target_entropy == doctest::Approx(ht).epsilon(1e-12));
+  CHECK(s.marginal_entropy <= std::log(static_cast<double>(K)) + 1e-12);
+  CHECK(s.marginal_entropy > s.target_entropy);  // MIRA spreads the marginal, sharpens the rows
+  CHECK(s.kkt_residual < 1e-9);
+  // Identical rows: every row is the prior, wbar = that row, and T is the softmax itself.
+  std::vector<double> same(N * K);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) same[i * K + j] = Lv[j];
+  AssignStats s2;
+  mira_assign(Tensor::from_vector(same, {N, K}, DType::F64), kTau, kBeta, 30, local_comm(), &s2);
+  CHECK(s2.target_entropy == doctest::Approx(s2.marginal_entropy).epsilon(1e-9));
+  CHECK(s2.kkt_residual < 1e-12);
+  // Uniform logits: uniform targets, both entropies log K.
+  AssignStats s3;
+  mira_assign(Tensor::zeros({N, K}, DType::F32), kTau, kBeta, 30, local_comm(), &s3);
+  CHECK(s3.marginal_entropy == doctest::Approx(std::log(static_cast<double>(K))).epsilon(1e-6));
+  CHECK(s3.target_entropy == doctest::Approx(std::log(static_cast<double>(K))).epsilon(1e-6));
+}
+
+TEST_CASE("mira: extreme and degenerate inputs stay finite and on the simplex") {
+  struct Case {
+    const char* what;
+    int64_t N, K;
+    double tau, beta;
+    int kind;  // 0: +-100 random signs, 1: N(0, 1), 2: an empty column, 3: one-hot +100, 4: constant
+  };
+  const Case cases[] = {
+      {"+-100, tau' = 0.01", 64, 50, 0.03, 2.0 / 3.0, 0},
+      {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.0, 0.99, 0},
+      {"N(0,1), beta 0.99, tau' = 0.01", 64, 50, 1.0, 0.99, 1},
+      {"empty column", 64, 50, 0.03, 2.0 / 3.0, 2},
+      {"empty column, beta 0.99", 64, 50, 1.0, 0.99, 2},
+      {"one-hot rows", 64, 50, 0.03, 0.9, 3},
+      {"constant logits", 16, 9, 0.225, 2.0 / 3.0, 4},
+      {"N = 1", 1, 300, 0.225, 2.0 / 3.0, 1},
+      {"N = 1, +-100", 1, 300, 0.03, 2.0 / 3.0, 0},
+      {"K = 1", 200, 1, 0.225, 2.0 / 3.0, 1},
+      {"N = K = 1", 1, 1, 0.225, 2.0 / 3.0, 0},
+      {"N = 65536", 65536, 3, 0.03, 2.0 / 3.0, 0},
+      {"K = 65536", 3, 65536, 0.03, 2.0 / 3.0, 0},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    std::vector<double> L = randn(c.N * c.K, 9, 1.0);
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = 0; j < c.K; ++j) {
+        double& x = L[i * c.K + j];
+        if (c.kind == 0) x = x < 0 ? -100 : 100;
+        if (c.kind == 2) x = j == 3 ? -100 : (x < 0 ? 90 : 100);
+        if (c.kind == 3) x = j == (i * 7) % c.K ? 100 : -100;
+        if (c.kind == 4) x = 0.5;
+      }
+    for (int prec : {32, 64}) {
+      CAPTURE(prec);
+      const auto t = prec == 32 ? kernel_mira<float>(L, c.N, c.K, c.tau, c.beta, 30)
+                                : kernel_mira<double>(L, c.N, c.K, c.tau, c.beta, 30);
+      CHECK(rows_on_simplex(t, c.N, c.K, prec == 32 ? 1e-5 : 1e-12));
+      if (c.kind == 2) {
+        double col3 = 0;
+        for (int64_t i = 0; i < c.N; ++i) col3 += t[i * c.K + 3];
+        CHECK(col3 == 0);  // a column with no mass keeps none
+      }
+      if (c.kind == 4) CHECK(t[0] == doctest::Approx(1.0 / c.K).epsilon(1e-6));
+      if (c.K == 1) CHECK(t[0] == 1.0);
+    }
+  }
+}
+
+TEST_CASE("mira: bad arguments raise a clear error") {
+  const Tensor L = Tensor::from_vector(randn(20, 1, 1.0), {4, 5});
+  auto throws_with = [](auto&& f, const std::string& needle) {
+    try {
+      f();
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      if (msg.find(needle) != std::string::npos) return true;
+      MESSAGE("message lacks '", needle, "': ", msg);
+      return false;
+    }
+    MESSAGE("no error; expected one mentioning '", needle, "'");
+    return false;
+  };
+  for (double beta : {-0.1, 1.0, 1.5, double(NAN)}) {
+    CAPTURE(beta);
+    CHECK(throws_with([&] { mira_assign(L, kTau, beta, 30); }, "beta"));
+  }
+  for (double tau : {0.0, -1.0, double(NAN), double(INFINITY)}) {
+    CAPTURE(tau);
+    CHECK(throws_with([&] { mira_assign(L, tau, kBeta, 30); }, "tau_t"));
+  }
+  CHECK(throws_with([&] { mira_assign(L, kTau, kBeta, -1); }, "iters"));
+  CHECK(throws_with([&] { mira_assign(Tensor::zeros({0, 5}), kTau, kBeta, 30); }, "empty"));
+  CHECK(throws_with([&] { mira_assign(Tensor::zeros({4, 0}), kTau, kBeta, 30); }, "empty"));
+  CHECK(throws_with([&] { mira_assign(Tensor::zeros({20}), kTau, kBeta, 30); }, "(N, K)"));
+  CHECK(throws_with([&] { mira_assign(Tensor(), kTau, kBeta, 30); }, "undefined"));
+  CHECK(throws_with([&] { mira_assign(Tensor::zeros({4, 5}, DType::I64), kTau, kBeta, 30); }, "f32"));
+  for (double bad : {double(NAN), double(INFINITY), -double(INFINITY)}) {
+    CAPTURE(bad);
+    auto v = randn(20, 1, 1.0);
+    v[13] = bad;
+    for (DType dt : {DType::F32, DType::F64}) {
+      const Tensor x = Tensor::from_vector(v, {4, 5}, dt);
+      CHECK(throws_with([&] { mira_assign(x, kTau, kBeta, 30); }, "NaN or Inf"));
+      CHECK(throws_with([&] { sinkhorn_assign(x); }, "NaN or Inf"));
+    }
+  }
+  CHECK(throws_with([&] { sinkhorn_assign(L, 0.0); }, "eps"));
+  CHECK(throws_with([&] { sinkhorn_assign(L, -0.05); }, "eps"));
+  CHECK(throws_with([&] { sinkhorn_assign(L, 0.05, 0); }, "iters"));
+  CHECK(throws_with([&] { mira_assign(std::vector<Tensor>{L, Tensor::zeros({4, 6})}, kTau, kBeta, 30); }, "views"));
+}
+
+TEST_CASE("mira: the Tensor op (f32, f64, several views) matches the kernels") {
+  const int64_t N = 33, K = 19;
+  const auto Lv = randn(N * K, 10, 0.4);
+  const Tensor L64 = Tensor::from_vector(Lv, {N, K}, DType::F64);
+  const Tensor L32 = Tensor::from_vector(Lv, {N, K}, DType::F32);
+  const Tensor T64 = mira_assign(L64, kTau, kBeta, 30);
+  CHECK(T64.dtype() == DType::F64);
+  CHECK(T64.to_vector() == kernel_mira<double>(Lv, N, K, kTau, kBeta, 30));
+  const Tensor T32 = mira_assign(L32, kTau, kBeta, 30);
+  CHECK(T32.dtype() == DType::F32);
+  CHECK(T32.to_vector() == kernel_mira<float>(L32.to_vector(), N, K, kTau, kBeta, 30));
+  // Several views: each on its own.
+  const Tensor L2 = Tensor::from_vector(randn(N * K, 11, 0.4), {N, K}, DType::F32);
+  const auto both = mira_assign(std::vector<Tensor>{L32, L2}, kTau, kBeta, 30);
+  REQUIRE(both.size() == 2);
+  CHECK(both[0].to_vector() == T32.to_vector());
+  CHECK(both[1].to_vector() == mira_assign(L2, kTau, kBeta, 30).to_vector());
+  // Deterministic: bitwise the same on a second run.
+  CHECK(mira_assign(L32, kTau, kBeta, 30).to_vector() == T32.to_vector());
+}
+
+TEST_CASE("sinkhorn: the log-domain iteration is SwAV's, finite for extreme logits") {
+  const int64_t B = 40, K = 23;
+  const auto L = randn(B * K, 12, 0.3);  // exp(L / 0.05) stays in range for the literal version
+  for (int iters : {1, 3, 10}) {
+    CAPTURE(iters);
+    std::vector<double> t(L.size()), work(cpu::sinkhorn_assign_work_size(B, K));
+    cpu::sinkhorn_assign_fwd<double>(L.data(), t.data(), B, K, 0.05, iters, work.data());
+    CHECK(allclose(t, swav_sinkhorn(L, B, K, 0.05, iters), Tol{1e-13, 1e-10}, "swav"));
+    CHECK(rows_on_simplex(t, B, K, 1e-12));
+  }
+  // +-100 at eps 0.05 overflows exp in any precision; the log domain does not care.
+  std::vector<double> x = randn(B * K, 13, 1.0);
+  for (auto& v : x) v = v < 0 ? -100 : 100;
+  for (int prec : {32, 64}) {
+    const Tensor T = sinkhorn_assign(Tensor::from_vector(x, {B, K}, prec == 32 ? DType::F32 : DType::F64));
+    CHECK(rows_on_simplex(T.to_vector(), B, K, 1e-5));
+  }
+  // One sample: the prototype normalisation makes it uniform (SwAV with B = 1).
+  const Tensor one = sinkhorn_assign(Tensor::from_vector(randn(K, 14, 1.0), {1, K}, DType::F64));
+  for (double v : one.to_vector()) CHECK(v == doctest::Approx(1.0 / K).epsilon(1e-12));
+}

@@ -1,0 +1,319 @@
+// labels: gpu
+// The CUDA assignment kernels against the CPU f64 reference, and against each other: fused
+// (f32 and bf16 cache, both view schedules, both row batches), per-pass (one launch per pass,
+// with two thread-ranks), unfused; f32 and bf16 logits; every column-per-thread width;
+// extreme inputs; the non-finite error; statistics; Sinkhorn; CUDA graph capture.
+#include <cmath>
+#include <thread>
+
+#include "engine/comm.h"
+#include "engine/cuda_backend.h"
+#include "engine/mira_assign.h"
+#include "engine/rng.h"
+#include "testing.h"
+
+#ifdef MIRA_HAS_CUDA
+#include "engine/cuda/context.h"
+#include "kernels/cuda/mira_assign.cuh"
+#endif
+
+using namespace mira;
+using mira::testing::allclose;
+using mira::testing::Tol;
+
+#ifdef MIRA_HAS_CUDA
+
+namespace {
+
+constexpr double kTau = 0.225, kBeta = 2.0 / 3.0;
+
+Tensor cpu_logits(int64_t N, int64_t K, uint64_t seed, double stddev) {
+  return Tensor::randn({N, K}, seed, 0.0, stddev, DType::F32);
+}
+
+// The reference: the CPU op in f64 on the same (f32-valued) logits.
+std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, double beta = kBeta, int iters = 30) {
+  return mira_assign(logits_cpu.to(DType::F64), tau, beta, iters).to_vector();
+}
+
+// Runs the kernel-level launchers on device copies of `views` (f32 on the host).
+std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cuda::MiraVariant variant,
+                                            cuda::MiraCache cache, cuda::MiraSchedule schedule, int batch_rows,
+                                            bool bf16_logits, double tau = kTau, double beta = kBeta, int iters = 30) {
+  const Device dev = Device::cuda(0);
+  cuda::MiraProblem p;
+  p.V = static_cast<int>(views.size());
+  p.N = static_cast<int>(views[0].dim(0));
+  p.K = static_cast<int>(views[0].dim(1));
+  p.logits_bf16 = bf16_logits;
+  p.tau_t = static_cast<float>(tau);
+  p.beta = static_cast<float>(beta);
+  p.iters = iters;
+  std::vector<Tensor> in, out;
+  for (int v = 0; v < p.V; ++v) {
+    in.push_back(bf16_logits ? views[v].to(dev).to(DType::BF16) : views[v].to(dev));
+    out.push_back(Tensor::full({p.N, p.K}, -1.0, DType::F32, dev));  // poison: every entry must be written
+    p.logits[v] = in[v].raw();
+    p.targets[v] = out[v].data<float>();
+  }
+  const cuda::MiraPlan plan = cuda::mira_plan(p, variant, cache, schedule, batch_rows);
+  Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
+  const cudaStream_t stream = cuda::CudaContext::get().stream();
+  if (variant == cuda::MiraVariant::PerPass) {
+    for (int pass = 0; pass <= iters + 1; ++pass) cuda::mira_assign_pass_cuda(p, plan, pass, ws.raw(), stream);
+  } else {
+    cuda::mira_assign_cuda(p, plan, ws.raw(), stream);
+  }
+  std::vector<std::vector<double>> res;
+  for (auto& t : out) res.push_back(t.to_vector());
+  return res;
+}
+
+bool finite_simplex(const std::vector<double>& t, int64_t N, int64_t K, double tol) {
+  for (int64_t i = 0; i < N; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < K; ++j) {
+      const double v = t[i * K + j];
+      if (!std::isfinite(v) || v < 0) return false;
+      s += v;
+    }
+    if (std::fabs(s - 1) > tol) return false;
+  }
+  return true;
+}
+
+// f32 on the GPU (E from exp2 of an f32 argument, f32 sums) against the f64 reference.
+const Tol kGpuTol{2e-6, 2e-4};
+// bf16 cache: E rounded to 8 bits during the iteration (docs/assignment.md).
+const Tol kBf16CacheTol{1e-3, 5e-2};
+
+}  // namespace
+
+TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
+  struct Shape2 {
+    int64_t N, K;
+  };
+  // K = 300 and 3000: 4 columns per thread; 3001: no vector access; 5000: 8; 10000: 16.
+  for (const Shape2 s : {Shape2{512, 300}, Shape2{256, 3000}, Shape2{97, 3001}, Shape2{64, 5000}, Shape2{40, 10000}}) {
+    CAPTURE(s.N);
+    CAPTURE(s.K);
+    const std::vector<Tensor> views = {cpu_logits(s.N, s.K, 1, 0.3), cpu_logits(s.N, s.K, 2, 0.3)};
+    const std::vector<std::vector<double>> ref = {reference(views[0]), reference(views[1])};
+    using V = cuda::MiraVariant;
+    using C = cuda::MiraCache;
+    using S = cuda::MiraSchedule;
+    struct Run {
+      const char* name;
+      V variant;
+      C cache;
+      S schedule;
+      int rows;
+    };
+    const Run runs[] = {{"fused", V::Fused, C::F32, S::Auto, 4},
+                        {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
+                        {"fused sequential", V::Fused, C::F32, S::Sequential, 4},
+                        {"fused 8-row batches", V::Fused, C::F32, S::Auto, 8},
+                        {"per-pass", V::PerPass, C::F32, S::Auto, 4},
+                        {"unfused", V::Unfused, C::F32, S::Auto, 4},
+                        {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4}};
+    std::vector<std::vector<double>> fused;
+    for (const Run& r : runs) {
+      CAPTURE(r.name);
+      const auto got = run_kernel(views, r.variant, r.cache, r.schedule, r.rows, false);
+      const Tol tol = r.cache == C::BF16 ? kBf16CacheTol : kGpuTol;
+      for (int v = 0; v < 2; ++v) {
+        CHECK(allclose(got[v], ref[v], tol, r.name));
+        CHECK(finite_simplex(got[v], s.N, s.K, 1e-4));
+      }
+      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto) fused = got;
+      // Fused and unfused are the same computation up to f32 summation order.
+      if (r.variant == V::Unfused)
+        for (int v = 0; v < 2; ++v) CHECK(allclose(got[v], fused[v], Tol{1e-6, 1e-4}, "fused vs unfused"));
+    }
+    // Deterministic: the same bits on a second run.
+    CHECK(run_kernel(views, V::Fused, C::F32, S::Auto, 4, false) == fused);
+  }
+}
+
+TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {
+  const Device dev = Device::cuda(0);
+  const int64_t N = 300, K = 1000;
+  const Tensor a = cpu_logits(N, K, 3, 0.3), b = cpu_logits(N, K, 4, 0.3);
+  // bf16 logits: against the reference on the bf16-rounded values.
+  const Tensor ab = a.to(dev).to(DType::BF16);
+  const auto ref_b = reference(ab.to(DType::F32).to(Device::cpu()));
+  CHECK(allclose(mira_assign(ab, kTau, kBeta, 30).to_vector(), ref_b, kGpuTol, "bf16 logits, op"));
+  const auto kb = run_kernel({ab.to(DType::F32).to(Device::cpu())}, cuda::MiraVariant::Fused, cuda::MiraCache::F32,
+                             cuda::MiraSchedule::Auto, 4, true);
+  CHECK(allclose(kb[0], ref_b, kGpuTol, "bf16 logits, kernel"));
+  // The op with two views: each view against its own reference.
+  const auto both = mira_assign(std::vector<Tensor>{a.to(dev), b.to(dev)}, kTau, kBeta, 30);
+  CHECK(allclose(both[0].to_vector(), reference(a), kGpuTol, "view 0"));
+  CHECK(allclose(both[1].to_vector(), reference(b), kGpuTol, "view 1"));
+  for (AssignKernel k : {AssignKernel::Fused, AssignKernel::PerPass, AssignKernel::Unfused}) {
+    AssignOptions o;
+    o.kernel = k;
+    CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector(), reference(a),
+                   kGpuTol, "op kernel choice"));
+  }
+  // K beyond the fused kernel: the op falls back to the unfused one.
+  const Tensor wide = cpu_logits(8, 20000, 5, 0.3);
+  CHECK(allclose(mira_assign(wide.to(dev), kTau, kBeta, 30).to_vector(), reference(wide), kGpuTol, "K = 20000"));
+}
+
+TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
+  const Device dev = Device::cuda(0);
+  struct Case {
+    const char* what;
+    int64_t N, K;
+    double tau, beta;
+    int kind;  // 0: +-100, 1: N(0, 1), 2: an empty column
+  };
+  const Case cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03, 2.0 / 3.0, 0},
+                        {"+-100, beta 0.99", 64, 3000, 1.0, 0.99, 0},
+                        {"N(0,1), beta 0.99", 64, 300, 1.0, 0.99, 1},
+                        {"empty column", 64, 50, 0.03, 2.0 / 3.0, 2},
+                        {"N = 1", 1, 300, 0.225, 2.0 / 3.0, 1},
+                        {"K = 1", 200, 1, 0.225, 2.0 / 3.0, 1},
+                        {"N = K = 1", 1, 1, 0.225, 2.0 / 3.0, 0},
+                        {"N = 65536", 65536, 3, 0.03, 2.0 / 3.0, 0},
+                        {"K = 65536", 3, 65536, 0.03, 2.0 / 3.0, 0}};
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    std::vector<double> v = Tensor::randn({c.N, c.K}, 9, 0.0, 1.0, DType::F64).to_vector();
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = 0; j < c.K; ++j) {
+        double& x = v[i * c.K + j];
+        if (c.kind == 0) x = x < 0 ? -100 : 100;
+        if (c.kind == 2) x = j == 3 ? -100 : (x < 0 ? 90 : 100);
+      }
+    const Tensor L = Tensor::from_vector(v, {c.N, c.K}, DType::F32, dev);
+    for (AssignKernel k : {AssignKernel::Auto, AssignKernel::PerPass, AssignKernel::Unfused}) {
+      if (k != AssignKernel::Unfused && !cuda::mira_fused_supports(static_cast<int>(c.K))) continue;
+      AssignOptions o;
+      o.kernel = k;
+      const auto t = mira_assign(L, c.tau, c.beta, 30, local_comm(), nullptr, o).to_vector();
+      CHECK(finite_simplex(t, c.N, c.K, 1e-4));
+      if (c.kind == 2)
+        for (int64_t i = 0; i < c.N; ++i) CHECK(t[i * c.K + 3] == 0);
+    }
+    const auto sk = sinkhorn_assign(L).to_vector();
+    CHECK(finite_simplex(sk, c.N, c.K, 1e-4));
+  }
+}
+
+TEST_CASE("gpu mira: NaN or Inf logits raise the error") {
+  const Device dev = Device::cuda(0);
+  std::vector<double> v = cpu_logits(16, 40, 6, 0.3).to_vector();
+  v[77] = NAN;
+  const Tensor L = Tensor::from_vector(v, {16, 40}, DType::F32, dev);
+  for (AssignKernel k : {AssignKernel::Fused, AssignKernel::PerPass, AssignKernel::Unfused}) {
+    AssignOptions o;
+    o.kernel = k;
+    CHECK_THROWS_WITH_AS(mira_assign(L, kTau, kBeta, 30, local_comm(), nullptr, o),
+                         doctest::Contains("NaN or Inf"), Error);
+  }
+  v[77] = INFINITY;
+  CHECK_THROWS_WITH_AS(sinkhorn_assign(Tensor::from_vector(v, {16, 40}, DType::F32, dev)),
+                       doctest::Contains("NaN or Inf"), Error);
+}
+
+TEST_CASE("gpu mira: two thread-ranks (per-pass kernel, all-reduce between launches) equal one rank") {
+  const Device dev = Device::cuda(0);
+  const int64_t N = 200, K = 700, N0 = 90;
+  const Tensor L = cpu_logits(N, K, 7, 0.3);
+  AssignStats s_one;
+  const auto one = mira_assign(L.to(dev), kTau, kBeta, 30, local_comm(), &s_one).to_vector();
+  const auto sk_one = sinkhorn_assign(L.to(dev)).to_vector();
+  auto comms = make_thread_comms(2);
+  Tensor part[2], sk_part[2];
+  AssignStats st[2];
+  std::string err[2];
+  std::thread ranks[2];
+  for (int r = 0; r < 2; ++r) {
+    ranks[r] = std::thread([&, r] {
+      try {
+        cuda::set_device(0);
+        const Tensor mine = (r == 0 ? L.slice_batch(0, N0) : L.slice_batch(N0, N)).to(dev);
+        part[r] = mira_assign(mine, kTau, kBeta, 30, *comms[r], &st[r]);
+        sk_part[r] = sinkhorn_assign(mine, 0.05, 3, *comms[r]);
+      } catch (const std::exception& e) {
+        err[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  REQUIRE(err[0] == "");
+  REQUIRE(err[1] == "");
+  auto joined = part[0].to_vector(), sk_joined = sk_part[0].to_vector();
+  for (double x : part[1].to_vector()) joined.push_back(x);
+  for (double x : sk_part[1].to_vector()) sk_joined.push_back(x);
+  CHECK(allclose(joined, one, Tol{1e-6, 1e-4}, "mira, 2 ranks vs 1"));
+  CHECK(allclose(sk_joined, sk_one, Tol{1e-6, 1e-4}, "sinkhorn, 2 ranks vs 1"));
+  CHECK(allclose(st[0].wbar.to_vector(), s_one.wbar.to_vector(), Tol{1e-7, 1e-4}, "wbar over ranks"));
+  CHECK(st[0].marginal_entropy == doctest::Approx(s_one.marginal_entropy).epsilon(1e-5));
+}
+
+TEST_CASE("gpu mira and sinkhorn: statistics and Sinkhorn against the CPU") {
+  const Device dev = Device::cuda(0);
+  const int64_t N = 256, K = 300;
+  const Tensor L = cpu_logits(N, K, 8, 0.3);
+  AssignStats g, c;
+  mira_assign(L.to(dev), kTau, kBeta, 30, local_comm(), &g);
+  mira_assign(L.to(DType::F64), kTau, kBeta, 30, local_comm(), &c);
+  CHECK(allclose(g.wbar.to_vector(), c.wbar.to_vector(), Tol{1e-7, 1e-4}, "wbar"));
+  CHECK(g.target_entropy == doctest::Approx(c.target_entropy).epsilon(1e-4));
+  CHECK(g.marginal_entropy == doctest::Approx(c.marginal_entropy).epsilon(1e-4));
+  CHECK(g.kkt_residual < 1e-5);  // f32: the reference's 1e-9 is below f32 rounding
+  for (int iters : {1, 3}) {
+    AssignStats sg, sc;
+    const auto got = sinkhorn_assign(L.to(dev), 0.05, iters, local_comm(), &sg).to_vector();
+    const auto ref = sinkhorn_assign(L.to(DType::F64), 0.05, iters, local_comm(), &sc).to_vector();
+    CHECK(allclose(got, ref, Tol{1e-6, 1e-4}, "sinkhorn"));
+    CHECK(sg.marginal_entropy == doctest::Approx(sc.marginal_entropy).epsilon(1e-4));
+    CHECK(std::isnan(sg.kkt_residual));
+  }
+}
+
+TEST_CASE("gpu mira: the per-pass and fused launches can be captured in a CUDA graph") {
+  const Device dev = Device::cuda(0);
+  const int64_t N = 128, K = 500;
+  const Tensor Lc = cpu_logits(N, K, 9, 0.3);
+  const Tensor L = Lc.to(dev);
+  const auto ref = reference(Lc);
+  for (cuda::MiraVariant variant : {cuda::MiraVariant::PerPass, cuda::MiraVariant::Fused}) {
+    Tensor T = Tensor::zeros({N, K}, DType::F32, dev);
+    cuda::MiraProblem p;
+    p.N = static_cast<int>(N), p.K = static_cast<int>(K);
+    p.logits[0] = L.raw();
+    p.targets[0] = T.data<float>();
+    const cuda::MiraPlan plan = cuda::mira_plan(p, variant);
+    Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
+    // Capture on a stream of our own: the engine's stream stays free for the copies below.
+    cudaStream_t s;
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    cuda::synchronize();
+    cudaGraph_t graph;
+    REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    if (variant == cuda::MiraVariant::PerPass) {
+      for (int pass = 0; pass <= p.iters + 1; ++pass) cuda::mira_assign_pass_cuda(p, plan, pass, ws.raw(), s);
+    } else {
+      cuda::mira_assign_cuda(p, plan, ws.raw(), s);
+    }
+    REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+    cudaGraphExec_t exec;
+    REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+    REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(allclose(T.to_vector(), ref, kGpuTol, "graph replay"));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(s);
+  }
+}
+
+#else
+
+TEST_CASE("gpu mira: built without CUDA") {}
+
+#endif
