@@ -1,7 +1,10 @@
 // Storage allocation. Host memory is 64-byte aligned (whole cache lines, AVX-512 loads);
 // device memory comes from the caching allocator in engine/cuda/allocator.cpp so a training
 // step never calls cudaMalloc once warm; pinned host memory is for asynchronous copies.
+#include <malloc.h>
+
 #include <cstdlib>
+#include <mutex>
 #include <new>
 
 #include "engine/cuda_backend.h"
@@ -20,7 +23,22 @@ Storage::~Storage() {
   }
 }
 
+namespace {
+// Activations are allocated and freed every step. glibc serves large blocks with mmap and
+// returns them at free, so every step page-faults its whole working set in again; raising the
+// mmap threshold keeps freed blocks in the heap for reuse (the CPU counterpart of the CUDA
+// caching allocator).
+void tune_host_allocator() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  });
+}
+}  // namespace
+
 std::shared_ptr<Storage> allocate_storage(size_t bytes, Device device) {
+  tune_host_allocator();
   auto s = std::make_shared<Storage>();
   s->bytes = bytes;
   s->device = device;

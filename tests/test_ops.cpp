@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/ops.h"
+#include "kernels/cpu/conv.h"
 #include "testing.h"
 
 using namespace mira;
@@ -60,6 +61,17 @@ TEST_CASE("conv2d: forward against direct convolution, f64 gradients") {
     Tensor x = rnd({c.N, c.H, c.W, c.C}, 3), w = rnd({c.K, c.R, c.S, c.C}, 4);
     CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], c.stride, c.pad); }, {x, w},
                     "conv2d"));
+  }
+  {
+    // Large images go through im2col in groups (here 2 + 1 images): same results.
+    const ConvCase c{3, 64, 64, 40, 2, 3, 3, 1, 1};
+    REQUIRE(cpu::conv2d_group(ConvShape::make(c.N, c.H, c.W, c.C, c.K, c.R, c.S, c.stride, c.pad)) == 2);
+    Tensor x = rnd({c.N, c.H, c.W, c.C}, 5), w = rnd({c.K, c.R, c.S, c.C}, 6);
+    CHECK(allclose(ops::conv2d(x, w, 1, 1).to_vector(), conv_naive(x, w, 1, 1), {1e-12, 1e-12}, "grouped conv2d"));
+    // conv2d is linear in each input, so central differences are exact at any step: a large
+    // step keeps the rounding noise of this 24K-output objective below the tolerance.
+    CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], 1, 1); }, {x, w},
+                    "grouped conv2d", 1e-2, {1e-7, 1e-5}, 16));
   }
   Tensor x = rnd({1, 4, 4, 3}, 1), w = rnd({2, 3, 3, 2}, 2);
   CHECK_THROWS_AS(ops::conv2d(x, w, 1, 1), Error);  // channel mismatch

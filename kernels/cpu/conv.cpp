@@ -1,13 +1,21 @@
 #include "kernels/cpu/conv.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/gemm.h"
 
 namespace mira::cpu {
 
+int conv2d_group(const ConvShape& s) {
+  const int64_t per_image = static_cast<int64_t>(s.P) * s.Q * s.R * s.S * s.C;
+  const int64_t budget = int64_t(4) << 20;  // elements
+  const int64_t g = per_image > 0 ? budget / per_image : 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g, s.N)));
+}
+
 int64_t conv2d_workspace_elems(const ConvShape& s) {
-  return s.is_pointwise() ? 0 : static_cast<int64_t>(s.P) * s.Q * s.R * s.S * s.C;
+  return s.is_pointwise() ? 0 : static_cast<int64_t>(conv2d_group(s)) * s.P * s.Q * s.R * s.S * s.C;
 }
 
 namespace {
@@ -66,9 +74,12 @@ void conv2d_fwd(const ConvShape& s, const T* x, const T* w, T* y, T* ws) {
     gemm<T>(false, true, s.N * PQ, s.K, RSC, T(1), x, RSC, w, RSC, T(0), y, s.K);
     return;
   }
-  for (int n = 0; n < s.N; ++n) {
-    im2col(s, x + static_cast<int64_t>(n) * s.H * s.W * s.C, ws);
-    gemm<T>(false, true, PQ, s.K, RSC, T(1), ws, RSC, w, RSC, T(0), y + static_cast<int64_t>(n) * PQ * s.K, s.K);
+  const int G = conv2d_group(s);
+  const int64_t img = static_cast<int64_t>(s.H) * s.W * s.C, col = static_cast<int64_t>(PQ) * RSC;
+  for (int n0 = 0; n0 < s.N; n0 += G) {
+    const int g = std::min(G, s.N - n0);
+    for (int i = 0; i < g; ++i) im2col(s, x + (n0 + i) * img, ws + i * col);
+    gemm<T>(false, true, g * PQ, s.K, RSC, T(1), ws, RSC, w, RSC, T(0), y + static_cast<int64_t>(n0) * PQ * s.K, s.K);
   }
 }
 
@@ -79,11 +90,14 @@ void conv2d_bwd_data(const ConvShape& s, const T* dy, const T* w, T* dx, T* ws, 
     gemm<T>(false, false, s.N * PQ, RSC, s.K, T(1), dy, s.K, w, RSC, acc ? T(1) : T(0), dx, RSC);
     return;
   }
-  const int64_t img = static_cast<int64_t>(s.H) * s.W * s.C;
+  const int64_t img = static_cast<int64_t>(s.H) * s.W * s.C, col = static_cast<int64_t>(PQ) * RSC;
   if (!acc) std::memset(dx, 0, sizeof(T) * img * s.N);
-  for (int n = 0; n < s.N; ++n) {
-    gemm<T>(false, false, PQ, RSC, s.K, T(1), dy + static_cast<int64_t>(n) * PQ * s.K, s.K, w, RSC, T(0), ws, RSC);
-    col2im_add(s, ws, dx + n * img);
+  const int G = conv2d_group(s);
+  for (int n0 = 0; n0 < s.N; n0 += G) {
+    const int g = std::min(G, s.N - n0);
+    gemm<T>(false, false, g * PQ, RSC, s.K, T(1), dy + static_cast<int64_t>(n0) * PQ * s.K, s.K, w, RSC, T(0), ws,
+            RSC);
+    for (int i = 0; i < g; ++i) col2im_add(s, ws + i * col, dx + (n0 + i) * img);
   }
 }
 
@@ -94,10 +108,14 @@ void conv2d_bwd_filter(const ConvShape& s, const T* dy, const T* x, T* dw, T* ws
     gemm<T>(true, false, s.K, RSC, s.N * PQ, T(1), dy, s.K, x, RSC, acc ? T(1) : T(0), dw, RSC);
     return;
   }
-  for (int n = 0; n < s.N; ++n) {
-    im2col(s, x + static_cast<int64_t>(n) * s.H * s.W * s.C, ws);
-    const T beta = (acc || n > 0) ? T(1) : T(0);
-    gemm<T>(true, false, s.K, RSC, PQ, T(1), dy + static_cast<int64_t>(n) * PQ * s.K, s.K, ws, RSC, beta, dw, RSC);
+  const int G = conv2d_group(s);
+  const int64_t img = static_cast<int64_t>(s.H) * s.W * s.C, col = static_cast<int64_t>(PQ) * RSC;
+  for (int n0 = 0; n0 < s.N; n0 += G) {
+    const int g = std::min(G, s.N - n0);
+    for (int i = 0; i < g; ++i) im2col(s, x + (n0 + i) * img, ws + i * col);
+    const T beta = (acc || n0 > 0) ? T(1) : T(0);
+    gemm<T>(true, false, s.K, RSC, g * PQ, T(1), dy + static_cast<int64_t>(n0) * PQ * s.K, s.K, ws, RSC, beta, dw,
+            RSC);
   }
 }
 

@@ -1,6 +1,7 @@
-// 2-D convolution on the CPU, NHWC activations and OHWI (K, R, S, C) weights: im2col of one
-// image into a (P*Q, R*S*C) matrix, then one GEMM per image. 1x1 stride-1 unpadded convs (half
-// of ResNet-50's) skip im2col: the image already is that matrix. Twin of the cuDNN path.
+// 2-D convolution on the CPU, NHWC activations and OHWI (K, R, S, C) weights: im2col of a group
+// of images into a (G*P*Q, R*S*C) matrix, then one GEMM per group (small images in groups, so
+// OpenBLAS gets products large enough to keep its threads busy). 1x1 stride-1 unpadded convs
+// (half of ResNet-50's) skip im2col: the batch already is that matrix. Twin of the cuDNN path.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +24,10 @@ struct ConvShape {
 
 namespace cpu {
 
-// Scratch the caller provides (elements of T): one image's im2col matrix, 0 for pointwise.
+// Images per im2col group: as many as fit a 16 MiB (f32) matrix, at least 1. Depends on the
+// shape only, so results do not depend on anything else.
+int conv2d_group(const ConvShape& s);
+// Scratch the caller provides (elements of T): one group's im2col matrix, 0 for pointwise.
 int64_t conv2d_workspace_elems(const ConvShape& s);
 
 // x: (N, H, W, C); w: (K, R, S, C); y: (N, P, Q, K)
