@@ -13,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include "apps/pretrain/pretrain_config.h"
 #include "apps/pretrain/run_dir.h"
 #include "engine/safetensors.h"
 #include "testing.h"
@@ -153,4 +154,17 @@ TEST_CASE("bad configuration and missing data are errors") {
   CHECK(run(kApp + " --data /nonexistent --out " + (sb.dir / "bad").string()) == 1);
   CHECK(run(kApp + " --bogus-flag") == 1);
   CHECK(run(kApp + " --help") == 0);
+}
+
+TEST_CASE("every preset in configs/ parses and validates against the schema") {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(MIRA_SOURCE_DIR) / "configs")) {
+    if (e.path().extension() != ".json") continue;
+    CAPTURE(e.path().string());
+    const Json& schema = apps::pretrain_schema();
+    Json cfg = merge_config(schema, schema, read_json_file(e.path().string()), e.path().string());
+    CHECK_NOTHROW(apps::validate_pretrain_config(cfg));
+    ++n;
+  }
+  CHECK(n >= 8);
 }
