@@ -54,8 +54,12 @@ class ThreadComm final : public Communicator {
   void allreduce_sum(double* data, int64_t n) override { reduce(data, n, false); }
   void allreduce_max(float* data, int64_t n) override { reduce(data, n, true); }
   void allreduce_max(double* data, int64_t n) override { reduce(data, n, true); }
-  void allreduce_sum(void* data, int64_t n, DType dtype, Device device) override { reduce_any(data, n, dtype, device, false); }
-  void allreduce_max(void* data, int64_t n, DType dtype, Device device) override { reduce_any(data, n, dtype, device, true); }
+  void allreduce_sum(void* data, int64_t n, DType dtype, Device device) override {
+    reduce_any(data, n, dtype, device, false);
+  }
+  void allreduce_max(void* data, int64_t n, DType dtype, Device device) override {
+    reduce_any(data, n, dtype, device, true);
+  }
   void barrier() override { group_->barrier(); }
 
  private:
@@ -84,15 +88,19 @@ class ThreadComm final : public Communicator {
     check_buffer(data, n, "ThreadComm::allreduce");
     check_dtype(dtype, "ThreadComm::allreduce");
     if (device.is_cpu()) {
-      if (dtype == DType::F32) reduce(static_cast<float*>(data), n, is_max);
-      else reduce(static_cast<double*>(data), n, is_max);
+      if (dtype == DType::F32)
+        reduce(static_cast<float*>(data), n, is_max);
+      else
+        reduce(static_cast<double*>(data), n, is_max);
       return;
     }
     const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
     std::vector<double> host(static_cast<size_t>(n) + 1);  // f32 or f64 fits in doubles' storage
     cuda::copy(host.data(), Device::cpu(), data, device, bytes, false);
-    if (dtype == DType::F32) reduce(reinterpret_cast<float*>(host.data()), n, is_max);
-    else reduce(host.data(), n, is_max);
+    if (dtype == DType::F32)
+      reduce(reinterpret_cast<float*>(host.data()), n, is_max);
+    else
+      reduce(host.data(), n, is_max);
     cuda::copy(data, device, host.data(), Device::cpu(), bytes, false);
   }
 
@@ -102,10 +110,18 @@ class ThreadComm final : public Communicator {
 
 }  // namespace
 
-void LocalComm::allreduce_sum(float* data, int64_t n) { check_buffer(data, n, "allreduce_sum"); }
-void LocalComm::allreduce_sum(double* data, int64_t n) { check_buffer(data, n, "allreduce_sum"); }
-void LocalComm::allreduce_max(float* data, int64_t n) { check_buffer(data, n, "allreduce_max"); }
-void LocalComm::allreduce_max(double* data, int64_t n) { check_buffer(data, n, "allreduce_max"); }
+void LocalComm::allreduce_sum(float* data, int64_t n) {
+  check_buffer(data, n, "allreduce_sum");
+}
+void LocalComm::allreduce_sum(double* data, int64_t n) {
+  check_buffer(data, n, "allreduce_sum");
+}
+void LocalComm::allreduce_max(float* data, int64_t n) {
+  check_buffer(data, n, "allreduce_max");
+}
+void LocalComm::allreduce_max(double* data, int64_t n) {
+  check_buffer(data, n, "allreduce_max");
+}
 void LocalComm::allreduce_sum(void* data, int64_t n, DType dtype, Device) {
   check_buffer(data, n, "allreduce_sum");
   check_dtype(dtype, "allreduce_sum");

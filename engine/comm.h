@@ -52,6 +52,8 @@ class Communicator {
 // One process: every collective is a no-op (arguments are still checked).
 class LocalComm final : public Communicator {
  public:
+  using Communicator::allreduce_max;  // keep the Tensor overloads visible
+  using Communicator::allreduce_sum;
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
   void allreduce_sum(float* data, int64_t n) override;

@@ -187,12 +187,18 @@ void mira_cuda_group(const std::vector<Tensor>& views, const std::vector<Tensor>
   switch (opts.kernel) {
     case AssignKernel::Auto:
       variant = !cuda::mira_fused_supports(p.K) ? cuda::MiraVariant::Unfused
-                : multi                          ? cuda::MiraVariant::PerPass
-                                                 : cuda::MiraVariant::Fused;
+                : multi                         ? cuda::MiraVariant::PerPass
+                                                : cuda::MiraVariant::Fused;
       break;
-    case AssignKernel::Fused: variant = cuda::MiraVariant::Fused; break;
-    case AssignKernel::PerPass: variant = cuda::MiraVariant::PerPass; break;
-    case AssignKernel::Unfused: variant = cuda::MiraVariant::Unfused; break;
+    case AssignKernel::Fused:
+      variant = cuda::MiraVariant::Fused;
+      break;
+    case AssignKernel::PerPass:
+      variant = cuda::MiraVariant::PerPass;
+      break;
+    case AssignKernel::Unfused:
+      variant = cuda::MiraVariant::Unfused;
+      break;
   }
   MIRA_CHECK(!multi || variant == cuda::MiraVariant::PerPass,
              "mira_assign: several processes need the PerPass kernel (K <= 12288)");
@@ -324,7 +330,8 @@ std::vector<Tensor> mira_assign(const std::vector<Tensor>& views, double tau_t, 
 Tensor mira_assign(const Tensor& logits, double tau_t, double beta, int iters, Communicator& comm, AssignStats* stats,
                    const AssignOptions& opts) {
   std::vector<AssignStats> s;
-  std::vector<Tensor> out = mira_assign(std::vector<Tensor>{logits}, tau_t, beta, iters, comm, stats ? &s : nullptr, opts);
+  std::vector<Tensor> out =
+      mira_assign(std::vector<Tensor>{logits}, tau_t, beta, iters, comm, stats ? &s : nullptr, opts);
   if (stats) *stats = std::move(s[0]);
   return out[0];
 }

@@ -64,7 +64,9 @@ class LiteralParser {
     skip_ws();
     MIRA_CHECK(i_ == n_, "npy: unexpected text after the header dict");
     MIRA_CHECK(have_descr && have_order && have_shape, "npy: header lacks ",
-               !have_descr ? "'descr'" : !have_order ? "'fortran_order'" : "'shape'");
+               !have_descr   ? "'descr'"
+               : !have_order ? "'fortran_order'"
+                             : "'shape'");
     return h;
   }
 
@@ -166,8 +168,7 @@ uint32_t read_le(const uint8_t* p, int bytes) {
 // prefix: the first bytes of the file (at least min(total, 12)); total: the whole file's size.
 // Returns the header once the prefix holds it; sets *need to the prefix length it needs otherwise.
 bool parse_header(const uint8_t* prefix, size_t avail, size_t total, Header* out, size_t* need) {
-  MIRA_CHECK(total >= kMagicLen + 2 && std::memcmp(prefix, kMagic, kMagicLen) == 0,
-             "npy: not a .npy file (bad magic)");
+  MIRA_CHECK(total >= kMagicLen + 2 && std::memcmp(prefix, kMagic, kMagicLen) == 0, "npy: not a .npy file (bad magic)");
   const int major = prefix[6];
   MIRA_CHECK(major >= 1 && major <= 3, "npy: unsupported format version ", major, ".", int(prefix[7]));
   const int len_bytes = major == 1 ? 2 : 4;
@@ -216,11 +217,15 @@ std::string shape_literal(const std::vector<int64_t>& shape) {
 
 DType dtype_of(NpyType t) {
   switch (t) {
-    case NpyType::F32: return DType::F32;
-    case NpyType::F64: return DType::F64;
-    case NpyType::U8: return DType::U8;
+    case NpyType::F32:
+      return DType::F32;
+    case NpyType::F64:
+      return DType::F64;
+    case NpyType::U8:
+      return DType::U8;
     case NpyType::I64:
-    case NpyType::I32: return DType::I64;
+    case NpyType::I32:
+      return DType::I64;
   }
   return DType::F32;
 }
@@ -229,22 +234,32 @@ DType dtype_of(NpyType t) {
 
 size_t npy_type_size(NpyType t) {
   switch (t) {
-    case NpyType::F32: return 4;
-    case NpyType::F64: return 8;
-    case NpyType::U8: return 1;
-    case NpyType::I64: return 8;
-    case NpyType::I32: return 4;
+    case NpyType::F32:
+      return 4;
+    case NpyType::F64:
+      return 8;
+    case NpyType::U8:
+      return 1;
+    case NpyType::I64:
+      return 8;
+    case NpyType::I32:
+      return 4;
   }
   return 0;
 }
 
 const char* npy_type_descr(NpyType t) {
   switch (t) {
-    case NpyType::F32: return "<f4";
-    case NpyType::F64: return "<f8";
-    case NpyType::U8: return "|u1";
-    case NpyType::I64: return "<i8";
-    case NpyType::I32: return "<i4";
+    case NpyType::F32:
+      return "<f4";
+    case NpyType::F64:
+      return "<f8";
+    case NpyType::U8:
+      return "|u1";
+    case NpyType::I64:
+      return "<i8";
+    case NpyType::I32:
+      return "<i4";
   }
   return "?";
 }
@@ -362,7 +377,9 @@ Tensor npy_to_tensor(const NpyArray& a) {
   return t;
 }
 
-Tensor npy_read_tensor(const std::string& path) { return npy_to_tensor(npy_read(path)); }
+Tensor npy_read_tensor(const std::string& path) {
+  return npy_to_tensor(npy_read(path));
+}
 
 void npy_write_tensor(const std::string& path, const Tensor& t) {
   MIRA_CHECK(t.defined(), "npy_write_tensor: undefined tensor");
@@ -370,11 +387,20 @@ void npy_write_tensor(const std::string& path, const Tensor& t) {
   const Tensor h = (t.dtype() == DType::BF16 ? t.to(DType::F32) : t).to(Device::cpu());
   NpyType type = NpyType::F32;
   switch (h.dtype()) {
-    case DType::F32: type = NpyType::F32; break;
-    case DType::F64: type = NpyType::F64; break;
-    case DType::U8: type = NpyType::U8; break;
-    case DType::I64: type = NpyType::I64; break;
-    default: MIRA_FAIL("npy_write_tensor: unsupported dtype ", dtype_name(h.dtype()));
+    case DType::F32:
+      type = NpyType::F32;
+      break;
+    case DType::F64:
+      type = NpyType::F64;
+      break;
+    case DType::U8:
+      type = NpyType::U8;
+      break;
+    case DType::I64:
+      type = NpyType::I64;
+      break;
+    default:
+      MIRA_FAIL("npy_write_tensor: unsupported dtype ", dtype_name(h.dtype()));
   }
   npy_write(path, type, h.shape().vec(), h.raw());
 }

@@ -153,8 +153,8 @@ TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {
   for (AssignKernel k : {AssignKernel::Fused, AssignKernel::PerPass, AssignKernel::Unfused}) {
     AssignOptions o;
     o.kernel = k;
-    CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector(), reference(a),
-                   kGpuTol, "op kernel choice"));
+    CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector(), reference(a), kGpuTol,
+                   "op kernel choice"));
   }
   // K beyond the fused kernel: the op falls back to the unfused one.
   const Tensor wide = cpu_logits(8, 20000, 5, 0.3);
@@ -210,8 +210,8 @@ TEST_CASE("gpu mira: NaN or Inf logits raise the error") {
   for (AssignKernel k : {AssignKernel::Fused, AssignKernel::PerPass, AssignKernel::Unfused}) {
     AssignOptions o;
     o.kernel = k;
-    CHECK_THROWS_WITH_AS(mira_assign(L, kTau, kBeta, 30, local_comm(), nullptr, o),
-                         doctest::Contains("NaN or Inf"), Error);
+    CHECK_THROWS_WITH_AS(mira_assign(L, kTau, kBeta, 30, local_comm(), nullptr, o), doctest::Contains("NaN or Inf"),
+                         Error);
   }
   v[77] = INFINITY;
   CHECK_THROWS_WITH_AS(sinkhorn_assign(Tensor::from_vector(v, {16, 40}, DType::F32, dev)),

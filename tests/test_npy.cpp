@@ -50,7 +50,9 @@ bool parse_fails_with(const std::vector<uint8_t>& bytes, const std::string& need
   return false;
 }
 
-std::string temp_path(const std::string& name) { return std::string("test_npy_") + name + ".npy"; }
+std::string temp_path(const std::string& name) {
+  return std::string("test_npy_") + name + ".npy";
+}
 
 }  // namespace
 

@@ -75,9 +75,9 @@ void sinkhorn_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, doub
 
 // Collapse monitoring, over all ranks.
 struct AssignStatsOut {
-  double kkt_residual = NAN;   // max_ij |T_ij - normalise_i(wbar^a * P)_j|; NaN when not asked for
-  double target_entropy = 0;   // mean_i H(T_i), nats
-  double marginal_entropy = 0; // H(wbar), nats; log K at equipartition
+  double kkt_residual = NAN;    // max_ij |T_ij - normalise_i(wbar^a * P)_j|; NaN when not asked for
+  double target_entropy = 0;    // mean_i H(T_i), nats
+  double marginal_entropy = 0;  // H(wbar), nats; log K at equipartition
 };
 
 // wbar: (K) out, mean_i T_ij over all ranks. The KKT residual of MIRA's condition (paper Eq. 5)

@@ -7,17 +7,20 @@
 //   owns columns (ch * blockDim + t) * 4 + u (ch < NCH, u < 4), the same in every pass, so its
 //   weights w and its column-sum partials c live in registers and every access to E, in shared
 //   memory or the workspace, is a coalesced 16-byte (f32) or 8-byte (bf16) vector.
-// - Rows go R at a time (R * 4 * NCH = 32 values of E in registers): each thread forms R
-//   partial row sums, a warp reduces the R of them with a transposing butterfly (R - 1
-//   shuffles instead of 5 R), warps combine through shared memory behind one __syncthreads
+// - Rows go R at a time (R x 4 NCH values of E in registers): each thread forms R partial
+//   row sums, a warp reduces the R of them with a transposing butterfly (R - 1 shuffles
+//   instead of 5 R), warps combine through shared memory behind one __syncthreads
 //   (double-buffered), and each thread then adds E_ij / r_i to its column partials from the
 //   registers it already holds: E is read once per pass.
 // - Column sums are made deterministic: every block writes its K partials, a grid barrier,
 //   then tile t of 32 columns is summed over the blocks in a fixed order by one block (lanes
 //   = columns, warps = strided block subsets, then a fixed cross-warp order), another grid
 //   barrier. Two grid barriers per pass is the price of bitwise reproducible targets.
-// - 768 threads at most (K <= 768 * 16), so __launch_bounds__(768, 1) leaves 85 registers
-//   per thread for the 32 values of E, 2 x 4 NCH of w and c, and addresses.
+// - 768 threads at most (K <= 768 * 16), so __launch_bounds__(768, 1) leaves 80 registers
+//   per thread for the R x 4 NCH values of E, 2 x 4 NCH of w and c, and addresses; see
+//   fused_fn for the R that fits each NCH without spilling.
+// - A batch of rows never straddles shared memory and the workspace (the plan makes the
+//   shared-memory row count a multiple of R), so one base pointer serves a whole batch.
 // The other kernels (unfused variant, statistics, Sinkhorn) are plain: a block per row for
 // row reductions, a (column tile, row chunk) grid plus a merge kernel for column reductions,
 // always summed in a fixed order.
@@ -40,7 +43,7 @@ namespace mira::cuda {
 namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
-constexpr int kVec = 4;            // consecutive columns per thread and vector access
+constexpr int kVec = 4;  // consecutive columns per thread and vector access
 constexpr int kFusedMaxBlock = 768;
 constexpr int kFusedMaxK = kFusedMaxBlock * 16;
 constexpr float kLog2MaxF32 = 124.f;  // K weights of at most 2^(124 - log2 K): sums < 2^124
@@ -48,12 +51,18 @@ constexpr int kRowBlock = 256;        // threads of the plain row kernels
 constexpr int kColTile = 256;         // columns per block of the plain column kernels
 constexpr int kRowsPerChunk = 64;     // rows per block of the plain column kernels
 
-size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+size_t align_up(size_t x, size_t a) {
+  return (x + a - 1) / a * a;
+}
 
 // ---- element access
 
-__device__ __forceinline__ float ldg_f32(const float* p) { return __ldg(p); }
-__device__ __forceinline__ float ldg_f32(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+__device__ __forceinline__ float ldg_f32(const float* p) {
+  return __ldg(p);
+}
+__device__ __forceinline__ float ldg_f32(const __nv_bfloat16* p) {
+  return __bfloat162float(__ldg(p));
+}
 
 // Four consecutive columns of one logits row starting at col (col % 4 == 0), -inf where col >= K;
 // vec: K % 4 == 0 and the rows are 16-byte (f32) / 8-byte (bf16) aligned.
@@ -179,11 +188,11 @@ struct FusedArgs {
   float exponent;  // -beta
   float log2_cap;
   int iters, pass_begin, pass_end;
-  bool vec_logits;   // K % 4 == 0 and rows aligned: vector loads of logits / stores of targets
-  void* ecache;      // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
-  float* partial;    // (V, blocks_per_view, Kp)
-  float* colsum;     // (V, Kp) + the non-finite counter
-  float* rowmax;     // (V, N)
+  bool vec_logits;  // K % 4 == 0 and rows aligned: vector loads of logits / stores of targets
+  void* ecache;     // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
+  float* partial;   // (V, blocks_per_view, Kp)
+  float* colsum;    // (V, Kp) + the non-finite counter
+  float* rowmax;    // (V, N)
 };
 
 // What one block works on during one view group: its rows [r0, r1) of view v.
@@ -276,7 +285,7 @@ __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const f
   for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
     float e[RB][NCH][kVec];
     float d[RB];
-    // A batch never straddles shared memory and the workspace (smem_rows is a multiple of 8).
+    // A batch never straddles shared memory and the workspace (smem_rows is a multiple of R).
     const TE* crow0 = b.cache_row(row0) + b.col(0);
 #pragma unroll
     for (int rr = 0; rr < RB; ++rr) {
@@ -337,8 +346,7 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
         for (int ch = 0; ch < NCH; ++ch) {
           load_logits4(b.logits + static_cast<size_t>(row) * a.K, b.col(ch), a.K, a.vec_logits, e[rr][ch]);
 #pragma unroll
-          for (int u = 0; u < kVec; ++u)
-            e[rr][ch][u] = b.col(ch) + u < a.K ? exp2f((e[rr][ch][u] - m) * a.k2) : 0.f;
+          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = b.col(ch) + u < a.K ? exp2f((e[rr][ch][u] - m) * a.k2) : 0.f;
         }
       }
     }
@@ -400,7 +408,10 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
     BlockRows<TIn, TE> b;
     b.a = &a;
     // Constant indices only: indexing the parameter arrays with v would copy them to local memory.
-    b.logits = static_cast<const TIn*>(v == 0 ? a.logits[0] : v == 1 ? a.logits[1] : v == 2 ? a.logits[2] : a.logits[3]);
+    b.logits = static_cast<const TIn*>(v == 0   ? a.logits[0]
+                                       : v == 1 ? a.logits[1]
+                                       : v == 2 ? a.logits[2]
+                                                : a.logits[3]);
     b.targets = v == 0 ? a.targets[0] : v == 1 ? a.targets[1] : v == 2 ? a.targets[2] : a.targets[3];
     b.scache = reinterpret_cast<TE*>(smem_raw);
     b.red = red;
@@ -486,9 +497,12 @@ using FusedFn = void (*)(const FusedArgs);
 template <typename TIn, typename TE>
 FusedFn fused_fn(int nch, int batch_rows) {
   switch (nch) {
-    case 1: return batch_rows == 8 ? mira_fused_kernel<TIn, TE, 1, 8> : mira_fused_kernel<TIn, TE, 1, 4>;
-    case 2: return mira_fused_kernel<TIn, TE, 2, 2>;
-    default: return mira_fused_kernel<TIn, TE, 4, 1>;
+    case 1:
+      return batch_rows == 8 ? mira_fused_kernel<TIn, TE, 1, 8> : mira_fused_kernel<TIn, TE, 1, 4>;
+    case 2:
+      return mira_fused_kernel<TIn, TE, 2, 2>;
+    default:
+      return mira_fused_kernel<TIn, TE, 4, 1>;
   }
 }
 
@@ -500,7 +514,8 @@ int fused_batch_rows(int nch, int requested) {
 FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows) {
   const bool bf16_e = cache == MiraCache::BF16;
   if (bf16_in)
-    return bf16_e ? fused_fn<__nv_bfloat16, __nv_bfloat16>(nch, batch_rows) : fused_fn<__nv_bfloat16, float>(nch, batch_rows);
+    return bf16_e ? fused_fn<__nv_bfloat16, __nv_bfloat16>(nch, batch_rows)
+                  : fused_fn<__nv_bfloat16, float>(nch, batch_rows);
   return bf16_e ? fused_fn<float, __nv_bfloat16>(nch, batch_rows) : fused_fn<float, float>(nch, batch_rows);
 }
 
@@ -666,8 +681,8 @@ __global__ void sk_col_partial_kernel(const TIn* L, const float* f, float* pm, f
   if (bad > 0.f) atomicAdd(nonfinite, bad);
 }
 
-__global__ void sk_col_merge_kernel(const float* pm, const float* ps, float* lse, float* lse_copy, bool neg,
-                                    int chunks, int K) {
+__global__ void sk_col_merge_kernel(const float* pm, const float* ps, float* lse, float* lse_copy, bool neg, int chunks,
+                                    int K) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= K) return;
   float M = -INFINITY;
@@ -717,14 +732,17 @@ int device_attr(cudaDeviceAttr attr, int dev) {
   return v;
 }
 
-int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+int ceil_div(int64_t a, int64_t b) {
+  return static_cast<int>((a + b - 1) / b);
+}
 
 }  // namespace
 
-bool mira_fused_supports(int K) { return K >= 1 && K <= kFusedMaxK; }
+bool mira_fused_supports(int K) {
+  return K >= 1 && K <= kFusedMaxK;
+}
 
-MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, MiraSchedule schedule,
-                   int batch_rows) {
+MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, MiraSchedule schedule, int batch_rows) {
   MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews, "mira_plan: 1 to ", kMiraMaxViews, " views, got ", p.V);
   MIRA_CHECK(p.N >= 1 && p.K >= 1, "mira_plan: empty problem (N = ", p.N, ", K = ", p.K, ")");
   MiraPlan plan;
@@ -772,8 +790,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
   const int smem_static = static_cast<int>(fa.sharedSizeBytes);
   const int smem_dyn_max = std::max(0, smem_optin - smem_static);
   // Set to the maximum once, so plans of any size can launch this instantiation.
-  MIRA_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_dyn_max));
+  MIRA_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       smem_dyn_max));
   const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::BF16 ? 2 : 4);
 
   int occ0 = 0;  // blocks per SM without the row cache
@@ -786,14 +804,16 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
   };
   auto evaluate = [&](int vpg, int bps, bool use_smem) {
     Candidate c{vpg, 0, 0, 0, bps, 0};
-    c.bpv = std::max(1, sms * bps / vpg);
+    // No more blocks than rows: idle blocks would only add to the barriers and the partials.
+    c.bpv = std::max(1, std::min(sms * bps / vpg, p.N));
     c.rpb = ceil_div(p.N, c.bpv);
     if (use_smem) {
       // Shared memory per SM is shared by its blocks; keep 1 KB per block for the system.
       const int per_block = std::min(smem_dyn_max, smem_sm / bps - smem_static - 1024);
       c.smem_rows = static_cast<int>(std::min<size_t>(c.rpb, per_block > 0 ? per_block / row_bytes : 0));
-      // Row batches (up to 8 rows) must not straddle shared memory and the workspace.
-      if (c.smem_rows < c.rpb) c.smem_rows = c.smem_rows / 8 * 8;
+      // Row batches (R rows; R / 2 in the first and last passes) must not straddle shared
+      // memory and the workspace.
+      if (c.smem_rows < c.rpb) c.smem_rows = c.smem_rows / plan.batch_rows * plan.batch_rows;
       int occ = 0;
       MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, plan.block, c.smem_rows * row_bytes));
       if (occ < bps) return Candidate{vpg, 0, 0, 0, bps, INFINITY};
@@ -810,7 +830,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
 
   Candidate best{0, 0, 0, 0, 0, INFINITY};
   if (variant == MiraVariant::PerPass) {
-    best = evaluate(p.V, occ0, false);  // E cannot stay on chip between launches
+    best = evaluate(p.V, std::min(occ0, 8), false);  // E cannot stay on chip between launches
   } else {
     for (int vpg : {p.V, 1}) {
       if (vpg != p.V && (p.V == 1 || schedule == MiraSchedule::Concurrent)) continue;
@@ -943,7 +963,8 @@ void launch_unfused(const MiraProblem& p, const MiraPlan& plan, void* ws, cudaSt
 
 void mira_assign_cuda(const MiraProblem& p, const MiraPlan& plan, void* ws, cudaStream_t stream) {
   check_problem(p);
-  MIRA_CHECK(plan.variant != MiraVariant::PerPass, "mira_assign_cuda: a PerPass plan runs through mira_assign_pass_cuda");
+  MIRA_CHECK(plan.variant != MiraVariant::PerPass,
+             "mira_assign_cuda: a PerPass plan runs through mira_assign_pass_cuda");
   MIRA_CUDA_CHECK(cudaMemsetAsync(const_cast<float*>(mira_nonfinite_count(plan, ws)), 0, sizeof(float), stream));
   if (plan.variant == MiraVariant::Unfused) {
     launch_unfused(p, plan, ws, stream);
@@ -996,9 +1017,8 @@ size_t sinkhorn_scratch_bytes(int N, int K) {
   return 2 * static_cast<size_t>(ceil_div(N, kRowsPerChunk)) * K * sizeof(float);
 }
 
-void sinkhorn_col_lse_cuda(const void* logits, bool logits_bf16, const float* f, float* lse, float* lse_copy,
-                           bool neg, int N, int K, float inv_eps, float* nonfinite, void* scratch,
-                           cudaStream_t stream) {
+void sinkhorn_col_lse_cuda(const void* logits, bool logits_bf16, const float* f, float* lse, float* lse_copy, bool neg,
+                           int N, int K, float inv_eps, float* nonfinite, void* scratch, cudaStream_t stream) {
   const int chunks = ceil_div(N, kRowsPerChunk);
   float* pm = static_cast<float*>(scratch);
   float* ps = pm + static_cast<size_t>(chunks) * K;
@@ -1028,8 +1048,8 @@ void sinkhorn_lse_finish_cuda(const float* M, const float* e, float* g, int K, c
 void sinkhorn_row_cuda(const void* logits, bool logits_bf16, const float* g, float* f, int N, int K, float inv_eps,
                        cudaStream_t stream) {
   if (logits_bf16) {
-    sk_row_kernel<__nv_bfloat16, false><<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g, f,
-                                                                    K, inv_eps);
+    sk_row_kernel<__nv_bfloat16, false>
+        <<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g, f, K, inv_eps);
   } else {
     sk_row_kernel<float, false><<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), g, f, K, inv_eps);
   }
@@ -1039,8 +1059,8 @@ void sinkhorn_row_cuda(const void* logits, bool logits_bf16, const float* g, flo
 void sinkhorn_targets_cuda(const void* logits, bool logits_bf16, const float* g, float* targets, int N, int K,
                            float inv_eps, cudaStream_t stream) {
   if (logits_bf16) {
-    sk_row_kernel<__nv_bfloat16, true><<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g,
-                                                                   targets, K, inv_eps);
+    sk_row_kernel<__nv_bfloat16, true>
+        <<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g, targets, K, inv_eps);
   } else {
     sk_row_kernel<float, true><<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), g, targets, K, inv_eps);
   }

@@ -55,18 +55,18 @@ struct MiraProblem {
 struct MiraPlan {
   MiraVariant variant = MiraVariant::Fused;
   MiraCache cache = MiraCache::F32;
-  int cpt = 4;             // columns per thread (fused / per-pass)
-  int batch_rows = 4;      // rows per register batch (fused / per-pass)
-  int block = 256;         // threads per block
-  int grid = 0;            // blocks (cooperative: all resident)
-  int views_per_group = 1; // views side by side; V / views_per_group groups one after another
+  int cpt = 4;              // columns per thread (fused / per-pass)
+  int batch_rows = 4;       // rows per register batch (fused / per-pass)
+  int block = 256;          // threads per block
+  int grid = 0;             // blocks (cooperative: all resident)
+  int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
   int blocks_per_view = 0;
   int rows_per_block = 0;
-  int smem_rows = 0;       // rows per block held in shared memory
-  size_t smem_bytes = 0;   // dynamic shared memory per block
-  int Kp = 0;              // padded row length of E in shared memory and the workspace
+  int smem_rows = 0;      // rows per block held in shared memory
+  size_t smem_bytes = 0;  // dynamic shared memory per block
+  int Kp = 0;             // padded row length of E in shared memory and the workspace
   size_t workspace_bytes = 0;
-  int chunks = 0;           // unfused: row chunks of the column reduction
+  int chunks = 0;  // unfused: row chunks of the column reduction
   // Byte offsets into the workspace. colsum holds the column sums (V * Kp floats; unfused: K)
   // and, right after them, the non-finite counter (so one all-reduce carries both).
   size_t off_ecache = 0, off_partial = 0, off_colsum = 0, off_rowmax = 0, off_w = 0;
@@ -88,8 +88,7 @@ void mira_assign_cuda(const MiraProblem& p, const MiraPlan& plan, void* workspac
 // PerPass: pass 0 (E, initial update) .. iters (updates) and iters + 1 (targets). After every
 // pass p <= iters, sum mira_reduce_buffer over ranks (mira_reduce_len(plan, p) floats,
 // device memory) before launching pass p + 1.
-void mira_assign_pass_cuda(const MiraProblem& p, const MiraPlan& plan, int pass, void* workspace,
-                           cudaStream_t stream);
+void mira_assign_pass_cuda(const MiraProblem& p, const MiraPlan& plan, int pass, void* workspace, cudaStream_t stream);
 float* mira_reduce_buffer(const MiraPlan& plan, void* workspace);
 int64_t mira_reduce_len(const MiraProblem& p, const MiraPlan& plan, int pass);
 
@@ -111,9 +110,8 @@ void mira_kkt_cuda(const void* logits, bool logits_bf16, const float* targets, c
 // copied to lse_copy when not null (the multi-rank merge needs two). neg = true writes -lse
 // instead (one rank: that is g). nonfinite: float counter to add to, or null.
 size_t sinkhorn_scratch_bytes(int N, int K);
-void sinkhorn_col_lse_cuda(const void* logits, bool logits_bf16, const float* f, float* lse, float* lse_copy,
-                           bool neg, int N, int K, float inv_eps, float* nonfinite, void* scratch,
-                           cudaStream_t stream);
+void sinkhorn_col_lse_cuda(const void* logits, bool logits_bf16, const float* f, float* lse, float* lse_copy, bool neg,
+                           int N, int K, float inv_eps, float* nonfinite, void* scratch, cudaStream_t stream);
 // Multi-rank merge of per-rank column LSEs: with M = max over ranks of lse (all-reduced),
 // e = exp(lse - M) (then all-reduced by sum), g = -(M + log e).
 void sinkhorn_lse_shift_cuda(const float* lse, const float* M, float* e, int K, cudaStream_t stream);
