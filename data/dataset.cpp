@@ -302,6 +302,25 @@ DataFormat detect_format(const std::string& path) {
             "class subfolders");
 }
 
+std::unique_ptr<Dataset> subset_dataset(const Dataset& ds, const std::vector<int64_t>& rows) {
+  for (int64_t r : rows) MIRA_CHECK(r >= 0 && r < ds.size(), "subset of ", ds.path(), ": index ", r, " out of range");
+  std::vector<int64_t> labels(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) labels[i] = ds.label(rows[i]);
+  if (ds.in_memory()) {
+    const size_t img = static_cast<size_t>(ds.height()) * ds.width() * ds.channels();
+    std::vector<uint8_t> pixels(img * rows.size());
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::memcpy(pixels.data() + i * img, ds.pixels() + static_cast<size_t>(rows[i]) * img, img);
+    return std::make_unique<InMemoryDataset>(ds.path(), ds.format(), ds.height(), ds.width(), ds.channels(),
+                                             ds.num_classes(), std::move(pixels), std::move(labels));
+  }
+  const auto* folder = dynamic_cast<const ImageFolderDataset*>(&ds);
+  MIRA_CHECK(folder != nullptr, "subset of ", ds.path(), ": unsupported dataset kind");
+  std::vector<std::string> files(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) files[i] = folder->file(rows[i]);
+  return std::make_unique<ImageFolderDataset>(folder->path(), folder->classes(), std::move(files), std::move(labels));
+}
+
 std::unique_ptr<Dataset> open_dataset(const std::string& path, DataFormat format, Split split,
                                       const ScanProgress& progress) {
   if (format == DataFormat::Auto) format = detect_format(path);

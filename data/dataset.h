@@ -117,6 +117,10 @@ DataFormat detect_format(const std::string& path);
 std::unique_ptr<Dataset> open_dataset(const std::string& path, DataFormat format = DataFormat::Auto,
                                       Split split = Split::Train, const ScanProgress& progress = {});
 
+// The samples `rows` of ds (in that order) as a dataset of their own: in-memory datasets copy
+// their pixels, ImageFolder datasets their file list. Indices must be in range.
+std::unique_ptr<Dataset> subset_dataset(const Dataset& ds, const std::vector<int64_t>& rows);
+
 // The indices one rank visits in one epoch. Shuffle: Fisher-Yates with Philox draws keyed by
 // seed and counted by (epoch, position), so it depends on (seed, epoch) only. Sharding: the
 // shuffled order is cut into `world` interleaved shards (rank r takes positions r, r + world,

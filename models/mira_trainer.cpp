@@ -55,7 +55,7 @@ void check_finite(const ParamStore& ps, bool grads) {
 
 }  // namespace
 
-MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool clusters) {
+MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool full_stats) {
   MIRA_CHECK(views.size() >= 2, "a MIRA step needs at least the two global crops, got ", views.size());
   if (s.freeze_prototypes != frozen_) {
     optimizer_.set_frozen("prototypes.", s.freeze_prototypes);
@@ -64,7 +64,9 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
   model_.ema_update(s.ema_momentum);
   std::vector<Tensor> teacher{model_.teacher_logits(views[0]), model_.teacher_logits(views[1])};
   std::vector<AssignStats> astats;
-  std::vector<Tensor> targets = mira_assign(teacher, cfg_.tau_t, s.beta, cfg_.iters, comm_, &astats);
+  // Statistics cost extra passes (and a device sync on CUDA): only on logged steps.
+  std::vector<Tensor> targets =
+      mira_assign(teacher, cfg_.tau_t, s.beta, cfg_.iters, comm_, full_stats ? &astats : nullptr);
 
   std::vector<Tensor> student;
   student.reserve(views.size());
@@ -92,10 +94,12 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
   optimizer_.step(s.lr);
   check_finite(model_.student(), false);
 
-  st.target_entropy = 0.5 * (astats[0].target_entropy + astats[1].target_entropy);
-  st.marginal_entropy = 0.5 * (astats[0].marginal_entropy + astats[1].marginal_entropy);
-  st.kkt_residual = std::max(astats[0].kkt_residual, astats[1].kkt_residual);
-  if (clusters) st.clusters_in_use = count_clusters(targets[0], comm_);
+  if (full_stats) {
+    st.target_entropy = 0.5 * (astats[0].target_entropy + astats[1].target_entropy);
+    st.marginal_entropy = 0.5 * (astats[0].marginal_entropy + astats[1].marginal_entropy);
+    st.kkt_residual = std::max(astats[0].kkt_residual, astats[1].kkt_residual);
+    st.clusters_in_use = count_clusters(targets[0], comm_);
+  }
   return st;
 }
 

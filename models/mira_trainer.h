@@ -29,11 +29,12 @@ struct MiraStepSchedule {  // this step's values of the schedules
 
 struct MiraStepStats {
   double loss = 0;              // global mean
+  // Computed only when asked for (full_stats), else left at these values:
   double target_entropy = 0;    // mean over the two views, nats
   double marginal_entropy = 0;  // mean over the two views, nats (log K at equipartition)
   double kkt_residual = 0;      // max over the two views
   int clusters_in_use = -1;     // prototypes that are the argmax of some target row (view 0,
-                                // global batch); -1 when not computed
+                                // global batch)
 };
 
 class MiraTrainer {
@@ -41,7 +42,7 @@ class MiraTrainer {
   MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraStepConfig& cfg, Communicator& comm);
   // views: the crops of this rank's batch, global crops first, on the model's device.
   // Throws mira::Error when the loss is not finite (before any parameter changes).
-  MiraStepStats step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool count_clusters);
+  MiraStepStats step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool full_stats);
   Optimizer& optimizer() { return optimizer_; }
 
  private:

@@ -33,7 +33,8 @@ const Json& pretrain_schema() {
       "epochs": 100, "batch_size": 4096, "seed": 0, "device": "cpu",
       "checkpoint_every": 500, "keep_every": 0, "log_every": 10, "max_steps": 0
     },
-    "eval": {"test_data": "", "knn_k": 20, "knn_t": 0.07}
+    "eval": {"test_data": "", "knn_k": 20, "knn_t": 0.07, "bank_fraction": 1.0, "baselines": true,
+             "batch_size": 256}
   })");
   return schema;
 }
@@ -81,6 +82,9 @@ void validate_pretrain_config(const Json& c) {
   require(ei >= 0 && ei <= 1 && ef >= 0 && ef <= 1, "mira.ema_initial", "and mira.ema_final must be in [0, 1]");
   require(c["mira"]["freeze_prototypes_epochs"] >= 0, "mira.freeze_prototypes_epochs", "must be >= 0");
   require(c["eval"]["knn_k"] >= 1 && c["eval"]["knn_t"] > 0, "eval.knn_k", "must be >= 1 and eval.knn_t > 0");
+  const double bank = c["eval"]["bank_fraction"];
+  require(bank > 0 && bank <= 1, "eval.bank_fraction", "must be in (0, 1]");
+  require(c["eval"]["batch_size"] >= 1, "eval.batch_size", "must be >= 1");
 }
 
 }  // namespace mira::apps
