@@ -1,0 +1,124 @@
+"""The MIRA training step in PyTorch (eager), the competitor of bench/train_step: same model
+(torchvision ResNet without fc, or the tiny ResNet; projector + weight-normalised prototypes),
+EMA teacher updated before its forward, the official mira() targets for the two global crops,
+swapped-prediction loss over all (target, other view) pairs, SGD or LARS. CPU: f32. CUDA:
+autocast (bf16) + channels_last, as a tuned PyTorch user would run it.
+
+    python3 bench/pytorch_mira_step.py [--arch resnet_tiny] [--batch 128] [--global-size 32]
+        [--local-crops 0] [--local-size 16] [--steps 20] [--warmup 3] [--device cpu] ...
+Prints one JSON line (same fields as bench/train_step).
+"""
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from golden_models import Heads, backbone  # noqa: E402
+
+
+@torch.no_grad()
+def mira(k, tau, beta, iters):
+    bs = k.size(0)
+    k = F.softmax(k / tau / (1 - beta), dim=1)
+    temp = k.sum(dim=0)
+    v = (temp / bs).pow(1 - beta)
+    for _ in range(iters):
+        temp = k / (v.pow(-beta / (1 - beta)) * k).sum(dim=1, keepdim=True)
+        temp = temp.sum(dim=0)
+        v = (temp / bs).pow(1 - beta)
+    temp = v.pow(-beta / (1 - beta)) * k
+    return temp / temp.sum(dim=1, keepdim=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="resnet_tiny")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--global-size", type=int, default=32)
+    p.add_argument("--local-crops", type=int, default=0)
+    p.add_argument("--local-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--optim", default="sgd")
+    p.add_argument("--proj-hidden", type=int, default=256)
+    p.add_argument("--proj-out", type=int, default=64)
+    p.add_argument("--prototypes", type=int, default=300)
+    p.add_argument("--cifar-stem", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    net = nn.Module()
+    net.backbone = backbone(a.arch, 1 if a.cifar_stem else None)
+    feat = {"resnet_tiny": 128, "resnet18": 512, "resnet50": 2048}[a.arch]
+    h = Heads(feat, a.proj_hidden, a.proj_out, a.prototypes)
+    net.projector, net.prototypes = h.projector, h.prototypes
+    net = net.to(dev)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    teacher = nn.ModuleDict({"backbone": copy.deepcopy(net.backbone), "projector": copy.deepcopy(net.projector)})
+    for q in teacher.parameters():
+        q.requires_grad = False
+    decay = [q for q in net.parameters() if q.requires_grad and q.ndim > 1]
+    no_decay = [q for q in net.parameters() if q.requires_grad and q.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0}],
+                          lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    views = []
+    for i in range(2 + a.local_crops):
+        s = a.global_size if i < 2 else a.local_size
+        x = torch.randn(a.batch, 3, s, s, generator=g).to(dev)
+        views.append(x.to(memory_format=torch.channels_last) if cuda else x)
+    s_params = dict(net.named_parameters())
+    t_pairs = [(t, s_params[n]) for n, t in teacher.named_parameters()]
+
+    def step():
+        with torch.no_grad():
+            torch._foreach_mul_([t for t, _ in t_pairs], 0.99)
+            torch._foreach_add_([t for t, _ in t_pairs], [s for _, s in t_pairs], alpha=0.01)
+        amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        with amp:
+            with torch.no_grad():
+                ks = [net.prototypes(F.normalize(teacher["projector"](teacher["backbone"](v)), dim=1)) for v in views[:2]]
+            targets = [mira(k.float(), 0.225, 0.7, 30) for k in ks]
+            qs = [net.prototypes(F.normalize(net.projector(net.backbone(v)), dim=1)) for v in views]
+
+            def ce(t, q):
+                return -(t.repeat(len(q), 1) * F.log_softmax(torch.cat(q, 0).float() / 0.1, dim=1)).sum(1).mean()
+
+            loss = (ce(targets[0], qs[1:]) + ce(targets[1], qs[:1] + qs[2:])) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(a.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        loss = step()
+    if cuda:
+        torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    print(json.dumps({"bench": "mira_train_step", "impl": f"pytorch {torch.__version__} eager", "arch": a.arch,
+                      "device": a.device, "batch": a.batch, "global": a.global_size, "local_crops": a.local_crops,
+                      "local_size": a.local_size, "steps": a.steps, "threads": torch.get_num_threads(),
+                      "ms_per_step": round(1e3 * sec / a.steps, 2), "img_per_s": round(a.batch * a.steps / sec, 1),
+                      "loss": float(loss)}))
+
+
+if __name__ == "__main__":
+    main()
