@@ -16,10 +16,15 @@
 #include <iostream>
 
 #include "apps/common/cli.h"
+#include "apps/common/eval_data.h"
+#include "apps/common/eval_transform.h"
+#include "apps/common/features.h"
+#include "apps/common/knn.h"
 #include "apps/pretrain/pretrain_config.h"
 #include "apps/pretrain/run_dir.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "engine/comm_mpi.h"
 #include "engine/cuda_backend.h"
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
@@ -106,15 +111,10 @@ std::unique_ptr<data::Dataset> open_train_data(const Json& d) {
   auto ds = data::open_dataset(path, data::parse_format(d["format"]), data::Split::Train, progress);
   if (last_report) std::fprintf(stderr, "\n");
   const int64_t subset = d["train_subset"];
-  if (subset > 0 && subset < ds->size()) {
-    MIRA_CHECK(ds->in_memory(), "data.train_subset needs an IDX or CIFAR dataset (", ds->path(), " is an image tree)");
-    const size_t img = static_cast<size_t>(ds->height()) * ds->width() * ds->channels();
-    std::vector<uint8_t> pixels(ds->pixels(), ds->pixels() + img * subset);
-    std::vector<int64_t> labels(static_cast<size_t>(subset));
-    for (int64_t i = 0; i < subset; ++i) labels[i] = ds->label(i);
-    ds = std::make_unique<data::InMemoryDataset>(ds->path(), ds->format(), ds->height(), ds->width(),
-                                                 ds->channels(), ds->num_classes(), std::move(pixels),
-                                                 std::move(labels));
+  if (subset > 0 && subset < ds->size()) {  // the first `subset` samples
+    std::vector<int64_t> rows(static_cast<size_t>(subset));
+    for (int64_t i = 0; i < subset; ++i) rows[i] = i;
+    ds = data::subset_dataset(*ds, rows);
   }
   return ds;
 }
@@ -127,6 +127,51 @@ std::string fmt_duration(double s) {
     std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
   }
   return b;
+}
+
+// End-of-run k-NN (DINO protocol) of the EMA backbone, and optionally of the same network at
+// its initialisation and of raw pixels, with the train split of the training data as the bank.
+Json end_of_run_knn(const Json& cfg, models::MiraModel& model, const data::MultiCropRecipe& recipe, Device device) {
+  const Json& e = cfg["eval"];
+  const std::string fmt = cfg["data"]["format"];
+  auto full_bank = open_split(cfg["data"]["path"], fmt, data::Split::Train, "data.path");
+  auto test = open_split(e["test_data"], fmt, data::Split::Test, "eval.test_data");
+  // A class-balanced fraction of the train split as the bank (all of it by default).
+  auto bank = data::subset_dataset(
+      *full_bank, select_subset(dataset_labels(*full_bank), e["bank_fraction"], cfg["train"]["seed"], ""));
+  const EvalTransform tf = EvalTransform::from_recipe(recipe, *bank);
+  std::vector<int64_t> ytr = dataset_labels(*bank), yte = dataset_labels(*test);
+  KnnConfig kc;
+  kc.ks = {e["knn_k"].get<int>()};
+  kc.temperature = e["knn_t"];
+  kc.num_classes = std::max(bank->num_classes(), test->num_classes());
+  const int64_t batch = e["batch_size"];
+  const int fdim = model.config().backbone.feature_dim();
+  auto evaluate = [&](models::MiraModel& m, const std::string& what) {
+    auto fn = [&](const Tensor& x) { return m.features(x.to(device), true); };
+    Tensor ftr = extract_features(fn, fdim, *bank, tf, batch, what + " bank");
+    Tensor fte = extract_features(fn, fdim, *test, tf, batch, what + " test");
+    return knn_classify(ftr, ytr, fte, yte, kc).scores[0];
+  };
+  Json out{{"k", kc.ks[0]}, {"temperature", kc.temperature}, {"bank", int64_t(ytr.size())},
+           {"test", int64_t(yte.size())}};
+  auto record = [&](const char* name, const KnnScore& s) {
+    out[name] = {{"top1", s.top1}, {"top5", s.top5}};
+    std::printf("k-NN %-12s top-1 %6.2f %%  top-5 %6.2f %%\n", name, s.top1, s.top5);
+  };
+  record("mira", evaluate(model, "EMA backbone"));
+  if (e["baselines"].get<bool>()) {
+    models::MiraModel fresh(model.config(), device, model.student().dtype());
+    fresh.init(cfg["train"]["seed"]);
+    record("random_init", evaluate(fresh, "random init"));
+    if (bank->in_memory()) {
+      std::vector<double> mean, sd;
+      pixel_mean_std(*bank, mean, sd);
+      record("pixels", knn_classify(pixel_features(*bank, mean, sd), ytr, pixel_features(*test, mean, sd), yte, kc)
+                           .scores[0]);
+    }
+  }
+  return out;
 }
 
 int run(int argc, char** argv) {
@@ -152,18 +197,32 @@ int run(int argc, char** argv) {
   if (args.has("eval-data")) cfg["eval"]["test_data"] = args.str("eval-data");
   validate_pretrain_config(cfg);
 
+  // Multi-process runs (mpirun / srun): rank 0 writes the run directory and prints; every rank
+  // reads the same checkpoints.
+  Communicator& comm = world_comm(cfg["train"]["comm_timeout_s"]);
+  const bool lead = comm.rank() == 0;
   const std::string run_dir = args.str("out");
-  fs::create_directories(checkpoint_dir(run_dir));
-  write_file_atomic((fs::path(run_dir) / "config.json").string(), cfg.dump(2) + "\n");
+  if (lead) {
+    fs::create_directories(checkpoint_dir(run_dir));
+    write_file_atomic((fs::path(run_dir) / "config.json").string(), cfg.dump(2) + "\n");
+  }
 
-  const Device device = Device::parse(cfg["train"]["device"]);
+  Device device = Device::parse(cfg["train"]["device"]);
+  if (device.is_cuda() && comm.world_size() > 1 && cfg["train"]["device"] == "cuda") {
+    // One GPU per process: the launcher's local rank picks it.
+    for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+      if (const char* e = std::getenv(v)) {
+        device = Device::cuda(std::atoi(e));
+        break;
+      }
+    }
+  }
   if (device.is_cuda()) {
     MIRA_CHECK(cuda::built_with_cuda(), "train.device is ", device.str(), " but this build has no CUDA backend");
     MIRA_CHECK(cuda::device_count() > device.index, "train.device is ", device.str(), " but ",
                cuda::device_count(), " CUDA devices are visible");
     cuda::set_device(device.index);
   }
-  Communicator& comm = local_comm();
   const int64_t global_batch = cfg["train"]["batch_size"];
   MIRA_CHECK(global_batch % comm.world_size() == 0, "train.batch_size ", global_batch, " is not divisible by ",
              comm.world_size(), " ranks");
@@ -191,7 +250,9 @@ int run(int argc, char** argv) {
   models::MiraModelConfig mc;
   mc.backbone = backbone_config(cfg["model"]);
   mc.head = models::HeadConfig{cfg["model"]["proj_hidden"], cfg["model"]["proj_out"], cfg["model"]["prototypes"]};
-  models::MiraModel model(mc, device, DType::F32);
+  const DType dtype = cfg["train"]["dtype"] == "f64" ? DType::F64 : DType::F32;
+  MIRA_CHECK(dtype == DType::F32 || device.is_cpu(), "train.dtype f64 is for CPU reference runs only");
+  models::MiraModel model(mc, device, dtype);
   model.init(cfg["train"]["seed"]);
   const Json& o = cfg["optim"];
   OptimConfig oc{o["name"], o["momentum"], o["weight_decay"], o["eta"]};
@@ -229,17 +290,18 @@ int run(int argc, char** argv) {
           std::fprintf(stderr, "warning: skipping checkpoint %s: %s\n", it->path.c_str(), e.what());
         }
       }
-      if (ckpt.empty()) std::printf("no checkpoint in %s: starting from scratch\n", run_dir.c_str());
+      if (ckpt.empty() && lead) std::printf("no checkpoint in %s: starting from scratch\n", run_dir.c_str());
     } else {
       Json saved;
       pos = load_training_checkpoint(ckpt, model, trainer.optimizer(), &saved);
     }
-    if (!ckpt.empty()) {
+    if (!ckpt.empty() && lead) {
       std::printf("resuming from %s at step %lld (epoch %lld)\n", ckpt.c_str(), static_cast<long long>(pos.step),
                   static_cast<long long>(pos.epoch));
     }
   }
-  MetricsLog metrics((fs::path(run_dir) / "metrics.jsonl").string(), pos.step);
+  std::unique_ptr<MetricsLog> metrics;
+  if (lead) metrics = std::make_unique<MetricsLog>((fs::path(run_dir) / "metrics.jsonl").string(), pos.step);
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -248,16 +310,22 @@ int run(int argc, char** argv) {
   const int64_t log_every = cfg["train"]["log_every"];
   const int64_t max_steps = cfg["train"]["max_steps"];
   const double log_k = std::log(double(mc.head.prototypes));
-  std::printf("MIRA pre-training: %s, %lld images, %zu crops of %s, batch %lld, %lld epochs x %lld steps, %s on %s\n",
-              mc.backbone.arch.c_str(), static_cast<long long>(dataset->size()), recipe.views.size(),
-              recipe.name.c_str(), static_cast<long long>(global_batch), static_cast<long long>(epochs),
-              static_cast<long long>(steps_per_epoch), oc.name.c_str(), device.str().c_str());
+  if (lead) {
+    std::printf(
+        "MIRA pre-training: %s, %lld images, %zu crops of %s, batch %lld, %lld epochs x %lld steps, %s on %s x %d "
+        "process(es)\n",
+        mc.backbone.arch.c_str(), static_cast<long long>(dataset->size()), recipe.views.size(), recipe.name.c_str(),
+        static_cast<long long>(global_batch), static_cast<long long>(epochs), static_cast<long long>(steps_per_epoch),
+        oc.name.c_str(), device.str().c_str(), comm.world_size());
+  }
 
   int64_t step = pos.step, saved_step = pos.step;
   TrainPosition here = pos;
   auto save = [&]() {
-    save_training_checkpoint(checkpoint_path(run_dir, step), model, trainer.optimizer(), here, cfg);
-    prune_checkpoints(run_dir, keep_every * std::max<int64_t>(ckpt_every, 1));
+    if (lead) {
+      save_training_checkpoint(checkpoint_path(run_dir, step), model, trainer.optimizer(), here, cfg);
+      prune_checkpoints(run_dir, keep_every * std::max<int64_t>(ckpt_every, 1));
+    }
     saved_step = step;
   };
   using Clock = std::chrono::steady_clock;
@@ -266,7 +334,7 @@ int run(int argc, char** argv) {
   int64_t images_since_log = 0, steps_this_run = 0;
   double last_loss = NAN;
   bool collapse_warned = false;
-  bool stopped = false;
+  bool stopped = false, interrupted = false;
   for (int64_t epoch = pos.epoch; epoch < epochs && !stopped; ++epoch) {
     loader.start_epoch(epoch);
     data::Batch batch;
@@ -277,7 +345,7 @@ int run(int argc, char** argv) {
         continue;
       }
       std::vector<Tensor> views;
-      for (const Tensor& v : batch.views) views.push_back(device.is_cuda() ? v.to(device) : v);
+      for (const Tensor& v : batch.views) views.push_back(device.is_cuda() || dtype != v.dtype() ? v.to(device, dtype) : v);
       models::MiraStepSchedule s{lr.at(step), beta.at(step), ema.at(step), epoch < freeze_epochs};
       const bool log_now = (step + 1) % log_every == 0;
       models::MiraStepStats st;
@@ -293,7 +361,7 @@ int run(int argc, char** argv) {
       last_loss = st.loss;
       images_since_log += global_batch;
       here = TrainPosition{step, k == steps_per_epoch ? epoch + 1 : epoch, k == steps_per_epoch ? 0 : k};
-      if (log_now) {
+      if (log_now && lead) {
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - t_log).count();
         const double ips = dt > 0 ? images_since_log / dt : 0;
@@ -312,7 +380,7 @@ int run(int argc, char** argv) {
                   {"images_per_s", ips},
                   {"time_s", elapsed}};
         if (device.is_cuda()) line["gpu_memory_bytes"] = cuda::memory_stats(device.index).peak_allocated_bytes;
-        metrics.write(line);
+        metrics->write(line);
         std::printf("epoch %lld/%lld step %lld/%lld loss %.4f lr %.4f beta %.4f ema %.5f H(T) %.3f H(wbar) %.3f/%.3f "
                     "clusters %d img/s %.0f ETA %s\n",
                     static_cast<long long>(epoch + 1), static_cast<long long>(epochs), static_cast<long long>(step),
@@ -330,11 +398,16 @@ int run(int argc, char** argv) {
         images_since_log = 0;
       }
       if (ckpt_every > 0 && step % ckpt_every == 0) save();
-      if (g_stop_signal) {
+      // Every rank must stop at the same step: agree on whether any rank got a signal.
+      double stop_signal = g_stop_signal;
+      if (comm.world_size() > 1) comm.allreduce_max(&stop_signal, 1);
+      if (stop_signal != 0) {
         save();
-        std::printf("stopped by signal %d at step %lld: checkpoint %s written; continue with --resume auto\n",
-                    int(g_stop_signal), static_cast<long long>(step), checkpoint_path(run_dir, step).c_str());
-        stopped = true;
+        if (lead) {
+          std::printf("stopped by signal %d at step %lld: checkpoint %s written; continue with --resume auto\n",
+                      int(stop_signal), static_cast<long long>(step), checkpoint_path(run_dir, step).c_str());
+        }
+        stopped = interrupted = true;
         break;
       }
       if (max_steps > 0 && step >= max_steps) {
@@ -353,6 +426,14 @@ int run(int argc, char** argv) {
                {"skipped_files", loader.skipped_files()},
                {"checkpoint", checkpoint_path(run_dir, step)},
                {"complete", step >= total_steps}};
+  if (!lead) return 0;
+  if (!interrupted) {  // the end of the run, or of the steps asked for (train.max_steps)
+    if (!cfg["eval"]["test_data"].get<std::string>().empty()) {
+      Json knn = end_of_run_knn(cfg, model, recipe, device);
+      write_file_atomic((fs::path(run_dir) / "knn.json").string(), knn.dump(2) + "\n");
+      summary["knn"] = knn;
+    }
+  }
   write_file_atomic((fs::path(run_dir) / "summary.json").string(), summary.dump(2) + "\n");
   std::printf("done: %lld steps, final loss %.4f, checkpoint %s\n", static_cast<long long>(step), last_loss,
               checkpoint_path(run_dir, step).c_str());
@@ -362,5 +443,7 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return run_main([&] { return run(argc, argv); });
+  const int rc = run_main([&] { return run(argc, argv); });
+  if (rc != 0) abort_world(rc);  // a fatal error on one rank stops all of them
+  return rc;
 }

@@ -1,5 +1,7 @@
 #include "apps/pretrain/pretrain_config.h"
 
+#include <cmath>
+
 #include "engine/error.h"
 
 namespace mira::apps {
@@ -31,7 +33,8 @@ const Json& pretrain_schema() {
     },
     "train": {
       "epochs": 100, "batch_size": 4096, "seed": 0, "device": "cpu",
-      "checkpoint_every": 500, "keep_every": 0, "log_every": 10, "max_steps": 0
+      "checkpoint_every": 500, "keep_every": 0, "log_every": 10, "max_steps": 0,
+      "comm_timeout_s": 600.0, "dtype": "f32"
     },
     "eval": {"test_data": "", "knn_k": 20, "knn_t": 0.07, "bank_fraction": 1.0, "baselines": true,
              "batch_size": 256}
@@ -51,6 +54,12 @@ void validate_pretrain_config(const Json& c) {
           "must be resnet18, resnet50 or resnet_tiny, got " + arch);
   require(c["model"]["widths"].size() == c["model"]["blocks"].size(), "model.widths",
           "and model.blocks must have the same length");
+  // Each element is read as an int: check the kind and range here (a string would be a JSON
+  // type error, 1e300 undefined behaviour, a zero or negative width a bad allocation).
+  for (const char* key : {"widths", "blocks"})
+    for (const Json& v : c["model"][key])
+      require(v.is_number_integer() && v >= 1 && v <= 65536, key[0] == 'w' ? "model.widths" : "model.blocks",
+              "must hold integers in [1, 65536], got " + v.dump());
   require(c["model"]["prototypes"] >= 1, "model.prototypes", "must be >= 1");
   require(c["model"]["proj_hidden"] >= 1 && c["model"]["proj_out"] >= 1, "model.proj_hidden", "and proj_out must be >= 1");
   const int pad = c["model"]["cifar_stem_padding"];
@@ -61,9 +70,19 @@ void validate_pretrain_config(const Json& c) {
           "and train.keep_every must be >= 0");
   require(c["train"]["log_every"] >= 1, "train.log_every", "must be >= 1");
   require(c["train"]["max_steps"] >= 0, "train.max_steps", "must be >= 0");
+  require(c["train"]["comm_timeout_s"] > 0, "train.comm_timeout_s", "must be > 0");
+  const std::string dt = c["train"]["dtype"];
+  require(dt == "f32" || dt == "f64", "train.dtype", "must be f32 or f64 (f64: CPU reference runs), got " + dt);
   require(c["data"]["train_subset"] >= 0, "data.train_subset", "must be >= 0");
   require(c["data"]["mean"].size() == 0 || c["data"]["mean"].size() == 3, "data.mean", "must have 3 values");
   require(c["data"]["std"].size() == 0 || c["data"]["std"].size() == 3, "data.std", "must have 3 values");
+  // Pixels are in [0, 1]; a zero std would turn every pixel into Inf / NaN.
+  for (const Json& v : c["data"]["mean"])
+    require(v.is_number() && std::fabs(v.get<double>()) <= 1e6, "data.mean",
+            "must hold numbers in [-1e6, 1e6], got " + v.dump());
+  for (const Json& v : c["data"]["std"])
+    require(v.is_number() && v.get<double>() >= 1e-6 && v.get<double>() <= 1e6, "data.std",
+            "must hold numbers in [1e-6, 1e6], got " + v.dump());
   const std::string interp = c["data"]["interp"];
   require(interp.empty() || interp == "bilinear" || interp == "bicubic", "data.interp",
           "must be bilinear or bicubic, got " + interp);

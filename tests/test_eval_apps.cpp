@@ -1,0 +1,303 @@
+// labels: cpu
+// End-to-end runs of mira_features, mira_knn and mira_linear on a small IDX dataset written
+// here, their error messages on bad input, the live NumPy reference (tools/knn_reference.py)
+// on the same features when /usr/bin/python3 has numpy, and the raw-pixel k-NN on real
+// Fashion-MNIST test (k = 20, T = 0.07) against the per-image predictions the reference
+// produced (tests/data/knn/, see docs/evaluation.md): equal to the last image. Without the
+// Fashion-MNIST download the last case says SKIPPED (exit 77).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/common/eval_data.h"
+#include "apps/common/eval_transform.h"
+#include "apps/common/features.h"
+#include "apps/common/knn.h"
+#include "engine/npy.h"
+#include "engine/rng.h"
+#include "models/checkpoint.h"
+#include "testing.h"
+
+using namespace mira;
+using namespace mira::apps;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path& workdir() {
+  static const fs::path d = [] {
+    fs::path p = fs::temp_directory_path() / ("mira_eval_apps_" + std::to_string(::getpid()));
+    fs::create_directories(p);
+    return p;
+  }();
+  return d;
+}
+
+std::string app(const std::string& name) {
+  return std::string(MIRA_BINARY_DIR) + "/apps/" + name;
+}
+
+struct Run {
+  int rc;
+  std::string out;
+};
+Run run(const std::string& cmd) {
+  const std::string log = (workdir() / "log.txt").string();
+  const int st = std::system((cmd + " >" + log + " 2>&1").c_str());
+  std::ifstream f(log);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, ss.str()};
+}
+
+void write_be32(std::ofstream& f, uint32_t v) {
+  const unsigned char b[4] = {uint8_t(v >> 24), uint8_t(v >> 16), uint8_t(v >> 8), uint8_t(v)};
+  f.write(reinterpret_cast<const char*>(b), 4);
+}
+
+// An IDX directory with 3 classes of 28x28 images (a bright square at a class-dependent place).
+std::string small_idx() {
+  const fs::path d = workdir() / "idx";
+  if (fs::exists(d)) return d.string();
+  fs::create_directories(d);
+  for (const auto& [split, n] : {std::pair<std::string, int>{"train", 150}, {"t10k", 45}}) {
+    std::ofstream im(d / (split + "-images-idx3-ubyte"), std::ios::binary),
+        lb(d / (split + "-labels-idx1-ubyte"), std::ios::binary);
+    write_be32(im, 0x803);
+    write_be32(im, n);
+    write_be32(im, 28);
+    write_be32(im, 28);
+    write_be32(lb, 0x801);
+    write_be32(lb, n);
+    for (int i = 0; i < n; ++i) {
+      const int y = i % 3;
+      for (int r = 0; r < 28; ++r)
+        for (int c = 0; c < 28; ++c) {
+          const bool in = r >= 4 + 7 * y && r < 12 + 7 * y && c >= 6 && c < 20;
+          const double noise = philox_uniform(split == "train" ? 1 : 2, (i * 28 + r) * 28 + c);
+          const uint8_t v = static_cast<uint8_t>((in ? 160 : 20) + 90 * noise);
+          im.write(reinterpret_cast<const char*>(&v), 1);
+        }
+      const uint8_t l = static_cast<uint8_t>(y);
+      lb.write(reinterpret_cast<const char*>(&l), 1);
+    }
+  }
+  return d.string();
+}
+
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream f(p);
+  REQUIRE(f.good());
+  return nlohmann::json::parse(f);
+}
+
+std::string path(const std::string& name) {
+  return (workdir() / name).string();
+}
+
+}  // namespace
+
+TEST_CASE("mira_features -> mira_knn / mira_linear on .npy, and the same from datasets directly") {
+  const std::string data = small_idx();
+  for (const std::string split : {"train", "test"}) {
+    const Run r =
+        run(app("mira_features") + " --random-init --arch resnet_tiny --seed 4 --device cpu --batch 64 --data " + data +
+            " --split " + split + " --out " + path(split + "_f.npy") + " --labels-out " + path(split + "_l.npy"));
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+  }
+  const Tensor ftr = npy_read_tensor(path("train_f.npy")), fte = npy_read_tensor(path("test_f.npy"));
+  CHECK(ftr.shape() == Shape({150, 128}));
+  CHECK(fte.shape() == Shape({45, 128}));
+  const std::vector<int64_t> ytr = read_labels_npy(path("train_l.npy")), yte = read_labels_npy(path("test_l.npy"));
+  CHECK(ytr.size() == 150);
+
+  const std::string npy_args = " --train-features " + path("train_f.npy") + " --train-labels " + path("train_l.npy") +
+                               " --test-features " + path("test_f.npy") + " --test-labels " + path("test_l.npy");
+  Run r = run(app("mira_knn") + npy_args + " --k 5,20 --device cpu --json " + path("knn.json") + " --predictions-out " +
+              path("knn_pred.npy"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const nlohmann::json j = read_json(workdir() / "knn.json");
+  REQUIRE(j["results"].size() == 2);
+  KnnConfig cfg;
+  cfg.ks = {5, 20};
+  const KnnResult ref = knn_classify(ftr, ytr, fte, yte, cfg);
+  for (int i = 0; i < 2; ++i) {
+    CHECK(j["results"][i]["k"] == cfg.ks[i]);
+    CHECK(j["results"][i]["top1"].get<double>() == doctest::Approx(ref.scores[i].top1));
+    CHECK(j["results"][i]["top5"].get<double>() == doctest::Approx(ref.scores[i].top5));
+  }
+  // Straight from the datasets with the same random init: the same numbers.
+  r = run(app("mira_knn") + " --random-init --arch resnet_tiny --seed 4 --device cpu --train-data " + data +
+          " --test-data " + data + " --k 5,20 --json " + path("knn2.json"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(read_json(workdir() / "knn2.json")["results"] == j["results"]);
+
+  // The --npy path of mira_features: images already transformed give the same features.
+  auto test_ds = open_split(data, "auto", data::Split::Test, "test");
+  std::vector<int64_t> all(test_ds->size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+  npy_write_tensor(path("images.npy"), eval_transform_batch(*test_ds, EvalTransform::for_dataset(*test_ds), all));
+  r = run(app("mira_features") + " --random-init --arch resnet_tiny --seed 4 --device cpu --npy " + path("images.npy") +
+          " --out " + path("test_f2.npy"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(npy_read_tensor(path("test_f2.npy")).to_vector() == fte.to_vector());
+
+  // Linear probe on cached features: the normalised pixels (saved by mira_knn), on which the
+  // three classes are linearly separable; then on augmented views for one epoch.
+  r = run(app("mira_knn") + " --features pixels --device cpu --train-data " + data + " --test-data " + data +
+          " --k 5 --save-features " + path("pix"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  r = run(app("mira_linear") + " --train-features " + path("pix_train_features.npy") + " --train-labels " +
+          path("pix_train_labels.npy") + " --test-features " + path("pix_test_features.npy") + " --test-labels " +
+          path("pix_test_labels.npy") + " --epochs 10 --batch 32 --lr 0.5 --device cpu --json " + path("lin.json"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const nlohmann::json l = read_json(workdir() / "lin.json");
+  CHECK(l["per_epoch"].size() == 10);
+  CHECK(l["top1"].get<double>() >= 95.0);
+  r = run(app("mira_linear") + " --random-init --arch resnet_tiny --device cpu --train-data " + data + " --test-data " +
+          data + " --epochs 1 --batch 64 --train-fraction 0.2 --json " + path("lin2.json"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(read_json(workdir() / "lin2.json")["n_train"] == 30);
+
+  // The live NumPy reference on the same features, image by image.
+  if (std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") == 0) {
+    r = run("/usr/bin/python3 " + std::string(MIRA_SOURCE_DIR) + "/tools/knn_reference.py" + npy_args +
+            " --k 5,20 --predictions-out " + path("ref_pred.npy"));
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+    CHECK(npy_read_tensor(path("ref_pred.npy")).to_vector() == npy_read_tensor(path("knn_pred.npy")).to_vector());
+  } else {
+    MESSAGE("live NumPy reference not run: /usr/bin/python3 has no numpy (apt-get install python3-numpy)");
+  }
+}
+
+TEST_CASE("the apps reject bad input with clear errors") {
+  const std::string data = small_idx();
+  // Feature / label count mismatch.
+  npy_write_tensor(path("bad_f.npy"), Tensor::randn({10, 8}, 1));
+  write_labels_npy(path("bad_l.npy"), std::vector<int64_t>(9, 0));
+  const std::string args = " --train-features " + path("bad_f.npy") + " --train-labels " + path("bad_l.npy") +
+                           " --test-features " + path("bad_f.npy") + " --test-labels " + path("bad_l.npy");
+  Run r = run(app("mira_knn") + args + " --k 2");
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("error: ") != std::string::npos);
+  CHECK(r.out.find("holds 10 features but") != std::string::npos);
+  r = run(app("mira_linear") + args + " --epochs 1");
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("holds 10 features but") != std::string::npos);
+  // Missing files.
+  r = run(app("mira_knn") + " --train-features " + path("nope.npy") + " --train-labels x --test-features y " +
+          "--test-labels z");
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("does not exist") != std::string::npos);
+  r = run(app("mira_features") + " --checkpoint " + path("nope.safetensors") + " --data " + data + " --out " +
+          path("x.npy"));
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("does not exist") != std::string::npos);
+  r = run(app("mira_knn") + " --features pixels --train-data " + path("no_such_dir") + " --test-data " + data);
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("does not exist") != std::string::npos);
+  // Wrong architecture for a checkpoint.
+  Backbone net(models::ResNetConfig::tiny(), Device::cpu());
+  net.init(1);
+  models::NamedTensors st;
+  models::append_state(st, net.params(), net.net().batch_norms(), "", "ema.backbone.");
+  save_safetensors(path("tiny.safetensors"), st);
+  r = run(app("mira_knn") + " --checkpoint " + path("tiny.safetensors") +
+          " --arch resnet50 --device cpu --train-data " + data + " --test-data " + data);
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("not a resnet50") != std::string::npos);
+  r = run(app("mira_features") + " --checkpoint " + path("tiny.safetensors") + " --which online --data " + data +
+          " --out " + path("x.npy"));
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("no online backbone") != std::string::npos);
+  // Unknown options, --help.
+  r = run(app("mira_linear") + " --epoch 3");
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("unknown option --epoch") != std::string::npos);
+  r = run(app("mira_knn") + " --help");
+  CHECK(r.rc == 0);
+  CHECK(r.out.find("--temperature") != std::string::npos);
+}
+
+TEST_CASE("ImageNet eval transform == torchvision Resize(256, bicubic, antialias) + CenterCrop(224)") {
+  if (std::system("/usr/bin/python3 -c 'import torch, torchvision, numpy' >/dev/null 2>&1") != 0) {
+    MESSAGE("torchvision comparison not run: /usr/bin/python3 lacks torch/torchvision (python3-torchvision)");
+    return;
+  }
+  // 300 x 400: resized to 256 x 341, so the centre crop's left offset is round(58.5) = 58 (Python
+  // rounds halves to even). A smooth image plus noise exercises the filter.
+  const int H = 300, W = 400;
+  std::vector<uint8_t> img(H * W * 3);
+  for (int y = 0; y < H; ++y)
+    for (int x = 0; x < W; ++x)
+      for (int c = 0; c < 3; ++c)
+        img[(y * W + x) * 3 + c] = static_cast<uint8_t>(std::clamp(
+            127.5 + 100 * std::sin(0.05 * x + c) * std::cos(0.03 * y) + 25 * (philox_uniform(3, y * W + x) - 0.5), 0.0,
+            255.0));
+  npy_write(path("img.npy"), NpyType::U8, {H, W, 3}, img.data());
+  {
+    std::ofstream py(path("tv.py"));
+    py << "import sys, numpy as np, torch\n"
+          "import torchvision.transforms as T\n"
+          "from torchvision.transforms import InterpolationMode as I\n"
+          "x = torch.from_numpy(np.load(sys.argv[1])).permute(2, 0, 1).float() / 255.0\n"
+          "y = T.CenterCrop(224)(T.Resize(256, interpolation=I.BICUBIC, antialias=True)(x)).clamp(0, 1)\n"
+          "y = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(y)\n"
+          "np.save(sys.argv[2], y.permute(1, 2, 0).contiguous().numpy())\n";
+  }
+  const Run r = run("/usr/bin/python3 " + path("tv.py") + " " + path("img.npy") + " " + path("tv.npy"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const Tensor ref = npy_read_tensor(path("tv.npy"));
+  REQUIRE(ref.shape() == Shape({224, 224, 3}));
+  std::vector<float> got(224 * 224 * 3), scratch;
+  eval_transform_image(img.data(), H, W, 3, EvalTransform::imagenet(), got.data(), scratch);
+  // f32 resampling with differently ordered sums: agreement to ~1e-5 in [0, 1] units, ~5e-5 after
+  // dividing by std ~0.22.
+  CHECK(mira::testing::allclose(std::vector<double>(got.begin(), got.end()), ref.to_vector(), {1e-4, 1e-4},
+                                "eval transform vs torchvision"));
+}
+
+TEST_CASE("Fashion-MNIST raw-pixel k-NN (k = 20, T = 0.07) == the NumPy reference, image by image") {
+  const std::string dir = std::string(MIRA_SOURCE_DIR) + "/data_cache/fashion-mnist";
+  const int rc = std::system(
+      ("bash " + std::string(MIRA_SOURCE_DIR) + "/tools/fetch_fashion_mnist.sh " + dir + " >/dev/null").c_str());
+  if (rc != 0) {
+    std::printf("SKIPPED: Fashion-MNIST not available (tools/fetch_fashion_mnist.sh exit %d)\n", rc);
+    fs::remove_all(workdir());
+    std::exit(77);
+  }
+  const Run r = run(app("mira_knn") + " --features pixels --device cpu --train-data " + dir + " --test-data " + dir +
+                    " --k 20 --json " + path("fm.json") + " --predictions-out " + path("fm_pred.npy"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const Tensor got = npy_read_tensor(path("fm_pred.npy"));
+  const Tensor want =
+      npy_read_tensor(std::string(MIRA_TEST_DATA_DIR) + "/knn/fashion_mnist_pixels_k20_predictions.npy");
+  REQUIRE(got.numel() == 10000);
+  const std::vector<double> g = got.to_vector(), w = want.to_vector();
+  int64_t diff = 0;
+  for (size_t i = 0; i < g.size(); ++i) diff += g[i] != w[i];
+  CHECK(diff == 0);
+  const nlohmann::json j = read_json(workdir() / "fm.json");
+  CHECK(j["results"][0]["top1"].get<double>() == doctest::Approx(85.69));
+  CHECK(j["results"][0]["top5"].get<double>() == doctest::Approx(99.06));
+  fs::remove_all(workdir());
+}
