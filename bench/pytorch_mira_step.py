@@ -22,20 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from golden_models import Heads, backbone  # noqa: E402
-
-
-@torch.no_grad()
-def mira(k, tau, beta, iters):
-    bs = k.size(0)
-    k = F.softmax(k / tau / (1 - beta), dim=1)
-    temp = k.sum(dim=0)
-    v = (temp / bs).pow(1 - beta)
-    for _ in range(iters):
-        temp = k / (v.pow(-beta / (1 - beta)) * k).sum(dim=1, keepdim=True)
-        temp = temp.sum(dim=0)
-        v = (temp / bs).pow(1 - beta)
-    temp = v.pow(-beta / (1 - beta)) * k
-    return temp / temp.sum(dim=1, keepdim=True)
+from golden_train import mira_official as mira  # noqa: E402
 
 
 def main():

@@ -3,7 +3,9 @@
 // into their inputs' gradient slots; see engine/autograd.h for the accumulation rule.
 #include "engine/ops.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "engine/cuda_ops.h"
 #include "kernels/cpu/conv.h"
@@ -47,6 +49,29 @@ void check_float(const Tensor& x, const char* op) {
 
 // Rows x channels view of an NHWC image or (N, C) features.
 int64_t rows_of(const Tensor& x) { return x.numel() / x.dim(-1); }
+
+// SyncBN forward: turns this rank's per-channel mean and biased variance over M rows into
+// those over every rank's rows, in place (combined in double on the host: 2C values), and
+// returns the total row count.
+double sync_bn_stats(Tensor& mean, Tensor& var, int64_t M, Communicator& comm) {
+  const int64_t C = mean.numel();
+  std::vector<double> m = mean.to_vector(), v = var.to_vector();
+  std::vector<double> sums(static_cast<size_t>(2 * C + 1));
+  for (int64_t c = 0; c < C; ++c) {
+    sums[c] = double(M) * m[c];                   // sum of x
+    sums[C + c] = double(M) * (v[c] + m[c] * m[c]);  // sum of x^2
+  }
+  sums[2 * C] = double(M);
+  comm.allreduce_sum(sums.data(), 2 * C + 1);
+  const double total = sums[2 * C];
+  for (int64_t c = 0; c < C; ++c) {
+    m[c] = sums[c] / total;
+    v[c] = std::max(0.0, sums[C + c] / total - m[c] * m[c]);
+  }
+  mean.copy_(Tensor::from_vector(m, mean.shape(), mean.dtype() == DType::F64 ? DType::F64 : DType::F32));
+  var.copy_(Tensor::from_vector(v, var.shape(), var.dtype() == DType::F64 ? DType::F64 : DType::F32));
+  return total;
+}
 
 }  // namespace
 
@@ -173,16 +198,21 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
   Tensor mean = Tensor::empty({C}, st_t, dev), var = Tensor::empty({C}, st_t, dev);
   Tensor invstd = Tensor::empty({C}, st_t, dev);
   Tensor none;
+  Communicator* comm = (st.comm && st.comm->world_size() > 1) ? st.comm : nullptr;
+  double count = double(M);  // rows over all ranks
   if (training) {
     if (x.is_cuda()) {
       MIRA_ON_CUDA(cuda::bn_stats(x, mean, var));
-      MIRA_ON_CUDA(cuda::bn_finalize(mean, var, invstd, st.running_mean, st.running_var, momentum, eps, double(M)));
     } else {
-      MIRA_CPU_FLOAT(x.dtype(), "batch_norm", {
-        cpu::bn_stats<T>(x.data<T>(), M, C, mean.data<T>(), var.data<T>());
-        cpu::bn_finalize<T>(mean.data<T>(), var.data<T>(), invstd.data<T>(), st.running_mean.data<T>(),
-                            st.running_var.data<T>(), C, momentum, eps, double(M));
-      });
+      MIRA_CPU_FLOAT(x.dtype(), "batch_norm", cpu::bn_stats<T>(x.data<T>(), M, C, mean.data<T>(), var.data<T>()));
+    }
+    if (comm) count = sync_bn_stats(mean, var, M, *comm);
+    if (x.is_cuda()) {
+      MIRA_ON_CUDA(cuda::bn_finalize(mean, var, invstd, st.running_mean, st.running_var, momentum, eps, count));
+    } else {
+      MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
+                     cpu::bn_finalize<T>(mean.data<T>(), var.data<T>(), invstd.data<T>(), st.running_mean.data<T>(),
+                                         st.running_var.data<T>(), C, momentum, eps, count));
     }
     ++st.num_batches_tracked;
   } else {
@@ -204,7 +234,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
                                         beta.data<T>(), y.data<T>(), M, C));
   }
   if (needs_grad({&x, &gamma, &beta})) {
-    record("batch_norm", y, [x, gamma, beta, mean, invstd, training, M, C](const Tensor& dy) {
+    record("batch_norm", y, [x, gamma, beta, mean, invstd, training, M, C, comm, count](const Tensor& dy) {
       const Device dev = x.device();
       Tensor sum_dy = Tensor::empty({C}, gamma.dtype(), dev), sum_dy_xhat = Tensor::empty({C}, gamma.dtype(), dev);
       if (x.is_cuda()) {
@@ -214,18 +244,27 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
                        cpu::bn_bwd_reduce<T>(dy.data<T>(), x.data<T>(), mean.data<T>(), invstd.data<T>(), M, C,
                                              sum_dy.data<T>(), sum_dy_xhat.data<T>()));
       }
+      // SyncBN: the input gradient needs the sums over every rank's rows. The parameter
+      // gradients stay local: the trainer averages every gradient over ranks afterwards.
+      Tensor local_sum_dy = sum_dy, local_sum_dy_xhat = sum_dy_xhat;
+      if (comm && training) {
+        local_sum_dy = sum_dy.clone();
+        local_sum_dy_xhat = sum_dy_xhat.clone();
+        comm->allreduce_sum(sum_dy);
+        comm->allreduce_sum(sum_dy_xhat);
+      }
       if (x.requires_grad()) {
         GradSlot dx = grad_slot(x);
         Tensor none;
         const Tensor& a = training ? sum_dy : none;
         const Tensor& b = training ? sum_dy_xhat : none;
         if (x.is_cuda()) {
-          MIRA_ON_CUDA(cuda::bn_bwd_apply(dy, x, mean, invstd, gamma, a, b, double(M), dx.grad, dx.accumulate));
+          MIRA_ON_CUDA(cuda::bn_bwd_apply(dy, x, mean, invstd, gamma, a, b, count, dx.grad, dx.accumulate));
         } else {
           MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
                          cpu::bn_bwd_apply<T>(dy.data<T>(), x.data<T>(), mean.data<T>(), invstd.data<T>(),
                                               gamma.data<T>(), a.defined() ? a.data<T>() : nullptr,
-                                              b.defined() ? b.data<T>() : nullptr, double(M), dx.grad.data<T>(), M, C,
+                                              b.defined() ? b.data<T>() : nullptr, count, dx.grad.data<T>(), M, C,
                                               dx.accumulate));
         }
       }
@@ -233,18 +272,19 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
       if (gamma.requires_grad()) {
         GradSlot g = grad_slot(gamma);
         if (g.grad.is_cuda()) {
-          MIRA_ON_CUDA(cuda::axpy(1.0, sum_dy_xhat, g.grad, g.accumulate));
+          MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy_xhat, g.grad, g.accumulate));
         } else {
           MIRA_CPU_FLOAT(gamma.dtype(), "batch_norm",
-                         cpu::axpy<T>(T(1), sum_dy_xhat.data<T>(), g.grad.data<T>(), C, g.accumulate));
+                         cpu::axpy<T>(T(1), local_sum_dy_xhat.data<T>(), g.grad.data<T>(), C, g.accumulate));
         }
       }
       if (beta.requires_grad()) {
         GradSlot g = grad_slot(beta);
         if (g.grad.is_cuda()) {
-          MIRA_ON_CUDA(cuda::axpy(1.0, sum_dy, g.grad, g.accumulate));
+          MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy, g.grad, g.accumulate));
         } else {
-          MIRA_CPU_FLOAT(beta.dtype(), "batch_norm", cpu::axpy<T>(T(1), sum_dy.data<T>(), g.grad.data<T>(), C, g.accumulate));
+          MIRA_CPU_FLOAT(beta.dtype(), "batch_norm",
+                         cpu::axpy<T>(T(1), local_sum_dy.data<T>(), g.grad.data<T>(), C, g.accumulate));
         }
       }
     });

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "engine/autograd.h"
+#include "engine/comm.h"
 #include "engine/tensor.h"
 
 namespace mira::ops {
@@ -18,6 +19,9 @@ struct BatchNormState {
   Tensor running_mean;  // (C), updated in training mode
   Tensor running_var;   // (C)
   int64_t num_batches_tracked = 0;
+  // Synchronised BatchNorm (as torch.nn.SyncBatchNorm): with a communicator of several ranks,
+  // training-mode statistics are over the batch of every rank, and so are the backward sums.
+  Communicator* comm = nullptr;
 };
 // x (N, H, W, C) or (N, C). Training: batch statistics (biased variance in the normalisation),
 // running statistics updated as PyTorch does (momentum 0.1, unbiased variance); eval: running

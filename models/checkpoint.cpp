@@ -111,7 +111,8 @@ LoadReport load_state(ParamStore& ps, const std::vector<BatchNorm*>& bns, const 
     }
     counts.emplace_back(bn, static_cast<int64_t>(it->second.item()));
   }
-  for (const auto& [name, t] : file.tensors) {
+  for (const auto& entry : file.tensors) {
+    const std::string& name = entry.first;  // not a structured binding: clang < 16 cannot capture one
     if (!starts_with(name, file_prefix) || used.count(name)) continue;
     const bool ignored = std::any_of(ignore.begin(), ignore.end(), [&](const std::string& p) {
       return starts_with(name, file_prefix + p) || starts_with(name, p);

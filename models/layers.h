@@ -40,6 +40,8 @@ class BatchNorm {
   const std::string& name() const { return name_; }
   int64_t num_batches_tracked = 0;
   int C = 0;
+  // Set for synchronised BatchNorm across the ranks of a multi-process run (null: local).
+  Communicator* comm = nullptr;
 
  private:
   ParamStore* ps_ = nullptr;

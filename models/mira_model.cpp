@@ -49,6 +49,11 @@ Tensor MiraModel::features(const Tensor& x, bool teacher) {
   return (teacher ? t_backbone_ : s_backbone_)->forward(x, false);
 }
 
+void MiraModel::set_comm(Communicator* comm) {
+  for (BatchNorm* b : student_bns()) b->comm = comm;
+  for (BatchNorm* b : teacher_bns()) b->comm = comm;
+}
+
 void MiraModel::ema_update(double m) { mira::ema_update(teacher_->flat_params(), student_->flat_params(), m); }
 
 std::vector<BatchNorm*> MiraModel::student_bns() {

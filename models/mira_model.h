@@ -26,6 +26,8 @@ class MiraModel {
   void init(uint64_t seed);
   // teacher := student (parameters and BN buffers), as at the start of training.
   void reset_teacher();
+  // Every BatchNorm of student and teacher synchronises its statistics over comm's ranks.
+  void set_comm(Communicator* comm);
 
   // Student logits (N, K) for one crop batch (its own BN batch statistics).
   Tensor student_logits(const Tensor& x);

@@ -8,7 +8,9 @@
 namespace mira::models {
 
 MiraTrainer::MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraStepConfig& cfg, Communicator& comm)
-    : model_(model), optimizer_(model.student(), optim), cfg_(cfg), comm_(comm) {}
+    : model_(model), optimizer_(model.student(), optim), cfg_(cfg), comm_(comm) {
+  model_.set_comm(&comm_);
+}
 
 namespace {
 

@@ -31,34 +31,9 @@ struct Sandbox {
     dir = fs::temp_directory_path() / ("mira_pretrain_test_" + std::to_string(::getpid()));
     fs::remove_all(dir);
     fs::create_directories(dir / "data");
-    write_idx();
+    mira::testing::write_synthetic_idx((dir / "data").string(), 256);
   }
   ~Sandbox() { fs::remove_all(dir); }
-  // 256 images 28x28 of 4 classes: a bright square whose position depends on the class.
-  void write_idx() {
-    const int n = 256, h = 28;
-    auto be32 = [](std::ofstream& o, uint32_t v) {
-      const char b[4] = {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
-      o.write(b, 4);
-    };
-    std::ofstream im(dir / "data/train-images-idx3-ubyte", std::ios::binary), lb(dir / "data/train-labels-idx1-ubyte",
-                                                                                  std::ios::binary);
-    be32(im, 0x803);
-    be32(im, n);
-    be32(im, h);
-    be32(im, h);
-    be32(lb, 0x801);
-    be32(lb, n);
-    for (int i = 0; i < n; ++i) {
-      const int cls = i % 4;
-      for (int y = 0; y < h; ++y)
-        for (int x = 0; x < h; ++x) {
-          const bool in = (y / 14 == cls / 2) && (x / 14 == cls % 2);
-          im.put(char(in ? 200 + (i * 7 + x) % 50 : (i * 13 + y * 3 + x) % 40));
-        }
-      lb.put(char(cls));
-    }
-  }
   std::string cmd(const std::string& run, const std::string& extra) const {
     return kApp + " --config " + std::string(MIRA_SOURCE_DIR) + "/configs/fashion_mnist_tiny.json --data " +
            (dir / "data").string() + " --out " + (dir / run).string() +

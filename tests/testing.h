@@ -63,10 +63,39 @@ inline bool allclose(const Tensor& got, const Tensor& ref, Tol tol, const std::s
 
 }  // namespace mira::testing
 
+#include <fstream>
+
 #include "engine/autograd.h"
 #include "engine/rng.h"
 
 namespace mira::testing {
+
+// Writes train-{images-idx3,labels-idx1}-ubyte into dir: n 28x28 images of 4 classes, a bright
+// quadrant per class over a varying background (enough structure to train on, no download).
+inline void write_synthetic_idx(const std::string& dir, int n) {
+  const int h = 28;
+  auto be32 = [](std::ofstream& o, uint32_t v) {
+    const char b[4] = {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
+    o.write(b, 4);
+  };
+  std::ofstream im(dir + "/train-images-idx3-ubyte", std::ios::binary);
+  std::ofstream lb(dir + "/train-labels-idx1-ubyte", std::ios::binary);
+  be32(im, 0x803);
+  be32(im, uint32_t(n));
+  be32(im, h);
+  be32(im, h);
+  be32(lb, 0x801);
+  be32(lb, uint32_t(n));
+  for (int i = 0; i < n; ++i) {
+    const int cls = i % 4;
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < h; ++x) {
+        const bool in = (y / 14 == cls / 2) && (x / 14 == cls % 2);
+        im.put(char(in ? 200 + (i * 7 + x) % 50 : (i * 13 + y * 3 + x) % 40));
+      }
+    lb.put(char(cls));
+  }
+}
 
 // f64 central-difference gradient check. `f` maps the inputs to an output of any shape; the
 // scalar checked is sum(f(x) * r) for a fixed random r, so every output element contributes.

@@ -6,10 +6,10 @@
 set -euo pipefail
 
 PKGS=(cmake ninja-build g++ pkg-config libopenblas-dev libopenblas0-pthread nlohmann-json3-dev doctest-dev
-      libjpeg62-turbo-dev libpng-dev zlib1g-dev)
+      libjpeg62-turbo-dev libpng-dev zlib1g-dev libopenmpi-dev openmpi-bin python3-numpy)
 # Optional tools: Python for golden fixtures and plots (Debian's interpreter, not the one first
 # on PATH), djpeg as a reference decoder. Installed with --with-python.
-PY_PKGS=(python3-numpy python3-matplotlib python3-torch python3-torchvision libjpeg-turbo-progs)
+PY_PKGS=(python3-matplotlib python3-torch python3-torchvision libjpeg-turbo-progs)
 
 want=("${PKGS[@]}")
 if [[ "${1:-}" == "--with-python" ]]; then

@@ -1,0 +1,118 @@
+// labels: cpu
+// Data parallelism without MPI: ranks as threads (engine/comm.h ThreadComm). Synchronised
+// BatchNorm over 2 ranks x N/2 rows equals BatchNorm over N rows, forward and backward; three
+// MIRA training steps with 2 ranks x B/2 equal 1 rank x B (SyncBN in student and teacher,
+// MIRA column sums over ranks, gradients averaged).
+#include <thread>
+
+#include "engine/ops.h"
+#include "models/mira_trainer.h"
+#include "testing.h"
+
+using namespace mira;
+using mira::testing::allclose;
+
+namespace {
+
+// Runs fn(rank, comm) on `world` threads and rethrows the first failure.
+void run_ranks(int world, const std::function<void(int, Communicator&)>& fn) {
+  auto comms = make_thread_comms(world);
+  std::vector<std::thread> threads;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(r, *comms[r]);
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace
+
+TEST_CASE("SyncBN over 2 ranks equals BatchNorm over the whole batch") {
+  const int N = 6, H = 3, W = 2, C = 4;
+  Tensor x = Tensor::randn({N, H, W, C}, 1, 0, 2, DType::F64);
+  Tensor g = Tensor::randn({C}, 2, 1, 0.2, DType::F64), b = Tensor::randn({C}, 3, 0, 0.2, DType::F64);
+  Tensor dy = Tensor::randn({N, H, W, C}, 4, 0, 1, DType::F64);
+  // One rank, whole batch.
+  Tensor x1 = x.clone().set_requires_grad(), g1 = g.clone().set_requires_grad(), b1 = b.clone().set_requires_grad();
+  ops::BatchNormState s1{Tensor::zeros({C}, DType::F64), Tensor::full({C}, 1.0, DType::F64)};
+  Tensor y1 = ops::batch_norm(x1, g1, b1, s1, true);
+  backward(y1, dy);
+  // Two ranks, half each.
+  std::vector<Tensor> y2(2), dx2(2), dg2(2), db2(2), rm(2), rv(2);
+  run_ranks(2, [&](int r, Communicator& comm) {
+    Tensor xr = x.slice_batch(r * N / 2, (r + 1) * N / 2).clone().set_requires_grad();
+    Tensor gr = g.clone().set_requires_grad(), br = b.clone().set_requires_grad();
+    ops::BatchNormState st{Tensor::zeros({C}, DType::F64), Tensor::full({C}, 1.0, DType::F64), 0, &comm};
+    Tensor yr = ops::batch_norm(xr, gr, br, st, true);
+    backward(yr, dy.slice_batch(r * N / 2, (r + 1) * N / 2).clone());
+    y2[r] = yr;
+    dx2[r] = xr.grad();
+    dg2[r] = gr.grad();
+    db2[r] = br.grad();
+    rm[r] = st.running_mean;
+    rv[r] = st.running_var;
+  });
+  for (int r = 0; r < 2; ++r) {
+    CHECK(allclose(y2[r], y1.detach().slice_batch(r * N / 2, (r + 1) * N / 2), {1e-12, 1e-12}, "y"));
+    CHECK(allclose(dx2[r], x1.grad().slice_batch(r * N / 2, (r + 1) * N / 2), {1e-12, 1e-12}, "dx"));
+    CHECK(allclose(rm[r], s1.running_mean, {1e-14, 1e-12}, "running_mean"));
+    CHECK(allclose(rv[r], s1.running_var, {1e-14, 1e-12}, "running_var (unbiased over all rows)"));
+  }
+  // Parameter gradients are local sums; their sum over ranks is the whole batch's.
+  std::vector<double> dg = dg2[0].to_vector(), db = db2[0].to_vector();
+  for (int c = 0; c < C; ++c) {
+    dg[c] += dg2[1].to_vector()[c];
+    db[c] += db2[1].to_vector()[c];
+  }
+  CHECK(allclose(dg, g1.grad().to_vector(), {1e-12, 1e-12}, "dgamma"));
+  CHECK(allclose(db, b1.grad().to_vector(), {1e-12, 1e-12}, "dbeta"));
+}
+
+TEST_CASE("three MIRA steps: 2 ranks x B/2 equal 1 rank x B (f64)") {
+  models::MiraModelConfig mc;
+  mc.backbone = models::ResNetConfig::tiny();
+  mc.backbone.widths = {8, 8, 16, 16};
+  mc.head = models::HeadConfig{32, 16, 40};
+  const int B = 8;
+  std::vector<std::vector<Tensor>> views(3);
+  for (int s = 0; s < 3; ++s)
+    for (int v = 0; v < 3; ++v)  // 2 global crops of 16 px, 1 local crop of 8 px
+      views[s].push_back(Tensor::randn({B, v < 2 ? 16 : 8, v < 2 ? 16 : 8, 3}, 100 * s + v, 0, 1, DType::F64));
+  const OptimConfig oc{"lars", 0.9, 1e-4, 0.001};
+  auto schedule = [](int s) { return models::MiraStepSchedule{0.5 + 0.1 * s, 0.7 - 0.01 * s, 0.99, s == 0}; };
+
+  models::MiraModel one(mc, Device::cpu(), DType::F64);
+  one.init(5);
+  models::MiraTrainer t1(one, oc, {0.1, 0.225, 30}, local_comm());
+  std::vector<double> loss1;
+  for (int s = 0; s < 3; ++s) loss1.push_back(t1.step(views[s], schedule(s), true).loss);
+
+  std::vector<std::vector<double>> params(2), teacher(2), loss2(2);
+  run_ranks(2, [&](int r, Communicator& comm) {
+    models::MiraModel m(mc, Device::cpu(), DType::F64);
+    m.init(5);
+    models::MiraTrainer t(m, oc, {0.1, 0.225, 30}, comm);
+    for (int s = 0; s < 3; ++s) {
+      std::vector<Tensor> mine;
+      for (const Tensor& v : views[s]) mine.push_back(v.slice_batch(r * B / 2, (r + 1) * B / 2).clone());
+      loss2[r].push_back(t.step(mine, schedule(s), true).loss);
+    }
+    params[r] = m.student().flat_params().to_vector();
+    teacher[r] = m.teacher().flat_buffers().to_vector();
+  });
+  for (int r = 0; r < 2; ++r) {
+    CHECK(allclose(loss2[r], loss1, {1e-12, 1e-11}, "loss"));
+    // f64, same arithmetic up to the order of 2-term sums: agreement to ~1e-12 of the change.
+    CHECK(allclose(params[r], one.student().flat_params().to_vector(), {1e-11, 1e-9}, "student parameters"));
+    CHECK(allclose(teacher[r], one.teacher().flat_buffers().to_vector(), {1e-11, 1e-9}, "teacher BN statistics"));
+  }
+  CHECK(params[0] == params[1]);  // every rank holds bitwise the same model
+}
