@@ -97,11 +97,23 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 
 # ---- build
 have_tests() { compgen -G "$BUILD/tests/test_*" >/dev/null; }
+# Dependencies carried from a Debian machine (tools/prepare_device_deps.sh -> .device_deps).
+DEPS_ARGS=()
+if [[ -d .device_deps ]]; then
+  D=$(pwd)/.device_deps
+  export LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  DEPS_ARGS=(-DMIRA_MPI=OFF -Dnlohmann_json_DIR="$D/share/cmake/nlohmann_json" -DDOCTEST_INCLUDE_DIR="$D/include"
+    -DMIRA_CBLAS_INCLUDE="$D/include" -DMIRA_BLAS_LIB="$D/lib/libopenblas.so"
+    -DJPEG_INCLUDE_DIR="$D/include" -DJPEG_LIBRARY="$D/lib/libjpeg.a"
+    -DPNG_PNG_INCLUDE_DIR="$D/include" -DPNG_LIBRARY="$D/lib/libpng16.a"
+    -DZLIB_INCLUDE_DIR="$D/include" -DZLIB_LIBRARY="$D/lib/libz.a")
+  say "using carried dependencies in $D"
+fi
 missing_headers() {
   local h miss=()
   for h in cblas.h nlohmann/json.hpp doctest/doctest.h; do
     echo "#include <$h>" | c++ -E -x c++ - -I/usr/include/x86_64-linux-gnu/openblas-pthread -I/usr/include/openblas \
-      >/dev/null 2>&1 || miss+=("$h")
+      ${D:+-I$D/include} >/dev/null 2>&1 || miss+=("$h")
   done
   echo "${miss[*]:-}"
 }
@@ -113,7 +125,7 @@ else
   miss=$(missing_headers)
   if [[ -n "$miss" ]]; then
     say "cannot build here: missing headers: $miss (Debian: libopenblas-dev nlohmann-json3-dev doctest-dev)."
-    say "carry a build made elsewhere: cmake -S . -B build-device -G Ninja -DMIRA_CUDA=ON -DMIRA_CUDA_ARCHS=90 -DMIRA_STATIC_DEPS=ON"
+    say "run tools/prepare_device_deps.sh on a Debian machine and carry .device_deps"
     row "build" "FAIL" "$(elapsed "$t")" "missing headers: $miss"
   elif ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
     say "cannot build here: cmake or ninja missing"
@@ -122,7 +134,7 @@ else
     say "configuring and building $BUILD (log: build.log)"
     {
       cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMIRA_CUDA=ON -DMIRA_CUDA_ARCHS=90 \
-        -DMIRA_STATIC_DEPS=ON && cmake --build "$BUILD" -j "$(nproc)"
+        "${DEPS_ARGS[@]}" && cmake --build "$BUILD" -j "$(nproc)"
     } >"$LOG_DIR/build.log" 2>&1
     rc=$?
     if [[ $rc -eq 0 ]]; then row "build" "OK" "$(elapsed "$t")"; else
