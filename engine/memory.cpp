@@ -1,5 +1,5 @@
 // Storage allocation. Host memory is 64-byte aligned (whole cache lines, AVX-512 loads);
-// device memory comes from the caching allocator in engine/cuda/allocator.cpp so a training
+// device memory comes from the caching allocator in engine/cuda/device_memory.cpp so a training
 // step never calls cudaMalloc once warm; pinned host memory is for asynchronous copies.
 #include <malloc.h>
 

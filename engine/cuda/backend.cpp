@@ -1,6 +1,6 @@
 // The CUDA build's engine/cuda_backend.h: device queries, copies, memsets, casts and fills, all
 // issued on the CudaContext stream of the device involved. The allocator entry points live in
-// engine/cuda/allocator.cpp.
+// engine/cuda/device_memory.cpp.
 #include <cstring>
 
 #include "engine/cuda/context.h"

@@ -65,7 +65,7 @@ void* CudaContext::workspace(size_t bytes) {
   if (bytes <= workspace_bytes_) return workspace_;
   // Grow by at least half again so a run of slightly larger requests does not reallocate each
   // time. The old block goes back to the cache in stream order, which is safe for work queued
-  // on this context's stream (see engine/cuda/allocator.cpp).
+  // on this context's stream (see engine/cuda/device_memory.cpp).
   size_t grow = workspace_bytes_ + workspace_bytes_ / 2;
   if (grow < bytes) grow = bytes;
   if (workspace_) {
