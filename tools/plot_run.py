@@ -28,17 +28,18 @@ def main():
     ax = axes[1]
     ax.plot(steps, [r["target_entropy"] for r in rows], label="H(targets)")
     ax.plot(steps, [r["marginal_entropy"] for r in rows], label="H(marginal)")
-    k = max(r["clusters_in_use"] for r in rows)
-    ax.axhline(math.log(max(k, 1)), ls=":", c="gray")
+    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+    if cfg:
+        ax.axhline(math.log(cfg["model"]["prototypes"]), ls=":", c="gray", label="log K")
     ax.set(title="assignment entropies (nats)", xlabel="step")
     ax.legend()
     if knn:
-        names = list(knn)
-        vals = [knn[n] for n in names]
+        names = [n for n in ("mira", "random_init", "pixels") if n in knn]
+        vals = [knn[n]["top1"] for n in names]
         axes[2].bar(names, vals, color=["tab:blue", "tab:gray", "tab:orange"][: len(names)])
         for i, v in enumerate(vals):
             axes[2].text(i, v + 0.5, f"{v:.1f}", ha="center")
-        axes[2].set(title="k-NN top-1 (%), k=20, T=0.07", ylim=(0, 100))
+        axes[2].set(title=f"k-NN top-1 (%), k={knn['k']}, T={knn['temperature']}, bank {knn['bank']}", ylim=(0, 100))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
