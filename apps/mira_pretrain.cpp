@@ -435,8 +435,13 @@ int run(int argc, char** argv) {
     }
   }
   write_file_atomic((fs::path(run_dir) / "summary.json").string(), summary.dump(2) + "\n");
-  std::printf("done: %lld steps, final loss %.4f, checkpoint %s\n", static_cast<long long>(step), last_loss,
-              checkpoint_path(run_dir, step).c_str());
+  if (steps_this_run == 0) {
+    std::printf("the run was already at step %lld of %lld: nothing to train; checkpoint %s\n",
+                static_cast<long long>(step), static_cast<long long>(total_steps), checkpoint_path(run_dir, step).c_str());
+  } else {
+    std::printf("done: %lld steps, final loss %.4f, checkpoint %s\n", static_cast<long long>(step), last_loss,
+                checkpoint_path(run_dir, step).c_str());
+  }
   return 0;
 }
 
