@@ -15,6 +15,18 @@ if(NOT MIRA_CUDA STREQUAL "OFF")
     # cuDNN ships with the toolkit here, under site-packages nvidia/cudnn on PyTorch machines.
     find_path(MIRA_CUDNN_INCLUDE cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV CUDNN_INCLUDE_DIR)
     find_library(MIRA_CUDNN_LIB NAMES cudnn libcudnn.so.9 HINTS ${CUDAToolkit_LIBRARY_DIR} ENV CUDNN_LIB_DIR)
+    # NCCL (optional): device-buffer reductions of multi-process runs. PyTorch machines have it
+    # under site-packages nvidia/nccl (NCCL_INCLUDE_DIR / NCCL_LIB_DIR hints).
+    find_path(MIRA_NCCL_INCLUDE nccl.h HINTS ENV NCCL_INCLUDE_DIR ${CUDAToolkit_INCLUDE_DIRS})
+    find_library(MIRA_NCCL_LIB NAMES nccl libnccl.so.2 HINTS ENV NCCL_LIB_DIR ${CUDAToolkit_LIBRARY_DIR})
+    if(MIRA_NCCL_INCLUDE AND MIRA_NCCL_LIB)
+      add_library(mira::nccl INTERFACE IMPORTED)
+      target_include_directories(mira::nccl INTERFACE ${MIRA_NCCL_INCLUDE})
+      target_link_libraries(mira::nccl INTERFACE ${MIRA_NCCL_LIB})
+      set(MIRA_HAVE_NCCL ON)
+    else()
+      set(MIRA_HAVE_NCCL OFF)
+    endif()
     if(MIRA_CUDNN_INCLUDE AND MIRA_CUDNN_LIB)
       add_library(mira::cudnn INTERFACE IMPORTED)
       target_include_directories(mira::cudnn INTERFACE ${MIRA_CUDNN_INCLUDE})

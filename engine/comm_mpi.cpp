@@ -89,7 +89,7 @@ class MpiComm final : public Communicator {
     MIRA_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), t, op, MPI_COMM_WORLD, &req));
     wait(req, what, n);
   }
-  // Device buffers go through the host (NCCL is the fast path in CUDA builds with NCCL).
+  // Device buffers: NCCL in CUDA builds that have it, else staged through the host.
   void any(void* data, int64_t n, DType dtype, Device device, MPI_Op op) {
     MIRA_CHECK(dtype == DType::F32 || dtype == DType::F64, "MPI all-reduce takes f32 or f64, got ", dtype_name(dtype));
     const MPI_Datatype t = dtype == DType::F32 ? MPI_FLOAT : MPI_DOUBLE;
@@ -97,11 +97,29 @@ class MpiComm final : public Communicator {
       host(data, n, t, op, "all-reduce");
       return;
     }
+    if (cuda::nccl_available()) {
+      cuda::nccl_allreduce(nccl_for(device.index), data, n, dtype, op == MPI_MAX, timeout_s_);
+      return;
+    }
     const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
     std::vector<char> staged(bytes);
     cuda::copy(staged.data(), Device::cpu(), data, device, bytes, false);
     host(staged.data(), n, t, op, "all-reduce (staged from the GPU)");
     cuda::copy(data, device, staged.data(), Device::cpu(), bytes, false);
+  }
+  // The NCCL group of this process's GPU, made at the first device reduction: rank 0's
+  // ncclUniqueId is broadcast over MPI (every rank reaches this call in the same order).
+  cuda::NcclGroup& nccl_for(int device) {
+    if (!nccl_ || nccl_device_ != device) {
+      char id[cuda::kNcclIdBytes] = {};
+      if (rank_ == 0) cuda::nccl_unique_id(id);
+      MPI_Request req;
+      MIRA_MPI_CHECK(MPI_Ibcast(id, cuda::kNcclIdBytes, MPI_BYTE, 0, MPI_COMM_WORLD, &req));
+      wait(req, "broadcast of the NCCL id", cuda::kNcclIdBytes);
+      nccl_ = cuda::nccl_group(id, rank_, world_, device);
+      nccl_device_ = device;
+    }
+    return *nccl_;
   }
   void wait(MPI_Request& req, const char* what, int64_t n) {
     const auto start = std::chrono::steady_clock::now();
@@ -122,6 +140,8 @@ class MpiComm final : public Communicator {
   double timeout_s_;
   int rank_ = 0, world_ = 1;
   bool owns_mpi_ = false;
+  std::shared_ptr<cuda::NcclGroup> nccl_;
+  int nccl_device_ = -1;
 };
 
 std::unique_ptr<Communicator>& world_slot() {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "engine/tensor.h"
 
@@ -38,5 +39,17 @@ void memset_zero(void* dst, size_t bytes);
 // Elementwise conversion between dtypes on the device (f32 <-> bf16, u8 -> f32, ...).
 void cast(const void* src, DType src_t, void* dst, DType dst_t, int64_t n);
 void fill(void* dst, DType t, int64_t n, double value);
+
+// NCCL (CUDA builds with NCCL): reductions of device buffers across processes. A group is
+// made from a unique id that rank 0 creates and the others receive (over MPI). Operations
+// run on the engine's stream and are polled: when one has not completed within timeout_s, the
+// group is aborted and a mira::Error names the operation (a dead or hung rank).
+bool nccl_available();
+constexpr int kNcclIdBytes = 128;
+void nccl_unique_id(char* id /* kNcclIdBytes */);
+struct NcclGroup;
+std::shared_ptr<NcclGroup> nccl_group(const char* id, int rank, int world, int device);
+// data: n values of dtype (f32/f64/bf16) on the group's device, reduced in place.
+void nccl_allreduce(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max, double timeout_s);
 
 }  // namespace mira::cuda

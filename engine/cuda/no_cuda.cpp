@@ -21,5 +21,10 @@ void copy(void*, Device, const void*, Device, size_t, bool) { no_cuda(); }
 void memset_zero(void*, size_t) { no_cuda(); }
 void cast(const void*, DType, void*, DType, int64_t) { no_cuda(); }
 void fill(void*, DType, int64_t, double) { no_cuda(); }
+bool nccl_available() { return false; }
+void nccl_unique_id(char*) { no_cuda(); }
+struct NcclGroup {};
+std::shared_ptr<NcclGroup> nccl_group(const char*, int, int, int) { no_cuda(); }
+void nccl_allreduce(NcclGroup&, void*, int64_t, DType, bool, double) { no_cuda(); }
 
 }  // namespace mira::cuda
