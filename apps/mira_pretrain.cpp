@@ -274,6 +274,7 @@ int run(int argc, char** argv) {
 
   // Resume.
   TrainPosition pos;
+  Json saved;  // the configuration stored in the checkpoint we resume from
   if (args.has("resume")) {
     std::string ckpt = args.str("resume");
     if (ckpt == "auto") {
@@ -283,7 +284,6 @@ int run(int argc, char** argv) {
       // atomic write, or damaged later) is reported and the previous one is tried.
       for (auto it = all.rbegin(); it != all.rend() && ckpt.empty(); ++it) {
         try {
-          Json saved;
           pos = load_training_checkpoint(it->path, model, trainer.optimizer(), &saved);
           ckpt = it->path;
         } catch (const Error& e) {
@@ -292,12 +292,26 @@ int run(int argc, char** argv) {
       }
       if (ckpt.empty() && lead) std::printf("no checkpoint in %s: starting from scratch\n", run_dir.c_str());
     } else {
-      Json saved;
       pos = load_training_checkpoint(ckpt, model, trainer.optimizer(), &saved);
     }
     if (!ckpt.empty() && lead) {
       std::printf("resuming from %s at step %lld (epoch %lld)\n", ckpt.c_str(), static_cast<long long>(pos.step),
                   static_cast<long long>(pos.epoch));
+      // A resumed run continues exactly only with the same recipe: say which settings changed.
+      for (const char* section : {"model", "data", "optim", "mira", "train"}) {
+        if (!saved.contains(section)) continue;
+        for (auto it = cfg[section].begin(); it != cfg[section].end(); ++it) {
+          const std::string key = std::string(section) + "." + it.key();
+          if (key == "train.max_steps" || key == "data.threads" || key == "data.prefetch" || key == "data.path" ||
+              key == "train.log_every" || key == "train.checkpoint_every" || key == "train.comm_timeout_s")
+            continue;
+          if (!saved[section].contains(it.key()) || saved[section][it.key()] != it.value()) {
+            std::fprintf(stderr, "warning: %s is %s now but was %s in the checkpoint's run\n", key.c_str(),
+                         it.value().dump().c_str(),
+                         saved[section].contains(it.key()) ? saved[section][it.key()].dump().c_str() : "absent");
+          }
+        }
+      }
     }
   }
   std::unique_ptr<MetricsLog> metrics;
