@@ -204,6 +204,9 @@ int run(int argc, char** argv) {
   const std::string run_dir = args.str("out");
   if (lead) {
     fs::create_directories(checkpoint_dir(run_dir));
+    if (const int stale = remove_stale_temp_files(run_dir)) {
+      std::fprintf(stderr, "removed %d unfinished checkpoint file(s) left by an interrupted write\n", stale);
+    }
     write_file_atomic((fs::path(run_dir) / "config.json").string(), cfg.dump(2) + "\n");
   }
 

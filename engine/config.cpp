@@ -18,6 +18,10 @@ const char* kind_name(const Json& v) {
   return "null";
 }
 
+// For error messages: invalid UTF-8 in a string (a --set value is raw command-line bytes) is
+// shown replaced, since dump() would throw.
+std::string show(const Json& v) { return v.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
 bool same_kind(const Json& def, const Json& v) {
   if (def.is_number()) return v.is_number() && !(def.is_number_integer() && v.is_number_float());
   if (def.is_null()) return true;  // optional value: anything
@@ -35,7 +39,7 @@ void merge_into(Json& out, const Json& schema, const Json& user, const std::stri
       merge_into(slot, def, it.value(), key, where);
     } else {
       MIRA_CHECK(same_kind(def, it.value()), where, ": '", key, "' must be ",
-                 def.is_number_integer() ? "an integer" : kind_name(def), ", got ", it.value().dump());
+                 def.is_number_integer() ? "an integer" : kind_name(def), ", got ", show(it.value()));
       slot = it.value();
     }
   }
@@ -59,6 +63,13 @@ void apply_overrides(Json& cfg, const Json& schema, const std::vector<std::strin
       value = Json::parse(text);
     } catch (const std::exception&) {
       value = text;  // bare words are strings
+      // ... that must be valid UTF-8: the config is written as JSON to the run directory and
+      // into every checkpoint, and dumping an invalid string would fail there.
+      try {
+        (void)value.dump();
+      } catch (const Json::type_error&) {
+        MIRA_FAIL("--set '", key, "': the value is not valid UTF-8 text");
+      }
     }
     // Build {"a": {"b": value}} and merge it, so overrides get the same checks as files.
     Json patch = value;

@@ -143,3 +143,13 @@ TEST_CASE("every preset in configs/ parses and validates against the schema") {
   }
   CHECK(n >= 8);
 }
+
+TEST_CASE("temp files of interrupted checkpoint writes are removed at start, checkpoints kept") {
+  Sandbox sb;
+  fs::create_directories(sb.dir / "tmp/checkpoints");
+  std::ofstream(sb.dir / "tmp/checkpoints/step_000000004.safetensors.tmp.1234") << "half";
+  std::ofstream(sb.dir / "tmp/checkpoints/notes.txt") << "mine";
+  CHECK(apps::remove_stale_temp_files((sb.dir / "tmp").string()) == 1);
+  CHECK(!fs::exists(sb.dir / "tmp/checkpoints/step_000000004.safetensors.tmp.1234"));
+  CHECK(fs::exists(sb.dir / "tmp/checkpoints/notes.txt"));
+}

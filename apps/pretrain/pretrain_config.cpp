@@ -65,6 +65,12 @@ void validate_pretrain_config(const Json& c) {
   const int pad = c["model"]["cifar_stem_padding"];
   require(pad == 1 || pad == 2, "model.cifar_stem_padding", "must be 1 or 2");
   require(c["train"]["epochs"] >= 1, "train.epochs", "must be >= 1");
+  // Upper bounds keep the products mira_pretrain forms (epochs x steps per epoch, keep_every x
+  // checkpoint_every, batch x crop pixels) inside int64.
+  require(c["train"]["epochs"] <= 1000000, "train.epochs", "must be <= 1000000");
+  require(c["train"]["batch_size"] <= (1 << 24), "train.batch_size", "must be <= 16777216");
+  require(c["train"]["checkpoint_every"] <= 1000000000 && c["train"]["keep_every"] <= 1000000000,
+          "train.checkpoint_every", "and train.keep_every must be <= 1e9");
   require(c["train"]["batch_size"] >= 2, "train.batch_size", "must be >= 2 (BatchNorm needs two samples)");
   require(c["train"]["checkpoint_every"] >= 0 && c["train"]["keep_every"] >= 0, "train.checkpoint_every",
           "and train.keep_every must be >= 0");

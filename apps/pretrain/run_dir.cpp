@@ -38,6 +38,20 @@ std::vector<CheckpointInfo> list_checkpoints(const std::string& run_dir) {
   return out;
 }
 
+int remove_stale_temp_files(const std::string& run_dir) {
+  int n = 0;
+  std::error_code ec;
+  const fs::path dir = checkpoint_dir(run_dir);
+  if (!fs::is_directory(dir, ec)) return 0;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step_", 0) == 0 && name.find(".safetensors.tmp.") != std::string::npos) {
+      if (fs::remove(e.path(), ec)) ++n;
+    }
+  }
+  return n;
+}
+
 void prune_checkpoints(const std::string& run_dir, int64_t keep_every_steps) {
   std::vector<CheckpointInfo> all = list_checkpoints(run_dir);
   for (size_t i = 0; i + 1 < all.size(); ++i) {

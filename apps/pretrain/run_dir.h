@@ -27,6 +27,10 @@ std::string checkpoint_dir(const std::string& run_dir);
 std::string checkpoint_path(const std::string& run_dir, int64_t step);
 // Checkpoints in the run, oldest first (by step in the file name; temp files ignored).
 std::vector<CheckpointInfo> list_checkpoints(const std::string& run_dir);
+// Deletes the temp files of checkpoint writes that a killed process left behind
+// (step_N.safetensors.tmp.PID). Call before this run writes anything: only rank 0 of one run
+// writes into the folder. Returns how many were removed.
+int remove_stale_temp_files(const std::string& run_dir);
 // Deletes every checkpoint except the newest and those whose step is a multiple of
 // keep_every_steps (0: keep only the newest).
 void prune_checkpoints(const std::string& run_dir, int64_t keep_every_steps);
