@@ -31,8 +31,8 @@ int count_clusters(const Tensor& targets, Communicator& comm) {
   return n;
 }
 
-// Throws naming the first tensor of the store whose gradients (or values) are not finite. One
-// reduction over the flat buffer per call; the element scan runs only when it fails.
+}  // namespace
+
 void check_finite(const ParamStore& ps, bool grads) {
   const Tensor flat = grads ? ps.flat_grads() : ps.flat_params();
   double total;
@@ -54,8 +54,6 @@ void check_finite(const ParamStore& ps, bool grads) {
   }
   MIRA_FAIL(grads ? "the gradients" : "the parameters", " sum to ", total, " (overflow)");
 }
-
-}  // namespace
 
 MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool full_stats) {
   MIRA_CHECK(views.size() >= 2, "a MIRA step needs at least the two global crops, got ", views.size());

@@ -37,6 +37,11 @@ struct MiraStepStats {
                                 // global batch)
 };
 
+// Throws naming the first tensor of the store whose gradients (grads = true) or values are not
+// finite. One reduction over the flat buffer; the element scan runs only when it fails. The
+// trainer calls it on the gradients before every update and on the parameters after it.
+void check_finite(const ParamStore& ps, bool grads);
+
 class MiraTrainer {
  public:
   MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraStepConfig& cfg, Communicator& comm);

@@ -143,6 +143,14 @@ TEST_CASE("relu, add, scale: gradients") {
   CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::add(in[0], in[1]); }, {a, b}, "add"));
   CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::scale(in[0], -2.5); }, {a}, "scale"));
   CHECK(ops::relu(Tensor::from_vector({-1, 0, 2}, {3})).to_vector() == std::vector<double>{0, 0, 2});
+  // As PyTorch: a NaN passes through relu (forward and backward) instead of becoming 0.
+  Tensor nan_in = Tensor::from_vector({-1, NAN, 2}, {3}).set_requires_grad();
+  Tensor nan_out = ops::relu(nan_in);
+  CHECK(std::isnan(nan_out.to_vector()[1]));
+  backward(ops::sum(nan_out));
+  CHECK(nan_in.grad().to_vector()[0] == 0);
+  CHECK(std::isnan(nan_in.grad().to_vector()[1]) == false);
+  CHECK(nan_in.grad().to_vector()[1] == 1);
   CHECK_THROWS_AS(ops::add(a, rnd({2, 3, 3, 1}, 3)), Error);
 }
 

@@ -66,15 +66,16 @@ void fill(void* dst, int t, int64_t n, double v) {
 
 template <typename T>
 void relu_fwd(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+  // NaN semantics as PyTorch: relu(NaN) = NaN (a NaN input must not vanish here).
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] <= T(0) ? T(0) : x[i];
 }
 
 template <typename T>
 void relu_bwd(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int64_t n, bool acc) {
   if (acc) {
-    for (int64_t i = 0; i < n; ++i) dx[i] += y[i] > T(0) ? dy[i] : T(0);
+    for (int64_t i = 0; i < n; ++i) dx[i] += y[i] <= T(0) ? T(0) : dy[i];
   } else {
-    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= T(0) ? T(0) : dy[i];
   }
 }
 

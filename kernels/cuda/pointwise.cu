@@ -73,14 +73,16 @@ void launch_map(const T* a, const T* b, const T* c, T* y, int64_t n, F f, cudaSt
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
+// NaN semantics as PyTorch: relu(NaN) = NaN, and the backward passes the gradient wherever
+// the output is not <= 0 (so a NaN input shows up downstream instead of vanishing).
 struct ReluF {
-  __device__ float operator()(float x, float, float) const { return x > 0.f ? x : 0.f; }
+  __device__ float operator()(float x, float, float) const { return x <= 0.f ? 0.f : x; }
 };
 struct ReluBwdF {
-  __device__ float operator()(float dy, float y, float) const { return y > 0.f ? dy : 0.f; }
+  __device__ float operator()(float dy, float y, float) const { return y <= 0.f ? 0.f : dy; }
 };
 struct ReluBwdAccF {
-  __device__ float operator()(float dy, float y, float dx) const { return __fadd_rn(dx, y > 0.f ? dy : 0.f); }
+  __device__ float operator()(float dy, float y, float dx) const { return __fadd_rn(dx, y <= 0.f ? 0.f : dy); }
 };
 struct AddF {
   __device__ float operator()(float a, float b, float) const { return __fadd_rn(a, b); }
