@@ -151,6 +151,7 @@ Tensor Tensor::detach() const {
 }
 
 void Tensor::fill_(double value) const {
+  if (numel() == 0) return;
   if (is_cuda()) {
     cuda::fill(raw(), dtype_, numel(), value);
   } else {
@@ -159,6 +160,7 @@ void Tensor::fill_(double value) const {
 }
 
 void Tensor::zero_() const {
+  if (nbytes() == 0) return;  // an empty tensor may have no storage at all (memset(nullptr) is UB)
   if (is_cuda()) {
     cuda::memset_zero(raw(), nbytes());
   } else {

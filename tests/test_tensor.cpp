@@ -25,6 +25,19 @@ TEST_CASE("shape and views") {
   CHECK_THROWS_AS(Tensor::empty({1, 2, 3, 4, 5}), Error);
 }
 
+TEST_CASE("empty tensors: zeros, fill and copies are no-ops, not null-pointer calls") {
+  Tensor e = Tensor::zeros({0, 3});
+  CHECK(e.numel() == 0);
+  e.fill_(2.0);
+  e.zero_();
+  CHECK(e.clone().numel() == 0);
+  CHECK(e.to_vector().empty());
+  ParamStore no_buffers;
+  no_buffers.declare("w", {2});
+  no_buffers.finalize();  // an empty buffer store: this is what the sanitizer build caught
+  CHECK(no_buffers.flat_buffers().numel() == 0);
+}
+
 TEST_CASE("dtype conversion and fill") {
   Tensor t = Tensor::from_vector({1.5, -2.25, 3.0}, {3}, DType::F64);
   CHECK(t.to(DType::F32).to_vector() == std::vector<double>{1.5, -2.25, 3.0});
