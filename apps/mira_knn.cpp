@@ -29,14 +29,8 @@ int run(int argc, char** argv) {
               "dataset");
   add_backbone_args(p);
   add_transform_args(p);
-  p.option("train-data", "train set: IDX / CIFAR directory (its train split) or ImageFolder tree")
-      .option("test-data", "test set: IDX / CIFAR directory (its test split) or ImageFolder tree")
-      .option("data-format", "auto | idx | cifar10 | cifar100 | imagefolder", "auto")
-      .option("train-features", "precomputed train features (N, D) .npy instead of datasets")
-      .option("train-labels", "labels (N) .npy of --train-features")
-      .option("test-features", "precomputed test features .npy")
-      .option("test-labels", "labels .npy of --test-features")
-      .option("k", "neighbour counts, comma separated", "20")
+  add_split_args(p);
+  p.option("k", "neighbour counts, comma separated", "20")
       .option("temperature", "vote weight exp(sim / T)", "0.07")
       .option("num-classes", "number of classes (0: 1 + the largest label)", "0")
       .option("train-fraction", "labelled subset of the train set: this fraction of every class", "1")
@@ -66,21 +60,13 @@ int run(int argc, char** argv) {
   std::unique_ptr<data::Dataset> train_ds;
   std::string source, arch;
   if (from_npy) {
-    for (const char* f : {"train-features", "train-labels", "test-features", "test-labels"})
-      MIRA_CHECK(p.has(f),
-                 "precomputed features need --train-features, --train-labels, --test-features and "
-                 "--test-labels (missing --",
-                 f, ")");
+    NpySplits npy = read_npy_splits(p);
     MIRA_CHECK(!p.has("train-data") && !p.has("test-data") && !p.has("checkpoint") && !p.flag_set("random-init"),
                "give either precomputed features or datasets, not both");
-    train = read_features_npy(p.str("train-features"));
-    test = read_features_npy(p.str("test-features"));
-    ytr = read_labels_npy(p.str("train-labels"));
-    yte = read_labels_npy(p.str("test-labels"));
-    MIRA_CHECK(static_cast<int64_t>(ytr.size()) == train.dim(0), p.str("train-features"), " holds ", train.dim(0),
-               " features but ", p.str("train-labels"), " holds ", ytr.size(), " labels");
-    MIRA_CHECK(static_cast<int64_t>(yte.size()) == test.dim(0), p.str("test-features"), " holds ", test.dim(0),
-               " features but ", p.str("test-labels"), " holds ", yte.size(), " labels");
+    train = npy.train;
+    test = npy.test;
+    ytr = std::move(npy.train_labels);
+    yte = std::move(npy.test_labels);
     source = "npy";
   } else {
     MIRA_CHECK(p.has("train-data") && p.has("test-data"),

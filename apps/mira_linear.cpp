@@ -42,14 +42,8 @@ int run(int argc, char** argv) {
   ArgParser p("mira_linear", "Linear probe (frozen backbone) or fine-tuning; top-1 / top-5 on the test set.");
   add_backbone_args(p);
   add_transform_args(p);
-  p.option("train-data", "train set: IDX / CIFAR directory (its train split) or ImageFolder tree")
-      .option("test-data", "test set: IDX / CIFAR directory (its test split) or ImageFolder tree")
-      .option("data-format", "auto | idx | cifar10 | cifar100 | imagefolder", "auto")
-      .flag("cached-features", "fast probe: features computed once with the eval transform, no augmentation")
-      .option("train-features", "precomputed train features (N, F) .npy (implies a cached probe)")
-      .option("train-labels", "labels (N) .npy of --train-features")
-      .option("test-features", "precomputed test features .npy")
-      .option("test-labels", "labels .npy of --test-features")
+  add_split_args(p);  // precomputed --train-features imply a cached probe
+  p.flag("cached-features", "fast probe: features computed once with the eval transform, no augmentation")
       .option("epochs", "epochs", "100")
       .option("batch", "batch size", "1024")
       .option("lr", "classifier lr per 256 images (lr = LR * batch / 256; spec: 0.075, i.e. 0.3 at 1024)", "0.075")
@@ -96,20 +90,12 @@ int run(int argc, char** argv) {
   LinearProbeResult r;
   int64_t n_train = 0, n_test = 0;
   if (from_npy) {
-    for (const char* f : {"train-features", "train-labels", "test-features", "test-labels"})
-      MIRA_CHECK(p.has(f),
-                 "precomputed features need --train-features, --train-labels, --test-features and "
-                 "--test-labels (missing --",
-                 f, ")");
+    NpySplits npy = read_npy_splits(p);
     MIRA_CHECK(!p.has("train-data") && !p.has("checkpoint") && !p.flag_set("random-init"),
                "give either precomputed features or datasets, not both");
     MIRA_CHECK(cfg.backbone_base_lr == 0, "--backbone-lr needs a backbone, not precomputed features");
-    Tensor xtr = read_features_npy(p.str("train-features")), xte = read_features_npy(p.str("test-features"));
-    std::vector<int64_t> ytr = read_labels_npy(p.str("train-labels")), yte = read_labels_npy(p.str("test-labels"));
-    MIRA_CHECK(static_cast<int64_t>(ytr.size()) == xtr.dim(0), p.str("train-features"), " holds ", xtr.dim(0),
-               " features but ", p.str("train-labels"), " holds ", ytr.size(), " labels");
-    MIRA_CHECK(static_cast<int64_t>(yte.size()) == xte.dim(0), p.str("test-features"), " holds ", xte.dim(0),
-               " features but ", p.str("test-labels"), " holds ", yte.size(), " labels");
+    Tensor xtr = npy.train, xte = npy.test;
+    std::vector<int64_t> ytr = std::move(npy.train_labels), yte = std::move(npy.test_labels);
     const std::vector<int64_t> sub = select_subset(ytr, fraction, p.integer("subset-seed"), list);
     if (sub.size() != ytr.size()) {
       xtr = take_rows(xtr, sub);

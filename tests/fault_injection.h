@@ -36,7 +36,7 @@ struct PretrainSandbox {
     dir = fs::temp_directory_path() / ("mira_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(dir);
     fs::create_directories(dir / "data");
-    write_idx(dir / "data");
+    mira::testing::write_synthetic_idx((dir / "data").string(), 128);
   }
   ~PretrainSandbox() {
     std::error_code ec;
@@ -44,31 +44,6 @@ struct PretrainSandbox {
   }
   PretrainSandbox(const PretrainSandbox&) = delete;
   PretrainSandbox& operator=(const PretrainSandbox&) = delete;
-
-  // n images 28x28 of 4 classes: a bright square whose position depends on the class.
-  static void write_idx(const fs::path& d, int n = 128) {
-    const int h = 28;
-    auto be32 = [](std::ofstream& o, uint32_t v) {
-      const char b[4] = {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
-      o.write(b, 4);
-    };
-    std::ofstream im(d / "train-images-idx3-ubyte", std::ios::binary), lb(d / "train-labels-idx1-ubyte", std::ios::binary);
-    be32(im, 0x803);
-    be32(im, n);
-    be32(im, h);
-    be32(im, h);
-    be32(lb, 0x801);
-    be32(lb, n);
-    for (int i = 0; i < n; ++i) {
-      const int cls = i % 4;
-      for (int y = 0; y < h; ++y)
-        for (int x = 0; x < h; ++x) {
-          const bool in = (y / 14 == cls / 2) && (x / 14 == cls % 2);
-          im.put(char(in ? 200 + (i * 7 + x) % 50 : (i * 13 + y * 3 + x) % 40));
-        }
-      lb.put(char(cls));
-    }
-  }
 
   // argv of a tiny, fast run (8 steps per epoch of 16 images) writing to `run` (absolute, or
   // relative to the sandbox); `extra` are more arguments.

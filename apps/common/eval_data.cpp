@@ -162,6 +162,31 @@ EvalTransform transform_args(const ArgParser& p, const data::Dataset& ds) {
   return t;
 }
 
+void add_split_args(ArgParser& p) {
+  p.option("train-data", "train set: IDX / CIFAR directory (its train split) or ImageFolder tree")
+      .option("test-data", "test set: IDX / CIFAR directory (its test split) or ImageFolder tree")
+      .option("data-format", "auto | idx | cifar10 | cifar100 | imagefolder", "auto")
+      .option("train-features", "precomputed train features (N, F) .npy instead of datasets")
+      .option("train-labels", "labels (N) .npy of --train-features")
+      .option("test-features", "precomputed test features .npy")
+      .option("test-labels", "labels .npy of --test-features");
+}
+
+NpySplits read_npy_splits(const ArgParser& p) {
+  for (const char* f : {"train-features", "train-labels", "test-features", "test-labels"})
+    MIRA_CHECK(p.has(f),
+               "precomputed features need --train-features, --train-labels, --test-features and "
+               "--test-labels (missing --",
+               f, ")");
+  NpySplits s{read_features_npy(p.str("train-features")), read_features_npy(p.str("test-features")),
+              read_labels_npy(p.str("train-labels")), read_labels_npy(p.str("test-labels"))};
+  MIRA_CHECK(static_cast<int64_t>(s.train_labels.size()) == s.train.dim(0), p.str("train-features"), " holds ",
+             s.train.dim(0), " features but ", p.str("train-labels"), " holds ", s.train_labels.size(), " labels");
+  MIRA_CHECK(static_cast<int64_t>(s.test_labels.size()) == s.test.dim(0), p.str("test-features"), " holds ",
+             s.test.dim(0), " features but ", p.str("test-labels"), " holds ", s.test_labels.size(), " labels");
+  return s;
+}
+
 void add_backbone_args(ArgParser& p) {
   p.option("checkpoint", "safetensors checkpoint (ours, or a plain torchvision ResNet state dict)")
       .option("which", "backbone of our checkpoints: ema (teacher) or online", "ema")

@@ -43,6 +43,16 @@ Device parse_device(const std::string& s);
 void add_transform_args(ArgParser& p);
 EvalTransform transform_args(const ArgParser& p, const data::Dataset& ds);
 
+// --train-data, --test-data, --data-format and the precomputed alternative --train-features,
+// --train-labels, --test-features, --test-labels.
+void add_split_args(ArgParser& p);
+// The four precomputed arrays (all required), with the feature/label counts checked.
+struct NpySplits {
+  Tensor train, test;
+  std::vector<int64_t> train_labels, test_labels;
+};
+NpySplits read_npy_splits(const ArgParser& p);
+
 // --checkpoint, --which, --arch, --random-init, --seed, --cifar-stem, --cifar-stem-padding.
 void add_backbone_args(ArgParser& p);
 BackboneOptions backbone_args(const ArgParser& p, Device device);
