@@ -16,11 +16,15 @@ Tensor mira_loss(const std::vector<Tensor>& q, const Tensor& t0, const Tensor& t
   // with equal batch sizes that is the mean of the per-view means, then the two targets are
   // averaged: every (target, view) pair has weight 1 / (2 (V - 1)).
   const double w = 1.0 / (2.0 * static_cast<double>(q.size() - 1));
+  // Each view's logits / tau_s once, shared by the two targets it predicts.
+  std::vector<Tensor> scaled;
+  scaled.reserve(q.size());
+  for (const Tensor& v : q) scaled.push_back(ops::scale(v, 1.0 / tau_s));
   Tensor total;
   for (int t = 0; t < 2; ++t) {
     for (size_t v = 0; v < q.size(); ++v) {
       if (static_cast<int>(v) == t) continue;
-      Tensor ce = ops::soft_cross_entropy(ops::scale(q[v], 1.0 / tau_s), *targets[t]);
+      Tensor ce = ops::soft_cross_entropy(scaled[v], *targets[t]);
       total = total.defined() ? ops::add(total, ce) : ce;
     }
   }
