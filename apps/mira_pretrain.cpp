@@ -237,6 +237,7 @@ int run(int argc, char** argv) {
   lc.batch_size = global_batch / comm.world_size();
   lc.threads = cfg["data"]["threads"];
   lc.prefetch = cfg["data"]["prefetch"];
+  lc.decode.max_pixels = cfg["data"]["max_image_pixels"].get<int64_t>();
   lc.sampler.seed = cfg["train"]["seed"];
   lc.sampler.rank = comm.rank();
   lc.sampler.world = comm.world_size();
@@ -306,6 +307,7 @@ int run(int argc, char** argv) {
         for (auto it = cfg[section].begin(); it != cfg[section].end(); ++it) {
           const std::string key = std::string(section) + "." + it.key();
           if (key == "train.max_steps" || key == "data.threads" || key == "data.prefetch" || key == "data.path" ||
+              key == "data.max_image_pixels" ||
               key == "train.log_every" || key == "train.checkpoint_every" || key == "train.comm_timeout_s")
             continue;
           if (!saved[section].contains(it.key()) || saved[section][it.key()] != it.value()) {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "engine/error.h"
 #include "engine/rng.h"
@@ -71,17 +72,36 @@ ImageFolderDataset::ImageFolderDataset(std::string root, std::vector<std::string
 
 // ---- IDX -----------------------------------------------------------------------------------
 
-std::vector<uint8_t> read_file_maybe_gzip(const std::string& path, size_t max_bytes) {
+namespace {
+
+// Reads path whole, gunzipping it when it starts with the gzip magic. Once `header_bytes` of
+// (decompressed) content are in hand, `limit_from_header` (when given) sees them and returns the
+// exact size the file must have; decompression stops past that size, so a gzip bomb or a lying
+// length costs at most the announced size plus one 64 KiB chunk, never max_bytes.
+std::vector<uint8_t> read_maybe_gzip_limited(const std::string& path, size_t max_bytes, size_t header_bytes,
+                                             const std::function<uint64_t(const uint8_t*)>& limit_from_header) {
+  std::error_code ec;
+  const uintmax_t on_disk = std::filesystem::file_size(path, ec);
+  MIRA_CHECK(!ec, "cannot open ", path, " (", ec.message(), ")");
   std::ifstream f(path, std::ios::binary);
   MIRA_CHECK(f.good(), "cannot open ", path);
-  std::vector<uint8_t> raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  MIRA_CHECK(!f.bad(), "error reading ", path);
-  if (raw.size() < 2 || raw[0] != 0x1f || raw[1] != 0x8b) {
-    MIRA_CHECK(raw.size() <= max_bytes, path, " is larger than ", max_bytes, " bytes");
+  uint8_t magic[2] = {0, 0};
+  f.read(reinterpret_cast<char*>(magic), 2);
+  const bool gz = f.gcount() == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+  f.clear();
+  f.seekg(0);
+  if (!gz) {
+    MIRA_CHECK(on_disk <= max_bytes, path, " is larger than ", max_bytes, " bytes");
+    std::vector<uint8_t> raw(static_cast<size_t>(on_disk));
+    if (!raw.empty()) f.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
+    MIRA_CHECK(f.gcount() == static_cast<std::streamsize>(raw.size()), "error reading ", path);
     return raw;
   }
-  // gzip: inflate in chunks so a lying size field cannot make us allocate; 16 + MAX_WBITS asks
-  // zlib for the gzip wrapper.
+  MIRA_CHECK(on_disk <= 0xffffffffu, path, ": compressed file too large");
+  std::vector<uint8_t> raw(static_cast<size_t>(on_disk));
+  f.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
+  MIRA_CHECK(f.gcount() == static_cast<std::streamsize>(raw.size()), "error reading ", path);
+  // Inflate in chunks: 16 + MAX_WBITS asks zlib for the gzip wrapper.
   z_stream zs{};
   int rc = inflateInit2(&zs, 16 + MAX_WBITS);
   MIRA_CHECK(rc == Z_OK, "zlib inflateInit2 failed for ", path, " (", rc, ")");
@@ -90,9 +110,10 @@ std::vector<uint8_t> read_file_maybe_gzip(const std::string& path, size_t max_by
     ~Guard() { inflateEnd(z); }
   } guard{&zs};
   std::vector<uint8_t> out;
-  MIRA_CHECK(raw.size() <= 0xffffffffu, path, ": compressed file too large");
   zs.next_in = raw.data();
   zs.avail_in = static_cast<uInt>(raw.size());
+  uint64_t limit = max_bytes;
+  bool limit_known = !limit_from_header;
   uint8_t chunk[1 << 16];
   do {
     zs.next_out = chunk;
@@ -105,8 +126,20 @@ std::vector<uint8_t> read_file_maybe_gzip(const std::string& path, size_t max_by
     const size_t got = sizeof(chunk) - zs.avail_out;
     MIRA_CHECK(out.size() + got <= max_bytes, path, " decompresses to more than ", max_bytes, " bytes");
     out.insert(out.end(), chunk, chunk + got);
+    if (!limit_known && out.size() >= header_bytes) {
+      limit = limit_from_header(out.data());  // throws on a bad header
+      limit_known = true;
+      if (limit < max_bytes) out.reserve(static_cast<size_t>(limit));
+    }
+    MIRA_CHECK(out.size() <= limit, path, " decompresses to more than the ", limit, " bytes its header announces");
   } while (rc != Z_STREAM_END);
   return out;
+}
+
+}  // namespace
+
+std::vector<uint8_t> read_file_maybe_gzip(const std::string& path, size_t max_bytes) {
+  return read_maybe_gzip_limited(path, max_bytes, 0, {});
 }
 
 namespace {
@@ -118,17 +151,30 @@ uint32_t be32(const uint8_t* p) {
 }  // namespace
 
 std::unique_ptr<InMemoryDataset> read_idx(const std::string& images_path, const std::string& labels_path) {
-  std::vector<uint8_t> img = read_file_maybe_gzip(images_path);
-  std::vector<uint8_t> lab = read_file_maybe_gzip(labels_path);
+  // The header is checked as soon as its bytes are decompressed, and bounds the rest: a gzip
+  // bomb named like an IDX file costs at most the size its header announces.
+  auto image_header = [&](const uint8_t* p) -> uint64_t {
+    const uint32_t magic = be32(p);
+    MIRA_CHECK(magic == 0x803, images_path, ": bad IDX magic 0x", std::hex, magic, " (expected 0x803: u8, 3 dims)");
+    const uint64_t n = be32(p + 4), h = be32(p + 8), w = be32(p + 12);
+    MIRA_CHECK(h > 0 && w > 0 && h <= 4096 && w <= 4096, images_path, ": implausible image size ", h, "x", w);
+    MIRA_CHECK(n > 0, images_path, ": holds no images");
+    return 16 + n * h * w;  // < 2^32 * 2^24: no overflow
+  };
+  auto label_header = [&](const uint8_t* p) -> uint64_t {
+    const uint32_t magic = be32(p);
+    MIRA_CHECK(magic == 0x801, labels_path, ": bad IDX magic 0x", std::hex, magic, " (expected 0x801: u8, 1 dim)");
+    return 8 + uint64_t(be32(p + 4));
+  };
+  const size_t max_bytes = size_t(1) << 32;
+  std::vector<uint8_t> img = read_maybe_gzip_limited(images_path, max_bytes, 16, image_header);
+  std::vector<uint8_t> lab = read_maybe_gzip_limited(labels_path, max_bytes, 8, label_header);
   MIRA_CHECK(img.size() >= 16, images_path, ": too short for an IDX image header (", img.size(), " bytes)");
   MIRA_CHECK(lab.size() >= 8, labels_path, ": too short for an IDX label header (", lab.size(), " bytes)");
-  const uint32_t magic_i = be32(img.data()), magic_l = be32(lab.data());
-  MIRA_CHECK(magic_i == 0x803, images_path, ": bad IDX magic 0x", std::hex, magic_i, " (expected 0x803: u8, 3 dims)");
-  MIRA_CHECK(magic_l == 0x801, labels_path, ": bad IDX magic 0x", std::hex, magic_l, " (expected 0x801: u8, 1 dim)");
+  image_header(img.data());  // raw files: the same checks, after the read
+  label_header(lab.data());
   const uint64_t n = be32(img.data() + 4), h = be32(img.data() + 8), w = be32(img.data() + 12);
   const uint64_t nl = be32(lab.data() + 4);
-  MIRA_CHECK(h > 0 && w > 0 && h <= 4096 && w <= 4096, images_path, ": implausible image size ", h, "x", w);
-  MIRA_CHECK(n > 0, images_path, ": holds no images");
   MIRA_CHECK(n == nl, images_path, " holds ", n, " images but ", labels_path, " holds ", nl, " labels");
   MIRA_CHECK(img.size() == 16 + n * h * w, images_path, ": ", img.size() - 16, " pixel bytes, header says ", n, "x", h,
              "x", w, " = ", n * h * w, " (truncated or corrupt)");

@@ -64,9 +64,11 @@ std::vector<uint8_t> read_whole_file(const std::string& path) {
 
 namespace {
 
-// Decoded images above this many pixels are refused (a corrupt header must not make us allocate
-// gigabytes); 2^28 = 268 MP, well above any photograph we train on.
-constexpr int64_t kMaxPixels = int64_t(1) << 28;
+int64_t pixel_cap(const DecodeOptions& opts) {
+  MIRA_CHECK(opts.max_pixels >= 1, "max_image_pixels must be >= 1, got ", opts.max_pixels);
+  return std::min(opts.max_pixels, kMaxImagePixels);
+}
+
 
 struct ErrorManager {
   jpeg_error_mgr pub;  // first member: libjpeg casts cinfo->err to this type
@@ -160,8 +162,8 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, c
   d.orig_h = static_cast<int>(h.cinfo.image_height);
   d.orig_w = static_cast<int>(h.cinfo.image_width);
   MIRA_CHECK(d.orig_h > 0 && d.orig_w > 0, "JPEG ", name, " has an empty image (", d.orig_w, "x", d.orig_h, ")");
-  MIRA_CHECK(static_cast<int64_t>(d.orig_h) * d.orig_w <= kMaxPixels, "JPEG ", name, " is too large (", d.orig_w, "x",
-             d.orig_h, ")");
+  MIRA_CHECK(static_cast<int64_t>(d.orig_h) * d.orig_w <= pixel_cap(opts), "JPEG ", name, " is too large (",
+             d.orig_w, "x", d.orig_h, " pixels; the limit is ", pixel_cap(opts), ", data.max_image_pixels)");
   const int nc = h.cinfo.num_components;
   MIRA_CHECK(nc == 1 || nc == 3 || nc == 4, "JPEG ", name, " has ", nc, " components (expected 1, 3 or 4)");
   d.scale_num = choose_scale ? choose_scale(d.orig_h, d.orig_w) : 8;
@@ -193,7 +195,7 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, c
 }
 
 #ifdef MIRA_HAVE_PNG
-Decoded decode_png(const uint8_t* data, size_t size, const std::string& name) {
+Decoded decode_png(const uint8_t* data, size_t size, const std::string& name, const DecodeOptions& opts) {
   png_image img;
   std::memset(&img, 0, sizeof(img));
   img.version = PNG_IMAGE_VERSION;
@@ -202,8 +204,9 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& name) {
     ~Guard() { png_image_free(p); }
   } guard{&img};
   if (!png_image_begin_read_from_memory(&img, data, size)) MIRA_FAIL("cannot decode PNG ", name, ": ", img.message);
-  MIRA_CHECK(img.width > 0 && img.height > 0 && static_cast<int64_t>(img.width) * img.height <= kMaxPixels, "PNG ",
-             name, " has an unusable size ", img.width, "x", img.height);
+  MIRA_CHECK(img.width > 0 && img.height > 0, "PNG ", name, " has an empty image (", img.width, "x", img.height, ")");
+  MIRA_CHECK(static_cast<int64_t>(img.width) * img.height <= pixel_cap(opts), "PNG ", name, " is too large (",
+             img.width, "x", img.height, " pixels; the limit is ", pixel_cap(opts), ", data.max_image_pixels)");
   img.format = PNG_FORMAT_RGB;  // gray replicated; alpha composited on black
   Decoded d;
   d.orig_h = d.image.h = static_cast<int>(img.height);
@@ -232,7 +235,7 @@ Decoded decode_image(const uint8_t* data, size_t size, const std::string& name, 
   if (codec == ImageCodec::Png) {
     MIRA_CHECK(!named_jpeg, "image ", name, " is PNG data named ", ext);
 #ifdef MIRA_HAVE_PNG
-    return decode_png(data, size, name);
+    return decode_png(data, size, name, opts);
 #else
     MIRA_FAIL("image ", name, " is a PNG, and this build has no libpng");
 #endif

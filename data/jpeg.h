@@ -30,7 +30,12 @@ bool png_supported();  // built with libpng
 struct DecodeOptions {
   bool fast_dct = false;         // JDCT_IFAST instead of the accurate integer DCT (djpeg's default)
   bool fancy_upsampling = true;  // libjpeg's default (triangle chroma upsampling); false = box
+  // Images whose header announces more pixels are refused before anything is allocated (a
+  // 200-byte corrupt file must not make a worker allocate gigabytes). The default is PIL's
+  // decompression-bomb limit (89,478,485 px, ~9459 x 9459); at most kMaxImagePixels.
+  int64_t max_pixels = 89478485;
 };
+constexpr int64_t kMaxImagePixels = int64_t(1) << 28;
 
 struct Decoded {
   Image image;                 // RGB, possibly downscaled

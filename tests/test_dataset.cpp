@@ -160,6 +160,19 @@ TEST_CASE("IDX: malformed files are clean errors naming the file") {
   std::vector<uint8_t> gz_bad = gz_bytes;
   for (size_t i = 12; i < gz_bad.size() - 8; ++i) gz_bad[i] ^= 0xA5;
   with_img(gz_bad, "gzip");
+  // a gzip bomb: a valid 5x3x3 header followed by 8 MB of zeros. Decompression stops one chunk
+  // past the 61 bytes the header announces instead of inflating the whole stream.
+  std::vector<uint8_t> bomb = good_img;
+  bomb.resize(size_t(8) << 20, 0);
+  with_img(bomb, "more than the 61 bytes its header announces", true);
+  std::vector<uint8_t> lab_bomb = good_lab;
+  lab_bomb.resize(size_t(8) << 20, 0);
+  write_file(d / "bomb-labels", lab_bomb, true);
+  check_error([&] { read_idx(img, d / "bomb-labels"); }, "more than the 13 bytes its header announces");
+  // a gzip stream whose header is bad fails at the header, whatever follows
+  std::vector<uint8_t> bad_magic_bomb = bomb;
+  bad_magic_bomb[2] = 9;
+  with_img(bad_magic_bomb, "bad IDX magic", true);
   check_error([&] { read_idx(d / "missing", lab); }, "missing");
   // a directory without the files
   TempDir empty;

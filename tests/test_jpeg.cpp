@@ -325,3 +325,48 @@ TEST_CASE("bad inputs are clean errors naming the file") {
     }
   fails_with(p12, "p12.jpg", "p12.jpg");
 }
+
+TEST_CASE("pixel cap: a header announcing too many pixels is refused before decoding") {
+  const std::vector<uint8_t> jpg = make_jpeg(64, 48, 3, JCS_RGB, false, 0, false);
+  DecodeOptions opts;
+  opts.max_pixels = 64 * 48;  // exactly at the cap: decodes
+  CHECK(decode_image(jpg.data(), jpg.size(), "at.jpg", opts).image.w == 64);
+  opts.max_pixels = 64 * 48 - 1;
+  try {
+    decode_image(jpg.data(), jpg.size(), "over.jpg", opts);
+    FAIL("no error for over.jpg");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    CHECK_MESSAGE(msg.find("over.jpg is too large (64x48 pixels; the limit is 3071") != std::string::npos, msg);
+    CHECK_MESSAGE(msg.find("data.max_image_pixels") != std::string::npos, msg);
+  }
+  // A 100000 x 60000 SOF in an otherwise tiny file: refused with the default cap (PIL's 89.5 MP),
+  // without allocating 18 GB.
+  std::vector<uint8_t> huge = jpg;
+  for (size_t i = 0; i + 8 < huge.size(); ++i)
+    if (huge[i] == 0xFF && huge[i + 1] == 0xC0) {  // SOF0: FF C0 len(2) precision(1) H(2) W(2)
+      huge[i + 5] = 60000 >> 8;
+      huge[i + 6] = 60000 & 0xFF;
+      huge[i + 7] = 50000 >> 8;  // libjpeg caps dimensions at 65500
+      huge[i + 8] = 50000 & 0xFF;
+      break;
+    }
+  try {
+    decode(huge, "huge.jpg");
+    FAIL("no error for huge.jpg");
+  } catch (const Error& e) {
+    CHECK_MESSAGE(std::string(e.what()).find("huge.jpg is too large (50000x60000") != std::string::npos, e.what());
+  }
+  if (png_supported()) {
+    const std::vector<uint8_t> png = make_png(9, 5, 2);
+    opts.max_pixels = 44;
+    try {
+      decode_image(png.data(), png.size(), "big.png", opts);
+      FAIL("no error for big.png");
+    } catch (const Error& e) {
+      CHECK_MESSAGE(std::string(e.what()).find("big.png is too large (9x5") != std::string::npos, e.what());
+    }
+  }
+  opts.max_pixels = 0;
+  CHECK_THROWS_AS(decode_image(jpg.data(), jpg.size(), "zero.jpg", opts), Error);
+}

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "data/jpeg.h"
 #include "engine/error.h"
 
 namespace mira::apps {
@@ -18,7 +19,7 @@ const Json& pretrain_schema() {
     "data": {
       "path": "", "format": "auto", "train_subset": 0,
       "recipe": "imagenet", "local_crops": -1, "interp": "", "mean": [], "std": [],
-      "threads": 0, "prefetch": 3
+      "threads": 0, "prefetch": 3, "max_image_pixels": 89478485
     },
     "optim": {
       "name": "lars", "lr": 0.3, "scale_lr_by_batch": true,
@@ -103,6 +104,9 @@ void validate_pretrain_config(const Json& c) {
   require(bf >= 0 && bf < 1, "mira.beta_final", "must be in [0, 1)");
   require(c["mira"]["tau_s"] > 0 && c["mira"]["tau_t"] > 0, "mira.tau_s", "and mira.tau_t must be > 0");
   require(c["mira"]["iters"] >= 0, "mira.iters", "must be >= 0");
+  require(c["data"]["max_image_pixels"].is_number_integer() && c["data"]["max_image_pixels"] >= 1 &&
+              c["data"]["max_image_pixels"] <= data::kMaxImagePixels,
+          "data.max_image_pixels", "must be an integer in [1, 268435456]");
   const double ei = c["mira"]["ema_initial"], ef = c["mira"]["ema_final"];
   require(ei >= 0 && ei <= 1 && ef >= 0 && ef <= 1, "mira.ema_initial", "and mira.ema_final must be in [0, 1]");
   require(c["mira"]["freeze_prototypes_epochs"] >= 0, "mira.freeze_prototypes_epochs", "must be >= 0");
