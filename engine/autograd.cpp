@@ -1,5 +1,6 @@
 #include "engine/autograd.h"
 
+#include <unordered_set>
 #include <vector>
 
 namespace mira {
@@ -10,6 +11,7 @@ struct Node {
   const char* name;
   std::shared_ptr<AutogradMeta> out;
   BackwardFn fn;
+  std::vector<std::shared_ptr<AutogradMeta>> leaves;  // inputs that are leaves requiring grad
 };
 
 thread_local bool g_grad_enabled = true;
@@ -29,10 +31,15 @@ bool needs_grad(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-void record(const char* name, Tensor& out, BackwardFn fn) {
+void record(const char* name, Tensor& out, std::initializer_list<const Tensor*> inputs, BackwardFn fn) {
+  Node node{name, nullptr, std::move(fn), {}};
+  for (const Tensor* t : inputs) {
+    if (t && t->defined() && t->requires_grad() && t->meta()->is_leaf) node.leaves.push_back(t->meta());
+  }
   out.set_requires_grad(true);
   out.meta()->is_leaf = false;
-  g_tape.push_back(Node{name, out.meta(), std::move(fn)});
+  node.out = out.meta();
+  g_tape.push_back(std::move(node));
 }
 
 GradSlot grad_slot(const Tensor& t) {
@@ -43,7 +50,7 @@ GradSlot grad_slot(const Tensor& t) {
   return {m.grad, false};
 }
 
-void backward(const Tensor& loss, const Tensor& seed) {
+void backward(const Tensor& loss, const Tensor& seed, const LeafReadyFn& on_leaf_ready) {
   MIRA_CHECK(loss.requires_grad(), "backward() on a tensor that does not require grad");
   // Move the tape out first: closures may record nothing, and an exception leaves it empty.
   std::vector<Node> tape;
@@ -55,12 +62,26 @@ void backward(const Tensor& loss, const Tensor& seed) {
     MIRA_CHECK(loss.numel() == 1, "backward() without a seed needs a one-element loss, got ", loss.shape().str());
     loss.meta()->grad = Tensor::full(loss.shape(), 1.0, loss.dtype(), loss.device());
   }
+  // ready_after[i]: the leaves whose earliest use is node i; their gradients are complete once
+  // the reverse replay has passed node i.
+  std::vector<std::vector<const AutogradMeta*>> ready_after;
+  if (on_leaf_ready) {
+    ready_after.resize(tape.size());
+    std::unordered_set<const AutogradMeta*> seen;
+    for (size_t i = 0; i < tape.size(); ++i)
+      for (const auto& leaf : tape[i].leaves)
+        if (seen.insert(leaf.get()).second) ready_after[i].push_back(leaf.get());
+  }
   NoGradGuard no_grad;  // backward closures never record
-  for (auto it = tape.rbegin(); it != tape.rend(); ++it) {
-    AutogradMeta& out = *it->out;
-    if (!out.grad.defined()) continue;  // nothing flowed here from the loss
-    it->fn(out.grad);
-    if (!out.retain_grad && !out.is_leaf) out.grad = Tensor();
+  for (size_t i = tape.size(); i-- > 0;) {
+    Node& node = tape[i];
+    AutogradMeta& out = *node.out;
+    if (out.grad.defined()) {  // else nothing flowed here from the loss
+      node.fn(out.grad);
+      if (!out.retain_grad && !out.is_leaf) out.grad = Tensor();
+    }
+    if (on_leaf_ready)
+      for (const AutogradMeta* leaf : ready_after[i]) on_leaf_ready(*leaf);
   }
 }
 

@@ -37,12 +37,21 @@ using BackwardFn = std::function<void(const Tensor& grad_out)>;
 
 // True when the op with these inputs must be recorded (grad mode on, some input requires grad).
 bool needs_grad(std::initializer_list<const Tensor*> inputs);
-// Marks `out` as a non-leaf requiring grad and appends the node. Call only when needs_grad().
-void record(const char* name, Tensor& out, BackwardFn fn);
+// Marks `out` as a non-leaf requiring grad and appends the node. `inputs` are the tensors the
+// closure may write gradients into (the same list as needs_grad): the node remembers which of
+// them are leaves, so backward() knows when a leaf's gradient is complete. Call only when
+// needs_grad().
+void record(const char* name, Tensor& out, std::initializer_list<const Tensor*> inputs, BackwardFn fn);
+
+// Called by backward() once per leaf on the tape, as soon as the leaf's gradient is complete:
+// right after the earliest-recorded node that takes the leaf as an input has run (or been
+// passed over because no gradient reached it). Data-parallel training starts reducing a bucket
+// of gradients from here while the rest of the backward pass runs (engine/grad_sync.h).
+using LeafReadyFn = std::function<void(const AutogradMeta& leaf)>;
 
 // Seeds the loss gradient with `seed` (default: ones; the loss must then have one element),
-// replays the tape in reverse and clears it.
-void backward(const Tensor& loss, const Tensor& seed = Tensor());
+// replays the tape in reverse and clears it. on_leaf_ready (optional): see LeafReadyFn.
+void backward(const Tensor& loss, const Tensor& seed = Tensor(), const LeafReadyFn& on_leaf_ready = {});
 
 size_t tape_size();
 void clear_tape();  // drops recorded nodes without running them

@@ -26,6 +26,16 @@
 
 namespace mira {
 
+// A reduction started by Communicator::allreduce_sum_start. wait() returns when the result is
+// in place (for device buffers: ordered before later work on the engine's stream) or throws
+// (a rank died or hangs). Destroying a handle that was never waited for is allowed only while
+// unwinding from an error: the process is about to stop the run.
+class PendingReduce {
+ public:
+  virtual ~PendingReduce() = default;
+  virtual void wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -43,6 +53,14 @@ class Communicator {
   virtual void allreduce_max(void* data, int64_t n, DType dtype, Device device) = 0;
 
   virtual void barrier() = 0;
+
+  // Non-blocking sum (F32 or F64, any device): starts the reduction and returns; the buffer must
+  // not be touched until the handle's wait(). Started reductions match across ranks in the
+  // order they were started, interleaved freely with the blocking collectives above (every rank
+  // must make the same sequence of calls). The default runs the blocking reduction at once and
+  // returns a finished handle (LocalComm, ThreadComm, and device buffers staged through the
+  // host); MPI overlaps host buffers, NCCL device buffers (on its own stream).
+  virtual std::unique_ptr<PendingReduce> allreduce_sum_start(void* data, int64_t n, DType dtype, Device device);
 
   // A contiguous tensor, in place, on its own device.
   void allreduce_sum(Tensor& t) { allreduce_sum(t.raw(), t.numel(), t.dtype(), t.device()); }

@@ -81,7 +81,48 @@ class MpiComm final : public Communicator {
     wait(req, "barrier", 0);
   }
 
+  // Host buffers: MPI_Iallreduce, completed in wait() (MPI progresses it inside later MPI calls,
+  // e.g. SyncBN's reductions during the backward pass). Device buffers: NCCL on the group's
+  // stream; without NCCL, the blocking staged reduction.
+  std::unique_ptr<PendingReduce> allreduce_sum_start(void* data, int64_t n, DType dtype, Device device) override {
+    MIRA_CHECK(dtype == DType::F32 || dtype == DType::F64, "MPI all-reduce takes f32 or f64, got ", dtype_name(dtype));
+    if (device.is_cpu()) {
+      MIRA_CHECK(n >= 0 && n <= INT32_MAX, "MPI all-reduce: length ", n, " out of range");
+      auto p = std::make_unique<MpiPending>(this, n);
+      if (n > 0) {
+        MIRA_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n),
+                                      dtype == DType::F32 ? MPI_FLOAT : MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &p->req));
+        p->active = true;
+      }
+      return p;
+    }
+    if (cuda::nccl_available()) {
+      return std::make_unique<NcclPendingReduce>(cuda::nccl_allreduce_start(nccl_for(device.index), data, n, dtype),
+                                                 timeout_s_);
+    }
+    return Communicator::allreduce_sum_start(data, n, dtype, device);
+  }
+
  private:
+  struct MpiPending final : PendingReduce {
+    MpiPending(MpiComm* c, int64_t count) : comm(c), n(count) {}
+    void wait() override {
+      if (!active) return;
+      active = false;
+      comm->wait(req, "all-reduce (sum, started during the backward pass)", n);
+    }
+    MpiComm* comm;
+    int64_t n;
+    MPI_Request req = MPI_REQUEST_NULL;
+    bool active = false;
+  };
+  struct NcclPendingReduce final : PendingReduce {
+    NcclPendingReduce(std::shared_ptr<cuda::NcclPending> p, double t) : pending(std::move(p)), timeout_s(t) {}
+    void wait() override { cuda::nccl_wait(*pending, timeout_s); }
+    std::shared_ptr<cuda::NcclPending> pending;
+    double timeout_s;
+  };
+
   void host(void* data, int64_t n, MPI_Datatype t, MPI_Op op, const char* what) {
     MIRA_CHECK(n >= 0 && n <= INT32_MAX, "MPI ", what, ": length ", n, " out of range");
     if (n == 0) return;

@@ -49,7 +49,17 @@ constexpr int kNcclIdBytes = 128;
 void nccl_unique_id(char* id /* kNcclIdBytes */);
 struct NcclGroup;
 std::shared_ptr<NcclGroup> nccl_group(const char* id, int rank, int world, int device);
-// data: n values of dtype (f32/f64/bf16) on the group's device, reduced in place.
+// data: n values of dtype (f32/f64/bf16) on the group's device, reduced in place. Every NCCL
+// operation of a group runs on the group's own stream, in the order the host issued them (two
+// streams feeding one communicator could reach the GPU in different orders on different ranks
+// and deadlock); the stream first waits for the work queued so far on the engine's stream, and
+// the engine's stream waits for the result.
 void nccl_allreduce(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max, double timeout_s);
+// The same, returning as soon as the operation is queued (the engine's stream keeps running
+// backward kernels while it reduces); nccl_wait orders the engine's stream after it and polls it
+// like nccl_allreduce (timeout, NCCL's asynchronous errors).
+struct NcclPending;
+std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup& g, void* data, int64_t n, DType dtype);
+void nccl_wait(NcclPending& p, double timeout_s);
 
 }  // namespace mira::cuda

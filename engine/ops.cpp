@@ -95,7 +95,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
     });
   }
   if (needs_grad({&x, &w})) {
-    record("conv2d", y, [x, w, s](const Tensor& dy) {
+    record("conv2d", y, {&x, &w}, [x, w, s](const Tensor& dy) {
       if (x.requires_grad()) {
         GradSlot dx = grad_slot(x);
         if (x.is_cuda()) {
@@ -141,7 +141,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
                                                           y.data<T>(), N, I, O));
   }
   if (needs_grad({&x, &w, &b})) {
-    record("linear", y, [x, w, b, N, I, O](const Tensor& dy) {
+    record("linear", y, {&x, &w, &b}, [x, w, b, N, I, O](const Tensor& dy) {
       if (x.requires_grad()) {
         GradSlot dx = grad_slot(x);
         if (x.is_cuda()) {
@@ -234,9 +234,11 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
                                         beta.data<T>(), y.data<T>(), M, C));
   }
   if (needs_grad({&x, &gamma, &beta})) {
-    record("batch_norm", y, [x, gamma, beta, mean, invstd, training, M, C, comm, count](const Tensor& dy) {
+    record("batch_norm", y, {&x, &gamma, &beta}, [x, gamma, beta, mean, invstd, training, M, C, comm, count](const Tensor& dy) {
       const Device dev = x.device();
-      Tensor sum_dy = Tensor::empty({C}, gamma.dtype(), dev), sum_dy_xhat = Tensor::empty({C}, gamma.dtype(), dev);
+      // One buffer for both sums, so SyncBN reduces them in one collective.
+      Tensor sums = Tensor::empty({2 * C}, gamma.dtype(), dev);
+      Tensor sum_dy = sums.slice_batch(0, C), sum_dy_xhat = sums.slice_batch(C, 2 * C);
       if (x.is_cuda()) {
         MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, x, mean, invstd, sum_dy, sum_dy_xhat));
       } else {
@@ -248,10 +250,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
       // gradients stay local: the trainer averages every gradient over ranks afterwards.
       Tensor local_sum_dy = sum_dy, local_sum_dy_xhat = sum_dy_xhat;
       if (comm && training) {
-        local_sum_dy = sum_dy.clone();
-        local_sum_dy_xhat = sum_dy_xhat.clone();
-        comm->allreduce_sum(sum_dy);
-        comm->allreduce_sum(sum_dy_xhat);
+        const Tensor local = sums.clone();
+        local_sum_dy = local.slice_batch(0, C);
+        local_sum_dy_xhat = local.slice_batch(C, 2 * C);
+        comm->allreduce_sum(sums);
       }
       if (x.requires_grad()) {
         GradSlot dx = grad_slot(x);
@@ -302,7 +304,7 @@ Tensor relu(const Tensor& x) {
   }
   if (needs_grad({&x})) {
     Tensor yd = y.detach();
-    record("relu", y, [x, yd](const Tensor& dy) {
+    record("relu", y, {&x}, [x, yd](const Tensor& dy) {
       GradSlot dx = grad_slot(x);
       if (x.is_cuda()) {
         MIRA_ON_CUDA(cuda::relu_bwd(dy, yd, dx.grad, dx.accumulate));
@@ -338,7 +340,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
     MIRA_CPU_FLOAT(a.dtype(), "add", cpu::add_fwd<T>(a.data<T>(), b.data<T>(), y.data<T>(), a.numel()));
   }
   if (needs_grad({&a, &b})) {
-    record("add", y, [a, b](const Tensor& dy) {
+    record("add", y, {&a, &b}, [a, b](const Tensor& dy) {
       if (a.requires_grad()) add_scaled_into(a, dy, 1.0);
       if (b.requires_grad()) add_scaled_into(b, dy, 1.0);
     });
@@ -355,7 +357,7 @@ Tensor scale(const Tensor& x, double alpha) {
     MIRA_CPU_FLOAT(x.dtype(), "scale", cpu::axpy<T>(T(alpha), x.data<T>(), y.data<T>(), x.numel(), false));
   }
   if (needs_grad({&x})) {
-    record("scale", y, [x, alpha](const Tensor& dy) { add_scaled_into(x, dy, alpha); });
+    record("scale", y, {&x}, [x, alpha](const Tensor& dy) { add_scaled_into(x, dy, alpha); });
   }
   return y;
 }
@@ -374,7 +376,7 @@ Tensor max_pool2d(const Tensor& x, int k, int s, int p) {
     MIRA_CPU_FLOAT(x.dtype(), "max_pool2d", cpu::maxpool_fwd<T>(x.data<T>(), y.data<T>(), N, H, W, C, k, s, p, P, Q));
   }
   if (needs_grad({&x})) {
-    record("max_pool2d", y, [x, k, s, p, N, H, W, C, P, Q](const Tensor& dy) {
+    record("max_pool2d", y, {&x}, [x, k, s, p, N, H, W, C, P, Q](const Tensor& dy) {
       GradSlot dx = grad_slot(x);
       if (x.is_cuda()) {
         MIRA_ON_CUDA(cuda::maxpool_bwd(dy, x, dx.grad, k, s, p, dx.accumulate));
@@ -399,7 +401,7 @@ Tensor global_avg_pool(const Tensor& x) {
     MIRA_CPU_FLOAT(x.dtype(), "global_avg_pool", cpu::avgpool_fwd<T>(x.data<T>(), y.data<T>(), N, HW, C));
   }
   if (needs_grad({&x})) {
-    record("global_avg_pool", y, [x, N, HW, C](const Tensor& dy) {
+    record("global_avg_pool", y, {&x}, [x, N, HW, C](const Tensor& dy) {
       GradSlot dx = grad_slot(x);
       if (x.is_cuda()) {
         MIRA_ON_CUDA(cuda::avgpool_bwd(dy, dx.grad, dx.accumulate));
@@ -425,7 +427,7 @@ Tensor l2_normalize(const Tensor& x, double eps) {
   }
   if (needs_grad({&x})) {
     Tensor yd = y.detach();
-    record("l2_normalize", y, [x, yd, norm, N, D, eps](const Tensor& dy) {
+    record("l2_normalize", y, {&x}, [x, yd, norm, N, D, eps](const Tensor& dy) {
       GradSlot dx = grad_slot(x);
       if (x.is_cuda()) {
         MIRA_ON_CUDA(cuda::l2norm_bwd(dy, yd, norm, dx.grad, eps, dx.accumulate));
@@ -458,7 +460,7 @@ Tensor log_softmax(const Tensor& x) {
   }
   if (needs_grad({&x})) {
     Tensor yd = y.detach();
-    record("log_softmax", y, [x, yd, N, K](const Tensor& dy) {
+    record("log_softmax", y, {&x}, [x, yd, N, K](const Tensor& dy) {
       GradSlot dx = grad_slot(x);
       if (x.is_cuda()) {
         MIRA_ON_CUDA(cuda::log_softmax_bwd(dy, yd, dx.grad, dx.accumulate));
@@ -493,7 +495,7 @@ Tensor soft_cross_entropy(const Tensor& z, const Tensor& t) {
     });
   }
   if (needs_grad({&z})) {
-    record("soft_cross_entropy", loss, [z, tt, lse, N, K](const Tensor& dloss) {
+    record("soft_cross_entropy", loss, {&z}, [z, tt, lse, N, K](const Tensor& dloss) {
       GradSlot dz = grad_slot(z);
       if (z.is_cuda()) {
         MIRA_ON_CUDA(cuda::soft_ce_bwd(z, tt, lse, dloss, 1.0 / N, dz.grad, dz.accumulate));
@@ -517,7 +519,7 @@ Tensor reduce_all(const Tensor& x, double alpha, const char* name) {
     MIRA_CPU_FLOAT(x.dtype(), name, y.data<T>()[0] = static_cast<T>(alpha * cpu::sum<T>(x.data<T>(), x.numel())));
   }
   if (needs_grad({&x})) {
-    record(name, y, [x, alpha, name](const Tensor& dy) {
+    record(name, y, {&x}, [x, alpha, name](const Tensor& dy) {
       GradSlot dx = grad_slot(x);
       if (x.is_cuda()) {
         MIRA_ON_CUDA(cuda::broadcast_scalar_bwd(dy, alpha, dx.grad, dx.accumulate));
@@ -541,7 +543,7 @@ Tensor mean(const Tensor& x) {
 Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor y = x.detach().reshape(shape);
   if (needs_grad({&x})) {
-    record("reshape", y, [x](const Tensor& dy) { add_scaled_into(x, dy.reshape(x.shape()), 1.0); });
+    record("reshape", y, {&x}, [x](const Tensor& dy) { add_scaled_into(x, dy.reshape(x.shape()), 1.0); });
   }
   return y;
 }

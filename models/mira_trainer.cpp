@@ -10,6 +10,8 @@ namespace mira::models {
 MiraTrainer::MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraStepConfig& cfg, Communicator& comm)
     : model_(model), optimizer_(model.student(), optim), cfg_(cfg), comm_(comm) {
   model_.set_comm(&comm_);
+  if (comm_.world_size() > 1)
+    grad_sync_ = std::make_unique<GradSync>(model_.student(), comm_, cfg_.bucket_bytes, cfg_.first_bucket_bytes);
 }
 
 namespace {
@@ -84,11 +86,12 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
     MIRA_FAIL("the loss is ", st.loss, ": training diverged (parameters left at the previous step)");
   }
   model_.student().zero_grad();
-  backward(loss);
-  if (world > 1) {
-    Tensor g = model_.student().flat_grads();
-    comm_.allreduce_sum(g);
-    g.copy_(ops::scale(g, 1.0 / world));
+  if (grad_sync_) {
+    grad_sync_->begin();
+    backward(loss, Tensor(), grad_sync_->hook());
+    grad_sync_->finish();  // the mean over ranks
+  } else {
+    backward(loss);
   }
   check_finite(model_.student(), true);
   optimizer_.step(s.lr);

@@ -1,13 +1,15 @@
 // One MIRA training step (official train.py order): EMA update of the teacher, teacher logits
 // of the two global crops (no gradient, train-mode BN), one MIRA target per global view,
 // student logits of every crop (each crop batch with its own BN statistics), the swapped-
-// prediction loss, backward, gradient average over ranks, optimiser step (prototypes frozen
+// prediction loss, backward with the gradient average over ranks overlapped, optimiser step (prototypes frozen
 // while asked, as the official code drops their gradients in the first epoch).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "engine/comm.h"
+#include "engine/grad_sync.h"
 #include "engine/mira_assign.h"
 #include "engine/optim.h"
 #include "models/mira_model.h"
@@ -18,6 +20,9 @@ struct MiraStepConfig {
   double tau_s = 0.1;
   double tau_t = 0.225;
   int iters = 30;
+  // Data parallel: gradient buckets reduced while the backward pass runs (engine/grad_sync.h).
+  size_t bucket_bytes = size_t(25) << 20;
+  size_t first_bucket_bytes = size_t(1) << 20;
 };
 
 struct MiraStepSchedule {  // this step's values of the schedules
@@ -49,12 +54,15 @@ class MiraTrainer {
   // Throws mira::Error when the loss is not finite (before any parameter changes).
   MiraStepStats step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool full_stats);
   Optimizer& optimizer() { return optimizer_; }
+  // Multi-rank runs: the gradient reducer (null with one rank).
+  const GradSync* grad_sync() const { return grad_sync_.get(); }
 
  private:
   MiraModel& model_;
   Optimizer optimizer_;
   MiraStepConfig cfg_;
   Communicator& comm_;
+  std::unique_ptr<GradSync> grad_sync_;
   bool frozen_ = false;
 };
 

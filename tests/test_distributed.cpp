@@ -2,9 +2,13 @@
 // Data parallelism without MPI: ranks as threads (engine/comm.h ThreadComm). Synchronised
 // BatchNorm over 2 ranks x N/2 rows equals BatchNorm over N rows, forward and backward; three
 // MIRA training steps with 2 ranks x B/2 equal 1 rank x B (SyncBN in student and teacher,
-// MIRA column sums over ranks, gradients averaged).
+// MIRA column sums over ranks, gradients averaged in buckets during the backward pass); the
+// autograd leaf-ready hook fires once per parameter, when its gradient is final; GradSync's
+// bucketed reduction equals one all-reduce of the whole gradient buffer, bit for bit.
+#include <map>
 #include <thread>
 
+#include "engine/grad_sync.h"
 #include "engine/ops.h"
 #include "models/mira_trainer.h"
 #include "testing.h"
@@ -91,7 +95,9 @@ TEST_CASE("three MIRA steps: 2 ranks x B/2 equal 1 rank x B (f64)") {
 
   models::MiraModel one(mc, Device::cpu(), DType::F64);
   one.init(5);
-  models::MiraTrainer t1(one, oc, {0.1, 0.225, 30}, local_comm());
+  // Small buckets: the reduction is split into many buckets started during the backward pass.
+  const models::MiraStepConfig sc{0.1, 0.225, 30, 4096, 1024};
+  models::MiraTrainer t1(one, oc, sc, local_comm());
   std::vector<double> loss1;
   for (int s = 0; s < 3; ++s) loss1.push_back(t1.step(views[s], schedule(s), true).loss);
 
@@ -99,11 +105,14 @@ TEST_CASE("three MIRA steps: 2 ranks x B/2 equal 1 rank x B (f64)") {
   run_ranks(2, [&](int r, Communicator& comm) {
     models::MiraModel m(mc, Device::cpu(), DType::F64);
     m.init(5);
-    models::MiraTrainer t(m, oc, {0.1, 0.225, 30}, comm);
+    models::MiraTrainer t(m, oc, sc, comm);
+    REQUIRE(t.grad_sync() != nullptr);
     for (int s = 0; s < 3; ++s) {
       std::vector<Tensor> mine;
       for (const Tensor& v : views[s]) mine.push_back(v.slice_batch(r * B / 2, (r + 1) * B / 2).clone());
       loss2[r].push_back(t.step(mine, schedule(s), true).loss);
+      CHECK(t.grad_sync()->buckets().size() > 10);
+      CHECK(t.grad_sync()->started_during_backward() == static_cast<int>(t.grad_sync()->buckets().size()));
     }
     params[r] = m.student().flat_params().to_vector();
     teacher[r] = m.teacher().flat_buffers().to_vector();
@@ -115,4 +124,82 @@ TEST_CASE("three MIRA steps: 2 ranks x B/2 equal 1 rank x B (f64)") {
     CHECK(allclose(teacher[r], one.teacher().flat_buffers().to_vector(), {1e-11, 1e-9}, "teacher BN statistics"));
   }
   CHECK(params[0] == params[1]);  // every rank holds bitwise the same model
+}
+
+TEST_CASE("backward reports each leaf once, when its gradient is final") {
+  Tensor x = Tensor::randn({5, 4}, 1, 0, 1, DType::F64);
+  Tensor a = Tensor::randn({4, 4}, 2, 0, 1, DType::F64).set_requires_grad();
+  Tensor b = Tensor::randn({3, 4}, 3, 0, 1, DType::F64).set_requires_grad();
+  Tensor c = Tensor::randn({3}, 4, 0, 1, DType::F64).set_requires_grad();
+  Tensor unused = Tensor::randn({3}, 5, 0, 1, DType::F64).set_requires_grad();
+  // a is used twice, first and third on the tape; its gradient is complete only after the
+  // first use has run (last in the replay).
+  Tensor h = ops::relu(ops::linear(x, a));
+  Tensor z = ops::linear(h, b, c);
+  Tensor h2 = ops::linear(ops::relu(z), ops::reshape(b, {4, 3}));
+  Tensor loss = ops::add(ops::sum(ops::linear(h2, a)), ops::sum(z));
+  std::map<const AutogradMeta*, Tensor> seen;
+  std::vector<const AutogradMeta*> order;
+  backward(loss, Tensor(), [&](const AutogradMeta& leaf) {
+    CHECK(seen.count(&leaf) == 0);
+    seen[&leaf] = leaf.grad.clone();  // what the gradient was when reported complete
+    order.push_back(&leaf);
+  });
+  REQUIRE(seen.size() == 3);
+  CHECK(seen.count(unused.meta().get()) == 0);
+  for (const Tensor* t : {&a, &b, &c}) {
+    REQUIRE(seen.count(t->meta().get()) == 1);
+    CHECK(seen[t->meta().get()].to_vector() == t->grad().to_vector());  // final: bitwise
+  }
+  CHECK(order.back() == a.meta().get());  // a's first use is the first node recorded
+}
+
+TEST_CASE("GradSync: buckets reduced during backward equal one all-reduce of the whole buffer") {
+  models::MiraModelConfig mc;
+  mc.backbone = models::ResNetConfig::tiny();
+  mc.backbone.widths = {8, 8, 16, 16};
+  mc.head = models::HeadConfig{32, 16, 40};
+  const int world = 3, B = 6;
+  Tensor x = Tensor::randn({world * B, 16, 16, 3}, 9, 0, 1, DType::F32);
+  std::vector<std::vector<double>> ref(world), bucketed(world);
+  std::vector<size_t> nbuckets(world);
+  run_ranks(world, [&](int r, Communicator& comm) {
+    models::MiraModel m(mc, Device::cpu(), DType::F32);
+    m.init(11);
+    m.set_comm(&comm);
+    const Tensor mine = x.slice_batch(r * B, (r + 1) * B).clone();
+    auto loss_of = [&] { return ops::mean(ops::log_softmax(m.student_logits(mine))); };
+    ParamStore& ps = m.student();
+    // Reference: the whole buffer in one blocking all-reduce after backward.
+    ps.zero_grad();
+    backward(loss_of());
+    Tensor g = ps.flat_grads();
+    comm.allreduce_sum(g);
+    ref[r] = ops::scale(g, 1.0 / world).to_vector();
+    // Bucketed, overlapped with backward.
+    GradSync sync(ps, comm, 2048, 512);
+    nbuckets[r] = sync.buckets().size();
+    ps.zero_grad();
+    sync.begin();
+    backward(loss_of(), Tensor(), sync.hook());
+    CHECK(sync.started_during_backward() == static_cast<int>(sync.buckets().size()));
+    sync.finish();
+    bucketed[r] = ps.flat_grads().to_vector();
+    // Buckets tile the parameters from the end of the store, without overlap.
+    int64_t prev_begin = ps.flat_grads().numel() + 1;
+    int params = 0;
+    for (const GradSync::Bucket& k : sync.buckets()) {
+      CHECK(k.end <= prev_begin);
+      CHECK(k.begin < k.end);
+      prev_begin = k.begin;
+      params += k.params;
+    }
+    int declared = 0;
+    for (const auto& e : ps.entries()) declared += e.kind == ParamStore::Kind::Param;
+    CHECK(params == declared);
+  });
+  CHECK(nbuckets[0] > 10);
+  for (int r = 0; r < world; ++r) CHECK(bucketed[r] == ref[r]);
+  CHECK(bucketed[0] == bucketed[1]);
+  CHECK(bucketed[1] == bucketed[2]);
 }

@@ -29,8 +29,19 @@ struct NcclGroup {
   ncclComm_t comm = nullptr;
   int device = 0;
   bool aborted = false;
+  cudaStream_t stream = nullptr;  // every operation of the group runs here, in issue order
   ~NcclGroup() {
     if (comm && !aborted) ncclCommDestroy(comm);
+    if (stream) cudaStreamDestroy(stream);
+  }
+};
+
+struct NcclPending {
+  NcclGroup* group = nullptr;  // owned by the communicator, which outlives its pending operations
+  cudaEvent_t done = nullptr;
+  int64_t n = 0;
+  ~NcclPending() {
+    if (done) cudaEventDestroy(done);
   }
 };
 
@@ -48,27 +59,45 @@ std::shared_ptr<NcclGroup> nccl_group(const char* id, int rank, int world, int d
   std::memcpy(&u, id, sizeof u);
   auto g = std::make_shared<NcclGroup>();
   g->device = device;
+  MIRA_CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
   MIRA_NCCL_CHECK(ncclCommInitRank(&g->comm, world, u, rank));
   return g;
 }
 
-void nccl_allreduce(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max, double timeout_s) {
-  MIRA_CHECK(!g.aborted, "NCCL: the group was aborted after an earlier failure");
-  ncclDataType_t t;
+namespace {
+
+ncclDataType_t nccl_type(DType dtype) {
   switch (dtype) {
-    case DType::F32: t = ncclFloat32; break;
-    case DType::F64: t = ncclFloat64; break;
-    case DType::BF16: t = ncclBfloat16; break;
+    case DType::F32: return ncclFloat32;
+    case DType::F64: return ncclFloat64;
+    case DType::BF16: return ncclBfloat16;
     default: MIRA_FAIL("NCCL all-reduce: unsupported dtype ", dtype_name(dtype));
   }
-  if (n == 0) return;
-  DeviceGuard guard(g.device);
-  cudaStream_t stream = CudaContext::get().stream();
-  MIRA_NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(n), t, is_max ? ncclMax : ncclSum, g.comm, stream));
-  // Poll instead of blocking, so a dead peer becomes an error instead of a hang.
+}
+
+// Queues the all-reduce on the group's stream after the engine stream's current work; returns
+// the event that marks its end (the engine's stream already waits for it).
+cudaEvent_t enqueue(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max) {
+  MIRA_CHECK(!g.aborted, "NCCL: the group was aborted after an earlier failure");
+  const ncclDataType_t t = nccl_type(dtype);
+  cudaStream_t compute = CudaContext::get().stream();
+  cudaEvent_t ready = nullptr, done = nullptr;
+  MIRA_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  MIRA_CUDA_CHECK(cudaEventRecord(ready, compute));
+  MIRA_CUDA_CHECK(cudaStreamWaitEvent(g.stream, ready, 0));
+  MIRA_CUDA_CHECK(cudaEventDestroy(ready));  // released once the stream has passed it
+  MIRA_NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(n), t, is_max ? ncclMax : ncclSum, g.comm, g.stream));
+  MIRA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  MIRA_CUDA_CHECK(cudaEventRecord(done, g.stream));
+  MIRA_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
+  return done;
+}
+
+// Polls `done` instead of blocking, so a dead peer becomes an error instead of a hang.
+void poll(NcclGroup& g, cudaEvent_t done, int64_t n, double timeout_s) {
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
-    const cudaError_t q = cudaStreamQuery(stream);
+    const cudaError_t q = cudaEventQuery(done);
     if (q == cudaSuccess) return;
     if (q != cudaErrorNotReady) MIRA_CUDA_CHECK(q);
     ncclResult_t async = ncclSuccess;
@@ -86,13 +115,47 @@ void nccl_allreduce(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_ma
   }
 }
 
+}  // namespace
+
+void nccl_allreduce(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max, double timeout_s) {
+  if (n == 0) return;
+  DeviceGuard guard(g.device);
+  cudaEvent_t done = enqueue(g, data, n, dtype, is_max);
+  struct Release {
+    cudaEvent_t e;
+    ~Release() { cudaEventDestroy(e); }
+  } release{done};
+  poll(g, done, n, timeout_s);
+}
+
+std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup& g, void* data, int64_t n, DType dtype) {
+  auto p = std::make_shared<NcclPending>();
+  p->n = n;
+  if (n == 0) return p;
+  DeviceGuard guard(g.device);
+  p->group = &g;
+  p->done = enqueue(g, data, n, dtype, false);
+  return p;
+}
+
+void nccl_wait(NcclPending& p, double timeout_s) {
+  if (!p.done) return;
+  DeviceGuard guard(p.group->device);
+  poll(*p.group, p.done, p.n, timeout_s);
+}
+
 #else
 
 struct NcclGroup {};
+struct NcclPending {};
 bool nccl_available() { return false; }
 void nccl_unique_id(char*) { MIRA_FAIL("this build has no NCCL"); }
 std::shared_ptr<NcclGroup> nccl_group(const char*, int, int, int) { MIRA_FAIL("this build has no NCCL"); }
 void nccl_allreduce(NcclGroup&, void*, int64_t, DType, bool, double) { MIRA_FAIL("this build has no NCCL"); }
+std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup&, void*, int64_t, DType) {
+  MIRA_FAIL("this build has no NCCL");
+}
+void nccl_wait(NcclPending&, double) { MIRA_FAIL("this build has no NCCL"); }
 
 #endif
 

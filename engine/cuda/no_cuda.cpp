@@ -26,5 +26,8 @@ void nccl_unique_id(char*) { no_cuda(); }
 struct NcclGroup {};
 std::shared_ptr<NcclGroup> nccl_group(const char*, int, int, int) { no_cuda(); }
 void nccl_allreduce(NcclGroup&, void*, int64_t, DType, bool, double) { no_cuda(); }
+struct NcclPending {};
+std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup&, void*, int64_t, DType) { no_cuda(); }
+void nccl_wait(NcclPending&, double) { no_cuda(); }
 
 }  // namespace mira::cuda
