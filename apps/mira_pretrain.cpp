@@ -243,7 +243,13 @@ int run(int argc, char** argv) {
   lc.sampler.world = comm.world_size();
   lc.sampler.drop_last = true;
   lc.sampler.batch_size = lc.batch_size;
-  lc.pinned = device.is_cuda();
+  // Augmentation: on the GPU when training there (auto), decoding always on the CPU threads.
+  const std::string aug_dev = cfg["data"]["augment_device"];
+  MIRA_CHECK(aug_dev != "gpu" || device.is_cuda(), "data.augment_device is gpu but train.device is ", device.str());
+  lc.gpu_augment = device.is_cuda() && aug_dev != "cpu";
+  lc.device = device.index;
+  lc.gpu_dtype = DType::F32;  // the CUDA trainer computes in f32
+  lc.pinned = device.is_cuda() && !lc.gpu_augment;
   data::Loader loader(*dataset, recipe, lc);
   loader.start_epoch(0);
   const int64_t steps_per_epoch = loader.batches_per_epoch();
@@ -364,7 +370,8 @@ int run(int argc, char** argv) {
         continue;
       }
       std::vector<Tensor> views;
-      for (const Tensor& v : batch.views) views.push_back(device.is_cuda() || dtype != v.dtype() ? v.to(device, dtype) : v);
+      for (const Tensor& v : batch.views)
+        views.push_back(v.device() == device && v.dtype() == dtype ? v : v.to(device, dtype));
       models::MiraStepSchedule s{lr.at(step), beta.at(step), ema.at(step), epoch < freeze_epochs};
       const bool log_now = (step + 1) % log_every == 0;
       models::MiraStepStats st;

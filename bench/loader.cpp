@@ -1,11 +1,13 @@
 // Input-pipeline benchmark: images/s for decode + full multi-crop augmentation on real photos.
 //   cpu mode: the Loader (decode + augment on CPU threads) for each thread count;
-//   gpu mode: decode on CPU threads, augmentation by the CUDA kernels (data/augment_cuda.h).
+//   gpu mode: decode on CPU threads, augmentation by the CUDA kernels (data/augment_cuda.h);
+//   decode-only mode: the libjpeg-turbo-only baseline of docs/performance.md, every image
+//   decoded at full size (no DCT downscaling, no augmentation) on the same threads.
 // Prints one JSON object per line. Photos: any tree of .jpg files (default: the libdlib19.1 /
 // hugin-data photos that tests/test_jpeg.cpp fetches into data_cache/photos).
 //
 //   bench_loader [--data DIR] [--recipe imagenet|cifar] [--threads 1,2,4] [--images N]
-//                [--batch B] [--epochs E] [--gpu]
+//                [--batch B] [--epochs E] [--gpu] [--decode-only]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -73,68 +75,66 @@ void bench_cpu(const Dataset& ds, const MultiCropRecipe& r, int threads, int64_t
   std::fflush(stdout);
 }
 
-// CPU decode (threads) + GPU augmentation, one batch at a time (no overlap between decode and
-// kernels yet: a lower bound for the pipelined loader).
-void bench_gpu(const ImageFolderDataset& ds, const MultiCropRecipe& r, int threads, int64_t batch, int epochs) {
-  const int nv = static_cast<int>(r.views.size());
-  std::vector<GpuAugmenter> aug(nv);
-  std::vector<Tensor> outs;
-  for (const ViewSpec& v : r.views)
-    outs.push_back(Tensor::empty({batch, v.size, v.size, 3}, DType::BF16, Device::cuda()));
+// libjpeg-turbo alone: full-size decodes (accurate integer DCT, fancy upsampling: djpeg's
+// defaults) of the same files, threads taking images round robin; the first pass warms up.
+void bench_decode_only(const ImageFolderDataset& ds, int threads, int epochs) {
   int64_t images = 0;
-  double t0 = 0;
+  double megapixels = 0, t0 = 0;
   for (int e = 0; e <= epochs; ++e) {
-    if (e == 1) {
-      cuda::synchronize();
-      t0 = now_s();
-    }
-    const std::vector<int64_t> order = epoch_indices(ds.size(), e, SamplerConfig{});
-    for (size_t b0 = 0; b0 + batch <= order.size(); b0 += batch) {
-      std::vector<Decoded> dec(batch);
-      std::vector<std::vector<ViewParams>> params(batch, std::vector<ViewParams>(nv));
-      std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-          for (int64_t i = t; i < batch; i += threads) {
-            const int64_t idx = order[b0 + i];
-            dec[i] = decode_image_file(ds.file(idx), {}, [&](int oh, int ow) {
-              double needed = 0;
-              for (int v = 0; v < nv; ++v) {
-                params[i][v] = sample_view_params(r.views[v], oh, ow, 0, e, idx, v);
-                needed = std::max({needed, double(r.views[v].size) / params[i][v].width,
-                                   double(r.views[v].size) / params[i][v].height});
-              }
-              return jpeg_scale_num_for(needed);
-            });
-          }
-        });
-      for (std::thread& th : pool) th.join();
-      int64_t total = 0;
-      std::vector<int64_t> off(batch);
-      for (int64_t i = 0; i < batch; ++i) {
-        off[i] = total;
-        total += static_cast<int64_t>(dec[i].image.pixels.size());
-      }
-      Tensor host = Tensor::empty({total}, DType::U8);
-      for (int64_t i = 0; i < batch; ++i)
-        std::memcpy(host.data<uint8_t>() + off[i], dec[i].image.pixels.data(), dec[i].image.pixels.size());
-      Tensor dev = host.to(Device::cuda());
-      for (int v = 0; v < nv; ++v) {
-        std::vector<GpuViewJob> jobs(batch);
-        for (int64_t i = 0; i < batch; ++i)
-          jobs[i] = make_gpu_job(params[i][v], r.views[v], off[i], dec[i].image.h, dec[i].image.w, dec[i].orig_h,
-                                 dec[i].orig_w);
-        aug[v].run(static_cast<const uint8_t*>(dev.raw()), jobs, r.views[v], r, outs[v].raw(), DType::BF16);
-      }
-      cuda::synchronize();  // `dev` is freed at the end of the iteration
-      if (e > 0) images += batch;
+    if (e == 1) t0 = now_s();
+    std::vector<double> mp(threads, 0.0);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        for (int64_t i = t; i < ds.size(); i += threads) {
+          const Decoded d = decode_image_file(ds.file(i));
+          mp[t] += double(d.image.h) * d.image.w / 1e6;
+        }
+      });
+    for (std::thread& th : pool) th.join();
+    if (e > 0) {
+      images += ds.size();
+      for (double m : mp) megapixels += m;
     }
   }
   const double dt = now_s() - t0;
   std::printf(
-      "{\"bench\": \"loader\", \"mode\": \"cpu_decode_gpu_augment\", \"recipe\": \"%s\", \"views\": %d, "
+      "{\"bench\": \"loader\", \"mode\": \"libjpeg_turbo_decode_only\", \"threads\": %d, \"images\": %lld, "
+      "\"seconds\": %.3f, \"images_per_s\": %.1f, \"megapixels_per_s\": %.1f}\n",
+      threads, static_cast<long long>(images), dt, images / dt, megapixels / dt);
+  std::fflush(stdout);
+}
+
+// The GPU loader: CPU decode threads, pinned staging, copies and augmentation on the loader's
+// data stream (data/loader.h), bf16 views on the device. The consumer does nothing but take
+// batches, so this is the pipeline's ceiling; the first epoch warms up.
+void bench_gpu(const Dataset& ds, const MultiCropRecipe& r, int threads, int64_t batch, int epochs) {
+  LoaderConfig cfg;
+  cfg.batch_size = batch;
+  cfg.threads = threads;
+  cfg.prefetch = 3;
+  cfg.quiet = true;
+  cfg.gpu_augment = true;
+  cfg.gpu_dtype = DType::BF16;
+  Loader L(ds, r, cfg);
+  Batch b;
+  L.start_epoch(0);
+  while (L.next(b)) {
+  }
+  cuda::synchronize();
+  int64_t images = 0;
+  const double t0 = now_s();
+  for (int e = 1; e <= epochs; ++e) {
+    L.start_epoch(e);
+    while (L.next(b)) images += b.labels.numel();
+  }
+  cuda::synchronize();
+  const double dt = now_s() - t0;
+  std::printf(
+      "{\"bench\": \"loader\", \"mode\": \"cpu_decode_gpu_augment\", \"recipe\": \"%s\", \"views\": %zu, "
       "\"threads\": %d, \"batch\": %lld, \"images\": %lld, \"seconds\": %.3f, \"images_per_s\": %.1f}\n",
-      r.name.c_str(), nv, threads, static_cast<long long>(batch), static_cast<long long>(images), dt, images / dt);
+      r.name.c_str(), r.views.size(), threads, static_cast<long long>(batch), static_cast<long long>(images), dt,
+      images / dt);
   std::fflush(stdout);
 }
 
@@ -145,7 +145,7 @@ int main(int argc, char** argv) {
   std::string recipe = "imagenet", thread_list;
   int64_t images = 512, batch = 32;
   int epochs = 2;
-  bool gpu = false;
+  bool gpu = false, decode_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto val = [&]() -> std::string {
@@ -169,6 +169,8 @@ int main(int argc, char** argv) {
       epochs = std::stoi(val());
     else if (a == "--gpu")
       gpu = true;
+    else if (a == "--decode-only")
+      decode_only = true;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -186,6 +188,10 @@ int main(int argc, char** argv) {
     }
     auto ds = photo_dataset(data, images);
     const MultiCropRecipe r = MultiCropRecipe::by_name(recipe);
+    if (decode_only) {
+      for (int t : threads) bench_decode_only(*ds, t, epochs);
+      return 0;
+    }
     for (int t : threads) bench_cpu(*ds, r, t, batch, epochs);
     if (gpu) {
       if (!augment_cuda_available()) {

@@ -7,6 +7,7 @@
 #include "data/augment_cuda.h"
 #include "data/augment_ops.h"
 #include "engine/cuda/context.h"
+#include "engine/cuda/device_guard.h"
 #include "engine/cuda_backend.h"
 #include "kernels/cuda/check.h"
 
@@ -277,8 +278,77 @@ GpuAugmenter::~GpuAugmenter() {
   if (d_scratch_) cuda::device_free(d_scratch_, device_);
 }
 
-void GpuAugmenter::reserve(size_t jobs, size_t scratch_floats) {
+GpuStaging::GpuStaging(int device) : device_(device) {
+  cuda::DeviceGuard guard(device_);
+  cudaStream_t s = nullptr;
+  MIRA_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  stream_ = s;
+}
+
+GpuStaging::~GpuStaging() {
+  cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));  // nothing in flight reads freed memory
+  for (void* e : events_)
+    if (e) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+  cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+void* GpuStaging::event(int id) {
+  MIRA_CHECK(id >= 0, "GpuStaging: negative event id");
+  if (static_cast<size_t>(id) >= events_.size()) {
+    events_.resize(id + 1, nullptr);
+    recorded_.resize(id + 1, false);
+  }
+  if (!events_[id]) {
+    cudaEvent_t e = nullptr;
+    MIRA_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    events_[id] = e;
+  }
+  return events_[id];
+}
+
+void GpuStaging::record_on_data(int id) {
+  cuda::DeviceGuard guard(device_);
+  MIRA_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event(id)), static_cast<cudaStream_t>(stream_)));
+  recorded_[id] = true;
+}
+
+void GpuStaging::record_on_compute(int id) {
+  cuda::DeviceGuard guard(device_);
+  MIRA_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event(id)), cuda::CudaContext::get().stream()));
+  recorded_[id] = true;
+}
+
+void GpuStaging::data_waits(int id) {
+  if (static_cast<size_t>(id) >= recorded_.size() || !recorded_[id]) return;
+  MIRA_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream_), static_cast<cudaEvent_t>(events_[id]), 0));
+}
+
+void GpuStaging::compute_waits(int id) {
+  if (static_cast<size_t>(id) >= recorded_.size() || !recorded_[id]) return;
+  cuda::DeviceGuard guard(device_);
+  MIRA_CUDA_CHECK(
+      cudaStreamWaitEvent(cuda::CudaContext::get().stream(), static_cast<cudaEvent_t>(events_[id]), 0));
+}
+
+void GpuStaging::host_waits(int id) {
+  if (static_cast<size_t>(id) >= recorded_.size() || !recorded_[id]) return;
+  MIRA_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(events_[id])));
+}
+
+void GpuStaging::host_waits_data() { MIRA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_))); }
+
+void GpuStaging::copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  cuda::DeviceGuard guard(device_);
+  MIRA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream_)));
+}
+
+void GpuAugmenter::reserve(size_t jobs, size_t scratch_floats, void* stream) {
   MIRA_CUDA_CHECK(cudaGetDevice(&device_));
+  // Growing frees the old buffers: let the kernels that use them finish first (the caching
+  // allocator may hand the memory to work on another stream at once).
+  if ((jobs > jobs_cap_ && d_jobs_) || (scratch_floats > scratch_cap_ && d_scratch_))
+    MIRA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
   if (jobs > jobs_cap_) {
     if (d_jobs_) cuda::device_free(d_jobs_, device_);
     d_jobs_ = cuda::device_alloc(jobs * sizeof(GpuViewJob), device_);
@@ -301,8 +371,8 @@ void GpuAugmenter::run(const uint8_t* d_src, const std::vector<GpuViewJob>& jobs
     MIRA_CHECK(!j.blur || (j.radius >= 1 && j.radius <= 15), "GPU blur radius ", j.radius, " outside 1..15");
   const int S = v.size;
   const size_t plane = static_cast<size_t>(N) * S * S * 3;
-  reserve(jobs.size(), 2 * plane);
   cudaStream_t stream = stream_ptr ? static_cast<cudaStream_t>(stream_ptr) : cuda::CudaContext::get().stream();
+  reserve(jobs.size(), 2 * plane, stream);
   // The job array is tiny (N x 100 bytes); a synchronous-looking copy from pageable memory is
   // staged by the driver and ordered on the stream.
   MIRA_CUDA_CHECK(

@@ -41,6 +41,35 @@ GpuViewJob make_gpu_job(const ViewParams& p, const ViewSpec& v, int64_t src_offs
 
 bool augment_cuda_available();  // built with CUDA and a device present
 
+// The GPU loader's stream and events (data/loader.h, "GPU augmentation"), without CUDA types.
+// The data stream carries the host-to-device copies and the augmentation kernels; events order
+// it against the engine's compute stream both ways. Event ids are small integers, created on
+// first use; waiting on or synchronising with an event never recorded does nothing.
+class GpuStaging {
+ public:
+  explicit GpuStaging(int device);
+  ~GpuStaging();
+  GpuStaging(const GpuStaging&) = delete;
+  GpuStaging& operator=(const GpuStaging&) = delete;
+
+  void* stream() const { return stream_; }  // cudaStream_t
+  void record_on_data(int event);
+  void record_on_compute(int event);
+  void data_waits(int event);     // the data stream waits for the event (no host wait)
+  void compute_waits(int event);  // the engine's stream waits for the event (no host wait)
+  void host_waits(int event);     // the host waits for the event
+  void host_waits_data();         // the host waits for everything queued on the data stream
+  // Asynchronous on the data stream; src must be pinned host memory.
+  void copy_to_device(void* dst, const void* src, size_t bytes);
+
+ private:
+  void* event(int id);
+  int device_ = 0;
+  void* stream_ = nullptr;
+  std::vector<void*> events_;
+  std::vector<bool> recorded_;
+};
+
 // Owns the device scratch and the job array; reuse one per view size across batches.
 class GpuAugmenter {
  public:
@@ -55,7 +84,7 @@ class GpuAugmenter {
            void* d_out, DType out_type, void* stream = nullptr);
 
  private:
-  void reserve(size_t jobs, size_t scratch_floats);
+  void reserve(size_t jobs, size_t scratch_floats, void* stream);
   void* d_jobs_ = nullptr;
   size_t jobs_cap_ = 0;
   float* d_scratch_ = nullptr;  // two [n, S, S, 3] f32 planes

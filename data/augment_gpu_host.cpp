@@ -42,8 +42,19 @@ bool augment_cuda_available() {
 }
 
 #ifndef MIRA_DATA_HAS_CUDA
+GpuStaging::GpuStaging(int) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+GpuStaging::~GpuStaging() = default;
+void* GpuStaging::event(int) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+void GpuStaging::record_on_data(int) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+void GpuStaging::record_on_compute(int) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+void GpuStaging::data_waits(int) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+void GpuStaging::compute_waits(int) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+void GpuStaging::host_waits(int) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+void GpuStaging::host_waits_data() { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+void GpuStaging::copy_to_device(void*, const void*, size_t) { MIRA_FAIL("GPU augmentation: this build has no CUDA"); }
+
 GpuAugmenter::~GpuAugmenter() = default;
-void GpuAugmenter::reserve(size_t, size_t) {
+void GpuAugmenter::reserve(size_t, size_t, void*) {
   MIRA_FAIL("GPU augmentation: this build has no CUDA");
 }
 void GpuAugmenter::run(const uint8_t*, const std::vector<GpuViewJob>&, const ViewSpec&, const MultiCropRecipe&, void*,

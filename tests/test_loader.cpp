@@ -3,112 +3,14 @@
 // single-sample path; drop_last and the last short batch; the Fashion-MNIST recipe on gray data;
 // ImageFolder with bad files (empty, truncated, random bytes, PNG named .jpg) skipped with one
 // warning each and counted; a dataset with no readable image is an error naming its path; DCT
-// downscaled decoding stays close to full-size decoding.
-#include <unistd.h>
-
-#include <cstddef>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-// jpeglib.h needs size_t and FILE declared first
-#include <jpeglib.h>
-
-#include "data/loader.h"
-#include "testing.h"
+// downscaled decoding stays close to full-size decoding; staging a sample without its pixels
+// draws the same decisions; GPU augmentation where there is no CUDA is a clear error.
+#include "loader_fixtures.h"
 
 using namespace mira;
 using namespace mira::data;
+using namespace mira::testing;
 namespace fs = std::filesystem;
-
-namespace {
-
-std::unique_ptr<InMemoryDataset> random_dataset(int n, int h, int w, int c) {
-  std::vector<uint8_t> px(static_cast<size_t>(n) * h * w * c);
-  uint32_t s = 7;
-  for (size_t i = 0; i < px.size(); ++i) {
-    s = s * 1664525u + 1013904223u;
-    px[i] = static_cast<uint8_t>((s >> 24) / 2 + (i / c) % 97);  // noise on a ramp
-  }
-  std::vector<int64_t> labels(n);
-  for (int i = 0; i < n; ++i) labels[i] = i % 10;
-  return std::make_unique<InMemoryDataset>("mem", DataFormat::Cifar10, h, w, c, 10, std::move(px), std::move(labels));
-}
-
-struct EpochData {
-  std::vector<std::vector<float>> views;  // per view, concatenated over batches
-  std::vector<int64_t> labels, samples;
-  int batches = 0;
-};
-
-EpochData run_epoch(Loader& L, int64_t epoch) {
-  EpochData e;
-  L.start_epoch(epoch);
-  Batch b;
-  while (L.next(b)) {
-    CHECK(b.index == e.batches);
-    ++e.batches;
-    e.views.resize(b.views.size());
-    for (size_t v = 0; v < b.views.size(); ++v) {
-      const float* p = b.views[v].data<float>();
-      e.views[v].insert(e.views[v].end(), p, p + b.views[v].numel());
-    }
-    const int64_t* l = b.labels.data<int64_t>();
-    e.labels.insert(e.labels.end(), l, l + b.labels.numel());
-    e.samples.insert(e.samples.end(), b.samples.begin(), b.samples.end());
-  }
-  return e;
-}
-
-std::vector<uint8_t> make_jpeg(int w, int h, int phase, double freq = 0.02) {
-  jpeg_compress_struct c;
-  jpeg_error_mgr err;
-  c.err = jpeg_std_error(&err);
-  jpeg_create_compress(&c);
-  unsigned char* mem = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&c, &mem, &size);
-  c.image_width = w;
-  c.image_height = h;
-  c.input_components = 3;
-  c.in_color_space = JCS_RGB;
-  jpeg_set_defaults(&c);
-  jpeg_set_quality(&c, 90, TRUE);
-  jpeg_start_compress(&c, TRUE);
-  std::vector<uint8_t> row(static_cast<size_t>(w) * 3);
-  while (c.next_scanline < c.image_height) {
-    const int y = static_cast<int>(c.next_scanline);
-    for (int x = 0; x < w; ++x)
-      for (int k = 0; k < 3; ++k)
-        row[x * 3 + k] = static_cast<uint8_t>(128 + 100 * std::sin(freq * (x * (k + 1) + 1.5 * y) + phase));
-    JSAMPROW r = row.data();
-    jpeg_write_scanlines(&c, &r, 1);
-  }
-  jpeg_finish_compress(&c);
-  std::vector<uint8_t> out(mem, mem + size);
-  jpeg_destroy_compress(&c);
-  std::free(mem);
-  return out;
-}
-
-void write_file(const fs::path& p, const std::vector<uint8_t>& b) {
-  fs::create_directories(p.parent_path());
-  std::ofstream f(p, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("mira_test_loader_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-}  // namespace
 
 TEST_CASE("loader: identical batches for any thread count, equal to the single-sample path") {
   auto ds = random_dataset(50, 32, 32, 3);
@@ -278,4 +180,36 @@ TEST_CASE("loader: DCT-downscaled decoding stays close to the full-size result")
   MESSAGE("mean abs difference, DCT-scaled vs full decode: " << worst);
   CHECK(worst < 0.03);
   CHECK(worst > 0);  // it did decode at a reduced scale
+}
+
+TEST_CASE("loader: staging without pixels draws the same decisions; GPU mode without CUDA is an error") {
+  auto ds = random_dataset(6, 28, 28, 1);
+  const MultiCropRecipe r = MultiCropRecipe::fashion_mnist();
+  LoaderConfig cfg;
+  StagedSample with, without;
+  std::vector<uint8_t> rgb;
+  stage_sample(*ds, r, 3, 5, 2, cfg, with, rgb, true);
+  stage_sample(*ds, r, 3, 5, 2, cfg, without, rgb, false);
+  CHECK(without.pixels == nullptr);
+  CHECK(with.pixels != nullptr);
+  CHECK(with.h == without.h);
+  CHECK(with.w == without.w);
+  REQUIRE(with.params.size() == without.params.size());
+  for (size_t v = 0; v < with.params.size(); ++v) {
+    CHECK(with.params[v].top == without.params[v].top);
+    CHECK(with.params[v].width == without.params[v].width);
+    CHECK(with.params[v].flip == without.params[v].flip);
+  }
+  std::vector<float> out(32 * 32 * 3);
+  AugScratch scratch;
+  CHECK_THROWS_AS(augment_staged(without, r, {out.data(), out.data()}, scratch), Error);
+  if (!augment_cuda_available()) {
+    cfg.gpu_augment = true;
+    try {
+      Loader L(*ds, r, cfg);
+      FAIL("GPU mode without CUDA was accepted");
+    } catch (const Error& e) {
+      CHECK_MESSAGE(std::string(e.what()).find("GPU augmentation asked for") != std::string::npos, e.what());
+    }
+  }
 }

@@ -197,6 +197,11 @@ else
 fi
 
 # ---- benchmarks
+# The loader bench needs the photos (data_cache/photos/x, or .device_deps/photos from
+# tools/prepare_device_deps.sh): CPU threads, then the GPU loader.
+PHOTOS=data_cache/photos/x
+[[ -d $PHOTOS ]] || PHOTOS=.device_deps/photos
+: "${MIRA_BENCH_ARGS_loader:=--data $PHOTOS --gpu --threads 4,16 --images 2048 --batch 256}"
 if [[ "${MIRA_SKIP_BENCH:-0}" != 1 ]]; then
   for exe in "$BUILD"/bench/*; do
     [[ -f "$exe" && -x "$exe" ]] || continue
@@ -211,6 +216,15 @@ if [[ "${MIRA_SKIP_BENCH:-0}" != 1 ]]; then
     s=$([[ $rc -eq 0 ]] && echo OK || { [[ $rc -eq 124 ]] && echo TIMEOUT || echo FAIL; })
     row "bench $name" "$s" "$(elapsed "$t")" "$(grep -v '^\s*$' "$LOG_DIR/bench_$name.log" | tail -n 1)"
   done
+  if [[ -d $PHOTOS ]] && python3 -c 'import torchvision, PIL' 2>/dev/null; then
+    t=$(now)
+    say "bench pytorch_loader.py (log: bench_pytorch_loader.log)"
+    timeout "$BENCH_TIMEOUT" python3 bench/pytorch_loader.py --data "$PHOTOS" --workers 4,16 --images 2048 --batch 256 \
+      >"$LOG_DIR/bench_pytorch_loader.log" 2>&1
+    rc=$?
+    row "bench pytorch_loader.py" "$([[ $rc -eq 0 ]] && echo OK || echo FAIL)" "$(elapsed "$t")" \
+      "$(grep -v '^\s*$' "$LOG_DIR/bench_pytorch_loader.log" | tail -n 1)"
+  fi
   if [[ -f bench/pytorch_mira_step.py ]] && python3 -c 'import torch' 2>/dev/null; then
     t=$(now)
     say "bench pytorch_mira_step.py (log: bench_pytorch_mira_step.log)"

@@ -19,7 +19,7 @@ const Json& pretrain_schema() {
     "data": {
       "path": "", "format": "auto", "train_subset": 0,
       "recipe": "imagenet", "local_crops": -1, "interp": "", "mean": [], "std": [],
-      "threads": 0, "prefetch": 3, "max_image_pixels": 89478485
+      "threads": 0, "prefetch": 3, "max_image_pixels": 89478485, "augment_device": "auto"
     },
     "optim": {
       "name": "lars", "lr": 0.3, "scale_lr_by_batch": true,
@@ -104,6 +104,8 @@ void validate_pretrain_config(const Json& c) {
   require(bf >= 0 && bf < 1, "mira.beta_final", "must be in [0, 1)");
   require(c["mira"]["tau_s"] > 0 && c["mira"]["tau_t"] > 0, "mira.tau_s", "and mira.tau_t must be > 0");
   require(c["mira"]["iters"] >= 0, "mira.iters", "must be >= 0");
+  const std::string aug = c["data"]["augment_device"];
+  require(aug == "auto" || aug == "cpu" || aug == "gpu", "data.augment_device", "must be auto, cpu or gpu, got " + aug);
   require(c["data"]["max_image_pixels"].is_number_integer() && c["data"]["max_image_pixels"] >= 1 &&
               c["data"]["max_image_pixels"] <= data::kMaxImagePixels,
           "data.max_image_pixels", "must be an integer in [1, 268435456]");
