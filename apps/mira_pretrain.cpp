@@ -248,7 +248,8 @@ int run(int argc, char** argv) {
   MIRA_CHECK(aug_dev != "gpu" || device.is_cuda(), "data.augment_device is gpu but train.device is ", device.str());
   lc.gpu_augment = device.is_cuda() && aug_dev != "cpu";
   lc.device = device.index;
-  lc.gpu_dtype = DType::F32;  // the CUDA trainer computes in f32
+  const bool mixed_bf16 = cfg["train"]["dtype"] == "bf16";
+  lc.gpu_dtype = mixed_bf16 ? DType::BF16 : DType::F32;  // what the backbone computes in
   lc.pinned = device.is_cuda() && !lc.gpu_augment;
   data::Loader loader(*dataset, recipe, lc);
   loader.start_epoch(0);
@@ -260,9 +261,11 @@ int run(int argc, char** argv) {
   models::MiraModelConfig mc;
   mc.backbone = backbone_config(cfg["model"]);
   mc.head = models::HeadConfig{cfg["model"]["proj_hidden"], cfg["model"]["proj_out"], cfg["model"]["prototypes"]};
-  const DType dtype = cfg["train"]["dtype"] == "f64" ? DType::F64 : DType::F32;
+  const DType dtype = cfg["train"]["dtype"] == "f64" ? DType::F64 : DType::F32;  // parameters
   MIRA_CHECK(dtype == DType::F32 || device.is_cpu(), "train.dtype f64 is for CPU reference runs only");
+  MIRA_CHECK(!mixed_bf16 || device.is_cuda(), "train.dtype bf16 needs train.device cuda (the CPU kernels are f32 / f64)");
   models::MiraModel model(mc, device, dtype);
+  if (mixed_bf16) model.set_compute_dtype(DType::BF16);
   model.init(cfg["train"]["seed"]);
   const Json& o = cfg["optim"];
   OptimConfig oc{o["name"], o["momentum"], o["weight_decay"], o["eta"]};
@@ -371,7 +374,9 @@ int run(int argc, char** argv) {
       }
       std::vector<Tensor> views;
       for (const Tensor& v : batch.views)
-        views.push_back(v.device() == device && v.dtype() == dtype ? v : v.to(device, dtype));
+        views.push_back(v.device() == device && (v.dtype() == dtype || v.dtype() == model.compute_dtype())
+                            ? v
+                            : v.to(device, model.compute_dtype()));
       models::MiraStepSchedule s{lr.at(step), beta.at(step), ema.at(step), epoch < freeze_epochs};
       const bool log_now = (step + 1) % log_every == 0;
       models::MiraStepStats st;

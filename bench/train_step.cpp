@@ -6,7 +6,7 @@
 //   train_step [--arch resnet_tiny|resnet18|resnet50] [--batch 128] [--global-size 32]
 //              [--local-crops 0] [--local-size 16] [--steps 20] [--warmup 3] [--device cpu]
 //              [--optim sgd|lars] [--proj-hidden 256] [--proj-out 64] [--prototypes 300]
-//              [--cifar-stem 1]
+//              [--cifar-stem 1] [--dtype f32|bf16]
 // Prints one JSON line.
 #include <chrono>
 #include <cstdio>
@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
         .option("proj-hidden", "projector hidden width", "256")
         .option("proj-out", "projector output width", "64")
         .option("prototypes", "K", "300")
-        .option("cifar-stem", "1: 3x3 stride-1 stem without max-pool", "1");
+        .option("cifar-stem", "1: 3x3 stride-1 stem without max-pool", "1")
+        .option("dtype", "f32 | bf16 (f32 parameters, bf16 backbone and projector; CUDA)", "f32");
     if (!a.parse(argc, argv)) return 0;
     const Device dev = Device::parse(a.str("device"));
     if (dev.is_cuda()) cuda::set_device(dev.index);
@@ -43,13 +44,16 @@ int main(int argc, char** argv) {
                                  int(a.integer("prototypes"))};
     models::MiraModel model(mc, dev, DType::F32);
     model.init(0);
+    const bool bf16 = a.str("dtype") == "bf16";
+    MIRA_CHECK(bf16 || a.str("dtype") == "f32", "--dtype must be f32 or bf16");
+    if (bf16) model.set_compute_dtype(DType::BF16);
     models::MiraTrainer trainer(model, OptimConfig{a.str("optim"), 0.9, 1e-4, 0.001}, {0.1, 0.225, 30}, local_comm());
     const int64_t B = a.integer("batch"), G = a.integer("global-size"), L = a.integer("local-crops"),
                   S = a.integer("local-size");
     std::vector<Tensor> views;
     for (int v = 0; v < 2 + L; ++v) {
       const int64_t side = v < 2 ? G : S;
-      views.push_back(Tensor::randn({B, side, side, 3}, 100 + v, 0, 1, DType::F32, dev));
+      views.push_back(Tensor::randn({B, side, side, 3}, 100 + v, 0, 1, DType::F32, dev).to(model.compute_dtype()));
     }
     const int warmup = int(a.integer("warmup")), steps = int(a.integer("steps"));
     models::MiraStepSchedule s{0.05, 0.7, 0.99, false};
@@ -61,10 +65,10 @@ int main(int argc, char** argv) {
     cuda::synchronize();
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf(
-        "{\"bench\": \"mira_train_step\", \"impl\": \"mira-engine\", \"arch\": \"%s\", \"device\": \"%s\", "
+        "{\"bench\": \"mira_train_step\", \"impl\": \"mira-engine\", \"arch\": \"%s\", \"device\": \"%s\", \"dtype\": \"%s\", "
         "\"batch\": %lld, \"global\": %lld, \"local_crops\": %lld, \"local_size\": %lld, \"steps\": %d, "
         "\"ms_per_step\": %.2f, \"img_per_s\": %.1f, \"loss\": %.5f}\n",
-        a.str("arch").c_str(), dev.str().c_str(), static_cast<long long>(B), static_cast<long long>(G),
+        a.str("arch").c_str(), dev.str().c_str(), a.str("dtype").c_str(), static_cast<long long>(B), static_cast<long long>(G),
         static_cast<long long>(L), static_cast<long long>(S), steps, 1e3 * sec / steps, B * steps / sec, loss);
     return 0;
   });

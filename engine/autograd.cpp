@@ -16,6 +16,7 @@ struct Node {
 
 thread_local bool g_grad_enabled = true;
 thread_local std::vector<Node> g_tape;
+thread_local uint64_t g_tape_epoch = 0;
 
 }  // namespace
 
@@ -55,6 +56,7 @@ void backward(const Tensor& loss, const Tensor& seed, const LeafReadyFn& on_leaf
   // Move the tape out first: closures may record nothing, and an exception leaves it empty.
   std::vector<Node> tape;
   tape.swap(g_tape);
+  ++g_tape_epoch;
   if (seed.defined()) {
     MIRA_CHECK(seed.shape() == loss.shape(), "backward seed ", seed.shape().str(), " for loss ", loss.shape().str());
     loss.meta()->grad = seed.clone();
@@ -86,6 +88,10 @@ void backward(const Tensor& loss, const Tensor& seed, const LeafReadyFn& on_leaf
 }
 
 size_t tape_size() { return g_tape.size(); }
-void clear_tape() { g_tape.clear(); }
+void clear_tape() {
+  g_tape.clear();
+  ++g_tape_epoch;
+}
+uint64_t tape_epoch() { return g_tape_epoch; }
 
 }  // namespace mira

@@ -55,6 +55,9 @@ void backward(const Tensor& loss, const Tensor& seed = Tensor(), const LeafReady
 
 size_t tape_size();
 void clear_tape();  // drops recorded nodes without running them
+// Counts the tapes this thread has finished (each backward() and clear_tape() ends one): a
+// tensor recorded under an earlier epoch is no longer on the tape (ParamStore's cast cache).
+uint64_t tape_epoch();
 
 struct GradSlot {
   Tensor grad;

@@ -181,6 +181,12 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
                   double momentum, double eps) {
   check_float(x, "batch_norm");
   check_same(gamma, beta, "batch_norm");
+  if (!x.is_cuda() && x.dtype() != gamma.dtype()) {
+    // Mixed precision on the CPU (f32 activations under f64 parameters): the CPU kernels take
+    // one dtype, so normalise a copy in the parameters' dtype, as the CUDA kernels compute the
+    // statistics of bf16 activations in f32.
+    return cast(batch_norm(cast(x, gamma.dtype()), gamma, beta, st, training, momentum, eps), x.dtype());
+  }
   MIRA_CHECK(x.ndim() == 2 || x.ndim() == 4, "batch_norm: x must be (N, C) or (N, H, W, C), got ", x.str());
   const int C = int(x.dim(-1));
   const int64_t M = rows_of(x);
@@ -538,6 +544,17 @@ Tensor sum(const Tensor& x) { return reduce_all(x, 1.0, "sum"); }
 Tensor mean(const Tensor& x) {
   MIRA_CHECK(x.numel() > 0, "mean of an empty tensor");
   return reduce_all(x, 1.0 / double(x.numel()), "mean");
+}
+
+Tensor cast(const Tensor& x, DType dtype) {
+  check_float(x, "cast");
+  MIRA_CHECK(dtype_is_float(dtype), "cast: to a floating-point dtype only, got ", dtype_name(dtype));
+  if (x.dtype() == dtype) return x;
+  Tensor y = x.detach().to(dtype);
+  if (needs_grad({&x})) {
+    record("cast", y, {&x}, [x](const Tensor& dy) { add_scaled_into(x, dy.to(x.dtype()), 1.0); });
+  }
+  return y;
 }
 
 Tensor reshape(const Tensor& x, const Shape& shape) {

@@ -48,6 +48,9 @@ Tensor log_softmax(const Tensor& x);
 Tensor soft_cross_entropy(const Tensor& logits, const Tensor& targets);
 Tensor sum(const Tensor& x);   // -> scalar
 Tensor mean(const Tensor& x);  // -> scalar
+// x converted to dtype (x itself when it already has it); the gradient flows back converted to
+// x's dtype. Mixed precision: f32 parameters cast to bf16 for the convolutions and GEMMs.
+Tensor cast(const Tensor& x, DType dtype);
 // Autograd-aware reshape (a view of the same storage).
 Tensor reshape(const Tensor& x, const Shape& shape);
 

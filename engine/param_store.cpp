@@ -1,6 +1,7 @@
 #include "engine/param_store.h"
 
 #include "engine/autograd.h"
+#include "engine/ops.h"
 
 namespace mira {
 
@@ -47,6 +48,20 @@ const Tensor& ParamStore::get(int index) const {
   MIRA_CHECK(finalized_, "ParamStore: get() before finalize()");
   MIRA_CHECK(index >= 0 && index < static_cast<int>(entries_.size()), "ParamStore: no entry ", index);
   return entries_[index].view;
+}
+
+Tensor ParamStore::get_as(int index, DType dtype) {
+  const Tensor& t = get(index);
+  if (t.dtype() == dtype) return t;
+  if (!grad_enabled() || !t.requires_grad()) return ops::cast(t, dtype);  // nothing recorded to share
+  CachedCast& c = casts_[{index, static_cast<int>(dtype)}];
+  // A cast recorded on an earlier tape is stale: that tape has run (the values may have changed
+  // since) and its node will never pass a gradient on.
+  if (!c.t.defined() || c.epoch != tape_epoch()) {
+    c.t = ops::cast(t, dtype);
+    c.epoch = tape_epoch();
+  }
+  return c.t;
 }
 
 const Tensor& ParamStore::get(const std::string& name) const {

@@ -5,6 +5,7 @@
 // Each view starts at a 64-byte boundary; the padding between views stays zero.
 #pragma once
 
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,6 +36,11 @@ class ParamStore {
 
   const Tensor& get(int index) const;
   const Tensor& get(const std::string& name) const;
+  // Tensor `index` in `dtype`, for compute (mixed precision): the view itself when the dtypes
+  // agree, else ops::cast of it. With autograd recording, the cast is made once per tape and
+  // shared by every later use on that tape (as autocast's weight cache): one conversion and one
+  // gradient accumulation per parameter and step, however many crops the step runs.
+  Tensor get_as(int index, DType dtype);
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   const std::vector<Entry>& entries() const { return entries_; }
 
@@ -55,6 +61,11 @@ class ParamStore {
   std::unordered_map<std::string, int> index_;
   int64_t param_elems_ = 0, buffer_elems_ = 0;
   Tensor params_, grads_, buffers_;
+  struct CachedCast {
+    Tensor t;
+    uint64_t epoch = 0;
+  };
+  std::map<std::pair<int, int>, CachedCast> casts_;  // (index, dtype) -> cast on the current tape
 };
 
 }  // namespace mira

@@ -17,7 +17,8 @@ Conv2d::Conv2d(ParamStore& ps, const std::string& name, int in_, int out_, int k
   w_ = ps.declare(name + ".weight", {out, k, k, in});
 }
 
-Tensor Conv2d::forward(const Tensor& x) const { return ops::conv2d(x, ps_->get(w_), stride, pad); }
+// Weights follow the activations' dtype (f32 parameters, bf16 compute: ParamStore::get_as).
+Tensor Conv2d::forward(const Tensor& x) const { return ops::conv2d(x, ps_->get_as(w_, x.dtype()), stride, pad); }
 
 void Conv2d::init(uint64_t seed) const {
   const Tensor& w = ps_->get(w_);
@@ -52,7 +53,7 @@ Linear::Linear(ParamStore& ps, const std::string& name, int in_, int out_, bool 
 }
 
 Tensor Linear::forward(const Tensor& x) const {
-  return ops::linear(x, ps_->get(w_), b_ >= 0 ? ps_->get(b_) : Tensor());
+  return ops::linear(x, ps_->get_as(w_, x.dtype()), b_ >= 0 ? ps_->get_as(b_, x.dtype()) : Tensor());
 }
 
 void Linear::init(uint64_t seed) const {

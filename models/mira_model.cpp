@@ -4,7 +4,8 @@
 
 namespace mira::models {
 
-MiraModel::MiraModel(const MiraModelConfig& cfg, Device device, DType dtype) : cfg_(cfg) {
+MiraModel::MiraModel(const MiraModelConfig& cfg, Device device, DType dtype)
+    : cfg_(cfg), dtype_(dtype), compute_(dtype) {
   student_ = std::make_unique<ParamStore>(device, dtype);
   teacher_ = std::make_unique<ParamStore>(device, dtype);
   s_backbone_ = std::make_unique<ResNet>(*student_, cfg.backbone, "backbone.");
@@ -36,17 +37,19 @@ void MiraModel::reset_teacher() {
 }
 
 Tensor MiraModel::student_logits(const Tensor& x) {
-  return protos_->forward(s_proj_->forward(s_backbone_->forward(x, true), true));
+  const Tensor z = s_proj_->forward(s_backbone_->forward(ops::cast(x, compute_), true), true);
+  return protos_->forward(ops::cast(z, dtype_));
 }
 
 Tensor MiraModel::teacher_logits(const Tensor& x) {
   NoGradGuard ng;
-  return protos_->forward(t_proj_->forward(t_backbone_->forward(x, true), true));
+  const Tensor z = t_proj_->forward(t_backbone_->forward(ops::cast(x, compute_), true), true);
+  return protos_->forward(ops::cast(z, dtype_));
 }
 
 Tensor MiraModel::features(const Tensor& x, bool teacher) {
   NoGradGuard ng;
-  return (teacher ? t_backbone_ : s_backbone_)->forward(x, false);
+  return ops::cast((teacher ? t_backbone_ : s_backbone_)->forward(ops::cast(x, compute_), false), dtype_);
 }
 
 void MiraModel::set_comm(Communicator* comm) {

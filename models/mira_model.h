@@ -29,6 +29,13 @@ class MiraModel {
   // Every BatchNorm of student and teacher synchronises its statistics over comm's ranks.
   void set_comm(Communicator* comm);
 
+  // Mixed precision: backbone and projector compute in `dtype` (bf16 on CUDA; f32 under f64
+  // parameters on the CPU, which tests the plumbing), the parameters, BN statistics, the
+  // prototypes, logits and everything after stay in the parameters' dtype. Default: the
+  // parameters' dtype (no casts at all).
+  void set_compute_dtype(DType dtype) { compute_ = dtype; }
+  DType compute_dtype() const { return compute_; }
+
   // Student logits (N, K) for one crop batch (its own BN batch statistics).
   Tensor student_logits(const Tensor& x);
   // Teacher logits (N, K): train-mode BN (batch statistics, own running stats), no gradient.
@@ -53,6 +60,7 @@ class MiraModel {
 
  private:
   MiraModelConfig cfg_;
+  DType dtype_, compute_;
   std::unique_ptr<ParamStore> student_, teacher_;
   std::unique_ptr<ResNet> s_backbone_, t_backbone_;
   std::unique_ptr<Projector> s_proj_, t_proj_;

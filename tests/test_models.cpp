@@ -1,13 +1,15 @@
 // labels: cpu
 // Our ResNets and MIRA heads against torchvision/PyTorch (fixtures from tools/golden_models.py:
 // weights from a closed-form formula computed on both sides, so only outputs and gradients
-// are stored), plus parameter counts and torchvision's tensor names and shapes.
+// are stored), plus parameter counts and torchvision's tensor names and shapes; mixed precision
+// (ParamStore::get_as's per-tape cast cache; f32 compute under f64 parameters vs f64).
 #include <cmath>
 #include <cstdio>
 
 #include "engine/safetensors.h"
 #include "models/checkpoint.h"
 #include "models/heads.h"
+#include "models/mira_model.h"
 #include "models/resnet.h"
 #include "golden_formula.h"
 #include "testing.h"
@@ -192,4 +194,66 @@ TEST_CASE("golden: projector + weight-normalised prototypes + soft-target cross-
     // projector.0.weight's gradient is stored in f32 (fixture size): 1e-7 relative.
     CHECK(allclose(ps.get(g).grad(), fx["grad." + g], {1e-12, 2e-7}, "grad " + g));
   }
+}
+
+TEST_CASE("ParamStore::get_as: one cast per parameter and tape, stale after backward") {
+  ParamStore ps(Device::cpu(), DType::F64);
+  const int w = ps.declare("w", {3, 4});
+  ps.finalize();
+  ps.get(w).copy_(Tensor::randn({3, 4}, 1, 0, 1, DType::F64));
+  Tensor x = Tensor::randn({2, 4}, 2, 0, 1, DType::F32);
+  const Tensor a = ps.get_as(w, DType::F32), b = ps.get_as(w, DType::F32);
+  CHECK(a.meta() == b.meta());  // shared on this tape
+  CHECK(ps.get_as(w, DType::F64).meta() == ps.get(w).meta());
+  Tensor loss = ops::add(ops::sum(ops::linear(x, a)), ops::sum(ops::scale(ops::linear(x, b), 2.0)));
+  ps.zero_grad();
+  backward(loss);
+  // d/dw sum(x w^T) = column sums of x for every row of w, times 1 + 2.
+  const std::vector<double> xv = x.to_vector(), g = ps.get(w).grad().to_vector();
+  for (int o = 0; o < 3; ++o)
+    for (int i = 0; i < 4; ++i) CHECK(std::fabs(g[o * 4 + i] - 3.0 * (xv[i] + xv[4 + i])) < 1e-6);
+  // After backward the cached cast belongs to a finished tape: a new one is made.
+  ps.get(w).fill_(0.5);
+  const Tensor c = ps.get_as(w, DType::F32);
+  CHECK(c.meta() != a.meta());
+  CHECK(c.to_vector()[0] == 0.5);
+  clear_tape();
+  {
+    NoGradGuard ng;  // nothing recorded: not cached either
+    CHECK(ps.get_as(w, DType::F32).raw() != ps.get_as(w, DType::F32).raw());
+  }
+}
+
+TEST_CASE("mixed precision plumbing: f32 compute under f64 parameters tracks the f64 model") {
+  MiraModelConfig mc;
+  mc.backbone = ResNetConfig::tiny();
+  mc.head = HeadConfig{32, 16, 20};
+  MiraModel ref(mc, Device::cpu(), DType::F64), mixed(mc, Device::cpu(), DType::F64);
+  ref.init(3);
+  mixed.init(3);
+  mixed.set_compute_dtype(DType::F32);
+  Tensor x = Tensor::randn({6, 16, 16, 3}, 4, 0, 1, DType::F64);
+  Tensor x2 = Tensor::randn({6, 8, 8, 3}, 5, 0, 1, DType::F64);
+  std::vector<double> loss;
+  for (MiraModel* m : {&ref, &mixed}) {
+    m->student().zero_grad();
+    // two crops on one tape: the second reuses the first's weight casts
+    const size_t before = tape_size();
+    Tensor l1 = m->student_logits(x);
+    const size_t first = tape_size() - before;
+    Tensor l2 = m->student_logits(x2);
+    const size_t second = tape_size() - before - first;
+    if (m == &mixed) CHECK(second < first);  // no casts of the weights the second time
+    CHECK(l1.dtype() == DType::F64);         // logits in the parameters' dtype
+    Tensor lsum = ops::add(ops::sum(ops::scale(ops::log_softmax(l1), 0.1)), ops::sum(ops::log_softmax(l2)));
+    loss.push_back(lsum.item());
+    backward(lsum);
+  }
+  CHECK(std::fabs(loss[1] - loss[0]) < 1e-4 * std::fabs(loss[0]));
+  // f32 compute: gradients agree with the f64 model to f32 precision, and every parameter got one
+  CHECK(allclose(mixed.student().flat_grads(), ref.student().flat_grads(), {1e-4, 1e-3}, "mixed-precision grads"));
+  // BN running statistics stay f64 and close
+  CHECK(allclose(mixed.student().flat_buffers(), ref.student().flat_buffers(), {1e-5, 1e-5}, "BN running stats"));
+  const Tensor f = mixed.features(x, true);
+  CHECK(f.dtype() == DType::F64);
 }

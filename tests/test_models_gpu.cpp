@@ -1,6 +1,7 @@
 // labels: gpu
 // CUDA against CPU for the optimiser passes (EMA, SGD, LARS) and for whole models: the tiny
-// MIRA model's logits, loss and every parameter gradient; ResNet-50 features.
+// MIRA model's logits, loss and every parameter gradient; ResNet-50 features; bf16 mixed
+// precision (f32 parameters, bf16 backbone and projector) against the f32 model.
 #include <cmath>
 
 #include "engine/optim.h"
@@ -89,4 +90,40 @@ TEST_CASE("ResNet-50 eval features: CUDA equals CPU") {
   NoGradGuard ng;
   Tensor fc = rc.forward(x, false), fg = rg.forward(x.to(Device::cuda()), false);
   CHECK(allclose(fg, fc, {1e-4, 1e-3}, "resnet50 features"));
+}
+
+TEST_CASE("bf16 mixed precision: close to f32, gradients pointing the same way") {
+  MiraModel m32(tiny_config(), Device::cuda()), m16(tiny_config(), Device::cuda());
+  m32.init(7);
+  m16.init(7);
+  m16.set_compute_dtype(DType::BF16);
+  Tensor x = Tensor::randn({16, 32, 32, 3}, 3).to(Device::cuda());
+  Tensor x2 = Tensor::randn({16, 16, 16, 3}, 5).to(Device::cuda());
+  Tensor targets = Tensor::uniform({16, 50}, 4, 0.0, 1.0).to(Device::cuda());
+  std::vector<double> loss;
+  for (MiraModel* m : {&m32, &m16}) {
+    m->student().zero_grad();
+    Tensor l1 = m->student_logits(x), l2 = m->student_logits(x2);  // two crops share the casts
+    CHECK(l1.dtype() == DType::F32);
+    Tensor lsum = ops::add(ops::soft_cross_entropy(ops::scale(l1, 10.0), targets),
+                           ops::soft_cross_entropy(ops::scale(l2, 10.0), targets));
+    loss.push_back(lsum.item());
+    backward(lsum);
+  }
+  // bf16 keeps 8 bits of mantissa: logits (cosines) within ~1e-2, the loss within 1 %.
+  CHECK(std::fabs(loss[1] - loss[0]) < 1e-2 * std::fabs(loss[0]));
+  const std::vector<double> g32 = m32.student().flat_grads().to_vector(), g16 = m16.student().flat_grads().to_vector();
+  double dot = 0, n32 = 0, n16 = 0;
+  for (size_t i = 0; i < g32.size(); ++i) {
+    dot += g32[i] * g16[i];
+    n32 += g32[i] * g32[i];
+    n16 += g16[i] * g16[i];
+  }
+  const double cosine = dot / std::sqrt(n32 * n16);
+  CHECK_MESSAGE(cosine > 0.99, "cosine of the bf16 and f32 gradients: " << cosine);
+  CHECK(std::fabs(std::sqrt(n16 / n32) - 1.0) < 0.05);
+  // Parameters and their gradients stay f32; the teacher runs in bf16 too.
+  CHECK(m16.student().flat_grads().dtype() == DType::F32);
+  Tensor t32 = m32.teacher_logits(x), t16 = m16.teacher_logits(x);
+  CHECK(allclose(t16, t32, {3e-2, 3e-2}, "teacher logits, bf16 vs f32"));
 }

@@ -258,3 +258,20 @@ TEST_CASE("a small network end to end: conv-bn-relu-pool-linear-ce gradients") {
   };
   CHECK(gradcheck(net, {x, w1, g, b, w2, v}, "small net", 1e-6, {1e-7, 1e-4}));
 }
+
+TEST_CASE("cast: values rounded to the target dtype, gradient cast back and accumulated") {
+  Tensor x = rnd({4, 3}, 7);
+  Tensor y = ops::cast(x, DType::F32);
+  CHECK(y.dtype() == DType::F32);
+  const std::vector<double> xv = x.to_vector(), yv = y.to_vector();
+  for (size_t i = 0; i < xv.size(); ++i) CHECK(yv[i] == double(float(xv[i])));
+  CHECK(ops::cast(x, DType::F64).meta() == x.meta());  // same dtype: x itself, no node
+  // x feeds the loss twice, once through an f32 round trip: d/dx = 2 + 3 (the f32 gradient of
+  // a scale by 3 is exact).
+  Tensor loss = ops::add(ops::sum(ops::scale(x, 2.0)), ops::sum(ops::cast(ops::scale(y, 3.0), DType::F64)));
+  backward(loss);
+  REQUIRE(x.grad().dtype() == DType::F64);
+  for (double g : x.grad().to_vector()) CHECK(g == 5.0);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::relu(ops::cast(in[0], DType::F64)); }, {x},
+                  "cast f64 -> f64"));
+}

@@ -11,12 +11,15 @@
 # script configures and builds one (which needs Debian's OpenBLAS, nlohmann-json and doctest
 # headers: it says which are missing); `ldd` of a test binary; the GPU tests (ctest -L gpu when
 # the build was configured for this checkout, else each gpu-labelled binary directly, since a
-# carried build's ctest files name the paths of the machine that configured it); then every
-# benchmark binary in build-device/bench/ and bench/pytorch_mira_step.py when torch imports.
+# carried build's ctest files name the paths of the machine that configured it); then the
+# benchmarks, each against its competitor in the same run: the MIRA assignment (fused kernels
+# vs PyTorch), the ResNet-50 multi-crop step in bf16 and f32 vs PyTorch AMP, ResNet-18 at 32 px,
+# and the input pipeline (GPU loader vs PIL + torchvision).
 #
 # Environment: MIRA_DEVICE_BUILD (build folder, default build-device), MIRA_TEST_TIMEOUT (s per
-# test, default 300), MIRA_BENCH_TIMEOUT (s per benchmark, default 300), MIRA_BENCH_ARGS_<name>
-# (arguments for benchmark <name>, e.g. MIRA_BENCH_ARGS_mira_assign="--time"), MIRA_SKIP_BENCH=1.
+# test, default 300), MIRA_BENCH_TIMEOUT (s per benchmark, default 150), MIRA_BENCH_ARGS_mira_assign
+# and MIRA_BENCH_ARGS_loader (their arguments), MIRA_STEP_BATCH (crops per view of the step
+# benchmarks, default 64), MIRA_SKIP_BENCH=1.
 #
 # No `set -e`: a failing test or benchmark must not stop the run before the table prints.
 set -u
@@ -27,7 +30,7 @@ mkdir -p "$LOG_DIR" || exit 2
 LOG_DIR=$(cd "$LOG_DIR" && pwd)
 BUILD=${MIRA_DEVICE_BUILD:-build-device}
 TEST_TIMEOUT=${MIRA_TEST_TIMEOUT:-300}
-BENCH_TIMEOUT=${MIRA_BENCH_TIMEOUT:-300}
+BENCH_TIMEOUT=${MIRA_BENCH_TIMEOUT:-150}
 T_START=$(date +%s.%N)
 
 ROWS=()  # "name|status|seconds|note"
@@ -197,42 +200,47 @@ else
 fi
 
 # ---- benchmarks
+# One explicit list, sized for a 15-minute device budget. Each runs under BENCH_TIMEOUT and
+# adds a row with the last line of its log (one JSON object). Override a command's arguments
+# with MIRA_BENCH_ARGS_<name>.
+bench() {  # name command...
+  local name=$1
+  shift
+  local t
+  t=$(now)
+  say "bench $name: $* (log: bench_$name.log)"
+  (cd "$ROOT" && timeout "$BENCH_TIMEOUT" "$@") >"$LOG_DIR/bench_$name.log" 2>&1
+  local rc=$?
+  local s
+  s=$([[ $rc -eq 0 ]] && echo OK || { [[ $rc -eq 124 ]] && echo TIMEOUT || echo FAIL; })
+  row "bench $name" "$s" "$(elapsed "$t")" "$(grep -v '^\s*$' "$LOG_DIR/bench_$name.log" | tail -n 1)"
+}
 # The loader bench needs the photos (data_cache/photos/x, or .device_deps/photos from
 # tools/prepare_device_deps.sh): CPU threads, then the GPU loader.
 PHOTOS=data_cache/photos/x
 [[ -d $PHOTOS ]] || PHOTOS=.device_deps/photos
-: "${MIRA_BENCH_ARGS_loader:=--data $PHOTOS --gpu --threads 4,16 --images 2048 --batch 256}"
+# The paper's step: ResNet-50, 2 x 224 + 6 x 96 crops, projector 2048/256, K = 3000, LARS.
+STEP_ARGS="--device cuda --arch resnet50 --cifar-stem 0 --batch ${MIRA_STEP_BATCH:-64} --global-size 224 \
+--local-crops 6 --local-size 96 --proj-hidden 2048 --proj-out 256 --prototypes 3000 --optim lars --steps 10 --warmup 3"
+HAVE_TORCH=0
+python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && HAVE_TORCH=1
 if [[ "${MIRA_SKIP_BENCH:-0}" != 1 ]]; then
-  for exe in "$BUILD"/bench/*; do
-    [[ -f "$exe" && -x "$exe" ]] || continue
-    name=$(basename "$exe")
-    var="MIRA_BENCH_ARGS_${name//[^A-Za-z0-9_]/_}"
-    args=${!var:-}
-    t=$(now)
-    say "bench $name $args (log: bench_$name.log)"
-    # shellcheck disable=SC2086
-    (cd "$ROOT" && timeout "$BENCH_TIMEOUT" "$exe" $args) >"$LOG_DIR/bench_$name.log" 2>&1
-    rc=$?
-    s=$([[ $rc -eq 0 ]] && echo OK || { [[ $rc -eq 124 ]] && echo TIMEOUT || echo FAIL; })
-    row "bench $name" "$s" "$(elapsed "$t")" "$(grep -v '^\s*$' "$LOG_DIR/bench_$name.log" | tail -n 1)"
-  done
-  if [[ -d $PHOTOS ]] && python3 -c 'import torchvision, PIL' 2>/dev/null; then
-    t=$(now)
-    say "bench pytorch_loader.py (log: bench_pytorch_loader.log)"
-    timeout "$BENCH_TIMEOUT" python3 bench/pytorch_loader.py --data "$PHOTOS" --workers 4,16 --images 2048 --batch 256 \
-      >"$LOG_DIR/bench_pytorch_loader.log" 2>&1
-    rc=$?
-    row "bench pytorch_loader.py" "$([[ $rc -eq 0 ]] && echo OK || echo FAIL)" "$(elapsed "$t")" \
-      "$(grep -v '^\s*$' "$LOG_DIR/bench_pytorch_loader.log" | tail -n 1)"
-  fi
-  if [[ -f bench/pytorch_mira_step.py ]] && python3 -c 'import torch' 2>/dev/null; then
-    t=$(now)
-    say "bench pytorch_mira_step.py (log: bench_pytorch_mira_step.log)"
-    timeout "$BENCH_TIMEOUT" python3 bench/pytorch_mira_step.py >"$LOG_DIR/bench_pytorch_mira_step.log" 2>&1
-    rc=$?
-    row "bench pytorch_mira_step.py" "$([[ $rc -eq 0 ]] && echo OK || echo FAIL)" "$(elapsed "$t")" \
-      "$(grep -v '^\s*$' "$LOG_DIR/bench_pytorch_mira_step.log" | tail -n 1)"
-  fi
+  B=$BUILD/bench
+  # shellcheck disable=SC2086
+  {
+    [[ -x $B/mira_assign ]] && bench mira_assign "$B/mira_assign" ${MIRA_BENCH_ARGS_mira_assign:-}
+    [[ -x $B/train_step ]] && bench train_step_bf16 "$B/train_step" $STEP_ARGS --dtype bf16
+    [[ -x $B/train_step ]] && bench train_step_f32 "$B/train_step" $STEP_ARGS --dtype f32
+    [[ $HAVE_TORCH == 1 ]] && bench pytorch_mira_step python3 bench/pytorch_mira_step.py $STEP_ARGS
+    [[ -x $B/train_step ]] && bench train_step_r18_32px "$B/train_step" --device cuda --arch resnet18 --batch 256 \
+      --global-size 32 --dtype bf16 --steps 20
+    [[ $HAVE_TORCH == 1 ]] && bench pytorch_step_r18_32px python3 bench/pytorch_mira_step.py --device cuda \
+      --arch resnet18 --batch 256 --global-size 32 --steps 20
+    [[ -x $B/loader && -d $PHOTOS ]] && bench loader "$B/loader" \
+      ${MIRA_BENCH_ARGS_loader:---data $PHOTOS --gpu --threads 4,16 --images 2048 --batch 256}
+    [[ -d $PHOTOS ]] && python3 -c 'import torchvision, PIL' 2>/dev/null &&
+      bench pytorch_loader python3 bench/pytorch_loader.py --data "$PHOTOS" --workers 4,16 --images 2048 --batch 256
+  }
 fi
 
 print_table | tee "$LOG_DIR/table.txt"

@@ -79,7 +79,9 @@ void validate_pretrain_config(const Json& c) {
   require(c["train"]["max_steps"] >= 0, "train.max_steps", "must be >= 0");
   require(c["train"]["comm_timeout_s"] > 0, "train.comm_timeout_s", "must be > 0");
   const std::string dt = c["train"]["dtype"];
-  require(dt == "f32" || dt == "f64", "train.dtype", "must be f32 or f64 (f64: CPU reference runs), got " + dt);
+  require(dt == "f32" || dt == "f64" || dt == "bf16", "train.dtype",
+          "must be f32, bf16 (CUDA: f32 parameters, bf16 backbone and projector) or f64 (CPU reference runs), got " +
+              dt);
   require(c["data"]["train_subset"] >= 0, "data.train_subset", "must be >= 0");
   require(c["data"]["mean"].size() == 0 || c["data"]["mean"].size() == 3, "data.mean", "must have 3 values");
   require(c["data"]["std"].size() == 0 || c["data"]["std"].size() == 3, "data.std", "must have 3 values");
