@@ -349,7 +349,9 @@ void GpuAugmenter::reserve(size_t jobs, size_t scratch_floats, void* stream) {
   // allocator may hand the memory to work on another stream at once).
   if ((jobs > jobs_cap_ && d_jobs_) || (scratch_floats > scratch_cap_ && d_scratch_))
     MIRA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+  bool grew = false;
   if (jobs > jobs_cap_) {
+    grew = true;
     if (d_jobs_) cuda::device_free(d_jobs_, device_);
     d_jobs_ = cuda::device_alloc(jobs * sizeof(GpuViewJob), device_);
     jobs_cap_ = jobs;
@@ -358,6 +360,18 @@ void GpuAugmenter::reserve(size_t jobs, size_t scratch_floats, void* stream) {
     if (d_scratch_) cuda::device_free(d_scratch_, device_);
     d_scratch_ = static_cast<float*>(cuda::device_alloc(scratch_floats * sizeof(float), device_));
     scratch_cap_ = scratch_floats;
+    grew = true;
+  }
+  // The caching allocator knows no streams: a block just handed out may have been freed on the
+  // host while kernels queued on the engine's stream still use it. Before another stream writes
+  // it, that stream waits for everything queued on the engine's stream so far.
+  cudaStream_t compute = cuda::CudaContext::get().stream();
+  if (grew && static_cast<cudaStream_t>(stream) != compute) {
+    cudaEvent_t e = nullptr;
+    MIRA_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    MIRA_CUDA_CHECK(cudaEventRecord(e, compute));
+    MIRA_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), e, 0));
+    MIRA_CUDA_CHECK(cudaEventDestroy(e));
   }
 }
 

@@ -129,6 +129,7 @@ Loader::Loader(const Dataset& ds, MultiCropRecipe recipe, LoaderConfig cfg)
     s.samples.assign(B, -1);
     if (cfg_.gpu_augment) s.staged.resize(B);
   }
+  if (gpu_) data_stream_after_compute();  // the output buffers just allocated
   for (int t = 0; t < cfg_.threads; ++t) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -257,6 +258,12 @@ void Loader::stage_for_gpu(Slot& slot, int64_t pos, int64_t index, SampleScratch
   std::memcpy(g.pinned->data, st.pixels, g.bytes);
 }
 
+void Loader::data_stream_after_compute() {
+  const int ev = ev_copied(static_cast<int64_t>(slots_.size()));  // an id past every slot's
+  gpu_->record_on_compute(ev);
+  gpu_->data_waits(ev);
+}
+
 bool Loader::batch_complete(int64_t batch) const {
   const Slot& slot = slots_[static_cast<size_t>(batch % static_cast<int64_t>(slots_.size()))];
   return slot.batch == batch && slot.remaining == 0;
@@ -283,6 +290,7 @@ void Loader::submit_gpu(int64_t batch) {
     if (!slot.arena.defined() || slot.arena.numel() < total) {
       gpu_->host_waits_data();  // the old arena may still be read by queued kernels
       slot.arena = Tensor::empty({total + total / 4}, DType::U8, Device::cuda(cfg_.device));
+      data_stream_after_compute();
     }
     uint8_t* dst = slot.arena.data<uint8_t>();
     for (int64_t j = 0; j < n; ++j)

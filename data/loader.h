@@ -137,6 +137,9 @@ class Loader {
   static int ev_copied(int64_t i) { return static_cast<int>(3 * i); }
   static int ev_consumed(int64_t i) { return static_cast<int>(3 * i + 1); }
   static int ev_ready(int64_t i) { return static_cast<int>(3 * i + 2); }
+  // After allocating device memory the data stream will write: it waits for the work queued on
+  // the engine's stream (the caching allocator may hand out a block that work still uses).
+  void data_stream_after_compute();
   bool file_is_bad(int64_t index);
   void mark_bad(int64_t index, const std::string& why);
 

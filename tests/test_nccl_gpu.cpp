@@ -50,10 +50,11 @@ TEST_CASE("NCCL group of one rank: non-blocking all-reduces in flight together")
     before.push_back(xs.back().to_vector());
     pending.push_back(cuda::nccl_allreduce_start(*g, xs.back().raw(), xs.back().numel(), DType::F32));
   }
-  // A blocking reduction issued while the others are in flight queues behind them.
-  Tensor y = Tensor::randn({300}, 99, 0, 1, DType::F64).to(Device::cuda());
+  // A blocking reduction issued while the others are in flight queues behind them (f32: the
+  // engine keeps no f64 tensors on CUDA).
+  Tensor y = Tensor::randn({300}, 99, 0, 1, DType::F32).to(Device::cuda());
   const std::vector<double> yb = y.to_vector();
-  cuda::nccl_allreduce(*g, y.raw(), y.numel(), DType::F64, false, 30.0);
+  cuda::nccl_allreduce(*g, y.raw(), y.numel(), DType::F32, false, 30.0);
   for (auto& p : pending) cuda::nccl_wait(*p, 30.0);
   for (size_t i = 0; i < xs.size(); ++i) CHECK(xs[i].to_vector() == before[i]);
   CHECK(y.to_vector() == yb);

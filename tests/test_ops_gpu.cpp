@@ -250,9 +250,11 @@ TEST_CASE("batch_norm: statistics of a large batch are bitwise reproducible") {
   const Tensor y1 = ops::batch_norm(x, gamma, beta, s1, true), y2 = ops::batch_norm(x, gamma, beta, s2, true);
   CHECK(bitwise_equal(y1, y2));
   CHECK(bitwise_equal(s1.running_var, s2.running_var));
-  // And right: mean 3 and variance 2.25 to sampling accuracy (200k samples per channel).
-  for (double m : s1.running_mean.to_vector()) CHECK(std::fabs(m / 0.1 - 3.0) < 0.02);
-  for (double v : s1.running_var.to_vector()) CHECK(std::fabs((v - 0.9) / 0.1 - 2.25) < 0.05);
+  // And right: mean 3 and variance 2.25 to sampling accuracy. 8 x 56 x 56 = 25,088 samples per
+  // channel: the sample mean's standard error is 1.5 / sqrt(25088) = 0.0095, the variance's
+  // sqrt(2) x 2.25 / sqrt(25088) = 0.020; bounds at 5 standard errors over 64 channels.
+  for (double m : s1.running_mean.to_vector()) CHECK(std::fabs(m / 0.1 - 3.0) < 0.048);
+  for (double v : s1.running_var.to_vector()) CHECK(std::fabs((v - 0.9) / 0.1 - 2.25) < 0.1);
 }
 
 TEST_CASE("relu, add, scale: CUDA f32 and bf16") {

@@ -131,6 +131,37 @@ TEST_CASE("bad configuration and missing data are errors") {
   CHECK(run(kApp + " --help") == 0);
 }
 
+TEST_CASE("validation: keys that depend on each other, and the newer keys' values") {
+  const Json& schema = apps::pretrain_schema();
+  auto with = [&](const std::string& key, const Json& value) {
+    Json cfg = schema;
+    const size_t dot = key.find('.');
+    cfg[key.substr(0, dot)][key.substr(dot + 1)] = value;
+    return cfg;
+  };
+  auto fails = [&](const Json& cfg, const std::string& needle) {
+    try {
+      apps::validate_pretrain_config(cfg);
+    } catch (const Error& e) {
+      CHECK_MESSAGE(std::string(e.what()).find(needle) != std::string::npos, e.what());
+      return;
+    }
+    FAIL("accepted, expected an error about " << needle);
+  };
+  // data.mean without data.std used to pass validation and crash the recipe (found while
+  // documenting the keys): both or neither.
+  fails(with("data.mean", Json::array({0.5, 0.5, 0.5})), "data.mean' and data.std must be given together");
+  fails(with("data.std", Json::array({0.2, 0.2, 0.2})), "data.mean' and data.std must be given together");
+  Json both = with("data.mean", Json::array({0.5, 0.5, 0.5}));
+  both["data"]["std"] = Json::array({0.2, 0.2, 0.2});
+  CHECK_NOTHROW(apps::validate_pretrain_config(both));
+  fails(with("data.augment_device", "tpu"), "data.augment_device");
+  fails(with("data.max_image_pixels", 0), "data.max_image_pixels");
+  fails(with("data.max_image_pixels", int64_t(1) << 29), "data.max_image_pixels");
+  fails(with("train.dtype", "f16"), "train.dtype");
+  CHECK_NOTHROW(apps::validate_pretrain_config(with("train.dtype", "bf16")));
+}
+
 TEST_CASE("every preset in configs/ parses and validates against the schema") {
   int n = 0;
   for (const auto& e : fs::directory_iterator(fs::path(MIRA_SOURCE_DIR) / "configs")) {

@@ -85,6 +85,8 @@ void validate_pretrain_config(const Json& c) {
   require(c["data"]["train_subset"] >= 0, "data.train_subset", "must be >= 0");
   require(c["data"]["mean"].size() == 0 || c["data"]["mean"].size() == 3, "data.mean", "must have 3 values");
   require(c["data"]["std"].size() == 0 || c["data"]["std"].size() == 3, "data.std", "must have 3 values");
+  require(c["data"]["mean"].size() == c["data"]["std"].size(), "data.mean",
+          "and data.std must be given together (3 values each) or both left empty (the recipe's)");
   // Pixels are in [0, 1]; a zero std would turn every pixel into Inf / NaN.
   for (const Json& v : c["data"]["mean"])
     require(v.is_number() && std::fabs(v.get<double>()) <= 1e6, "data.mean",

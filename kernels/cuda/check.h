@@ -29,8 +29,14 @@ inline bool sync_check_enabled() {
 
 // After every kernel launch: launch-configuration errors always, execution errors when
 // MIRA_SYNC_CHECK=1.
+// A stream being captured into a CUDA graph cannot be synchronised: the check then waits for
+// the graph's launch.
 #define MIRA_CUDA_LAUNCH_CHECK(stream)                                                          \
   do {                                                                                          \
     MIRA_CUDA_CHECK(cudaGetLastError());                                                        \
-    if (::mira::cuda_detail::sync_check_enabled()) MIRA_CUDA_CHECK(cudaStreamSynchronize(stream)); \
+    if (::mira::cuda_detail::sync_check_enabled()) {                                           \
+      cudaStreamCaptureStatus mira_cap_ = cudaStreamCaptureStatusNone;                          \
+      MIRA_CUDA_CHECK(cudaStreamIsCapturing((stream), &mira_cap_));                             \
+      if (mira_cap_ == cudaStreamCaptureStatusNone) MIRA_CUDA_CHECK(cudaStreamSynchronize(stream)); \
+    }                                                                                           \
   } while (0)
