@@ -39,7 +39,19 @@ void skip_without_mpi() {
 std::string mpirun(int np) {
   // Root in CI containers needs --allow-run-as-root; two ranks on a 2-core machine
   // need --oversubscribe.
-  return "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --mca btl self,tcp ";
+  std::string cmd = "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --mca btl self,tcp ";
+  // Under AddressSanitizer (tools/sanitize.sh): Open MPI keeps its own allocations (op tables,
+  // argv copies, its dlopen'ed plugins' state) to the end, and LeakSanitizer reports them at
+  // exit from frames in plugins already unloaded, so no suppression can name them. The ranks
+  // run with leak detection off; ASan still checks every access, and the same engine code is
+  // leak-checked by the single-process tests.
+  if (const char* asan = std::getenv("ASAN_OPTIONS")) {
+    std::string opts = asan;
+    const std::string on = "detect_leaks=1";
+    if (const size_t at = opts.find(on); at != std::string::npos) opts.replace(at, on.size(), "detect_leaks=0");
+    cmd = "ASAN_OPTIONS='" + opts + "' " + cmd;
+  }
+  return cmd;
 }
 
 struct Sandbox {
