@@ -238,66 +238,74 @@ const ConvPlan& conv_plan(ConvDir dir, const ConvShape& s, DType t, const void* 
   int n = 0, got = 0;
   ConvPlan& p = *plan;
 
-  if (dir == ConvDir::Fwd) {
-    MIRA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(h, &n));
-    std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(n);
-    if (bench) {
-      FindScratch scratch(y_shape, t, ctx.device(), cap);
-      MIRA_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, p.x.get(), a, p.w.get(), b, p.conv.get(), p.y.get(),
-                                                              scratch.out.raw(), n, &got, perf.data(),
-                                                              scratch.ws.raw(), scratch.ws_bytes));
-      MIRA_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
-    } else {
-      MIRA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x.get(), p.w.get(), p.conv.get(), p.y.get(), n,
-                                                              &got, perf.data()));
-    }
-    perf.resize(got);
-    ok = choose(perf, t, det, cap, p,
-                [&](cudnnConvolutionFwdAlgo_t algo, size_t* ws) {
-                  return cudnnGetConvolutionForwardWorkspaceSize(h, p.x.get(), p.w.get(), p.conv.get(), p.y.get(),
-                                                                 algo, ws);
-                },
-                &p.fwd_algo);
-  } else if (dir == ConvDir::BwdData) {
-    MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &n));
-    std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(n);
-    if (bench) {
-      FindScratch scratch(x_shape, t, ctx.device(), cap);
-      MIRA_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.w.get(), b, p.y.get(), a, p.conv.get(),
-                                                                   p.x.get(), scratch.out.raw(), n, &got,
-                                                                   perf.data(), scratch.ws.raw(), scratch.ws_bytes));
-      MIRA_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
-    } else {
-      MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p.w.get(), p.y.get(), p.conv.get(), p.x.get(),
-                                                                   n, &got, perf.data()));
-    }
-    perf.resize(got);
-    ok = choose(perf, t, det, cap, p,
-                [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* ws) {
-                  return cudnnGetConvolutionBackwardDataWorkspaceSize(h, p.w.get(), p.y.get(), p.conv.get(),
-                                                                      p.x.get(), algo, ws);
-                },
-                &p.bwd_data_algo);
-  } else {
-    MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &n));
-    std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(n);
-    if (bench) {
-      FindScratch scratch(w_shape, t, ctx.device(), cap);
-      MIRA_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.x.get(), a, p.y.get(), b, p.conv.get(),
-                                                                     p.w.get(), scratch.out.raw(), n, &got,
+  // bf16: tensor-core algorithms first; should cuDNN have none for a shape (3 input channels,
+  // the stem, is the known risk), the search is repeated under the default math.
+  const std::vector<cudnnMathType_t> maths =
+      t == DType::F32 ? std::vector<cudnnMathType_t>{CUDNN_FMA_MATH}
+                      : std::vector<cudnnMathType_t>{CUDNN_TENSOR_OP_MATH, CUDNN_DEFAULT_MATH};
+  for (size_t mi = 0; mi < maths.size() && !ok; ++mi) {
+    MIRA_CUDNN_CHECK(cudnnSetConvolutionMathType(plan->conv.get(), maths[mi]));
+    if (dir == ConvDir::Fwd) {
+      MIRA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(h, &n));
+      std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(n);
+      if (bench) {
+        FindScratch scratch(y_shape, t, ctx.device(), cap);
+        MIRA_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, p.x.get(), a, p.w.get(), b, p.conv.get(), p.y.get(),
+                                                                scratch.out.raw(), n, &got, perf.data(),
+                                                                scratch.ws.raw(), scratch.ws_bytes));
+        MIRA_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      } else {
+        MIRA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x.get(), p.w.get(), p.conv.get(), p.y.get(), n,
+                                                                &got, perf.data()));
+      }
+      perf.resize(got);
+      ok = choose(perf, t, det, cap, p,
+                  [&](cudnnConvolutionFwdAlgo_t algo, size_t* ws) {
+                    return cudnnGetConvolutionForwardWorkspaceSize(h, p.x.get(), p.w.get(), p.conv.get(), p.y.get(),
+                                                                   algo, ws);
+                  },
+                  &p.fwd_algo);
+    } else if (dir == ConvDir::BwdData) {
+      MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &n));
+      std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(n);
+      if (bench) {
+        FindScratch scratch(x_shape, t, ctx.device(), cap);
+        MIRA_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.w.get(), b, p.y.get(), a, p.conv.get(),
+                                                                     p.x.get(), scratch.out.raw(), n, &got,
                                                                      perf.data(), scratch.ws.raw(), scratch.ws_bytes));
-      MIRA_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+        MIRA_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      } else {
+        MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p.w.get(), p.y.get(), p.conv.get(), p.x.get(),
+                                                                     n, &got, perf.data()));
+      }
+      perf.resize(got);
+      ok = choose(perf, t, det, cap, p,
+                  [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* ws) {
+                    return cudnnGetConvolutionBackwardDataWorkspaceSize(h, p.w.get(), p.y.get(), p.conv.get(),
+                                                                        p.x.get(), algo, ws);
+                  },
+                  &p.bwd_data_algo);
     } else {
-      MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x.get(), p.y.get(), p.conv.get(),
-                                                                     p.w.get(), n, &got, perf.data()));
+      MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &n));
+      std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(n);
+      if (bench) {
+        FindScratch scratch(w_shape, t, ctx.device(), cap);
+        MIRA_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.x.get(), a, p.y.get(), b, p.conv.get(),
+                                                                       p.w.get(), scratch.out.raw(), n, &got,
+                                                                       perf.data(), scratch.ws.raw(), scratch.ws_bytes));
+        MIRA_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      } else {
+        MIRA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x.get(), p.y.get(), p.conv.get(),
+                                                                       p.w.get(), n, &got, perf.data()));
+      }
+      perf.resize(got);
+      ok = choose(perf, t, det, cap, p,
+                  [&](cudnnConvolutionBwdFilterAlgo_t algo, size_t* ws) {
+                    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x.get(), p.y.get(), p.conv.get(),
+                                                                          p.w.get(), algo, ws);
+                  },
+                  &p.bwd_filter_algo);
     }
-    perf.resize(got);
-    ok = choose(perf, t, det, cap, p,
-                [&](cudnnConvolutionBwdFilterAlgo_t algo, size_t* ws) {
-                  return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x.get(), p.y.get(), p.conv.get(),
-                                                                        p.w.get(), algo, ws);
-                },
-                &p.bwd_filter_algo);
   }
   MIRA_CHECK(ok, "no usable cuDNN ", dir_name(dir), " algorithm for ", dtype_name(t), " conv ", shape_str(s),
              " within a workspace of ", cap >> 20, " MiB", det ? " (deterministic only)" : "");
