@@ -20,27 +20,40 @@ int64_t conv2d_workspace_elems(const ConvShape& s) {
 
 namespace {
 
+// The filter taps t in [t0, t1) of output column q fall inside the image: for every filter row
+// r they read one contiguous run of (t1 - t0) * C input values (consecutive taps are
+// consecutive input pixels, whatever the stride), which im2col / col2im move as one span.
+struct TapSpan {
+  int w0, t0, t1;  // input column of tap 0; the valid taps
+};
+inline TapSpan tap_span(const ConvShape& s, int q) {
+  const int w0 = q * s.stride - s.pad;
+  return {w0, std::max(0, -w0), std::min(s.S, s.W - w0)};
+}
+
 // One image (H, W, C) -> col (P*Q, R*S*C), zeros where the window hangs over the border.
+// Plain loops, not memcpy/memset: spans are 16..1536 values, where the library calls'
+// overhead dominated (11 % of a tiny-ResNet step).
 template <typename T>
 void im2col(const ConvShape& s, const T* x, T* col) {
-  const int64_t row = static_cast<int64_t>(s.R) * s.S * s.C;
+  const int SC = s.S * s.C;
+  const int64_t row = static_cast<int64_t>(s.R) * SC;
   for (int p = 0; p < s.P; ++p) {
     for (int q = 0; q < s.Q; ++q) {
+      const TapSpan sp = tap_span(s, q);
       T* out = col + (static_cast<int64_t>(p) * s.Q + q) * row;
       for (int r = 0; r < s.R; ++r) {
+        T* __restrict__ dst = out + static_cast<int64_t>(r) * SC;
         const int h = p * s.stride - s.pad + r;
-        for (int t = 0; t < s.S; ++t) {
-          const int w = q * s.stride - s.pad + t;
-          T* __restrict__ dst = out + (static_cast<int64_t>(r) * s.S + t) * s.C;
-          // Plain loops, not memcpy/memset: rows are C values (16..512 floats), where the
-          // library calls' overhead dominated (11 % of a tiny-ResNet step).
-          if (h < 0 || h >= s.H || w < 0 || w >= s.W) {
-            for (int c = 0; c < s.C; ++c) dst[c] = T(0);
-          } else {
-            const T* __restrict__ src = x + (static_cast<int64_t>(h) * s.W + w) * s.C;
-            for (int c = 0; c < s.C; ++c) dst[c] = src[c];
-          }
+        if (h < 0 || h >= s.H || sp.t1 <= sp.t0) {
+          for (int i = 0; i < SC; ++i) dst[i] = T(0);
+          continue;
         }
+        const int lo = sp.t0 * s.C, hi = sp.t1 * s.C;
+        const T* __restrict__ src = x + (static_cast<int64_t>(h) * s.W + sp.w0 + sp.t0) * s.C;  // tap t0's pixel
+        for (int i = 0; i < lo; ++i) dst[i] = T(0);
+        for (int i = lo; i < hi; ++i) dst[i] = src[i - lo];
+        for (int i = hi; i < SC; ++i) dst[i] = T(0);
       }
     }
   }
@@ -49,20 +62,20 @@ void im2col(const ConvShape& s, const T* x, T* col) {
 // Adds col (P*Q, R*S*C) back into one image (H, W, C).
 template <typename T>
 void col2im_add(const ConvShape& s, const T* col, T* x) {
-  const int64_t row = static_cast<int64_t>(s.R) * s.S * s.C;
+  const int SC = s.S * s.C;
+  const int64_t row = static_cast<int64_t>(s.R) * SC;
   for (int p = 0; p < s.P; ++p) {
     for (int q = 0; q < s.Q; ++q) {
+      const TapSpan sp = tap_span(s, q);
+      if (sp.t1 <= sp.t0) continue;
       const T* in = col + (static_cast<int64_t>(p) * s.Q + q) * row;
+      const int lo = sp.t0 * s.C, hi = sp.t1 * s.C;
       for (int r = 0; r < s.R; ++r) {
         const int h = p * s.stride - s.pad + r;
         if (h < 0 || h >= s.H) continue;
-        for (int t = 0; t < s.S; ++t) {
-          const int w = q * s.stride - s.pad + t;
-          if (w < 0 || w >= s.W) continue;
-          const T* src = in + (static_cast<int64_t>(r) * s.S + t) * s.C;
-          T* dst = x + (static_cast<int64_t>(h) * s.W + w) * s.C;
-          for (int c = 0; c < s.C; ++c) dst[c] += src[c];
-        }
+        const T* __restrict__ src = in + static_cast<int64_t>(r) * SC;
+        T* __restrict__ dst = x + (static_cast<int64_t>(h) * s.W + sp.w0 + sp.t0) * s.C;  // tap t0's pixel
+        for (int i = lo; i < hi; ++i) dst[i - lo] += src[i];
       }
     }
   }
