@@ -25,6 +25,10 @@ void bn_stats(const Tensor& x, Tensor& mean, Tensor& var);
 // running_mean / running_var may be undefined (eval mode: invstd only).
 void bn_finalize(const Tensor& mean, const Tensor& var, Tensor& invstd, Tensor& running_mean, Tensor& running_var,
                  double momentum, double eps, double count);
+// SyncBN: sums = 2C f64 values in device memory (the engine keeps no f64 tensors on CUDA: a
+// byte buffer), M * mean and M * (var + mean^2); unpack: mean, var of `count` rows from them.
+void bn_pack_sums(const Tensor& mean, const Tensor& var, double M, void* sums);
+void bn_unpack_sums(const void* sums, double count, Tensor& mean, Tensor& var);
 void bn_fwd_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
                   const Tensor& beta, Tensor& y);
 void bn_bwd_reduce(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd, Tensor& sum_dy,

@@ -53,24 +53,31 @@ int64_t rows_of(const Tensor& x) { return x.numel() / x.dim(-1); }
 // SyncBN forward: turns this rank's per-channel mean and biased variance over M rows into
 // those over every rank's rows, in place (combined in double on the host: 2C values), and
 // returns the total row count.
-double sync_bn_stats(Tensor& mean, Tensor& var, int64_t M, Communicator& comm) {
-  const int64_t C = mean.numel();
-  std::vector<double> m = mean.to_vector(), v = var.to_vector();
-  std::vector<double> sums(static_cast<size_t>(2 * C + 1));
-  for (int64_t c = 0; c < C; ++c) {
-    sums[c] = double(M) * m[c];                   // sum of x
-    sums[C + c] = double(M) * (v[c] + m[c] * m[c]);  // sum of x^2
+// SyncBN's forward: the statistics of every rank's rows, from one all-reduce of 2C sums (in
+// f64, on the statistics' device: no device-to-host copy, so no device sync on the GPU). The row
+// count over all ranks is M * world when the caller vouches that every rank normalises the same
+// number of rows (the trainer checks it once per step), else one host scalar reduction.
+double sync_bn_stats(Tensor& mean, Tensor& var, int64_t M, Communicator& comm, bool equal_rows) {
+  const int C = static_cast<int>(mean.numel());
+  double count = static_cast<double>(M);
+  if (equal_rows)
+    count *= comm.world_size();
+  else
+    comm.allreduce_sum(&count, 1);
+  if (mean.is_cuda()) {
+    Tensor sums = Tensor::empty({2 * C * static_cast<int64_t>(sizeof(double))}, DType::U8, mean.device());
+    MIRA_ON_CUDA(cuda::bn_pack_sums(mean, var, double(M), sums.raw()));
+    comm.allreduce_sum(sums.raw(), 2 * C, DType::F64, mean.device());
+    MIRA_ON_CUDA(cuda::bn_unpack_sums(sums.raw(), count, mean, var));
+  } else {
+    Tensor sums = Tensor::empty({2 * C}, DType::F64);
+    MIRA_CPU_FLOAT(mean.dtype(), "batch_norm",
+                   cpu::bn_pack_sums<T>(mean.data<T>(), var.data<T>(), double(M), C, sums.data<double>()));
+    comm.allreduce_sum(sums);
+    MIRA_CPU_FLOAT(mean.dtype(), "batch_norm",
+                   cpu::bn_unpack_sums<T>(sums.data<double>(), count, C, mean.data<T>(), var.data<T>()));
   }
-  sums[2 * C] = double(M);
-  comm.allreduce_sum(sums.data(), 2 * C + 1);
-  const double total = sums[2 * C];
-  for (int64_t c = 0; c < C; ++c) {
-    m[c] = sums[c] / total;
-    v[c] = std::max(0.0, sums[C + c] / total - m[c] * m[c]);
-  }
-  mean.copy_(Tensor::from_vector(m, mean.shape(), mean.dtype() == DType::F64 ? DType::F64 : DType::F32));
-  var.copy_(Tensor::from_vector(v, var.shape(), var.dtype() == DType::F64 ? DType::F64 : DType::F32));
-  return total;
+  return count;
 }
 
 }  // namespace
@@ -212,7 +219,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
     } else {
       MIRA_CPU_FLOAT(x.dtype(), "batch_norm", cpu::bn_stats<T>(x.data<T>(), M, C, mean.data<T>(), var.data<T>()));
     }
-    if (comm) count = sync_bn_stats(mean, var, M, *comm);
+    if (comm) count = sync_bn_stats(mean, var, M, *comm, st.equal_rows);
     if (x.is_cuda()) {
       MIRA_ON_CUDA(cuda::bn_finalize(mean, var, invstd, st.running_mean, st.running_var, momentum, eps, count));
     } else {

@@ -22,6 +22,8 @@ struct BatchNormState {
   // Synchronised BatchNorm (as torch.nn.SyncBatchNorm): with a communicator of several ranks,
   // training-mode statistics are over the batch of every rank, and so are the backward sums.
   Communicator* comm = nullptr;
+  // The caller guarantees every rank normalises the same number of rows (saves a reduction).
+  bool equal_rows = false;
 };
 // x (N, H, W, C) or (N, C). Training: batch statistics (biased variance in the normalisation),
 // running statistics updated as PyTorch does (momentum 0.1, unbiased variance); eval: running

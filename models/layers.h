@@ -40,8 +40,10 @@ class BatchNorm {
   const std::string& name() const { return name_; }
   int64_t num_batches_tracked = 0;
   int C = 0;
-  // Set for synchronised BatchNorm across the ranks of a multi-process run (null: local).
+  // Set for synchronised BatchNorm across the ranks of a multi-process run (null: local);
+  // equal_rows: every rank passes batches of the same size (ops::BatchNormState).
   Communicator* comm = nullptr;
+  bool equal_rows = false;
 
  private:
   ParamStore* ps_ = nullptr;

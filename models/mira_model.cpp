@@ -52,9 +52,15 @@ Tensor MiraModel::features(const Tensor& x, bool teacher) {
   return ops::cast((teacher ? t_backbone_ : s_backbone_)->forward(ops::cast(x, compute_), false), dtype_);
 }
 
-void MiraModel::set_comm(Communicator* comm) {
-  for (BatchNorm* b : student_bns()) b->comm = comm;
-  for (BatchNorm* b : teacher_bns()) b->comm = comm;
+void MiraModel::set_comm(Communicator* comm, bool equal_rows) {
+  for (BatchNorm* b : student_bns()) {
+    b->comm = comm;
+    b->equal_rows = equal_rows;
+  }
+  for (BatchNorm* b : teacher_bns()) {
+    b->comm = comm;
+    b->equal_rows = equal_rows;
+  }
 }
 
 void MiraModel::ema_update(double m) { mira::ema_update(teacher_->flat_params(), student_->flat_params(), m); }

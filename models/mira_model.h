@@ -27,7 +27,9 @@ class MiraModel {
   // teacher := student (parameters and BN buffers), as at the start of training.
   void reset_teacher();
   // Every BatchNorm of student and teacher synchronises its statistics over comm's ranks.
-  void set_comm(Communicator* comm);
+  // equal_rows: the caller guarantees every rank passes batches of the same size (MiraTrainer
+  // checks it every step), which spares SyncBN a reduction of the row count per layer.
+  void set_comm(Communicator* comm, bool equal_rows = false);
 
   // Mixed precision: backbone and projector compute in `dtype` (bf16 on CUDA; f32 under f64
   // parameters on the CPU, which tests the plumbing), the parameters, BN statistics, the

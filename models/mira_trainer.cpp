@@ -9,7 +9,7 @@ namespace mira::models {
 
 MiraTrainer::MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraStepConfig& cfg, Communicator& comm)
     : model_(model), optimizer_(model.student(), optim), cfg_(cfg), comm_(comm) {
-  model_.set_comm(&comm_);
+  model_.set_comm(&comm_, /*equal_rows=*/true);  // checked at every step
   if (comm_.world_size() > 1)
     grad_sync_ = std::make_unique<GradSync>(model_.student(), comm_, cfg_.bucket_bytes, cfg_.first_bucket_bytes);
 }
@@ -59,6 +59,18 @@ void check_finite(const ParamStore& ps, bool grads) {
 
 MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool full_stats) {
   MIRA_CHECK(views.size() >= 2, "a MIRA step needs at least the two global crops, got ", views.size());
+  if (comm_.world_size() > 1) {
+    // SyncBN counts rows as batch x world: every rank must hold the same batch of every crop.
+    std::vector<double> rows;
+    for (const Tensor& v : views) {
+      rows.push_back(static_cast<double>(v.dim(0)));
+      rows.push_back(-static_cast<double>(v.dim(0)));
+    }
+    comm_.allreduce_max(rows.data(), static_cast<int64_t>(rows.size()));
+    for (size_t i = 0; i < views.size(); ++i)
+      MIRA_CHECK(rows[2 * i] == -rows[2 * i + 1], "crop ", i, " has batches of ", -rows[2 * i + 1], " to ", rows[2 * i],
+                 " rows on different ranks: data parallel training needs the same per-rank batch on every rank");
+  }
   if (s.freeze_prototypes != frozen_) {
     optimizer_.set_frozen("prototypes.", s.freeze_prototypes);
     frozen_ = s.freeze_prototypes;

@@ -203,3 +203,25 @@ TEST_CASE("GradSync: buckets reduced during backward equal one all-reduce of the
   CHECK(bucketed[0] == bucketed[1]);
   CHECK(bucketed[1] == bucketed[2]);
 }
+
+TEST_CASE("ranks with different per-rank batches stop with an error naming the crop") {
+  models::MiraModelConfig mc;
+  mc.backbone = models::ResNetConfig::tiny();
+  mc.backbone.widths = {8, 8, 16, 16};
+  mc.head = models::HeadConfig{32, 16, 40};
+  std::vector<std::string> errors(2);
+  run_ranks(2, [&](int r, Communicator& comm) {
+    models::MiraModel m(mc, Device::cpu(), DType::F32);
+    m.init(5);
+    models::MiraTrainer t(m, OptimConfig{"sgd", 0.9, 0.0, 0.001}, {0.1, 0.225, 3}, comm);
+    const int B = r == 0 ? 4 : 3;  // rank 1 holds one row less of the local crop
+    std::vector<Tensor> views{Tensor::randn({4, 16, 16, 3}, 1 + r), Tensor::randn({4, 16, 16, 3}, 3 + r),
+                              Tensor::randn({B, 8, 8, 3}, 5 + r)};
+    try {
+      t.step(views, models::MiraStepSchedule{0.1, 0.7, 0.99, false}, false);
+    } catch (const Error& e) {
+      errors[r] = e.what();
+    }
+  });
+  for (const std::string& e : errors) CHECK_MESSAGE(e.find("crop 2 has batches of 3 to 4 rows") != std::string::npos, e);
+}

@@ -18,7 +18,9 @@
 
 #include "engine/autograd.h"
 #include "engine/cuda_backend.h"
+#include "engine/cuda_ops.h"
 #include "engine/ops.h"
+#include "kernels/cpu/nn.h"
 #include "testing.h"
 
 using namespace mira;
@@ -256,6 +258,30 @@ TEST_CASE("batch_norm: statistics of a large batch are bitwise reproducible") {
   for (double m : s1.running_mean.to_vector()) CHECK(std::fabs(m / 0.1 - 3.0) < 0.048);
   for (double v : s1.running_var.to_vector()) CHECK(std::fabs((v - 0.9) / 0.1 - 2.25) < 0.1);
 }
+
+#ifdef MIRA_HAS_CUDA  // calls the CUDA backend directly (not linked in CPU-only builds)
+TEST_CASE("SyncBN sums: CUDA pack / unpack equal the CPU twins") {
+  const int C = 37;
+  const Tensor mean = Tensor::randn({C}, 41, 2.0, 3.0), var = Tensor::uniform({C}, 42, 0.01, 5.0);
+  std::vector<double> sums_cpu(2 * C);
+  cpu::bn_pack_sums<float>(mean.data<float>(), var.data<float>(), 1234.0, C, sums_cpu.data());
+  Tensor d_sums = Tensor::empty({2 * C * 8}, DType::U8, kGpu);
+  cuda::bn_pack_sums(mean.to(kGpu), var.to(kGpu), 1234.0, d_sums.raw());
+  std::vector<double> sums_gpu(2 * C);
+  cuda::copy(sums_gpu.data(), Device::cpu(), d_sums.raw(), kGpu, sums_gpu.size() * sizeof(double), false);
+  CHECK(allclose(sums_gpu, sums_cpu, {0, 1e-15}, "packed sums"));
+  // Unpack as if three ranks had sent these sums (3702 rows).
+  for (double& v : sums_cpu) v *= 3;
+  cuda::copy(d_sums.raw(), kGpu, sums_cpu.data(), Device::cpu(), sums_cpu.size() * sizeof(double), false);
+  Tensor m_gpu = Tensor::empty({C}, DType::F32, kGpu), v_gpu = Tensor::empty({C}, DType::F32, kGpu);
+  cuda::bn_unpack_sums(d_sums.raw(), 3702.0, m_gpu, v_gpu);
+  std::vector<float> m_cpu(C), v_cpu(C);
+  cpu::bn_unpack_sums<float>(sums_cpu.data(), 3702.0, C, m_cpu.data(), v_cpu.data());
+  CHECK(m_gpu.to_vector() == std::vector<double>(m_cpu.begin(), m_cpu.end()));
+  CHECK(v_gpu.to_vector() == std::vector<double>(v_cpu.begin(), v_cpu.end()));
+  CHECK(allclose(m_gpu, mean, {1e-6, 1e-6}, "mean back"));
+}
+#endif
 
 TEST_CASE("relu, add, scale: CUDA f32 and bf16") {
   compare_cpu_cuda("relu", {{{3, 50}, 1}}, [](const std::vector<Tensor>& in) { return ops::relu(in[0]); }, 0, 0);

@@ -489,6 +489,21 @@ void bn_finalize(const Tensor& mean, const Tensor& var, Tensor& invstd, Tensor& 
   commit_f32(running_var, rv32);
 }
 
+void bn_pack_sums(const Tensor& mean, const Tensor& var, double M, void* sums) {
+  const int C = as_int(mean.numel(), "channels");
+  const Tensor m32 = f32_view(mean, true), v32 = f32_view(var, true);
+  gpu::bn_pack_sums(ptr<float>(m32), ptr<float>(v32), M, C, static_cast<double*>(sums), CudaContext::get().stream());
+}
+
+void bn_unpack_sums(const void* sums, double count, Tensor& mean, Tensor& var) {
+  const int C = as_int(mean.numel(), "channels");
+  Tensor m32 = f32_view(mean, false), v32 = f32_view(var, false);
+  gpu::bn_unpack_sums(static_cast<const double*>(sums), count, C, ptr<float>(m32), ptr<float>(v32),
+                      CudaContext::get().stream());
+  commit_f32(mean, m32);
+  commit_f32(var, v32);
+}
+
 void bn_fwd_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma, const Tensor& beta,
                   Tensor& y) {
   check_same_dtype(x, y, "bn_fwd_apply");

@@ -68,6 +68,24 @@ void bn_finalize(const T* mean, const T* var, T* invstd, T* running_mean, T* run
 }
 
 template <typename T>
+void bn_pack_sums(const T* mean, const T* var, double M, int C, double* sums) {
+  for (int c = 0; c < C; ++c) {
+    const double m = static_cast<double>(mean[c]);
+    sums[c] = M * m;
+    sums[C + c] = M * (static_cast<double>(var[c]) + m * m);
+  }
+}
+
+template <typename T>
+void bn_unpack_sums(const double* sums, double count, int C, T* mean, T* var) {
+  for (int c = 0; c < C; ++c) {
+    const double m = sums[c] / count;
+    mean[c] = static_cast<T>(m);
+    var[c] = static_cast<T>(std::max(0.0, sums[C + c] / count - m * m));
+  }
+}
+
+template <typename T>
 void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
                   int64_t M, int C) {
   for (int64_t m = 0; m < M; ++m) {
@@ -291,6 +309,8 @@ void soft_ce_bwd(const T* z, const T* t, const T* lse, const T* dloss, T alpha, 
   template void linear_bwd_weight<T>(const T*, const T*, T*, T*, int, int, int, bool);                      \
   template void bn_stats<T>(const T*, int64_t, int, T*, T*);                                                \
   template void bn_finalize<T>(const T*, const T*, T*, T*, T*, int, double, double, double);                \
+  template void bn_pack_sums<T>(const T*, const T*, double, int, double*);                                \
+  template void bn_unpack_sums<T>(const double*, double, int, T*, T*);                                      \
   template void bn_fwd_apply<T>(const T*, const T*, const T*, const T*, const T*, T*, int64_t, int);         \
   template void bn_bwd_reduce<T>(const T*, const T*, const T*, const T*, int64_t, int, T*, T*);             \
   template void bn_bwd_apply<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*,       \

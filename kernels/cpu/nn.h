@@ -26,6 +26,13 @@ void bn_stats(const T* x, int64_t M, int C, T* mean, T* var);
 template <typename T>
 void bn_finalize(const T* mean, const T* var, T* invstd, T* running_mean, T* running_var, int C, double momentum,
                  double eps, double count);
+// Synchronised BN: a rank's (mean, var) over M rows -> sums (2C, f64): M * mean and
+// M * (var + mean^2); and back: mean and (biased, clamped at 0) var of `count` rows from the
+// sums over every rank.
+template <typename T>
+void bn_pack_sums(const T* mean, const T* var, double M, int C, double* sums);
+template <typename T>
+void bn_unpack_sums(const double* sums, double count, int C, T* mean, T* var);
 // y = (x - mean) * invstd * gamma + beta
 template <typename T>
 void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,

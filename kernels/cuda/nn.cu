@@ -242,6 +242,22 @@ __global__ void __launch_bounds__(256)
                                                   __dmul_rn(__dmul_rn(momentum, static_cast<double>(var[c])), unbias)));
 }
 
+__global__ void bn_pack_sums_kernel(const float* mean, const float* var, double M, int C, double* sums) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const double m = static_cast<double>(mean[c]);
+  sums[c] = __dmul_rn(M, m);
+  sums[C + c] = __dmul_rn(M, __dadd_rn(static_cast<double>(var[c]), __dmul_rn(m, m)));
+}
+
+__global__ void bn_unpack_sums_kernel(const double* sums, double count, int C, float* mean, float* var) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const double m = __ddiv_rn(sums[c], count);
+  mean[c] = static_cast<float>(m);
+  var[c] = static_cast<float>(fmax(0.0, __dsub_rn(__ddiv_rn(sums[C + c], count), __dmul_rn(m, m))));
+}
+
 // ---- pooling
 
 constexpr int kThreads = 256;
@@ -521,6 +537,18 @@ void bn_finalize(const float* mean, const float* var, float* invstd, float* runn
   const double unbias = count > 1 ? count / (count - 1) : 1.0;
   bn_finalize_kernel<<<(C + 255) / 256, 256, 0, stream>>>(mean, var, invstd, running_mean, running_var, C, momentum,
                                                           eps, unbias);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void bn_pack_sums(const float* mean, const float* var, double M, int C, double* sums, cudaStream_t stream) {
+  if (C <= 0) return;
+  bn_pack_sums_kernel<<<(C + 255) / 256, 256, 0, stream>>>(mean, var, M, C, sums);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+void bn_unpack_sums(const double* sums, double count, int C, float* mean, float* var, cudaStream_t stream) {
+  if (C <= 0) return;
+  bn_unpack_sums_kernel<<<(C + 255) / 256, 256, 0, stream>>>(sums, count, C, mean, var);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

@@ -34,6 +34,9 @@ void bn_stats(const T* x, int64_t M, int C, float* mean, float* var, void* works
 // unbiased variance var * count / (count - 1). All (C), computed in double.
 void bn_finalize(const float* mean, const float* var, float* invstd, float* running_mean, float* running_var, int C,
                  double momentum, double eps, double count, cudaStream_t stream);
+// SyncBN (twins of kernels/cpu/nn.h): (mean, var) of M rows <-> f64 sums (2C).
+void bn_pack_sums(const float* mean, const float* var, double M, int C, double* sums, cudaStream_t stream);
+void bn_unpack_sums(const double* sums, double count, int C, float* mean, float* var, cudaStream_t stream);
 // y = (x - mean) * invstd * gamma + beta
 template <typename T>
 void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const float* gamma, const float* beta, T* y,
