@@ -49,7 +49,7 @@ std::string mpirun(int np) {
     std::string opts = asan;
     const std::string on = "detect_leaks=1";
     if (const size_t at = opts.find(on); at != std::string::npos) opts.replace(at, on.size(), "detect_leaks=0");
-    cmd = "ASAN_OPTIONS='" + opts + "' " + cmd;
+    cmd = "env 'ASAN_OPTIONS=" + opts + "' " + cmd;  // `env`: the command may follow `timeout`
   }
   return cmd;
 }
