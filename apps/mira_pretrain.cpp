@@ -373,10 +373,14 @@ int run(int argc, char** argv) {
         continue;
       }
       std::vector<Tensor> views;
-      for (const Tensor& v : batch.views)
-        views.push_back(v.device() == device && (v.dtype() == dtype || v.dtype() == model.compute_dtype())
-                            ? v
-                            : v.to(device, model.compute_dtype()));
+      for (const Tensor& v : batch.views) {
+        if (v.device() == device && (v.dtype() == dtype || v.dtype() == model.compute_dtype()))
+          views.push_back(v);  // GPU loader output, or CPU views for a CPU run
+        else if (device.is_cuda())
+          views.push_back(v.to(device));  // f32 from pinned memory: an async copy; the model casts on the GPU
+        else
+          views.push_back(v.to(dtype));  // f64 reference runs
+      }
       models::MiraStepSchedule s{lr.at(step), beta.at(step), ema.at(step), epoch < freeze_epochs};
       const bool log_now = (step + 1) % log_every == 0;
       models::MiraStepStats st;

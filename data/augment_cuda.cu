@@ -377,20 +377,25 @@ void GpuAugmenter::reserve(size_t jobs, size_t scratch_floats, void* stream) {
 
 void GpuAugmenter::run(const uint8_t* d_src, const std::vector<GpuViewJob>& jobs, const ViewSpec& v,
                        const MultiCropRecipe& recipe, void* d_out, DType out_type, void* stream_ptr) {
+  // From pageable memory the driver stages the copy, and may make the host wait for the stream
+  // to reach it: fine for tests and benchmarks, the loader passes pinned jobs instead.
+  run(d_src, jobs.data(), static_cast<int>(jobs.size()), v, recipe, d_out, out_type, stream_ptr);
+}
+
+void GpuAugmenter::run(const uint8_t* d_src, const GpuViewJob* jobs, int N, const ViewSpec& v,
+                       const MultiCropRecipe& recipe, void* d_out, DType out_type, void* stream_ptr) {
   MIRA_CHECK(out_type == DType::F32 || out_type == DType::BF16, "GPU augmentation writes f32 or bf16, not ",
              dtype_name(out_type));
-  const int N = static_cast<int>(jobs.size());
-  if (N == 0) return;
-  for (const GpuViewJob& j : jobs)
-    MIRA_CHECK(!j.blur || (j.radius >= 1 && j.radius <= 15), "GPU blur radius ", j.radius, " outside 1..15");
+  if (N <= 0) return;
+  for (int i = 0; i < N; ++i)
+    MIRA_CHECK(!jobs[i].blur || (jobs[i].radius >= 1 && jobs[i].radius <= 15), "GPU blur radius ", jobs[i].radius,
+               " outside 1..15");
   const int S = v.size;
   const size_t plane = static_cast<size_t>(N) * S * S * 3;
   cudaStream_t stream = stream_ptr ? static_cast<cudaStream_t>(stream_ptr) : cuda::CudaContext::get().stream();
-  reserve(jobs.size(), 2 * plane, stream);
-  // The job array is tiny (N x 100 bytes); a synchronous-looking copy from pageable memory is
-  // staged by the driver and ordered on the stream.
-  MIRA_CUDA_CHECK(
-      cudaMemcpyAsync(d_jobs_, jobs.data(), jobs.size() * sizeof(GpuViewJob), cudaMemcpyHostToDevice, stream));
+  reserve(static_cast<size_t>(N), 2 * plane, stream);
+  MIRA_CUDA_CHECK(cudaMemcpyAsync(d_jobs_, jobs, static_cast<size_t>(N) * sizeof(GpuViewJob), cudaMemcpyHostToDevice,
+                                  stream));
   ViewConsts k{};
   k.S = S;
   k.interp = v.interp == Interp::Bilinear ? 0 : 1;
@@ -416,7 +421,7 @@ void GpuAugmenter::run(const uint8_t* d_src, const std::vector<GpuViewJob>& jobs
   colour_kernel<<<N, 1024, 0, stream>>>(dj, k, img, d_out);
   MIRA_CUDA_LAUNCH_CHECK(stream);
   bool any_blur = false;
-  for (const GpuViewJob& j : jobs) any_blur |= j.blur != 0;
+  for (int i = 0; i < N; ++i) any_blur |= jobs[i].blur != 0;
   if (any_blur) {
     blur_h_kernel<<<grid, threads, 0, stream>>>(dj, k, img, tmp);
     MIRA_CUDA_LAUNCH_CHECK(stream);

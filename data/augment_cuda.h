@@ -82,6 +82,10 @@ class GpuAugmenter {
   // (F32 or BF16). Asynchronous on `stream` (nullptr: the engine's stream).
   void run(const uint8_t* d_src, const std::vector<GpuViewJob>& jobs, const ViewSpec& v, const MultiCropRecipe& recipe,
            void* d_out, DType out_type, void* stream = nullptr);
+  // The same from n jobs in pinned host memory, which must stay untouched until the stream has
+  // passed this call (the copy is then truly asynchronous).
+  void run(const uint8_t* d_src, const GpuViewJob* jobs, int n, const ViewSpec& v, const MultiCropRecipe& recipe,
+           void* d_out, DType out_type, void* stream = nullptr);
 
  private:
   void reserve(size_t jobs, size_t scratch_floats, void* stream);

@@ -61,6 +61,10 @@ void GpuAugmenter::run(const uint8_t*, const std::vector<GpuViewJob>&, const Vie
                        DType, void*) {
   MIRA_FAIL("GPU augmentation: this build has no CUDA");
 }
+void GpuAugmenter::run(const uint8_t*, const GpuViewJob*, int, const ViewSpec&, const MultiCropRecipe&, void*, DType,
+                       void*) {
+  MIRA_FAIL("GPU augmentation: this build has no CUDA");
+}
 #endif
 
 }  // namespace mira::data

@@ -31,9 +31,10 @@ struct DecodeOptions {
   bool fast_dct = false;         // JDCT_IFAST instead of the accurate integer DCT (djpeg's default)
   bool fancy_upsampling = true;  // libjpeg's default (triangle chroma upsampling); false = box
   // Images whose header announces more pixels are refused before anything is allocated (a
-  // 200-byte corrupt file must not make a worker allocate gigabytes). The default is PIL's
-  // decompression-bomb limit (89,478,485 px, ~9459 x 9459); at most kMaxImagePixels.
-  int64_t max_pixels = 89478485;
+  // 200-byte corrupt file must not make a worker allocate gigabytes). The default is where PIL
+  // refuses an image (DecompressionBombError: twice its MAX_IMAGE_PIXELS, 178,956,970 px, about
+  // 13,377 x 13,377), so whatever a torchvision pipeline reads, we read; at most kMaxImagePixels.
+  int64_t max_pixels = 178956970;
 };
 constexpr int64_t kMaxImagePixels = int64_t(1) << 28;
 

@@ -127,7 +127,11 @@ Loader::Loader(const Dataset& ds, MultiCropRecipe recipe, LoaderConfig cfg)
     }
     s.labels = Tensor::empty({B}, DType::I64);
     s.samples.assign(B, -1);
-    if (cfg_.gpu_augment) s.staged.resize(B);
+    if (cfg_.gpu_augment) {
+      s.staged.resize(B);
+      for (size_t v = 0; v < recipe_.views.size(); ++v)
+        s.jobs.push_back(allocate_pinned(static_cast<size_t>(B) * sizeof(GpuViewJob)));
+    }
   }
   if (gpu_) data_stream_after_compute();  // the output buffers just allocated
   for (int t = 0; t < cfg_.threads; ++t) workers_.emplace_back([this] { worker_loop(); });
@@ -298,13 +302,16 @@ void Loader::submit_gpu(int64_t batch) {
     gpu_->record_on_data(ev_copied(i));
     src = dst;
   }
-  std::vector<GpuViewJob> jobs(static_cast<size_t>(n));
   for (size_t v = 0; v < recipe_.views.size(); ++v) {
+    // The slot's pinned job array: its copy is asynchronous, and the slot is not refilled before
+    // the data stream has passed ev_ready (Loader::next waits for it when releasing the slot).
+    auto* jobs = static_cast<GpuViewJob*>(slot.jobs[v]->data);
     for (int64_t j = 0; j < n; ++j) {
       const GpuStage& g = slot.staged[j];
       jobs[j] = make_gpu_job(g.params[v], recipe_.views[v], offset[j], g.h, g.w, g.orig_h, g.orig_w);
     }
-    augmenters_[v]->run(src, jobs, recipe_.views[v], recipe_, slot.views[v].raw(), cfg_.gpu_dtype, gpu_->stream());
+    augmenters_[v]->run(src, jobs, static_cast<int>(n), recipe_.views[v], recipe_, slot.views[v].raw(), cfg_.gpu_dtype,
+                        gpu_->stream());
   }
   gpu_->record_on_data(ev_ready(i));
 }
@@ -314,10 +321,11 @@ bool Loader::next(Batch& out) {
   MIRA_CHECK(epoch_ >= 0, "loader: call start_epoch before next");
   if (handed_ && gpu_) {
     // The batch handed out last time is done with once the step queued so far has run; its
-    // staging buffers go back to the workers once the data stream has copied them.
+    // staging buffers and job arrays go back to the workers once the data stream has passed its
+    // kernels (ev_ready, recorded after them; long passed: the step needed it).
     const int64_t i = window_ % static_cast<int64_t>(slots_.size());
     gpu_->record_on_compute(ev_consumed(i));
-    gpu_->host_waits(ev_copied(i));
+    gpu_->host_waits(ev_ready(i));
   }
   if (handed_) {
     ++window_;

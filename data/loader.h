@@ -127,6 +127,7 @@ class Loader {
     int64_t remaining = 0;
     std::vector<GpuStage> staged;  // gpu_augment: per position
     Tensor arena;                  // gpu_augment: device u8, the batch's images
+    std::vector<std::shared_ptr<Storage>> jobs;  // gpu_augment: per view, B pinned GpuViewJobs
   };
   void worker_loop();
   void run_task(int64_t task, SampleScratch& scratch);

@@ -88,6 +88,15 @@ void backward(const Tensor& loss, const Tensor& seed, const LeafReadyFn& on_leaf
 }
 
 size_t tape_size() { return g_tape.size(); }
+
+std::vector<const AutogradMeta*> tape_leaves() {
+  std::vector<const AutogradMeta*> out;
+  std::unordered_set<const AutogradMeta*> seen;
+  for (const Node& n : g_tape)
+    for (const auto& leaf : n.leaves)
+      if (seen.insert(leaf.get()).second) out.push_back(leaf.get());
+  return out;
+}
 void clear_tape() {
   g_tape.clear();
   ++g_tape_epoch;

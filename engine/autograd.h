@@ -15,6 +15,7 @@
 
 #include <functional>
 #include <initializer_list>
+#include <vector>
 
 #include "engine/tensor.h"
 
@@ -54,6 +55,9 @@ using LeafReadyFn = std::function<void(const AutogradMeta& leaf)>;
 void backward(const Tensor& loss, const Tensor& seed = Tensor(), const LeafReadyFn& on_leaf_ready = {});
 
 size_t tape_size();
+// The leaves (tensors requiring grad) that some node on this thread's tape takes as an input,
+// each once, in the order of their first use.
+std::vector<const AutogradMeta*> tape_leaves();
 void clear_tape();  // drops recorded nodes without running them
 // Counts the tapes this thread has finished (each backward() and clear_tape() ends one): a
 // tensor recorded under an earlier epoch is no longer on the tape (ParamStore's cast cache).

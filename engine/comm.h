@@ -54,6 +54,11 @@ class Communicator {
 
   virtual void barrier() = 0;
 
+  // Returns when every collective started so far has completed on its device; a dead or hung
+  // peer surfaces here as an error within the timeout. Device reductions may not make the host
+  // wait (NCCL): call this before reading on the host a device result that depends on one.
+  virtual void drain() {}
+
   // Non-blocking sum (F32 or F64, any device): starts the reduction and returns; the buffer must
   // not be touched until the handle's wait(). Started reductions match across ranks in the
   // order they were started, interleaved freely with the blocking collectives above (every rank

@@ -81,6 +81,10 @@ class MpiComm final : public Communicator {
     wait(req, "barrier", 0);
   }
 
+  void drain() override {
+    if (nccl_) cuda::nccl_drain(*nccl_, timeout_s_);
+  }
+
   // Host buffers: MPI_Iallreduce, completed in wait() (MPI progresses it inside later MPI calls,
   // e.g. SyncBN's reductions during the backward pass). Device buffers: NCCL on the group's
   // stream; without NCCL, the blocking staged reduction.

@@ -53,11 +53,16 @@ std::shared_ptr<NcclGroup> nccl_group(const char* id, int rank, int world, int d
 // operation of a group runs on the group's own stream, in the order the host issued them (two
 // streams feeding one communicator could reach the GPU in different orders on different ranks
 // and deadlock); the stream first waits for the work queued so far on the engine's stream, and
-// the engine's stream waits for the result.
+// the engine's stream waits for the result. The host does not wait: completion, NCCL's
+// asynchronous errors and the timeout are checked by nccl_drain (and nccl_wait), which callers
+// run before reading a device result on the host (Communicator::drain).
 void nccl_allreduce(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max, double timeout_s);
-// The same, returning as soon as the operation is queued (the engine's stream keeps running
-// backward kernels while it reduces); nccl_wait orders the engine's stream after it and polls it
-// like nccl_allreduce (timeout, NCCL's asynchronous errors).
+// Waits until every reduction queued so far has completed; on a timeout or an NCCL error the
+// group is aborted (the reductions' kernels return) and a mira::Error says why.
+void nccl_drain(NcclGroup& g, double timeout_s);
+// Non-blocking for the GPU too: the engine's stream does not wait for the result until
+// nccl_wait, so it keeps running backward kernels meanwhile; nccl_wait orders the engine's
+// stream after it and polls it on the host (timeout, asynchronous errors).
 struct NcclPending;
 std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup& g, void* data, int64_t n, DType dtype);
 void nccl_wait(NcclPending& p, double timeout_s);

@@ -1,5 +1,7 @@
 #include "engine/grad_sync.h"
 
+#include <unordered_set>
+
 #include "engine/error.h"
 #include "engine/ops.h"
 
@@ -34,11 +36,23 @@ GradSync::GradSync(const ParamStore& store, Communicator& comm, size_t bucket_by
 }
 
 void GradSync::begin() {
-  MIRA_CHECK(pending_.empty(), "GradSync::begin: the previous step's reductions were not finished");
+  MIRA_CHECK(tape_size() > 0, "GradSync::begin: call it after the forward pass (the autograd tape is empty)");
+  // A step that failed inside backward left reductions in flight: complete them first (every
+  // rank started the same ones), so this step's collectives line up again.
+  std::vector<std::unique_ptr<PendingReduce>> stale;
+  stale.swap(pending_);
+  for (auto& p : stale) p->wait();
   for (size_t b = 0; b < buckets_.size(); ++b) remaining_[b] = buckets_[b].params;
   next_ = 0;
   started_in_backward_ = 0;
   in_backward_ = true;
+  // Parameters that take no part in this step's graph will never be reported: they are complete
+  // now (otherwise their bucket, and every bucket after it, would wait for finish()).
+  std::unordered_set<const AutogradMeta*> on_tape;
+  for (const AutogradMeta* m : tape_leaves()) on_tape.insert(m);
+  for (const auto& [meta, b] : bucket_of_)
+    if (!on_tape.count(meta)) --remaining_[b];
+  start_ready_buckets();
 }
 
 LeafReadyFn GradSync::hook() {

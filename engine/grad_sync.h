@@ -8,8 +8,12 @@
 // whose gradient is complete (autograd.h, LeafReadyFn); when every parameter of the next
 // bucket in line is complete, its all-reduce is started (Communicator::allreduce_sum_start).
 // Buckets start strictly in order, so every rank starts the same reductions in the same order.
-// finish() starts what backward left (parameters that took no part in the loss), waits for
-// every bucket and divides by the world size.
+// finish() starts what is left, waits for every bucket and divides by the world size.
+//
+// How much overlaps: a parameter is complete once the earliest-recorded node using it has run,
+// i.e. after the backward of the first crop forwarded (the replay runs the crops in reverse).
+// With several crops per step, reductions therefore overlap with that first crop's backward
+// (the trainer forwards the first global crop first, the largest), not with the other crops'.
 //
 //   GradSync sync(model.student(), comm);
 //   store.zero_grad();
@@ -40,7 +44,9 @@ class GradSync {
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
 
-  void begin();      // before backward(): every bucket waits for all of its parameters
+  // After the forward, before backward(): every bucket waits for its parameters on the tape
+  // (those the graph does not use are complete already).
+  void begin();
   LeafReadyFn hook();  // pass to backward(); valid while this object lives
   void finish();     // after backward(): start the rest, wait for all, divide by the world size
 

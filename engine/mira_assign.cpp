@@ -140,6 +140,7 @@ void stats_cuda(const Tensor& logits, const Tensor& targets, bool mira, double t
   double n_global = N;
   comm.allreduce_sum(&n_global, 1);
   std::vector<double> host(2 * static_cast<size_t>(K));
+  comm.drain();
   cuda::copy(host.data(), Device::cpu(), dsums, dev, host.size() * sizeof(double), false);
   std::vector<double> wbar(static_cast<size_t>(K));
   double ht = 0, hm = 0;
@@ -208,6 +209,7 @@ void mira_cuda_group(const std::vector<Tensor>& views, const std::vector<Tensor>
   const float* flag = cuda::mira_nonfinite_count(plan, ws.raw());
   auto check_flag = [&] {
     if (!opts.check_finite) return;
+    comm.drain();  // the flag's reduction has completed (or a peer's failure is reported)
     const float bad = read_device_float(flag, dev);
     MIRA_CHECK(bad == 0, "mira_assign: the logits contain NaN or Inf (", bad, " values over all ranks)");
   };
@@ -287,6 +289,7 @@ Tensor sinkhorn_cuda(const Tensor& logits, double eps, int iters, Communicator& 
   column_step(nullptr, bad);
   if (opts.check_finite) {
     comm.allreduce_sum(bad, 1, DType::F32, dev);
+    comm.drain();
     const float count = read_device_float(bad, dev);
     MIRA_CHECK(count == 0, "sinkhorn_assign: the logits contain NaN or Inf (", count, " values over all ranks)");
   }

@@ -85,6 +85,7 @@ void Optimizer::upload_tables() {
 
 void Optimizer::step(double lr) {
   MIRA_CHECK(std::isfinite(lr) && lr >= 0, "learning rate ", lr, " is not a finite non-negative number");
+  ps_.clear_casts();  // mixed-precision copies of the old values
   const Tensor p = ps_.flat_params(), g = ps_.flat_grads();
   const bool lars = cfg_.name == "lars";
   if (p.is_cuda()) {

@@ -39,8 +39,13 @@ class ParamStore {
   // Tensor `index` in `dtype`, for compute (mixed precision): the view itself when the dtypes
   // agree, else ops::cast of it. With autograd recording, the cast is made once per tape and
   // shared by every later use on that tape (as autocast's weight cache): one conversion and one
-  // gradient accumulation per parameter and step, however many crops the step runs.
+  // gradient accumulation per parameter and step, however many crops the step runs. The cache
+  // belongs to the thread that records the tape (tape_epoch() is per thread): one store, one
+  // training thread.
   Tensor get_as(int index, DType dtype);
+  // Drops the cached casts: whoever changes the parameters outside autograd (the optimiser, a
+  // checkpoint load) calls it, so a forward on the same tape cannot see the old values.
+  void clear_casts() { casts_.clear(); }
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   const std::vector<Entry>& entries() const { return entries_; }
 

@@ -223,7 +223,8 @@ void fuzz_config(const uint8_t* data, size_t size) {
   apps::validate_pretrain_config(cfg);
   consume_config(cfg);
   // The resolved config is written to the run directory and stored in checkpoints.
-  (void)Json::parse(cfg.dump());
+  const Json reparsed = Json::parse(cfg.dump());
+  (void)reparsed;
 }
 
 void fuzz_npy(const uint8_t* data, size_t size) {

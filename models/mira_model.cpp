@@ -25,6 +25,7 @@ MiraModel::MiraModel(const MiraModelConfig& cfg, Device device, DType dtype)
 }
 
 void MiraModel::init(uint64_t seed) {
+  student_->clear_casts();
   s_backbone_->init(seed);
   s_proj_->init(seed);
   protos_->init(seed);
@@ -32,6 +33,7 @@ void MiraModel::init(uint64_t seed) {
 }
 
 void MiraModel::reset_teacher() {
+  student_->clear_casts();
   teacher_->flat_params().copy_(student_->flat_params().slice_batch(0, teacher_->flat_params().numel()));
   teacher_->flat_buffers().copy_(student_->flat_buffers().slice_batch(0, teacher_->flat_buffers().numel()));
 }
@@ -85,6 +87,7 @@ NamedTensors MiraModel::state() {
 }
 
 void MiraModel::load_state(const SafetensorsFile& f) {
+  student_->clear_casts();
   // Student names have no file prefix, so its pass must not count the teacher's "ema." entries.
   models::load_state(*student_, student_bns(), f, "", "", true, {"ema."});
   models::load_state(*teacher_, teacher_bns(), f, "", "ema.", true);

@@ -1,5 +1,6 @@
 #include "models/mira_trainer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/ops.h"
@@ -60,16 +61,19 @@ void check_finite(const ParamStore& ps, bool grads) {
 MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool full_stats) {
   MIRA_CHECK(views.size() >= 2, "a MIRA step needs at least the two global crops, got ", views.size());
   if (comm_.world_size() > 1) {
-    // SyncBN counts rows as batch x world: every rank must hold the same batch of every crop.
+    // SyncBN counts a layer's rows as local rows x world: every rank must hold the same batch
+    // of every crop, at the same size (rows = batch x height x width at every layer).
     std::vector<double> rows;
     for (const Tensor& v : views) {
-      rows.push_back(static_cast<double>(v.dim(0)));
-      rows.push_back(-static_cast<double>(v.dim(0)));
+      const double r = static_cast<double>(v.numel() / std::max<int64_t>(v.dim(-1), 1));
+      rows.push_back(r);
+      rows.push_back(-r);
     }
     comm_.allreduce_max(rows.data(), static_cast<int64_t>(rows.size()));
     for (size_t i = 0; i < views.size(); ++i)
-      MIRA_CHECK(rows[2 * i] == -rows[2 * i + 1], "crop ", i, " has batches of ", -rows[2 * i + 1], " to ", rows[2 * i],
-                 " rows on different ranks: data parallel training needs the same per-rank batch on every rank");
+      MIRA_CHECK(rows[2 * i] == -rows[2 * i + 1], "crop ", i, " has ", -rows[2 * i + 1], " to ", rows[2 * i],
+                 " pixels (batch x height x width) on different ranks: data parallel training needs the same "
+                 "per-rank batch and crop size on every rank");
   }
   if (s.freeze_prototypes != frozen_) {
     optimizer_.set_frozen("prototypes.", s.freeze_prototypes);
@@ -88,6 +92,7 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
   Tensor loss = mira_loss(student, targets[0], targets[1], cfg_.tau_s);
 
   // The loss is a local mean; the reported loss and the gradients are averaged over ranks.
+  comm_.drain();  // device reductions so far (SyncBN, MIRA) completed, or a peer's failure reported
   double loss_sum = loss.item();
   comm_.allreduce_sum(&loss_sum, 1);
   const int world = comm_.world_size();

@@ -180,8 +180,9 @@ TEST_CASE("GradSync: buckets reduced during backward equal one all-reduce of the
     GradSync sync(ps, comm, 2048, 512);
     nbuckets[r] = sync.buckets().size();
     ps.zero_grad();
-    sync.begin();
-    backward(loss_of(), Tensor(), sync.hook());
+    const Tensor loss = loss_of();
+    sync.begin();  // after the forward: it reads the tape
+    backward(loss, Tensor(), sync.hook());
     CHECK(sync.started_during_backward() == static_cast<int>(sync.buckets().size()));
     sync.finish();
     bucketed[r] = ps.flat_grads().to_vector();
@@ -223,5 +224,31 @@ TEST_CASE("ranks with different per-rank batches stop with an error naming the c
       errors[r] = e.what();
     }
   });
-  for (const std::string& e : errors) CHECK_MESSAGE(e.find("crop 2 has batches of 3 to 4 rows") != std::string::npos, e);
+  for (const std::string& e : errors) CHECK_MESSAGE(e.find("crop 2 has 192 to 256 pixels") != std::string::npos, e);
+}
+
+TEST_CASE("GradSync: parameters outside the graph do not hold back the buckets after them") {
+  ParamStore ps(Device::cpu(), DType::F64);
+  const int a = ps.declare("a", {64}), unused = ps.declare("unused", {64}), c = ps.declare("c", {64});
+  ps.finalize();
+  ps.get(a).fill_(1.0);
+  ps.get(c).fill_(2.0);
+  // 64 doubles per bucket: one bucket per parameter, started in the order c, unused, a.
+  GradSync sync(ps, local_comm(), 512, 512);
+  REQUIRE(sync.buckets().size() == 3);
+  ps.zero_grad();
+  CHECK_THROWS_AS(sync.begin(), Error);  // before the forward: nothing on the tape yet
+  const Tensor loss = ops::add(ops::sum(ps.get(a)), ops::sum(ops::scale(ps.get(c), 3.0)));
+  sync.begin();
+  int reported = 0;
+  backward(loss, Tensor(), [&](const AutogradMeta& m) {
+    ++reported;
+    sync.hook()(m);
+  });
+  CHECK(reported == 2);
+  CHECK(sync.started_during_backward() == 3);  // all three started before finish()
+  sync.finish();
+  CHECK(ps.get(a).grad().to_vector()[0] == 1.0);
+  CHECK(ps.get(c).grad().to_vector()[0] == 3.0);
+  CHECK(ps.get(unused).grad().to_vector()[0] == 0.0);
 }

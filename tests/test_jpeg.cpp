@@ -340,7 +340,7 @@ TEST_CASE("pixel cap: a header announcing too many pixels is refused before deco
     CHECK_MESSAGE(msg.find("over.jpg is too large (64x48 pixels; the limit is 3071") != std::string::npos, msg);
     CHECK_MESSAGE(msg.find("data.max_image_pixels") != std::string::npos, msg);
   }
-  // A 100000 x 60000 SOF in an otherwise tiny file: refused with the default cap (PIL's 89.5 MP),
+  // A 100000 x 60000 SOF in an otherwise tiny file: refused with the default cap (PIL's 179 MP),
   // without allocating 18 GB.
   std::vector<uint8_t> huge = jpg;
   for (size_t i = 0; i + 8 < huge.size(); ++i)

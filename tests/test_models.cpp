@@ -212,6 +212,15 @@ TEST_CASE("ParamStore::get_as: one cast per parameter and tape, stale after back
   const std::vector<double> xv = x.to_vector(), g = ps.get(w).grad().to_vector();
   for (int o = 0; o < 3; ++o)
     for (int i = 0; i < 4; ++i) CHECK(std::fabs(g[o * 4 + i] - 3.0 * (xv[i] + xv[4 + i])) < 1e-6);
+  // A parameter changed outside autograd on the same tape (an optimiser step, a checkpoint
+  // load): clear_casts() makes the next use cast the new values.
+  ps.get(w).fill_(2.0);
+  ps.clear_casts();
+  {
+    const Tensor fresh = ps.get_as(w, DType::F32);
+    CHECK(fresh.to_vector()[0] == 2.0);
+    backward(ops::sum(ops::linear(x, fresh)));  // consume the tape
+  }
   // After backward the cached cast belongs to a finished tape: a new one is made.
   ps.get(w).fill_(0.5);
   const Tensor c = ps.get_as(w, DType::F32);

@@ -16,8 +16,12 @@
 # vs PyTorch), the ResNet-50 multi-crop step in bf16 and f32 vs PyTorch AMP, ResNet-18 at 32 px,
 # and the input pipeline (GPU loader vs PIL + torchvision).
 #
+# Rows are also appended to LOG_DIR/table_rows.txt as they come; steps that would start after
+# MIRA_DEADLINE_S (default 520 s from the start) are skipped, so the table always fits a
+# 600-second device call.
+#
 # Environment: MIRA_DEVICE_BUILD (build folder, default build-device), MIRA_TEST_TIMEOUT (s per
-# test, default 300), MIRA_BENCH_TIMEOUT (s per benchmark, default 150), MIRA_BENCH_ARGS_mira_assign
+# test, default 180), MIRA_BENCH_TIMEOUT (s per benchmark, default 150), MIRA_BENCH_ARGS_mira_assign
 # and MIRA_BENCH_ARGS_loader (their arguments), MIRA_STEP_BATCH (crops per view of the step
 # benchmarks, default 64), MIRA_SKIP_BENCH=1.
 #
@@ -29,7 +33,7 @@ LOG_DIR=${1:-${OUT:-./device_logs}}
 mkdir -p "$LOG_DIR" || exit 2
 LOG_DIR=$(cd "$LOG_DIR" && pwd)
 BUILD=${MIRA_DEVICE_BUILD:-build-device}
-TEST_TIMEOUT=${MIRA_TEST_TIMEOUT:-300}
+TEST_TIMEOUT=${MIRA_TEST_TIMEOUT:-180}
 BENCH_TIMEOUT=${MIRA_BENCH_TIMEOUT:-150}
 T_START=$(date +%s.%N)
 
@@ -42,7 +46,13 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 row() {  # name status seconds note
   ROWS+=("$1|$2|$3|${4:-}")
   case "$2" in PASS|SKIP|OK) ;; *) FAILED=1 ;; esac
+  # Row by row as well, so a run cut short by the device's time limit still brings back its table.
+  printf "%-34s %-8s %9s  %s\n" "$1" "$2" "$3" "${4:0:70}" >>"$LOG_DIR/table_rows.txt"
 }
+# Whole-run deadline (s): steps that would start after it are skipped with a row saying so.
+DEADLINE=${MIRA_DEADLINE_S:-520}
+past_deadline() { awk -v a="$T_START" -v b="$(now)" -v d="$DEADLINE" 'BEGIN { exit !(b - a > d) }'; }
+left() { awk -v a="$T_START" -v b="$(now)" -v d="$DEADLINE" 'BEGIN { l = d - (b - a); printf "%d", l < 10 ? 10 : l }'; }
 
 print_table() {
   echo
@@ -168,7 +178,8 @@ if [[ -f "$BUILD/CMakeCache.txt" ]] && grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$
 fi
 if [[ $configured_here -eq 1 ]] && command -v ctest >/dev/null; then
   say "ctest -L gpu (log: ctest_gpu.log)"
-  ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout "$TEST_TIMEOUT" >"$LOG_DIR/ctest_gpu.log" 2>&1
+  timeout "$(left)" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout "$TEST_TIMEOUT" \
+    >"$LOG_DIR/ctest_gpu.log" 2>&1
   # "1/2 Test #5: test_ops_gpu ......   Passed    3.21 sec" / "***Failed" / "***Skipped"
   while read -r name status secs; do
     case "$status" in Passed) s=PASS ;; Skipped|Not*) s=SKIP ;; Timeout) s=TIMEOUT ;; *) s=FAIL ;; esac
@@ -206,10 +217,17 @@ fi
 bench() {  # name command...
   local name=$1
   shift
+  if past_deadline; then
+    row "bench $name" "SKIP" "0" "past the ${DEADLINE} s deadline (MIRA_DEADLINE_S)"
+    return
+  fi
   local t
   t=$(now)
   say "bench $name: $* (log: bench_$name.log)"
-  (cd "$ROOT" && timeout "$BENCH_TIMEOUT" "$@") >"$LOG_DIR/bench_$name.log" 2>&1
+  local to
+  to=$(left)
+  ((to > BENCH_TIMEOUT)) && to=$BENCH_TIMEOUT
+  (cd "$ROOT" && timeout "$to" "$@") >"$LOG_DIR/bench_$name.log" 2>&1
   local rc=$?
   local s
   s=$([[ $rc -eq 0 ]] && echo OK || { [[ $rc -eq 124 ]] && echo TIMEOUT || echo FAIL; })

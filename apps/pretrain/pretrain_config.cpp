@@ -19,7 +19,7 @@ const Json& pretrain_schema() {
     "data": {
       "path": "", "format": "auto", "train_subset": 0,
       "recipe": "imagenet", "local_crops": -1, "interp": "", "mean": [], "std": [],
-      "threads": 0, "prefetch": 3, "max_image_pixels": 89478485, "augment_device": "auto"
+      "threads": 0, "prefetch": 3, "max_image_pixels": 178956970, "augment_device": "auto"
     },
     "optim": {
       "name": "lars", "lr": 0.3, "scale_lr_by_batch": true,

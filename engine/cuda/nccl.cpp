@@ -1,6 +1,9 @@
 // NCCL groups for device-buffer reductions (see engine/cuda_backend.h). Without NCCL in the
 // build the functions say so; the MPI communicator then stages device buffers through the host.
 #include <chrono>
+#include <deque>
+#include <string>
+#include <utility>
 #include <cstring>
 #include <thread>
 
@@ -30,7 +33,12 @@ struct NcclGroup {
   int device = 0;
   bool aborted = false;
   cudaStream_t stream = nullptr;  // every operation of the group runs here, in issue order
+  // Reductions queued by nccl_allreduce whose completion the host has not seen yet (their end
+  // events, oldest first, with their lengths): polled by nccl_drain.
+  std::deque<std::pair<cudaEvent_t, int64_t>> outstanding;
+  std::string abort_reason;
   ~NcclGroup() {
+    for (auto& o : outstanding) cudaEventDestroy(o.first);
     if (comm && !aborted) ncclCommDestroy(comm);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -77,8 +85,10 @@ ncclDataType_t nccl_type(DType dtype) {
 
 // Queues the all-reduce on the group's stream after the engine stream's current work; returns
 // the event that marks its end (the engine's stream already waits for it).
-cudaEvent_t enqueue(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max) {
-  MIRA_CHECK(!g.aborted, "NCCL: the group was aborted after an earlier failure");
+// compute_waits: the engine's stream waits for the result right away (blocking semantics:
+// later work sees it); else only at nccl_wait, so backward kernels keep running meanwhile.
+cudaEvent_t enqueue(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max, bool compute_waits) {
+  MIRA_CHECK(!g.aborted, "NCCL: the group was aborted after an earlier failure: ", g.abort_reason);
   const ncclDataType_t t = nccl_type(dtype);
   cudaStream_t compute = CudaContext::get().stream();
   cudaEvent_t ready = nullptr, done = nullptr;
@@ -89,7 +99,7 @@ cudaEvent_t enqueue(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_ma
   MIRA_NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(n), t, is_max ? ncclMax : ncclSum, g.comm, g.stream));
   MIRA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   MIRA_CUDA_CHECK(cudaEventRecord(done, g.stream));
-  MIRA_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
+  if (compute_waits) MIRA_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
   return done;
 }
 
@@ -106,10 +116,11 @@ void poll(NcclGroup& g, cudaEvent_t done, int64_t n, double timeout_s) {
     if (async != ncclSuccess || waited > timeout_s) {
       ncclCommAbort(g.comm);
       g.aborted = true;
-      MIRA_FAIL("NCCL all-reduce of ", n, " values ",
-                async != ncclSuccess ? std::string("failed: ") + ncclGetErrorString(async)
-                                     : "did not complete within " + std::to_string(timeout_s) + " s",
-                ": another rank has died or hangs");
+      g.abort_reason = "NCCL all-reduce of " + std::to_string(n) + " values " +
+                       (async != ncclSuccess ? std::string("failed: ") + ncclGetErrorString(async)
+                                             : "did not complete within " + std::to_string(timeout_s) + " s") +
+                       ": another rank has died or hangs";
+      MIRA_FAIL(g.abort_reason);
     }
     std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
@@ -120,12 +131,25 @@ void poll(NcclGroup& g, cudaEvent_t done, int64_t n, double timeout_s) {
 void nccl_allreduce(NcclGroup& g, void* data, int64_t n, DType dtype, bool is_max, double timeout_s) {
   if (n == 0) return;
   DeviceGuard guard(g.device);
-  cudaEvent_t done = enqueue(g, data, n, dtype, is_max);
-  struct Release {
-    cudaEvent_t e;
-    ~Release() { cudaEventDestroy(e); }
-  } release{done};
-  poll(g, done, n, timeout_s);
+  // No host wait (SyncBN calls this for every BN layer): the result is ordered before later
+  // work on the engine's stream; the host sees completion, errors and timeouts at nccl_drain.
+  g.outstanding.emplace_back(enqueue(g, data, n, dtype, is_max, true), n);
+  while (!g.outstanding.empty() && cudaEventQuery(g.outstanding.front().first) == cudaSuccess) {
+    cudaEventDestroy(g.outstanding.front().first);
+    g.outstanding.pop_front();
+  }
+  if (g.outstanding.size() > 4096) nccl_drain(g, timeout_s);  // bounded bookkeeping
+}
+
+void nccl_drain(NcclGroup& g, double timeout_s) {
+  MIRA_CHECK(!g.aborted, "NCCL: the group was aborted after an earlier failure: ", g.abort_reason);
+  DeviceGuard guard(g.device);
+  while (!g.outstanding.empty()) {
+    const auto [e, n] = g.outstanding.front();
+    poll(g, e, n, timeout_s);  // throws (after aborting the group) on a timeout or NCCL error
+    cudaEventDestroy(e);
+    g.outstanding.pop_front();
+  }
 }
 
 std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup& g, void* data, int64_t n, DType dtype) {
@@ -134,14 +158,22 @@ std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup& g, void* data, int6
   if (n == 0) return p;
   DeviceGuard guard(g.device);
   p->group = &g;
-  p->done = enqueue(g, data, n, dtype, false);
+  p->done = enqueue(g, data, n, dtype, false, false);
   return p;
 }
 
 void nccl_wait(NcclPending& p, double timeout_s) {
   if (!p.done) return;
-  DeviceGuard guard(p.group->device);
-  poll(*p.group, p.done, p.n, timeout_s);
+  NcclGroup& g = *p.group;
+  MIRA_CHECK(!g.aborted, "NCCL: the group was aborted after an earlier failure: ", g.abort_reason);
+  DeviceGuard guard(g.device);
+  MIRA_CUDA_CHECK(cudaStreamWaitEvent(CudaContext::get().stream(), p.done, 0));
+  poll(g, p.done, p.n, timeout_s);
+  // Everything queued on the group's stream before this reduction has completed too.
+  while (!g.outstanding.empty() && cudaEventQuery(g.outstanding.front().first) == cudaSuccess) {
+    cudaEventDestroy(g.outstanding.front().first);
+    g.outstanding.pop_front();
+  }
 }
 
 #else
@@ -156,6 +188,7 @@ std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup&, void*, int64_t, DT
   MIRA_FAIL("this build has no NCCL");
 }
 void nccl_wait(NcclPending&, double) { MIRA_FAIL("this build has no NCCL"); }
+void nccl_drain(NcclGroup&, double) { MIRA_FAIL("this build has no NCCL"); }
 
 #endif
 

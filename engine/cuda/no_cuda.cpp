@@ -29,5 +29,6 @@ void nccl_allreduce(NcclGroup&, void*, int64_t, DType, bool, double) { no_cuda()
 struct NcclPending {};
 std::shared_ptr<NcclPending> nccl_allreduce_start(NcclGroup&, void*, int64_t, DType) { no_cuda(); }
 void nccl_wait(NcclPending&, double) { no_cuda(); }
+void nccl_drain(NcclGroup&, double) { no_cuda(); }
 
 }  // namespace mira::cuda
