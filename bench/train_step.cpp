@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
     model.init(0);
     const bool bf16 = a.str("dtype") == "bf16";
     MIRA_CHECK(bf16 || a.str("dtype") == "f32", "--dtype must be f32 or bf16");
+    MIRA_CHECK(!bf16 || dev.is_cuda(), "--dtype bf16 needs --device cuda (the CPU kernels are f32 / f64)");
     if (bf16) model.set_compute_dtype(DType::BF16);
     models::MiraTrainer trainer(model, OptimConfig{a.str("optim"), 0.9, 1e-4, 0.001}, {0.1, 0.225, 30}, local_comm());
     const int64_t B = a.integer("batch"), G = a.integer("global-size"), L = a.integer("local-crops"),
