@@ -30,7 +30,7 @@ void bn_finalize(const Tensor& mean, const Tensor& var, Tensor& invstd, Tensor& 
 void bn_pack_sums(const Tensor& mean, const Tensor& var, double M, void* sums);
 void bn_unpack_sums(const void* sums, double count, Tensor& mean, Tensor& var);
 void bn_fwd_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
-                  const Tensor& beta, Tensor& y);
+                  const Tensor& beta, Tensor& y, bool relu = false);
 void bn_bwd_reduce(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd, Tensor& sum_dy,
                    Tensor& sum_dy_xhat);
 // sum_dy / sum_dy_xhat undefined: eval-mode backward.

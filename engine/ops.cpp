@@ -184,15 +184,46 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return y;
 }
 
+namespace {
+
+// y <= 0 ? 0 : dy, into a fresh tensor: the ReLU half of batch_norm_relu's backward.
+Tensor relu_masked(const Tensor& dy, const Tensor& y) {
+  Tensor out = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
+  if (dy.is_cuda()) {
+    MIRA_ON_CUDA(cuda::relu_bwd(dy, y, out, false));
+  } else {
+    MIRA_CPU_FLOAT(dy.dtype(), "batch_norm_relu",
+                   cpu::relu_bwd<T>(dy.data<T>(), y.data<T>(), out.data<T>(), dy.numel(), false));
+  }
+  return out;
+}
+
+Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& st, bool training,
+                       double momentum, double eps, bool relu);
+
+}  // namespace
+
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& st, bool training,
                   double momentum, double eps) {
+  return batch_norm_impl(x, gamma, beta, st, training, momentum, eps, false);
+}
+
+Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& st, bool training,
+                       double momentum, double eps) {
+  return batch_norm_impl(x, gamma, beta, st, training, momentum, eps, true);
+}
+
+namespace {
+
+Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& st, bool training,
+                       double momentum, double eps, bool relu) {
   check_float(x, "batch_norm");
   check_same(gamma, beta, "batch_norm");
   if (!x.is_cuda() && x.dtype() != gamma.dtype()) {
     // Mixed precision on the CPU (f32 activations under f64 parameters): the CPU kernels take
     // one dtype, so normalise a copy in the parameters' dtype, as the CUDA kernels compute the
     // statistics of bf16 activations in f32.
-    return cast(batch_norm(cast(x, gamma.dtype()), gamma, beta, st, training, momentum, eps), x.dtype());
+    return cast(batch_norm_impl(cast(x, gamma.dtype()), gamma, beta, st, training, momentum, eps, relu), x.dtype());
   }
   MIRA_CHECK(x.ndim() == 2 || x.ndim() == 4, "batch_norm: x must be (N, C) or (N, H, W, C), got ", x.str());
   const int C = int(x.dim(-1));
@@ -240,14 +271,19 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
   }
   Tensor y = Tensor::empty(x.shape(), x.dtype(), dev);
   if (x.is_cuda()) {
-    MIRA_ON_CUDA(cuda::bn_fwd_apply(x, mean, invstd, gamma, beta, y));
+    MIRA_ON_CUDA(cuda::bn_fwd_apply(x, mean, invstd, gamma, beta, y, relu));
   } else {
     MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
                    cpu::bn_fwd_apply<T>(x.data<T>(), mean.data<T>(), invstd.data<T>(), gamma.data<T>(),
-                                        beta.data<T>(), y.data<T>(), M, C));
+                                        beta.data<T>(), y.data<T>(), M, C, relu));
   }
   if (needs_grad({&x, &gamma, &beta})) {
-    record("batch_norm", y, {&x, &gamma, &beta}, [x, gamma, beta, mean, invstd, training, M, C, comm, count](const Tensor& dy) {
+    // With the ReLU fused, the node keeps its output (for the mask) instead of the normalised
+    // values an unfused ReLU would have kept: one activation less alive until backward.
+    const Tensor yd = relu ? y.detach() : Tensor();
+    record(relu ? "batch_norm_relu" : "batch_norm", y, {&x, &gamma, &beta},
+           [x, gamma, beta, mean, invstd, training, M, C, comm, count, yd](const Tensor& dy_out) {
+      const Tensor dy = yd.defined() ? relu_masked(dy_out, yd) : dy_out;
       const Device dev = x.device();
       // One buffer for both sums, so SyncBN reduces them in one collective.
       Tensor sums = Tensor::empty({2 * C}, gamma.dtype(), dev);
@@ -306,6 +342,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Batc
   }
   return y;
 }
+
+}  // namespace
 
 Tensor relu(const Tensor& x) {
   check_float(x, "relu");

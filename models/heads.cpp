@@ -21,8 +21,8 @@ void Projector::init(uint64_t seed) {
 }
 
 Tensor Projector::forward(const Tensor& x, bool training) {
-  Tensor h = ops::relu(bn1_.forward(l0_.forward(x), training));
-  h = ops::relu(bn2_.forward(l3_.forward(h), training));
+  Tensor h = bn1_.forward_relu(l0_.forward(x), training);
+  h = bn2_.forward_relu(l3_.forward(h), training);
   return ops::l2_normalize(l6_.forward(h));
 }
 

@@ -40,6 +40,13 @@ Tensor BatchNorm::forward(const Tensor& x, bool training) {
   return y;
 }
 
+Tensor BatchNorm::forward_relu(const Tensor& x, bool training) {
+  ops::BatchNormState st{ps_->get(rm_), ps_->get(rv_), num_batches_tracked, comm, equal_rows};
+  Tensor y = ops::batch_norm_relu(x, ps_->get(g_), ps_->get(b_), st, training);
+  num_batches_tracked = st.num_batches_tracked;
+  return y;
+}
+
 void BatchNorm::init(double gamma) const {
   ps_->get(g_).fill_(gamma);
   ps_->get(b_).fill_(0.0);

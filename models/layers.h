@@ -35,6 +35,8 @@ class BatchNorm {
   // weight, bias (params); running_mean, running_var (buffers); num_batches_tracked on the host.
   BatchNorm(ParamStore& ps, const std::string& name, int C);
   Tensor forward(const Tensor& x, bool training);
+  // relu(forward(x)) fused into one pass (ops::batch_norm_relu).
+  Tensor forward_relu(const Tensor& x, bool training);
   // gamma = value (1, or 0 for zero_init_residual), beta = 0, running stats 0 / 1.
   void init(double gamma) const;
   const std::string& name() const { return name_; }

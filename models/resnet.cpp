@@ -107,13 +107,13 @@ void ResNet::init(uint64_t seed) {
 
 Tensor ResNet::forward(const Tensor& x, bool training) {
   MIRA_CHECK(x.ndim() == 4 && x.dim(3) == 3, "ResNet expects (N, H, W, 3) images, got ", x.str());
-  Tensor h = ops::relu(bn1_.forward(conv1_.forward(x), training));
+  Tensor h = bn1_.forward_relu(conv1_.forward(x), training);
   if (!cfg_.cifar_stem) h = ops::max_pool2d(h, 3, 2, 1);
   for (Block& b : blocks_) {
     Tensor identity = b.has_down ? b.down_bn.forward(b.down_conv.forward(h), training) : h;
-    Tensor o = ops::relu(b.bn1.forward(b.conv1.forward(h), training));
+    Tensor o = b.bn1.forward_relu(b.conv1.forward(h), training);
     if (cfg_.bottleneck) {
-      o = ops::relu(b.bn2.forward(b.conv2.forward(o), training));
+      o = b.bn2.forward_relu(b.conv2.forward(o), training);
       o = b.bn3.forward(b.conv3.forward(o), training);
     } else {
       o = b.bn2.forward(b.conv2.forward(o), training);

@@ -275,3 +275,44 @@ TEST_CASE("cast: values rounded to the target dtype, gradient cast back and accu
   CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::relu(ops::cast(in[0], DType::F64)); }, {x},
                   "cast f64 -> f64"));
 }
+
+TEST_CASE("batch_norm_relu: relu(batch_norm) bit for bit, same gradients, f64 gradient check") {
+  for (bool training : {true, false}) {
+    for (DType t : {DType::F64, DType::F32}) {
+      Tensor x = rnd({3, 4, 5, 6}, 11, t, 2.0), g = rnd({6}, 12, t), b = rnd({6}, 13, t);
+      ops::BatchNormState s1{Tensor::zeros({6}, t), Tensor::full({6}, 1.0, t)};
+      ops::BatchNormState s2{Tensor::zeros({6}, t), Tensor::full({6}, 1.0, t)};
+      Tensor dy = Tensor::randn({3, 4, 5, 6}, 14, 0, 1, t);
+      Tensor y1 = ops::relu(ops::batch_norm(x, g, b, s1, training));
+      backward(y1, dy);
+      const std::vector<double> gx = x.grad().to_vector(), gg = g.grad().to_vector(), gb = b.grad().to_vector();
+      for (Tensor* p : {&x, &g, &b}) p->set_grad(Tensor());
+      Tensor y2 = ops::batch_norm_relu(x, g, b, s2, training);
+      backward(y2, dy);
+      CHECK(y2.to_vector() == y1.to_vector());
+      CHECK(s2.running_mean.to_vector() == s1.running_mean.to_vector());
+      CHECK(s2.running_var.to_vector() == s1.running_var.to_vector());
+      CHECK(x.grad().to_vector() == gx);
+      CHECK(g.grad().to_vector() == gg);
+      CHECK(b.grad().to_vector() == gb);
+      int zeros = 0;
+      for (double v : y2.to_vector()) zeros += v == 0.0;
+      CHECK(zeros > 0);  // the ReLU did cut something
+      for (Tensor* p : {&x, &g, &b}) p->set_grad(Tensor());
+    }
+    Tensor x = rnd({2, 3, 3, 4}, 21, DType::F64, 2.0), g = rnd({4}, 22), b = rnd({4}, 23);
+    ops::BatchNormState st{Tensor::zeros({4}, DType::F64), Tensor::full({4}, 1.0, DType::F64)};
+    CHECK(gradcheck(
+        [&](const std::vector<Tensor>& in) { return ops::batch_norm_relu(in[0], in[1], in[2], st, training); },
+        {x, g, b}, training ? "bn+relu train" : "bn+relu eval"));
+  }
+  // NaN propagates as through relu(batch_norm): a NaN input makes its channel NaN.
+  Tensor xn = Tensor::randn({4, 3}, 5, 0, 1, DType::F64);
+  std::vector<double> v = xn.to_vector();
+  v[4] = std::nan("");
+  xn = Tensor::from_vector(v, {4, 3}, DType::F64);
+  ops::BatchNormState st{Tensor::zeros({3}, DType::F64), Tensor::full({3}, 1.0, DType::F64)};
+  const std::vector<double> yn =
+      ops::batch_norm_relu(xn, Tensor::full({3}, 1.0, DType::F64), Tensor::zeros({3}, DType::F64), st, true).to_vector();
+  CHECK(std::isnan(yn[1]));  // channel 1 of row 0
+}

@@ -283,6 +283,30 @@ TEST_CASE("SyncBN sums: CUDA pack / unpack equal the CPU twins") {
 }
 #endif
 
+TEST_CASE("batch_norm_relu on CUDA equals relu(batch_norm) bit for bit, f32 and bf16") {
+  for (DType t : {DType::F32, DType::BF16}) {
+    CAPTURE(dtype_name(t));
+    Tensor x = Tensor::randn({4, 7, 7, 40}, 51, 0.3, 1.5).to(kGpu, t).set_requires_grad();
+    Tensor g = Tensor::randn({40}, 52, 1.0, 0.3).to(kGpu).set_requires_grad();
+    Tensor b = Tensor::randn({40}, 53, 0.0, 0.3).to(kGpu).set_requires_grad();
+    const Tensor dy = Tensor::randn({4, 7, 7, 40}, 54).to(kGpu, t);
+    ops::BatchNormState s1{Tensor::zeros({40}, DType::F32, kGpu), Tensor::full({40}, 1.0, DType::F32, kGpu)};
+    ops::BatchNormState s2{Tensor::zeros({40}, DType::F32, kGpu), Tensor::full({40}, 1.0, DType::F32, kGpu)};
+    Tensor y1 = ops::relu(ops::batch_norm(x, g, b, s1, true));
+    backward(y1, dy);
+    const std::vector<double> gx = x.grad().to_vector(), gg = g.grad().to_vector();
+    x.set_grad(Tensor());
+    g.set_grad(Tensor());
+    b.set_grad(Tensor());
+    Tensor y2 = ops::batch_norm_relu(x, g, b, s2, true);
+    backward(y2, dy);
+    CHECK(y2.to_vector() == y1.to_vector());
+    CHECK(x.grad().to_vector() == gx);
+    CHECK(g.grad().to_vector() == gg);
+    CHECK(s2.running_var.to_vector() == s1.running_var.to_vector());
+  }
+}
+
 TEST_CASE("relu, add, scale: CUDA f32 and bf16") {
   compare_cpu_cuda("relu", {{{3, 50}, 1}}, [](const std::vector<Tensor>& in) { return ops::relu(in[0]); }, 0, 0);
   compare_cpu_cuda("add", {{{7, 13}, 2}, {{7, 13}, 3}},

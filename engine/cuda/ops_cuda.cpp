@@ -505,7 +505,7 @@ void bn_unpack_sums(const void* sums, double count, Tensor& mean, Tensor& var) {
 }
 
 void bn_fwd_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma, const Tensor& beta,
-                  Tensor& y) {
+                  Tensor& y, bool relu) {
   check_same_dtype(x, y, "bn_fwd_apply");
   int64_t M = 0;
   int C = 0;
@@ -516,7 +516,7 @@ void bn_fwd_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, con
   dispatch_float(x.dtype(), "bn_fwd_apply", [&](auto tag) {
     using T = decltype(tag);
     gpu::bn_fwd_apply<T>(ptr<T>(x), ptr<float>(m32), ptr<float>(i32), ptr<float>(g32), ptr<float>(b32), ptr<T>(y), M,
-                         C, stream);
+                         C, stream, relu);
   });
 }
 

@@ -87,12 +87,17 @@ void bn_unpack_sums(const double* sums, double count, int C, T* mean, T* var) {
 
 template <typename T>
 void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
-                  int64_t M, int C) {
+                  int64_t M, int C, bool relu) {
   for (int64_t m = 0; m < M; ++m) {
     const T* xr = x + m * C;
     T* yr = y + m * C;
-    for (int c = 0; c < C; ++c) {
-      yr[c] = (xr[c] - mean[c]) * invstd[c] * gamma[c] + beta[c];
+    if (relu) {
+      for (int c = 0; c < C; ++c) {
+        const T v = (xr[c] - mean[c]) * invstd[c] * gamma[c] + beta[c];
+        yr[c] = v <= T(0) ? T(0) : v;
+      }
+    } else {
+      for (int c = 0; c < C; ++c) yr[c] = (xr[c] - mean[c]) * invstd[c] * gamma[c] + beta[c];
     }
   }
 }
@@ -311,7 +316,7 @@ void soft_ce_bwd(const T* z, const T* t, const T* lse, const T* dloss, T alpha, 
   template void bn_finalize<T>(const T*, const T*, T*, T*, T*, int, double, double, double);                \
   template void bn_pack_sums<T>(const T*, const T*, double, int, double*);                                \
   template void bn_unpack_sums<T>(const double*, double, int, T*, T*);                                      \
-  template void bn_fwd_apply<T>(const T*, const T*, const T*, const T*, const T*, T*, int64_t, int);         \
+  template void bn_fwd_apply<T>(const T*, const T*, const T*, const T*, const T*, T*, int64_t, int, bool);   \
   template void bn_bwd_reduce<T>(const T*, const T*, const T*, const T*, int64_t, int, T*, T*);             \
   template void bn_bwd_apply<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*,       \
                                 double, T*, int64_t, int, bool);                                            \

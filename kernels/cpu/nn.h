@@ -33,10 +33,10 @@ template <typename T>
 void bn_pack_sums(const T* mean, const T* var, double M, int C, double* sums);
 template <typename T>
 void bn_unpack_sums(const double* sums, double count, int C, T* mean, T* var);
-// y = (x - mean) * invstd * gamma + beta
+// y = (x - mean) * invstd * gamma + beta; relu: then y = y <= 0 ? 0 : y (NaN kept, as relu_fwd)
 template <typename T>
 void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
-                  int64_t M, int C);
+                  int64_t M, int C, bool relu = false);
 // sum_dy[c] = sum dy, sum_dy_xhat[c] = sum dy * (x - mean) * invstd
 template <typename T>
 void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,

@@ -180,14 +180,15 @@ dim3 apply_grid(int64_t M, int C) {
 template <typename T>
 __global__ void __launch_bounds__(kColTile* kApplyRows)
     bn_fwd_apply_kernel(const T* x, const float* mean, const float* invstd, const float* gamma, const float* beta,
-                        T* y, int64_t M, int C) {
+                        T* y, int64_t M, int C, bool relu) {
   const int c = blockIdx.x * kColTile + threadIdx.x;
   if (c >= C) return;
   const float m = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
   const int64_t step = static_cast<int64_t>(gridDim.y) * kApplyRows;
   for (int64_t r = static_cast<int64_t>(blockIdx.y) * kApplyRows + threadIdx.y; r < M; r += step) {
     const int64_t i = r * C + c;
-    y[i] = from_f<T>(__fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(to_f(x[i]), m), is), g), b));
+    const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(to_f(x[i]), m), is), g), b);
+    y[i] = from_f<T>(relu && v <= 0.f ? 0.f : v);
   }
 }
 
@@ -554,10 +555,10 @@ void bn_unpack_sums(const double* sums, double count, int C, float* mean, float*
 
 template <typename T>
 void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const float* gamma, const float* beta, T* y,
-                  int64_t M, int C, cudaStream_t stream) {
+                  int64_t M, int C, cudaStream_t stream, bool relu) {
   if (M <= 0 || C <= 0) return;
   bn_fwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(x, mean, invstd, gamma, beta,
-                                                                                     y, M, C);
+                                                                                     y, M, C, relu);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -672,7 +673,7 @@ void soft_ce_bwd(const T* z, const TT* t, const float* lse, const float* dloss, 
   template void col_sum<T, float>(const T*, int64_t, int, float*, bool, void*, cudaStream_t);                       \
   template void bn_stats<T>(const T*, int64_t, int, float*, float*, void*, cudaStream_t);                           \
   template void bn_fwd_apply<T>(const T*, const float*, const float*, const float*, const float*, T*, int64_t, int, \
-                                cudaStream_t);                                                                       \
+                                cudaStream_t, bool);                                                                 \
   template void bn_bwd_reduce<T>(const T*, const T*, const float*, const float*, int64_t, int, float*, float*,      \
                                  void*, cudaStream_t);                                                               \
   template void bn_bwd_apply<T>(const T*, const T*, const float*, const float*, const float*, const float*,         \

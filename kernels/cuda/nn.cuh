@@ -37,10 +37,10 @@ void bn_finalize(const float* mean, const float* var, float* invstd, float* runn
 // SyncBN (twins of kernels/cpu/nn.h): (mean, var) of M rows <-> f64 sums (2C).
 void bn_pack_sums(const float* mean, const float* var, double M, int C, double* sums, cudaStream_t stream);
 void bn_unpack_sums(const double* sums, double count, int C, float* mean, float* var, cudaStream_t stream);
-// y = (x - mean) * invstd * gamma + beta
+// y = (x - mean) * invstd * gamma + beta; relu: then y <= 0 ? 0 : y (NaN kept)
 template <typename T>
 void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const float* gamma, const float* beta, T* y,
-                  int64_t M, int C, cudaStream_t stream);
+                  int64_t M, int C, cudaStream_t stream, bool relu = false);
 // sum_dy[c] = sum dy, sum_dy_xhat[c] = sum dy * (x - mean) * invstd
 template <typename T>
 void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invstd, int64_t M, int C, float* sum_dy,
