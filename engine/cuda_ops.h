@@ -39,6 +39,7 @@ void bn_bwd_apply(const Tensor& dy, const Tensor& x, const Tensor& mean, const T
 
 void relu_fwd(const Tensor& x, Tensor& y);
 void relu_bwd(const Tensor& dy, const Tensor& y, Tensor& dx, bool accumulate);
+void add_relu_fwd(const Tensor& a, const Tensor& b, Tensor& y);
 void add_fwd(const Tensor& a, const Tensor& b, Tensor& y);
 // dx (+)= alpha * dy
 void axpy(double alpha, const Tensor& dy, Tensor& dx, bool accumulate);

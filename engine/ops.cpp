@@ -399,6 +399,27 @@ Tensor add(const Tensor& a, const Tensor& b) {
   return y;
 }
 
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  check_same(a, b, "add_relu");
+  check_float(a, "add_relu");
+  MIRA_CHECK(a.shape() == b.shape(), "add_relu: shapes ", a.shape().str(), " and ", b.shape().str());
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
+  if (a.is_cuda()) {
+    MIRA_ON_CUDA(cuda::add_relu_fwd(a, b, y));
+  } else {
+    MIRA_CPU_FLOAT(a.dtype(), "add_relu", cpu::add_relu_fwd<T>(a.data<T>(), b.data<T>(), y.data<T>(), a.numel()));
+  }
+  if (needs_grad({&a, &b})) {
+    const Tensor yd = y.detach();
+    record("add_relu", y, {&a, &b}, [a, b, yd](const Tensor& dy) {
+      const Tensor g = relu_masked(dy, yd);
+      if (a.requires_grad()) add_scaled_into(a, g, 1.0);
+      if (b.requires_grad()) add_scaled_into(b, g, 1.0);
+    });
+  }
+  return y;
+}
+
 Tensor scale(const Tensor& x, double alpha) {
   check_float(x, "scale");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());

@@ -37,6 +37,9 @@ Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 
 Tensor relu(const Tensor& x);
 Tensor add(const Tensor& a, const Tensor& b);
+// relu(a + b) in one pass (a residual block's output): bit for bit the unfused values and
+// gradients, and the sum is never stored.
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& x, double alpha);
 // Max pool with window k, stride s, padding p (ResNet: 3, 2, 1). x (N, H, W, C)
 Tensor max_pool2d(const Tensor& x, int k = 3, int s = 2, int p = 1);

@@ -118,7 +118,7 @@ Tensor ResNet::forward(const Tensor& x, bool training) {
     } else {
       o = b.bn2.forward(b.conv2.forward(o), training);
     }
-    h = ops::relu(ops::add(o, identity));
+    h = ops::add_relu(o, identity);
   }
   return ops::global_avg_pool(h);
 }

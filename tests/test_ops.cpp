@@ -316,3 +316,24 @@ TEST_CASE("batch_norm_relu: relu(batch_norm) bit for bit, same gradients, f64 gr
       ops::batch_norm_relu(xn, Tensor::full({3}, 1.0, DType::F64), Tensor::zeros({3}, DType::F64), st, true).to_vector();
   CHECK(std::isnan(yn[1]));  // channel 1 of row 0
 }
+
+TEST_CASE("add_relu: relu(add) bit for bit, same gradients, f64 gradient check") {
+  for (DType t : {DType::F64, DType::F32}) {
+    Tensor a = rnd({4, 5, 6}, 31, t), b = rnd({4, 5, 6}, 32, t);
+    const Tensor dy = Tensor::randn({4, 5, 6}, 33, 0, 1, t);
+    Tensor y1 = ops::relu(ops::add(a, b));
+    backward(y1, dy);
+    const std::vector<double> ga = a.grad().to_vector(), gb = b.grad().to_vector();
+    a.set_grad(Tensor());
+    b.set_grad(Tensor());
+    Tensor y2 = ops::add_relu(a, b);
+    backward(y2, dy);
+    CHECK(y2.to_vector() == y1.to_vector());
+    CHECK(a.grad().to_vector() == ga);
+    CHECK(b.grad().to_vector() == gb);
+  }
+  Tensor a = rnd({3, 4}, 41), b = rnd({3, 4}, 42);
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::add_relu(in[0], in[1]); }, {a, b}, "add_relu"));
+  // the same tensor on both sides accumulates twice
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::add_relu(in[0], in[0]); }, {a}, "add_relu(x, x)"));
+}

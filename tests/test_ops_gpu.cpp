@@ -307,6 +307,25 @@ TEST_CASE("batch_norm_relu on CUDA equals relu(batch_norm) bit for bit, f32 and 
   }
 }
 
+TEST_CASE("add_relu on CUDA equals relu(add) bit for bit, f32 and bf16") {
+  for (DType t : {DType::F32, DType::BF16}) {
+    CAPTURE(dtype_name(t));
+    Tensor a = Tensor::randn({3, 9, 9, 16}, 61).to(kGpu, t).set_requires_grad();
+    Tensor b = Tensor::randn({3, 9, 9, 16}, 62).to(kGpu, t).set_requires_grad();
+    const Tensor dy = Tensor::randn({3, 9, 9, 16}, 63).to(kGpu, t);
+    Tensor y1 = ops::relu(ops::add(a, b));
+    backward(y1, dy);
+    const std::vector<double> ga = a.grad().to_vector();
+    a.set_grad(Tensor());
+    b.set_grad(Tensor());
+    Tensor y2 = ops::add_relu(a, b);
+    backward(y2, dy);
+    CHECK(y2.to_vector() == y1.to_vector());
+    CHECK(a.grad().to_vector() == ga);
+    CHECK(b.grad().to_vector() == ga);
+  }
+}
+
 TEST_CASE("relu, add, scale: CUDA f32 and bf16") {
   compare_cpu_cuda("relu", {{{3, 50}, 1}}, [](const std::vector<Tensor>& in) { return ops::relu(in[0]); }, 0, 0);
   compare_cpu_cuda("add", {{{7, 13}, 2}, {{7, 13}, 3}},

@@ -589,6 +589,16 @@ void add_fwd(const Tensor& a, const Tensor& b, Tensor& y) {
   });
 }
 
+void add_relu_fwd(const Tensor& a, const Tensor& b, Tensor& y) {
+  check_same_dtype(a, b, "add_relu_fwd");
+  check_same_dtype(a, y, "add_relu_fwd");
+  cudaStream_t stream = CudaContext::get().stream();
+  dispatch_float(a.dtype(), "add_relu_fwd", [&](auto tag) {
+    using T = decltype(tag);
+    gpu::add_relu_fwd<T>(ptr<T>(a), ptr<T>(b), ptr<T>(y), a.numel(), stream);
+  });
+}
+
 void axpy(double alpha, const Tensor& dy, Tensor& dx, bool accumulate) {
   const Tensor g = in_dtype(dy, dx.dtype());
   cudaStream_t stream = CudaContext::get().stream();

@@ -85,6 +85,14 @@ void add_fwd(const T* a, const T* b, T* y, int64_t n) {
 }
 
 template <typename T>
+void add_relu_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = a[i] + b[i];
+    y[i] = v <= T(0) ? T(0) : v;
+  }
+}
+
+template <typename T>
 void axpy(T alpha, const T* dy, T* dx, int64_t n, bool acc) {
   if (acc) {
     for (int64_t i = 0; i < n; ++i) dx[i] += alpha * dy[i];
@@ -114,6 +122,7 @@ double sum(const T* x, int64_t n) {
   template void relu_fwd<T>(const T*, T*, int64_t);                    \
   template void relu_bwd<T>(const T*, const T*, T*, int64_t, bool);    \
   template void add_fwd<T>(const T*, const T*, T*, int64_t);           \
+  template void add_relu_fwd<T>(const T*, const T*, T*, int64_t);      \
   template void axpy<T>(T, const T*, T*, int64_t, bool);               \
   template double sum<T>(const T*, int64_t);                           \
   template void broadcast_scalar_bwd<T>(const T*, T, T*, int64_t, bool);

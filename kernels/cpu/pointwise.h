@@ -19,6 +19,9 @@ void relu_bwd(const T* dy, const T* y, T* dx, int64_t n, bool accumulate);
 // y = a + b
 template <typename T>
 void add_fwd(const T* a, const T* b, T* y, int64_t n);
+// y = relu(a + b) (NaN kept)
+template <typename T>
+void add_relu_fwd(const T* a, const T* b, T* y, int64_t n);
 // dx (+)= alpha * dy
 template <typename T>
 void axpy(T alpha, const T* dy, T* dx, int64_t n, bool accumulate);

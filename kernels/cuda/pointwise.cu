@@ -87,6 +87,12 @@ struct ReluBwdAccF {
 struct AddF {
   __device__ float operator()(float a, float b, float) const { return __fadd_rn(a, b); }
 };
+struct AddReluF {
+  __device__ float operator()(float a, float b, float) const {
+    const float v = __fadd_rn(a, b);
+    return v <= 0.f ? 0.f : v;
+  }
+};
 struct ScaleF {
   float alpha;
   __device__ float operator()(float dy, float, float) const { return __fmul_rn(alpha, dy); }
@@ -299,6 +305,11 @@ void add_fwd(const T* a, const T* b, T* y, int64_t n, cudaStream_t stream) {
 }
 
 template <typename T>
+void add_relu_fwd(const T* a, const T* b, T* y, int64_t n, cudaStream_t stream) {
+  launch_map<T, 2>(a, b, nullptr, y, n, AddReluF{}, stream);
+}
+
+template <typename T>
 void axpy(float alpha, const T* dy, T* dx, int64_t n, bool accumulate, cudaStream_t stream) {
   if (accumulate) {
     launch_map<T, 2>(dy, dx, nullptr, dx, n, AxpyAccF{alpha}, stream);
@@ -336,6 +347,7 @@ void sum(const T* x, int64_t n, double alpha, T* y, double* partials, cudaStream
   template void relu_fwd<T>(const T*, T*, int64_t, cudaStream_t);                        \
   template void relu_bwd<T>(const T*, const T*, T*, int64_t, bool, cudaStream_t);        \
   template void add_fwd<T>(const T*, const T*, T*, int64_t, cudaStream_t);               \
+  template void add_relu_fwd<T>(const T*, const T*, T*, int64_t, cudaStream_t);          \
   template void axpy<T>(float, const T*, T*, int64_t, bool, cudaStream_t);               \
   template void broadcast_scalar_bwd<T>(const T*, float, T*, int64_t, bool, cudaStream_t); \
   template void sum<T>(const T*, int64_t, double, T*, double*, cudaStream_t);

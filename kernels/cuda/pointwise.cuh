@@ -27,6 +27,9 @@ void relu_bwd(const T* dy, const T* y, T* dx, int64_t n, bool accumulate, cudaSt
 // y = a + b, all (n)
 template <typename T>
 void add_fwd(const T* a, const T* b, T* y, int64_t n, cudaStream_t stream);
+// y = relu(a + b) (NaN kept), all (n)
+template <typename T>
+void add_relu_fwd(const T* a, const T* b, T* y, int64_t n, cudaStream_t stream);
 // dx (+)= alpha * dy, (n)
 template <typename T>
 void axpy(float alpha, const T* dy, T* dx, int64_t n, bool accumulate, cudaStream_t stream);
