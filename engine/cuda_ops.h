@@ -31,11 +31,13 @@ void bn_pack_sums(const Tensor& mean, const Tensor& var, double M, void* sums);
 void bn_unpack_sums(const void* sums, double count, Tensor& mean, Tensor& var);
 void bn_fwd_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
                   const Tensor& beta, Tensor& y, bool relu = false);
+// relu_y (defined for batch_norm_relu): the fused ReLU's output, masking dy.
 void bn_bwd_reduce(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd, Tensor& sum_dy,
-                   Tensor& sum_dy_xhat);
+                   Tensor& sum_dy_xhat, const Tensor& relu_y = Tensor());
 // sum_dy / sum_dy_xhat undefined: eval-mode backward.
 void bn_bwd_apply(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
-                  const Tensor& sum_dy, const Tensor& sum_dy_xhat, double count, Tensor& dx, bool accumulate);
+                  const Tensor& sum_dy, const Tensor& sum_dy_xhat, double count, Tensor& dx, bool accumulate,
+                  const Tensor& relu_y = Tensor());
 
 void relu_fwd(const Tensor& x, Tensor& y);
 void relu_bwd(const Tensor& dy, const Tensor& y, Tensor& dx, bool accumulate);

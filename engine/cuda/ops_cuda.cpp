@@ -521,8 +521,9 @@ void bn_fwd_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, con
 }
 
 void bn_bwd_reduce(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd, Tensor& sum_dy,
-                   Tensor& sum_dy_xhat) {
+                   Tensor& sum_dy_xhat, const Tensor& relu_y) {
   check_same_dtype(dy, x, "bn_bwd_reduce");
+  if (relu_y.defined()) check_same_dtype(dy, relu_y, "bn_bwd_reduce");
   int64_t M = 0;
   int C = 0;
   rows_cols(x, &M, &C);
@@ -533,15 +534,17 @@ void bn_bwd_reduce(const Tensor& dy, const Tensor& x, const Tensor& mean, const 
   dispatch_float(x.dtype(), "bn_bwd_reduce", [&](auto tag) {
     using T = decltype(tag);
     gpu::bn_bwd_reduce<T>(ptr<T>(dy), ptr<T>(x), ptr<float>(m32), ptr<float>(i32), M, C, ptr<float>(s32),
-                          ptr<float>(sx32), ws, ctx.stream());
+                          ptr<float>(sx32), ws, ctx.stream(), ptr_or_null<T>(relu_y));
   });
   commit_f32(sum_dy, s32);
   commit_f32(sum_dy_xhat, sx32);
 }
 
 void bn_bwd_apply(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
-                  const Tensor& sum_dy, const Tensor& sum_dy_xhat, double count, Tensor& dx, bool accumulate) {
+                  const Tensor& sum_dy, const Tensor& sum_dy_xhat, double count, Tensor& dx, bool accumulate,
+                  const Tensor& relu_y) {
   check_same_dtype(dy, x, "bn_bwd_apply");
+  if (relu_y.defined()) check_same_dtype(dy, relu_y, "bn_bwd_apply");
   check_same_dtype(dy, dx, "bn_bwd_apply");
   int64_t M = 0;
   int C = 0;
@@ -553,7 +556,7 @@ void bn_bwd_apply(const Tensor& dy, const Tensor& x, const Tensor& mean, const T
     using T = decltype(tag);
     gpu::bn_bwd_apply<T>(ptr<T>(dy), ptr<T>(x), ptr<float>(m32), ptr<float>(i32), ptr<float>(g32),
                          ptr_or_null<float>(s32), ptr_or_null<float>(sx32), count, ptr<T>(dx), M, C, accumulate,
-                         stream);
+                         stream, ptr_or_null<T>(relu_y));
   });
 }
 

@@ -104,14 +104,16 @@ void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, co
 
 template <typename T>
 void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,
-                   T* sum_dy_out, T* sum_dy_xhat_out) {
+                   T* sum_dy_out, T* sum_dy_xhat_out, const T* relu_y) {
   std::vector<double> sum_dy(C, 0.0), sum_dy_xhat(C, 0.0);
   for (int64_t m = 0; m < M; ++m) {
     const T* dr = dy + m * C;
     const T* xr = x + m * C;
+    const T* yr = relu_y ? relu_y + m * C : nullptr;
     for (int c = 0; c < C; ++c) {
-      sum_dy[c] += dr[c];
-      sum_dy_xhat[c] += static_cast<double>(dr[c]) * ((xr[c] - mean[c]) * invstd[c]);
+      const T d = yr && yr[c] <= T(0) ? T(0) : dr[c];
+      sum_dy[c] += d;
+      sum_dy_xhat[c] += static_cast<double>(d) * ((xr[c] - mean[c]) * invstd[c]);
     }
   }
   for (int c = 0; c < C; ++c) {
@@ -123,7 +125,7 @@ void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int6
 template <typename T>
 void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const T* gamma,
                   const T* sum_dy, const T* sum_dy_xhat, double count, T* dx, int64_t M, int C,
-                  bool acc) {
+                  bool acc, const T* relu_y) {
   std::vector<T> k(C), a(C), b(C);
   for (int c = 0; c < C; ++c) {
     k[c] = gamma[c] * invstd[c];
@@ -133,10 +135,12 @@ void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const
   for (int64_t m = 0; m < M; ++m) {
     const T* dr = dy + m * C;
     const T* xr = x + m * C;
+    const T* yr = relu_y ? relu_y + m * C : nullptr;
     T* out = dx + m * C;
     for (int c = 0; c < C; ++c) {
       const T xhat = (xr[c] - mean[c]) * invstd[c];
-      const T g = k[c] * (dr[c] - a[c] - xhat * b[c]);
+      const T d = yr && yr[c] <= T(0) ? T(0) : dr[c];
+      const T g = k[c] * (d - a[c] - xhat * b[c]);
       out[c] = acc ? out[c] + g : g;
     }
   }
@@ -317,9 +321,9 @@ void soft_ce_bwd(const T* z, const T* t, const T* lse, const T* dloss, T alpha, 
   template void bn_pack_sums<T>(const T*, const T*, double, int, double*);                                \
   template void bn_unpack_sums<T>(const double*, double, int, T*, T*);                                      \
   template void bn_fwd_apply<T>(const T*, const T*, const T*, const T*, const T*, T*, int64_t, int, bool);   \
-  template void bn_bwd_reduce<T>(const T*, const T*, const T*, const T*, int64_t, int, T*, T*);             \
+  template void bn_bwd_reduce<T>(const T*, const T*, const T*, const T*, int64_t, int, T*, T*, const T*);   \
   template void bn_bwd_apply<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*,       \
-                                double, T*, int64_t, int, bool);                                            \
+                                double, T*, int64_t, int, bool, const T*);                                  \
   template void maxpool_fwd<T>(const T*, T*, int, int, int, int, int, int, int, int, int);                  \
   template void maxpool_bwd<T>(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, bool);  \
   template void avgpool_fwd<T>(const T*, T*, int, int, int);                                                \

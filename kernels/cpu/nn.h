@@ -39,15 +39,16 @@ void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, co
                   int64_t M, int C, bool relu = false);
 // sum_dy[c] = sum dy, sum_dy_xhat[c] = sum dy * (x - mean) * invstd
 template <typename T>
+// relu_y (optional, batch_norm_relu): the fused ReLU's output; dy counts only where it is > 0.
 void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,
-                   T* sum_dy, T* sum_dy_xhat);
+                   T* sum_dy, T* sum_dy_xhat, const T* relu_y = nullptr);
 // Training mode (sums given, count = rows over all ranks):
 //   dx = gamma * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)
 // Eval mode (sums null): dx = gamma * invstd * dy.
 template <typename T>
 void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const T* gamma,
                   const T* sum_dy, const T* sum_dy_xhat, double count, T* dx, int64_t M, int C,
-                  bool accumulate);
+                  bool accumulate, const T* relu_y = nullptr);
 
 // ---- pooling, NHWC
 // Max pool with window k, stride s, padding p (padding never wins: it is -inf).

@@ -64,7 +64,7 @@ size_t col_workspace_bytes(int64_t M, int C) {
 template <int MODE, typename T>
 __global__ void __launch_bounds__(kColTile* kColRows)
     col_partial_kernel(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
-                       int64_t rows_per_block, double* part) {
+                       int64_t rows_per_block, double* part, const T* relu_y) {
   __shared__ double s0[kColRows][kColTile + 1];
   __shared__ double s1[kColRows][kColTile + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kColTile* kColRows)
     } else if constexpr (MODE == kColBwd) {
       const float m = mean[c], is = invstd[c];
       for (int64_t r = r0 + ty; r < r1; r += kColRows) {
-        const float g = to_f(a[r * C + c]);
+        const float g = relu_y && to_f(relu_y[r * C + c]) <= 0.f ? 0.f : to_f(a[r * C + c]);
         const float xhat = __fmul_rn(__fsub_rn(to_f(x[r * C + c]), m), is);
         acc0 += g;
         acc1 += g * xhat;
@@ -155,11 +155,11 @@ __global__ void __launch_bounds__(kColTile* kColRows)
 
 template <int MODE, typename T>
 ColGrid launch_col_partial(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
-                           void* workspace, cudaStream_t stream) {
+                           void* workspace, cudaStream_t stream, const T* relu_y = nullptr) {
   const ColGrid g = col_grid(M, C);
   const dim3 block(kColTile, kColRows), grid(g.tiles, g.G);
   col_partial_kernel<MODE, T><<<grid, block, 0, stream>>>(a, x, mean, invstd, M, C, g.rows_per_block,
-                                                         static_cast<double*>(workspace));
+                                                         static_cast<double*>(workspace), relu_y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
   return g;
 }
@@ -197,7 +197,7 @@ template <typename T>
 __global__ void __launch_bounds__(kColTile* kApplyRows)
     bn_bwd_apply_kernel(const T* dy, const T* x, const float* mean, const float* invstd, const float* gamma,
                         const float* sum_dy, const float* sum_dy_xhat, double count, T* dx, int64_t M, int C,
-                        bool acc) {
+                        bool acc, const T* relu_y) {
   const int c = blockIdx.x * kColTile + threadIdx.x;
   if (c >= C) return;
   const float m = mean[c], is = invstd[c];
@@ -208,7 +208,8 @@ __global__ void __launch_bounds__(kColTile* kApplyRows)
   for (int64_t r = static_cast<int64_t>(blockIdx.y) * kApplyRows + threadIdx.y; r < M; r += step) {
     const int64_t i = r * C + c;
     const float xhat = __fmul_rn(__fsub_rn(to_f(x[i]), m), is);
-    const float g = __fmul_rn(k, __fsub_rn(__fsub_rn(to_f(dy[i]), a), __fmul_rn(xhat, b)));
+    const float d = relu_y && to_f(relu_y[i]) <= 0.f ? 0.f : to_f(dy[i]);
+    const float g = __fmul_rn(k, __fsub_rn(__fsub_rn(d, a), __fmul_rn(xhat, b)));
     dx[i] = from_f<T>(acc ? __fadd_rn(to_f(dx[i]), g) : g);
   }
 }
@@ -564,9 +565,9 @@ void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const floa
 
 template <typename T>
 void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invstd, int64_t M, int C, float* sum_dy,
-                   float* sum_dy_xhat, void* workspace, cudaStream_t stream) {
+                   float* sum_dy_xhat, void* workspace, cudaStream_t stream, const T* relu_y) {
   if (C <= 0) return;
-  const ColGrid g = launch_col_partial<kColBwd, T>(dy, x, mean, invstd, M, C, workspace, stream);
+  const ColGrid g = launch_col_partial<kColBwd, T>(dy, x, mean, invstd, M, C, workspace, stream, relu_y);
   col_final_kernel<kColBwd, T, float><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
       static_cast<const double*>(workspace), g.G, M, C, x, sum_dy, sum_dy_xhat, nullptr, false);
   MIRA_CUDA_LAUNCH_CHECK(stream);
@@ -575,10 +576,10 @@ void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invs
 template <typename T>
 void bn_bwd_apply(const T* dy, const T* x, const float* mean, const float* invstd, const float* gamma,
                   const float* sum_dy, const float* sum_dy_xhat, double count, T* dx, int64_t M, int C,
-                  bool accumulate, cudaStream_t stream) {
+                  bool accumulate, cudaStream_t stream, const T* relu_y) {
   if (M <= 0 || C <= 0) return;
   bn_bwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(
-      dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate);
+      dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -675,9 +676,9 @@ void soft_ce_bwd(const T* z, const TT* t, const float* lse, const float* dloss, 
   template void bn_fwd_apply<T>(const T*, const float*, const float*, const float*, const float*, T*, int64_t, int, \
                                 cudaStream_t, bool);                                                                 \
   template void bn_bwd_reduce<T>(const T*, const T*, const float*, const float*, int64_t, int, float*, float*,      \
-                                 void*, cudaStream_t);                                                               \
+                                 void*, cudaStream_t, const T*);                                                     \
   template void bn_bwd_apply<T>(const T*, const T*, const float*, const float*, const float*, const float*,         \
-                                const float*, double, T*, int64_t, int, bool, cudaStream_t);                         \
+                                const float*, double, T*, int64_t, int, bool, cudaStream_t, const T*);               \
   template void maxpool_fwd<T>(const T*, T*, int, int, int, int, int, int, int, int, int, cudaStream_t);            \
   template void maxpool_bwd<T>(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, bool,           \
                                cudaStream_t);                                                                        \

@@ -43,14 +43,15 @@ void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const floa
                   int64_t M, int C, cudaStream_t stream, bool relu = false);
 // sum_dy[c] = sum dy, sum_dy_xhat[c] = sum dy * (x - mean) * invstd
 template <typename T>
+// relu_y (optional, batch_norm_relu): the fused ReLU's output; dy counts only where it is > 0.
 void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invstd, int64_t M, int C, float* sum_dy,
-                   float* sum_dy_xhat, void* workspace, cudaStream_t stream);
+                   float* sum_dy_xhat, void* workspace, cudaStream_t stream, const T* relu_y = nullptr);
 // Training (sums given): dx = gamma * invstd * (dy - sum_dy/count - xhat * sum_dy_xhat/count);
 // eval (sums null): dx = gamma * invstd * dy.
 template <typename T>
 void bn_bwd_apply(const T* dy, const T* x, const float* mean, const float* invstd, const float* gamma,
                   const float* sum_dy, const float* sum_dy_xhat, double count, T* dx, int64_t M, int C,
-                  bool accumulate, cudaStream_t stream);
+                  bool accumulate, cudaStream_t stream, const T* relu_y = nullptr);
 
 // ---- pooling, NHWC. x: (N, H, W, C); y: (N, P, Q, C); padding is -inf.
 template <typename T>
