@@ -2,9 +2,12 @@
 // Every op: an f64 central-difference gradient check, and forward values against direct
 // definitions (naive loops) so the fast paths (im2col + GEMM) are checked too.
 #include <cmath>
+#include <cstring>
 
 #include "engine/ops.h"
 #include "kernels/cpu/conv.h"
+#include "kernels/cpu/nn.h"
+#include "kernels/cpu/pointwise.h"
 #include "testing.h"
 
 using namespace mira;
@@ -336,4 +339,30 @@ TEST_CASE("add_relu: relu(add) bit for bit, same gradients, f64 gradient check")
   CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::add_relu(in[0], in[1]); }, {a, b}, "add_relu"));
   // the same tensor on both sides accumulates twice
   CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::add_relu(in[0], in[0]); }, {a}, "add_relu(x, x)"));
+}
+
+TEST_CASE("BN backward kernels with the ReLU mask equal masking first (the CUDA path's CPU twin)") {
+  const int64_t M = 50;
+  const int C = 7;
+  Tensor x = Tensor::randn({M, C}, 71), dy = Tensor::randn({M, C}, 72), y = Tensor::randn({M, C}, 73);
+  Tensor mean = Tensor::randn({C}, 74), invstd = Tensor::uniform({C}, 75, 0.5, 2.0), gamma = Tensor::randn({C}, 76);
+  std::vector<float> yv(y.data<float>(), y.data<float>() + M * C);
+  yv[3] = std::nanf("");  // a NaN output lets the gradient through, as relu_bwd does
+  std::memcpy(y.data<float>(), yv.data(), yv.size() * sizeof(float));
+  std::vector<float> masked(M * C);
+  cpu::relu_bwd<float>(dy.data<float>(), y.data<float>(), masked.data(), M * C, false);
+  std::vector<float> s1(C), sx1(C), s2(C), sx2(C);
+  cpu::bn_bwd_reduce<float>(masked.data(), x.data<float>(), mean.data<float>(), invstd.data<float>(), M, C, s1.data(),
+                            sx1.data());
+  cpu::bn_bwd_reduce<float>(dy.data<float>(), x.data<float>(), mean.data<float>(), invstd.data<float>(), M, C,
+                            s2.data(), sx2.data(), y.data<float>());
+  CHECK(s1 == s2);
+  CHECK(sx1 == sx2);
+  std::vector<float> d1(M * C), d2(M * C);
+  cpu::bn_bwd_apply<float>(masked.data(), x.data<float>(), mean.data<float>(), invstd.data<float>(),
+                           gamma.data<float>(), s1.data(), sx1.data(), double(M), d1.data(), M, C, false);
+  cpu::bn_bwd_apply<float>(dy.data<float>(), x.data<float>(), mean.data<float>(), invstd.data<float>(),
+                           gamma.data<float>(), s1.data(), sx1.data(), double(M), d2.data(), M, C, false,
+                           y.data<float>());
+  CHECK(d1 == d2);
 }
