@@ -30,20 +30,8 @@ inline const std::string& pretrain_app() {
   return app;
 }
 
-struct PretrainSandbox {
-  fs::path dir;
-  explicit PretrainSandbox(const std::string& tag) {
-    dir = fs::temp_directory_path() / ("mira_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir / "data");
-    mira::testing::write_synthetic_idx((dir / "data").string(), 128);
-  }
-  ~PretrainSandbox() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  PretrainSandbox(const PretrainSandbox&) = delete;
-  PretrainSandbox& operator=(const PretrainSandbox&) = delete;
+struct PretrainSandbox : mira::testing::SyntheticRunDir {
+  explicit PretrainSandbox(const std::string& tag) : SyntheticRunDir("mira_" + tag, 128) {}
 
   // argv of a tiny, fast run (8 steps per epoch of 16 images) writing to `run` (absolute, or
   // relative to the sandbox); `extra` are more arguments.

@@ -54,15 +54,8 @@ std::string mpirun(int np) {
   return cmd;
 }
 
-struct Sandbox {
-  fs::path dir;
-  Sandbox() {
-    dir = fs::temp_directory_path() / ("mira_mpi_test_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir / "data");
-    mira::testing::write_synthetic_idx((dir / "data").string(), 128);
-  }
-  ~Sandbox() { fs::remove_all(dir); }
+struct Sandbox : mira::testing::SyntheticRunDir {
+  Sandbox() : SyntheticRunDir("mira_mpi_test", 128) {}
   std::string args(const std::string& run, const std::string& extra = "") const {
     return " --config " + std::string(MIRA_SOURCE_DIR) + "/configs/fashion_mnist_tiny.json --data " +
            (dir / "data").string() + " --out " + (dir / run).string() +

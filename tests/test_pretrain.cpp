@@ -25,15 +25,8 @@ namespace {
 
 const std::string kApp = std::string(MIRA_BINARY_DIR) + "/apps/mira_pretrain";
 
-struct Sandbox {
-  fs::path dir;
-  Sandbox() {
-    dir = fs::temp_directory_path() / ("mira_pretrain_test_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir / "data");
-    mira::testing::write_synthetic_idx((dir / "data").string(), 256);
-  }
-  ~Sandbox() { fs::remove_all(dir); }
+struct Sandbox : mira::testing::SyntheticRunDir {
+  Sandbox() : SyntheticRunDir("mira_pretrain_test", 256) {}
   std::string cmd(const std::string& run, const std::string& extra) const {
     return kApp + " --config " + std::string(MIRA_SOURCE_DIR) + "/configs/fashion_mnist_tiny.json --data " +
            (dir / "data").string() + " --out " + (dir / run).string() +

@@ -24,15 +24,8 @@ namespace {
 
 const std::string kApp = std::string(MIRA_BINARY_DIR) + "/apps/mira_pretrain";
 
-struct Sandbox {
-  fs::path dir;
-  Sandbox() {
-    dir = fs::temp_directory_path() / ("mira_pretrain_gpu_test_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir / "data");
-    mira::testing::write_synthetic_idx((dir / "data").string(), 256);
-  }
-  ~Sandbox() { fs::remove_all(dir); }
+struct Sandbox : mira::testing::SyntheticRunDir {
+  Sandbox() : SyntheticRunDir("mira_pretrain_gpu_test", 256) {}
   // Runs mira_pretrain for 8 steps; returns the exit status (the log is in RUN/log.txt).
   int run(const std::string& name, const std::string& extra) const {
     const fs::path out = dir / name;

@@ -63,6 +63,9 @@ inline bool allclose(const Tensor& got, const Tensor& ref, Tol tol, const std::s
 
 }  // namespace mira::testing
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 
 #include "engine/autograd.h"
@@ -96,6 +99,24 @@ inline void write_synthetic_idx(const std::string& dir, int n) {
     lb.put(char(cls));
   }
 }
+
+// A temporary folder (removed at the end) whose data/ holds write_synthetic_idx's n images: the
+// tests that run mira_pretrain as a process train on it. `tag` and the process id name it.
+struct SyntheticRunDir {
+  std::filesystem::path dir;
+  SyntheticRunDir(const std::string& tag, int n) {
+    dir = std::filesystem::temp_directory_path() / (tag + "_" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir / "data");
+    write_synthetic_idx((dir / "data").string(), n);
+  }
+  ~SyntheticRunDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  SyntheticRunDir(const SyntheticRunDir&) = delete;
+  SyntheticRunDir& operator=(const SyntheticRunDir&) = delete;
+};
 
 // f64 central-difference gradient check. `f` maps the inputs to an output of any shape; the
 // scalar checked is sum(f(x) * r) for a fixed random r, so every output element contributes.
