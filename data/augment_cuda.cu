@@ -285,6 +285,8 @@ GpuStaging::GpuStaging(int device) : device_(device) {
   stream_ = s;
 }
 
+// A destructor must not throw: the results of these calls are deliberately not checked (an
+// error here means the device is already lost, and the next checked call reports it).
 GpuStaging::~GpuStaging() {
   cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));  // nothing in flight reads freed memory
   for (void* e : events_)

@@ -263,7 +263,7 @@ void Loader::stage_for_gpu(Slot& slot, int64_t pos, int64_t index, SampleScratch
 }
 
 void Loader::data_stream_after_compute() {
-  const int ev = ev_copied(static_cast<int64_t>(slots_.size()));  // an id past every slot's
+  const int ev = ev_consumed(static_cast<int64_t>(slots_.size()));  // an id past every slot's
   gpu_->record_on_compute(ev);
   gpu_->data_waits(ev);
 }
@@ -299,7 +299,6 @@ void Loader::submit_gpu(int64_t batch) {
     uint8_t* dst = slot.arena.data<uint8_t>();
     for (int64_t j = 0; j < n; ++j)
       gpu_->copy_to_device(dst + offset[j], slot.staged[j].pinned->data, slot.staged[j].bytes);
-    gpu_->record_on_data(ev_copied(i));
     src = dst;
   }
   for (size_t v = 0; v < recipe_.views.size(); ++v) {

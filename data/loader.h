@@ -134,10 +134,9 @@ class Loader {
   void stage_for_gpu(Slot& slot, int64_t pos, int64_t index, SampleScratch& scratch);
   void submit_gpu(int64_t batch);  // called with mu_ held, the batch complete
   bool batch_complete(int64_t batch) const;
-  // Event ids of slot i: its copies done, its outputs consumed by the step, its outputs ready.
-  static int ev_copied(int64_t i) { return static_cast<int>(3 * i); }
-  static int ev_consumed(int64_t i) { return static_cast<int>(3 * i + 1); }
-  static int ev_ready(int64_t i) { return static_cast<int>(3 * i + 2); }
+  // Event ids of slot i: its outputs consumed by the step; its copies and kernels done.
+  static int ev_consumed(int64_t i) { return static_cast<int>(2 * i); }
+  static int ev_ready(int64_t i) { return static_cast<int>(2 * i + 1); }
   // After allocating device memory the data stream will write: it waits for the work queued on
   // the engine's stream (the caching allocator may hand out a block that work still uses).
   void data_stream_after_compute();

@@ -1,5 +1,5 @@
 // Fixtures shared by the loader tests (CPU and GPU): an in-memory dataset of noise on a ramp,
-// one epoch collected from a Loader, synthetic JPEGs, files and temporary folders.
+// one epoch collected from a Loader, synthetic JPEGs and files (TempDir: testing.h).
 #pragma once
 
 #include <unistd.h>
@@ -97,17 +97,5 @@ inline void write_file(const fs::path& p, const std::vector<uint8_t>& b) {
   std::ofstream f(p, std::ios::binary);
   f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("mira_test_loader_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 }  // namespace mira::testing

@@ -16,19 +16,10 @@
 
 using namespace mira;
 using namespace mira::models;
+using mira::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("mira_ckpt_test_" + std::to_string(::getpid()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string read_bytes(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
@@ -57,7 +48,7 @@ MiraModelConfig tiny_config() {
 
 TEST_CASE("safetensors round trip: dtypes, scalars, metadata") {
   TempDir d;
-  const std::string p = d.file("a.safetensors");
+  const std::string p = d / "a.safetensors";
   Tensor f = Tensor::randn({2, 3, 4, 5}, 1), g = Tensor::randn({7}, 2, 0, 1, DType::F64);
   Tensor u = Tensor::full({3}, 200, DType::U8), s = Tensor::full({}, 42, DType::I64);
   save_safetensors(p, {{"f", f}, {"g", g}, {"u", u}, {"s", s}}, {{"step", "17"}});
@@ -82,10 +73,10 @@ TEST_CASE("safetensors round trip: dtypes, scalars, metadata") {
 
 TEST_CASE("safetensors: corrupt and truncated files are clean errors") {
   TempDir d;
-  const std::string good = d.file("good.safetensors");
+  const std::string good = d / "good.safetensors";
   save_safetensors(good, {{"w", Tensor::randn({4, 4}, 1)}});
   const std::string bytes = read_bytes(good);
-  const std::string bad = d.file("bad.safetensors");
+  const std::string bad = d / "bad.safetensors";
   auto expect_error = [&](const std::string& content, const char* what) {
     write_bytes(bad, content);
     CAPTURE(what);
@@ -109,9 +100,9 @@ TEST_CASE("safetensors: corrupt and truncated files are clean errors") {
                "overflowing shape");
   expect_error(with_header(R"({"w":{"dtype":"F32","shape":[2]}})", "12345678"), "no offsets");
   expect_error(with_header(R"({"__metadata__":{"a":1}})", ""), "non-string metadata");
-  CHECK_THROWS_AS(load_safetensors(d.file("missing.safetensors")), Error);
+  CHECK_THROWS_AS(load_safetensors(d / "missing.safetensors"), Error);
   // A failed write leaves the previous file intact.
-  CHECK_THROWS_AS(save_safetensors(d.file("no/such/dir/x.safetensors"), {{"w", Tensor::randn({1}, 1)}}), Error);
+  CHECK_THROWS_AS(save_safetensors(d / "no/such/dir/x.safetensors", {{"w", Tensor::randn({1}, 1)}}), Error);
   CHECK(read_bytes(good) == bytes);
 }
 
@@ -146,7 +137,7 @@ TEST_CASE("MIRA checkpoint: save, load into a fresh model, exact") {
     a.teacher_logits(x);
   }
   clear_tape();
-  const std::string p = d.file("ckpt.safetensors");
+  const std::string p = d / "ckpt.safetensors";
   save_safetensors(p, a.state(), {{"step", "2"}});
   MiraModel b(tiny_config());
   b.init(2);
@@ -175,7 +166,7 @@ TEST_CASE("loading reports missing, unexpected and mis-shaped tensors, and write
   NamedTensors st;
   append_state(st, ps, net.batch_norms(), "backbone.", "");  // a plain torchvision-style dict
   st.emplace_back("fc.weight", Tensor::randn({10, 128}, 1));
-  const std::string p = d.file("tv.safetensors");
+  const std::string p = d / "tv.safetensors";
   save_safetensors(p, st);
   // Plain names load under our prefix; the classifier is ignorable.
   ParamStore ps2;

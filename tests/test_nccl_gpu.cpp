@@ -14,14 +14,21 @@
 
 using namespace mira;
 
-TEST_CASE("NCCL group of one rank: all-reduce sum and max") {
+namespace {
+// A group of this process alone on GPU 0; without NCCL in the build the test is skipped.
+std::shared_ptr<cuda::NcclGroup> one_rank_group() {
   if (!cuda::nccl_available()) {
     std::printf("SKIPPED: this build has no NCCL\n");
     std::exit(77);
   }
   char id[cuda::kNcclIdBytes];
   cuda::nccl_unique_id(id);
-  auto g = cuda::nccl_group(id, 0, 1, 0);
+  return cuda::nccl_group(id, 0, 1, 0);
+}
+}  // namespace
+
+TEST_CASE("NCCL group of one rank: all-reduce sum and max") {
+  auto g = one_rank_group();
   for (DType t : {DType::F32, DType::BF16}) {
     Tensor x = Tensor::randn({1000}, 1, 0, 1, DType::F32).to(Device::cuda(), t);
     std::vector<double> before = x.to_vector();
@@ -35,13 +42,7 @@ TEST_CASE("NCCL group of one rank: all-reduce sum and max") {
 }
 
 TEST_CASE("NCCL group of one rank: non-blocking all-reduces in flight together") {
-  if (!cuda::nccl_available()) {
-    std::printf("SKIPPED: this build has no NCCL\n");
-    std::exit(77);
-  }
-  char id[cuda::kNcclIdBytes];
-  cuda::nccl_unique_id(id);
-  auto g = cuda::nccl_group(id, 0, 1, 0);
+  auto g = one_rank_group();
   std::vector<Tensor> xs;
   std::vector<std::vector<double>> before;
   std::vector<std::shared_ptr<cuda::NcclPending>> pending;

@@ -65,6 +65,7 @@ inline bool allclose(const Tensor& got, const Tensor& ref, Tol tol, const std::s
 
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 
@@ -99,6 +100,26 @@ inline void write_synthetic_idx(const std::string& dir, int n) {
     lb.put(char(cls));
   }
 }
+
+// A fresh, empty temporary folder, removed with its contents at the end. d / "name" is the path
+// of a file in it.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path = std::filesystem::temp_directory_path() /
+           ("mira_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
 
 // A temporary folder (removed at the end) whose data/ holds write_synthetic_idx's n images: the
 // tests that run mira_pretrain as a process train on it. `tag` and the process id name it.
