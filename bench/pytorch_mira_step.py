@@ -41,10 +41,13 @@ def main():
     p.add_argument("--prototypes", type=int, default=300)
     p.add_argument("--cifar-stem", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cudnn-benchmark", type=int, default=0, help="1: torch.backends.cudnn.benchmark = True")
+    p.add_argument("--profile", type=int, default=0, help="1: torch.profiler table of the timed steps (stderr)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
+    torch.backends.cudnn.benchmark = bool(a.cudnn_benchmark)
     cuda = dev.type == "cuda"
     net = nn.Module()
     net.backbone = backbone(a.arch, 1 if a.cifar_stem else None)
@@ -94,15 +97,29 @@ def main():
         step()
     if cuda:
         torch.cuda.synchronize()
+    prof = None
+    if a.profile:
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        prof = torch.profiler.profile(activities=acts)
+        prof.__enter__()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         loss = step()
     if cuda:
         torch.cuda.synchronize()
     sec = time.perf_counter() - t0
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        try:
+            table = prof.key_averages().table(sort_by=key, row_limit=40)
+        except Exception:  # older PyTorch: the CUDA name
+            table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else key, row_limit=40)
+        print(table, file=sys.stderr)
     print(json.dumps({"bench": "mira_train_step", "impl": f"pytorch {torch.__version__} eager", "arch": a.arch,
                       "device": a.device, "batch": a.batch, "global": a.global_size, "local_crops": a.local_crops,
                       "local_size": a.local_size, "steps": a.steps, "threads": torch.get_num_threads(),
+                      "cudnn_benchmark": a.cudnn_benchmark,
                       "ms_per_step": round(1e3 * sec / a.steps, 2), "img_per_s": round(a.batch * a.steps / sec, 1),
                       "loss": float(loss)}))
 

@@ -13,6 +13,7 @@
 
 #include "apps/common/cli.h"
 #include "engine/cuda_backend.h"
+#include "engine/profile.h"
 #include "models/mira_trainer.h"
 
 using namespace mira;
@@ -60,11 +61,13 @@ int main(int argc, char** argv) {
     models::MiraStepSchedule s{0.05, 0.7, 0.99, false};
     for (int i = 0; i < warmup; ++i) trainer.step(views, s, false);
     cuda::synchronize();
+    prof::reset();  // MIRA_PROFILE=1: the timed steps only
     const auto t0 = std::chrono::steady_clock::now();
     double loss = 0;
     for (int i = 0; i < steps; ++i) loss = trainer.step(views, s, false).loss;
     cuda::synchronize();
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    prof::report(stderr, steps);
     std::printf(
         "{\"bench\": \"mira_train_step\", \"impl\": \"mira-engine\", \"arch\": \"%s\", \"device\": \"%s\", \"dtype\": \"%s\", "
         "\"batch\": %lld, \"global\": %lld, \"local_crops\": %lld, \"local_size\": %lld, \"steps\": %d, "

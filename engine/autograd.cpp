@@ -3,6 +3,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "engine/profile.h"
+
 namespace mira {
 
 namespace {
@@ -79,6 +81,7 @@ void backward(const Tensor& loss, const Tensor& seed, const LeafReadyFn& on_leaf
     Node& node = tape[i];
     AutogradMeta& out = *node.out;
     if (out.grad.defined()) {  // else nothing flowed here from the loss
+      prof::Scope scope([&] { return std::string("bwd ") + node.name; }, out.grad.device());
       node.fn(out.grad);
       if (!out.retain_grad && !out.is_leaf) out.grad = Tensor();
     }

@@ -15,6 +15,11 @@ bool built_with_cuda();
 int device_count();  // 0 without a driver or device; never throws
 void set_device(int index);
 void synchronize();  // the engine's stream on the current device
+// Timing events for the profiler (engine/profile.h): record one on the engine's stream; the
+// elapsed time between two (waits for the second); release returns one to a pool.
+void* timing_event_record();
+float timing_event_elapsed_ms(void* start, void* stop);
+void timing_event_release(void* event);
 
 // Caching allocator (no cudaMalloc per step once warm).
 void* device_alloc(size_t bytes, int device);

@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "engine/cuda_ops.h"
+#include "engine/profile.h"
 #include "kernels/cpu/conv.h"
 #include "kernels/cpu/nn.h"
 #include "kernels/cpu/pointwise.h"
@@ -80,6 +82,11 @@ double sync_bn_stats(Tensor& mean, Tensor& var, int64_t M, Communicator& comm, b
   return count;
 }
 
+std::string conv_profile_name(const char* what, const ConvShape& s, DType t) {
+  return detail::concat(what, " ", s.R, "x", s.S, "/", s.stride, " ", s.C, ">", s.K, " ", s.H, "px N", s.N, " ",
+                        dtype_name(t));
+}
+
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
@@ -93,6 +100,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
                                       int(w.dim(1)), int(w.dim(2)), stride, pad);
   MIRA_CHECK(s.P > 0 && s.Q > 0, "conv2d: ", x.str(), " is too small for a ", s.R, "x", s.S, " filter");
   Tensor y = Tensor::empty({s.N, s.P, s.Q, s.K}, x.dtype(), x.device());
+  prof::Scope scope([&] { return conv_profile_name("conv2d fwd", s, x.dtype()); }, x.device());
   if (x.is_cuda()) {
     MIRA_ON_CUDA(cuda::conv2d_fwd(s, x, w, y));
   } else {
@@ -105,6 +113,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
     record("conv2d", y, {&x, &w}, [x, w, s](const Tensor& dy) {
       if (x.requires_grad()) {
         GradSlot dx = grad_slot(x);
+        prof::Scope scope([&] { return conv_profile_name("conv2d bwd-data", s, x.dtype()); }, x.device());
         if (x.is_cuda()) {
           MIRA_ON_CUDA(cuda::conv2d_bwd_data(s, dy, w, dx.grad, dx.accumulate));
         } else {
@@ -116,6 +125,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
       }
       if (w.requires_grad()) {
         GradSlot dw = grad_slot(w);
+        prof::Scope scope([&] { return conv_profile_name("conv2d bwd-filter", s, x.dtype()); }, x.device());
         if (x.is_cuda()) {
           MIRA_ON_CUDA(cuda::conv2d_bwd_filter(s, dy, x, dw.grad, dw.accumulate));
         } else {
@@ -131,6 +141,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  prof::Scope prof_scope("linear", x.device());
   check_same(x, w, "linear");
   check_float(x, "linear");
   MIRA_CHECK(x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(1), "linear: x (N, I) and w (O, I) expected, got ",
@@ -218,6 +229,7 @@ namespace {
 
 Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& st, bool training,
                        double momentum, double eps, bool relu) {
+  prof::Scope prof_scope("batch_norm", x.device());
   check_float(x, "batch_norm");
   check_same(gamma, beta, "batch_norm");
   if (!x.is_cuda() && x.dtype() != gamma.dtype()) {
@@ -291,7 +303,7 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
       const bool mask_in_kernel = x.is_cuda();
       const Tensor dy = yd.defined() && !mask_in_kernel ? relu_masked(dy_out, yd) : dy_out;
       const Tensor none_y;
-      const Tensor& ry = mask_in_kernel ? yd : none_y;
+      [[maybe_unused]] const Tensor& ry = mask_in_kernel ? yd : none_y;  // CUDA builds only
       const Device dev = x.device();
       // One buffer for both sums, so SyncBN reduces them in one collective.
       Tensor sums = Tensor::empty({2 * C}, gamma.dtype(), dev);
@@ -354,6 +366,7 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 }  // namespace
 
 Tensor relu(const Tensor& x) {
+  prof::Scope prof_scope("relu", x.device());
   check_float(x, "relu");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.is_cuda()) {
@@ -389,6 +402,7 @@ void add_scaled_into(const Tensor& t, const Tensor& src, double alpha) {
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) {
+  prof::Scope prof_scope("add", a.device());
   check_same(a, b, "add");
   check_float(a, "add");
   MIRA_CHECK(a.shape() == b.shape(), "add: shapes ", a.shape().str(), " and ", b.shape().str());
@@ -408,6 +422,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
 }
 
 Tensor add_relu(const Tensor& a, const Tensor& b) {
+  prof::Scope prof_scope("add_relu", a.device());
   check_same(a, b, "add_relu");
   check_float(a, "add_relu");
   MIRA_CHECK(a.shape() == b.shape(), "add_relu: shapes ", a.shape().str(), " and ", b.shape().str());
@@ -429,6 +444,7 @@ Tensor add_relu(const Tensor& a, const Tensor& b) {
 }
 
 Tensor scale(const Tensor& x, double alpha) {
+  prof::Scope prof_scope("scale", x.device());
   check_float(x, "scale");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.is_cuda()) {
@@ -443,6 +459,7 @@ Tensor scale(const Tensor& x, double alpha) {
 }
 
 Tensor max_pool2d(const Tensor& x, int k, int s, int p) {
+  prof::Scope prof_scope("max_pool2d", x.device());
   check_float(x, "max_pool2d");
   MIRA_CHECK(x.ndim() == 4, "max_pool2d: x must be (N, H, W, C), got ", x.str());
   MIRA_CHECK(k >= 1 && s >= 1 && p >= 0 && 2 * p <= k, "max_pool2d: window ", k, " stride ", s, " pad ", p);
@@ -471,6 +488,7 @@ Tensor max_pool2d(const Tensor& x, int k, int s, int p) {
 }
 
 Tensor global_avg_pool(const Tensor& x) {
+  prof::Scope prof_scope("global_avg_pool", x.device());
   check_float(x, "global_avg_pool");
   MIRA_CHECK(x.ndim() == 4, "global_avg_pool: x must be (N, H, W, C), got ", x.str());
   const int N = int(x.dim(0)), HW = int(x.dim(1) * x.dim(2)), C = int(x.dim(3));
@@ -495,6 +513,7 @@ Tensor global_avg_pool(const Tensor& x) {
 }
 
 Tensor l2_normalize(const Tensor& x, double eps) {
+  prof::Scope prof_scope("l2_normalize", x.device());
   check_float(x, "l2_normalize");
   MIRA_CHECK(x.ndim() == 2, "l2_normalize: x must be (N, D), got ", x.str());
   const int N = int(x.dim(0)), D = int(x.dim(1));
@@ -529,6 +548,7 @@ Tensor wn_linear(const Tensor& x, const Tensor& v, double gain) {
 }
 
 Tensor log_softmax(const Tensor& x) {
+  prof::Scope prof_scope("log_softmax", x.device());
   check_float(x, "log_softmax");
   MIRA_CHECK(x.ndim() == 2, "log_softmax: x must be (N, K), got ", x.str());
   const int N = int(x.dim(0)), K = int(x.dim(1));
@@ -554,6 +574,7 @@ Tensor log_softmax(const Tensor& x) {
 }
 
 Tensor soft_cross_entropy(const Tensor& z, const Tensor& t) {
+  prof::Scope prof_scope("soft_cross_entropy", z.device());
   check_float(z, "soft_cross_entropy");
   MIRA_CHECK(z.ndim() == 2 && t.shape() == z.shape(), "soft_cross_entropy: logits ", z.str(), " and targets ",
              t.str(), " must both be (N, K)");
@@ -621,6 +642,7 @@ Tensor mean(const Tensor& x) {
 }
 
 Tensor cast(const Tensor& x, DType dtype) {
+  prof::Scope prof_scope("cast", x.device());
   check_float(x, "cast");
   MIRA_CHECK(dtype_is_float(dtype), "cast: to a floating-point dtype only, got ", dtype_name(dtype));
   if (x.dtype() == dtype) return x;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "models/mira_loss.h"
 
 namespace mira::models {
@@ -79,17 +80,29 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
     optimizer_.set_frozen("prototypes.", s.freeze_prototypes);
     frozen_ = s.freeze_prototypes;
   }
-  model_.ema_update(s.ema_momentum);
-  std::vector<Tensor> teacher{model_.teacher_logits(views[0]), model_.teacher_logits(views[1])};
+  const Device dev = views[0].device();
+  std::vector<Tensor> teacher, targets, student;
   std::vector<AssignStats> astats;
-  // Statistics cost extra passes (and a device sync on CUDA): only on logged steps.
-  std::vector<Tensor> targets =
-      mira_assign(teacher, cfg_.tau_t, s.beta, cfg_.iters, comm_, full_stats ? &astats : nullptr);
-
-  std::vector<Tensor> student;
-  student.reserve(views.size());
-  for (const Tensor& v : views) student.push_back(model_.student_logits(v));
-  Tensor loss = mira_loss(student, targets[0], targets[1], cfg_.tau_s);
+  {
+    prof::Scope phase("step/1 ema update", dev);
+    model_.ema_update(s.ema_momentum);
+  }
+  {
+    prof::Scope phase("step/2 teacher forward", dev);
+    teacher = {model_.teacher_logits(views[0]), model_.teacher_logits(views[1])};
+  }
+  {
+    prof::Scope phase("step/3 assignment", dev);
+    // Statistics cost extra passes (and a device sync on CUDA): only on logged steps.
+    targets = mira_assign(teacher, cfg_.tau_t, s.beta, cfg_.iters, comm_, full_stats ? &astats : nullptr);
+  }
+  Tensor loss;
+  {
+    prof::Scope phase("step/4 student forward + loss", dev);
+    student.reserve(views.size());
+    for (const Tensor& v : views) student.push_back(model_.student_logits(v));
+    loss = mira_loss(student, targets[0], targets[1], cfg_.tau_s);
+  }
 
   // The loss is a local mean; the reported loss and the gradients are averaged over ranks.
   comm_.drain();  // device reductions so far (SyncBN, MIRA) completed, or a peer's failure reported
@@ -102,17 +115,23 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
     clear_tape();
     MIRA_FAIL("the loss is ", st.loss, ": training diverged (parameters left at the previous step)");
   }
-  model_.student().zero_grad();
-  if (grad_sync_) {
-    grad_sync_->begin();
-    backward(loss, Tensor(), grad_sync_->hook());
-    grad_sync_->finish();  // the mean over ranks
-  } else {
-    backward(loss);
+  {
+    prof::Scope phase("step/5 backward", dev);
+    model_.student().zero_grad();
+    if (grad_sync_) {
+      grad_sync_->begin();
+      backward(loss, Tensor(), grad_sync_->hook());
+      grad_sync_->finish();  // the mean over ranks
+    } else {
+      backward(loss);
+    }
   }
-  check_finite(model_.student(), true);
-  optimizer_.step(s.lr);
-  check_finite(model_.student(), false);
+  {
+    prof::Scope phase("step/6 optimiser + finite checks", dev);
+    check_finite(model_.student(), true);
+    optimizer_.step(s.lr);
+    check_finite(model_.student(), false);
+  }
 
   if (full_stats) {
     st.target_entropy = 0.5 * (astats[0].target_entropy + astats[1].target_entropy);

@@ -152,6 +152,26 @@ TEST_CASE("conv2d: bf16 forward") {
   }
 }
 
+TEST_CASE("conv2d 1x1 / 1 (a cuBLAS product): bf16 gradients match f32 ones on the same rounded values") {
+  // A bottleneck's shape, with a gradient flowing in twice (the second accumulates, beta = 1).
+  // bf16 exists on CUDA only: round there, compare on the CPU in f32.
+  auto rounded = [](const Tensor& t) { return t.to(kGpu, DType::BF16).to(Device::cpu(), DType::F32); };
+  const Tensor xr = rounded(Tensor::randn({4, 12, 12, 64}, 21));
+  const Tensor wr = rounded(Tensor::randn({256, 1, 1, 64}, 22, 0.0, 0.1));
+  const Tensor seed = rounded(Tensor::randn({4, 12, 12, 256}, 23));
+  Tensor xc = xr.clone(), wc = wr.clone();
+  Tensor xg = xr.to(kGpu, DType::BF16), wg = wr.to(kGpu, DType::BF16);
+  for (Tensor* t : {&xc, &wc, &xg, &wg}) t->set_requires_grad();
+  const Tensor yc = ops::add(ops::conv2d(xc, wc, 1, 0), ops::conv2d(xc, wc, 1, 0));
+  const Tensor yg = ops::add(ops::conv2d(xg, wg, 1, 0), ops::conv2d(xg, wg, 1, 0));
+  CHECK(close(yg, yc, 1e-2, "1x1 bf16 forward"));
+  backward(yc, seed);
+  backward(yg, seed.to(kGpu, DType::BF16));
+  CHECK(xg.grad().dtype() == DType::BF16);
+  CHECK(close(xg.grad(), xc.grad(), 1e-2, "1x1 bf16 input gradient"));
+  CHECK(close(wg.grad(), wc.grad(), 1e-2, "1x1 bf16 filter gradient"));
+}
+
 TEST_CASE("conv2d: the second call of a shape reuses its plan and gives identical results") {
   const Tensor x = Tensor::randn({2, 9, 9, 8}, 5, 0.0, 1.0, DType::F32, kGpu);
   const Tensor w = Tensor::randn({16, 3, 3, 8}, 6, 0.0, 0.3, DType::F32, kGpu);

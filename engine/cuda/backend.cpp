@@ -2,6 +2,8 @@
 // issued on the CudaContext stream of the device involved. The allocator entry points live in
 // engine/cuda/device_memory.cpp.
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "engine/cuda/context.h"
 #include "engine/cuda/device_guard.h"
@@ -35,6 +37,37 @@ void set_device(int index) {
 void synchronize() {
   if (device_count() == 0) return;
   MIRA_CUDA_CHECK(cudaStreamSynchronize(CudaContext::get().stream()));
+}
+
+namespace {
+std::mutex g_event_mu;
+std::vector<cudaEvent_t> g_event_pool;
+}  // namespace
+
+void* timing_event_record() {
+  cudaEvent_t e = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_event_mu);
+    if (!g_event_pool.empty()) {
+      e = g_event_pool.back();
+      g_event_pool.pop_back();
+    }
+  }
+  if (!e) MIRA_CUDA_CHECK(cudaEventCreate(&e));
+  MIRA_CUDA_CHECK(cudaEventRecord(e, CudaContext::get().stream()));
+  return e;
+}
+
+float timing_event_elapsed_ms(void* start, void* stop) {
+  MIRA_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(stop)));
+  float ms = 0;
+  MIRA_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(stop)));
+  return ms;
+}
+
+void timing_event_release(void* event) {
+  std::lock_guard<std::mutex> lock(g_event_mu);
+  g_event_pool.push_back(static_cast<cudaEvent_t>(event));
 }
 
 void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes, bool host_pinned) {

@@ -11,6 +11,9 @@ bool built_with_cuda() { return false; }
 int device_count() { return 0; }
 void set_device(int) { no_cuda(); }
 void synchronize() {}
+void* timing_event_record() { no_cuda(); }
+float timing_event_elapsed_ms(void*, void*) { no_cuda(); }
+void timing_event_release(void*) {}
 void* device_alloc(size_t, int) { no_cuda(); }
 void device_free(void*, int) {}
 void* pinned_alloc(size_t) { no_cuda(); }

@@ -364,6 +364,20 @@ void rows_cols(const Tensor& x, int64_t* M, int* C) {
   *M = *C > 0 ? x.numel() / *C : 0;
 }
 
+// A 1x1, stride-1, unpadded convolution of NHWC data is a matrix product over the N*H*W pixel
+// rows, with the OHWI filters as a (K, C) matrix: cuBLAS runs it (the bottleneck blocks' 1x1
+// convolutions). On an H200 the cuDNN algorithms its heuristics picked for these shapes in bf16
+// ran at 2 TFLOP/s or less in backward-filter (bench/RESULTS.md). MIRA_CUDNN_POINTWISE=1 keeps them
+// on cuDNN (for comparisons).
+bool pointwise(const ConvShape& s) {
+  static const bool off = env_flag("MIRA_CUDNN_POINTWISE");
+  return !off && s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0;
+}
+
+int pointwise_rows(const ConvShape& s) {
+  return as_int(static_cast<int64_t>(s.N) * s.H * s.W, "rows (N*H*W) of a 1x1 convolution");
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -372,6 +386,11 @@ void rows_cols(const Tensor& x, int64_t* M, int* C) {
 void conv2d_fwd(const ConvShape& s, const Tensor& x, const Tensor& w, Tensor& y) {
   check_conv(s, x, w, y, "conv2d_fwd");
   if (s.N == 0) return;
+  if (pointwise(s)) {  // y (M, K) = x (M, C) w (K, C)^T
+    const int M = pointwise_rows(s);
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, s.K, M, s.C, w, s.C, x, s.C, 0.f, y, s.K);
+    return;
+  }
   CudaContext& ctx = CudaContext::get();
   const ConvPlan& p = conv_plan(ConvDir::Fwd, s, x.dtype(), x.raw(), w.raw());
   void* ws = ctx.workspace(p.workspace);
@@ -384,6 +403,11 @@ void conv2d_fwd(const ConvShape& s, const Tensor& x, const Tensor& w, Tensor& y)
 void conv2d_bwd_data(const ConvShape& s, const Tensor& dy, const Tensor& w, Tensor& dx, bool accumulate) {
   check_conv(s, dy, w, dx, "conv2d_bwd_data");
   if (s.N == 0) return;
+  if (pointwise(s)) {  // dx (M, C) = dy (M, K) w (K, C)
+    const int M = pointwise_rows(s);
+    gemm(CUBLAS_OP_N, CUBLAS_OP_N, s.C, M, s.K, w, s.C, dy, s.K, accumulate ? 1.f : 0.f, dx, s.C);
+    return;
+  }
   CudaContext& ctx = CudaContext::get();
   const ConvPlan& p = conv_plan(ConvDir::BwdData, s, dy.dtype(), dy.raw(), w.raw());
   void* ws = ctx.workspace(p.workspace);
@@ -398,6 +422,11 @@ void conv2d_bwd_filter(const ConvShape& s, const Tensor& dy, const Tensor& x, Te
   check_conv(s, dy, x, dw, "conv2d_bwd_filter");
   if (s.N == 0) {
     if (!accumulate) dw.zero_();
+    return;
+  }
+  if (pointwise(s)) {  // dw (K, C) = dy (M, K)^T x (M, C)
+    const int M = pointwise_rows(s);
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, s.C, s.K, M, x, s.C, dy, s.K, accumulate ? 1.f : 0.f, dw, s.C);
     return;
   }
   CudaContext& ctx = CudaContext::get();

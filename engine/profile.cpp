@@ -1,0 +1,131 @@
+#include "engine/profile.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "engine/cuda_backend.h"
+
+namespace mira::prof {
+
+namespace {
+
+struct Record {
+  std::string name;
+  bool gpu = false;
+  void* e0 = nullptr;
+  void* e1 = nullptr;
+  std::chrono::steady_clock::time_point t0;
+  double ms = 0;
+  bool done = false;
+};
+
+struct Total {
+  double ms = 0;
+  long calls = 0;
+};
+
+struct State {
+  std::mutex mu;
+  std::map<long, Record> open;  // recorded, not yet folded into totals, by id
+  long next_id = 0;
+  std::map<std::string, Total> totals;
+  bool registered = false;
+};
+
+State& state() {
+  static State* s = new State();  // never destroyed: the atexit report may run late
+  return *s;
+}
+
+// Folds finished records into the totals (waits for their GPU events). Caller holds mu.
+void fold(State& s) {
+  for (auto it = s.open.begin(); it != s.open.end();) {
+    Record& r = it->second;
+    if (!r.done) {
+      ++it;
+      continue;
+    }
+    if (r.gpu) {
+      r.ms = cuda::timing_event_elapsed_ms(r.e0, r.e1);
+      cuda::timing_event_release(r.e0);
+      cuda::timing_event_release(r.e1);
+    }
+    Total& t = s.totals[r.name];
+    t.ms += r.ms;
+    t.calls += 1;
+    it = s.open.erase(it);
+  }
+}
+
+void report_at_exit() { report(stderr); }
+
+}  // namespace
+
+bool enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("MIRA_PROFILE");
+    return v && v[0] == '1';
+  }();
+  return on;
+}
+
+void Scope::begin(std::string name, Device dev) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (!s.registered) {
+    std::atexit(report_at_exit);
+    s.registered = true;
+  }
+  if (s.open.size() > 50000) fold(s);
+  Record r;
+  r.name = std::move(name);
+  r.gpu = dev.is_cuda();
+  if (r.gpu)
+    r.e0 = cuda::timing_event_record();
+  else
+    r.t0 = std::chrono::steady_clock::now();
+  slot_ = s.next_id++;
+  s.open.emplace(slot_, std::move(r));
+}
+
+void Scope::end() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.open.find(slot_);
+  if (it == s.open.end()) return;
+  Record& r = it->second;
+  if (r.gpu)
+    r.e1 = cuda::timing_event_record();
+  else
+    r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r.t0).count();
+  r.done = true;
+}
+
+void reset() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  fold(s);
+  s.totals.clear();
+}
+
+void report(std::FILE* out, int steps) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  fold(s);
+  if (s.totals.empty()) return;
+  std::vector<std::pair<std::string, Total>> rows(s.totals.begin(), s.totals.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  std::fprintf(out,
+               "[profile] per step (%d steps): name, ms, calls; inclusive times (a phase holds its ops, "
+               "'bwd conv2d' its bwd-data and bwd-filter rows)\n",
+               steps);
+  for (const auto& r : rows)
+    std::fprintf(out, "[profile] %-58s %9.3f %7ld\n", r.first.c_str(), r.second.ms / steps, r.second.calls / steps);
+  s.totals.clear();
+}
+
+}  // namespace mira::prof

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Where the ResNet-50 multi-crop step's time goes on a GPU, ours against PyTorch's, in one
+# device call: runs tools/device_check.sh without its benchmarks (the build and the GPU tests,
+# logs packed into LOG_DIR/check.tgz), then the step with cuDNN's heuristic and benchmarked
+# algorithms and with the 1x1 convolutions left on cuDNN (MIRA_CUDNN_POINTWISE=1), the op profile
+# (MIRA_PROFILE=1), f32, and PyTorch (AMP bf16) with and without cudnn.benchmark, at batch 64
+# and 128 per view.
+#   tools/device_profile.sh [LOG_DIR]
+set -u
+cd "$(dirname "$0")/.." || exit 2
+LOG_DIR=${1:-${OUT:-./device_logs}}
+mkdir -p "$LOG_DIR/check"
+MIRA_SKIP_BENCH=1 bash tools/device_check.sh "$LOG_DIR/check" >"$LOG_DIR/check/stdout.log" 2>&1
+tail -n 14 "$LOG_DIR/check/table.txt"
+NV_DIR=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null)
+for pkg in "$NV_DIR"/*/; do [[ -d "$pkg/lib" ]] && export LD_LIBRARY_PATH="${pkg}lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
+export LD_LIBRARY_PATH="$(pwd)/.device_deps/lib:$LD_LIBRARY_PATH"
+B=${MIRA_DEVICE_BUILD:-build-device}/bench
+ARGS="--device cuda --arch resnet50 --cifar-stem 0 --batch ${MIRA_STEP_BATCH:-64} --global-size 224 --local-crops 6
+--local-size 96 --proj-hidden 2048 --proj-out 256 --prototypes 3000 --steps 10 --warmup 3"
+R=$LOG_DIR/steps.log
+: >"$R"
+run() {  # label command...
+  local label=$1
+  shift
+  echo "== $label: $*" >>"$R"
+  timeout 120 "$@" >>"$R" 2>>"$LOG_DIR/stderr_$label.log"
+  echo "rc $?" >>"$R"
+}
+# shellcheck disable=SC2086
+{
+  run ours_heuristic $B/train_step $ARGS --optim lars --dtype bf16
+  MIRA_CUDNN_POINTWISE=1 run ours_cudnn_1x1 $B/train_step $ARGS --optim lars --dtype bf16
+  MIRA_CUDNN_BENCHMARK=1 run ours_benchmark $B/train_step $ARGS --optim lars --dtype bf16
+  MIRA_CUDNN_BENCHMARK=1 MIRA_PROFILE=1 run ours_profile $B/train_step $ARGS --optim lars --dtype bf16
+  run ours_f32 $B/train_step $ARGS --optim lars --dtype f32
+  run torch_default python3 bench/pytorch_mira_step.py $ARGS
+  run torch_benchmark python3 bench/pytorch_mira_step.py $ARGS --cudnn-benchmark 1
+  MIRA_CUDNN_BENCHMARK=1 run ours_b128 $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16
+  run torch_b128 python3 bench/pytorch_mira_step.py ${ARGS/--batch 64/--batch 128}
+}
+grep -E '^==|ms_per_step|^rc' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
+(cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
+ls "$LOG_DIR"
