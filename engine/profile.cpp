@@ -1,6 +1,7 @@
 #include "engine/profile.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -65,13 +66,21 @@ void report_at_exit() { report(stderr); }
 
 }  // namespace
 
+namespace {
+std::atomic<int> g_enabled{-1};  // -1: not decided yet (MIRA_PROFILE read on first use)
+}  // namespace
+
 bool enabled() {
-  static const bool on = [] {
+  int on = g_enabled.load(std::memory_order_relaxed);
+  if (on < 0) {
     const char* v = std::getenv("MIRA_PROFILE");
-    return v && v[0] == '1';
-  }();
-  return on;
+    on = v && v[0] == '1' ? 1 : 0;
+    g_enabled.store(on, std::memory_order_relaxed);
+  }
+  return on == 1;
 }
+
+void set_enabled(bool on) { g_enabled.store(on ? 1 : 0, std::memory_order_relaxed); }
 
 void Scope::begin(std::string name, Device dev) {
   State& s = state();

@@ -14,6 +14,8 @@
 namespace mira::prof {
 
 bool enabled();
+// Overrides MIRA_PROFILE (tests).
+void set_enabled(bool on);
 
 class Scope {
  public:

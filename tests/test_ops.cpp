@@ -2,9 +2,14 @@
 // Every op: an f64 central-difference gradient check, and forward values against direct
 // definitions (naive loops) so the fast paths (im2col + GEMM) are checked too.
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <string>
 
+#include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "kernels/cpu/conv.h"
 #include "kernels/cpu/nn.h"
 #include "kernels/cpu/pointwise.h"
@@ -365,4 +370,38 @@ TEST_CASE("BN backward kernels with the ReLU mask equal masking first (the CUDA 
                            gamma.data<float>(), s1.data(), sx1.data(), double(M), d2.data(), M, C, false,
                            y.data<float>());
   CHECK(d1 == d2);
+}
+
+TEST_CASE("the op profiler counts forward ops, backward nodes and named scopes (MIRA_PROFILE)") {
+  prof::set_enabled(true);
+  prof::reset();
+  {
+    Tensor x = Tensor::randn({2, 6, 6, 3}, 1), w = Tensor::randn({4, 3, 3, 3}, 2);
+    w.set_requires_grad();
+    prof::Scope phase("step/test phase", Device::cpu());
+    Tensor y = ops::relu(ops::conv2d(x, w, 1, 1));
+    backward(ops::sum(y));
+  }
+  const std::string path = "profile_test_report.txt";
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  REQUIRE(f);
+  prof::report(f, 1);
+  std::fclose(f);
+  prof::set_enabled(false);
+  std::ifstream in(path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::remove(path.c_str());
+  for (const char* name : {"step/test phase", "conv2d fwd 3x3/1 3>4 6px N2 f32", "relu", "bwd relu", "bwd conv2d",
+                           "conv2d bwd-filter 3x3/1 3>4 6px N2 f32"}) {
+    CAPTURE(name);
+    CHECK(text.find(name) != std::string::npos);
+  }
+  // x needs no gradient: no backward-data row.
+  CHECK(text.find("conv2d bwd-data") == std::string::npos);
+  // Off again: nothing more is recorded.
+  { prof::Scope s("after", Device::cpu()); }
+  std::FILE* g = std::tmpfile();
+  prof::report(g, 1);
+  CHECK(std::ftell(g) == 0);
+  std::fclose(g);
 }
