@@ -87,6 +87,14 @@ std::string conv_profile_name(const char* what, const ConvShape& s, DType t) {
                         dtype_name(t));
 }
 
+// "batch_norm fwd 56px C64 N64 bf16" (images) or "batch_norm fwd rows 128 C2048 f32".
+std::string bn_profile_name(const char* what, const Tensor& x) {
+  if (x.ndim() == 4)
+    return detail::concat(what, " ", x.dim(1), "px C", x.dim(3), " N", x.dim(0), " ", dtype_name(x.dtype()));
+  return detail::concat(what, " rows ", x.numel() / std::max<int64_t>(x.dim(-1), 1), " C", x.dim(-1), " ",
+                        dtype_name(x.dtype()));
+}
+
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
@@ -229,7 +237,7 @@ namespace {
 
 Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& st, bool training,
                        double momentum, double eps, bool relu) {
-  prof::Scope prof_scope("batch_norm", x.device());
+  prof::Scope prof_scope([&] { return bn_profile_name("batch_norm fwd", x); }, x.device());
   check_float(x, "batch_norm");
   check_same(gamma, beta, "batch_norm");
   if (!x.is_cuda() && x.dtype() != gamma.dtype()) {
@@ -296,6 +304,7 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
     const Tensor yd = relu ? y.detach() : Tensor();
     record(relu ? "batch_norm_relu" : "batch_norm", y, {&x, &gamma, &beta},
            [x, gamma, beta, mean, invstd, training, M, C, comm, count, yd](const Tensor& dy_out) {
+      prof::Scope prof_scope([&] { return bn_profile_name("batch_norm bwd", x); }, x.device());
       // With the fused ReLU, the CUDA passes read dy_out only where the output yd is > 0 (no
       // masked copy). On the CPU, a masked copy first is faster: without AVX the select keeps
       // the masked loops scalar (bn_bwd_reduce and bn_bwd_apply took 15 % of a tiny-ResNet

@@ -134,6 +134,31 @@ void report(std::FILE* out, int steps) {
                steps);
   for (const auto& r : rows)
     std::fprintf(out, "[profile] %-58s %9.3f %7ld\n", r.first.c_str(), r.second.ms / steps, r.second.calls / steps);
+  // Families: the name up to its first word starting with a digit ("conv2d fwd 3x3/1 ..." ->
+  // "conv2d fwd").
+  std::map<std::string, Total> fam;
+  for (const auto& r : rows) {
+    std::string f;
+    size_t i = 0;
+    while (i < r.first.size()) {
+      size_t j = r.first.find(' ', i);
+      if (j == std::string::npos) j = r.first.size();
+      const std::string word = r.first.substr(i, j - i);
+      if (!word.empty() && word[0] >= '0' && word[0] <= '9') break;
+      f += (f.empty() ? "" : " ") + word;
+      i = j + 1;
+    }
+    fam[f].ms += r.second.ms;
+    fam[f].calls += r.second.calls;
+  }
+  if (fam.size() < rows.size()) {
+    std::vector<std::pair<std::string, Total>> frows(fam.begin(), fam.end());
+    std::sort(frows.begin(), frows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+    std::fprintf(out, "[profile] by family (the rows above summed by the words before the first number):\n");
+    for (const auto& r : frows)
+      std::fprintf(out, "[profile]   %-56s %9.3f %7ld\n", r.first.c_str(), r.second.ms / steps,
+                   r.second.calls / steps);
+  }
   s.totals.clear();
 }
 

@@ -395,6 +395,24 @@ TEST_CASE("max_pool2d: CUDA forward and gradient, including ties") {
                        [](const std::vector<Tensor>& in) { return ops::max_pool2d(in[0], 3, 2, 1); }, 0);
 }
 
+TEST_CASE("max_pool2d: bf16 gradient == the f32 one rounded once (vector path at C = 64, scalar at C = 12)") {
+  auto rounded = [](const Tensor& t) { return t.to(kGpu, DType::BF16).to(Device::cpu(), DType::F32); };
+  for (int C : {64, 12}) {
+    CAPTURE(C);
+    // 17 x 17 -> 9 x 9 (3/2/1): overlapping windows, padding on every side.
+    const Tensor xr = rounded(Tensor::randn({2, 17, 17, C}, 31));
+    const Tensor seed = rounded(Tensor::randn({2, 9, 9, C}, 32));
+    Tensor xc = xr.clone(), xg = xr.to(kGpu, DType::BF16);
+    xc.set_requires_grad();
+    xg.set_requires_grad();
+    backward(ops::max_pool2d(xc, 3, 2, 1), seed);
+    backward(ops::max_pool2d(xg, 3, 2, 1), seed.to(kGpu, DType::BF16));
+    REQUIRE(xg.grad().dtype() == DType::BF16);
+    // Same first-maximum rule, same f32 sums in the same order; the GPU rounds once to bf16.
+    CHECK(close(xg.grad().to(Device::cpu(), DType::F32), rounded(xc.grad()), 0, "max_pool2d bf16 gradient"));
+  }
+}
+
 TEST_CASE("global_avg_pool, l2_normalize, wn_linear: CUDA f32") {
   compare_cpu_cuda("global_avg_pool", {{{3, 7, 7, 40}, 1}},
                    [](const std::vector<Tensor>& in) { return ops::global_avg_pool(in[0]); }, 1e-6, 1e-6);

@@ -253,6 +253,11 @@ if [[ "${MIRA_SKIP_BENCH:-0}" != 1 ]]; then
   # shellcheck disable=SC2086
   {
     [[ -x $B/mira_assign ]] && bench mira_assign "$B/mira_assign" ${MIRA_BENCH_ARGS_mira_assign:-}
+    # Where the fused kernel's time goes: one row per block (N = 132 on an H100/H200) leaves the
+    # fixed cost of the 31 passes (grid barriers, column reductions); 60 iterations gives the
+    # slope per pass.
+    [[ -x $B/mira_assign ]] && bench mira_assign_n132 "$B/mira_assign" --time --device cuda --n 132 --pytorch none
+    [[ -x $B/mira_assign ]] && bench mira_assign_iters60 "$B/mira_assign" --time --device cuda --iters 60 --pytorch none
     [[ -x $B/train_step ]] && bench train_step_bf16 "$B/train_step" $STEP_ARGS --dtype bf16
     [[ -x $B/train_step ]] && bench train_step_f32 "$B/train_step" $STEP_ARGS --dtype f32
     [[ $HAVE_TORCH == 1 ]] && bench pytorch_mira_step python3 bench/pytorch_mira_step.py $STEP_ARGS

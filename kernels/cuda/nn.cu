@@ -19,6 +19,7 @@
 #include "kernels/cuda/nn.cuh"
 
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/cuda/common.cuh"
 
@@ -339,6 +340,85 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// V consecutive channels per thread in 16-byte accesses (C % V == 0, rows 16-byte aligned): the
+// same scan as maxpool_bwd_kernel, lane by lane, with the index arithmetic and the window bounds
+// shared by the V channels. The argmax is kept as the position r * k + u inside the window.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+    maxpool_bwd_vec_kernel(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P,
+                           int Q, bool acc) {
+  using PackT = Pack<T, V>;
+  const int CV = C / V;
+  const int64_t total = static_cast<int64_t>(N) * H * W * CV;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int c = static_cast<int>(i % CV) * V;
+    int64_t t = i / CV;
+    const int w0 = static_cast<int>(t % W);
+    t /= W;
+    const int h0 = static_cast<int>(t % H);
+    const int64_t n = t / H;
+    const int nh = h0 + p - k + 1, nw = w0 + p - k + 1;
+    const int p_lo = nh > 0 ? (nh + s - 1) / s : 0;
+    const int q_lo = nw > 0 ? (nw + s - 1) / s : 0;
+    const int p_hi = min((h0 + p) / s, P - 1);
+    const int q_hi = min((w0 + p) / s, Q - 1);
+    const int64_t at = ((n * H + h0) * W + w0) * C + c;
+    float g[V];
+    if (acc) {
+      const PackT old = *reinterpret_cast<const PackT*>(dx + at);
+#pragma unroll
+      for (int j = 0; j < V; ++j) g[j] = to_f(old.v[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) g[j] = 0.f;
+    }
+    for (int pi = p_lo; pi <= p_hi; ++pi) {
+      for (int q = q_lo; q <= q_hi; ++q) {
+        const int hs = pi * s - p, ws = q * s - p;
+        float best[V];
+        int arg[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          best[j] = -INFINITY;
+          arg[j] = -1;
+        }
+        for (int r = 0; r < k; ++r) {
+          const int h = hs + r;
+          if (h < 0 || h >= H) continue;
+          for (int u = 0; u < k; ++u) {
+            const int w = ws + u;
+            if (w < 0 || w >= W) continue;
+            const PackT xv = *reinterpret_cast<const PackT*>(x + ((n * H + h) * W + w) * C + c);
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+              const float v = to_f(xv.v[j]);
+              if (v > best[j] || arg[j] < 0) {
+                best[j] = v;
+                arg[j] = r * k + u;
+              }
+            }
+          }
+        }
+        const int mine = (h0 - hs) * k + (w0 - ws);
+        const PackT dv = *reinterpret_cast<const PackT*>(dy + ((n * P + pi) * Q + q) * C + c);
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+          if (arg[j] == mine) g[j] = __fadd_rn(g[j], to_f(dv.v[j]));
+      }
+    }
+    PackT out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) out.v[j] = from_f<T>(g[j]);
+    *reinterpret_cast<PackT*>(dx + at) = out;
+  }
+}
+
 // x: (N, HW, C); y: (N, C). One thread per (n, c), c fastest; the sum is in double.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) avgpool_fwd_kernel(const T* x, T* y, int N, int HW, int C) {
@@ -599,8 +679,19 @@ void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int
                  bool accumulate, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(N) * H * W * C;
   if (total <= 0) return;
-  maxpool_bwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s, p, P, Q,
-                                                                            accumulate);
+  constexpr int V = 16 / sizeof(T);
+  const bool aligned = [&] {
+    for (const void* q : {static_cast<const void*>(dy), static_cast<const void*>(x), static_cast<const void*>(dx)})
+      if (reinterpret_cast<uintptr_t>(q) % 16 != 0) return false;
+    return true;
+  }();
+  if (C % V == 0 && aligned) {
+    maxpool_bwd_vec_kernel<T, V><<<grid_for(total / V, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s,
+                                                                                         p, P, Q, accumulate);
+  } else {
+    maxpool_bwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s, p, P, Q,
+                                                                              accumulate);
+  }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
