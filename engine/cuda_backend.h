@@ -20,6 +20,8 @@ void synchronize();  // the engine's stream on the current device
 void* timing_event_record();
 float timing_event_elapsed_ms(void* start, void* stop);
 void timing_event_release(void* event);
+// The vectorised batch-norm kernels (kernels/cuda/nn.cuh): MIRA_BN_VEC=1, or this (tests, benches).
+void set_bn_vectorized(bool on);
 
 // Caching allocator (no cudaMalloc per step once warm).
 void* device_alloc(size_t bytes, int device);

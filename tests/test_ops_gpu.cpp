@@ -220,63 +220,106 @@ BnRun bn_run(Device dev, const Shape& xs, bool training, DType xt, const Tensor&
 
 }  // namespace
 
+// The batch-norm tests run with the scalar and with the vectorised kernels (16-byte accesses:
+// f32 when C % 4 == 0, bf16 when C % 8 == 0, and C / V dividing 256); BnVec restores the default.
+struct BnVec {
+  explicit BnVec(bool on) { cuda::set_bn_vectorized(on); }
+  ~BnVec() { cuda::set_bn_vectorized(false); }
+};
+
 TEST_CASE("batch_norm: CUDA f32 training and eval, 4-D and 2-D, running statistics and gradients") {
-  const Shape shapes[] = {{2, 5, 5, 16}, {16, 24}, {3, 64, 64, 40}, {256, 96}};
-  for (const Shape& xs : shapes) {
-    for (bool training : {true, false}) {
-      CAPTURE(xs.str());
-      CAPTURE(training);
-      const Tensor seed = Tensor::randn(xs, 26);
-      const BnRun c = bn_run(Device::cpu(), xs, training, DType::F32, seed);
-      const BnRun g = bn_run(kGpu, xs, training, DType::F32, seed);
-      CHECK(close(g.y, c.y, 1e-5, "bn y"));
-      CHECK(close(g.st.running_mean, c.st.running_mean, 1e-5, "bn running_mean"));
-      CHECK(close(g.st.running_var, c.st.running_var, 1e-5, "bn running_var"));
-      CHECK(close(g.x.grad(), c.x.grad(), 1e-5, "bn dx"));
-      // dgamma and dbeta are sums over all rows of the batch.
-      CHECK(close(g.gamma.grad(), c.gamma.grad(), 1e-5, "bn dgamma"));
-      CHECK(close(g.beta.grad(), c.beta.grad(), 1e-5, "bn dbeta"));
-      CHECK(g.st.num_batches_tracked == c.st.num_batches_tracked);
+  const Shape shapes[] = {{2, 5, 5, 16}, {16, 24},         {3, 64, 64, 40}, {256, 96},
+                          {4, 9, 9, 64}, {3, 33, 33, 128}, {40, 2048}};
+  for (bool vec : {false, true}) {
+    for (const Shape& xs : shapes) {
+      for (bool training : {true, false}) {
+        BnVec v(vec);
+        CAPTURE(vec);
+        CAPTURE(xs.str());
+        CAPTURE(training);
+        const Tensor seed = Tensor::randn(xs, 26);
+        const BnRun c = bn_run(Device::cpu(), xs, training, DType::F32, seed);
+        const BnRun g = bn_run(kGpu, xs, training, DType::F32, seed);
+        CHECK(close(g.y, c.y, 1e-5, "bn y"));
+        CHECK(close(g.st.running_mean, c.st.running_mean, 1e-5, "bn running_mean"));
+        CHECK(close(g.st.running_var, c.st.running_var, 1e-5, "bn running_var"));
+        CHECK(close(g.x.grad(), c.x.grad(), 1e-5, "bn dx"));
+        // dgamma and dbeta are sums over all rows of the batch.
+        CHECK(close(g.gamma.grad(), c.gamma.grad(), 1e-5, "bn dgamma"));
+        CHECK(close(g.beta.grad(), c.beta.grad(), 1e-5, "bn dbeta"));
+        CHECK(g.st.num_batches_tracked == c.st.num_batches_tracked);
+      }
     }
   }
 }
 
 TEST_CASE("batch_norm: bf16 activations with f32 parameters and statistics") {
-  for (const Shape& xs : {Shape{4, 6, 6, 32}, Shape{64, 48}}) {
-    CAPTURE(xs.str());
-    NoGradGuard ng;
-    BnRun g = bn_run(kGpu, xs, true, DType::BF16, Tensor());
-    // Reference: the CPU in f32 on the same bf16-rounded x.
-    BnRun c;
-    c.x = g.x.to(Device::cpu(), DType::F32);
-    c.gamma = g.gamma.to(Device::cpu());
-    c.beta = g.beta.to(Device::cpu());
-    c.st.running_mean = Tensor::randn({xs[xs.ndim() - 1]}, 24, 0.0, 0.5);
-    c.st.running_var = Tensor::uniform({xs[xs.ndim() - 1]}, 25, 0.5, 2.0);
-    c.y = ops::batch_norm(c.x, c.gamma, c.beta, c.st, true);
-    CHECK(g.y.dtype() == DType::BF16);
-    CHECK(g.st.running_mean.dtype() == DType::F32);
-    CHECK(close(g.y, c.y, 1e-2, "bn bf16 y"));
-    // The statistics themselves are f32 sums of the same values.
-    CHECK(close(g.st.running_mean, c.st.running_mean, 1e-5, "bn bf16 running_mean"));
-    CHECK(close(g.st.running_var, c.st.running_var, 1e-5, "bn bf16 running_var"));
+  for (bool vec : {false, true}) {
+    for (const Shape& xs : {Shape{4, 6, 6, 32}, Shape{64, 48}, Shape{5, 13, 13, 64}, Shape{24, 1024}}) {
+      BnVec v(vec);
+      CAPTURE(vec);
+      CAPTURE(xs.str());
+      NoGradGuard ng;
+      BnRun g = bn_run(kGpu, xs, true, DType::BF16, Tensor());
+      // Reference: the CPU in f32 on the same bf16-rounded x.
+      BnRun c;
+      c.x = g.x.to(Device::cpu(), DType::F32);
+      c.gamma = g.gamma.to(Device::cpu());
+      c.beta = g.beta.to(Device::cpu());
+      c.st.running_mean = Tensor::randn({xs[xs.ndim() - 1]}, 24, 0.0, 0.5);
+      c.st.running_var = Tensor::uniform({xs[xs.ndim() - 1]}, 25, 0.5, 2.0);
+      c.y = ops::batch_norm(c.x, c.gamma, c.beta, c.st, true);
+      CHECK(g.y.dtype() == DType::BF16);
+      CHECK(g.st.running_mean.dtype() == DType::F32);
+      CHECK(close(g.y, c.y, 1e-2, "bn bf16 y"));
+      // The statistics themselves are f32 sums of the same values.
+      CHECK(close(g.st.running_mean, c.st.running_mean, 1e-5, "bn bf16 running_mean"));
+      CHECK(close(g.st.running_var, c.st.running_var, 1e-5, "bn bf16 running_var"));
+    }
+  }
+}
+
+TEST_CASE("batch_norm: bf16 gradients match the f32 ones on the same rounded values") {
+  auto rounded = [](const Tensor& t) { return t.to(kGpu, DType::BF16).to(Device::cpu(), DType::F32); };
+  for (bool vec : {false, true}) {
+    BnVec v(vec);
+    CAPTURE(vec);
+    const Shape xs{3, 11, 11, 64};
+    const Tensor xr = rounded(Tensor::randn(xs, 61, 0.5, 2.0)), dyr = rounded(Tensor::randn(xs, 62));
+    const Tensor gr = Tensor::randn({64}, 63, 1.0, 0.2), br = Tensor::randn({64}, 64, 0.0, 0.2);
+    Tensor xc = xr.clone(), gc = gr.clone(), bc = br.clone();
+    Tensor xg = xr.to(kGpu, DType::BF16), gg = gr.to(kGpu), bg = br.to(kGpu);
+    for (Tensor* t : {&xc, &gc, &bc, &xg, &gg, &bg}) t->set_requires_grad();
+    ops::BatchNormState sc{Tensor::zeros({64}), Tensor::full({64}, 1.0)};
+    ops::BatchNormState sg{Tensor::zeros({64}, DType::F32, kGpu), Tensor::full({64}, 1.0, DType::F32, kGpu)};
+    backward(ops::batch_norm_relu(xc, gc, bc, sc, true), dyr);
+    backward(ops::batch_norm_relu(xg, gg, bg, sg, true), dyr.to(kGpu, DType::BF16));
+    CHECK(close(xg.grad(), xc.grad(), 1e-2, "bn bf16 dx"));
+    // dgamma, dbeta: f32 sums of the same bf16 values, except where the ReLU mask differs (a
+    // bf16 output rounded to 0).
+    CHECK(close(gg.grad(), gc.grad(), 1e-2, "bn bf16 dgamma"));
+    CHECK(close(bg.grad(), bc.grad(), 1e-2, "bn bf16 dbeta"));
   }
 }
 
 TEST_CASE("batch_norm: statistics of a large batch are bitwise reproducible") {
-  NoGradGuard ng;
-  const Tensor x = Tensor::randn({8, 56, 56, 64}, 31, 3.0, 1.5, DType::F32, kGpu);
-  const Tensor gamma = Tensor::full({64}, 1.0, DType::F32, kGpu), beta = Tensor::zeros({64}, DType::F32, kGpu);
-  ops::BatchNormState s1{Tensor::zeros({64}, DType::F32, kGpu), Tensor::full({64}, 1.0, DType::F32, kGpu)};
-  ops::BatchNormState s2{Tensor::zeros({64}, DType::F32, kGpu), Tensor::full({64}, 1.0, DType::F32, kGpu)};
-  const Tensor y1 = ops::batch_norm(x, gamma, beta, s1, true), y2 = ops::batch_norm(x, gamma, beta, s2, true);
-  CHECK(bitwise_equal(y1, y2));
-  CHECK(bitwise_equal(s1.running_var, s2.running_var));
-  // And right: mean 3 and variance 2.25 to sampling accuracy. 8 x 56 x 56 = 25,088 samples per
-  // channel: the sample mean's standard error is 1.5 / sqrt(25088) = 0.0095, the variance's
-  // sqrt(2) x 2.25 / sqrt(25088) = 0.020; bounds at 5 standard errors over 64 channels.
-  for (double m : s1.running_mean.to_vector()) CHECK(std::fabs(m / 0.1 - 3.0) < 0.048);
-  for (double v : s1.running_var.to_vector()) CHECK(std::fabs((v - 0.9) / 0.1 - 2.25) < 0.1);
+  for (bool vec : {false, true}) {
+    BnVec v(vec);
+    CAPTURE(vec);
+    NoGradGuard ng;
+    const Tensor x = Tensor::randn({8, 56, 56, 64}, 31, 3.0, 1.5, DType::F32, kGpu);
+    const Tensor gamma = Tensor::full({64}, 1.0, DType::F32, kGpu), beta = Tensor::zeros({64}, DType::F32, kGpu);
+    ops::BatchNormState s1{Tensor::zeros({64}, DType::F32, kGpu), Tensor::full({64}, 1.0, DType::F32, kGpu)};
+    ops::BatchNormState s2{Tensor::zeros({64}, DType::F32, kGpu), Tensor::full({64}, 1.0, DType::F32, kGpu)};
+    const Tensor y1 = ops::batch_norm(x, gamma, beta, s1, true), y2 = ops::batch_norm(x, gamma, beta, s2, true);
+    CHECK(bitwise_equal(y1, y2));
+    CHECK(bitwise_equal(s1.running_var, s2.running_var));
+    // And right: mean 3 and variance 2.25 to sampling accuracy. 8 x 56 x 56 = 25,088 samples per
+    // channel: the sample mean's standard error is 1.5 / sqrt(25088) = 0.0095, the variance's
+    // sqrt(2) x 2.25 / sqrt(25088) = 0.020; bounds at 5 standard errors over 64 channels.
+    for (double m : s1.running_mean.to_vector()) CHECK(std::fabs(m / 0.1 - 3.0) < 0.048);
+    for (double v : s1.running_var.to_vector()) CHECK(std::fabs((v - 0.9) / 0.1 - 2.25) < 0.1);
+  }
 }
 
 #ifdef MIRA_HAS_CUDA  // calls the CUDA backend directly (not linked in CPU-only builds)
@@ -304,26 +347,33 @@ TEST_CASE("SyncBN sums: CUDA pack / unpack equal the CPU twins") {
 #endif
 
 TEST_CASE("batch_norm_relu on CUDA equals relu(batch_norm) bit for bit, f32 and bf16") {
-  for (DType t : {DType::F32, DType::BF16}) {
-    CAPTURE(dtype_name(t));
-    Tensor x = Tensor::randn({4, 7, 7, 40}, 51, 0.3, 1.5).to(kGpu, t).set_requires_grad();
-    Tensor g = Tensor::randn({40}, 52, 1.0, 0.3).to(kGpu).set_requires_grad();
-    Tensor b = Tensor::randn({40}, 53, 0.0, 0.3).to(kGpu).set_requires_grad();
-    const Tensor dy = Tensor::randn({4, 7, 7, 40}, 54).to(kGpu, t);
-    ops::BatchNormState s1{Tensor::zeros({40}, DType::F32, kGpu), Tensor::full({40}, 1.0, DType::F32, kGpu)};
-    ops::BatchNormState s2{Tensor::zeros({40}, DType::F32, kGpu), Tensor::full({40}, 1.0, DType::F32, kGpu)};
-    Tensor y1 = ops::relu(ops::batch_norm(x, g, b, s1, true));
-    backward(y1, dy);
-    const std::vector<double> gx = x.grad().to_vector(), gg = g.grad().to_vector();
-    x.set_grad(Tensor());
-    g.set_grad(Tensor());
-    b.set_grad(Tensor());
-    Tensor y2 = ops::batch_norm_relu(x, g, b, s2, true);
-    backward(y2, dy);
-    CHECK(y2.to_vector() == y1.to_vector());
-    CHECK(x.grad().to_vector() == gx);
-    CHECK(g.grad().to_vector() == gg);
-    CHECK(s2.running_var.to_vector() == s1.running_var.to_vector());
+  for (bool vec : {false, true}) {
+    for (int C : {40, 64}) {
+      for (DType t : {DType::F32, DType::BF16}) {
+        BnVec v(vec);
+        CAPTURE(vec);
+        CAPTURE(C);
+        CAPTURE(dtype_name(t));
+        Tensor x = Tensor::randn({4, 7, 7, C}, 51, 0.3, 1.5).to(kGpu, t).set_requires_grad();
+        Tensor g = Tensor::randn({C}, 52, 1.0, 0.3).to(kGpu).set_requires_grad();
+        Tensor b = Tensor::randn({C}, 53, 0.0, 0.3).to(kGpu).set_requires_grad();
+        const Tensor dy = Tensor::randn({4, 7, 7, C}, 54).to(kGpu, t);
+        ops::BatchNormState s1{Tensor::zeros({C}, DType::F32, kGpu), Tensor::full({C}, 1.0, DType::F32, kGpu)};
+        ops::BatchNormState s2{Tensor::zeros({C}, DType::F32, kGpu), Tensor::full({C}, 1.0, DType::F32, kGpu)};
+        Tensor y1 = ops::relu(ops::batch_norm(x, g, b, s1, true));
+        backward(y1, dy);
+        const std::vector<double> gx = x.grad().to_vector(), gg = g.grad().to_vector();
+        x.set_grad(Tensor());
+        g.set_grad(Tensor());
+        b.set_grad(Tensor());
+        Tensor y2 = ops::batch_norm_relu(x, g, b, s2, true);
+        backward(y2, dy);
+        CHECK(y2.to_vector() == y1.to_vector());
+        CHECK(x.grad().to_vector() == gx);
+        CHECK(g.grad().to_vector() == gg);
+        CHECK(s2.running_var.to_vector() == s1.running_var.to_vector());
+      }
+    }
   }
 }
 

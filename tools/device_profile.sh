@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Where the ResNet-50 multi-crop step's time goes on a GPU, ours against PyTorch's, in one
 # device call: runs tools/device_check.sh without its benchmarks (the build and the GPU tests,
-# logs packed into LOG_DIR/check.tgz), then the step with cuDNN's heuristic and benchmarked
-# algorithms and with the 1x1 convolutions left on cuDNN (MIRA_CUDNN_POINTWISE=1), the op profile
-# (MIRA_PROFILE=1), f32, and PyTorch (AMP bf16) with and without cudnn.benchmark, at batch 64
+# logs packed into LOG_DIR/check.tgz), then the bf16 step as it is, with the vectorised batch
+# norm (MIRA_BN_VEC=1), each with the op profile (MIRA_PROFILE=1), with cuDNN's benchmarked
+# algorithms, and f32, against PyTorch (AMP bf16) with and without cudnn.benchmark, at batch 64
 # and 128 per view.
 #   tools/device_profile.sh [LOG_DIR]
 set -u
@@ -29,15 +29,17 @@ run() {  # label command...
 }
 # shellcheck disable=SC2086
 {
-  run ours_heuristic $B/train_step $ARGS --optim lars --dtype bf16
-  MIRA_CUDNN_POINTWISE=1 run ours_cudnn_1x1 $B/train_step $ARGS --optim lars --dtype bf16
+  run ours_default $B/train_step $ARGS --optim lars --dtype bf16
+  MIRA_BN_VEC=1 run ours_bnvec $B/train_step $ARGS --optim lars --dtype bf16
+  MIRA_PROFILE=1 run ours_profile $B/train_step $ARGS --optim lars --dtype bf16
+  MIRA_BN_VEC=1 MIRA_PROFILE=1 run ours_bnvec_profile $B/train_step $ARGS --optim lars --dtype bf16
   MIRA_CUDNN_BENCHMARK=1 run ours_benchmark $B/train_step $ARGS --optim lars --dtype bf16
-  MIRA_CUDNN_BENCHMARK=1 MIRA_PROFILE=1 run ours_profile $B/train_step $ARGS --optim lars --dtype bf16
-  run ours_f32 $B/train_step $ARGS --optim lars --dtype f32
   run torch_default python3 bench/pytorch_mira_step.py $ARGS
   run torch_benchmark python3 bench/pytorch_mira_step.py $ARGS --cudnn-benchmark 1
-  MIRA_CUDNN_BENCHMARK=1 run ours_b128 $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16
+  run ours_b128 $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16
+  MIRA_BN_VEC=1 run ours_b128_bnvec $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16
   run torch_b128 python3 bench/pytorch_mira_step.py ${ARGS/--batch 64/--batch 128}
+  run ours_f32 $B/train_step $ARGS --optim lars --dtype f32
 }
 grep -E '^==|ms_per_step|^rc' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)

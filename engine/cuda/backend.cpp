@@ -8,6 +8,7 @@
 #include "engine/cuda/context.h"
 #include "engine/cuda/device_guard.h"
 #include "engine/cuda_backend.h"
+#include "kernels/cuda/nn.cuh"
 #include "kernels/cuda/pointwise.cuh"
 
 namespace mira::cuda {
@@ -69,6 +70,8 @@ void timing_event_release(void* event) {
   std::lock_guard<std::mutex> lock(g_event_mu);
   g_event_pool.push_back(static_cast<cudaEvent_t>(event));
 }
+
+void set_bn_vectorized(bool on) { gpu::set_bn_vectorized(on); }
 
 void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes, bool host_pinned) {
   if (bytes == 0) return;

@@ -14,6 +14,7 @@ void synchronize() {}
 void* timing_event_record() { no_cuda(); }
 float timing_event_elapsed_ms(void*, void*) { no_cuda(); }
 void timing_event_release(void*) {}
+void set_bn_vectorized(bool) {}
 void* device_alloc(size_t, int) { no_cuda(); }
 void device_free(void*, int) {}
 void* pinned_alloc(size_t) { no_cuda(); }

@@ -18,8 +18,12 @@
 //   that contain it, with the CPU's first-maximum rule, and adds their dy in window order.
 #include "kernels/cuda/nn.cuh"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
 
 #include "kernels/cuda/common.cuh"
 
@@ -213,6 +217,212 @@ __global__ void __launch_bounds__(kColTile* kApplyRows)
     const float g = __fmul_rn(k, __fsub_rn(__fsub_rn(d, a), __fmul_rn(xhat, b)));
     dx[i] = from_f<T>(acc ? __fadd_rn(to_f(dx[i]), g) : g);
   }
+}
+
+// ---- batch norm, vectorised: V = 16 / sizeof(T) consecutive channels per thread in 16-byte
+// accesses (the kernels above move 2 or 4 bytes per thread and access). Used when C % V == 0,
+// the CV = C / V channel groups divide the block, and the tensors are 16-byte aligned; thread t
+// always owns channel group t % CV and walks the rows t / CV, t / CV + RG, ... (RG = 256 / CV),
+// so its channels' parameters stay in registers. Same arithmetic per element as the scalar
+// kernels (the apply kernels give the same bits); the partial sums go to the same (G, 2, C)
+// layout, which col_final_kernel reduces in a fixed order.
+constexpr int kVecThreads = 256;
+constexpr int kVecMaxBlocks = 1024;
+constexpr int kVecMinRowsPerThread = 4;
+
+template <typename T>
+struct VecOf {
+  static constexpr int V = 16 / static_cast<int>(sizeof(T));
+  struct alignas(16) P {
+    T v[V];
+  };
+};
+
+template <int MODE, typename T>
+__global__ void __launch_bounds__(kVecThreads)
+    col_partial_vec_kernel(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
+                           int64_t rows_per_block, double* part, const T* relu_y) {
+  constexpr int V = VecOf<T>::V;
+  using P = typename VecOf<T>::P;
+  __shared__ double s0[kVecThreads * 8];  // (RG, C) = kVecThreads * V values
+  __shared__ double s1[kVecThreads * 8];
+  const int CV = C / V, RG = kVecThreads / CV;
+  const int t = threadIdx.x, cg = t % CV, rg = t / CV, c0 = cg * V;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t r1 = r0 + rows_per_block < M ? r0 + rows_per_block : M;
+  float acc0[V], acc1[V], k0[V], k1[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    acc0[j] = 0.f;
+    acc1[j] = 0.f;
+    if constexpr (MODE == kColStats) {
+      k0[j] = to_f(a[c0 + j]);  // the shift: row 0, as col_final_kernel expects
+      k1[j] = 0.f;
+    } else {
+      k0[j] = mean[c0 + j];
+      k1[j] = invstd[c0 + j];
+    }
+  }
+  for (int64_t r = r0 + rg; r < r1; r += RG) {
+    const int64_t i = r * C + c0;
+    const P av = *reinterpret_cast<const P*>(a + i);
+    if constexpr (MODE == kColStats) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float d = to_f(av.v[j]) - k0[j];
+        acc0[j] += d;
+        acc1[j] += d * d;
+      }
+    } else {
+      const P xv = *reinterpret_cast<const P*>(x + i);
+      P yv;
+      if (relu_y) yv = *reinterpret_cast<const P*>(relu_y + i);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float g = relu_y && to_f(yv.v[j]) <= 0.f ? 0.f : to_f(av.v[j]);
+        const float xhat = __fmul_rn(__fsub_rn(to_f(xv.v[j]), k0[j]), k1[j]);
+        acc0[j] += g;
+        acc1[j] += g * xhat;
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    s0[rg * C + c0 + j] = acc0[j];
+    s1[rg * C + c0 + j] = acc1[j];
+  }
+  __syncthreads();
+  for (int c = t; c < C; c += kVecThreads) {
+    double t0 = 0.0, t1 = 0.0;
+    for (int q = 0; q < RG; ++q) {
+      t0 += s0[q * C + c];
+      t1 += s1[q * C + c];
+    }
+    part[(static_cast<int64_t>(blockIdx.x) * 2 + 0) * C + c] = t0;
+    part[(static_cast<int64_t>(blockIdx.x) * 2 + 1) * C + c] = t1;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kVecThreads)
+    bn_fwd_apply_vec_kernel(const T* x, const float* mean, const float* invstd, const float* gamma,
+                            const float* beta, T* y, int64_t M, int C, bool relu) {
+  constexpr int V = VecOf<T>::V;
+  using P = typename VecOf<T>::P;
+  const int CV = C / V, RG = kVecThreads / CV;
+  const int c0 = (threadIdx.x % CV) * V;
+  float m[V], is[V], g[V], b[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    m[j] = mean[c0 + j];
+    is[j] = invstd[c0 + j];
+    g[j] = gamma[c0 + j];
+    b[j] = beta[c0 + j];
+  }
+  const int64_t step = static_cast<int64_t>(gridDim.x) * RG;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * RG + threadIdx.x / CV; r < M; r += step) {
+    const int64_t i = r * C + c0;
+    const P xv = *reinterpret_cast<const P*>(x + i);
+    P out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(to_f(xv.v[j]), m[j]), is[j]), g[j]), b[j]);
+      out.v[j] = from_f<T>(relu && v <= 0.f ? 0.f : v);
+    }
+    *reinterpret_cast<P*>(y + i) = out;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kVecThreads)
+    bn_bwd_apply_vec_kernel(const T* dy, const T* x, const float* mean, const float* invstd, const float* gamma,
+                            const float* sum_dy, const float* sum_dy_xhat, double count, T* dx, int64_t M, int C,
+                            bool acc, const T* relu_y) {
+  constexpr int V = VecOf<T>::V;
+  using P = typename VecOf<T>::P;
+  const int CV = C / V, RG = kVecThreads / CV;
+  const int c0 = (threadIdx.x % CV) * V;
+  float m[V], is[V], k[V], a[V], b[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int c = c0 + j;
+    m[j] = mean[c];
+    is[j] = invstd[c];
+    k[j] = __fmul_rn(gamma[c], is[j]);
+    a[j] = sum_dy ? static_cast<float>(static_cast<double>(sum_dy[c]) / count) : 0.f;
+    b[j] = sum_dy_xhat ? static_cast<float>(static_cast<double>(sum_dy_xhat[c]) / count) : 0.f;
+  }
+  const int64_t step = static_cast<int64_t>(gridDim.x) * RG;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * RG + threadIdx.x / CV; r < M; r += step) {
+    const int64_t i = r * C + c0;
+    const P dv = *reinterpret_cast<const P*>(dy + i);
+    const P xv = *reinterpret_cast<const P*>(x + i);
+    P yv, old;
+    if (relu_y) yv = *reinterpret_cast<const P*>(relu_y + i);
+    if (acc) old = *reinterpret_cast<const P*>(dx + i);
+    P out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const float xhat = __fmul_rn(__fsub_rn(to_f(xv.v[j]), m[j]), is[j]);
+      const float d = relu_y && to_f(yv.v[j]) <= 0.f ? 0.f : to_f(dv.v[j]);
+      const float g = __fmul_rn(k[j], __fsub_rn(__fsub_rn(d, a[j]), __fmul_rn(xhat, b[j])));
+      out.v[j] = from_f<T>(acc ? __fadd_rn(to_f(old.v[j]), g) : g);
+    }
+    *reinterpret_cast<P*>(dx + i) = out;
+  }
+}
+
+// Whether the vectorised kernels take this (C, pointers); MIRA_BN_VEC=1 or set_bn_vectorized.
+std::atomic<int> g_bn_vec{-1};
+
+bool bn_vec_enabled() {
+  int on = g_bn_vec.load(std::memory_order_relaxed);
+  if (on < 0) {
+    const char* v = std::getenv("MIRA_BN_VEC");
+    on = v && v[0] == '1' ? 1 : 0;
+    g_bn_vec.store(on, std::memory_order_relaxed);
+  }
+  return on == 1;
+}
+
+template <typename T>
+bool bn_vec_ok(int C, std::initializer_list<const void*> ptrs) {
+  constexpr int V = VecOf<T>::V;
+  if (!bn_vec_enabled() || C <= 0 || C % V != 0) return false;
+  const int CV = C / V;
+  if (CV > kVecThreads || kVecThreads % CV != 0) return false;
+  for (const void* q : ptrs)
+    if (q && reinterpret_cast<uintptr_t>(q) % 16 != 0) return false;
+  return true;
+}
+
+// Blocks of the vectorised reductions: at least kVecMinRowsPerThread rows per thread.
+int64_t vec_blocks(int64_t M, int C, int V) {
+  const int64_t RG = kVecThreads / (C / V);
+  int64_t G = (M + RG * kVecMinRowsPerThread - 1) / (RG * kVecMinRowsPerThread);
+  if (G > kVecMaxBlocks) G = kVecMaxBlocks;
+  return G < 1 ? 1 : G;
+}
+
+unsigned vec_apply_blocks(int64_t M, int C, int V) {
+  const int64_t RG = kVecThreads / (C / V);
+  int64_t G = (M + RG * kVecMinRowsPerThread - 1) / (RG * kVecMinRowsPerThread);
+  if (G > 8 * kVecMaxBlocks) G = 8 * kVecMaxBlocks;
+  return static_cast<unsigned>(G < 1 ? 1 : G);
+}
+
+template <int MODE, typename T>
+void launch_bn_reduce_vec(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
+                          void* workspace, float* out0, float* out1, cudaStream_t stream, const T* relu_y) {
+  const int64_t G = vec_blocks(M, C, VecOf<T>::V);
+  const int64_t rows_per_block = (M + G - 1) / G;
+  col_partial_vec_kernel<MODE, T><<<static_cast<unsigned>(G), kVecThreads, 0, stream>>>(
+      a, x, mean, invstd, M, C, rows_per_block, static_cast<double*>(workspace), relu_y);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+  col_final_kernel<MODE, T, float><<<(C + kColTile - 1) / kColTile, dim3(kColTile, kColRows), 0, stream>>>(
+      static_cast<const double*>(workspace), static_cast<int>(G), M, C, MODE == kColStats ? a : x, out0, out1,
+      nullptr, false);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 // y: (N, O); b: (O)
@@ -601,12 +811,25 @@ void col_sum(const T* dy, int64_t N, int O, D* db, bool accumulate, void* worksp
 
 // ---- batch norm
 
-size_t bn_workspace_bytes(int64_t M, int C) { return col_workspace_bytes(M, C); }
+size_t bn_workspace_bytes(int64_t M, int C) {
+  // The vectorised reductions' partials (G, 2, C) too; V = 4 (f32) gives the most blocks.
+  const size_t vec = C > 0 && C % 4 == 0 && C / 4 <= kVecThreads
+                         ? static_cast<size_t>(vec_blocks(M, C, 4)) * 2 * static_cast<size_t>(C) * sizeof(double)
+                         : 0;
+  return std::max(col_workspace_bytes(M, C), vec);
+}
+
+void set_bn_vectorized(bool on) { g_bn_vec.store(on ? 1 : 0, std::memory_order_relaxed); }
+bool bn_vectorized() { return bn_vec_enabled(); }
 
 template <typename T>
 void bn_stats(const T* x, int64_t M, int C, float* mean, float* var, void* workspace, cudaStream_t stream) {
   MIRA_CHECK(M > 0, "bn_stats over zero rows");
   if (C <= 0) return;
+  if (bn_vec_ok<T>(C, {x})) {
+    launch_bn_reduce_vec<kColStats, T>(x, nullptr, nullptr, nullptr, M, C, workspace, mean, var, stream, nullptr);
+    return;
+  }
   const ColGrid g = launch_col_partial<kColStats, T>(x, nullptr, nullptr, nullptr, M, C, workspace, stream);
   col_final_kernel<kColStats, T, float><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
       static_cast<const double*>(workspace), g.G, M, C, x, mean, var, nullptr, false);
@@ -638,6 +861,12 @@ template <typename T>
 void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const float* gamma, const float* beta, T* y,
                   int64_t M, int C, cudaStream_t stream, bool relu) {
   if (M <= 0 || C <= 0) return;
+  if (bn_vec_ok<T>(C, {x, y})) {
+    bn_fwd_apply_vec_kernel<T><<<vec_apply_blocks(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(x, mean, invstd, gamma,
+                                                                                               beta, y, M, C, relu);
+    MIRA_CUDA_LAUNCH_CHECK(stream);
+    return;
+  }
   bn_fwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(x, mean, invstd, gamma, beta,
                                                                                      y, M, C, relu);
   MIRA_CUDA_LAUNCH_CHECK(stream);
@@ -647,6 +876,10 @@ template <typename T>
 void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invstd, int64_t M, int C, float* sum_dy,
                    float* sum_dy_xhat, void* workspace, cudaStream_t stream, const T* relu_y) {
   if (C <= 0) return;
+  if (bn_vec_ok<T>(C, {dy, x, relu_y})) {
+    launch_bn_reduce_vec<kColBwd, T>(dy, x, mean, invstd, M, C, workspace, sum_dy, sum_dy_xhat, stream, relu_y);
+    return;
+  }
   const ColGrid g = launch_col_partial<kColBwd, T>(dy, x, mean, invstd, M, C, workspace, stream, relu_y);
   col_final_kernel<kColBwd, T, float><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
       static_cast<const double*>(workspace), g.G, M, C, x, sum_dy, sum_dy_xhat, nullptr, false);
@@ -658,6 +891,12 @@ void bn_bwd_apply(const T* dy, const T* x, const float* mean, const float* invst
                   const float* sum_dy, const float* sum_dy_xhat, double count, T* dx, int64_t M, int C,
                   bool accumulate, cudaStream_t stream, const T* relu_y) {
   if (M <= 0 || C <= 0) return;
+  if (bn_vec_ok<T>(C, {dy, x, dx, relu_y})) {
+    bn_bwd_apply_vec_kernel<T><<<vec_apply_blocks(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(
+        dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
+    MIRA_CUDA_LAUNCH_CHECK(stream);
+    return;
+  }
   bn_bwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(
       dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
