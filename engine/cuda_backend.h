@@ -19,9 +19,11 @@ void synchronize();  // the engine's stream on the current device
 // elapsed time between two (waits for the second); release returns one to a pool.
 void* timing_event_record();
 float timing_event_elapsed_ms(void* start, void* stop);
+bool timing_event_done(void* event);  // reached by its stream (never blocks, never throws)
 void timing_event_release(void* event);
 // The vectorised batch-norm kernels (kernels/cuda/nn.cuh): MIRA_BN_VEC=1, or this (tests, benches).
 void set_bn_vectorized(bool on);
+bool bn_vectorized();
 
 // Caching allocator (no cudaMalloc per step once warm).
 void* device_alloc(size_t bytes, int device);

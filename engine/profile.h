@@ -1,9 +1,11 @@
 // Op profiler for performance work: MIRA_PROFILE=1 makes every instrumented region (each
 // forward op, each autograd node's backward, the training step's phases) record its time:
 // CUDA events on the engine's stream for CUDA tensors (no synchronisation while running), the
-// host clock for CPU tensors. Times are inclusive (a phase contains its ops). The totals per
-// name print to stderr at exit, or when report() is called. Off (the default), a Scope costs
-// one branch.
+// host clock for CPU tensors; and for both, the host time between the region's start and end
+// (issuing the work, plus any wait for the device inside it): a GPU phase whose host time is
+// close to its GPU time is bound by the host. Times are inclusive (a phase contains its ops).
+// The totals per name print to stderr at exit, or when report() is called. Off (the default),
+// a Scope costs one branch.
 #pragma once
 
 #include <cstdio>
@@ -35,13 +37,14 @@ class Scope {
 
  private:
   void begin(std::string name, Device dev);
-  void end();
+  void end() noexcept;
   long slot_ = -1;
 };
 
 // Forgets everything recorded so far (call after warm-up steps).
 void reset();
-// Totals per name, largest first; `steps` divides the times (per-step figures).
+// Totals per name, largest first; `steps` (at least 1) divides the times and counts (per-step
+// figures). Waits for the recorded GPU events; throws on a CUDA error.
 void report(std::FILE* out, int steps = 1);
 
 }  // namespace mira::prof

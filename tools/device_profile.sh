@@ -40,6 +40,13 @@ run() {  # label command...
   MIRA_BN_VEC=1 run ours_b128_bnvec $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16
   run torch_b128 python3 bench/pytorch_mira_step.py ${ARGS/--batch 64/--batch 128}
   run ours_f32 $B/train_step $ARGS --optim lars --dtype f32
+  # Two global crops only, and ResNet-18 at 32 px (targets of performance.md: >= 1.25x and >= 2x).
+  run ours_2crops $B/train_step ${ARGS/--local-crops 6/--local-crops 0} --optim lars --dtype bf16
+  run torch_2crops python3 bench/pytorch_mira_step.py ${ARGS/--local-crops 6/--local-crops 0}
+  R18="--device cuda --arch resnet18 --batch 256 --global-size 32 --steps 20"
+  run ours_r18 $B/train_step $R18 --dtype bf16
+  MIRA_PROFILE=1 run ours_r18_profile $B/train_step $R18 --dtype bf16
+  run torch_r18 python3 bench/pytorch_mira_step.py $R18
 }
 grep -E '^==|ms_per_step|^rc' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)

@@ -41,6 +41,8 @@ void synchronize() {
 }
 
 namespace {
+// One pool for the process: the engine drives one device per process (events are recorded on
+// the current device's stream).
 std::mutex g_event_mu;
 std::vector<cudaEvent_t> g_event_pool;
 }  // namespace
@@ -66,12 +68,15 @@ float timing_event_elapsed_ms(void* start, void* stop) {
   return ms;
 }
 
+bool timing_event_done(void* event) { return cudaEventQuery(static_cast<cudaEvent_t>(event)) == cudaSuccess; }
+
 void timing_event_release(void* event) {
   std::lock_guard<std::mutex> lock(g_event_mu);
   g_event_pool.push_back(static_cast<cudaEvent_t>(event));
 }
 
 void set_bn_vectorized(bool on) { gpu::set_bn_vectorized(on); }
+bool bn_vectorized() { return gpu::bn_vectorized(); }
 
 void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes, bool host_pinned) {
   if (bytes == 0) return;

@@ -13,8 +13,10 @@ void set_device(int) { no_cuda(); }
 void synchronize() {}
 void* timing_event_record() { no_cuda(); }
 float timing_event_elapsed_ms(void*, void*) { no_cuda(); }
+bool timing_event_done(void*) { return true; }
 void timing_event_release(void*) {}
 void set_bn_vectorized(bool) {}
+bool bn_vectorized() { return false; }
 void* device_alloc(size_t, int) { no_cuda(); }
 void device_free(void*, int) {}
 void* pinned_alloc(size_t) { no_cuda(); }

@@ -368,10 +368,11 @@ void rows_cols(const Tensor& x, int64_t* M, int* C) {
 // rows, with the OHWI filters as a (K, C) matrix: cuBLAS runs it (the bottleneck blocks' 1x1
 // convolutions). On an H200 the cuDNN algorithms its heuristics picked for these shapes in bf16
 // ran at 2 TFLOP/s or less in backward-filter (bench/RESULTS.md). MIRA_CUDNN_POINTWISE=1 keeps them
-// on cuDNN (for comparisons).
+// on cuDNN (for comparisons), as do those of more than 2^31 - 1 rows.
 bool pointwise(const ConvShape& s) {
   static const bool off = env_flag("MIRA_CUDNN_POINTWISE");
-  return !off && s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0;
+  return !off && s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0 &&
+         static_cast<int64_t>(s.N) * s.H * s.W <= INT32_MAX;  // cuBLAS's int dimensions; else cuDNN
 }
 
 int pointwise_rows(const ConvShape& s) {

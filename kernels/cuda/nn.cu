@@ -812,11 +812,14 @@ void col_sum(const T* dy, int64_t N, int O, D* db, bool accumulate, void* worksp
 // ---- batch norm
 
 size_t bn_workspace_bytes(int64_t M, int C) {
-  // The vectorised reductions' partials (G, 2, C) too; V = 4 (f32) gives the most blocks.
-  const size_t vec = C > 0 && C % 4 == 0 && C / 4 <= kVecThreads
-                         ? static_cast<size_t>(vec_blocks(M, C, 4)) * 2 * static_cast<size_t>(C) * sizeof(double)
-                         : 0;
-  return std::max(col_workspace_bytes(M, C), vec);
+  size_t bytes = col_workspace_bytes(M, C);
+  // The vectorised reductions' partials (G, 2, C), for whichever of V = 4 (f32) and V = 8 (bf16)
+  // bn_vec_ok could take.
+  if (bn_vec_enabled())
+    for (int V : {4, 8})
+      if (C > 0 && C % V == 0 && C / V <= kVecThreads && kVecThreads % (C / V) == 0)
+        bytes = std::max(bytes, static_cast<size_t>(vec_blocks(M, C, V)) * 2 * static_cast<size_t>(C) * sizeof(double));
+  return bytes;
 }
 
 void set_bn_vectorized(bool on) { g_bn_vec.store(on ? 1 : 0, std::memory_order_relaxed); }
