@@ -33,6 +33,8 @@ run() {  # label command...
   MIRA_BN_VEC=1 run ours_bnvec $B/train_step $ARGS --optim lars --dtype bf16
   MIRA_PROFILE=1 run ours_profile $B/train_step $ARGS --optim lars --dtype bf16
   MIRA_BN_VEC=1 MIRA_PROFILE=1 run ours_bnvec_profile $B/train_step $ARGS --optim lars --dtype bf16
+  # Our convolutions shape by shape against PyTorch's (cuDNN via ATen) on the same shapes.
+  run conv_shapes python3 bench/pytorch_conv_shapes.py "$LOG_DIR/stderr_ours_profile.log"
   MIRA_CUDNN_BENCHMARK=1 run ours_benchmark $B/train_step $ARGS --optim lars --dtype bf16
   run torch_default python3 bench/pytorch_mira_step.py $ARGS
   run torch_benchmark python3 bench/pytorch_mira_step.py $ARGS --cudnn-benchmark 1
