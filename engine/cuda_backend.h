@@ -24,6 +24,9 @@ void timing_event_release(void* event);
 // The vectorised batch-norm kernels (kernels/cuda/nn.cuh): MIRA_BN_VEC=1, or this (tests, benches).
 void set_bn_vectorized(bool on);
 bool bn_vectorized();
+// Convolutions on small maps as im2col + cuBLAS (engine/cuda/ops_cuda.cpp): MIRA_CONV_GEMM=1, or this.
+void set_conv_gemm(bool on);
+bool conv_gemm();
 
 // Caching allocator (no cudaMalloc per step once warm).
 void* device_alloc(size_t bytes, int device);

@@ -131,24 +131,67 @@ const ConvCase kConvCases[] = {
 
 }  // namespace
 
+// The convolution tests run with cuDNN and with the im2col + cuBLAS path for small maps (taken
+// by the cases with C and K multiples of 8: the 3x3 / 1 and 3x3 / 2 ones); ConvGemm restores the
+// previous setting.
+struct ConvGemm {
+  bool prev;
+  explicit ConvGemm(bool on) : prev(cuda::conv_gemm()) { cuda::set_conv_gemm(on); }
+  ~ConvGemm() { cuda::set_conv_gemm(prev); }
+};
+
 TEST_CASE("conv2d: CUDA f32 forward and gradients match the CPU") {
-  for (const ConvCase& c : kConvCases) {
-    CAPTURE(c.R);
-    CAPTURE(c.stride);
-    CAPTURE(c.pad);
-    compare_cpu_cuda("conv2d", {{{c.N, c.H, c.W, c.C}, 1}, {{c.K, c.R, c.S, c.C}, 2, 0.3}},
-                     [&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], c.stride, c.pad); }, 1e-4,
-                     1e-4);
+  for (bool gemm : {false, true}) {
+    ConvGemm g(gemm);
+    for (const ConvCase& c : kConvCases) {
+      CAPTURE(gemm);
+      CAPTURE(c.R);
+      CAPTURE(c.stride);
+      CAPTURE(c.pad);
+      compare_cpu_cuda("conv2d", {{{c.N, c.H, c.W, c.C}, 1}, {{c.K, c.R, c.S, c.C}, 2, 0.3}},
+                       [&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], c.stride, c.pad); },
+                       1e-4, 1e-4);
+    }
   }
 }
 
 TEST_CASE("conv2d: bf16 forward") {
-  for (const ConvCase& c : kConvCases) {
-    CAPTURE(c.R);
-    CAPTURE(c.stride);
-    compare_bf16_forward("conv2d", {{{c.N, c.H, c.W, c.C}, 3}, {{c.K, c.R, c.S, c.C}, 4, 0.3}},
-                         [&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], c.stride, c.pad); },
-                         1e-2);
+  for (bool gemm : {false, true}) {
+    ConvGemm g(gemm);
+    for (const ConvCase& c : kConvCases) {
+      CAPTURE(gemm);
+      CAPTURE(c.R);
+      CAPTURE(c.stride);
+      compare_bf16_forward("conv2d", {{{c.N, c.H, c.W, c.C}, 3}, {{c.K, c.R, c.S, c.C}, 4, 0.3}},
+                           [&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], c.stride, c.pad); },
+                           1e-2);
+    }
+  }
+}
+
+TEST_CASE("conv2d 3x3 on small maps: bf16 gradients match f32 ones on the same rounded values (both paths)") {
+  auto rounded = [](const Tensor& t) { return t.to(kGpu, DType::BF16).to(Device::cpu(), DType::F32); };
+  for (bool gemm : {false, true}) {
+    for (int stride : {1, 2}) {
+      ConvGemm g(gemm);
+      CAPTURE(gemm);
+      CAPTURE(stride);
+      // A local crop's third stage: 6 x 6 maps, 64 -> 128 channels; x used twice (accumulation).
+      const Tensor xr = rounded(Tensor::randn({4, 6, 6, 64}, 41));
+      const Tensor wr = rounded(Tensor::randn({128, 3, 3, 64}, 42, 0.0, 0.05));
+      const int P = (6 + 2 - 3) / stride + 1;
+      const Tensor seed = rounded(Tensor::randn({4, P, P, 128}, 43));
+      Tensor xc = xr.clone(), wc = wr.clone();
+      Tensor xg = xr.to(kGpu, DType::BF16), wg = wr.to(kGpu, DType::BF16);
+      for (Tensor* t : {&xc, &wc, &xg, &wg}) t->set_requires_grad();
+      const Tensor yc = ops::add(ops::conv2d(xc, wc, stride, 1), ops::conv2d(xc, wc, stride, 1));
+      const Tensor yg = ops::add(ops::conv2d(xg, wg, stride, 1), ops::conv2d(xg, wg, stride, 1));
+      CHECK(close(yg, yc, 1e-2, "3x3 bf16 forward"));
+      backward(yc, seed);
+      backward(yg, seed.to(kGpu, DType::BF16));
+      CHECK(close(xg.grad(), xc.grad(), 1e-2, "3x3 bf16 input gradient"));
+      CHECK(close(wg.grad(), wc.grad(), 1e-2, "3x3 bf16 filter gradient"));
+    }
   }
 }
 

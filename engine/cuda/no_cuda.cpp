@@ -17,6 +17,8 @@ bool timing_event_done(void*) { return true; }
 void timing_event_release(void*) {}
 void set_bn_vectorized(bool) {}
 bool bn_vectorized() { return false; }
+void set_conv_gemm(bool) {}
+bool conv_gemm() { return false; }
 void* device_alloc(size_t, int) { no_cuda(); }
 void device_free(void*, int) {}
 void* pinned_alloc(size_t) { no_cuda(); }

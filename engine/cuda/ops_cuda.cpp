@@ -21,6 +21,7 @@
 #include <cuda_bf16.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -379,7 +380,49 @@ int pointwise_rows(const ConvShape& s) {
   return as_int(static_cast<int64_t>(s.N) * s.H * s.W, "rows (N*H*W) of a 1x1 convolution");
 }
 
+// Small feature maps (the local crops' deeper stages, ResNet-18 at 32 px) as im2col + one
+// cuBLAS product: on an H200 the cuDNN calls for 3x3 convolutions on maps of 24 x 24 and less
+// took 50-180 us each whatever their size (15-60 TFLOP/s), against 30 us at 300-490 TFLOP/s on
+// larger maps (bench/RESULTS.md). Off unless MIRA_CONV_GEMM=1 (or set_conv_gemm) until measured;
+// MIRA_CONV_GEMM_MAX_PQ (default 576 = 24 x 24) bounds the output map. C and K multiples of 8
+// keep the rows 16-byte aligned for the tensor cores.
+std::atomic<int> g_conv_gemm{-1};
+
+bool conv_gemm_enabled() {
+  int on = g_conv_gemm.load(std::memory_order_relaxed);
+  if (on < 0) {
+    on = env_flag("MIRA_CONV_GEMM") ? 1 : 0;
+    g_conv_gemm.store(on, std::memory_order_relaxed);
+  }
+  return on == 1;
+}
+
+bool conv_as_gemm(const ConvShape& s) {
+  static const int64_t max_pq = [] {
+    const char* v = std::getenv("MIRA_CONV_GEMM_MAX_PQ");
+    return v ? std::strtoll(v, nullptr, 10) : 576LL;
+  }();
+  if (!conv_gemm_enabled() || s.is_pointwise() || s.C % 8 != 0 || s.K % 8 != 0) return false;
+  const int64_t M = static_cast<int64_t>(s.N) * s.P * s.Q, RSC = static_cast<int64_t>(s.R) * s.S * s.C;
+  return static_cast<int64_t>(s.P) * s.Q <= max_pq && M <= INT32_MAX && M * RSC <= (int64_t{1} << 28);
+}
+
+// The im2col matrix of x for s: (N*P*Q, R*S*C) in x's dtype.
+Tensor im2col_of(const ConvShape& s, const Tensor& x) {
+  Tensor cols = Tensor::empty({static_cast<int64_t>(s.N) * s.P * s.Q, static_cast<int64_t>(s.R) * s.S * s.C},
+                              x.dtype(), x.device());
+  const cudaStream_t stream = CudaContext::get().stream();
+  dispatch_float(x.dtype(), "im2col", [&](auto tag) {
+    using T = decltype(tag);
+    gpu::im2col<T>(ptr<T>(x), s.N, s.H, s.W, s.C, s.R, s.S, s.stride, s.pad, s.P, s.Q, ptr<T>(cols), stream);
+  });
+  return cols;
+}
+
 }  // namespace
+
+void set_conv_gemm(bool on) { g_conv_gemm.store(on ? 1 : 0, std::memory_order_relaxed); }
+bool conv_gemm() { return conv_gemm_enabled(); }
 
 // ---------------------------------------------------------------------------------------------
 // convolutions
@@ -390,6 +433,12 @@ void conv2d_fwd(const ConvShape& s, const Tensor& x, const Tensor& w, Tensor& y)
   if (pointwise(s)) {  // y (M, K) = x (M, C) w (K, C)^T
     const int M = pointwise_rows(s);
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, s.K, M, s.C, w, s.C, x, s.C, 0.f, y, s.K);
+    return;
+  }
+  if (conv_as_gemm(s)) {  // y (M, K) = cols (M, RSC) w (K, RSC)^T
+    const Tensor cols = im2col_of(s, x);
+    const int M = static_cast<int>(cols.dim(0)), RSC = static_cast<int>(cols.dim(1));
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, s.K, M, RSC, w, RSC, cols, RSC, 0.f, y, s.K);
     return;
   }
   CudaContext& ctx = CudaContext::get();
@@ -407,6 +456,18 @@ void conv2d_bwd_data(const ConvShape& s, const Tensor& dy, const Tensor& w, Tens
   if (pointwise(s)) {  // dx (M, C) = dy (M, K) w (K, C)
     const int M = pointwise_rows(s);
     gemm(CUBLAS_OP_N, CUBLAS_OP_N, s.C, M, s.K, w, s.C, dy, s.K, accumulate ? 1.f : 0.f, dx, s.C);
+    return;
+  }
+  if (conv_as_gemm(s)) {  // dcols (M, RSC) = dy (M, K) w (K, RSC) in f32, then summed into dx
+    const int M = as_int(static_cast<int64_t>(s.N) * s.P * s.Q, "rows"), RSC = s.R * s.S * s.C;
+    Tensor dcols = Tensor::empty({M, RSC}, DType::F32, dx.device());
+    gemm(CUBLAS_OP_N, CUBLAS_OP_N, RSC, M, s.K, w, RSC, dy, s.K, 0.f, dcols, RSC);
+    const cudaStream_t stream = CudaContext::get().stream();
+    dispatch_float(dx.dtype(), "col2im", [&](auto tag) {
+      using T = decltype(tag);
+      gpu::col2im<T>(ptr<float>(dcols), s.N, s.H, s.W, s.C, s.R, s.S, s.stride, s.pad, s.P, s.Q, ptr<T>(dx),
+                     accumulate, stream);
+    });
     return;
   }
   CudaContext& ctx = CudaContext::get();
@@ -428,6 +489,12 @@ void conv2d_bwd_filter(const ConvShape& s, const Tensor& dy, const Tensor& x, Te
   if (pointwise(s)) {  // dw (K, C) = dy (M, K)^T x (M, C)
     const int M = pointwise_rows(s);
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, s.C, s.K, M, x, s.C, dy, s.K, accumulate ? 1.f : 0.f, dw, s.C);
+    return;
+  }
+  if (conv_as_gemm(s)) {  // dw (K, RSC) = dy (M, K)^T cols (M, RSC)
+    const Tensor cols = im2col_of(s, x);
+    const int M = static_cast<int>(cols.dim(0)), RSC = static_cast<int>(cols.dim(1));
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, RSC, s.K, M, cols, RSC, dy, s.K, accumulate ? 1.f : 0.f, dw, RSC);
     return;
   }
   CudaContext& ctx = CudaContext::get();

@@ -629,6 +629,65 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- im2col / col2im (NHWC). One thread per V channels of one (row, r, s) of cols; V = 16 /
+// sizeof(T) when C % V == 0 and the pointers are 16-byte aligned, else 1.
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+    im2col_kernel(const T* x, int N, int H, int W, int C, int R, int S, int stride, int pad, int P, int Q, T* cols) {
+  using PackT = Pack<T, V>;
+  const int CV = C / V;
+  const int64_t total = static_cast<int64_t>(N) * P * Q * R * S * CV;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
+    const int c = static_cast<int>(i % CV) * V;
+    int64_t t = i / CV;
+    const int rs = static_cast<int>(t % (R * S));
+    const int64_t m = t / (R * S);  // output pixel (n, p, q)
+    const int q = static_cast<int>(m % Q);
+    const int p = static_cast<int>((m / Q) % P);
+    const int64_t n = m / (static_cast<int64_t>(P) * Q);
+    const int h = p * stride - pad + rs / S, w = q * stride - pad + rs % S;
+    PackT v;
+    if (h >= 0 && h < H && w >= 0 && w < W) {
+      v = *reinterpret_cast<const PackT*>(x + ((n * H + h) * W + w) * C + c);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) v.v[j] = from_f<T>(0.f);
+    }
+    *reinterpret_cast<PackT*>(cols + (m * R * S + rs) * C + c) = v;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    col2im_kernel(const float* dcols, int N, int H, int W, int C, int R, int S, int stride, int pad, int P, int Q,
+                  T* dx, bool acc) {
+  const int64_t total = static_cast<int64_t>(N) * H * W * C;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t row = static_cast<int64_t>(R) * S * C;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
+    const int c = static_cast<int>(i % C);
+    int64_t t = i / C;
+    const int w = static_cast<int>(t % W);
+    t /= W;
+    const int h = static_cast<int>(t % H);
+    const int64_t n = t / H;
+    float g = acc ? to_f(dx[i]) : 0.f;
+    for (int r = 0; r < R; ++r) {
+      const int hp = h + pad - r;  // = p * stride
+      if (hp < 0 || hp % stride != 0 || hp / stride >= P) continue;
+      const int p = hp / stride;
+      for (int u = 0; u < S; ++u) {
+        const int wq = w + pad - u;
+        if (wq < 0 || wq % stride != 0 || wq / stride >= Q) continue;
+        const int q = wq / stride;
+        g = __fadd_rn(g, dcols[((n * P + p) * Q + q) * row + (r * S + u) * C + c]);
+      }
+    }
+    dx[i] = from_f<T>(g);
+  }
+}
+
 // x: (N, HW, C); y: (N, C). One thread per (n, c), c fastest; the sum is in double.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) avgpool_fwd_kernel(const T* x, T* y, int N, int HW, int C) {
@@ -1002,6 +1061,35 @@ void soft_ce_bwd(const T* z, const TT* t, const float* lse, const float* dloss, 
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
+// ---- convolution as a matrix product
+
+template <typename T>
+void im2col(const T* x, int N, int H, int W, int C, int R, int S, int stride, int pad, int P, int Q, T* cols,
+            cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(N) * P * Q * R * S * C;
+  if (total <= 0) return;
+  constexpr int V = 16 / sizeof(T);
+  const bool vec = C % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(cols) % 16 == 0;
+  if (vec) {
+    im2col_kernel<T, V><<<grid_for(total / V, kThreads), kThreads, 0, stream>>>(x, N, H, W, C, R, S, stride, pad, P,
+                                                                                Q, cols);
+  } else {
+    im2col_kernel<T, 1><<<grid_for(total, kThreads), kThreads, 0, stream>>>(x, N, H, W, C, R, S, stride, pad, P, Q,
+                                                                            cols);
+  }
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <typename T>
+void col2im(const float* dcols, int N, int H, int W, int C, int R, int S, int stride, int pad, int P, int Q, T* dx,
+            bool accumulate, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(N) * H * W * C;
+  if (total <= 0) return;
+  col2im_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dcols, N, H, W, C, R, S, stride, pad, P, Q, dx,
+                                                                       accumulate);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
 #define MIRA_INST(T)                                                                                                 \
   template void bias_add<T, float>(T*, const float*, int64_t, int, cudaStream_t);                                   \
   template void col_sum<T, float>(const T*, int64_t, int, float*, bool, void*, cudaStream_t);                       \
@@ -1015,6 +1103,8 @@ void soft_ce_bwd(const T* z, const TT* t, const float* lse, const float* dloss, 
   template void maxpool_fwd<T>(const T*, T*, int, int, int, int, int, int, int, int, int, cudaStream_t);            \
   template void maxpool_bwd<T>(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, bool,           \
                                cudaStream_t);                                                                        \
+  template void im2col<T>(const T*, int, int, int, int, int, int, int, int, int, int, T*, cudaStream_t);            \
+  template void col2im<T>(const float*, int, int, int, int, int, int, int, int, int, int, T*, bool, cudaStream_t);  \
   template void avgpool_fwd<T>(const T*, T*, int, int, int, cudaStream_t);                                          \
   template void avgpool_bwd<T>(const T*, T*, int, int, int, bool, cudaStream_t);                                    \
   template void l2norm_fwd<T>(const T*, T*, float*, int, int, double, cudaStream_t);                                \

@@ -66,6 +66,18 @@ void maxpool_fwd(const T* x, T* y, int N, int H, int W, int C, int k, int s, int
 template <typename T>
 void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
                  bool accumulate, cudaStream_t stream);
+// ---- convolution as a matrix product (engine/cuda/ops_cuda.cpp's GEMM path for small maps).
+// cols: (N*P*Q, R*S*C) row-major, column (r * S + s) * C + c: the OHWI filters (K, R*S*C) times
+// it is the convolution; zero where the window reads padding.
+template <typename T>
+void im2col(const T* x, int N, int H, int W, int C, int R, int S, int stride, int pad, int P, int Q, T* cols,
+            cudaStream_t stream);
+// dx (N, H, W, C) (+)= for each element, the sum over the (r, s) that read it of dcols (f32,
+// laid out as cols), in (r, s) order: a gather, no atomics.
+template <typename T>
+void col2im(const float* dcols, int N, int H, int W, int C, int R, int S, int stride, int pad, int P, int Q, T* dx,
+            bool accumulate, cudaStream_t stream);
+
 // Global average pool: x (N, HW, C) -> y (N, C)
 template <typename T>
 void avgpool_fwd(const T* x, T* y, int N, int HW, int C, cudaStream_t stream);
