@@ -444,6 +444,17 @@ Tensor add_relu(const Tensor& a, const Tensor& b) {
   if (needs_grad({&a, &b})) {
     const Tensor yd = y.detach();
     record("add_relu", y, {&a, &b}, [a, b, yd](const Tensor& dy) {
+      if (a.is_cuda()) {
+        // The mask applied while writing each gradient: two passes over dy and y, no masked
+        // temporary (same bits as masking first and adding). The CPU masks first: see
+        // batch_norm_impl's backward for why.
+        for (const Tensor* t : {&a, &b}) {
+          if (!t->requires_grad()) continue;
+          GradSlot g = grad_slot(*t);
+          MIRA_ON_CUDA(cuda::relu_bwd(dy, yd, g.grad, g.accumulate));
+        }
+        return;
+      }
       const Tensor g = relu_masked(dy, yd);
       if (a.requires_grad()) add_scaled_into(a, g, 1.0);
       if (b.requires_grad()) add_scaled_into(b, g, 1.0);
