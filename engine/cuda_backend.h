@@ -27,6 +27,7 @@ bool bn_vectorized();
 // Convolutions on small maps as im2col + cuBLAS (engine/cuda/ops_cuda.cpp): MIRA_CONV_GEMM=1, or this.
 void set_conv_gemm(bool on);
 bool conv_gemm();
+uint64_t conv_gemm_calls();  // convolution calls that took that path so far (tests)
 
 // Caching allocator (no cudaMalloc per step once warm).
 void* device_alloc(size_t bytes, int device);

@@ -83,10 +83,11 @@ std::atomic<int> g_enabled{-1};  // -1: not decided yet (MIRA_PROFILE read on fi
 
 bool enabled() {
   int on = g_enabled.load(std::memory_order_relaxed);
-  if (on < 0) {
+  if (on < 0) {  // first use: the environment, unless set_enabled came first
     const char* v = std::getenv("MIRA_PROFILE");
-    on = v && v[0] == '1' ? 1 : 0;
-    g_enabled.store(on, std::memory_order_relaxed);
+    int expected = -1;
+    g_enabled.compare_exchange_strong(expected, v && v[0] == '1' ? 1 : 0);
+    on = g_enabled.load(std::memory_order_relaxed);
   }
   return on == 1;
 }

@@ -127,13 +127,15 @@ const ConvCase kConvCases[] = {
     {2, 8, 8, 16, 32, 1, 1, 1, 0},   // 1x1 / 1 (bottleneck)
     {2, 8, 8, 16, 32, 1, 1, 2, 0},   // 1x1 / 2 (projection shortcut)
     {3, 7, 5, 5, 6, 3, 3, 1, 2},     // odd sizes, pad larger than needed
+    {2, 9, 9, 8, 16, 3, 3, 2, 0},    // 3x3 / 2 unpadded
+    {2, 7, 5, 16, 8, 3, 3, 1, 2},    // pad larger than needed, C and K multiples of 8
 };
 
 }  // namespace
 
 // The convolution tests run with cuDNN and with the im2col + cuBLAS path for small maps (taken
-// by the cases with C and K multiples of 8: the 3x3 / 1 and 3x3 / 2 ones); ConvGemm restores the
-// previous setting.
+// by the cases with C and K multiples of 8 that are not 1x1 / 1: the 3x3 ones and 1x1 / 2);
+// ConvGemm restores the previous setting.
 struct ConvGemm {
   bool prev;
   explicit ConvGemm(bool on) : prev(cuda::conv_gemm()) { cuda::set_conv_gemm(on); }
@@ -143,6 +145,7 @@ struct ConvGemm {
 TEST_CASE("conv2d: CUDA f32 forward and gradients match the CPU") {
   for (bool gemm : {false, true}) {
     ConvGemm g(gemm);
+    const uint64_t gemm_calls = cuda::conv_gemm_calls();
     for (const ConvCase& c : kConvCases) {
       CAPTURE(gemm);
       CAPTURE(c.R);
@@ -152,6 +155,9 @@ TEST_CASE("conv2d: CUDA f32 forward and gradients match the CPU") {
                        [&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], c.stride, c.pad); },
                        1e-4, 1e-4);
     }
+    // Five cases qualify (C and K multiples of 8, not 1x1 / 1), each forward, backward-data and
+    // backward-filter.
+    CHECK(cuda::conv_gemm_calls() - gemm_calls == (gemm ? 15u : 0u));
   }
 }
 
@@ -184,11 +190,17 @@ TEST_CASE("conv2d 3x3 on small maps: bf16 gradients match f32 ones on the same r
       Tensor xc = xr.clone(), wc = wr.clone();
       Tensor xg = xr.to(kGpu, DType::BF16), wg = wr.to(kGpu, DType::BF16);
       for (Tensor* t : {&xc, &wc, &xg, &wg}) t->set_requires_grad();
+      // One device's forward and backward at a time: the autograd tape is one per thread.
       const Tensor yc = ops::add(ops::conv2d(xc, wc, stride, 1), ops::conv2d(xc, wc, stride, 1));
-      const Tensor yg = ops::add(ops::conv2d(xg, wg, stride, 1), ops::conv2d(xg, wg, stride, 1));
-      CHECK(close(yg, yc, 1e-2, "3x3 bf16 forward"));
       backward(yc, seed);
+      const uint64_t gemm_calls = cuda::conv_gemm_calls();
+      const Tensor yg = ops::add(ops::conv2d(xg, wg, stride, 1), ops::conv2d(xg, wg, stride, 1));
       backward(yg, seed.to(kGpu, DType::BF16));
+      // 2 forwards, and per backward one input and one filter gradient: 6 calls on the GEMM path.
+      CHECK(cuda::conv_gemm_calls() - gemm_calls == (gemm ? 6u : 0u));
+      CHECK(close(yg, yc, 1e-2, "3x3 bf16 forward"));
+      REQUIRE(xg.grad().defined());
+      REQUIRE(wg.grad().defined());
       CHECK(close(xg.grad(), xc.grad(), 1e-2, "3x3 bf16 input gradient"));
       CHECK(close(wg.grad(), wc.grad(), 1e-2, "3x3 bf16 filter gradient"));
     }
@@ -205,11 +217,14 @@ TEST_CASE("conv2d 1x1 / 1 (a cuBLAS product): bf16 gradients match f32 ones on t
   Tensor xc = xr.clone(), wc = wr.clone();
   Tensor xg = xr.to(kGpu, DType::BF16), wg = wr.to(kGpu, DType::BF16);
   for (Tensor* t : {&xc, &wc, &xg, &wg}) t->set_requires_grad();
+  // One device's forward and backward at a time: the autograd tape is one per thread.
   const Tensor yc = ops::add(ops::conv2d(xc, wc, 1, 0), ops::conv2d(xc, wc, 1, 0));
-  const Tensor yg = ops::add(ops::conv2d(xg, wg, 1, 0), ops::conv2d(xg, wg, 1, 0));
-  CHECK(close(yg, yc, 1e-2, "1x1 bf16 forward"));
   backward(yc, seed);
+  const Tensor yg = ops::add(ops::conv2d(xg, wg, 1, 0), ops::conv2d(xg, wg, 1, 0));
   backward(yg, seed.to(kGpu, DType::BF16));
+  CHECK(close(yg, yc, 1e-2, "1x1 bf16 forward"));
+  REQUIRE(xg.grad().defined());
+  REQUIRE(wg.grad().defined());
   CHECK(xg.grad().dtype() == DType::BF16);
   CHECK(close(xg.grad(), xc.grad(), 1e-2, "1x1 bf16 input gradient"));
   CHECK(close(wg.grad(), wc.grad(), 1e-2, "1x1 bf16 filter gradient"));

@@ -46,6 +46,7 @@ run() {  # label command...
   run torch_b128 python3 bench/pytorch_mira_step.py ${ARGS/--batch 64/--batch 128}
   run ours_f32 $B/train_step $ARGS --optim lars --dtype f32
   # Two global crops only, and ResNet-18 at 32 px (targets of performance.md: >= 1.25x and >= 2x).
+  run ours_2crops $B/train_step ${ARGS/--local-crops 6/--local-crops 0} --optim lars --dtype bf16
   run ours_2crops_new $NEW $B/train_step ${ARGS/--local-crops 6/--local-crops 0} --optim lars --dtype bf16
   run torch_2crops python3 bench/pytorch_mira_step.py ${ARGS/--local-crops 6/--local-crops 0}
   R18="--device cuda --arch resnet18 --batch 256 --global-size 32 --steps 20"

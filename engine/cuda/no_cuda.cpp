@@ -19,6 +19,7 @@ void set_bn_vectorized(bool) {}
 bool bn_vectorized() { return false; }
 void set_conv_gemm(bool) {}
 bool conv_gemm() { return false; }
+uint64_t conv_gemm_calls() { return 0; }
 void* device_alloc(size_t, int) { no_cuda(); }
 void device_free(void*, int) {}
 void* pinned_alloc(size_t) { no_cuda(); }

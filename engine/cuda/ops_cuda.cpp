@@ -387,12 +387,14 @@ int pointwise_rows(const ConvShape& s) {
 // MIRA_CONV_GEMM_MAX_PQ (default 576 = 24 x 24) bounds the output map. C and K multiples of 8
 // keep the rows 16-byte aligned for the tensor cores.
 std::atomic<int> g_conv_gemm{-1};
+std::atomic<uint64_t> g_conv_gemm_calls{0};
 
 bool conv_gemm_enabled() {
   int on = g_conv_gemm.load(std::memory_order_relaxed);
-  if (on < 0) {
-    on = env_flag("MIRA_CONV_GEMM") ? 1 : 0;
-    g_conv_gemm.store(on, std::memory_order_relaxed);
+  if (on < 0) {  // first use: the environment, unless set_conv_gemm came first
+    int expected = -1;
+    g_conv_gemm.compare_exchange_strong(expected, env_flag("MIRA_CONV_GEMM") ? 1 : 0);
+    on = g_conv_gemm.load(std::memory_order_relaxed);
   }
   return on == 1;
 }
@@ -404,7 +406,10 @@ bool conv_as_gemm(const ConvShape& s) {
   }();
   if (!conv_gemm_enabled() || s.is_pointwise() || s.C % 8 != 0 || s.K % 8 != 0) return false;
   const int64_t M = static_cast<int64_t>(s.N) * s.P * s.Q, RSC = static_cast<int64_t>(s.R) * s.S * s.C;
-  return static_cast<int64_t>(s.P) * s.Q <= max_pq && M <= INT32_MAX && M * RSC <= (int64_t{1} << 28);
+  // The temporaries (cols in the input's dtype, the f32 column gradients) at most 256 MiB.
+  if (static_cast<int64_t>(s.P) * s.Q > max_pq || M > INT32_MAX || M * RSC > (int64_t{1} << 26)) return false;
+  g_conv_gemm_calls.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
 // The im2col matrix of x for s: (N*P*Q, R*S*C) in x's dtype.
@@ -423,6 +428,7 @@ Tensor im2col_of(const ConvShape& s, const Tensor& x) {
 
 void set_conv_gemm(bool on) { g_conv_gemm.store(on ? 1 : 0, std::memory_order_relaxed); }
 bool conv_gemm() { return conv_gemm_enabled(); }
+uint64_t conv_gemm_calls() { return g_conv_gemm_calls.load(std::memory_order_relaxed); }
 
 // ---------------------------------------------------------------------------------------------
 // convolutions

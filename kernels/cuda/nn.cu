@@ -377,10 +377,11 @@ std::atomic<int> g_bn_vec{-1};
 
 bool bn_vec_enabled() {
   int on = g_bn_vec.load(std::memory_order_relaxed);
-  if (on < 0) {
+  if (on < 0) {  // first use: the environment, unless set_bn_vectorized came first
     const char* v = std::getenv("MIRA_BN_VEC");
-    on = v && v[0] == '1' ? 1 : 0;
-    g_bn_vec.store(on, std::memory_order_relaxed);
+    int expected = -1;
+    g_bn_vec.compare_exchange_strong(expected, v && v[0] == '1' ? 1 : 0);
+    on = g_bn_vec.load(std::memory_order_relaxed);
   }
   return on == 1;
 }
