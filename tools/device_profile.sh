@@ -54,7 +54,23 @@ run() {  # label command...
   run ours_r18_new $NEW $B/train_step $R18 --dtype bf16
   MIRA_PROFILE=1 run ours_r18_new_profile $NEW $B/train_step $R18 --dtype bf16
   run torch_r18 python3 bench/pytorch_mira_step.py $R18
+  # End to end: mira_pretrain on the photos (one ImageFolder class), ResNet-50 multi-crop, bf16,
+  # GPU augmentation, 16 decode threads, batch 64: is the step or the input the bound?
+  PHOTOS=data_cache/photos/x
+  [[ -d $PHOTOS ]] || PHOTOS=.device_deps/photos
+  if [[ -d $PHOTOS ]]; then
+    IF=$(mktemp -d)
+    mkdir -p "$IF/c0"
+    find "$(cd "$PHOTOS" && pwd)" -iname '*.jpg' | head -n 400 | while read -r f; do ln -s "$f" "$IF/c0/$(basename "$f")"; done
+    for cfg in "" "$NEW"; do
+      label=pretrain_e2e${cfg:+_new}
+      run "$label" $cfg ${MIRA_DEVICE_BUILD:-build-device}/apps/mira_pretrain \
+        --config configs/imagenet_resnet50_400ep_multicrop.json --data "$IF" --out "$IF/run$label" \
+        --set train.batch_size=64 --set train.epochs=12 --set train.max_steps=40 --set train.log_every=10 \
+        --set train.dtype=bf16 --set data.threads=16 --set eval.test_data="" --set train.checkpoint_every=100000
+    done
+  fi
 }
-grep -E '^==|ms_per_step|^rc' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
+grep -E '^==|ms_per_step|^rc|img/s' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls "$LOG_DIR"
