@@ -1,7 +1,6 @@
 #include "engine/profile.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <exception>
@@ -10,6 +9,7 @@
 #include <vector>
 
 #include "engine/cuda_backend.h"
+#include "engine/env_switch.h"
 
 namespace mira::prof {
 
@@ -78,21 +78,12 @@ void report_at_exit() {
 }  // namespace
 
 namespace {
-std::atomic<int> g_enabled{-1};  // -1: not decided yet (MIRA_PROFILE read on first use)
+EnvSwitch g_enabled("MIRA_PROFILE");
 }  // namespace
 
-bool enabled() {
-  int on = g_enabled.load(std::memory_order_relaxed);
-  if (on < 0) {  // first use: the environment, unless set_enabled came first
-    const char* v = std::getenv("MIRA_PROFILE");
-    int expected = -1;
-    g_enabled.compare_exchange_strong(expected, v && v[0] == '1' ? 1 : 0);
-    on = g_enabled.load(std::memory_order_relaxed);
-  }
-  return on == 1;
-}
+bool enabled() { return g_enabled.on(); }
 
-void set_enabled(bool on) { g_enabled.store(on ? 1 : 0, std::memory_order_relaxed); }
+void set_enabled(bool on) { g_enabled.set(on); }
 
 void Scope::begin(std::string name, Device dev) {
   State& s = state();

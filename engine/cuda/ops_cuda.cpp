@@ -32,6 +32,7 @@
 #include "engine/cuda/context.h"
 #include "engine/cuda_backend.h"
 #include "engine/cuda_ops.h"
+#include "engine/env_switch.h"
 #include "kernels/cuda/nn.cuh"
 #include "kernels/cuda/pointwise.cuh"
 
@@ -386,25 +387,15 @@ int pointwise_rows(const ConvShape& s) {
 // larger maps (bench/RESULTS.md). Off unless MIRA_CONV_GEMM=1 (or set_conv_gemm) until measured;
 // MIRA_CONV_GEMM_MAX_PQ (default 576 = 24 x 24) bounds the output map. C and K multiples of 8
 // keep the rows 16-byte aligned for the tensor cores.
-std::atomic<int> g_conv_gemm{-1};
+EnvSwitch g_conv_gemm("MIRA_CONV_GEMM");
 std::atomic<uint64_t> g_conv_gemm_calls{0};
-
-bool conv_gemm_enabled() {
-  int on = g_conv_gemm.load(std::memory_order_relaxed);
-  if (on < 0) {  // first use: the environment, unless set_conv_gemm came first
-    int expected = -1;
-    g_conv_gemm.compare_exchange_strong(expected, env_flag("MIRA_CONV_GEMM") ? 1 : 0);
-    on = g_conv_gemm.load(std::memory_order_relaxed);
-  }
-  return on == 1;
-}
 
 bool conv_as_gemm(const ConvShape& s) {
   static const int64_t max_pq = [] {
     const char* v = std::getenv("MIRA_CONV_GEMM_MAX_PQ");
     return v ? std::strtoll(v, nullptr, 10) : 576LL;
   }();
-  if (!conv_gemm_enabled() || s.is_pointwise() || s.C % 8 != 0 || s.K % 8 != 0) return false;
+  if (!g_conv_gemm.on() || s.is_pointwise() || s.C % 8 != 0 || s.K % 8 != 0) return false;
   const int64_t M = static_cast<int64_t>(s.N) * s.P * s.Q, RSC = static_cast<int64_t>(s.R) * s.S * s.C;
   // The temporaries (cols in the input's dtype, the f32 column gradients) at most 256 MiB.
   if (static_cast<int64_t>(s.P) * s.Q > max_pq || M > INT32_MAX || M * RSC > (int64_t{1} << 26)) return false;
@@ -426,8 +417,8 @@ Tensor im2col_of(const ConvShape& s, const Tensor& x) {
 
 }  // namespace
 
-void set_conv_gemm(bool on) { g_conv_gemm.store(on ? 1 : 0, std::memory_order_relaxed); }
-bool conv_gemm() { return conv_gemm_enabled(); }
+void set_conv_gemm(bool on) { g_conv_gemm.set(on); }
+bool conv_gemm() { return g_conv_gemm.on(); }
 uint64_t conv_gemm_calls() { return g_conv_gemm_calls.load(std::memory_order_relaxed); }
 
 // ---------------------------------------------------------------------------------------------

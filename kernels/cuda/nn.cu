@@ -19,12 +19,12 @@
 #include "kernels/cuda/nn.cuh"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
 
+#include "engine/env_switch.h"
 #include "kernels/cuda/common.cuh"
 
 namespace mira::gpu {
@@ -372,19 +372,10 @@ __global__ void __launch_bounds__(kVecThreads)
   }
 }
 
-// Whether the vectorised kernels take this (C, pointers); MIRA_BN_VEC=1 or set_bn_vectorized.
-std::atomic<int> g_bn_vec{-1};
+// Whether the vectorised kernels are on: MIRA_BN_VEC=1 or set_bn_vectorized.
+EnvSwitch g_bn_vec("MIRA_BN_VEC");
 
-bool bn_vec_enabled() {
-  int on = g_bn_vec.load(std::memory_order_relaxed);
-  if (on < 0) {  // first use: the environment, unless set_bn_vectorized came first
-    const char* v = std::getenv("MIRA_BN_VEC");
-    int expected = -1;
-    g_bn_vec.compare_exchange_strong(expected, v && v[0] == '1' ? 1 : 0);
-    on = g_bn_vec.load(std::memory_order_relaxed);
-  }
-  return on == 1;
-}
+bool bn_vec_enabled() { return g_bn_vec.on(); }
 
 template <typename T>
 bool bn_vec_ok(int C, std::initializer_list<const void*> ptrs) {
@@ -504,56 +495,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dy: (N, P, Q, C); x, dx: (N, H, W, C). One thread per input element, c fastest.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    maxpool_bwd_kernel(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
-                       bool acc) {
-  const int64_t total = static_cast<int64_t>(N) * H * W * C;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const int c = static_cast<int>(i % C);
-    int64_t t = i / C;
-    const int w0 = static_cast<int>(t % W);
-    t /= W;
-    const int h0 = static_cast<int>(t % H);
-    const int64_t n = t / H;
-    // Windows containing (h0, w0): pi*s - p <= h0 <= pi*s - p + k - 1.
-    const int nh = h0 + p - k + 1, nw = w0 + p - k + 1;
-    const int p_lo = nh > 0 ? (nh + s - 1) / s : 0;
-    const int q_lo = nw > 0 ? (nw + s - 1) / s : 0;
-    const int p_hi = min((h0 + p) / s, P - 1);
-    const int q_hi = min((w0 + p) / s, Q - 1);
-    float g = acc ? to_f(dx[i]) : 0.f;
-    for (int pi = p_lo; pi <= p_hi; ++pi) {
-      for (int q = q_lo; q <= q_hi; ++q) {
-        // The CPU twin's scan: the first valid position whose value beats all before it.
-        float best = -INFINITY;
-        int arg_h = -1, arg_w = -1;
-        for (int r = 0; r < k; ++r) {
-          const int h = pi * s - p + r;
-          if (h < 0 || h >= H) continue;
-          for (int u = 0; u < k; ++u) {
-            const int w = q * s - p + u;
-            if (w < 0 || w >= W) continue;
-            const float v = to_f(x[((n * H + h) * W + w) * C + c]);
-            if (v > best || arg_h < 0) {
-              best = v;
-              arg_h = h;
-              arg_w = w;
-            }
-          }
-        }
-        if (arg_h == h0 && arg_w == w0) g = __fadd_rn(g, to_f(dy[((n * P + pi) * Q + q) * C + c]));
-      }
-    }
-    dx[i] = from_f<T>(g);
-  }
-}
-
-// V consecutive channels per thread in 16-byte accesses (C % V == 0, rows 16-byte aligned): the
-// same scan as maxpool_bwd_kernel, lane by lane, with the index arithmetic and the window bounds
-// shared by the V channels. The argmax is kept as the position r * k + u inside the window.
+// dy: (N, P, Q, C); x, dx: (N, H, W, C). One thread per V consecutive channels of one input
+// element (V = 16 / sizeof(T) in 16-byte accesses when C % V == 0 and the rows are 16-byte
+// aligned, else 1), c fastest: for each window containing the element, in window order, the
+// CPU twin's scan (the first valid position whose value beats all before it), lane by lane; the
+// element adds dy where it is that position. The argmax is kept as the position r * k + u.
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
@@ -561,7 +507,7 @@ struct alignas(sizeof(T) * V) Pack {
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
-    maxpool_bwd_vec_kernel(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P,
+    maxpool_bwd_kernel(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P,
                            int Q, bool acc) {
   using PackT = Pack<T, V>;
   const int CV = C / V;
@@ -574,6 +520,7 @@ __global__ void __launch_bounds__(kThreads)
     t /= W;
     const int h0 = static_cast<int>(t % H);
     const int64_t n = t / H;
+    // Windows containing (h0, w0): pi*s - p <= h0 <= pi*s - p + k - 1.
     const int nh = h0 + p - k + 1, nw = w0 + p - k + 1;
     const int p_lo = nh > 0 ? (nh + s - 1) / s : 0;
     const int q_lo = nw > 0 ? (nw + s - 1) / s : 0;
@@ -882,7 +829,7 @@ size_t bn_workspace_bytes(int64_t M, int C) {
   return bytes;
 }
 
-void set_bn_vectorized(bool on) { g_bn_vec.store(on ? 1 : 0, std::memory_order_relaxed); }
+void set_bn_vectorized(bool on) { g_bn_vec.set(on); }
 bool bn_vectorized() { return bn_vec_enabled(); }
 
 template <typename T>
@@ -988,11 +935,11 @@ void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int
     return true;
   }();
   if (C % V == 0 && aligned) {
-    maxpool_bwd_vec_kernel<T, V><<<grid_for(total / V, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s,
+    maxpool_bwd_kernel<T, V><<<grid_for(total / V, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s,
                                                                                          p, P, Q, accumulate);
   } else {
-    maxpool_bwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s, p, P, Q,
-                                                                              accumulate);
+    maxpool_bwd_kernel<T, 1><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s, p,
+                                                                                     P, Q, accumulate);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
