@@ -16,7 +16,9 @@
 # vs PyTorch), the ResNet-50 multi-crop step in bf16 and f32 vs PyTorch AMP, ResNet-18 at 32 px,
 # and the input pipeline (GPU loader vs PIL + torchvision).
 #
-# Rows are also appended to LOG_DIR/table_rows.txt as they come; steps that would start after
+# At the end every log but table.txt and ctest_gpu.log is packed into LOG_DIR/logs.tgz (the
+# device tool returns at most 8 files). Rows are also appended to LOG_DIR/table_rows.txt as they
+# come (packed too, unless the run is cut short); steps that would start after
 # MIRA_DEADLINE_S (default 520 s from the start) are skipped, so the table always fits a
 # 600-second device call.
 #
@@ -273,4 +275,13 @@ if [[ "${MIRA_SKIP_BENCH:-0}" != 1 ]]; then
 fi
 
 print_table | tee "$LOG_DIR/table.txt"
+# The device tool brings back at most 8 files from $OUT: keep the table and the GPU tests' log as
+# they are and pack every other log into logs.tgz (MIRA_PACK_LOGS=0 leaves them all loose).
+if [[ "${MIRA_PACK_LOGS:-1}" != 0 ]]; then
+  (
+    cd "$LOG_DIR" || exit
+    mapfile -t loose < <(find . -maxdepth 1 -type f ! -name table.txt ! -name ctest_gpu.log ! -name logs.tgz -printf '%f\n')
+    if ((${#loose[@]})) && tar czf logs.tgz "${loose[@]}"; then rm -f "${loose[@]}"; fi
+  )
+fi
 exit $FAILED
