@@ -52,6 +52,7 @@ run() {  # label command...
   R18="--device cuda --arch resnet18 --batch 256 --global-size 32 --steps 20"
   run ours_r18 $B/train_step $R18 --dtype bf16
   run ours_r18_new $NEW $B/train_step $R18 --dtype bf16
+  run ours_r18_new_pq1024 $NEW MIRA_CONV_GEMM_MAX_PQ=1024 $B/train_step $R18 --dtype bf16
   MIRA_PROFILE=1 run ours_r18_new_profile $NEW $B/train_step $R18 --dtype bf16
   run torch_r18 python3 bench/pytorch_mira_step.py $R18
   # End to end: mira_pretrain on the photos (one ImageFolder class), ResNet-50 multi-crop, bf16,
