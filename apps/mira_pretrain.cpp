@@ -270,7 +270,9 @@ int run(int argc, char** argv) {
   const Json& o = cfg["optim"];
   OptimConfig oc{o["name"], o["momentum"], o["weight_decay"], o["eta"]};
   const Json& mj = cfg["mira"];
-  models::MiraTrainer trainer(model, oc, {mj["tau_s"], mj["tau_t"], mj["iters"]}, comm);
+  models::MiraStepConfig sc{mj["tau_s"], mj["tau_t"], mj["iters"]};
+  sc.group_crops = cfg["train"]["group_crops"];
+  models::MiraTrainer trainer(model, oc, sc, comm);
 
   const int64_t epochs = cfg["train"]["epochs"];
   const int64_t total_steps = epochs * steps_per_epoch;
@@ -317,7 +319,8 @@ int run(int argc, char** argv) {
           const std::string key = std::string(section) + "." + it.key();
           if (key == "train.max_steps" || key == "data.threads" || key == "data.prefetch" || key == "data.path" ||
               key == "data.max_image_pixels" ||
-              key == "train.log_every" || key == "train.checkpoint_every" || key == "train.comm_timeout_s")
+              key == "train.log_every" || key == "train.checkpoint_every" || key == "train.comm_timeout_s" ||
+              key == "train.group_crops")
             continue;
           if (!saved[section].contains(it.key()) || saved[section][it.key()] != it.value()) {
             std::fprintf(stderr, "warning: %s is %s now but was %s in the checkpoint's run\n", key.c_str(),

@@ -6,7 +6,7 @@
 //   train_step [--arch resnet_tiny|resnet18|resnet50] [--batch 128] [--global-size 32]
 //              [--local-crops 0] [--local-size 16] [--steps 20] [--warmup 3] [--device cpu]
 //              [--optim sgd|lars] [--proj-hidden 256] [--proj-out 64] [--prototypes 300]
-//              [--cifar-stem 1] [--dtype f32|bf16]
+//              [--cifar-stem 1] [--dtype f32|bf16] [--group-crops 0|1]
 // Prints one JSON line.
 #include <chrono>
 #include <cstdio>
@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
         .option("proj-out", "projector output width", "64")
         .option("prototypes", "K", "300")
         .option("cifar-stem", "1: 3x3 stride-1 stem without max-pool", "1")
-        .option("dtype", "f32 | bf16 (f32 parameters, bf16 backbone and projector; CUDA)", "f32");
+        .option("dtype", "f32 | bf16 (f32 parameters, bf16 backbone and projector; CUDA)", "f32")
+        .option("group-crops", "1: crops of one size through one forward, BN statistics per crop", "0");
     if (!a.parse(argc, argv)) return 0;
     const Device dev = Device::parse(a.str("device"));
     if (dev.is_cuda()) cuda::set_device(dev.index);
@@ -49,7 +50,9 @@ int main(int argc, char** argv) {
     MIRA_CHECK(bf16 || a.str("dtype") == "f32", "--dtype must be f32 or bf16");
     MIRA_CHECK(!bf16 || dev.is_cuda(), "--dtype bf16 needs --device cuda (the CPU kernels are f32 / f64)");
     if (bf16) model.set_compute_dtype(DType::BF16);
-    models::MiraTrainer trainer(model, OptimConfig{a.str("optim"), 0.9, 1e-4, 0.001}, {0.1, 0.225, 30}, local_comm());
+    models::MiraStepConfig sc{0.1, 0.225, 30};
+    sc.group_crops = a.integer("group-crops") != 0;
+    models::MiraTrainer trainer(model, OptimConfig{a.str("optim"), 0.9, 1e-4, 0.001}, sc, local_comm());
     const int64_t B = a.integer("batch"), G = a.integer("global-size"), L = a.integer("local-crops"),
                   S = a.integer("local-size");
     std::vector<Tensor> views;

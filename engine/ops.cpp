@@ -248,123 +248,149 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   }
   MIRA_CHECK(x.ndim() == 2 || x.ndim() == 4, "batch_norm: x must be (N, C) or (N, H, W, C), got ", x.str());
   const int C = int(x.dim(-1));
-  const int64_t M = rows_of(x);
+  const int G = training ? st.groups : 1;
+  MIRA_CHECK(G >= 1 && x.dim(0) % G == 0, "batch_norm: ", x.dim(0), " samples do not split into ", st.groups,
+             " equal groups");
+  const int64_t n = x.dim(0) / G;  // samples per group
+  const int64_t M = rows_of(x) / G;  // rows per group
   MIRA_CHECK(gamma.numel() == C && beta.numel() == C, "batch_norm: gamma/beta of ", gamma.numel(), " for ", C,
              " channels");
   MIRA_CHECK(st.running_mean.defined() && st.running_var.defined() && st.running_mean.numel() == C &&
                  st.running_var.numel() == C,
              "batch_norm: running statistics must be (", C, ")");
-  MIRA_CHECK(!training || M > 1, "batch_norm: training mode needs more than one value per channel, got ", x.str());
+  MIRA_CHECK(!training || M > 1, "batch_norm: training mode needs more than one value per channel",
+             G > 1 ? " and group" : "", ", got ", x.str());
   const Device dev = x.device();
   // Statistics are in the parameters' dtype: f32 on CUDA (also for bf16 x), T on the CPU.
   const DType st_t = gamma.dtype();
   MIRA_CHECK(st.running_mean.dtype() == st_t && st.running_mean.device() == dev, "batch_norm: running statistics ",
              st.running_mean.str(), " do not match gamma ", gamma.str());
-  Tensor mean = Tensor::empty({C}, st_t, dev), var = Tensor::empty({C}, st_t, dev);
-  Tensor invstd = Tensor::empty({C}, st_t, dev);
-  Tensor none;
+  // Group g's samples [g n, (g + 1) n) of a tensor shaped like x (the tensor itself for one group).
+  auto part = [G, n](const Tensor& t, int g) { return G == 1 ? t : t.slice_batch(g * n, (g + 1) * n); };
   Communicator* comm = (st.comm && st.comm->world_size() > 1) ? st.comm : nullptr;
-  double count = double(M);  // rows over all ranks
-  if (training) {
-    if (x.is_cuda()) {
-      MIRA_ON_CUDA(cuda::bn_stats(x, mean, var));
-    } else {
-      MIRA_CPU_FLOAT(x.dtype(), "batch_norm", cpu::bn_stats<T>(x.data<T>(), M, C, mean.data<T>(), var.data<T>()));
-    }
-    if (comm) count = sync_bn_stats(mean, var, M, *comm, st.equal_rows);
-    if (x.is_cuda()) {
-      MIRA_ON_CUDA(cuda::bn_finalize(mean, var, invstd, st.running_mean, st.running_var, momentum, eps, count));
-    } else {
-      MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
-                     cpu::bn_finalize<T>(mean.data<T>(), var.data<T>(), invstd.data<T>(), st.running_mean.data<T>(),
-                                         st.running_var.data<T>(), C, momentum, eps, count));
-    }
-    ++st.num_batches_tracked;
-  } else {
-    mean = st.running_mean.clone();
-    if (x.is_cuda()) {
-      MIRA_ON_CUDA(cuda::bn_finalize(st.running_mean, st.running_var, invstd, none, none, momentum, eps, double(M)));
-    } else {
-      MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
-                     cpu::bn_finalize<T>(st.running_mean.data<T>(), st.running_var.data<T>(), invstd.data<T>(), nullptr,
-                                         nullptr, C, momentum, eps, double(M)));
-    }
-  }
+  std::vector<Tensor> means(G), invstds(G);
+  std::vector<double> counts(G, double(M));  // rows over all ranks
   Tensor y = Tensor::empty(x.shape(), x.dtype(), dev);
-  if (x.is_cuda()) {
-    MIRA_ON_CUDA(cuda::bn_fwd_apply(x, mean, invstd, gamma, beta, y, relu));
-  } else {
-    MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
-                   cpu::bn_fwd_apply<T>(x.data<T>(), mean.data<T>(), invstd.data<T>(), gamma.data<T>(),
-                                        beta.data<T>(), y.data<T>(), M, C, relu));
+  Tensor none;
+  for (int g = 0; g < G; ++g) {
+    const Tensor xg = part(x, g);
+    Tensor yg = part(y, g);
+    Tensor mean = Tensor::empty({C}, st_t, dev), var = Tensor::empty({C}, st_t, dev);
+    Tensor invstd = Tensor::empty({C}, st_t, dev);
+    if (training) {
+      if (x.is_cuda()) {
+        MIRA_ON_CUDA(cuda::bn_stats(xg, mean, var));
+      } else {
+        MIRA_CPU_FLOAT(x.dtype(), "batch_norm", cpu::bn_stats<T>(xg.data<T>(), M, C, mean.data<T>(), var.data<T>()));
+      }
+      if (comm) counts[g] = sync_bn_stats(mean, var, M, *comm, st.equal_rows);
+      if (x.is_cuda()) {
+        MIRA_ON_CUDA(cuda::bn_finalize(mean, var, invstd, st.running_mean, st.running_var, momentum, eps, counts[g]));
+      } else {
+        MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
+                       cpu::bn_finalize<T>(mean.data<T>(), var.data<T>(), invstd.data<T>(),
+                                           st.running_mean.data<T>(), st.running_var.data<T>(), C, momentum, eps,
+                                           counts[g]));
+      }
+      ++st.num_batches_tracked;
+    } else {
+      mean = st.running_mean.clone();
+      if (x.is_cuda()) {
+        MIRA_ON_CUDA(cuda::bn_finalize(st.running_mean, st.running_var, invstd, none, none, momentum, eps, double(M)));
+      } else {
+        MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
+                       cpu::bn_finalize<T>(st.running_mean.data<T>(), st.running_var.data<T>(), invstd.data<T>(),
+                                           nullptr, nullptr, C, momentum, eps, double(M)));
+      }
+    }
+    if (x.is_cuda()) {
+      MIRA_ON_CUDA(cuda::bn_fwd_apply(xg, mean, invstd, gamma, beta, yg, relu));
+    } else {
+      MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
+                     cpu::bn_fwd_apply<T>(xg.data<T>(), mean.data<T>(), invstd.data<T>(), gamma.data<T>(),
+                                          beta.data<T>(), yg.data<T>(), M, C, relu));
+    }
+    means[g] = mean;
+    invstds[g] = invstd;
   }
   if (needs_grad({&x, &gamma, &beta})) {
     // With the ReLU fused, the node keeps its output (for the mask) instead of the normalised
     // values an unfused ReLU would have kept: one activation less alive until backward.
     const Tensor yd = relu ? y.detach() : Tensor();
     record(relu ? "batch_norm_relu" : "batch_norm", y, {&x, &gamma, &beta},
-           [x, gamma, beta, mean, invstd, training, M, C, comm, count, yd](const Tensor& dy_out) {
+           [x, gamma, beta, means, invstds, training, M, C, comm, counts, yd, part, G](const Tensor& dy_out) {
       prof::Scope prof_scope([&] { return bn_profile_name("batch_norm bwd", x); }, x.device());
       // With the fused ReLU, the CUDA passes read dy_out only where the output yd is > 0 (no
       // masked copy). On the CPU, a masked copy first is faster: without AVX the select keeps
       // the masked loops scalar (bn_bwd_reduce and bn_bwd_apply took 15 % of a tiny-ResNet
       // step masked, 13 % with the copy); both give the same bits.
       const bool mask_in_kernel = x.is_cuda();
-      const Tensor dy = yd.defined() && !mask_in_kernel ? relu_masked(dy_out, yd) : dy_out;
-      const Tensor none_y;
-      [[maybe_unused]] const Tensor& ry = mask_in_kernel ? yd : none_y;  // CUDA builds only
+      const Tensor dy_all = yd.defined() && !mask_in_kernel ? relu_masked(dy_out, yd) : dy_out;
       const Device dev = x.device();
-      // One buffer for both sums, so SyncBN reduces them in one collective.
-      Tensor sums = Tensor::empty({2 * C}, gamma.dtype(), dev);
-      Tensor sum_dy = sums.slice_batch(0, C), sum_dy_xhat = sums.slice_batch(C, 2 * C);
-      if (x.is_cuda()) {
-        MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, x, mean, invstd, sum_dy, sum_dy_xhat, ry));
-      } else {
-        MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
-                       cpu::bn_bwd_reduce<T>(dy.data<T>(), x.data<T>(), mean.data<T>(), invstd.data<T>(), M, C,
-                                             sum_dy.data<T>(), sum_dy_xhat.data<T>()));
-      }
-      // SyncBN: the input gradient needs the sums over every rank's rows. The parameter
-      // gradients stay local: the trainer averages every gradient over ranks afterwards.
-      Tensor local_sum_dy = sum_dy, local_sum_dy_xhat = sum_dy_xhat;
-      if (comm && training) {
-        const Tensor local = sums.clone();
-        local_sum_dy = local.slice_batch(0, C);
-        local_sum_dy_xhat = local.slice_batch(C, 2 * C);
-        comm->allreduce_sum(sums);
-      }
-      if (x.requires_grad()) {
-        GradSlot dx = grad_slot(x);
-        Tensor none;
-        const Tensor& a = training ? sum_dy : none;
-        const Tensor& b = training ? sum_dy_xhat : none;
+      GradSlot dx{}, dgamma{}, dbeta{};
+      if (x.requires_grad()) dx = grad_slot(x);
+      if (gamma.requires_grad()) dgamma = grad_slot(gamma);
+      if (beta.requires_grad()) dbeta = grad_slot(beta);
+      for (int g = 0; g < G; ++g) {
+        const Tensor dy = part(dy_all, g), xg = part(x, g);
+        const Tensor& mean = means[g];
+        const Tensor& invstd = invstds[g];
+        const Tensor none_y;
+        [[maybe_unused]] const Tensor ry = mask_in_kernel && yd.defined() ? part(yd, g) : none_y;  // CUDA only
+        // One buffer for both sums, so SyncBN reduces them in one collective.
+        Tensor sums = Tensor::empty({2 * C}, gamma.dtype(), dev);
+        Tensor sum_dy = sums.slice_batch(0, C), sum_dy_xhat = sums.slice_batch(C, 2 * C);
         if (x.is_cuda()) {
-          MIRA_ON_CUDA(cuda::bn_bwd_apply(dy, x, mean, invstd, gamma, a, b, count, dx.grad, dx.accumulate, ry));
+          MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, xg, mean, invstd, sum_dy, sum_dy_xhat, ry));
         } else {
           MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
-                         cpu::bn_bwd_apply<T>(dy.data<T>(), x.data<T>(), mean.data<T>(), invstd.data<T>(),
-                                              gamma.data<T>(), a.defined() ? a.data<T>() : nullptr,
-                                              b.defined() ? b.data<T>() : nullptr, count, dx.grad.data<T>(), M, C,
-                                              dx.accumulate));
+                         cpu::bn_bwd_reduce<T>(dy.data<T>(), xg.data<T>(), mean.data<T>(), invstd.data<T>(), M, C,
+                                               sum_dy.data<T>(), sum_dy_xhat.data<T>()));
         }
-      }
-      // dgamma = sum(dy * xhat), dbeta = sum(dy): already reduced above.
-      if (gamma.requires_grad()) {
-        GradSlot g = grad_slot(gamma);
-        if (g.grad.is_cuda()) {
-          MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy_xhat, g.grad, g.accumulate));
-        } else {
-          MIRA_CPU_FLOAT(gamma.dtype(), "batch_norm",
-                         cpu::axpy<T>(T(1), local_sum_dy_xhat.data<T>(), g.grad.data<T>(), C, g.accumulate));
+        // SyncBN: the input gradient needs the sums over every rank's rows. The parameter
+        // gradients stay local: the trainer averages every gradient over ranks afterwards.
+        Tensor local_sum_dy = sum_dy, local_sum_dy_xhat = sum_dy_xhat;
+        if (comm && training) {
+          const Tensor local = sums.clone();
+          local_sum_dy = local.slice_batch(0, C);
+          local_sum_dy_xhat = local.slice_batch(C, 2 * C);
+          comm->allreduce_sum(sums);
         }
-      }
-      if (beta.requires_grad()) {
-        GradSlot g = grad_slot(beta);
-        if (g.grad.is_cuda()) {
-          MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy, g.grad, g.accumulate));
-        } else {
-          MIRA_CPU_FLOAT(beta.dtype(), "batch_norm",
-                         cpu::axpy<T>(T(1), local_sum_dy.data<T>(), g.grad.data<T>(), C, g.accumulate));
+        if (x.requires_grad()) {
+          // The groups' rows are disjoint: each writes (or adds to) its own part of dx.
+          Tensor dxg = part(dx.grad, g);
+          Tensor none;
+          const Tensor& a = training ? sum_dy : none;
+          const Tensor& b = training ? sum_dy_xhat : none;
+          if (x.is_cuda()) {
+            MIRA_ON_CUDA(cuda::bn_bwd_apply(dy, xg, mean, invstd, gamma, a, b, counts[g], dxg, dx.accumulate, ry));
+          } else {
+            MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
+                           cpu::bn_bwd_apply<T>(dy.data<T>(), xg.data<T>(), mean.data<T>(), invstd.data<T>(),
+                                                gamma.data<T>(), a.defined() ? a.data<T>() : nullptr,
+                                                b.defined() ? b.data<T>() : nullptr, counts[g], dxg.data<T>(), M, C,
+                                                dx.accumulate));
+          }
+        }
+        // dgamma = sum(dy * xhat), dbeta = sum(dy): already reduced above; the groups add up.
+        const bool first = g == 0;
+        if (gamma.requires_grad()) {
+          if (dgamma.grad.is_cuda()) {
+            MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy_xhat, dgamma.grad, dgamma.accumulate || !first));
+          } else {
+            MIRA_CPU_FLOAT(gamma.dtype(), "batch_norm",
+                           cpu::axpy<T>(T(1), local_sum_dy_xhat.data<T>(), dgamma.grad.data<T>(), C,
+                                        dgamma.accumulate || !first));
+          }
+        }
+        if (beta.requires_grad()) {
+          if (dbeta.grad.is_cuda()) {
+            MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy, dbeta.grad, dbeta.accumulate || !first));
+          } else {
+            MIRA_CPU_FLOAT(beta.dtype(), "batch_norm",
+                           cpu::axpy<T>(T(1), local_sum_dy.data<T>(), dbeta.grad.data<T>(), C,
+                                        dbeta.accumulate || !first));
+          }
         }
       }
     });
@@ -677,6 +703,25 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor y = x.detach().reshape(shape);
   if (needs_grad({&x})) {
     record("reshape", y, {&x}, [x](const Tensor& dy) { add_scaled_into(x, dy.reshape(x.shape()), 1.0); });
+  }
+  return y;
+}
+
+Tensor slice_batch(const Tensor& x, int64_t begin, int64_t end) {
+  MIRA_CHECK(x.ndim() >= 1 && begin >= 0 && begin <= end && end <= x.dim(0), "slice_batch: [", begin, ", ", end,
+             ") of ", x.str());
+  Tensor y = x.detach().slice_batch(begin, end);
+  if (needs_grad({&x})) {
+    record("slice_batch", y, {&x}, [x, begin, end](const Tensor& dy) {
+      GradSlot g = grad_slot(x);
+      if (!g.accumulate) g.grad.zero_();  // the samples outside [begin, end) get no gradient from here
+      Tensor part = g.grad.slice_batch(begin, end);
+      if (x.is_cuda()) {
+        MIRA_ON_CUDA(cuda::axpy(1.0, dy, part, true));
+      } else {
+        MIRA_CPU_FLOAT(x.dtype(), "slice_batch", cpu::axpy<T>(T(1), dy.data<T>(), part.data<T>(), dy.numel(), true));
+      }
+    });
   }
   return y;
 }

@@ -24,6 +24,11 @@ struct BatchNormState {
   Communicator* comm = nullptr;
   // The caller guarantees every rank normalises the same number of rows (saves a reduction).
   bool equal_rows = false;
+  // Training mode: x holds `groups` batches of equal size, consecutive along its first
+  // dimension, each normalised with its own statistics; the running statistics are updated once
+  // per group, in order: the same as `groups` separate calls, in one op (several crops of one
+  // size through one forward, each crop keeping its own batch statistics).
+  int groups = 1;
 };
 // x (N, H, W, C) or (N, C). Training: batch statistics (biased variance in the normalisation),
 // running statistics updated as PyTorch does (momentum 0.1, unbiased variance); eval: running
@@ -62,5 +67,8 @@ Tensor mean(const Tensor& x);  // -> scalar
 Tensor cast(const Tensor& x, DType dtype);
 // Autograd-aware reshape (a view of the same storage).
 Tensor reshape(const Tensor& x, const Shape& shape);
+// Autograd-aware x[begin:end] along the first dimension (a view of the same storage); the
+// gradient goes to those samples of x (the others get 0 from it).
+Tensor slice_batch(const Tensor& x, int64_t begin, int64_t end);
 
 }  // namespace mira::ops

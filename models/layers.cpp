@@ -34,14 +34,14 @@ BatchNorm::BatchNorm(ParamStore& ps, const std::string& name, int C_) : C(C_), p
 }
 
 Tensor BatchNorm::forward(const Tensor& x, bool training) {
-  ops::BatchNormState st{ps_->get(rm_), ps_->get(rv_), num_batches_tracked, comm, equal_rows};
+  ops::BatchNormState st{ps_->get(rm_), ps_->get(rv_), num_batches_tracked, comm, equal_rows, groups};
   Tensor y = ops::batch_norm(x, ps_->get(g_), ps_->get(b_), st, training);
   num_batches_tracked = st.num_batches_tracked;
   return y;
 }
 
 Tensor BatchNorm::forward_relu(const Tensor& x, bool training) {
-  ops::BatchNormState st{ps_->get(rm_), ps_->get(rv_), num_batches_tracked, comm, equal_rows};
+  ops::BatchNormState st{ps_->get(rm_), ps_->get(rv_), num_batches_tracked, comm, equal_rows, groups};
   Tensor y = ops::batch_norm_relu(x, ps_->get(g_), ps_->get(b_), st, training);
   num_batches_tracked = st.num_batches_tracked;
   return y;

@@ -46,6 +46,8 @@ class BatchNorm {
   // equal_rows: every rank passes batches of the same size (ops::BatchNormState).
   Communicator* comm = nullptr;
   bool equal_rows = false;
+  // Training mode: x holds this many equal batches normalised separately (ops::BatchNormState).
+  int groups = 1;
 
  private:
   ParamStore* ps_ = nullptr;

@@ -38,13 +38,34 @@ void MiraModel::reset_teacher() {
   teacher_->flat_buffers().copy_(student_->flat_buffers().slice_batch(0, teacher_->flat_buffers().numel()));
 }
 
-Tensor MiraModel::student_logits(const Tensor& x) {
+namespace {
+// Sets the BN groups of a network for one forward, back to 1 afterwards (also on a throw).
+class BnGroups {
+ public:
+  BnGroups(std::vector<BatchNorm*> bns, int groups) : bns_(std::move(bns)) {
+    MIRA_CHECK(groups >= 1, "BN groups must be >= 1, got ", groups);
+    for (BatchNorm* b : bns_) b->groups = groups;
+  }
+  ~BnGroups() {
+    for (BatchNorm* b : bns_) b->groups = 1;
+  }
+  BnGroups(const BnGroups&) = delete;
+  BnGroups& operator=(const BnGroups&) = delete;
+
+ private:
+  std::vector<BatchNorm*> bns_;
+};
+}  // namespace
+
+Tensor MiraModel::student_logits(const Tensor& x, int groups) {
+  BnGroups g(student_bns(), groups);
   const Tensor z = s_proj_->forward(s_backbone_->forward(ops::cast(x, compute_), true), true);
   return protos_->forward(ops::cast(z, dtype_));
 }
 
-Tensor MiraModel::teacher_logits(const Tensor& x) {
+Tensor MiraModel::teacher_logits(const Tensor& x, int groups) {
   NoGradGuard ng;
+  BnGroups g(teacher_bns(), groups);
   const Tensor z = t_proj_->forward(t_backbone_->forward(ops::cast(x, compute_), true), true);
   return protos_->forward(ops::cast(z, dtype_));
 }

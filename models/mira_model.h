@@ -38,10 +38,12 @@ class MiraModel {
   void set_compute_dtype(DType dtype) { compute_ = dtype; }
   DType compute_dtype() const { return compute_; }
 
-  // Student logits (N, K) for one crop batch (its own BN batch statistics).
-  Tensor student_logits(const Tensor& x);
+  // Student logits (N, K) for one crop batch (its own BN batch statistics). groups > 1: x holds
+  // that many crop batches of one size, consecutive along N, in one forward, each with its own
+  // BN batch statistics (the same as one call per batch, in order).
+  Tensor student_logits(const Tensor& x, int groups = 1);
   // Teacher logits (N, K): train-mode BN (batch statistics, own running stats), no gradient.
-  Tensor teacher_logits(const Tensor& x);
+  Tensor teacher_logits(const Tensor& x, int groups = 1);
   // Pooled features of the teacher's or the student's backbone in eval mode, no gradient.
   Tensor features(const Tensor& x, bool teacher);
 

@@ -18,6 +18,21 @@ MiraTrainer::MiraTrainer(MiraModel& model, const OptimConfig& optim, const MiraS
 
 namespace {
 
+// The tensors (no gradient: the crops) one after the other along the first dimension.
+Tensor concat_batch(const std::vector<Tensor>& parts) {
+  Shape shape = parts.at(0).shape();
+  int64_t n = 0;
+  for (const Tensor& p : parts) n += p.dim(0);
+  shape[0] = n;
+  Tensor out = Tensor::empty(shape, parts[0].dtype(), parts[0].device());
+  int64_t at = 0;
+  for (const Tensor& p : parts) {
+    out.slice_batch(at, at + p.dim(0)).copy_(p);
+    at += p.dim(0);
+  }
+  return out;
+}
+
 // Prototypes that are the argmax of at least one row, over all ranks.
 int count_clusters(const Tensor& targets, Communicator& comm) {
   const int64_t N = targets.dim(0), K = targets.dim(1);
@@ -89,7 +104,13 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
   }
   {
     prof::Scope phase("step/2 teacher forward", dev);
-    teacher = {model_.teacher_logits(views[0]), model_.teacher_logits(views[1])};
+    if (cfg_.group_crops && views[0].shape() == views[1].shape()) {
+      const int64_t B = views[0].dim(0);
+      const Tensor t = model_.teacher_logits(concat_batch({views[0], views[1]}), 2);
+      teacher = {t.slice_batch(0, B), t.slice_batch(B, 2 * B)};
+    } else {
+      teacher = {model_.teacher_logits(views[0]), model_.teacher_logits(views[1])};
+    }
   }
   {
     prof::Scope phase("step/3 assignment", dev);
@@ -100,7 +121,22 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
   {
     prof::Scope phase("step/4 student forward + loss", dev);
     student.reserve(views.size());
-    for (const Tensor& v : views) student.push_back(model_.student_logits(v));
+    for (size_t i = 0; i < views.size();) {
+      size_t j = i + 1;  // [i, j): a run of crops of one shape, grouped when asked
+      while (cfg_.group_crops && j < views.size() && views[j].shape() == views[i].shape()) ++j;
+      if (j - i == 1) {
+        student.push_back(model_.student_logits(views[i]));
+      } else {
+        const Tensor l = model_.student_logits(
+            concat_batch(std::vector<Tensor>(views.begin() + static_cast<std::ptrdiff_t>(i),
+                                             views.begin() + static_cast<std::ptrdiff_t>(j))),
+            static_cast<int>(j - i));
+        const int64_t B = views[i].dim(0);
+        for (size_t k = 0; k < j - i; ++k)
+          student.push_back(ops::slice_batch(l, static_cast<int64_t>(k) * B, static_cast<int64_t>(k + 1) * B));
+      }
+      i = j;
+    }
     loss = mira_loss(student, targets[0], targets[1], cfg_.tau_s);
   }
 

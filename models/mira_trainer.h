@@ -23,6 +23,10 @@ struct MiraStepConfig {
   // Data parallel: gradient buckets reduced while the backward pass runs (engine/grad_sync.h).
   size_t bucket_bytes = size_t(25) << 20;
   size_t first_bucket_bytes = size_t(1) << 20;
+  // Consecutive crops of one size (the two global crops, the local crops) through one forward
+  // each, BN statistics still per crop (BatchNormState::groups): the same values as one
+  // forward per crop, with larger GPU problems and fewer launches.
+  bool group_crops = false;
 };
 
 struct MiraStepSchedule {  // this step's values of the schedules

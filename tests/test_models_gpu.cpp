@@ -1,11 +1,14 @@
 // labels: gpu
 // CUDA against CPU for the optimiser passes (EMA, SGD, LARS) and for whole models: the tiny
 // MIRA model's logits, loss and every parameter gradient; ResNet-50 features; bf16 mixed
-// precision (f32 parameters, bf16 backbone and projector) against the f32 model.
+// precision (f32 parameters, bf16 backbone and projector) against the f32 model; a training
+// step with same-size crops grouped (per-crop BN statistics) against the ungrouped one.
 #include <cmath>
 
+#include "engine/comm.h"
 #include "engine/optim.h"
 #include "models/mira_model.h"
+#include "models/mira_trainer.h"
 #include "testing.h"
 
 using namespace mira;
@@ -129,4 +132,39 @@ TEST_CASE("bf16 mixed precision: close to f32, gradients pointing the same way")
   CHECK(m16.student().flat_grads().dtype() == DType::F32);
   Tensor t32 = m32.teacher_logits(x), t16 = m16.teacher_logits(x);
   CHECK(allclose(t16, t32, {3e-2, 3e-2}, "teacher logits, bf16 vs f32"));
+}
+
+TEST_CASE("a training step with same-size crops grouped equals the ungrouped step on CUDA") {
+  std::vector<double> loss, params, teacher, running;
+  for (bool group : {false, true}) {
+    MiraModel m(tiny_config(), Device::cuda());
+    m.init(11);
+    MiraStepConfig sc;
+    sc.group_crops = group;
+    MiraTrainer trainer(m, OptimConfig{"lars", 0.9, 1e-4, 0.001}, sc, local_comm());
+    std::vector<Tensor> views;
+    for (int v = 0; v < 5; ++v)  // 2 global crops of 16 px, 3 local crops of 8 px
+      views.push_back(Tensor::randn({8, v < 2 ? 16 : 8, v < 2 ? 16 : 8, 3}, 200 + v).to(Device::cuda()));
+    for (int step = 0; step < 2; ++step) loss.push_back(trainer.step(views, {0.1, 0.7, 0.99, false}, false).loss);
+    const std::vector<double> p = m.student().flat_params().to_vector(), t = m.teacher().flat_params().to_vector();
+    params.insert(params.end(), p.begin(), p.end());
+    teacher.insert(teacher.end(), t.begin(), t.end());
+    for (BatchNorm* b : m.student_bns()) {
+      const std::vector<double> r = m.student().get(b->name() + ".running_var").to_vector();
+      running.insert(running.end(), r.begin(), r.end());
+    }
+  }
+  // cuDNN may pick other algorithms for the larger grouped batches: f32 rounding only.
+  CHECK(std::fabs(loss[2] - loss[0]) <= 1e-5 * std::fabs(loss[0]));
+  CHECK(std::fabs(loss[3] - loss[1]) <= 1e-5 * std::fabs(loss[1]));
+  const size_t np = params.size() / 2, nt = teacher.size() / 2, nr = running.size() / 2;
+  CHECK(allclose(std::vector<double>(params.begin() + np, params.end()),
+                 std::vector<double>(params.begin(), params.begin() + np), {1e-5, 1e-4},
+                 "student parameters, grouped vs not"));
+  CHECK(allclose(std::vector<double>(teacher.begin() + nt, teacher.end()),
+                 std::vector<double>(teacher.begin(), teacher.begin() + nt), {1e-5, 1e-4},
+                 "teacher parameters, grouped vs not"));
+  CHECK(allclose(std::vector<double>(running.begin() + nr, running.end()),
+                 std::vector<double>(running.begin(), running.begin() + nr), {1e-5, 1e-4},
+                 "running variances, grouped vs not"));
 }

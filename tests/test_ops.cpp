@@ -140,6 +140,71 @@ TEST_CASE("batch_norm: training statistics, PyTorch running update, eval mode, g
   }
 }
 
+TEST_CASE("batch_norm with groups: the same as one call per group, f64 gradient check") {
+  for (bool image : {true, false}) {
+    for (bool relu : {false, true}) {
+      CAPTURE(image);
+      CAPTURE(relu);
+      const int G = 3;
+      const Shape s = image ? Shape{6, 4, 5, 7} : Shape{12, 7};
+      const int64_t n = s[0] / G;
+      Tensor x = rnd(s, 11, DType::F64, 2.0), g = rnd({7}, 12), b = rnd({7}, 13), dy = rnd(s, 14);
+      auto bn = [relu](const Tensor& xi, const Tensor& gi, const Tensor& bi, ops::BatchNormState& st) {
+        return relu ? ops::batch_norm_relu(xi, gi, bi, st, true) : ops::batch_norm(xi, gi, bi, st, true);
+      };
+      // One call per group, in order, each on a fresh leaf copy of its samples.
+      ops::BatchNormState s1{Tensor::zeros({7}, DType::F64), Tensor::full({7}, 1.0, DType::F64)};
+      std::vector<double> y1, dx1;
+      Tensor g1 = g.clone().set_requires_grad(), b1 = b.clone().set_requires_grad();
+      for (int i = 0; i < G; ++i) {
+        Tensor xi = x.slice_batch(i * n, (i + 1) * n).clone().set_requires_grad();
+        Tensor yi = bn(xi, g1, b1, s1);
+        backward(yi, dy.slice_batch(i * n, (i + 1) * n).clone());
+        const std::vector<double> yv = yi.to_vector(), dv = xi.grad().to_vector();
+        y1.insert(y1.end(), yv.begin(), yv.end());
+        dx1.insert(dx1.end(), dv.begin(), dv.end());
+      }
+      // One grouped call.
+      ops::BatchNormState s2{Tensor::zeros({7}, DType::F64), Tensor::full({7}, 1.0, DType::F64)};
+      s2.groups = G;
+      Tensor x2 = x.clone().set_requires_grad(), g2 = g.clone().set_requires_grad(), b2 = b.clone().set_requires_grad();
+      Tensor y2 = bn(x2, g2, b2, s2);
+      backward(y2, dy);
+      CHECK(y2.to_vector() == y1);
+      CHECK(x2.grad().to_vector() == dx1);
+      CHECK(s2.running_mean.to_vector() == s1.running_mean.to_vector());
+      CHECK(s2.running_var.to_vector() == s1.running_var.to_vector());
+      CHECK(s2.num_batches_tracked == G);
+      // Parameter gradients: the groups' sums, added in another order than the separate calls'.
+      CHECK(allclose(g2.grad().to_vector(), g1.grad().to_vector(), {1e-13, 1e-12}, "dgamma"));
+      CHECK(allclose(b2.grad().to_vector(), b1.grad().to_vector(), {1e-13, 1e-12}, "dbeta"));
+      if (!relu) {
+        CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::batch_norm(in[0], in[1], in[2], s2, true); },
+                        {x, g, b}, "grouped bn"));
+      }
+    }
+  }
+  // Samples that do not split into the groups: a clear error.
+  ops::BatchNormState st{Tensor::zeros({7}, DType::F64), Tensor::full({7}, 1.0, DType::F64)};
+  st.groups = 4;
+  CHECK_THROWS_WITH(ops::batch_norm(rnd({6, 7}, 15), rnd({7}, 16), rnd({7}, 17), st, true),
+                    doctest::Contains("do not split into 4 equal groups"));
+}
+
+TEST_CASE("slice_batch: the samples, a view; gradient to those samples only; f64 gradient check") {
+  Tensor x = rnd({5, 3, 2}, 21);
+  Tensor y = ops::slice_batch(x, 1, 4);
+  CHECK(y.shape() == Shape({3, 3, 2}));
+  CHECK(y.to_vector() == x.slice_batch(1, 4).to_vector());
+  CHECK(gradcheck([](const std::vector<Tensor>& in) { return ops::slice_batch(in[0], 1, 4); }, {x}, "slice_batch"));
+  // Two slices of one tensor add their gradients into their own samples.
+  Tensor x2 = rnd({4, 3}, 22);
+  backward(ops::add(ops::scale(ops::slice_batch(x2, 0, 2), 2.0), ops::slice_batch(x2, 2, 4)),
+           Tensor::full({2, 3}, 1.0, DType::F64));
+  CHECK(x2.grad().to_vector() == std::vector<double>{2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1});
+  CHECK_THROWS_WITH(ops::slice_batch(x2, 3, 5), doctest::Contains("slice_batch: [3, 5)"));
+}
+
 TEST_CASE("relu, add, scale: gradients") {
   // Keep inputs away from the kink at 0 so central differences are exact.
   Tensor x = rnd({4, 5}, 1);

@@ -2,7 +2,8 @@
 // Three MIRA training steps of the tiny model against PyTorch (tools/golden_train.py): two
 // global and two local crops, EMA teacher, official MIRA targets, swapped-prediction loss,
 // LARS, prototypes frozen in the first step. The fixture holds PyTorch's float64 results and
-// its own float32 error per output.
+// its own float32 error per output. Also with same-size crops grouped into one forward
+// (MiraStepConfig::group_crops, per-crop BN statistics): the official per-crop semantics.
 #include <cmath>
 #include <map>
 #include <sstream>
@@ -30,7 +31,7 @@ std::vector<double> meta_list(const SafetensorsFile& f, const std::string& k) {
   return out;
 }
 
-void run_golden(DType dtype) {
+void run_golden(DType dtype, bool group_crops = false) {
   SafetensorsFile fx = load_safetensors(std::string(MIRA_TEST_DATA_DIR) + "/train/tiny_3steps.safetensors");
   const int n = int(meta_num(fx, "n")), ghw = int(meta_num(fx, "global_hw")), lhw = int(meta_num(fx, "local_hw"));
   const int n_local = int(meta_num(fx, "n_local"));
@@ -46,6 +47,7 @@ void run_golden(DType dtype) {
 
   OptimConfig oc{"lars", meta_num(fx, "momentum"), meta_num(fx, "wd"), meta_num(fx, "eta")};
   MiraStepConfig sc{meta_num(fx, "tau_s"), meta_num(fx, "tau_t"), int(meta_num(fx, "iters"))};
+  sc.group_crops = group_crops;  // the same values: each crop keeps its own BN statistics
   MiraTrainer trainer(model, oc, sc, local_comm());
   const auto lr = meta_list(fx, "lr"), beta = meta_list(fx, "beta"), ema = meta_list(fx, "ema");
   const auto freeze = meta_list(fx, "freeze");
@@ -102,3 +104,9 @@ void run_golden(DType dtype) {
 
 TEST_CASE("golden: three MIRA training steps match PyTorch, f64") { run_golden(DType::F64); }
 TEST_CASE("golden: three MIRA training steps match PyTorch, f32") { run_golden(DType::F32); }
+TEST_CASE("golden: three MIRA training steps match PyTorch with same-size crops grouped, f64") {
+  run_golden(DType::F64, true);
+}
+TEST_CASE("golden: three MIRA training steps match PyTorch with same-size crops grouped, f32") {
+  run_golden(DType::F32, true);
+}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Where the ResNet-50 multi-crop step's time goes on a GPU, ours against PyTorch's, in one
 # device call: runs tools/device_check.sh without its benchmarks (the build and the GPU tests,
-# logs packed into LOG_DIR/check.tgz), then the bf16 step as it is and with the opt-in kernels
+# logs packed into LOG_DIR/check.tgz), then the bf16 step as it is and with the opt-ins
 # (MIRA_BN_VEC=1 vectorised batch norm, MIRA_CONV_GEMM=1 small-map convolutions as im2col +
-# cuBLAS), each alone and together, with the op profile (MIRA_PROFILE=1) and our convolutions
+# cuBLAS, --group-crops 1 same-size crops in one forward), alone and together, with the op profile (MIRA_PROFILE=1) and our convolutions
 # shape by shape against PyTorch's, f32, against PyTorch (AMP bf16) with and without
 # cudnn.benchmark, at batch 64 and 128 per view; then 2 global crops only and ResNet-18 at 32 px.
 #   tools/device_profile.sh [LOG_DIR]
@@ -35,6 +35,9 @@ run() {  # label command...
   run ours_new $NEW $B/train_step $ARGS --optim lars --dtype bf16
   MIRA_BN_VEC=1 run ours_bnvec $B/train_step $ARGS --optim lars --dtype bf16
   MIRA_CONV_GEMM=1 run ours_convgemm $B/train_step $ARGS --optim lars --dtype bf16
+  run ours_grouped $B/train_step $ARGS --optim lars --dtype bf16 --group-crops 1
+  run ours_new_grouped $NEW $B/train_step $ARGS --optim lars --dtype bf16 --group-crops 1
+  MIRA_PROFILE=1 run ours_new_grouped_profile $NEW $B/train_step $ARGS --optim lars --dtype bf16 --group-crops 1
   MIRA_PROFILE=1 run ours_profile $B/train_step $ARGS --optim lars --dtype bf16
   MIRA_PROFILE=1 run ours_new_profile $NEW $B/train_step $ARGS --optim lars --dtype bf16
   # Our convolutions shape by shape against PyTorch's (cuDNN via ATen) on the same shapes.
@@ -43,6 +46,7 @@ run() {  # label command...
   run torch_benchmark python3 bench/pytorch_mira_step.py $ARGS --cudnn-benchmark 1
   run ours_b128 $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16
   run ours_b128_new $NEW $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16
+  run ours_b128_new_grouped $NEW $B/train_step ${ARGS/--batch 64/--batch 128} --optim lars --dtype bf16 --group-crops 1
   run torch_b128 python3 bench/pytorch_mira_step.py ${ARGS/--batch 64/--batch 128}
   run ours_f32 $B/train_step $ARGS --optim lars --dtype f32
   # Two global crops only, and ResNet-18 at 32 px (targets of performance.md: >= 1.25x and >= 2x).
