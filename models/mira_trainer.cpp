@@ -77,19 +77,25 @@ void check_finite(const ParamStore& ps, bool grads) {
 MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStepSchedule& s, bool full_stats) {
   MIRA_CHECK(views.size() >= 2, "a MIRA step needs at least the two global crops, got ", views.size());
   if (comm_.world_size() > 1) {
-    // SyncBN counts a layer's rows as local rows x world: every rank must hold the same batch
-    // of every crop, at the same size (rows = batch x height x width at every layer).
-    std::vector<double> rows;
+    // SyncBN counts a layer's rows as local rows x world, and group_crops makes one collective
+    // per crop of a group: every rank must hold the same batch of every crop, at the same size.
+    std::vector<double> dims;  // per crop: max and -min over ranks of N, H, W
     for (const Tensor& v : views) {
-      const double r = static_cast<double>(v.numel() / std::max<int64_t>(v.dim(-1), 1));
-      rows.push_back(r);
-      rows.push_back(-r);
+      for (int d = 0; d < 3; ++d) {
+        const double x = v.ndim() > d ? static_cast<double>(v.dim(d)) : 1.0;
+        dims.push_back(x);
+        dims.push_back(-x);
+      }
     }
-    comm_.allreduce_max(rows.data(), static_cast<int64_t>(rows.size()));
+    comm_.allreduce_max(dims.data(), static_cast<int64_t>(dims.size()));
     for (size_t i = 0; i < views.size(); ++i)
-      MIRA_CHECK(rows[2 * i] == -rows[2 * i + 1], "crop ", i, " has ", -rows[2 * i + 1], " to ", rows[2 * i],
-                 " pixels (batch x height x width) on different ranks: data parallel training needs the same "
-                 "per-rank batch and crop size on every rank");
+      for (size_t d = 0; d < 3; ++d) {
+        const size_t k = 6 * i + 2 * d;
+        MIRA_CHECK(dims[k] == -dims[k + 1], "crop ", i, " has ", d == 0 ? "a batch" : d == 1 ? "a height" : "a width",
+                   " of ", -dims[k + 1], " to ", dims[k],
+                   " on different ranks: data parallel training needs the same per-rank batch and crop size on "
+                   "every rank");
+      }
   }
   if (s.freeze_prototypes != frozen_) {
     optimizer_.set_frozen("prototypes.", s.freeze_prototypes);

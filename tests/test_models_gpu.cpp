@@ -136,6 +136,7 @@ TEST_CASE("bf16 mixed precision: close to f32, gradients pointing the same way")
 
 TEST_CASE("a training step with same-size crops grouped equals the ungrouped step on CUDA") {
   std::vector<double> loss, params, teacher, running;
+  std::vector<int64_t> tracked;
   for (bool group : {false, true}) {
     MiraModel m(tiny_config(), Device::cuda());
     m.init(11);
@@ -149,10 +150,12 @@ TEST_CASE("a training step with same-size crops grouped equals the ungrouped ste
     const std::vector<double> p = m.student().flat_params().to_vector(), t = m.teacher().flat_params().to_vector();
     params.insert(params.end(), p.begin(), p.end());
     teacher.insert(teacher.end(), t.begin(), t.end());
-    for (BatchNorm* b : m.student_bns()) {
-      const std::vector<double> r = m.student().get(b->name() + ".running_var").to_vector();
+    for (ParamStore* ps : {&m.student(), &m.teacher()}) {
+      const std::vector<double> r = ps->flat_buffers().to_vector();  // BN running statistics
       running.insert(running.end(), r.begin(), r.end());
     }
+    for (BatchNorm* b : m.student_bns()) tracked.push_back(b->num_batches_tracked);
+    for (BatchNorm* b : m.teacher_bns()) tracked.push_back(b->num_batches_tracked);
   }
   // cuDNN may pick other algorithms for the larger grouped batches: f32 rounding only.
   CHECK(std::fabs(loss[2] - loss[0]) <= 1e-5 * std::fabs(loss[0]));
@@ -166,5 +169,8 @@ TEST_CASE("a training step with same-size crops grouped equals the ungrouped ste
                  "teacher parameters, grouped vs not"));
   CHECK(allclose(std::vector<double>(running.begin() + nr, running.end()),
                  std::vector<double>(running.begin(), running.begin() + nr), {1e-5, 1e-4},
-                 "running variances, grouped vs not"));
+                 "BN running statistics, grouped vs not"));
+  const size_t nk = tracked.size() / 2;
+  CHECK(std::vector<int64_t>(tracked.begin() + nk, tracked.end()) ==
+        std::vector<int64_t>(tracked.begin(), tracked.begin() + nk));
 }

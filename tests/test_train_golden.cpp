@@ -5,9 +5,11 @@
 // its own float32 error per output. Also with same-size crops grouped into one forward
 // (MiraStepConfig::group_crops, per-crop BN statistics): the official per-crop semantics.
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <sstream>
 
+#include "engine/profile.h"
 #include "engine/safetensors.h"
 #include "golden_formula.h"
 #include "models/mira_trainer.h"
@@ -58,7 +60,25 @@ void run_golden(DType dtype, bool group_crops = false) {
       views.push_back(mira::testing::formula_input("step" + std::to_string(step) + ".view" + std::to_string(v), n,
                                                    v < 2 ? ghw : lhw, dtype));
     }
+    if (group_crops && step == 0) {
+      prof::set_enabled(true);  // to see the batches the stem convolution gets
+      prof::reset();
+    }
     MiraStepStats st = trainer.step(views, {lr[step], beta[step], ema[step], freeze[step] != 0}, true);
+    if (group_crops && step == 0) {
+      // The grouping happened: the stem saw the two global crops as one batch, the local ones too.
+      std::FILE* f = std::tmpfile();
+      REQUIRE(f);
+      prof::report(f, 1);
+      prof::set_enabled(false);
+      std::rewind(f);
+      std::string report;
+      for (int c; (c = std::fgetc(f)) != EOF;) report += static_cast<char>(c);
+      std::fclose(f);
+      for (const std::string& batch : {std::to_string(ghw) + "px N" + std::to_string(2 * n),
+                                       std::to_string(lhw) + "px N" + std::to_string(n_local * n)})
+        CHECK_MESSAGE(report.find("conv2d fwd 3x3/1 3>16 " + batch) != std::string::npos, batch << "\n" << report);
+    }
     losses.push_back(st.loss);
     CHECK(st.clusters_in_use > 0);
     CHECK(st.marginal_entropy > 0);
