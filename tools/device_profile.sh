@@ -21,9 +21,15 @@ ARGS="--device cuda --arch resnet50 --cifar-stem 0 --batch ${MIRA_STEP_BATCH:-64
 --local-size 96 --proj-hidden 2048 --proj-out 256 --prototypes 3000 --steps 10 --warmup 3"
 R=$LOG_DIR/steps.log
 : >"$R"
+T0=$(date +%s)
+DEADLINE=${MIRA_DEADLINE_S:-540}  # no run starts after this many seconds (the device call's limit is 600)
 run() {  # label command...
   local label=$1
   shift
+  if (($(date +%s) - T0 > DEADLINE)); then
+    echo "== $label: skipped, past the ${DEADLINE} s deadline" >>"$R"
+    return
+  fi
   echo "== $label: $*" >>"$R"
   timeout 120 "$@" >>"$R" 2>>"$LOG_DIR/stderr_$label.log"
   echo "rc $?" >>"$R"
