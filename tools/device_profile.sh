@@ -8,6 +8,7 @@
 # cudnn.benchmark, at batch 64 and 128 per view; then 2 global crops only and ResNet-18 at 32 px.
 #   tools/device_profile.sh [LOG_DIR]
 set -u
+T0=$(date +%s)
 cd "$(dirname "$0")/.." || exit 2
 LOG_DIR=${1:-${OUT:-./device_logs}}
 mkdir -p "$LOG_DIR/check"
@@ -21,8 +22,7 @@ ARGS="--device cuda --arch resnet50 --cifar-stem 0 --batch ${MIRA_STEP_BATCH:-64
 --local-size 96 --proj-hidden 2048 --proj-out 256 --prototypes 3000 --steps 10 --warmup 3"
 R=$LOG_DIR/steps.log
 : >"$R"
-T0=$(date +%s)
-DEADLINE=${MIRA_DEADLINE_S:-540}  # no run starts after this many seconds (the device call's limit is 600)
+DEADLINE=${MIRA_DEADLINE_S:-480}  # no run starts later than this after the start (a device call: 600 s)
 run() {  # label command...
   local label=$1
   shift
