@@ -48,13 +48,18 @@ std::unique_ptr<ImageFolderDataset> photo_dataset(const std::string& dir, int64_
   return std::make_unique<ImageFolderDataset>(dir, std::vector<std::string>{"all"}, std::move(use), std::move(labels));
 }
 
-void bench_cpu(const Dataset& ds, const MultiCropRecipe& r, int threads, int64_t batch, int epochs) {
+// The loader settings both benchmarks share.
+LoaderConfig bench_config(int threads, int64_t batch) {
   LoaderConfig cfg;
   cfg.batch_size = batch;
   cfg.threads = threads;
   cfg.prefetch = 3;
   cfg.quiet = true;
-  Loader L(ds, r, cfg);
+  return cfg;
+}
+
+void bench_cpu(const Dataset& ds, const MultiCropRecipe& r, int threads, int64_t batch, int epochs) {
+  Loader L(ds, r, bench_config(threads, batch));
   // warm-up: one epoch (page cache, allocator)
   Batch b;
   L.start_epoch(0);
@@ -109,11 +114,7 @@ void bench_decode_only(const ImageFolderDataset& ds, int threads, int epochs) {
 // data stream (data/loader.h), bf16 views on the device. The consumer does nothing but take
 // batches, so this is the pipeline's ceiling; the first epoch warms up.
 void bench_gpu(const Dataset& ds, const MultiCropRecipe& r, int threads, int64_t batch, int epochs) {
-  LoaderConfig cfg;
-  cfg.batch_size = batch;
-  cfg.threads = threads;
-  cfg.prefetch = 3;
-  cfg.quiet = true;
+  LoaderConfig cfg = bench_config(threads, batch);
   cfg.gpu_augment = true;
   cfg.gpu_dtype = DType::BF16;
   Loader L(ds, r, cfg);

@@ -10,10 +10,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-// jpeglib.h needs size_t and FILE declared first
-#include <jpeglib.h>
-
 #include "data/loader.h"
+#include "jpeg_fixtures.h"
 #include "testing.h"
 
 namespace mira::testing {
@@ -62,34 +60,9 @@ inline EpochData run_epoch(Loader& L, int64_t epoch) {
 }
 
 inline std::vector<uint8_t> make_jpeg(int w, int h, int phase, double freq = 0.02) {
-  jpeg_compress_struct c;
-  jpeg_error_mgr err;
-  c.err = jpeg_std_error(&err);
-  jpeg_create_compress(&c);
-  unsigned char* mem = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&c, &mem, &size);
-  c.image_width = w;
-  c.image_height = h;
-  c.input_components = 3;
-  c.in_color_space = JCS_RGB;
-  jpeg_set_defaults(&c);
-  jpeg_set_quality(&c, 90, TRUE);
-  jpeg_start_compress(&c, TRUE);
-  std::vector<uint8_t> row(static_cast<size_t>(w) * 3);
-  while (c.next_scanline < c.image_height) {
-    const int y = static_cast<int>(c.next_scanline);
-    for (int x = 0; x < w; ++x)
-      for (int k = 0; k < 3; ++k)
-        row[x * 3 + k] = static_cast<uint8_t>(128 + 100 * std::sin(freq * (x * (k + 1) + 1.5 * y) + phase));
-    JSAMPROW r = row.data();
-    jpeg_write_scanlines(&c, &r, 1);
-  }
-  jpeg_finish_compress(&c);
-  std::vector<uint8_t> out(mem, mem + size);
-  jpeg_destroy_compress(&c);
-  std::free(mem);
-  return out;
+  return mira::testing::encode_jpeg(w, h, {}, [&](int x, int y, int k) {
+    return static_cast<uint8_t>(128 + 100 * std::sin(freq * (x * (k + 1) + 1.5 * y) + phase));
+  });
 }
 
 inline void write_file(const fs::path& p, const std::vector<uint8_t>& b) {

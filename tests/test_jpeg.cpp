@@ -10,14 +10,13 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
-// jpeglib.h needs size_t and FILE declared first
-#include <jpeglib.h>
 #include <zlib.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "data/jpeg.h"
+#include "jpeg_fixtures.h"
 #include "testing.h"
 
 using namespace mira;
@@ -83,37 +82,8 @@ Image run_djpeg(const std::string& file, const std::string& args) {
 // A JPEG written with libjpeg: w x h, `comps` input components in `space`, with options.
 std::vector<uint8_t> make_jpeg(int w, int h, int comps, J_COLOR_SPACE space, bool progressive, int restart_rows,
                                bool arith, bool adobe_cmyk = true) {
-  jpeg_compress_struct c;
-  jpeg_error_mgr err;
-  c.err = jpeg_std_error(&err);
-  jpeg_create_compress(&c);
-  unsigned char* mem = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&c, &mem, &size);
-  c.image_width = w;
-  c.image_height = h;
-  c.input_components = comps;
-  c.in_color_space = space;
-  jpeg_set_defaults(&c);
-  jpeg_set_quality(&c, 95, TRUE);
-  if (progressive) jpeg_simple_progression(&c);
-  c.restart_in_rows = restart_rows;
-  c.arith_code = arith ? TRUE : FALSE;
-  c.write_Adobe_marker = adobe_cmyk ? c.write_Adobe_marker : FALSE;
-  jpeg_start_compress(&c, TRUE);
-  std::vector<uint8_t> row(static_cast<size_t>(w) * comps);
-  while (c.next_scanline < c.image_height) {
-    const int y = static_cast<int>(c.next_scanline);
-    for (int x = 0; x < w; ++x)
-      for (int k = 0; k < comps; ++k) row[x * comps + k] = static_cast<uint8_t>((x * 7 + y * 3 + k * 60) % 256);
-    JSAMPROW r = row.data();
-    jpeg_write_scanlines(&c, &r, 1);
-  }
-  jpeg_finish_compress(&c);
-  std::vector<uint8_t> out(mem, mem + size);
-  jpeg_destroy_compress(&c);
-  std::free(mem);
-  return out;
+  return mira::testing::encode_jpeg(w, h, {comps, space, 95, progressive, restart_rows, arith, adobe_cmyk},
+                                    [](int x, int y, int k) { return static_cast<uint8_t>((x * 7 + y * 3 + k * 60) % 256); });
 }
 
 // A PNG written by hand (zlib stream of filter-0 rows): 8-bit gray (ctype 0) or RGB (ctype 2).

@@ -375,32 +375,32 @@ __global__ void __launch_bounds__(kVecThreads)
 // Whether the vectorised kernels are on: MIRA_BN_VEC=1 or set_bn_vectorized.
 EnvSwitch g_bn_vec("MIRA_BN_VEC");
 
-bool bn_vec_enabled() { return g_bn_vec.on(); }
+// The channel layout the vectorised kernels take: V channels per thread, the C / V channel
+// groups dividing the block.
+bool vec_layout_ok(int C, int V) {
+  if (C <= 0 || C % V != 0) return false;
+  const int CV = C / V;
+  return CV <= kVecThreads && kVecThreads % CV == 0;
+}
 
 template <typename T>
 bool bn_vec_ok(int C, std::initializer_list<const void*> ptrs) {
-  constexpr int V = VecOf<T>::V;
-  if (!bn_vec_enabled() || C <= 0 || C % V != 0) return false;
-  const int CV = C / V;
-  if (CV > kVecThreads || kVecThreads % CV != 0) return false;
+  if (!g_bn_vec.on() || !vec_layout_ok(C, VecOf<T>::V)) return false;
   for (const void* q : ptrs)
     if (q && reinterpret_cast<uintptr_t>(q) % 16 != 0) return false;
   return true;
 }
 
-// Blocks of the vectorised reductions: at least kVecMinRowsPerThread rows per thread.
-int64_t vec_blocks(int64_t M, int C, int V) {
+// Blocks for M rows: at least kVecMinRowsPerThread rows per thread, at most max_blocks.
+int64_t vec_blocks(int64_t M, int C, int V, int64_t max_blocks = kVecMaxBlocks) {
   const int64_t RG = kVecThreads / (C / V);
-  int64_t G = (M + RG * kVecMinRowsPerThread - 1) / (RG * kVecMinRowsPerThread);
-  if (G > kVecMaxBlocks) G = kVecMaxBlocks;
-  return G < 1 ? 1 : G;
+  const int64_t G = (M + RG * kVecMinRowsPerThread - 1) / (RG * kVecMinRowsPerThread);
+  return std::max<int64_t>(1, std::min(G, max_blocks));
 }
 
+// The apply kernels stride over the rows: more blocks than the reductions' partials allow.
 unsigned vec_apply_blocks(int64_t M, int C, int V) {
-  const int64_t RG = kVecThreads / (C / V);
-  int64_t G = (M + RG * kVecMinRowsPerThread - 1) / (RG * kVecMinRowsPerThread);
-  if (G > 8 * kVecMaxBlocks) G = 8 * kVecMaxBlocks;
-  return static_cast<unsigned>(G < 1 ? 1 : G);
+  return static_cast<unsigned>(vec_blocks(M, C, V, 8 * kVecMaxBlocks));
 }
 
 template <int MODE, typename T>
@@ -822,15 +822,15 @@ size_t bn_workspace_bytes(int64_t M, int C) {
   size_t bytes = col_workspace_bytes(M, C);
   // The vectorised reductions' partials (G, 2, C), for whichever of V = 4 (f32) and V = 8 (bf16)
   // bn_vec_ok could take.
-  if (bn_vec_enabled())
+  if (g_bn_vec.on())
     for (int V : {4, 8})
-      if (C > 0 && C % V == 0 && C / V <= kVecThreads && kVecThreads % (C / V) == 0)
+      if (vec_layout_ok(C, V))
         bytes = std::max(bytes, static_cast<size_t>(vec_blocks(M, C, V)) * 2 * static_cast<size_t>(C) * sizeof(double));
   return bytes;
 }
 
 void set_bn_vectorized(bool on) { g_bn_vec.set(on); }
-bool bn_vectorized() { return bn_vec_enabled(); }
+bool bn_vectorized() { return g_bn_vec.on(); }
 
 template <typename T>
 void bn_stats(const T* x, int64_t M, int C, float* mean, float* var, void* workspace, cudaStream_t stream) {
