@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
         .option("prototypes", "K", "300")
         .option("cifar-stem", "1: 3x3 stride-1 stem without max-pool", "1")
         .option("dtype", "f32 | bf16 (f32 parameters, bf16 backbone and projector; CUDA)", "f32")
-        .option("group-crops", "1: crops of one size through one forward, BN statistics per crop", "0");
+        .option("group-crops", "1: crops of one size through one forward, BN statistics per crop (0: one forward per crop)", "1");
     if (!a.parse(argc, argv)) return 0;
     const Device dev = Device::parse(a.str("device"));
     if (dev.is_cuda()) cuda::set_device(dev.index);

@@ -35,7 +35,7 @@ const Json& pretrain_schema() {
     "train": {
       "epochs": 100, "batch_size": 4096, "seed": 0, "device": "cpu",
       "checkpoint_every": 500, "keep_every": 0, "log_every": 10, "max_steps": 0,
-      "comm_timeout_s": 600.0, "dtype": "f32", "group_crops": false
+      "comm_timeout_s": 600.0, "dtype": "f32", "group_crops": true
     },
     "eval": {"test_data": "", "knn_k": 20, "knn_t": 0.07, "bank_fraction": 1.0, "baselines": true,
              "batch_size": 256}
