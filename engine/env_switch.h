@@ -1,5 +1,6 @@
 // A process-wide on/off switch for an optional code path: read from an environment variable
-// ("1" = on) on first use, unless set() came first (tests and benchmarks flip it at run time).
+// on first use ("1" = on, any other value = off, unset = the default), unless set() came first
+// (tests and benchmarks flip it at run time).
 #pragma once
 
 #include <atomic>
@@ -9,13 +10,14 @@ namespace mira {
 
 class EnvSwitch {
  public:
-  explicit constexpr EnvSwitch(const char* variable) : variable_(variable) {}
+  explicit constexpr EnvSwitch(const char* variable, bool default_on = false)
+      : variable_(variable), default_on_(default_on) {}
   bool on() {
     int v = state_.load(std::memory_order_relaxed);
     if (v < 0) {
       const char* e = std::getenv(variable_);
       int expected = -1;
-      state_.compare_exchange_strong(expected, e && e[0] == '1' ? 1 : 0);
+      state_.compare_exchange_strong(expected, (e ? e[0] == '1' : default_on_) ? 1 : 0);
       v = state_.load(std::memory_order_relaxed);
     }
     return v == 1;
@@ -24,6 +26,7 @@ class EnvSwitch {
 
  private:
   const char* variable_;
+  bool default_on_;
   std::atomic<int> state_{-1};  // -1: not read yet
 };
 

@@ -279,8 +279,9 @@ BnRun bn_run(Device dev, const Shape& xs, bool training, DType xt, const Tensor&
 }  // namespace
 
 // The batch-norm tests run with the scalar and with the vectorised kernels (16-byte accesses:
-// f32 when C % 4 == 0, bf16 when C % 8 == 0, and C / V dividing 256: here f32 C = 16, 64, 128
-// and bf16 C = 32, 64, 1024, 2048 take them); BnVec restores the previous setting.
+// f32 when C % 4 == 0, bf16 when C % 8 == 0, and C / V dividing 256 or a multiple of 32, in
+// tiles of 32 channel groups: here f32 C = 16, 64, 128, 2048 (16 tiles) and bf16 C = 32, 64,
+// 1024 (4 tiles), 2048 (8 tiles) take them); BnVec restores the previous setting.
 struct BnVec {
   bool prev;
   explicit BnVec(bool on) : prev(cuda::bn_vectorized()) { cuda::set_bn_vectorized(on); }
@@ -288,8 +289,9 @@ struct BnVec {
 };
 
 TEST_CASE("batch_norm: CUDA f32 training and eval, 4-D and 2-D, running statistics and gradients") {
-  const Shape shapes[] = {{2, 5, 5, 16}, {16, 24},         {3, 64, 64, 40}, {256, 96},
-                          {4, 9, 9, 64}, {3, 33, 33, 128}, {40, 2048}};
+  // {8, 16, 16, 256}: 2 channel tiles x 16 row blocks of the vectorised reductions; 384: 3 tiles.
+  const Shape shapes[] = {{2, 5, 5, 16},   {16, 24},         {3, 64, 64, 40}, {256, 96},        {4, 9, 9, 64},
+                          {3, 33, 33, 128}, {40, 2048},       {8, 16, 16, 256}, {2, 8, 8, 384}};
   for (bool vec : {false, true}) {
     for (const Shape& xs : shapes) {
       for (bool training : {true, false}) {
@@ -316,7 +318,8 @@ TEST_CASE("batch_norm: CUDA f32 training and eval, 4-D and 2-D, running statisti
 TEST_CASE("batch_norm: bf16 activations with f32 parameters and statistics") {
   for (bool vec : {false, true}) {
     for (const Shape& xs :
-         {Shape{4, 6, 6, 32}, Shape{64, 48}, Shape{5, 13, 13, 64}, Shape{24, 1024}, Shape{2, 7, 7, 2048}}) {
+         {Shape{4, 6, 6, 32}, Shape{64, 48}, Shape{5, 13, 13, 64}, Shape{24, 1024}, Shape{2, 7, 7, 2048},
+          Shape{4, 12, 12, 512}}) {  // the last: 2 channel tiles x 5 row blocks
       BnVec v(vec);
       CAPTURE(vec);
       CAPTURE(xs.str());
@@ -370,7 +373,6 @@ TEST_CASE("batch_norm: the vectorised kernels agree with the scalar ones end to 
   // them, agree to rounding; the apply kernels alone are compared bit for bit below.
   for (DType t : {DType::F32, DType::BF16}) {
     for (int64_t C : {64, 2048}) {
-      if (t == DType::F32 && C == 2048) continue;  // f32 C = 2048: the scalar kernels either way
       CAPTURE(dtype_name(t));
       CAPTURE(C);
       const Shape xs{3, 9, 9, C};
@@ -401,31 +403,33 @@ TEST_CASE("batch_norm: the vectorised kernels agree with the scalar ones end to 
 #ifdef MIRA_HAS_CUDA  // calls the CUDA backend directly (not linked in CPU-only builds)
 TEST_CASE("batch_norm apply kernels: vectorised == scalar bit for bit (forward, backward, ReLU, accumulate)") {
   for (DType t : {DType::F32, DType::BF16}) {
-    CAPTURE(dtype_name(t));
-    const int64_t C = 64;
-    const Shape xs{3, 9, 9, C};
-    const Tensor x = Tensor::randn(xs, 91, 0.5, 2.0).to(kGpu, t), dy = Tensor::randn(xs, 92).to(kGpu, t);
-    const Tensor relu_y = Tensor::randn(xs, 93).to(kGpu, t), dx0 = Tensor::randn(xs, 94).to(kGpu, t);
-    const Tensor mean = Tensor::randn({C}, 95, 0.5, 0.1).to(kGpu), invstd = Tensor::uniform({C}, 96, 0.4, 0.6).to(kGpu);
-    const Tensor gamma = Tensor::randn({C}, 97, 1.0, 0.2).to(kGpu), beta = Tensor::randn({C}, 98, 0.0, 0.2).to(kGpu);
-    const Tensor sdy = Tensor::randn({C}, 99, 0.0, 30.0).to(kGpu), sdyx = Tensor::randn({C}, 100, 0.0, 30.0).to(kGpu);
-    std::vector<double> out[2][4];
-    for (int vec = 0; vec < 2; ++vec) {
-      BnVec v(vec == 1);
-      Tensor y = Tensor::empty(xs, t, kGpu), yr = Tensor::empty(xs, t, kGpu);
-      cuda::bn_fwd_apply(x, mean, invstd, gamma, beta, y, false);
-      cuda::bn_fwd_apply(x, mean, invstd, gamma, beta, yr, true);
-      Tensor dx = Tensor::empty(xs, t, kGpu), dxa = dx0.clone();
-      cuda::bn_bwd_apply(dy, x, mean, invstd, gamma, sdy, sdyx, 243.0, dx, false, relu_y);
-      cuda::bn_bwd_apply(dy, x, mean, invstd, gamma, sdy, sdyx, 243.0, dxa, true, Tensor());
-      out[vec][0] = y.to_vector();
-      out[vec][1] = yr.to_vector();
-      out[vec][2] = dx.to_vector();
-      out[vec][3] = dxa.to_vector();
-    }
-    for (int i = 0; i < 4; ++i) {
-      CAPTURE(i);
-      CHECK(out[1][i] == out[0][i]);
+    for (int64_t C : {64, 1024}) {  // one channel tile; 8 (f32) or 4 (bf16) tiles
+      CAPTURE(dtype_name(t));
+      CAPTURE(C);
+      const Shape xs{3, 9, 9, C};
+      const Tensor x = Tensor::randn(xs, 91, 0.5, 2.0).to(kGpu, t), dy = Tensor::randn(xs, 92).to(kGpu, t);
+      const Tensor relu_y = Tensor::randn(xs, 93).to(kGpu, t), dx0 = Tensor::randn(xs, 94).to(kGpu, t);
+      const Tensor mean = Tensor::randn({C}, 95, 0.5, 0.1).to(kGpu), invstd = Tensor::uniform({C}, 96, 0.4, 0.6).to(kGpu);
+      const Tensor gamma = Tensor::randn({C}, 97, 1.0, 0.2).to(kGpu), beta = Tensor::randn({C}, 98, 0.0, 0.2).to(kGpu);
+      const Tensor sdy = Tensor::randn({C}, 99, 0.0, 30.0).to(kGpu), sdyx = Tensor::randn({C}, 100, 0.0, 30.0).to(kGpu);
+      std::vector<double> out[2][4];
+      for (int vec = 0; vec < 2; ++vec) {
+        BnVec v(vec == 1);
+        Tensor y = Tensor::empty(xs, t, kGpu), yr = Tensor::empty(xs, t, kGpu);
+        cuda::bn_fwd_apply(x, mean, invstd, gamma, beta, y, false);
+        cuda::bn_fwd_apply(x, mean, invstd, gamma, beta, yr, true);
+        Tensor dx = Tensor::empty(xs, t, kGpu), dxa = dx0.clone();
+        cuda::bn_bwd_apply(dy, x, mean, invstd, gamma, sdy, sdyx, 243.0, dx, false, relu_y);
+        cuda::bn_bwd_apply(dy, x, mean, invstd, gamma, sdy, sdyx, 243.0, dxa, true, Tensor());
+        out[vec][0] = y.to_vector();
+        out[vec][1] = yr.to_vector();
+        out[vec][2] = dx.to_vector();
+        out[vec][3] = dxa.to_vector();
+      }
+      for (int i = 0; i < 4; ++i) {
+        CAPTURE(i);
+        CHECK(out[1][i] == out[0][i]);
+      }
     }
   }
 }

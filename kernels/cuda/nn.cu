@@ -220,15 +220,20 @@ __global__ void __launch_bounds__(kColTile* kApplyRows)
 }
 
 // ---- batch norm, vectorised: V = 16 / sizeof(T) consecutive channels per thread in 16-byte
-// accesses (the kernels above move 2 or 4 bytes per thread and access). Used when C % V == 0,
-// the CV = C / V channel groups divide the block, and the tensors are 16-byte aligned; thread t
-// always owns channel group t % CV and walks the rows t / CV, t / CV + RG, ... (RG = 256 / CV),
-// so its channels' parameters stay in registers. Same arithmetic per element as the scalar
-// kernels (the apply kernels give the same bits); the partial sums go to the same (G, 2, C)
-// layout, which col_final_kernel reduces in a fixed order.
+// accesses (the kernels above move 2 or 4 bytes per thread and access). The channels go in
+// tiles of CT = CVT * V (CVT = min(C / V, 32) channel groups; blockIdx.y is the tile), so a
+// block's RG = 256 / CVT row-threads share each tile and the reductions' partials stay small:
+// at most kVecMaxBlocks blocks over all tiles and at least kVecMinRowsPerThread rows per
+// thread (a first version gave every block all C channels and up to 1024 row blocks: partials
+// of 16 KB x C, 32 MB at C = 2048, more than the data, and the step got slower). Thread t owns
+// channel group t % CVT of its tile and walks the rows t / CVT, t / CVT + RG, ..., four loads
+// in flight, so its channels' parameters stay in registers. Same arithmetic per element as
+// the scalar kernels (the apply kernels give the same bits); the partial sums go to the same
+// (G, 2, C) layout, which col_final_kernel reduces in a fixed order.
 constexpr int kVecThreads = 256;
-constexpr int kVecMaxBlocks = 1024;
-constexpr int kVecMinRowsPerThread = 4;
+constexpr int kVecMaxBlocks = 512;
+constexpr int kVecMinRowsPerThread = 16;  // reductions; the apply kernels take 4
+constexpr int kVecApplyMinRowsPerThread = 4;
 
 template <typename T>
 struct VecOf {
@@ -238,16 +243,22 @@ struct VecOf {
   };
 };
 
+// Channel groups per tile: all C / V of them up to 32, else 32.
+__host__ __device__ __forceinline__ int vec_tile_groups(int C, int V) {
+  return C / V < 32 ? C / V : 32;
+}
+
 template <int MODE, typename T>
 __global__ void __launch_bounds__(kVecThreads)
     col_partial_vec_kernel(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
                            int64_t rows_per_block, double* part, const T* relu_y) {
   constexpr int V = VecOf<T>::V;
   using P = typename VecOf<T>::P;
-  __shared__ double s0[kVecThreads * 8];  // (RG, C) = kVecThreads * V values
+  __shared__ double s0[kVecThreads * 8];  // (RG, CT) = kVecThreads * V values
   __shared__ double s1[kVecThreads * 8];
-  const int CV = C / V, RG = kVecThreads / CV;
-  const int t = threadIdx.x, cg = t % CV, rg = t / CV, c0 = cg * V;
+  const int CVT = vec_tile_groups(C, V), RG = kVecThreads / CVT, CT = CVT * V;
+  const int t = threadIdx.x, cg = t % CVT, rg = t / CVT;
+  const int ct0 = blockIdx.y * CT, c0 = ct0 + cg * V;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
   const int64_t r1 = r0 + rows_per_block < M ? r0 + rows_per_block : M;
   float acc0[V], acc1[V], k0[V], k1[V];
@@ -263,43 +274,59 @@ __global__ void __launch_bounds__(kVecThreads)
       k1[j] = invstd[c0 + j];
     }
   }
-  for (int64_t r = r0 + rg; r < r1; r += RG) {
-    const int64_t i = r * C + c0;
-    const P av = *reinterpret_cast<const P*>(a + i);
-    if constexpr (MODE == kColStats) {
+  // U rows per round, loaded before any is used (4 for the statistics' one tensor, 2 for the
+  // backward's three: 167 registers with 4); the rows a thread adds and their order are those
+  // of the plain loop r = r0 + rg, r0 + rg + RG, ...
+  constexpr int kVecUnroll = MODE == kColStats ? 4 : 2;
+  for (int64_t rb = r0 + rg; rb < r1; rb += static_cast<int64_t>(kVecUnroll) * RG) {
+    P av[kVecUnroll], xv[kVecUnroll], yv[kVecUnroll];
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float d = to_f(av.v[j]) - k0[j];
-        acc0[j] += d;
-        acc1[j] += d * d;
+    for (int q = 0; q < kVecUnroll; ++q) {
+      const int64_t r = rb + static_cast<int64_t>(q) * RG;
+      if (r < r1) {
+        const int64_t i = r * C + c0;
+        av[q] = *reinterpret_cast<const P*>(a + i);
+        if constexpr (MODE != kColStats) {
+          xv[q] = *reinterpret_cast<const P*>(x + i);
+          if (relu_y) yv[q] = *reinterpret_cast<const P*>(relu_y + i);
+        }
       }
-    } else {
-      const P xv = *reinterpret_cast<const P*>(x + i);
-      P yv;
-      if (relu_y) yv = *reinterpret_cast<const P*>(relu_y + i);
+    }
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float g = relu_y && to_f(yv.v[j]) <= 0.f ? 0.f : to_f(av.v[j]);
-        const float xhat = __fmul_rn(__fsub_rn(to_f(xv.v[j]), k0[j]), k1[j]);
-        acc0[j] += g;
-        acc1[j] += g * xhat;
+    for (int q = 0; q < kVecUnroll; ++q) {
+      if (rb + static_cast<int64_t>(q) * RG >= r1) break;
+      if constexpr (MODE == kColStats) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float d = to_f(av[q].v[j]) - k0[j];
+          acc0[j] += d;
+          acc1[j] += d * d;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float g = relu_y && to_f(yv[q].v[j]) <= 0.f ? 0.f : to_f(av[q].v[j]);
+          const float xhat = __fmul_rn(__fsub_rn(to_f(xv[q].v[j]), k0[j]), k1[j]);
+          acc0[j] += g;
+          acc1[j] += g * xhat;
+        }
       }
     }
   }
 #pragma unroll
   for (int j = 0; j < V; ++j) {
-    s0[rg * C + c0 + j] = acc0[j];
-    s1[rg * C + c0 + j] = acc1[j];
+    s0[rg * CT + cg * V + j] = acc0[j];
+    s1[rg * CT + cg * V + j] = acc1[j];
   }
   __syncthreads();
-  for (int c = t; c < C; c += kVecThreads) {
+  for (int c = t; c < CT; c += kVecThreads) {
     double t0 = 0.0, t1 = 0.0;
     for (int q = 0; q < RG; ++q) {
-      t0 += s0[q * C + c];
-      t1 += s1[q * C + c];
+      t0 += s0[q * CT + c];
+      t1 += s1[q * CT + c];
     }
-    part[(static_cast<int64_t>(blockIdx.x) * 2 + 0) * C + c] = t0;
-    part[(static_cast<int64_t>(blockIdx.x) * 2 + 1) * C + c] = t1;
+    part[(static_cast<int64_t>(blockIdx.x) * 2 + 0) * C + ct0 + c] = t0;
+    part[(static_cast<int64_t>(blockIdx.x) * 2 + 1) * C + ct0 + c] = t1;
   }
 }
 
@@ -309,8 +336,8 @@ __global__ void __launch_bounds__(kVecThreads)
                             const float* beta, T* y, int64_t M, int C, bool relu) {
   constexpr int V = VecOf<T>::V;
   using P = typename VecOf<T>::P;
-  const int CV = C / V, RG = kVecThreads / CV;
-  const int c0 = (threadIdx.x % CV) * V;
+  const int CVT = vec_tile_groups(C, V), RG = kVecThreads / CVT;
+  const int c0 = blockIdx.y * CVT * V + (threadIdx.x % CVT) * V;
   float m[V], is[V], g[V], b[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) {
@@ -320,7 +347,7 @@ __global__ void __launch_bounds__(kVecThreads)
     b[j] = beta[c0 + j];
   }
   const int64_t step = static_cast<int64_t>(gridDim.x) * RG;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * RG + threadIdx.x / CV; r < M; r += step) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * RG + threadIdx.x / CVT; r < M; r += step) {
     const int64_t i = r * C + c0;
     const P xv = *reinterpret_cast<const P*>(x + i);
     P out;
@@ -340,8 +367,8 @@ __global__ void __launch_bounds__(kVecThreads)
                             bool acc, const T* relu_y) {
   constexpr int V = VecOf<T>::V;
   using P = typename VecOf<T>::P;
-  const int CV = C / V, RG = kVecThreads / CV;
-  const int c0 = (threadIdx.x % CV) * V;
+  const int CVT = vec_tile_groups(C, V), RG = kVecThreads / CVT;
+  const int c0 = blockIdx.y * CVT * V + (threadIdx.x % CVT) * V;
   float m[V], is[V], k[V], a[V], b[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) {
@@ -353,7 +380,7 @@ __global__ void __launch_bounds__(kVecThreads)
     b[j] = sum_dy_xhat ? static_cast<float>(static_cast<double>(sum_dy_xhat[c]) / count) : 0.f;
   }
   const int64_t step = static_cast<int64_t>(gridDim.x) * RG;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * RG + threadIdx.x / CV; r < M; r += step) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * RG + threadIdx.x / CVT; r < M; r += step) {
     const int64_t i = r * C + c0;
     const P dv = *reinterpret_cast<const P*>(dy + i);
     const P xv = *reinterpret_cast<const P*>(x + i);
@@ -372,15 +399,17 @@ __global__ void __launch_bounds__(kVecThreads)
   }
 }
 
-// Whether the vectorised kernels are on: MIRA_BN_VEC=1 or set_bn_vectorized.
-EnvSwitch g_bn_vec("MIRA_BN_VEC");
+// Whether the vectorised kernels are on: by default (measured faster on an H200: the ResNet-50
+// step 4 %, ResNet-18 at 32 px 13 %, bench/RESULTS.md); MIRA_BN_VEC=0 or set_bn_vectorized(false)
+// for the scalar kernels.
+EnvSwitch g_bn_vec("MIRA_BN_VEC", true);
 
-// The channel layout the vectorised kernels take: V channels per thread, the C / V channel
-// groups dividing the block.
+// The channel layout the vectorised kernels take: V channels per thread; C / V channel groups,
+// either fewer than 32 and dividing the block, or a multiple of 32 (tiles of 32 groups).
 bool vec_layout_ok(int C, int V) {
   if (C <= 0 || C % V != 0) return false;
   const int CV = C / V;
-  return CV <= kVecThreads && kVecThreads % CV == 0;
+  return CV < 32 ? kVecThreads % CV == 0 : CV % 32 == 0;
 }
 
 template <typename T>
@@ -391,28 +420,39 @@ bool bn_vec_ok(int C, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-// Blocks for M rows: at least kVecMinRowsPerThread rows per thread, at most max_blocks.
-int64_t vec_blocks(int64_t M, int C, int V, int64_t max_blocks = kVecMaxBlocks) {
-  const int64_t RG = kVecThreads / (C / V);
-  const int64_t G = (M + RG * kVecMinRowsPerThread - 1) / (RG * kVecMinRowsPerThread);
-  return std::max<int64_t>(1, std::min(G, max_blocks));
+struct VecGrid {
+  int tiles = 1;
+  int64_t G = 1;  // row blocks
+};
+
+// M rows: at least min_rows rows per thread, at most max_blocks blocks over all tiles.
+VecGrid vec_grid(int64_t M, int C, int V, int64_t max_blocks = kVecMaxBlocks, int64_t min_rows = kVecMinRowsPerThread) {
+  VecGrid g;
+  const int CVT = vec_tile_groups(C, V);
+  g.tiles = C / V / CVT;
+  const int64_t RG = kVecThreads / CVT;
+  const int64_t by_rows = (M + RG * min_rows - 1) / (RG * min_rows);
+  g.G = std::max<int64_t>(1, std::min(by_rows, std::max<int64_t>(1, max_blocks / g.tiles)));
+  return g;
 }
 
 // The apply kernels stride over the rows: more blocks than the reductions' partials allow.
-unsigned vec_apply_blocks(int64_t M, int C, int V) {
-  return static_cast<unsigned>(vec_blocks(M, C, V, 8 * kVecMaxBlocks));
+dim3 vec_apply_grid(int64_t M, int C, int V) {
+  const VecGrid g = vec_grid(M, C, V, 16 * kVecMaxBlocks, kVecApplyMinRowsPerThread);
+  return dim3(static_cast<unsigned>(g.G), static_cast<unsigned>(g.tiles));
 }
 
 template <int MODE, typename T>
 void launch_bn_reduce_vec(const T* a, const T* x, const float* mean, const float* invstd, int64_t M, int C,
                           void* workspace, float* out0, float* out1, cudaStream_t stream, const T* relu_y) {
-  const int64_t G = vec_blocks(M, C, VecOf<T>::V);
-  const int64_t rows_per_block = (M + G - 1) / G;
-  col_partial_vec_kernel<MODE, T><<<static_cast<unsigned>(G), kVecThreads, 0, stream>>>(
-      a, x, mean, invstd, M, C, rows_per_block, static_cast<double*>(workspace), relu_y);
+  const VecGrid g = vec_grid(M, C, VecOf<T>::V);
+  const int64_t rows_per_block = (M + g.G - 1) / g.G;
+  col_partial_vec_kernel<MODE, T>
+      <<<dim3(static_cast<unsigned>(g.G), static_cast<unsigned>(g.tiles)), kVecThreads, 0, stream>>>(
+          a, x, mean, invstd, M, C, rows_per_block, static_cast<double*>(workspace), relu_y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
   col_final_kernel<MODE, T, float><<<(C + kColTile - 1) / kColTile, dim3(kColTile, kColRows), 0, stream>>>(
-      static_cast<const double*>(workspace), static_cast<int>(G), M, C, MODE == kColStats ? a : x, out0, out1,
+      static_cast<const double*>(workspace), static_cast<int>(g.G), M, C, MODE == kColStats ? a : x, out0, out1,
       nullptr, false);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
@@ -825,7 +865,7 @@ size_t bn_workspace_bytes(int64_t M, int C) {
   if (g_bn_vec.on())
     for (int V : {4, 8})
       if (vec_layout_ok(C, V))
-        bytes = std::max(bytes, static_cast<size_t>(vec_blocks(M, C, V)) * 2 * static_cast<size_t>(C) * sizeof(double));
+        bytes = std::max(bytes, static_cast<size_t>(vec_grid(M, C, V).G) * 2 * static_cast<size_t>(C) * sizeof(double));
   return bytes;
 }
 
@@ -872,7 +912,7 @@ void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const floa
                   int64_t M, int C, cudaStream_t stream, bool relu) {
   if (M <= 0 || C <= 0) return;
   if (bn_vec_ok<T>(C, {x, y})) {
-    bn_fwd_apply_vec_kernel<T><<<vec_apply_blocks(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(x, mean, invstd, gamma,
+    bn_fwd_apply_vec_kernel<T><<<vec_apply_grid(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(x, mean, invstd, gamma,
                                                                                                beta, y, M, C, relu);
     MIRA_CUDA_LAUNCH_CHECK(stream);
     return;
@@ -902,7 +942,7 @@ void bn_bwd_apply(const T* dy, const T* x, const float* mean, const float* invst
                   bool accumulate, cudaStream_t stream, const T* relu_y) {
   if (M <= 0 || C <= 0) return;
   if (bn_vec_ok<T>(C, {dy, x, dx, relu_y})) {
-    bn_bwd_apply_vec_kernel<T><<<vec_apply_blocks(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(
+    bn_bwd_apply_vec_kernel<T><<<vec_apply_grid(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(
         dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
     MIRA_CUDA_LAUNCH_CHECK(stream);
     return;
