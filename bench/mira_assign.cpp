@@ -73,9 +73,10 @@ const char* kUsage =
     "       mira_assign --convergence [--logits IN.npy | --n N --k K --std S --seed S] [--max-iters M] [--ref-iters "
     "R]\n"
     "       mira_assign --time [--device cuda|cpu] [--n N] [--k K] [--views V] [--iters I] [--reps R]\n"
-    "                   [--warmup W] [--pytorch auto|none|PATH] [--python EXE]\n";
+    "                   [--warmup W] [--pytorch auto|none|PATH] [--python EXE] [--trace]\n"
+    "         --trace: one more launch per fused variant with per-phase clock64 timing (trace_us)\n";
 
-const char* kFlags[] = {"stats", "convergence", "time", "help"};
+const char* kFlags[] = {"stats", "convergence", "time", "trace", "help"};
 const char* kOptions[] = {"logits", "out",     "tau",       "beta",      "iters", "method", "eps",
                           "device", "n",       "k",         "std",       "seed",  "views",  "reps",
                           "warmup", "pytorch", "max-iters", "ref-iters", "python"};
@@ -393,6 +394,8 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     cuda::MiraSchedule schedule;
     int rows;
     bool bf16_logits;
+    int cpt = 0;  // min columns per thread (0: the plan's choice)
+    int bps = 0;  // blocks per SM (0: the plan's choice)
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -404,6 +407,10 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                                    {"fused bf16-logits bf16-cache", MV::Fused, MC::BF16, MS::Auto, 4, true},
                                    {"per-pass", MV::PerPass, MC::F32, MS::Auto, 4, false},
                                    {"unfused", MV::Unfused, MC::F32, MS::Auto, 4, false}};
+  // Block sizes: "fused" is the plan's choice (K = 3000: 8 columns per thread, 2 blocks per
+  // SM); one block per SM with 4 columns per thread (the plan until 2026-11-26); 4 blocks of 16.
+  variants.insert(variants.begin() + 1, {"fused cpt4 bps1", MV::Fused, MC::F32, MS::Auto, 4, false, 4, 1});
+  variants.insert(variants.begin() + 2, {"fused cpt16 bps4", MV::Fused, MC::F32, MS::Auto, 4, false, 16, 4});
   if (V > 1) {
     variants.insert(variants.begin() + 1, {"fused concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false});
     variants.insert(variants.begin() + 2, {"fused sequential", MV::Fused, MC::F32, MS::Sequential, 4, false});
@@ -426,7 +433,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     for (int v = 0; v < V; ++v) p.targets[v] = targets[v].data<float>();
     json j = {{"variant", var.name}, {"device", card}, {"N", N}, {"K", K}, {"views", V}, {"iters", iters}};
     try {
-      const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, var.cache, var.schedule, var.rows);
+      const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, var.cache, var.schedule, var.rows, var.cpt, var.bps);
       Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
       auto run = [&](int s) {
         for (int v = 0; v < V; ++v) p.logits[v] = (var.bf16_logits ? bf16 : f32)[s][v].raw();
@@ -487,6 +494,36 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       j["gbs_io"] = io / (t.median() * 1e6);
       j["gbs_passes"] = passes / (t.median() * 1e6);
       if (var.name == "fused") fused_ms = t.median();
+      if (a.has("trace") && var.variant == MV::Fused) {
+        // One more launch with phase timing: each phase's mean over blocks of its share of the
+        // block's cycles, times the median launch, in microseconds per launch. (Fused only: the
+        // per-pass variant's launches would each overwrite the buffer.)
+        const int64_t n = static_cast<int64_t>(plan.grid) * cuda::kMiraTracePhases;
+        Tensor tr = Tensor::zeros({n}, DType::I64, dev);
+        cuda::MiraPlan traced = plan;
+        traced.trace = reinterpret_cast<unsigned long long*>(tr.raw());
+        for (int v = 0; v < V; ++v) p.logits[v] = (var.bf16_logits ? bf16 : f32)[0][v].raw();
+        cuda::mira_assign_cuda(p, traced, ws.raw(), stream);
+        MIRA_CUDA_CHECK(cudaStreamSynchronize(stream));
+        bool same = true;  // tracing must not change the targets
+        for (int v = 0; v < V; ++v)
+          same = same && compare(targets[v].to_vector(), (var.bf16_logits ? ref_bf16 : ref)[v], atol, rtol).second;
+        j["trace_valid"] = same;
+        if (!same) ++failures;
+        const std::vector<double> cyc = tr.to(Device::cpu()).to(DType::F64).to_vector();
+        static const char* const kNames[cuda::kMiraTracePhases] = {"first_pass", "weights", "update_rows", "last_pass",
+                                                                  "barrier1",   "reduce",  "barrier2",    "total"};
+        json tj;
+        for (int k = 0; k < cuda::kMiraTracePhases; ++k) {
+          double share = 0;
+          for (int b = 0; b < plan.grid; ++b) {
+            const double tot = cyc[static_cast<size_t>(b) * cuda::kMiraTracePhases + cuda::kMiraTracePhases - 1];
+            if (tot > 0) share += cyc[static_cast<size_t>(b) * cuda::kMiraTracePhases + k] / tot;
+          }
+          tj[kNames[k]] = share / plan.grid * t.median() * 1e3;
+        }
+        j["trace_us"] = tj;
+      }
     } catch (const Error& e) {
       j["error"] = e.what();
       ++failures;

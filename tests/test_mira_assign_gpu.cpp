@@ -39,7 +39,8 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
 // Runs the kernel-level launchers on device copies of `views` (f32 on the host).
 std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cuda::MiraVariant variant,
                                             cuda::MiraCache cache, cuda::MiraSchedule schedule, int batch_rows,
-                                            bool bf16_logits, double tau = kTau, double beta = kBeta, int iters = 30) {
+                                            bool bf16_logits, double tau = kTau, double beta = kBeta, int iters = 30,
+                                            int cols_per_thread = 0, int blocks_per_sm = 0) {
   const Device dev = Device::cuda(0);
   cuda::MiraProblem p;
   p.V = static_cast<int>(views.size());
@@ -56,7 +57,7 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
     p.logits[v] = in[v].raw();
     p.targets[v] = out[v].data<float>();
   }
-  const cuda::MiraPlan plan = cuda::mira_plan(p, variant, cache, schedule, batch_rows);
+  const cuda::MiraPlan plan = cuda::mira_plan(p, variant, cache, schedule, batch_rows, cols_per_thread, blocks_per_sm);
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const cudaStream_t stream = cuda::CudaContext::get().stream();
   if (variant == cuda::MiraVariant::PerPass) {
@@ -108,6 +109,8 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
       C cache;
       S schedule;
       int rows;
+      int cpt = 0;  // min columns per thread (0: the plan's choice)
+      int bps = 0;  // blocks per SM (0: the plan's choice)
     };
     const Run runs[] = {{"fused", V::Fused, C::F32, S::Auto, 4},
                         {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
@@ -115,17 +118,20 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
                         {"fused 8-row batches", V::Fused, C::F32, S::Auto, 8},
                         {"per-pass", V::PerPass, C::F32, S::Auto, 4},
                         {"unfused", V::Unfused, C::F32, S::Auto, 4},
-                        {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4}};
+                        {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4},
+                        {"fused 4 columns per thread, 1 block per SM", V::Fused, C::F32, S::Auto, 4, 4, 1},
+                        {"fused 8 columns per thread, 2 blocks per SM", V::Fused, C::F32, S::Auto, 4, 8, 2},
+                        {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4}};
     std::vector<std::vector<double>> fused;
     for (const Run& r : runs) {
       CAPTURE(r.name);
-      const auto got = run_kernel(views, r.variant, r.cache, r.schedule, r.rows, false);
+      const auto got = run_kernel(views, r.variant, r.cache, r.schedule, r.rows, false, kTau, kBeta, 30, r.cpt, r.bps);
       const Tol tol = r.cache == C::BF16 ? kBf16CacheTol : kGpuTol;
       for (int v = 0; v < 2; ++v) {
         CHECK(allclose(got[v], ref[v], tol, r.name));
         CHECK(finite_simplex(got[v], s.N, s.K, 1e-4));
       }
-      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto) fused = got;
+      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0) fused = got;
       // Fused and unfused are the same computation up to f32 summation order.
       if (r.variant == V::Unfused)
         for (int v = 0; v < 2; ++v) CHECK(allclose(got[v], fused[v], Tol{1e-6, 1e-4}, "fused vs unfused"));

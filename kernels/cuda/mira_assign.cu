@@ -50,6 +50,9 @@ constexpr float kLog2MaxF32 = 124.f;  // K weights of at most 2^(124 - log2 K): 
 constexpr int kRowBlock = 256;        // threads of the plain row kernels
 constexpr int kColTile = 256;         // columns per block of the plain column kernels
 constexpr int kRowsPerChunk = 64;     // rows per block of the plain column kernels
+// Phases of MiraPlan::trace (kernels/cuda/mira_assign.cuh lists them).
+enum TracePhase { kTraceFirst, kTraceWeights, kTraceRows, kTraceLast, kTraceBarrier1, kTraceReduce, kTraceBarrier2, kTraceTotal };
+static_assert(kTraceTotal + 1 == kMiraTracePhases, "trace phases");
 
 size_t align_up(size_t x, size_t a) {
   return (x + a - 1) / a * a;
@@ -193,6 +196,7 @@ struct FusedArgs {
   float* partial;   // (V, blocks_per_view, Kp)
   float* colsum;    // (V, Kp) + the non-finite counter
   float* rowmax;    // (V, N)
+  unsigned long long* trace;  // null, or (grid, kMiraTracePhases) clock64 sums (MiraPlan::trace)
 };
 
 // What one block works on during one view group: its rows [r0, r1) of view v.
@@ -392,15 +396,30 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   constexpr int RH = R > 1 ? R / 2 : 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float red[2 * 32 * R];
-  __shared__ float redc[32 * 33];
+  __shared__ float redc[kFusedMaxBlock];  // the column reduction's (subset, column) sums
   cg::grid_group grid = cg::this_grid();
 
   const int tid = threadIdx.x, bd = blockDim.x;
-  const int lane = tid & 31, warp = tid >> 5, nwarps = bd >> 5;
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
   int parity = 0;
   float bad = 0;  // non-finite logits seen by this thread
+
+  // Phase timing (MiraPlan::trace): thread 0 adds clock64 deltas per phase; one branch per
+  // phase when off.
+  // The sums live in shared memory, not registers: the hot loops have none to spare.
+  __shared__ long long ph[kMiraTracePhases + 2];  // phases, then the last mark and the start
+  if (a.trace != nullptr && tid == 0) {
+    for (int k = 0; k < kMiraTracePhases; ++k) ph[k] = 0;
+    ph[kMiraTracePhases] = ph[kMiraTracePhases + 1] = clock64();
+  }
+  auto mark = [&](int k) {
+    if (a.trace != nullptr && tid == 0) {
+      const long long now = clock64();
+      ph[k] += now - ph[kMiraTracePhases];
+      ph[kMiraTracePhases] = now;
+    }
+  };
 
   for (int gi = 0; gi < groups; ++gi) {
     const int v = gi * a.views_per_group + vg;
@@ -430,6 +449,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
       if (active) {
         if (p == 0) {
           pass_first<RH, NCH>(b, c, parity, bad);
+          mark(kTraceFirst);
         } else {
           // Weights from the previous pass's column sums: w_j = (c_j / max c)^(-beta), capped;
           // 0 for an empty column (including the padding beyond K).
@@ -450,10 +470,13 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
               const float x = w[ch][u];
               w[ch][u] = x > 0.f ? exp2f(fminf(a.exponent * (log2f(x) - l2max), a.log2_cap)) : 0.f;
             }
+          mark(kTraceWeights);
           if (p <= a.iters) {
             pass_update<R, NCH>(b, w, c, parity);
+            mark(kTraceRows);
           } else {
             pass_targets<RH, NCH>(b, w, parity);
+            mark(kTraceLast);
           }
         }
       }
@@ -465,26 +488,46 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(part + b.col(ch), c[ch]);
         }
         grid.sync();
+        mark(kTraceBarrier1);
         if (active) {
-          // Tiles of 32 columns over this view's blocks; each column summed in a fixed order.
+          // Block bv sums the columns [c_lo, c_lo + ncol) over the view's blocks: threads are
+          // (column, subset) pairs, subset s adding blocks s, s + S, ... with its loads issued
+          // together, then column j's S subset sums are added in subset order. A fixed order
+          // either way (the targets are bitwise reproducible), and one round of L2 latency
+          // rather than one per block summed.
           const float* base = a.partial + static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
-          for (int tile = bv; tile < a.Kp / 32; tile += a.blocks_per_view) {
-            const int col = tile * 32 + lane;
-            float s = 0.f;
-            for (int q = warp; q < a.blocks_per_view; q += nwarps) s += base[static_cast<size_t>(q) * a.Kp + col];
-            redc[warp * 33 + lane] = s;
+          const int bpv = a.blocks_per_view;
+          const int cpb = (a.Kp + bpv - 1) / bpv;
+          const int c_lo = bv * cpb, ncol = min(a.Kp, c_lo + cpb) - c_lo;
+          for (int cc0 = 0; cc0 < ncol; cc0 += bd) {
+            const int nc = min(bd, ncol - cc0), S = bd / nc;
+            const int j = tid % nc, sub = tid / nc;
+            const int col = c_lo + cc0 + j;
+            if (sub < S) {
+              float s = 0.f;
+#pragma unroll 8
+              for (int q = sub; q < bpv; q += S) s += base[static_cast<size_t>(q) * a.Kp + col];
+              redc[sub * nc + j] = s;
+            }
             __syncthreads();
-            if (warp == 0) {
+            if (tid < nc) {
               float t = 0.f;
-              for (int w2 = 0; w2 < nwarps; ++w2) t += redc[w2 * 33 + lane];
+              for (int k = 0; k < S; ++k) t += redc[k * nc + tid];
               a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
             }
             __syncthreads();
           }
         }
+        mark(kTraceReduce);
         if (p + 1 < a.pass_end) grid.sync();
+        mark(kTraceBarrier2);
       }
     }
+  }
+  if (a.trace != nullptr && tid == 0) {
+    ph[kTraceTotal] = clock64() - ph[kMiraTracePhases + 1];
+    for (int k = 0; k < kMiraTracePhases; ++k)
+      a.trace[static_cast<size_t>(blockIdx.x) * kMiraTracePhases + k] = static_cast<unsigned long long>(ph[k]);
   }
   if (bad > 0.f) atomicAdd(a.colsum + static_cast<size_t>(a.V) * a.Kp, bad);
 }
@@ -742,7 +785,8 @@ bool mira_fused_supports(int K) {
   return K >= 1 && K <= kFusedMaxK;
 }
 
-MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, MiraSchedule schedule, int batch_rows) {
+MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, MiraSchedule schedule, int batch_rows,
+                   int min_cols_per_thread, int blocks_per_sm) {
   MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews, "mira_plan: 1 to ", kMiraMaxViews, " views, got ", p.V);
   MIRA_CHECK(p.N >= 1 && p.K >= 1, "mira_plan: empty problem (N = ", p.N, ", K = ", p.K, ")");
   MiraPlan plan;
@@ -771,7 +815,18 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
 
   MIRA_CHECK(mira_fused_supports(p.K), "mira_plan: the fused kernels take K <= ", kFusedMaxK, ", got ", p.K,
              " (use MiraVariant::Unfused)");
-  int nch = 1;
+  MIRA_CHECK(min_cols_per_thread == 0 || min_cols_per_thread == 4 || min_cols_per_thread == 8 ||
+                 min_cols_per_thread == 16,
+             "mira_plan: min_cols_per_thread is 0 (auto), 4, 8 or 16, got ", min_cols_per_thread);
+  MIRA_CHECK(blocks_per_sm >= 0 && blocks_per_sm <= 8, "mira_plan: blocks_per_sm in 0..8, got ", blocks_per_sm);
+  if (min_cols_per_thread == 0) {
+    // Two half-size blocks per SM where a block of 4 columns per thread would exceed 512
+    // threads (see mira_plan in the header for the measurement).
+    const bool halve = variant == MiraVariant::Fused && ceil_div(p.K, kVec) > 512;
+    min_cols_per_thread = halve ? 8 : 4;
+    if (halve && blocks_per_sm == 0) blocks_per_sm = 2;
+  }
+  int nch = min_cols_per_thread / kVec;
   while (nch < 4 && ceil_div(p.K, kVec * nch) > kFusedMaxBlock) nch *= 2;
   plan.cpt = kVec * nch;
   plan.block = ceil_div(ceil_div(p.K, plan.cpt), 32) * 32;
@@ -836,6 +891,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
       if (vpg != p.V && (p.V == 1 || schedule == MiraSchedule::Concurrent)) continue;
       if (vpg == p.V && p.V > 1 && schedule == MiraSchedule::Sequential) continue;
       for (int bps = 1; bps <= std::min(occ0, 8); ++bps) {
+        if (blocks_per_sm > 0 && bps != std::min(blocks_per_sm, std::min(occ0, 8))) continue;
         const Candidate c = evaluate(vpg, bps, true);
         if (c.cost < best.cost) best = c;
       }
@@ -906,6 +962,7 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.partial = reinterpret_cast<float*>(base + plan.off_partial);
   a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
   a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
+  a.trace = plan.trace;
   return a;
 }
 

@@ -72,12 +72,24 @@ struct MiraPlan {
   size_t off_ecache = 0, off_partial = 0, off_colsum = 0, off_rowmax = 0, off_w = 0;
   int64_t ecache_rows_per_block = 0;  // rows of E per block held in the workspace
   int64_t flag_index = 0;             // index of the non-finite counter in colsum
+  // Fused / per-pass, for performance work: null, or device memory of grid * kMiraTracePhases
+  // u64 that each launch overwrites with block b's clock64 cycles per phase at
+  // [b * kMiraTracePhases + k]: first pass, weights, update rows, last pass (targets), grid
+  // barrier 1 (with the partials' store), column reduction, grid barrier 2, whole launch.
+  unsigned long long* trace = nullptr;
 };
+constexpr int kMiraTracePhases = 8;
 
 // Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).
 // batch_rows: rows per register batch of the fused kernel for K <= 3072, 4 (default) or 8.
+// min_cols_per_thread: 0 (auto), 4, 8 or 16 (the block has K / cols threads); blocks_per_sm: 0
+// (the cost model picks) or that many blocks per SM, or as many as fit if fewer. Auto, for the
+// fused variant with K > 2048: 8 columns per thread and 2 blocks per SM, whose row reductions
+// overlap each other's latency (K = 3000 on an H200: update passes 434 instead of 644 us per
+// launch, the launch 1.07 instead of 1.20 ms; bench/RESULTS.md); else 4 and the cost model.
 MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache = MiraCache::F32,
-                   MiraSchedule schedule = MiraSchedule::Auto, int batch_rows = 4);
+                   MiraSchedule schedule = MiraSchedule::Auto, int batch_rows = 4, int min_cols_per_thread = 0,
+                   int blocks_per_sm = 0);
 // Can the fused / per-pass kernel take this K? (K <= 12288: 768 threads x 16 columns)
 bool mira_fused_supports(int K);
 
