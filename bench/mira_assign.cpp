@@ -396,6 +396,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool bf16_logits;
     int cpt = 0;  // min columns per thread (0: the plan's choice)
     int bps = 0;  // blocks per SM (0: the plan's choice)
+    bool pipelined = false;
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -411,6 +412,11 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   // SM); one block per SM with 4 columns per thread (the plan until 2026-11-26); 4 blocks of 16.
   variants.insert(variants.begin() + 1, {"fused cpt4 bps1", MV::Fused, MC::F32, MS::Auto, 4, false, 4, 1});
   variants.insert(variants.begin() + 2, {"fused cpt16 bps4", MV::Fused, MC::F32, MS::Auto, 4, false, 16, 4});
+  // The update passes with split-phase barriers (the next batch published before the last is
+  // finished), on the plan's choice and on one block of 768 per SM.
+  variants.insert(variants.begin() + 3, {"fused pipelined", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, true});
+  variants.insert(variants.begin() + 4,
+                  {"fused pipelined cpt4 bps1", MV::Fused, MC::F32, MS::Auto, 4, false, 4, 1, true});
   if (V > 1) {
     variants.insert(variants.begin() + 1, {"fused concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false});
     variants.insert(variants.begin() + 2, {"fused sequential", MV::Fused, MC::F32, MS::Sequential, 4, false});
@@ -433,7 +439,8 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     for (int v = 0; v < V; ++v) p.targets[v] = targets[v].data<float>();
     json j = {{"variant", var.name}, {"device", card}, {"N", N}, {"K", K}, {"views", V}, {"iters", iters}};
     try {
-      const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, var.cache, var.schedule, var.rows, var.cpt, var.bps);
+      const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, var.cache, var.schedule, var.rows, var.cpt, var.bps,
+                                                  var.pipelined);
       Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
       auto run = [&](int s) {
         for (int v = 0; v < V; ++v) p.logits[v] = (var.bf16_logits ? bf16 : f32)[s][v].raw();
@@ -464,6 +471,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"rows_per_block", plan.rows_per_block},
                      {"smem_rows", plan.smem_rows},
                      {"smem_kb", plan.smem_bytes / 1024.0},
+                     {"pipelined", plan.pipelined},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};
       }
       if (!(ok && bad == 0)) {

@@ -40,7 +40,7 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
 std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cuda::MiraVariant variant,
                                             cuda::MiraCache cache, cuda::MiraSchedule schedule, int batch_rows,
                                             bool bf16_logits, double tau = kTau, double beta = kBeta, int iters = 30,
-                                            int cols_per_thread = 0, int blocks_per_sm = 0) {
+                                            int cols_per_thread = 0, int blocks_per_sm = 0, bool pipelined = false) {
   const Device dev = Device::cuda(0);
   cuda::MiraProblem p;
   p.V = static_cast<int>(views.size());
@@ -57,7 +57,11 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
     p.logits[v] = in[v].raw();
     p.targets[v] = out[v].data<float>();
   }
-  const cuda::MiraPlan plan = cuda::mira_plan(p, variant, cache, schedule, batch_rows, cols_per_thread, blocks_per_sm);
+  const cuda::MiraPlan plan =
+      cuda::mira_plan(p, variant, cache, schedule, batch_rows, cols_per_thread, blocks_per_sm, pipelined);
+  // The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
+  CHECK(plan.pipelined == (pipelined && variant != cuda::MiraVariant::Unfused &&
+                           ((plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const cudaStream_t stream = cuda::CudaContext::get().stream();
   if (variant == cuda::MiraVariant::PerPass) {
@@ -138,6 +142,16 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
     }
     // Deterministic: the same bits on a second run.
     CHECK(run_kernel(views, V::Fused, C::F32, S::Auto, 4, false) == fused);
+    // The pipelined update passes add the same values in the same order: the same bits for the
+    // same launch geometry (these shapes get the same plan either way), on the plan's choice and
+    // on one block per SM of 4 columns per thread (up to K = 3072).
+    CHECK(run_kernel(views, V::Fused, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 0, 0, true) == fused);
+    if (s.K <= 3072) {
+      const auto one_block = run_kernel(views, V::Fused, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 1);
+      CHECK(run_kernel(views, V::Fused, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 1, true) == one_block);
+      CHECK(run_kernel(views, V::PerPass, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 0, true) ==
+            run_kernel(views, V::PerPass, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 0));
+    }
   }
 }
 

@@ -155,6 +155,31 @@ struct RowReduce {
     }
   }
 
+  // The two halves of allreduce<false> for the pipelined update (same slots, same order of
+  // additions, so the same bits): publish writes this warp's partials of the R rows to buf;
+  // after a barrier, collect gives every thread the R totals.
+  static __device__ __forceinline__ void publish(float (&d)[R], float* buf) {
+    constexpr int LPR = kLanesPerRow;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    butterfly<R, 16, false>(d, lane);
+    float v = d[0];
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
+    const int rho = lane / LPR, sub = lane % LPR;
+    if (sub == 0) buf[(warp / LPR) * 32 + rho * LPR + warp % LPR] = v;
+  }
+  static __device__ __forceinline__ void collect(float (&d)[R], const float* buf) {
+    constexpr int LPR = kLanesPerRow;
+    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const int sub = lane % LPR;
+    float acc = 0.f;
+    for (int k = 0; k * LPR + sub < nwarps; ++k) acc += buf[k * 32 + lane];
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) acc += __shfl_xor_sync(kFull, acc, off);
+#pragma unroll
+    for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
+  }
+
   template <bool MAX>
   static __device__ __forceinline__ void allreduce(float (&d)[R], float* red, int stride, int& parity) {
     constexpr int LPR = kLanesPerRow;
@@ -324,6 +349,127 @@ __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const f
   }
 }
 
+// Split-phase block barriers (mbarrier, sm_80+), for the pipelined update: every thread
+// arrives (release) and may go on; a wait (acquire) returns once the phase of the given
+// parity has completed, i.e. once every thread arrived.
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+  asm volatile(
+      "{\n\t.reg .b64 st;\n\t"
+      "mbarrier.arrive.shared.b64 st, [%0];\n\t}" ::"r"(smem_addr(bar))
+      : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+  asm volatile(
+      "{\n\t.reg .pred done;\n"
+      "MIRA_MBAR_WAIT_%=:\n\t"
+      "mbarrier.test_wait.parity.shared.b64 done, [%0], %1;\n\t"
+      "@!done bra MIRA_MBAR_WAIT_%=;\n\t}" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// Pipelined buffers: kPipeDepth slots of 32 R floats and one mbarrier each, used in turn by
+// the block's batches (sequence number q, across passes). Batch k + 1's loads, dot products
+// and partials go out before the wait for batch k's totals, so a warp always has work while
+// the other warps reach the barrier. A slot is rewritten kPipeDepth batches later; by then
+// every warp has arrived for the batch two before, which it does only after reading the
+// totals of the batch four before: so 4 slots are enough (3 are not), and a barrier's next
+// phase never starts before its previous one completed. The waits poll (test_wait, sm_80 and
+// sm_90); try_wait, which can suspend a warp, would leave more issue slots to a second block.
+constexpr int kPipeDepth = 4;
+
+template <int R, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void load_batch(const BlockRows<TIn, TE>& b, int row0, float (&e)[R][NCH][kVec]) {
+  const TE* crow0 = b.cache_row(row0) + b.col(0);
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    if (row0 + rr < b.r1) {
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+        ECache<TE>::load(crow0 + static_cast<size_t>(rr) * b.a->Kp + ch * blockDim.x * kVec, e[rr][ch]);
+    } else {
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
+    }
+  }
+}
+
+template <int R, int NCH>
+__device__ __forceinline__ void publish_batch(const float (&w)[NCH][kVec], const float (&e)[R][NCH][kVec],
+                                              float* pbuf, unsigned long long* mbar, int q) {
+  float d[R];
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    d[rr] = 0.f;
+#pragma unroll
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[rr][ch][u], d[rr]);
+  }
+  const int slot = q % kPipeDepth;
+  RowReduce<R>::publish(d, pbuf + slot * 32 * R);
+  mbar_arrive(mbar + slot);
+}
+
+template <int R, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void finish_batch(const BlockRows<TIn, TE>& b, int row0, const float (&e)[R][NCH][kVec],
+                                             float (&c)[NCH][kVec], const float* pbuf, unsigned long long* mbar,
+                                             int q) {
+  const int slot = q % kPipeDepth;
+  mbar_wait(mbar + slot, static_cast<unsigned>((q / kPipeDepth) & 1));
+  float d[R];
+  RowReduce<R>::collect(d, pbuf + slot * 32 * R);
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    const float s = row0 + rr < b.r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
+#pragma unroll
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
+  }
+}
+
+// pass_update with batch k + 1 published before batch k is finished; the same arithmetic in
+// the same order as pass_update (the same bits for the same plan: the slots add static shared
+// memory, which can change the planner's choice for large N). q: the block's batch sequence
+// number.
+template <int R, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void pass_update_pipelined(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
+                                                      float (&c)[NCH][kVec], float* pbuf, unsigned long long* mbar,
+                                                      int& q) {
+  const int nb = (b.r1 - b.r0 + R - 1) / R;  // uniform per block
+  if (nb <= 0) return;
+  float ea[R][NCH][kVec], eb[R][NCH][kVec];
+  load_batch<R, NCH>(b, b.r0, ea);
+  publish_batch<R, NCH>(w, ea, pbuf, mbar, q);
+  for (int k = 0; k < nb; k += 2) {
+    const int row_a = b.r0 + k * R, row_b = row_a + R;
+    if (k + 1 < nb) {
+      load_batch<R, NCH>(b, row_b, eb);
+      publish_batch<R, NCH>(w, eb, pbuf, mbar, q + 1);
+    }
+    finish_batch<R, NCH>(b, row_a, ea, c, pbuf, mbar, q);
+    if (k + 1 >= nb) {
+      q += 1;
+      break;
+    }
+    if (k + 2 < nb) {
+      load_batch<R, NCH>(b, row_b + R, ea);
+      publish_batch<R, NCH>(w, ea, pbuf, mbar, q + 2);
+    }
+    finish_batch<R, NCH>(b, row_b, eb, c, pbuf, mbar, q + 1);
+    q += 2;
+  }
+}
+
 // The last pass: T_ij = w_j E_ij / sum_l w_l E_il. With a bf16 cache E is recomputed in f32
 // from the logits and the stored row maxima, so the targets see exact E.
 template <int RB, int NCH, typename TIn, typename TE>
@@ -391,11 +537,19 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
 // take half as many.
-template <typename TIn, typename TE, int NCH, int R>
+template <typename TIn, typename TE, int NCH, int R, bool PIPE>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   constexpr int RH = R > 1 ? R / 2 : 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float red[2 * 32 * R];
+  __shared__ float pbuf[PIPE ? kPipeDepth * 32 * R : 1];  // the pipelined update's slots
+  __shared__ unsigned long long mbar[kPipeDepth];
+  int q = 0;  // pipelined batches so far
+  if constexpr (PIPE) {
+    if (threadIdx.x == 0)
+      for (int i = 0; i < kPipeDepth; ++i) mbar_init(mbar + i, blockDim.x);
+    __syncthreads();
+  }
   __shared__ float redc[kFusedMaxBlock];  // the column reduction's (subset, column) sums
   cg::grid_group grid = cg::this_grid();
 
@@ -472,7 +626,11 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             }
           mark(kTraceWeights);
           if (p <= a.iters) {
-            pass_update<R, NCH>(b, w, c, parity);
+            if constexpr (PIPE) {
+              pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
+            } else {
+              pass_update<R, NCH>(b, w, c, parity);
+            }
             mark(kTraceRows);
           } else {
             pass_targets<RH, NCH>(b, w, parity);
@@ -506,7 +664,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             if (sub < S) {
               float s = 0.f;
 #pragma unroll 8
-              for (int q = sub; q < bpv; q += S) s += base[static_cast<size_t>(q) * a.Kp + col];
+              for (int qb = sub; qb < bpv; qb += S) s += base[static_cast<size_t>(qb) * a.Kp + col];
               redc[sub * nc + j] = s;
             }
             __syncthreads();
@@ -538,14 +696,15 @@ using FusedFn = void (*)(const FusedArgs);
 // registers of 768 threads; R = 8 halves the barriers but spills ~20 bytes, and is kept for
 // the bench to decide. NCH = 2: R = 2 (no spills); NCH = 4 (K > 6144): one row (a few spills).
 template <typename TIn, typename TE>
-FusedFn fused_fn(int nch, int batch_rows) {
+FusedFn fused_fn(int nch, int batch_rows, bool pipelined) {
   switch (nch) {
     case 1:
-      return batch_rows == 8 ? mira_fused_kernel<TIn, TE, 1, 8> : mira_fused_kernel<TIn, TE, 1, 4>;
+      if (batch_rows == 8) return mira_fused_kernel<TIn, TE, 1, 8, false>;
+      return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true> : mira_fused_kernel<TIn, TE, 1, 4, false>;
     case 2:
-      return mira_fused_kernel<TIn, TE, 2, 2>;
+      return pipelined ? mira_fused_kernel<TIn, TE, 2, 2, true> : mira_fused_kernel<TIn, TE, 2, 2, false>;
     default:
-      return mira_fused_kernel<TIn, TE, 4, 1>;
+      return mira_fused_kernel<TIn, TE, 4, 1, false>;
   }
 }
 
@@ -554,12 +713,18 @@ int fused_batch_rows(int nch, int requested) {
   return nch == 2 ? 2 : 1;
 }
 
-FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows) {
+// The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
+bool fused_pipelined(int nch, int batch_rows, bool requested) {
+  return requested && ((nch == 1 && batch_rows == 4) || nch == 2);
+}
+
+FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, bool pipelined) {
   const bool bf16_e = cache == MiraCache::BF16;
   if (bf16_in)
-    return bf16_e ? fused_fn<__nv_bfloat16, __nv_bfloat16>(nch, batch_rows)
-                  : fused_fn<__nv_bfloat16, float>(nch, batch_rows);
-  return bf16_e ? fused_fn<float, __nv_bfloat16>(nch, batch_rows) : fused_fn<float, float>(nch, batch_rows);
+    return bf16_e ? fused_fn<__nv_bfloat16, __nv_bfloat16>(nch, batch_rows, pipelined)
+                  : fused_fn<__nv_bfloat16, float>(nch, batch_rows, pipelined);
+  return bf16_e ? fused_fn<float, __nv_bfloat16>(nch, batch_rows, pipelined)
+                : fused_fn<float, float>(nch, batch_rows, pipelined);
 }
 
 // ---- plain kernels (unfused variant, statistics, Sinkhorn)
@@ -786,7 +951,7 @@ bool mira_fused_supports(int K) {
 }
 
 MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, MiraSchedule schedule, int batch_rows,
-                   int min_cols_per_thread, int blocks_per_sm) {
+                   int min_cols_per_thread, int blocks_per_sm, bool pipelined) {
   MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews, "mira_plan: 1 to ", kMiraMaxViews, " views, got ", p.V);
   MIRA_CHECK(p.N >= 1 && p.K >= 1, "mira_plan: empty problem (N = ", p.N, ", K = ", p.K, ")");
   MiraPlan plan;
@@ -832,7 +997,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
   plan.block = ceil_div(ceil_div(p.K, plan.cpt), 32) * 32;
   plan.Kp = plan.cpt * plan.block;
   plan.batch_rows = fused_batch_rows(nch, batch_rows);
-  const FusedFn fn = select_fused(p.logits_bf16, cache, nch, plan.batch_rows);
+  plan.pipelined = fused_pipelined(nch, plan.batch_rows, pipelined);
+  const FusedFn fn = select_fused(p.logits_bf16, cache, nch, plan.batch_rows, plan.pipelined);
 
   int dev = 0;
   MIRA_CUDA_CHECK(cudaGetDevice(&dev));
@@ -974,7 +1140,7 @@ void check_problem(const MiraProblem& p) {
 void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end,
                   cudaStream_t stream) {
   const int nch = plan.cpt / kVec;
-  const FusedFn fn = select_fused(p.logits_bf16, plan.cache, nch, plan.batch_rows);
+  const FusedFn fn = select_fused(p.logits_bf16, plan.cache, nch, plan.batch_rows, plan.pipelined);
   FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
   void* args[] = {&a};
   MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),

@@ -57,6 +57,7 @@ struct MiraPlan {
   MiraCache cache = MiraCache::F32;
   int cpt = 4;              // columns per thread (fused / per-pass)
   int batch_rows = 4;       // rows per register batch (fused / per-pass)
+  bool pipelined = false;   // update passes with split-phase barriers (see mira_plan)
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
   int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
@@ -87,9 +88,13 @@ constexpr int kMiraTracePhases = 8;
 // fused variant with K > 2048: 8 columns per thread and 2 blocks per SM, whose row reductions
 // overlap each other's latency (K = 3000 on an H200: update passes 434 instead of 644 us per
 // launch, the launch 1.07 instead of 1.20 ms; bench/RESULTS.md); else 4 and the cost model.
+// pipelined: the update passes publish a row batch's partial sums before finishing the
+// previous batch (split-phase barriers), where the plan has 4 rows of 4 or 2 rows of 8 columns
+// per thread (MiraPlan::pipelined says whether it took); the same bits for the same launch
+// geometry (its slots add ~2 KB of static shared memory, which can change the plan for large N).
 MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache = MiraCache::F32,
                    MiraSchedule schedule = MiraSchedule::Auto, int batch_rows = 4, int min_cols_per_thread = 0,
-                   int blocks_per_sm = 0);
+                   int blocks_per_sm = 0, bool pipelined = false);
 // Can the fused / per-pass kernel take this K? (K <= 12288: 768 threads x 16 columns)
 bool mira_fused_supports(int K);
 
