@@ -245,6 +245,54 @@ struct BlockRows {
   __device__ __forceinline__ int col(int ch) const { return (ch * blockDim.x + threadIdx.x) * kVec; }
 };
 
+// The pieces of a row batch shared by the passes. load_batch: E of rows [row0, row0 + R) from
+// the cache, 0 beyond the block's rows (a batch never straddles shared memory and the
+// workspace: smem_rows is a multiple of R).
+template <int R, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void load_batch(const BlockRows<TIn, TE>& b, int row0, float (&e)[R][NCH][kVec]) {
+  const TE* crow0 = b.cache_row(row0) + b.col(0);
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    if (row0 + rr < b.r1) {
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+        ECache<TE>::load(crow0 + static_cast<size_t>(rr) * b.a->Kp + ch * blockDim.x * kVec, e[rr][ch]);
+    } else {
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
+    }
+  }
+}
+
+// d_r = sum_j w_j E_rj over this thread's columns.
+template <int R, int NCH>
+__device__ __forceinline__ void row_dots(const float (&w)[NCH][kVec], const float (&e)[R][NCH][kVec], float (&d)[R]) {
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    d[rr] = 0.f;
+#pragma unroll
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[rr][ch][u], d[rr]);
+  }
+}
+
+// c_j += E_rj / d_r for the batch's rows below r1 (d: the rows' totals).
+template <int R, int NCH>
+__device__ __forceinline__ void add_rows(int row0, int r1, const float (&e)[R][NCH][kVec], const float (&d)[R],
+                                         float (&c)[NCH][kVec]) {
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    const float s = row0 + rr < r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
+#pragma unroll
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
+  }
+}
+
 // The first pass: E from the logits (row maxima, exp, rounding to the cache type), stored to
 // the cache; c += E_ij / r_i with r_i = sum_j E_ij (the update from u = 1). RB rows at a time.
 template <int RB, int NCH, typename TIn, typename TE>
@@ -295,14 +343,7 @@ __device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&
       }
     }
     RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      const float s = row0 + rr < b.r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-        for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
-    }
+    add_rows<RB, NCH>(row0, b.r1, e, d, c);
   }
 }
 
@@ -310,42 +351,13 @@ __device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
                                             float (&c)[NCH][kVec], int& parity) {
-  const FusedArgs& a = *b.a;
   for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
     float e[RB][NCH][kVec];
     float d[RB];
-    // A batch never straddles shared memory and the workspace (smem_rows is a multiple of R).
-    const TE* crow0 = b.cache_row(row0) + b.col(0);
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      if (row0 + rr < b.r1) {
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch)
-          ECache<TE>::load(crow0 + static_cast<size_t>(rr) * a.Kp + ch * blockDim.x * kVec, e[rr][ch]);
-      } else {
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
-      }
-    }
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      d[rr] = 0.f;
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-        for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[rr][ch][u], d[rr]);
-    }
+    load_batch<RB, NCH>(b, row0, e);
+    row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      const float s = row0 + rr < b.r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-        for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
-    }
+    add_rows<RB, NCH>(row0, b.r1, e, d, c);
   }
 }
 
@@ -384,36 +396,11 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned pari
 // sm_90); try_wait, which can suspend a warp, would leave more issue slots to a second block.
 constexpr int kPipeDepth = 4;
 
-template <int R, int NCH, typename TIn, typename TE>
-__device__ __forceinline__ void load_batch(const BlockRows<TIn, TE>& b, int row0, float (&e)[R][NCH][kVec]) {
-  const TE* crow0 = b.cache_row(row0) + b.col(0);
-#pragma unroll
-  for (int rr = 0; rr < R; ++rr) {
-    if (row0 + rr < b.r1) {
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch)
-        ECache<TE>::load(crow0 + static_cast<size_t>(rr) * b.a->Kp + ch * blockDim.x * kVec, e[rr][ch]);
-    } else {
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-        for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
-    }
-  }
-}
-
 template <int R, int NCH>
 __device__ __forceinline__ void publish_batch(const float (&w)[NCH][kVec], const float (&e)[R][NCH][kVec],
                                               float* pbuf, unsigned long long* mbar, int q) {
   float d[R];
-#pragma unroll
-  for (int rr = 0; rr < R; ++rr) {
-    d[rr] = 0.f;
-#pragma unroll
-    for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-      for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[rr][ch][u], d[rr]);
-  }
+  row_dots<R, NCH>(w, e, d);
   const int slot = q % kPipeDepth;
   RowReduce<R>::publish(d, pbuf + slot * 32 * R);
   mbar_arrive(mbar + slot);
@@ -427,14 +414,7 @@ __device__ __forceinline__ void finish_batch(const BlockRows<TIn, TE>& b, int ro
   mbar_wait(mbar + slot, static_cast<unsigned>((q / kPipeDepth) & 1));
   float d[R];
   RowReduce<R>::collect(d, pbuf + slot * 32 * R);
-#pragma unroll
-  for (int rr = 0; rr < R; ++rr) {
-    const float s = row0 + rr < b.r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
-#pragma unroll
-    for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-      for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
-  }
+  add_rows<R, NCH>(row0, b.r1, e, d, c);
 }
 
 // pass_update with batch k + 1 published before batch k is finished; the same arithmetic in
@@ -500,14 +480,7 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
         }
       }
     }
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      d[rr] = 0.f;
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-        for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[rr][ch][u], d[rr]);
-    }
+    row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
 #pragma unroll
     for (int rr = 0; rr < RB; ++rr) {
