@@ -52,32 +52,38 @@ void check_float(const Tensor& x, const char* op) {
 // Rows x channels view of an NHWC image or (N, C) features.
 int64_t rows_of(const Tensor& x) { return x.numel() / x.dim(-1); }
 
-// SyncBN forward: turns this rank's per-channel mean and biased variance over M rows into
-// those over every rank's rows, in place (combined in double on the host: 2C values), and
-// returns the total row count.
-// SyncBN's forward: the statistics of every rank's rows, from one all-reduce of 2C sums (in
-// f64, on the statistics' device: no device-to-host copy, so no device sync on the GPU). The row
-// count over all ranks is M * world when the caller vouches that every rank normalises the same
-// number of rows (the trainer checks it once per step), else one host scalar reduction.
-double sync_bn_stats(Tensor& mean, Tensor& var, int64_t M, Communicator& comm, bool equal_rows) {
-  const int C = static_cast<int>(mean.numel());
+// SyncBN's forward: the statistics of every rank's rows for each of G groups (per-group mean
+// and biased variance over M local rows each, in place), from one all-reduce of 2 C G sums (in
+// f64, on the statistics' device: no device-to-host copy, so no device sync on the GPU; one
+// collective per call, not per group). The row count over all ranks is M * world when the
+// caller vouches that every rank normalises the same number of rows (the trainer checks it once
+// per step), else one host scalar reduction.
+double sync_bn_stats(std::vector<Tensor>& means, std::vector<Tensor>& vars, int64_t M, Communicator& comm,
+                     bool equal_rows) {
+  const int G = static_cast<int>(means.size());
+  const int C = static_cast<int>(means[0].numel());
   double count = static_cast<double>(M);
   if (equal_rows)
     count *= comm.world_size();
   else
     comm.allreduce_sum(&count, 1);
-  if (mean.is_cuda()) {
-    Tensor sums = Tensor::empty({2 * C * static_cast<int64_t>(sizeof(double))}, DType::U8, mean.device());
-    MIRA_ON_CUDA(cuda::bn_pack_sums(mean, var, double(M), sums.raw()));
-    comm.allreduce_sum(sums.raw(), 2 * C, DType::F64, mean.device());
-    MIRA_ON_CUDA(cuda::bn_unpack_sums(sums.raw(), count, mean, var));
+  const int64_t n = 2 * static_cast<int64_t>(C) * G;
+  if (means[0].is_cuda()) {
+    Tensor sums = Tensor::empty({n * static_cast<int64_t>(sizeof(double))}, DType::U8, means[0].device());
+    [[maybe_unused]] double* base = static_cast<double*>(sums.raw());  // used on CUDA builds
+    for (int g = 0; g < G; ++g) MIRA_ON_CUDA(cuda::bn_pack_sums(means[g], vars[g], double(M), base + 2 * C * g));
+    comm.allreduce_sum(sums.raw(), n, DType::F64, means[0].device());
+    for (int g = 0; g < G; ++g) MIRA_ON_CUDA(cuda::bn_unpack_sums(base + 2 * C * g, count, means[g], vars[g]));
   } else {
-    Tensor sums = Tensor::empty({2 * C}, DType::F64);
-    MIRA_CPU_FLOAT(mean.dtype(), "batch_norm",
-                   cpu::bn_pack_sums<T>(mean.data<T>(), var.data<T>(), double(M), C, sums.data<double>()));
+    Tensor sums = Tensor::empty({n}, DType::F64);
+    double* base = sums.data<double>();
+    for (int g = 0; g < G; ++g)
+      MIRA_CPU_FLOAT(means[g].dtype(), "batch_norm",
+                     cpu::bn_pack_sums<T>(means[g].data<T>(), vars[g].data<T>(), double(M), C, base + 2 * C * g));
     comm.allreduce_sum(sums);
-    MIRA_CPU_FLOAT(mean.dtype(), "batch_norm",
-                   cpu::bn_unpack_sums<T>(sums.data<double>(), count, C, mean.data<T>(), var.data<T>()));
+    for (int g = 0; g < G; ++g)
+      MIRA_CPU_FLOAT(means[g].dtype(), "batch_norm",
+                     cpu::bn_unpack_sums<T>(base + 2 * C * g, count, C, means[g].data<T>(), vars[g].data<T>()));
   }
   return count;
 }
@@ -268,27 +274,37 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   // Group g's samples [g n, (g + 1) n) of a tensor shaped like x (the tensor itself for one group).
   auto part = [G, n](const Tensor& t, int g) { return G == 1 ? t : t.slice_batch(g * n, (g + 1) * n); };
   Communicator* comm = (st.comm && st.comm->world_size() > 1) ? st.comm : nullptr;
-  std::vector<Tensor> means(G), invstds(G);
+  std::vector<Tensor> means(G), vars(G), invstds(G);
   std::vector<double> counts(G, double(M));  // rows over all ranks
   Tensor y = Tensor::empty(x.shape(), x.dtype(), dev);
   Tensor none;
+  if (training) {
+    // Each group's statistics, then (SyncBN) one collective for all of them.
+    for (int g = 0; g < G; ++g) {
+      const Tensor xg = part(x, g);
+      means[g] = Tensor::empty({C}, st_t, dev);
+      vars[g] = Tensor::empty({C}, st_t, dev);
+      if (x.is_cuda()) {
+        MIRA_ON_CUDA(cuda::bn_stats(xg, means[g], vars[g]));
+      } else {
+        MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
+                       cpu::bn_stats<T>(xg.data<T>(), M, C, means[g].data<T>(), vars[g].data<T>()));
+      }
+    }
+    if (comm) std::fill(counts.begin(), counts.end(), sync_bn_stats(means, vars, M, *comm, st.equal_rows));
+  }
   for (int g = 0; g < G; ++g) {
     const Tensor xg = part(x, g);
     Tensor yg = part(y, g);
-    Tensor mean = Tensor::empty({C}, st_t, dev), var = Tensor::empty({C}, st_t, dev);
+    Tensor& mean = means[g];
     Tensor invstd = Tensor::empty({C}, st_t, dev);
     if (training) {
       if (x.is_cuda()) {
-        MIRA_ON_CUDA(cuda::bn_stats(xg, mean, var));
-      } else {
-        MIRA_CPU_FLOAT(x.dtype(), "batch_norm", cpu::bn_stats<T>(xg.data<T>(), M, C, mean.data<T>(), var.data<T>()));
-      }
-      if (comm) counts[g] = sync_bn_stats(mean, var, M, *comm, st.equal_rows);
-      if (x.is_cuda()) {
-        MIRA_ON_CUDA(cuda::bn_finalize(mean, var, invstd, st.running_mean, st.running_var, momentum, eps, counts[g]));
+        MIRA_ON_CUDA(
+            cuda::bn_finalize(mean, vars[g], invstd, st.running_mean, st.running_var, momentum, eps, counts[g]));
       } else {
         MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
-                       cpu::bn_finalize<T>(mean.data<T>(), var.data<T>(), invstd.data<T>(),
+                       cpu::bn_finalize<T>(mean.data<T>(), vars[g].data<T>(), invstd.data<T>(),
                                            st.running_mean.data<T>(), st.running_var.data<T>(), C, momentum, eps,
                                            counts[g]));
       }
@@ -310,9 +326,9 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                      cpu::bn_fwd_apply<T>(xg.data<T>(), mean.data<T>(), invstd.data<T>(), gamma.data<T>(),
                                           beta.data<T>(), yg.data<T>(), M, C, relu));
     }
-    means[g] = mean;
     invstds[g] = invstd;
   }
+  vars.clear();
   if (needs_grad({&x, &gamma, &beta})) {
     // With the ReLU fused, the node keeps its output (for the mask) instead of the normalised
     // values an unfused ReLU would have kept: one activation less alive until backward.
@@ -331,31 +347,38 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
       if (x.requires_grad()) dx = grad_slot(x);
       if (gamma.requires_grad()) dgamma = grad_slot(gamma);
       if (beta.requires_grad()) dbeta = grad_slot(beta);
+      // Every group's two sums in one buffer (group g: sum_dy at [2 C g, 2 C g + C), then
+      // sum_dy_xhat), so SyncBN reduces all of them in one collective.
+      Tensor sums = Tensor::empty({2 * C * static_cast<int64_t>(G)}, gamma.dtype(), dev);
+      auto sum_part = [C](const Tensor& t, int g, int k) { return t.slice_batch((2 * g + k) * C, (2 * g + k + 1) * C); };
+      for (int g = 0; g < G; ++g) {
+        const Tensor dy = part(dy_all, g), xg = part(x, g);
+        const Tensor none_y;
+        [[maybe_unused]] const Tensor ry = mask_in_kernel && yd.defined() ? part(yd, g) : none_y;  // CUDA only
+        Tensor sum_dy = sum_part(sums, g, 0), sum_dy_xhat = sum_part(sums, g, 1);
+        if (x.is_cuda()) {
+          MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, xg, means[g], invstds[g], sum_dy, sum_dy_xhat, ry));
+        } else {
+          MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
+                         cpu::bn_bwd_reduce<T>(dy.data<T>(), xg.data<T>(), means[g].data<T>(), invstds[g].data<T>(),
+                                               M, C, sum_dy.data<T>(), sum_dy_xhat.data<T>()));
+        }
+      }
+      // SyncBN: the input gradient needs the sums over every rank's rows. The parameter
+      // gradients stay local: the trainer averages every gradient over ranks afterwards.
+      Tensor local = sums;
+      if (comm && training) {
+        local = sums.clone();
+        comm->allreduce_sum(sums);
+      }
       for (int g = 0; g < G; ++g) {
         const Tensor dy = part(dy_all, g), xg = part(x, g);
         const Tensor& mean = means[g];
         const Tensor& invstd = invstds[g];
         const Tensor none_y;
         [[maybe_unused]] const Tensor ry = mask_in_kernel && yd.defined() ? part(yd, g) : none_y;  // CUDA only
-        // One buffer for both sums, so SyncBN reduces them in one collective.
-        Tensor sums = Tensor::empty({2 * C}, gamma.dtype(), dev);
-        Tensor sum_dy = sums.slice_batch(0, C), sum_dy_xhat = sums.slice_batch(C, 2 * C);
-        if (x.is_cuda()) {
-          MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, xg, mean, invstd, sum_dy, sum_dy_xhat, ry));
-        } else {
-          MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
-                         cpu::bn_bwd_reduce<T>(dy.data<T>(), xg.data<T>(), mean.data<T>(), invstd.data<T>(), M, C,
-                                               sum_dy.data<T>(), sum_dy_xhat.data<T>()));
-        }
-        // SyncBN: the input gradient needs the sums over every rank's rows. The parameter
-        // gradients stay local: the trainer averages every gradient over ranks afterwards.
-        Tensor local_sum_dy = sum_dy, local_sum_dy_xhat = sum_dy_xhat;
-        if (comm && training) {
-          const Tensor local = sums.clone();
-          local_sum_dy = local.slice_batch(0, C);
-          local_sum_dy_xhat = local.slice_batch(C, 2 * C);
-          comm->allreduce_sum(sums);
-        }
+        const Tensor sum_dy = sum_part(sums, g, 0), sum_dy_xhat = sum_part(sums, g, 1);
+        const Tensor local_sum_dy = sum_part(local, g, 0), local_sum_dy_xhat = sum_part(local, g, 1);
         if (x.requires_grad()) {
           // The groups' rows are disjoint: each writes (or adds to) its own part of dx.
           Tensor dxg = part(dx.grad, g);

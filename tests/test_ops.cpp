@@ -8,6 +8,7 @@
 #include <string>
 
 #include "engine/autograd.h"
+#include "engine/comm.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
 #include "kernels/cpu/conv.h"
@@ -189,6 +190,65 @@ TEST_CASE("batch_norm with groups: the same as one call per group, f64 gradient 
   st.groups = 4;
   CHECK_THROWS_WITH(ops::batch_norm(rnd({6, 7}, 15), rnd({7}, 16), rnd({7}, 17), st, true),
                     doctest::Contains("do not split into 4 equal groups"));
+}
+
+namespace {
+// Two ranks holding the same batch: every sum doubles. Counts the collectives.
+class MirrorComm final : public Communicator {
+ public:
+  using Communicator::allreduce_max;
+  using Communicator::allreduce_sum;
+  int calls = 0;
+  int rank() const override { return 0; }
+  int world_size() const override { return 2; }
+  void allreduce_sum(float* d, int64_t n) override { twice(d, n); }
+  void allreduce_sum(double* d, int64_t n) override { twice(d, n); }
+  void allreduce_max(float*, int64_t) override { ++calls; }
+  void allreduce_max(double*, int64_t) override { ++calls; }
+  void allreduce_sum(void* d, int64_t n, DType t, Device dev) override {
+    REQUIRE(dev.is_cpu());
+    if (t == DType::F64) {
+      twice(static_cast<double*>(d), n);
+    } else {
+      REQUIRE(t == DType::F32);
+      twice(static_cast<float*>(d), n);
+    }
+  }
+  void allreduce_max(void*, int64_t, DType, Device) override { ++calls; }
+  void barrier() override {}
+
+ private:
+  template <typename T>
+  void twice(T* d, int64_t n) {
+    ++calls;
+    for (int64_t i = 0; i < n; ++i) d[i] *= 2;
+  }
+};
+}  // namespace
+
+TEST_CASE("SyncBN with groups: one collective forward and one backward for all groups") {
+  const int G = 3;
+  const Shape s{6, 4, 5, 7};
+  const Tensor x = rnd(s, 51, DType::F64, 2.0), g = rnd({7}, 52), b = rnd({7}, 53), dy = rnd(s, 54);
+  auto run = [&](Communicator* comm, std::vector<double>& y, std::vector<double>& dx) {
+    ops::BatchNormState st{Tensor::zeros({7}, DType::F64), Tensor::full({7}, 1.0, DType::F64)};
+    st.groups = G;
+    st.comm = comm;
+    st.equal_rows = true;
+    Tensor xi = x.clone().set_requires_grad(), gi = g.clone().set_requires_grad(), bi = b.clone().set_requires_grad();
+    Tensor out = ops::batch_norm_relu(xi, gi, bi, st, true);
+    y = out.to_vector();
+    backward(out, dy);
+    dx = xi.grad().to_vector();
+  };
+  MirrorComm comm;
+  std::vector<double> y_sync, dx_sync, y_local, dx_local;
+  run(&comm, y_sync, dx_sync);
+  CHECK(comm.calls == 2);  // the statistics of the 3 groups, then their 2 backward sums
+  run(nullptr, y_local, dx_local);
+  // A second rank with the same samples changes neither the statistics nor the input gradient.
+  CHECK(allclose(y_sync, y_local, {1e-13, 1e-12}, "y"));
+  CHECK(allclose(dx_sync, dx_local, {1e-13, 1e-12}, "dx"));
 }
 
 TEST_CASE("slice_batch: the samples, a view; gradient to those samples only; f64 gradient check") {
