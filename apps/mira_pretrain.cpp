@@ -362,7 +362,9 @@ int run(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   auto t_log = t_start;
-  int64_t images_since_log = 0, steps_this_run = 0;
+  int64_t images_since_log = 0, steps_this_run = 0, steps_since_log = 0;
+  // Host time blocked waiting for the loader's next batch: the input pipeline's share of a step.
+  double data_wait_since_log = 0;
   double last_loss = NAN;
   bool collapse_warned = false;
   bool stopped = false, interrupted = false;
@@ -370,7 +372,13 @@ int run(int argc, char** argv) {
     loader.start_epoch(epoch);
     data::Batch batch;
     int64_t k = 0;
-    while (loader.next(batch)) {
+    auto next_batch = [&] {
+      const auto t0 = Clock::now();
+      const bool got = loader.next(batch);
+      data_wait_since_log += std::chrono::duration<double>(Clock::now() - t0).count();
+      return got;
+    };
+    while (next_batch()) {
       if (epoch == pos.epoch && k < pos.step_in_epoch) {  // resumed: these batches are done
         ++k;
         continue;
@@ -396,6 +404,7 @@ int run(int argc, char** argv) {
       ++step;
       ++k;
       ++steps_this_run;
+      ++steps_since_log;
       last_loss = st.loss;
       images_since_log += global_batch;
       here = TrainPosition{step, k == steps_per_epoch ? epoch + 1 : epoch, k == steps_per_epoch ? 0 : k};
@@ -405,6 +414,8 @@ int run(int argc, char** argv) {
         const double ips = dt > 0 ? images_since_log / dt : 0;
         const double elapsed = std::chrono::duration<double>(now - t_start).count();
         const double eta = steps_this_run > 0 ? elapsed / steps_this_run * (total_steps - step) : 0;
+        const double step_ms = steps_since_log > 0 ? 1e3 * dt / steps_since_log : 0;
+        const double data_ms = steps_since_log > 0 ? 1e3 * data_wait_since_log / steps_since_log : 0;
         Json line{{"step", step},
                   {"epoch", epoch},
                   {"loss", st.loss},
@@ -416,14 +427,16 @@ int run(int argc, char** argv) {
                   {"clusters_in_use", st.clusters_in_use},
                   {"kkt_residual", st.kkt_residual},
                   {"images_per_s", ips},
+                  {"step_ms", step_ms},
+                  {"data_wait_ms", data_ms},
                   {"time_s", elapsed}};
         if (device.is_cuda()) line["gpu_memory_bytes"] = cuda::memory_stats(device.index).peak_allocated_bytes;
         metrics->write(line);
         std::printf("epoch %lld/%lld step %lld/%lld loss %.4f lr %.4f beta %.4f ema %.5f H(T) %.3f H(wbar) %.3f/%.3f "
-                    "clusters %d img/s %.0f ETA %s\n",
+                    "clusters %d img/s %.0f (data wait %.0f of %.0f ms/step) ETA %s\n",
                     static_cast<long long>(epoch + 1), static_cast<long long>(epochs), static_cast<long long>(step),
                     static_cast<long long>(total_steps), st.loss, s.lr, s.beta, s.ema_momentum, st.target_entropy,
-                    st.marginal_entropy, log_k, st.clusters_in_use, ips, fmt_duration(eta).c_str());
+                    st.marginal_entropy, log_k, st.clusters_in_use, ips, data_ms, step_ms, fmt_duration(eta).c_str());
         std::fflush(stdout);
         if (!collapse_warned && st.marginal_entropy < 0.5 * log_k) {
           std::fprintf(stderr,
@@ -434,6 +447,8 @@ int run(int argc, char** argv) {
         }
         t_log = now;
         images_since_log = 0;
+        steps_since_log = 0;
+        data_wait_since_log = 0;
       }
       if (ckpt_every > 0 && step % ckpt_every == 0) save();
       // Every rank must stop at the same step: agree on whether any rank got a signal.
