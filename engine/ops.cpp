@@ -211,19 +211,6 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 
 namespace {
 
-// y <= 0 ? 0 : dy, into a fresh tensor: the ReLU half of add_relu's backward (and, on the CPU,
-// of batch_norm_relu's).
-Tensor relu_masked(const Tensor& dy, const Tensor& y) {
-  Tensor out = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
-  if (dy.is_cuda()) {
-    MIRA_ON_CUDA(cuda::relu_bwd(dy, y, out, false));
-  } else {
-    MIRA_CPU_FLOAT(dy.dtype(), "batch_norm_relu",
-                   cpu::relu_bwd<T>(dy.data<T>(), y.data<T>(), out.data<T>(), dy.numel(), false));
-  }
-  return out;
-}
-
 Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& st, bool training,
                        double momentum, double eps, bool relu);
 
@@ -336,12 +323,10 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
     record(relu ? "batch_norm_relu" : "batch_norm", y, {&x, &gamma, &beta},
            [x, gamma, beta, means, invstds, training, M, C, comm, counts, yd, part, G](const Tensor& dy_out) {
       prof::Scope prof_scope([&] { return bn_profile_name("batch_norm bwd", x); }, x.device());
-      // With the fused ReLU, the CUDA passes read dy_out only where the output yd is > 0 (no
-      // masked copy). On the CPU, a masked copy first is faster: without AVX the select keeps
-      // the masked loops scalar (bn_bwd_reduce and bn_bwd_apply took 15 % of a tiny-ResNet
-      // step masked, 13 % with the copy); both give the same bits.
-      const bool mask_in_kernel = x.is_cuda();
-      const Tensor dy_all = yd.defined() && !mask_in_kernel ? relu_masked(dy_out, yd) : dy_out;
+      // With the fused ReLU, the backward passes read dy_out only where the output yd is > 0
+      // (no masked copy); the CPU kernels mask with a bitwise AND that vectorises (the select
+      // they had once stayed scalar and made a masked copy first the faster choice).
+      const Tensor& dy_all = dy_out;
       const Device dev = x.device();
       GradSlot dx{}, dgamma{}, dbeta{};
       if (x.requires_grad()) dx = grad_slot(x);
@@ -354,14 +339,15 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
       for (int g = 0; g < G; ++g) {
         const Tensor dy = part(dy_all, g), xg = part(x, g);
         const Tensor none_y;
-        [[maybe_unused]] const Tensor ry = mask_in_kernel && yd.defined() ? part(yd, g) : none_y;  // CUDA only
+        const Tensor ry = yd.defined() ? part(yd, g) : none_y;
         Tensor sum_dy = sum_part(sums, g, 0), sum_dy_xhat = sum_part(sums, g, 1);
         if (x.is_cuda()) {
           MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, xg, means[g], invstds[g], sum_dy, sum_dy_xhat, ry));
         } else {
           MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
                          cpu::bn_bwd_reduce<T>(dy.data<T>(), xg.data<T>(), means[g].data<T>(), invstds[g].data<T>(),
-                                               M, C, sum_dy.data<T>(), sum_dy_xhat.data<T>()));
+                                               M, C, sum_dy.data<T>(), sum_dy_xhat.data<T>(),
+                                               ry.defined() ? ry.data<T>() : nullptr));
         }
       }
       // SyncBN: the input gradient needs the sums over every rank's rows. The parameter
@@ -376,7 +362,7 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
         const Tensor& mean = means[g];
         const Tensor& invstd = invstds[g];
         const Tensor none_y;
-        [[maybe_unused]] const Tensor ry = mask_in_kernel && yd.defined() ? part(yd, g) : none_y;  // CUDA only
+        const Tensor ry = yd.defined() ? part(yd, g) : none_y;
         const Tensor sum_dy = sum_part(sums, g, 0), sum_dy_xhat = sum_part(sums, g, 1);
         const Tensor local_sum_dy = sum_part(local, g, 0), local_sum_dy_xhat = sum_part(local, g, 1);
         if (x.requires_grad()) {
@@ -392,7 +378,7 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                            cpu::bn_bwd_apply<T>(dy.data<T>(), xg.data<T>(), mean.data<T>(), invstd.data<T>(),
                                                 gamma.data<T>(), a.defined() ? a.data<T>() : nullptr,
                                                 b.defined() ? b.data<T>() : nullptr, counts[g], dxg.data<T>(), M, C,
-                                                dx.accumulate));
+                                                dx.accumulate, ry.defined() ? ry.data<T>() : nullptr));
           }
         }
         // dgamma = sum(dy * xhat), dbeta = sum(dy): already reduced above; the groups add up.
@@ -493,20 +479,18 @@ Tensor add_relu(const Tensor& a, const Tensor& b) {
   if (needs_grad({&a, &b})) {
     const Tensor yd = y.detach();
     record("add_relu", y, {&a, &b}, [a, b, yd](const Tensor& dy) {
-      if (a.is_cuda()) {
-        // The mask applied while writing each gradient: two passes over dy and y, no masked
-        // temporary (same bits as masking first and adding). The CPU masks first: see
-        // batch_norm_impl's backward for why.
-        for (const Tensor* t : {&a, &b}) {
-          if (!t->requires_grad()) continue;
-          GradSlot g = grad_slot(*t);
+      // The mask applied while writing each gradient: two passes over dy and y, no masked
+      // temporary (same bits as masking first and adding).
+      for (const Tensor* t : {&a, &b}) {
+        if (!t->requires_grad()) continue;
+        GradSlot g = grad_slot(*t);
+        if (dy.is_cuda()) {
           MIRA_ON_CUDA(cuda::relu_bwd(dy, yd, g.grad, g.accumulate));
+        } else {
+          MIRA_CPU_FLOAT(dy.dtype(), "add_relu",
+                         cpu::relu_bwd<T>(dy.data<T>(), yd.data<T>(), g.grad.data<T>(), dy.numel(), g.accumulate));
         }
-        return;
       }
-      const Tensor g = relu_masked(dy, yd);
-      if (a.requires_grad()) add_scaled_into(a, g, 1.0);
-      if (b.requires_grad()) add_scaled_into(b, g, 1.0);
     });
   }
   return y;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/pointwise.h"
 
 namespace mira::cpu {
 
@@ -115,7 +116,7 @@ void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int6
       const T* __restrict__ xr = x + m * C;
       const T* __restrict__ yr = masked ? relu_y + m * C : dr;
       for (int c = 0; c < C; ++c) {
-        const T d = masked && yr[c] <= T(0) ? T(0) : dr[c];
+        const T d = masked ? relu_mask(yr[c], dr[c]) : dr[c];
         sum_dy[c] += d;
         sum_dy_xhat[c] += static_cast<double>(d) * ((xr[c] - mean[c]) * invstd[c]);
       }
@@ -149,7 +150,7 @@ void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const
       T* __restrict__ out = dx + m * C;
       for (int c = 0; c < C; ++c) {
         const T xhat = (xr[c] - mean[c]) * invstd[c];
-        const T d = masked && yr[c] <= T(0) ? T(0) : dr[c];
+        const T d = masked ? relu_mask(yr[c], dr[c]) : dr[c];
         const T g = k[c] * (d - a[c] - xhat * b[c]);
         out[c] = acc ? out[c] + g : g;
       }

@@ -73,9 +73,9 @@ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
 template <typename T>
 void relu_bwd(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int64_t n, bool acc) {
   if (acc) {
-    for (int64_t i = 0; i < n; ++i) dx[i] += y[i] <= T(0) ? T(0) : dy[i];
+    for (int64_t i = 0; i < n; ++i) dx[i] += relu_mask(y[i], dy[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= T(0) ? T(0) : dy[i];
+    for (int64_t i = 0; i < n; ++i) dx[i] = relu_mask(y[i], dy[i]);
   }
 }
 

@@ -3,8 +3,25 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 namespace mira::cpu {
+
+// y <= 0 ? 0 : d (the ReLU mask of a gradient; NaN y keeps d), as a bitwise AND with an
+// all-ones or all-zeros mask: the same values, and loops over it vectorise with plain SSE2
+// (the select form stayed scalar: a masked batch-norm backward reduction 3x slower).
+template <typename T>
+inline T relu_mask(T y, T d) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  static_assert(sizeof(U) == sizeof(T), "relu_mask: float or double");
+  U bits;
+  std::memcpy(&bits, &d, sizeof(T));
+  bits &= y <= T(0) ? U(0) : ~U(0);
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
 
 // Dtype conversion; codes follow mira::DType (0 f32, 1 f64, 2 bf16, 3 u8, 4 i64).
 void cast(const void* src, int src_dtype, void* dst, int dst_dtype, int64_t n);
