@@ -362,7 +362,7 @@ int run(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   auto t_log = t_start;
-  int64_t images_since_log = 0, steps_this_run = 0, steps_since_log = 0;
+  int64_t images_since_log = 0, steps_this_run = 0;
   // Host time blocked waiting for the loader's next batch: the input pipeline's share of a step.
   double data_wait_since_log = 0;
   double last_loss = NAN;
@@ -404,7 +404,6 @@ int run(int argc, char** argv) {
       ++step;
       ++k;
       ++steps_this_run;
-      ++steps_since_log;
       last_loss = st.loss;
       images_since_log += global_batch;
       here = TrainPosition{step, k == steps_per_epoch ? epoch + 1 : epoch, k == steps_per_epoch ? 0 : k};
@@ -414,6 +413,7 @@ int run(int argc, char** argv) {
         const double ips = dt > 0 ? images_since_log / dt : 0;
         const double elapsed = std::chrono::duration<double>(now - t_start).count();
         const double eta = steps_this_run > 0 ? elapsed / steps_this_run * (total_steps - step) : 0;
+        const double steps_since_log = static_cast<double>(images_since_log / global_batch);
         const double step_ms = steps_since_log > 0 ? 1e3 * dt / steps_since_log : 0;
         const double data_ms = steps_since_log > 0 ? 1e3 * data_wait_since_log / steps_since_log : 0;
         Json line{{"step", step},
@@ -447,7 +447,6 @@ int run(int argc, char** argv) {
         }
         t_log = now;
         images_since_log = 0;
-        steps_since_log = 0;
         data_wait_since_log = 0;
       }
       if (ckpt_every > 0 && step % ckpt_every == 0) save();

@@ -315,18 +315,16 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
     }
     invstds[g] = invstd;
   }
-  vars.clear();
   if (needs_grad({&x, &gamma, &beta})) {
     // With the ReLU fused, the node keeps its output (for the mask) instead of the normalised
     // values an unfused ReLU would have kept: one activation less alive until backward.
     const Tensor yd = relu ? y.detach() : Tensor();
     record(relu ? "batch_norm_relu" : "batch_norm", y, {&x, &gamma, &beta},
-           [x, gamma, beta, means, invstds, training, M, C, comm, counts, yd, part, G](const Tensor& dy_out) {
+           [x, gamma, beta, means, invstds, training, M, C, comm, counts, yd, part, G](const Tensor& dy_all) {
       prof::Scope prof_scope([&] { return bn_profile_name("batch_norm bwd", x); }, x.device());
       // With the fused ReLU, the backward passes read dy_out only where the output yd is > 0
       // (no masked copy); the CPU kernels mask with a bitwise AND that vectorises (the select
       // they had once stayed scalar and made a masked copy first the faster choice).
-      const Tensor& dy_all = dy_out;
       const Device dev = x.device();
       GradSlot dx{}, dgamma{}, dbeta{};
       if (x.requires_grad()) dx = grad_slot(x);
@@ -336,18 +334,20 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
       // sum_dy_xhat), so SyncBN reduces all of them in one collective.
       Tensor sums = Tensor::empty({2 * C * static_cast<int64_t>(G)}, gamma.dtype(), dev);
       auto sum_part = [C](const Tensor& t, int g, int k) { return t.slice_batch((2 * g + k) * C, (2 * g + k + 1) * C); };
+      // The fused ReLU's output per group (undefined without the ReLU).
+      std::vector<Tensor> ry(G);
+      if (yd.defined())
+        for (int g = 0; g < G; ++g) ry[g] = part(yd, g);
       for (int g = 0; g < G; ++g) {
         const Tensor dy = part(dy_all, g), xg = part(x, g);
-        const Tensor none_y;
-        const Tensor ry = yd.defined() ? part(yd, g) : none_y;
         Tensor sum_dy = sum_part(sums, g, 0), sum_dy_xhat = sum_part(sums, g, 1);
         if (x.is_cuda()) {
-          MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, xg, means[g], invstds[g], sum_dy, sum_dy_xhat, ry));
+          MIRA_ON_CUDA(cuda::bn_bwd_reduce(dy, xg, means[g], invstds[g], sum_dy, sum_dy_xhat, ry[g]));
         } else {
           MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
                          cpu::bn_bwd_reduce<T>(dy.data<T>(), xg.data<T>(), means[g].data<T>(), invstds[g].data<T>(),
                                                M, C, sum_dy.data<T>(), sum_dy_xhat.data<T>(),
-                                               ry.defined() ? ry.data<T>() : nullptr));
+                                               ry[g].defined() ? ry[g].data<T>() : nullptr));
         }
       }
       // SyncBN: the input gradient needs the sums over every rank's rows. The parameter
@@ -361,8 +361,6 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
         const Tensor dy = part(dy_all, g), xg = part(x, g);
         const Tensor& mean = means[g];
         const Tensor& invstd = invstds[g];
-        const Tensor none_y;
-        const Tensor ry = yd.defined() ? part(yd, g) : none_y;
         const Tensor sum_dy = sum_part(sums, g, 0), sum_dy_xhat = sum_part(sums, g, 1);
         const Tensor local_sum_dy = sum_part(local, g, 0), local_sum_dy_xhat = sum_part(local, g, 1);
         if (x.requires_grad()) {
@@ -372,33 +370,25 @@ Tensor batch_norm_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
           const Tensor& a = training ? sum_dy : none;
           const Tensor& b = training ? sum_dy_xhat : none;
           if (x.is_cuda()) {
-            MIRA_ON_CUDA(cuda::bn_bwd_apply(dy, xg, mean, invstd, gamma, a, b, counts[g], dxg, dx.accumulate, ry));
+            MIRA_ON_CUDA(cuda::bn_bwd_apply(dy, xg, mean, invstd, gamma, a, b, counts[g], dxg, dx.accumulate, ry[g]));
           } else {
             MIRA_CPU_FLOAT(x.dtype(), "batch_norm",
                            cpu::bn_bwd_apply<T>(dy.data<T>(), xg.data<T>(), mean.data<T>(), invstd.data<T>(),
                                                 gamma.data<T>(), a.defined() ? a.data<T>() : nullptr,
                                                 b.defined() ? b.data<T>() : nullptr, counts[g], dxg.data<T>(), M, C,
-                                                dx.accumulate, ry.defined() ? ry.data<T>() : nullptr));
+                                                dx.accumulate, ry[g].defined() ? ry[g].data<T>() : nullptr));
           }
         }
         // dgamma = sum(dy * xhat), dbeta = sum(dy): already reduced above; the groups add up.
         const bool first = g == 0;
-        if (gamma.requires_grad()) {
-          if (dgamma.grad.is_cuda()) {
-            MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy_xhat, dgamma.grad, dgamma.accumulate || !first));
+        for (auto [slot, sum] : {std::pair<GradSlot*, const Tensor*>{&dgamma, &local_sum_dy_xhat},
+                                 std::pair<GradSlot*, const Tensor*>{&dbeta, &local_sum_dy}}) {
+          if (!slot->grad.defined()) continue;  // the parameter needs no gradient
+          if (slot->grad.is_cuda()) {
+            MIRA_ON_CUDA(cuda::axpy(1.0, *sum, slot->grad, slot->accumulate || !first));
           } else {
-            MIRA_CPU_FLOAT(gamma.dtype(), "batch_norm",
-                           cpu::axpy<T>(T(1), local_sum_dy_xhat.data<T>(), dgamma.grad.data<T>(), C,
-                                        dgamma.accumulate || !first));
-          }
-        }
-        if (beta.requires_grad()) {
-          if (dbeta.grad.is_cuda()) {
-            MIRA_ON_CUDA(cuda::axpy(1.0, local_sum_dy, dbeta.grad, dbeta.accumulate || !first));
-          } else {
-            MIRA_CPU_FLOAT(beta.dtype(), "batch_norm",
-                           cpu::axpy<T>(T(1), local_sum_dy.data<T>(), dbeta.grad.data<T>(), C,
-                                        dbeta.accumulate || !first));
+            MIRA_CPU_FLOAT(slot->grad.dtype(), "batch_norm",
+                           cpu::axpy<T>(T(1), sum->data<T>(), slot->grad.data<T>(), C, slot->accumulate || !first));
           }
         }
       }

@@ -77,13 +77,10 @@ run() {  # label command...
     IF=$(mktemp -d)
     mkdir -p "$IF/c0"
     find "$(cd "$PHOTOS" && pwd)" -iname '*.jpg' | head -n 400 | while read -r f; do ln -s "$f" "$IF/c0/$(basename "$f")"; done
-    for cfg in ""; do
-      label=pretrain_e2e${cfg:+_new}
-      run "$label" $cfg ${MIRA_DEVICE_BUILD:-build-device}/apps/mira_pretrain \
-        --config configs/imagenet_resnet50_400ep_multicrop.json --data "$IF" --out "$IF/run$label" \
-        --set train.batch_size=64 --set train.epochs=12 --set train.max_steps=40 --set train.log_every=10 \
-        --set train.dtype=bf16 --set data.threads=16 --set eval.test_data="" --set train.checkpoint_every=100000
-    done
+    run pretrain_e2e ${MIRA_DEVICE_BUILD:-build-device}/apps/mira_pretrain \
+      --config configs/imagenet_resnet50_400ep_multicrop.json --data "$IF" --out "$IF/run_e2e" \
+      --set train.batch_size=64 --set train.epochs=12 --set train.max_steps=40 --set train.log_every=10 \
+      --set train.dtype=bf16 --set data.threads=16 --set eval.test_data="" --set train.checkpoint_every=100000
   fi
 }
 grep -E '^==|ms_per_step|^rc|img/s|"variant"|Duration|Throughput|Registers|Achieved Occupancy|Barrier|Stall' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
