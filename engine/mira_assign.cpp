@@ -75,16 +75,28 @@ void stats_cpu(const Tensor& logits, const Tensor& targets, bool mira, double ta
   stats->marginal_entropy = out.marginal_entropy;
 }
 
-Tensor mira_cpu(const Tensor& logits, double tau_t, double beta, int iters, Communicator& comm, AssignStats* stats) {
+cpu::MiraNumerics cpu_numerics(const AssignOptions& opts) {
+  cpu::MiraNumerics num;
+  num.copy = opts.working_copy == AssignWorkingCopy::BF16  ? cpu::WorkingCopy::BF16
+             : opts.working_copy == AssignWorkingCopy::F16 ? cpu::WorkingCopy::F16
+                                                           : cpu::WorkingCopy::Exact;
+  num.exact_passes = opts.exact_passes;
+  return num;
+}
+
+Tensor mira_cpu(const Tensor& logits, double tau_t, double beta, int iters, Communicator& comm, AssignStats* stats,
+                const AssignOptions& opts) {
+  const cpu::MiraNumerics num = cpu_numerics(opts);
   const Tensor x = logits.dtype() == DType::BF16 ? logits.to(DType::F32) : logits;
   const int64_t N = x.dim(0), K = x.dim(1);
   Tensor out = Tensor::empty(Shape{N, K}, x.dtype(), Device::cpu());
   std::vector<double> work(static_cast<size_t>(cpu::mira_assign_work_size(N, K)));
   const cpu::AssignReduce red = make_reduce(comm);
   if (x.dtype() == DType::F64) {
-    cpu::mira_assign_fwd<double>(x.data<double>(), out.data<double>(), N, K, tau_t, beta, iters, work.data(), &red);
+    cpu::mira_assign_fwd<double>(x.data<double>(), out.data<double>(), N, K, tau_t, beta, iters, work.data(), &red,
+                                 num);
   } else {
-    cpu::mira_assign_fwd<float>(x.data<float>(), out.data<float>(), N, K, tau_t, beta, iters, work.data(), &red);
+    cpu::mira_assign_fwd<float>(x.data<float>(), out.data<float>(), N, K, tau_t, beta, iters, work.data(), &red, num);
   }
   if (stats) stats_cpu(x, out, true, tau_t, beta, comm, stats);
   return out;
@@ -109,14 +121,16 @@ Tensor sinkhorn_cpu(const Tensor& logits, double eps, int iters, Communicator& c
 
 // Plans depend only on the shape, the options and the device; computing one queries the
 // device and the kernel's occupancy, so they are kept per key for the life of the process.
-cuda::MiraPlan cached_plan(const cuda::MiraProblem& p, cuda::MiraVariant variant, cuda::MiraCache cache, int device) {
-  using Key = std::tuple<int, int, int, int, bool, int, int>;
+cuda::MiraPlan cached_plan(const cuda::MiraProblem& p, cuda::MiraVariant variant, const cuda::MiraPlanOptions& o,
+                           int device) {
+  using Key = std::tuple<int, int, int, int, bool, int, int, int>;
   static std::mutex mu;
   static std::map<Key, cuda::MiraPlan> plans;
-  const Key key{device, p.V, p.N, p.K, p.logits_bf16, static_cast<int>(variant), static_cast<int>(cache)};
+  const int cache = static_cast<int>(o.cache);
+  const Key key{device, p.V, p.N, p.K, p.logits_bf16, static_cast<int>(variant), cache, o.exact_passes};
   std::lock_guard<std::mutex> lock(mu);
   auto it = plans.find(key);
-  if (it == plans.end()) it = plans.emplace(key, cuda::mira_plan(p, variant, cache)).first;
+  if (it == plans.end()) it = plans.emplace(key, cuda::mira_plan(p, variant, o)).first;
   return it->second;
 }
 
@@ -203,8 +217,12 @@ void mira_cuda_group(const std::vector<Tensor>& views, const std::vector<Tensor>
   }
   MIRA_CHECK(!multi || variant == cuda::MiraVariant::PerPass,
              "mira_assign: several processes need the PerPass kernel (K <= 12288)");
-  const cuda::MiraCache cache = opts.bf16_cache ? cuda::MiraCache::BF16 : cuda::MiraCache::F32;
-  const cuda::MiraPlan plan = cached_plan(p, variant, cache, ctx.device());
+  cuda::MiraPlanOptions po;
+  po.cache = opts.working_copy == AssignWorkingCopy::BF16  ? cuda::MiraCache::BF16
+             : opts.working_copy == AssignWorkingCopy::F16 ? cuda::MiraCache::F16
+                                                           : cuda::MiraCache::F32;
+  po.exact_passes = opts.exact_passes;
+  const cuda::MiraPlan plan = cached_plan(p, variant, po, ctx.device());
   Tensor ws = Tensor::empty(Shape{static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const float* flag = cuda::mira_nonfinite_count(plan, ws.raw());
   auto check_flag = [&] {
@@ -231,13 +249,17 @@ std::vector<Tensor> mira_cuda(const std::vector<Tensor>& views, double tau_t, do
   const int64_t N = views[0].dim(0), K = views[0].dim(1);
   MIRA_CHECK(N <= INT_MAX / 2 && K <= INT_MAX / 2, "mira_assign: shape too large for the CUDA kernels");
   if (comm.world_size() > 1 && !cuda::mira_fused_supports(static_cast<int>(K))) {
-    // Several processes and K beyond the per-pass kernel: run on the host (slow, but exact).
+    // Several processes and K beyond the per-pass kernel: run on the host (slow, but exact:
+    // E in f32, as the unfused kernels a single process gets here keep it).
+    AssignOptions exact = opts;
+    exact.working_copy = AssignWorkingCopy::F32;
+    exact.exact_passes = 0;
     std::vector<Tensor> host;
     for (const Tensor& v : views) host.push_back(v.to(Device::cpu()));
     std::vector<Tensor> out;
     for (size_t v = 0; v < host.size(); ++v) {
       AssignStats* s = stats ? &(*stats)[v] : nullptr;
-      out.push_back(mira_cpu(host[v], tau_t, beta, iters, comm, s).to(views[v].device()));
+      out.push_back(mira_cpu(host[v], tau_t, beta, iters, comm, s, exact).to(views[v].device()));
     }
     return out;
   }
@@ -315,6 +337,7 @@ std::vector<Tensor> mira_assign(const std::vector<Tensor>& views, double tau_t, 
                "mira_assign: views differ in shape, dtype or device (", v.str(), " vs ", views[0].str(), ")");
   }
   check_mira_args(tau_t, beta, iters);
+  MIRA_CHECK(opts.exact_passes >= 0, "mira_assign: exact_passes must be >= 0, got ", opts.exact_passes);
   if (stats) stats->assign(views.size(), AssignStats{});
   if (views[0].device().is_cuda()) {
 #ifdef MIRA_HAS_CUDA
@@ -323,10 +346,9 @@ std::vector<Tensor> mira_assign(const std::vector<Tensor>& views, double tau_t, 
     MIRA_FAIL("mira_assign: CUDA tensor in a build without CUDA");
 #endif
   }
-  (void)opts;
   std::vector<Tensor> out;
   for (size_t v = 0; v < views.size(); ++v)
-    out.push_back(mira_cpu(views[v], tau_t, beta, iters, comm, stats ? &(*stats)[v] : nullptr));
+    out.push_back(mira_cpu(views[v], tau_t, beta, iters, comm, stats ? &(*stats)[v] : nullptr, opts));
   return out;
 }
 

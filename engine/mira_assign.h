@@ -27,10 +27,19 @@ struct AssignStats {
 // process, PerPass for several, Unfused where K is too large for either (K > 12288).
 enum class AssignKernel { Auto, Fused, PerPass, Unfused };
 
+// MIRA's working copy of E = exp((L - max) / tau') during the iteration
+// (kernels/cpu/mira_assign.h): F32 exact; BF16 or F16 (E * 2^15) halve it, which lets the CUDA
+// kernel keep all of it on chip where f32 does not fit, at ~2e-4 (bf16) or ~3e-5 (f16) absolute
+// error in the targets; the last `exact_passes` updates go back to exact E and shrink that error
+// (f16 with 3: within ~2x of the f32 kernel's own; docs/assignment.md). The CPU computes the same
+// numerics (it rounds each E it reads), so results agree across devices, except where CUDA
+// runs the unfused kernels (K > 12288, or asked for), which keep E in f32.
+enum class AssignWorkingCopy { F32, BF16, F16 };
+
 struct AssignOptions {
   AssignKernel kernel = AssignKernel::Auto;
-  // CUDA Fused/PerPass: hold E in bf16 during the iteration (faster, ~1e-4 absolute error).
-  bool bf16_cache = false;
+  AssignWorkingCopy working_copy = AssignWorkingCopy::F32;
+  int exact_passes = 0;  // >= 0; with a 16-bit working copy, clipped to iters
   // CUDA: read back the count of non-finite logits and throw if there are any. This
   // synchronises the stream once per call; turn it off while capturing a CUDA graph.
   bool check_finite = true;

@@ -143,6 +143,8 @@ void consume_config(const Json& c) {
   for (const char* key : {"tau_s", "tau_t", "beta_initial", "beta_final", "ema_initial", "ema_final"})
     mj[key].get<double>();
   mj["iters"].get<int>();
+  mj["working_copy"].get<std::string>();
+  int_at_least(mj["exact_passes"], 0, "mira.exact_passes");
   int_at_least(mj["freeze_prototypes_epochs"], 0, "mira.freeze_prototypes_epochs");
 
   const Json& t = c["train"];

@@ -121,7 +121,7 @@ MiraStepStats MiraTrainer::step(const std::vector<Tensor>& views, const MiraStep
   {
     prof::Scope phase("step/3 assignment", dev);
     // Statistics cost extra passes (and a device sync on CUDA): only on logged steps.
-    targets = mira_assign(teacher, cfg_.tau_t, s.beta, cfg_.iters, comm_, full_stats ? &astats : nullptr);
+    targets = mira_assign(teacher, cfg_.tau_t, s.beta, cfg_.iters, comm_, full_stats ? &astats : nullptr, cfg_.assign);
   }
   Tensor loss;
   {

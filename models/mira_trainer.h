@@ -27,6 +27,8 @@ struct MiraStepConfig {
   // each, BN statistics still per crop (BatchNormState::groups): the same values as one
   // forward per crop, with larger GPU problems and fewer launches.
   bool group_crops = true;  // measured 1.28x on the ResNet-50 multi-crop step (H200, bench/RESULTS.md)
+  // The assignment's working copy of E (engine/mira_assign.h): f32 by default.
+  AssignOptions assign = {};
 };
 
 struct MiraStepSchedule {  // this step's values of the schedules

@@ -106,11 +106,11 @@ double objective(const std::vector<double>& L, const std::vector<double>& W, int
 }
 
 template <typename T>
-std::vector<double> kernel_mira(const std::vector<double>& L, int64_t N, int64_t K, double tau, double beta,
-                                int iters) {
+std::vector<double> kernel_mira(const std::vector<double>& L, int64_t N, int64_t K, double tau, double beta, int iters,
+                                const cpu::MiraNumerics& num = {}) {
   std::vector<T> l(L.begin(), L.end()), t(L.size());
   std::vector<double> work(cpu::mira_assign_work_size(N, K));
-  cpu::mira_assign_fwd<T>(l.data(), t.data(), N, K, tau, beta, iters, work.data());
+  cpu::mira_assign_fwd<T>(l.data(), t.data(), N, K, tau, beta, iters, work.data(), nullptr, num);
   return std::vector<double>(t.begin(), t.end());
 }
 
@@ -247,6 +247,54 @@ TEST_CASE("mira: convergence to the 1000-iteration solution matches the paper's 
   CHECK(s10 > 1e-8);
   CHECK(s10 < 1e-6);
   CHECK(s30 < 1e-16);
+}
+
+TEST_CASE("mira: 16-bit working copies round as bf16 / f16 do") {
+  using WC = cpu::WorkingCopy;
+  CHECK(cpu::working_copy_round(0.1f, WC::Exact) == 0.1f);
+  CHECK(cpu::working_copy_round(1.f, WC::F16) == 1.f);
+  CHECK(cpu::working_copy_round(1.f + 0x1p-10f, WC::F16) == 1.f + 0x1p-10f);     // 11 significant bits
+  CHECK(cpu::working_copy_round(1.f + 0x1p-11f, WC::F16) == 1.f);                // a tie: to even
+  CHECK(cpu::working_copy_round(1.f + 3 * 0x1p-11f, WC::F16) == 1.f + 0x1p-9f);  // a tie: to even
+  CHECK(cpu::working_copy_round(1.f + 0x1p-8f, WC::BF16) == 1.f);                // 8 bits, a tie
+  CHECK(cpu::working_copy_round(1.f + 0x1p-7f, WC::BF16) == 1.f + 0x1p-7f);
+  CHECK(cpu::working_copy_round(0.3f, WC::BF16) == 0.30078125f);
+  // Below 2^-29, x * 2^15 is an f16 subnormal: a fixed step of 2^-39, to nearest even.
+  CHECK(cpu::working_copy_round(0x1p-29f, WC::F16) == 0x1p-29f);
+  CHECK(cpu::working_copy_round(0x1p-35f, WC::F16) == 0x1p-35f);
+  CHECK(cpu::working_copy_round(3 * 0x1p-41f, WC::F16) == 0x1p-39f);
+  CHECK(cpu::working_copy_round(0x1p-40f, WC::F16) == 0.f);
+  CHECK(cpu::working_copy_round(0x1p-41f, WC::BF16) == 0x1p-41f);  // bf16 keeps f32's range
+}
+
+TEST_CASE("mira: a 16-bit working copy, and exact updates at the end that undo its rounding") {
+  // N 512, K 300, logits ~ N(0, 0.3^2) as in Fig. 2. Each exact update at the end shrinks the
+  // error of the 16-bit copy (the iteration contracts), down to the f32 kernel's own.
+  using WC = cpu::WorkingCopy;
+  const int64_t N = 512, K = 300;
+  const auto L = randn(N * K, 12, 0.3);
+  const auto ref = kernel_mira<double>(L, N, K, kTau, kBeta, 30);
+  auto err = [&](WC copy, int exact) {
+    const auto t = kernel_mira<float>(L, N, K, kTau, kBeta, 30, cpu::MiraNumerics{copy, exact});
+    double e = 0;
+    for (size_t i = 0; i < t.size(); ++i) e = std::max(e, std::fabs(t[i] - ref[i]));
+    return e;
+  };
+  const double f32 = err(WC::Exact, 0), bf16 = err(WC::BF16, 0), bf16_5 = err(WC::BF16, 5);
+  const double f16 = err(WC::F16, 0), f16_1 = err(WC::F16, 1), f16_2 = err(WC::F16, 2), f16_3 = err(WC::F16, 3);
+  MESSAGE("max abs error vs f64: f32 ", f32, "; bf16 ", bf16, ", + 5 exact ", bf16_5, "; f16 ", f16,
+          ", + 1, 2, 3 exact ", f16_1, " ", f16_2, " ", f16_3);
+  CHECK(kernel_mira<float>(L, N, K, kTau, kBeta, 30, cpu::MiraNumerics{WC::Exact, 5}) ==
+        kernel_mira<float>(L, N, K, kTau, kBeta, 30));
+  CHECK(bf16 < 1e-3);
+  CHECK(f16 < bf16 / 4);  // 3 more significant bits
+  CHECK(f16_1 < f16 / 2);
+  CHECK(f16_2 < f16_1);
+  CHECK(f16_3 < f16_2);
+  CHECK(bf16_5 < bf16 / 20);
+  CHECK(f16_3 < 4 * f32);
+  // Exact passes beyond iters: every update exact, only the initial one rounded.
+  CHECK(err(WC::F16, 1000) < 4 * f32);
 }
 
 TEST_CASE("mira: the result minimises the objective (Eq. 4) against feasible perturbations") {

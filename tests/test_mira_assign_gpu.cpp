@@ -36,11 +36,24 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
   return mira_assign(logits_cpu.to(DType::F64), tau, beta, iters).to_vector();
 }
 
+cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedule = cuda::MiraSchedule::Auto,
+                                int batch_rows = 4, int cols_per_thread = 0, int blocks_per_sm = 0,
+                                bool pipelined = false, int exact_passes = 0) {
+  cuda::MiraPlanOptions o;
+  o.cache = cache;
+  o.schedule = schedule;
+  o.batch_rows = batch_rows;
+  o.min_cols_per_thread = cols_per_thread;
+  o.blocks_per_sm = blocks_per_sm;
+  o.pipelined = pipelined;
+  o.exact_passes = exact_passes;
+  return o;
+}
+
 // Runs the kernel-level launchers on device copies of `views` (f32 on the host).
 std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cuda::MiraVariant variant,
-                                            cuda::MiraCache cache, cuda::MiraSchedule schedule, int batch_rows,
-                                            bool bf16_logits, double tau = kTau, double beta = kBeta, int iters = 30,
-                                            int cols_per_thread = 0, int blocks_per_sm = 0, bool pipelined = false) {
+                                            const cuda::MiraPlanOptions& o = {}, bool bf16_logits = false,
+                                            double tau = kTau, double beta = kBeta, int iters = 30) {
   const Device dev = Device::cuda(0);
   cuda::MiraProblem p;
   p.V = static_cast<int>(views.size());
@@ -57,10 +70,9 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
     p.logits[v] = in[v].raw();
     p.targets[v] = out[v].data<float>();
   }
-  const cuda::MiraPlan plan =
-      cuda::mira_plan(p, variant, cache, schedule, batch_rows, cols_per_thread, blocks_per_sm, pipelined);
+  const cuda::MiraPlan plan = cuda::mira_plan(p, variant, o);
   // The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
-  CHECK(plan.pipelined == (pipelined && variant != cuda::MiraVariant::Unfused &&
+  CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused &&
                            ((plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const cudaStream_t stream = cuda::CudaContext::get().stream();
@@ -91,6 +103,20 @@ bool finite_simplex(const std::vector<double>& t, int64_t N, int64_t K, double t
 const Tol kGpuTol{2e-6, 2e-4};
 // bf16 cache: E rounded to 8 bits during the iteration (docs/assignment.md).
 const Tol kBf16CacheTol{1e-3, 5e-2};
+// f16 cache (E * 2^15, 11 bits): the CPU twin's error against f64 is <= 4e-5 absolute and
+// 3.3e-4 relative at these shapes; with 3 exact updates at the end <= 1.2e-6 and 1e-5, within
+// kGpuTol. Against the twin itself (the same rounding on the CPU; an E that f32 exp2 puts on
+// the other side of an f16 rounding boundary is the difference) a tighter bound holds.
+const Tol kF16CacheTol{2e-4, 1e-2};
+const Tol kF16TwinTol{1e-5, 1e-3};
+
+// The CPU twin of a 16-bit working copy (kernels/cpu/mira_assign.h) on f32 logits.
+std::vector<double> twin(const Tensor& logits_cpu, AssignWorkingCopy copy, int exact_passes) {
+  AssignOptions o;
+  o.working_copy = copy;
+  o.exact_passes = exact_passes;
+  return mira_assign(logits_cpu, kTau, kBeta, 30, local_comm(), nullptr, o).to_vector();
+}
 
 }  // namespace
 
@@ -113,8 +139,10 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
       C cache;
       S schedule;
       int rows;
-      int cpt = 0;  // min columns per thread (0: the plan's choice)
-      int bps = 0;  // blocks per SM (0: the plan's choice)
+      int cpt = 0;    // min columns per thread (0: the plan's choice)
+      int bps = 0;    // blocks per SM (0: the plan's choice)
+      int exact = 0;  // exact updates at the end (16-bit caches)
+      bool pipelined = false;
     };
     const Run runs[] = {{"fused", V::Fused, C::F32, S::Auto, 4},
                         {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
@@ -125,15 +153,28 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
                         {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4},
                         {"fused 4 columns per thread, 1 block per SM", V::Fused, C::F32, S::Auto, 4, 4, 1},
                         {"fused 8 columns per thread, 2 blocks per SM", V::Fused, C::F32, S::Auto, 4, 8, 2},
-                        {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4}};
+                        {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4},
+                        {"fused f16 cache", V::Fused, C::F16, S::Auto, 4},
+                        {"fused f16 cache, 3 exact updates", V::Fused, C::F16, S::Auto, 4, 0, 0, 3},
+                        {"fused f16 cache, 3 exact, pipelined", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, true},
+                        {"fused f16 cache, 3 exact, concurrent", V::Fused, C::F16, S::Concurrent, 4, 0, 0, 3},
+                        {"per-pass f16 cache, 3 exact updates", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3},
+                        {"fused bf16 cache, 5 exact updates", V::Fused, C::BF16, S::Auto, 4, 0, 0, 5}};
     std::vector<std::vector<double>> fused;
     for (const Run& r : runs) {
       CAPTURE(r.name);
-      const auto got = run_kernel(views, r.variant, r.cache, r.schedule, r.rows, false, kTau, kBeta, 30, r.cpt, r.bps);
-      const Tol tol = r.cache == C::BF16 ? kBf16CacheTol : kGpuTol;
+      const auto got =
+          run_kernel(views, r.variant, plan_opts(r.cache, r.schedule, r.rows, r.cpt, r.bps, r.pipelined, r.exact));
+      // With exact updates at the end a 16-bit cache is as close to f64 as f32 (kF16CacheTol).
+      const Tol tol = r.exact > 0          ? kGpuTol
+                      : r.cache == C::BF16 ? kBf16CacheTol
+                      : r.cache == C::F16  ? kF16CacheTol
+                                           : kGpuTol;
       for (int v = 0; v < 2; ++v) {
         CHECK(allclose(got[v], ref[v], tol, r.name));
         CHECK(finite_simplex(got[v], s.N, s.K, 1e-4));
+        if (r.cache == C::F16)
+          CHECK(allclose(got[v], twin(views[v], AssignWorkingCopy::F16, r.exact), kF16TwinTol, "vs the CPU twin"));
       }
       if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0) fused = got;
       // Fused and unfused are the same computation up to f32 summation order.
@@ -141,17 +182,20 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
         for (int v = 0; v < 2; ++v) CHECK(allclose(got[v], fused[v], Tol{1e-6, 1e-4}, "fused vs unfused"));
     }
     // Deterministic: the same bits on a second run.
-    CHECK(run_kernel(views, V::Fused, C::F32, S::Auto, 4, false) == fused);
+    CHECK(run_kernel(views, V::Fused) == fused);
     // The pipelined update passes add the same values in the same order: the same bits for the
     // same launch geometry (these shapes get the same plan either way), on the plan's choice and
     // on one block per SM of 4 columns per thread (up to K = 3072).
-    CHECK(run_kernel(views, V::Fused, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 0, 0, true) == fused);
+    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 0, 0, true)) == fused);
     if (s.K <= 3072) {
-      const auto one_block = run_kernel(views, V::Fused, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 1);
-      CHECK(run_kernel(views, V::Fused, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 1, true) == one_block);
-      CHECK(run_kernel(views, V::PerPass, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 0, true) ==
-            run_kernel(views, V::PerPass, C::F32, S::Auto, 4, false, kTau, kBeta, 30, 4, 0));
+      const auto one_block = run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 4, 1));
+      CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 4, 1, true)) == one_block);
+      CHECK(run_kernel(views, V::PerPass, plan_opts(C::F32, S::Auto, 4, 4, 0, true)) ==
+            run_kernel(views, V::PerPass, plan_opts(C::F32, S::Auto, 4, 4, 0)));
     }
+    // The f16 cache: pipelined or not, the same bits.
+    const auto f16 = run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, false, 3));
+    CHECK(run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, true, 3)) == f16);
   }
 }
 
@@ -163,8 +207,7 @@ TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {
   const Tensor ab = a.to(dev).to(DType::BF16);
   const auto ref_b = reference(ab.to(DType::F32).to(Device::cpu()));
   CHECK(allclose(mira_assign(ab, kTau, kBeta, 30).to_vector(), ref_b, kGpuTol, "bf16 logits, op"));
-  const auto kb = run_kernel({ab.to(DType::F32).to(Device::cpu())}, cuda::MiraVariant::Fused, cuda::MiraCache::F32,
-                             cuda::MiraSchedule::Auto, 4, true);
+  const auto kb = run_kernel({ab.to(DType::F32).to(Device::cpu())}, cuda::MiraVariant::Fused, {}, true);
   CHECK(allclose(kb[0], ref_b, kGpuTol, "bf16 logits, kernel"));
   // The op with two views: each view against its own reference.
   const auto both = mira_assign(std::vector<Tensor>{a.to(dev), b.to(dev)}, kTau, kBeta, 30);
@@ -175,6 +218,15 @@ TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {
     o.kernel = k;
     CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector(), reference(a), kGpuTol,
                    "op kernel choice"));
+  }
+  // The op's working-copy options: the CUDA kernel against the CPU op with the same options.
+  for (AssignWorkingCopy copy : {AssignWorkingCopy::F16, AssignWorkingCopy::BF16}) {
+    AssignOptions o;
+    o.working_copy = copy;
+    o.exact_passes = 3;
+    const auto got = mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector();
+    const auto cpu = mira_assign(a, kTau, kBeta, 30, local_comm(), nullptr, o).to_vector();
+    CHECK(allclose(got, cpu, copy == AssignWorkingCopy::F16 ? kF16TwinTol : Tol{1e-4, 1e-2}, "op working copy"));
   }
   // K beyond the fused kernel: the op falls back to the unfused one.
   const Tensor wide = cpu_logits(8, 20000, 5, 0.3);
@@ -208,10 +260,16 @@ TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
         if (c.kind == 2) x = j == 3 ? -100 : (x < 0 ? 90 : 100);
       }
     const Tensor L = Tensor::from_vector(v, {c.N, c.K}, DType::F32, dev);
-    for (AssignKernel k : {AssignKernel::Auto, AssignKernel::PerPass, AssignKernel::Unfused}) {
+    for (int run = 0; run < 4; ++run) {
+      // Auto, per-pass, unfused; then Auto with the f16 working copy and 3 exact updates.
+      const AssignKernel k = run == 1 ? AssignKernel::PerPass : run == 2 ? AssignKernel::Unfused : AssignKernel::Auto;
       if (k != AssignKernel::Unfused && !cuda::mira_fused_supports(static_cast<int>(c.K))) continue;
       AssignOptions o;
       o.kernel = k;
+      if (run == 3) {
+        o.working_copy = AssignWorkingCopy::F16;
+        o.exact_passes = 3;
+      }
       const auto t = mira_assign(L, c.tau, c.beta, 30, local_comm(), nullptr, o).to_vector();
       CHECK(finite_simplex(t, c.N, c.K, 1e-4));
       if (c.kind == 2)

@@ -152,6 +152,10 @@ TEST_CASE("validation: keys that depend on each other, and the newer keys' value
   fails(with("data.max_image_pixels", 0), "data.max_image_pixels");
   fails(with("data.max_image_pixels", int64_t(1) << 29), "data.max_image_pixels");
   fails(with("train.dtype", "f16"), "train.dtype");
+  fails(with("mira.working_copy", "f8"), "mira.working_copy");
+  fails(with("mira.exact_passes", -1), "mira.exact_passes");
+  fails(with("mira.exact_passes", 2.5), "mira.exact_passes");
+  CHECK_NOTHROW(apps::validate_pretrain_config(with("mira.working_copy", "f16")));
   CHECK_NOTHROW(apps::validate_pretrain_config(with("train.dtype", "bf16")));
 }
 

@@ -30,7 +30,8 @@ const Json& pretrain_schema() {
       "tau_s": 0.1, "tau_t": 0.225, "iters": 30,
       "beta_initial": 0.7, "beta_final": 0.6666666666666666,
       "ema_initial": 0.99, "ema_final": 1.0,
-      "freeze_prototypes_epochs": 1
+      "freeze_prototypes_epochs": 1,
+      "working_copy": "f32", "exact_passes": 0
     },
     "train": {
       "epochs": 100, "batch_size": 4096, "seed": 0, "device": "cpu",
@@ -108,6 +109,11 @@ void validate_pretrain_config(const Json& c) {
   require(bf >= 0 && bf < 1, "mira.beta_final", "must be in [0, 1)");
   require(c["mira"]["tau_s"] > 0 && c["mira"]["tau_t"] > 0, "mira.tau_s", "and mira.tau_t must be > 0");
   require(c["mira"]["iters"] >= 0, "mira.iters", "must be >= 0");
+  const std::string wc = c["mira"]["working_copy"];
+  require(wc == "f32" || wc == "bf16" || wc == "f16", "mira.working_copy", "must be f32, bf16 or f16, got " + wc);
+  require(c["mira"]["exact_passes"].is_number_integer() && c["mira"]["exact_passes"] >= 0 &&
+              c["mira"]["exact_passes"] <= 1000000,
+          "mira.exact_passes", "must be an integer in [0, 1000000]");
   const std::string aug = c["data"]["augment_device"];
   require(aug == "auto" || aug == "cpu" || aug == "gpu", "data.augment_device", "must be auto, cpu or gpu, got " + aug);
   require(c["data"]["max_image_pixels"].is_number_integer() && c["data"]["max_image_pixels"] >= 1 &&

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "engine/error.h"
@@ -23,29 +24,52 @@ void check_args(int64_t N, int64_t K, double a, const char* a_name, int iters, i
   MIRA_CHECK(iters >= min_iters, op, ": iters must be >= ", min_iters, ", got ", iters);
 }
 
+// E_ij as the pass reads it: exact, or rounded as the working copy holds it.
+struct ExactE {
+  template <typename T>
+  double operator()(T e) const {
+    return static_cast<double>(e);
+  }
+};
+struct RoundedE {
+  WorkingCopy copy;
+  template <typename T>
+  double operator()(T e) const {
+    return static_cast<double>(working_copy_round(static_cast<float>(e), copy));
+  }
+};
+
 // sum_j w_j e_j (w = null: all ones) with four accumulators in a fixed order: the compiler may
 // not reassociate one running sum, four independent ones keep the FP units busy.
-template <typename T>
-double row_dot(const T* e, const double* w, int64_t K) {
+template <typename T, typename Load = ExactE>
+double row_dot(const T* e, const double* w, int64_t K, Load ld = {}) {
   double a[4] = {0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 4 <= K; j += 4)
-    for (int u = 0; u < 4; ++u) a[u] += (w ? w[j + u] : 1.0) * static_cast<double>(e[j + u]);
-  for (; j < K; ++j) a[0] += (w ? w[j] : 1.0) * static_cast<double>(e[j]);
+    for (int u = 0; u < 4; ++u) a[u] += (w ? w[j + u] : 1.0) * ld(e[j + u]);
+  for (; j < K; ++j) a[0] += (w ? w[j] : 1.0) * ld(e[j]);
   return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
 // One pass over the rows: r_i = sum_j w_j E_ij, c_j = sum_i E_ij / r_i (w = null: all ones).
 // r_i >= 1 by construction (see the header); the guard only keeps a broken invariant from
 // turning into a NaN.
-template <typename T>
-void column_pass(const T* E, const double* w, double* c, int64_t N, int64_t K) {
+template <typename T, typename Load>
+void column_pass(const T* E, const double* w, double* c, int64_t N, int64_t K, Load ld) {
   std::fill(c, c + K, 0.0);
   for (int64_t i = 0; i < N; ++i) {
     const T* e = E + i * K;
-    const double r = row_dot(e, w, K);
+    const double r = row_dot(e, w, K, ld);
     const double s = r > 0 ? 1.0 / r : 0.0;
-    for (int64_t j = 0; j < K; ++j) c[j] += static_cast<double>(e[j]) * s;
+    for (int64_t j = 0; j < K; ++j) c[j] += ld(e[j]) * s;
+  }
+}
+template <typename T>
+void column_pass(const T* E, const double* w, double* c, int64_t N, int64_t K, WorkingCopy copy) {
+  if (copy == WorkingCopy::Exact) {
+    column_pass(E, w, c, N, K, ExactE{});
+  } else {
+    column_pass(E, w, c, N, K, RoundedE{copy});
   }
 }
 
@@ -71,6 +95,30 @@ bool exp_row(const T* l, T* e, int64_t K, double inv_tau) {
 constexpr double kLog2Max = 1020.0;  // double weights: K of them sum to < 2^1020 < DBL_MAX
 
 }  // namespace
+
+float working_copy_round(float x, WorkingCopy copy) {
+  if (copy == WorkingCopy::Exact || !std::isfinite(x)) return x;
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  if (copy == WorkingCopy::BF16) {
+    b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;  // round to nearest even, 8 bits kept
+  } else {
+    // f16 of x * 2^15 (exact scaling), back in units of x: 11 significant bits at or above
+    // the f16 normal range (x >= 2^-29), a fixed step of 2^-39 below it; both round to
+    // nearest even (nearbyint in the default rounding mode).
+    const float s = std::fabs(x) * 32768.f;
+    if (s >= 0x1p-14f) {
+      std::memcpy(&b, &x, sizeof b);
+      b = (b + 0xfffu + ((b >> 13) & 1u)) & 0xffffe000u;
+    } else {
+      const float r = std::nearbyint(s * 0x1p24f) * 0x1p-24f / 32768.f;
+      return std::copysign(r, x);
+    }
+  }
+  float y;
+  std::memcpy(&y, &b, sizeof y);
+  return y;
+}
 
 void mira_weights_from_mass(const double* x, double* w, int64_t K, double exponent, double log2_cap) {
   double xmax = 0;
@@ -102,12 +150,13 @@ int64_t assign_stats_work_size(int64_t, int64_t K) {
 
 template <typename T>
 void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double tau_t, double beta, int iters,
-                     double* work, const AssignReduce* reduce) {
+                     double* work, const AssignReduce* reduce, const MiraNumerics& num) {
   check_args(N, K, tau_t, "tau_t", iters, 0, "mira_assign");
   MIRA_CHECK(beta >= 0 && beta < 1, "mira_assign: beta must be in [0, 1), got ", beta);
   const double tau_p = tau_t * (1.0 - beta);
   MIRA_CHECK(tau_p > 0 && std::isfinite(1.0 / tau_p), "mira_assign: tau_t * (1 - beta) = ", tau_p, " is too small");
   MIRA_CHECK(logits != targets, "mira_assign: targets may not alias logits");
+  MIRA_CHECK(num.exact_passes >= 0, "mira_assign: exact_passes must be >= 0, got ", num.exact_passes);
   const double inv_tau = 1.0 / tau_p;
   const double log2_cap = mira_weight_log2_cap(K, kLog2Max);
   double* w = work;
@@ -118,14 +167,15 @@ void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double t
   for (int64_t i = 0; i < N; ++i) bad += exp_row(logits + i * K, E + i * K, K, inv_tau) ? 0 : 1;
 
   // Initial update (from u = 1): c = colsum(P).
-  column_pass(E, static_cast<const double*>(nullptr), c, N, K);
+  column_pass(E, static_cast<const double*>(nullptr), c, N, K, num.copy);
   c[K] = static_cast<double>(bad);
   reduce_sum(reduce, c, K + 1);
   MIRA_CHECK(c[K] == 0, "mira_assign: the logits contain NaN or Inf (", c[K], " rows over all ranks)");
   mira_weights_from_mass(c, w, K, -beta, log2_cap);
 
+  const int exact_from = iters - std::min(num.exact_passes, iters);  // updates [exact_from, iters) use exact E
   for (int it = 0; it < iters; ++it) {
-    column_pass(E, w, c, N, K);
+    column_pass(E, w, c, N, K, it >= exact_from ? WorkingCopy::Exact : num.copy);
     reduce_sum(reduce, c, K);
     mira_weights_from_mass(c, w, K, -beta, log2_cap);
   }
@@ -268,10 +318,11 @@ void assign_stats(const T* logits, const T* targets, int64_t N, int64_t K, doubl
   out->kkt_residual = kkt;
 }
 
-#define MIRA_INSTANTIATE(T)                                                                                            \
-  template void mira_assign_fwd<T>(const T*, T*, int64_t, int64_t, double, double, int, double*, const AssignReduce*); \
-  template void sinkhorn_assign_fwd<T>(const T*, T*, int64_t, int64_t, double, int, double*, const AssignReduce*);     \
-  template void assign_stats<T>(const T*, const T*, int64_t, int64_t, double, double, double*, double*,                \
+#define MIRA_INSTANTIATE(T)                                                                                           \
+  template void mira_assign_fwd<T>(const T*, T*, int64_t, int64_t, double, double, int, double*, const AssignReduce*, \
+                                   const MiraNumerics&);                                                              \
+  template void sinkhorn_assign_fwd<T>(const T*, T*, int64_t, int64_t, double, int, double*, const AssignReduce*);    \
+  template void assign_stats<T>(const T*, const T*, int64_t, int64_t, double, double, double*, double*,               \
                                 AssignStatsOut*, const AssignReduce*);
 MIRA_INSTANTIATE(float)
 MIRA_INSTANTIATE(double)

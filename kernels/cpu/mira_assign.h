@@ -54,6 +54,21 @@ inline double mira_weight_log2_cap(int64_t K, double log2_max) {
 // wbar^a (the KKT weights) from the marginal.
 void mira_weights_from_mass(const double* x, double* w, int64_t K, double exponent, double log2_cap);
 
+// The working copy of E during the iteration (the CUDA kernels' MiraCache; CPU twin here).
+// Exact keeps E as T. BF16 rounds each E_ij to bf16 (8 significant bits, f32's exponent
+// range); F16 rounds E_ij * 2^15 to f16 (11 significant bits for E >= 2^-29, fewer below,
+// 0 below 2^-40). The rounded copy serves the initial update and all but the last
+// `exact_passes` updates; those, and the targets, use exact E. The iteration contracts, so
+// each exact update shrinks the rounding's effect on the targets (by ~2-3x per update at N
+// 4096, K 3000: docs/assignment.md); the GPU keeps a 16-bit copy on chip where f32 does not fit.
+enum class WorkingCopy { Exact, BF16, F16 };
+struct MiraNumerics {
+  WorkingCopy copy = WorkingCopy::Exact;
+  int exact_passes = 0;  // >= 0; clipped to iters
+};
+// x rounded as the working copy holds it (x in [0, 1]; Exact: x itself).
+float working_copy_round(float x, WorkingCopy copy);
+
 // Doubles of workspace the functions below need.
 int64_t mira_assign_work_size(int64_t N, int64_t K);      // 2K + 1
 int64_t sinkhorn_assign_work_size(int64_t N, int64_t K);  // N + 3K + 1
@@ -62,10 +77,11 @@ int64_t assign_stats_work_size(int64_t N, int64_t K);     // 2K + 1
 // MIRA targets. logits: (N, K) this rank's rows; targets: (N, K), may not alias logits (it holds
 // E during the iteration); work: mira_assign_work_size doubles. iters >= 0 is the official
 // `iters` (the number of updates after the initial one). Throws mira::Error for a non-finite
-// logit on any rank (collectively, so no rank is left waiting in a reduction).
+// logit on any rank (collectively, so no rank is left waiting in a reduction). num: the
+// working copy (default exact).
 template <typename T>
 void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double tau_t, double beta, int iters,
-                     double* work, const AssignReduce* reduce = nullptr);
+                     double* work, const AssignReduce* reduce = nullptr, const MiraNumerics& num = {});
 
 // Sinkhorn-Knopp targets; logits, targets: (N, K), rows of targets sum to 1; iters >= 1
 // (SwAV uses eps = 0.05, 3 iterations); work: sinkhorn_assign_work_size doubles.

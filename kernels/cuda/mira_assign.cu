@@ -26,6 +26,7 @@
 // always summed in a fixed order.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -122,6 +123,30 @@ struct ECache<__nv_bfloat16> {
   }
   static __device__ __forceinline__ float round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 };
+// f16 holds S = E * 2^15 (E in [0, 1], so S <= 2^15 < 65504): 11 significant bits down to
+// E = 2^-29, subnormal steps of 2^-39 below. round() maps an f32 E to S, load() returns S:
+// a pass only forms ratios E_ij / sum_l w_l E_il, so S needs no unscaling (the weight cap
+// leaves room for the 2^15 in the row sums: fused_args).
+constexpr float kF16Scale = 32768.f;
+constexpr int kF16Log2Scale = 15;
+template <>
+struct ECache<__half> {
+  static __device__ __forceinline__ void load(const __half* p, float (&v)[kVec]) {
+    const uint2 q = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&q.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&q.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+  static __device__ __forceinline__ void store(__half* p, const float (&v)[kVec]) {
+    __half2 a = __floats2half2_rn(v[0], v[1]);
+    __half2 b = __floats2half2_rn(v[2], v[3]);
+    uint2 q;
+    q.x = *reinterpret_cast<const unsigned*>(&a);
+    q.y = *reinterpret_cast<const unsigned*>(&b);
+    *reinterpret_cast<uint2*>(p) = q;
+  }
+  static __device__ __forceinline__ float round(float x) { return __half2float(__float2half_rn(x * kF16Scale)); }
+};
 
 template <bool MAX>
 __device__ __forceinline__ float rop(float a, float b) {
@@ -216,6 +241,7 @@ struct FusedArgs {
   float exponent;  // -beta
   float log2_cap;
   int iters, pass_begin, pass_end;
+  int exact_from;   // 16-bit caches: updates p >= exact_from recompute E from the logits
   bool vec_logits;  // K % 4 == 0 and rows aligned: vector loads of logits / stores of targets
   void* ecache;     // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
   float* partial;   // (V, blocks_per_view, Kp)
@@ -262,6 +288,31 @@ __device__ __forceinline__ void load_batch(const BlockRows<TIn, TE>& b, int row0
       for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
         for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
+    }
+  }
+}
+
+// E of rows [row0, row0 + R) recomputed in f32 from the logits and the first pass's row
+// maxima, 0 beyond the block's rows and beyond K: the exact E behind a 16-bit cache.
+template <int R, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void load_batch_exact(const BlockRows<TIn, TE>& b, int row0, float (&e)[R][NCH][kVec]) {
+  const FusedArgs& a = *b.a;
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    const int row = row0 + rr;
+    if (row >= b.r1) {
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
+      continue;
+    }
+    const float m = a.rowmax[static_cast<size_t>(b.v) * a.N + row];
+#pragma unroll
+    for (int ch = 0; ch < NCH; ++ch) {
+      load_logits4(b.logits + static_cast<size_t>(row) * a.K, b.col(ch), a.K, a.vec_logits, e[rr][ch]);
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) e[rr][ch][u] = b.col(ch) + u < a.K ? exp2f((e[rr][ch][u] - m) * a.k2) : 0.f;
     }
   }
 }
@@ -361,6 +412,20 @@ __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const f
   }
 }
 
+// pass_update on exact E (load_batch_exact), R rows at a time: the last updates of a 16-bit cache.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void pass_update_exact(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
+                                                  float (&c)[NCH][kVec], int& parity) {
+  for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
+    float e[RB][NCH][kVec];
+    float d[RB];
+    load_batch_exact<RB, NCH>(b, row0, e);
+    row_dots<RB, NCH>(w, e, d);
+    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
+    add_rows<RB, NCH>(row0, b.r1, e, d, c);
+  }
+}
+
 // Split-phase block barriers (mbarrier, sm_80+), for the pipelined update: every thread
 // arrives (release) and may go on; a wait (acquire) returns once the phase of the given
 // parity has completed, i.e. once every thread arrived.
@@ -450,35 +515,18 @@ __device__ __forceinline__ void pass_update_pipelined(const BlockRows<TIn, TE>& 
   }
 }
 
-// The last pass: T_ij = w_j E_ij / sum_l w_l E_il. With a bf16 cache E is recomputed in f32
-// from the logits and the stored row maxima, so the targets see exact E.
+// The last pass: T_ij = w_j E_ij / sum_l w_l E_il. With a 16-bit cache E is recomputed in
+// f32 from the logits and the stored row maxima, so the targets see exact E.
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec], int& parity) {
   const FusedArgs& a = *b.a;
   for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
     float e[RB][NCH][kVec];
     float d[RB];
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      const int row = row0 + rr;
-      if (row >= b.r1) {
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
-      } else if (std::is_same<TE, float>::value) {
-        const TE* crow = b.cache_row(row);
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(crow + b.col(ch), e[rr][ch]);
-      } else {
-        const float m = a.rowmax[static_cast<size_t>(b.v) * a.N + row];
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch) {
-          load_logits4(b.logits + static_cast<size_t>(row) * a.K, b.col(ch), a.K, a.vec_logits, e[rr][ch]);
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = b.col(ch) + u < a.K ? exp2f((e[rr][ch][u] - m) * a.k2) : 0.f;
-        }
-      }
+    if constexpr (std::is_same<TE, float>::value) {
+      load_batch<RB, NCH>(b, row0, e);
+    } else {
+      load_batch_exact<RB, NCH>(b, row0, e);
     }
     row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
@@ -599,7 +647,11 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             }
           mark(kTraceWeights);
           if (p <= a.iters) {
-            if constexpr (PIPE) {
+            // The last updates of a 16-bit cache read exact E (exact_from > iters otherwise).
+            constexpr bool kRounded = !std::is_same<TE, float>::value;
+            if (kRounded && p >= a.exact_from) {
+              if constexpr (kRounded) pass_update_exact<R, NCH>(b, w, c, parity);
+            } else if constexpr (PIPE) {
               pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
             } else {
               pass_update<R, NCH>(b, w, c, parity);
@@ -666,8 +718,10 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
 using FusedFn = void (*)(const FusedArgs);
 
 // Rows per batch R. NCH = 1 (K <= 3072): R = 4 compiles without spills within the 80
-// registers of 768 threads; R = 8 halves the barriers but spills ~20 bytes, and is kept for
-// the bench to decide. NCH = 2: R = 2 (no spills); NCH = 4 (K > 6144): one row (a few spills).
+// registers of 768 threads (for sm_90; for sm_80 the 16-bit caches, with their second copy of
+// the hot loop in pass_update_exact, spill 12 bytes); R = 8 halves the barriers but spills
+// ~20-30 bytes, and is kept for the bench to decide. NCH = 2: R = 2 (no spills); NCH = 4
+// (K > 6144): one row (spills 40-110 bytes). The pipelined kernels spill 36-72 bytes.
 template <typename TIn, typename TE>
 FusedFn fused_fn(int nch, int batch_rows, bool pipelined) {
   switch (nch) {
@@ -691,13 +745,21 @@ bool fused_pipelined(int nch, int batch_rows, bool requested) {
   return requested && ((nch == 1 && batch_rows == 4) || nch == 2);
 }
 
+template <typename TIn>
+FusedFn select_fused_in(MiraCache cache, int nch, int batch_rows, bool pipelined) {
+  switch (cache) {
+    case MiraCache::BF16:
+      return fused_fn<TIn, __nv_bfloat16>(nch, batch_rows, pipelined);
+    case MiraCache::F16:
+      return fused_fn<TIn, __half>(nch, batch_rows, pipelined);
+    default:
+      return fused_fn<TIn, float>(nch, batch_rows, pipelined);
+  }
+}
+
 FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, bool pipelined) {
-  const bool bf16_e = cache == MiraCache::BF16;
-  if (bf16_in)
-    return bf16_e ? fused_fn<__nv_bfloat16, __nv_bfloat16>(nch, batch_rows, pipelined)
-                  : fused_fn<__nv_bfloat16, float>(nch, batch_rows, pipelined);
-  return bf16_e ? fused_fn<float, __nv_bfloat16>(nch, batch_rows, pipelined)
-                : fused_fn<float, float>(nch, batch_rows, pipelined);
+  return bf16_in ? select_fused_in<__nv_bfloat16>(cache, nch, batch_rows, pipelined)
+                 : select_fused_in<float>(cache, nch, batch_rows, pipelined);
 }
 
 // ---- plain kernels (unfused variant, statistics, Sinkhorn)
@@ -923,16 +985,22 @@ bool mira_fused_supports(int K) {
   return K >= 1 && K <= kFusedMaxK;
 }
 
-MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, MiraSchedule schedule, int batch_rows,
-                   int min_cols_per_thread, int blocks_per_sm, bool pipelined) {
+MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOptions& opts) {
   MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews, "mira_plan: 1 to ", kMiraMaxViews, " views, got ", p.V);
   MIRA_CHECK(p.N >= 1 && p.K >= 1, "mira_plan: empty problem (N = ", p.N, ", K = ", p.K, ")");
+  MIRA_CHECK(opts.exact_passes >= 0, "mira_plan: exact_passes must be >= 0, got ", opts.exact_passes);
+  const MiraCache cache = opts.cache;
+  const MiraSchedule schedule = opts.schedule;
+  int min_cols_per_thread = opts.min_cols_per_thread, blocks_per_sm = opts.blocks_per_sm;
   MiraPlan plan;
   plan.variant = variant;
   plan.cache = cache;
+  plan.exact_passes = cache == MiraCache::F32 ? 0 : opts.exact_passes;
 
   if (variant == MiraVariant::Unfused) {
-    // Views run one after another through the same buffers.
+    // Views run one after another through the same buffers; E in f32.
+    plan.cache = MiraCache::F32;
+    plan.exact_passes = 0;
     plan.chunks = ceil_div(p.N, kRowsPerChunk);
     plan.Kp = p.K;
     size_t off = 0;
@@ -969,8 +1037,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
   plan.cpt = kVec * nch;
   plan.block = ceil_div(ceil_div(p.K, plan.cpt), 32) * 32;
   plan.Kp = plan.cpt * plan.block;
-  plan.batch_rows = fused_batch_rows(nch, batch_rows);
-  plan.pipelined = fused_pipelined(nch, plan.batch_rows, pipelined);
+  plan.batch_rows = fused_batch_rows(nch, opts.batch_rows);
+  plan.pipelined = fused_pipelined(nch, plan.batch_rows, opts.pipelined);
   const FusedFn fn = select_fused(p.logits_bf16, cache, nch, plan.batch_rows, plan.pipelined);
 
   int dev = 0;
@@ -986,7 +1054,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, M
   // Set to the maximum once, so plans of any size can launch this instantiation.
   MIRA_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        smem_dyn_max));
-  const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::BF16 ? 2 : 4);
+  const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::F32 ? 4 : 2);
 
   int occ0 = 0;  // blocks per SM without the row cache
   MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ0, fn, plan.block, 0));
@@ -1092,8 +1160,11 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.ecache_rows_per_block = plan.ecache_rows_per_block;
   a.k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(p.tau_t) * (1.0 - p.beta)));
   a.exponent = -p.beta;
-  a.log2_cap = kLog2MaxF32 - std::ceil(std::log2(static_cast<double>(p.K)));
+  // Row sums of the f16 cache carry its 2^15 scale.
+  a.log2_cap =
+      kLog2MaxF32 - (plan.cache == MiraCache::F16 ? kF16Log2Scale : 0) - std::ceil(std::log2(static_cast<double>(p.K)));
   a.iters = p.iters;
+  a.exact_from = p.iters + 1 - std::min(plan.exact_passes, p.iters);
   a.pass_begin = pass_begin, a.pass_end = pass_end;
   a.vec_logits = vec;
   char* base = static_cast<char*>(ws);

@@ -15,13 +15,17 @@
 //   ranks between launches. Plain stream work, so it can be captured in a CUDA graph.
 // - Unfused: six small kernels and four launches per iteration, E in the workspace (a bench
 //   baseline, and the path for K > 12288 where the fused kernel's registers do not reach).
-// MiraCache::BF16 stores E in bf16 during the iteration (the final targets recompute E in f32
-// from the logits): about 2x less on-chip/L2 traffic for ~1e-4 absolute error in the targets,
-// so it is opt-in; the default is f32.
+// MiraCache::BF16 / F16 store E in 16 bits during the iteration (bf16; or f16 of E * 2^15, 3
+// more significant bits): half the bytes, so N 4096 x K 3000 fits in shared memory, for ~2e-4
+// (bf16) or ~3e-5 (f16) absolute error in the targets. The targets recompute E in f32 from the
+// logits and the row maxima, and so do the last MiraPlanOptions::exact_passes updates, each of
+// which shrinks that error ~3x (the iteration contracts; f16 with 3: within ~2x of the f32
+// kernel's own error). kernels/cpu/mira_assign.h (WorkingCopy) is the CPU twin. Opt-in; the
+// default is f32.
 //
-// Weights on the GPU are capped at 2^(124 - ceil(log2 K)) (CPU: 2^(1020 - ...)) so that row
-// sums and their inverses stay normal f32; the cap only binds when column masses differ by
-// more than ~1e30, where f32 cannot represent E's ratios anyway.
+// Weights on the GPU are capped at 2^(124 - ceil(log2 K)) (f16 cache: 2^(109 - ...); CPU:
+// 2^(1020 - ...)) so that row sums and their inverses stay normal f32; the cap only binds when
+// column masses differ by more than ~1e30, where f32 cannot represent E's ratios anyway.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -34,7 +38,7 @@ namespace mira::cuda {
 constexpr int kMiraMaxViews = 4;
 
 enum class MiraVariant : int { Fused, PerPass, Unfused };
-enum class MiraCache : int { F32, BF16 };
+enum class MiraCache : int { F32, BF16, F16 };
 enum class MiraSchedule : int { Auto, Concurrent, Sequential };
 
 // V views of this rank's N rows each; the K-length column sums (and so the targets) are
@@ -55,6 +59,7 @@ struct MiraProblem {
 struct MiraPlan {
   MiraVariant variant = MiraVariant::Fused;
   MiraCache cache = MiraCache::F32;
+  int exact_passes = 0;     // 16-bit caches: the last updates that read exact E
   int cpt = 4;              // columns per thread (fused / per-pass)
   int batch_rows = 4;       // rows per register batch (fused / per-pass)
   bool pipelined = false;   // update passes with split-phase barriers (see mira_plan)
@@ -81,7 +86,8 @@ struct MiraPlan {
 };
 constexpr int kMiraTracePhases = 8;
 
-// Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).
+// How to run a problem; the defaults are the engine's. cache: E's working copy (f32 exact, or
+// 16 bits, see above); exact_passes >= 0 (16-bit caches only; clipped to iters).
 // batch_rows: rows per register batch of the fused kernel for K <= 3072, 4 (default) or 8.
 // min_cols_per_thread: 0 (auto), 4, 8 or 16 (the block has K / cols threads); blocks_per_sm: 0
 // (the cost model picks) or that many blocks per SM, or as many as fit if fewer. Auto, for the
@@ -92,9 +98,18 @@ constexpr int kMiraTracePhases = 8;
 // previous batch (split-phase barriers), where the plan has 4 rows of 4 or 2 rows of 8 columns
 // per thread (MiraPlan::pipelined says whether it took); the same bits for the same launch
 // geometry (its slots add ~2 KB of static shared memory, which can change the plan for large N).
-MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache = MiraCache::F32,
-                   MiraSchedule schedule = MiraSchedule::Auto, int batch_rows = 4, int min_cols_per_thread = 0,
-                   int blocks_per_sm = 0, bool pipelined = false);
+struct MiraPlanOptions {
+  MiraCache cache = MiraCache::F32;
+  int exact_passes = 0;
+  MiraSchedule schedule = MiraSchedule::Auto;
+  int batch_rows = 4;
+  int min_cols_per_thread = 0;
+  int blocks_per_sm = 0;
+  bool pipelined = false;
+};
+
+// Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).
+MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOptions& opts = {});
 // Can the fused / per-pass kernel take this K? (K <= 12288: 768 threads x 16 columns)
 bool mira_fused_supports(int K);
 
