@@ -398,6 +398,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     int bps = 0;  // blocks per SM (0: the plan's choice)
     bool pipelined = false;
     int exact = 0;  // exact updates at the end (16-bit caches)
+    bool flags = false;  // flag-tagged column sums instead of grid barriers
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -422,6 +423,10 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   // exact E recomputed from the logits (f16 + 3: about f32's error; docs/assignment.md).
   size_t at = 5;  // after the pipelined rows, in this order
   for (const Variant& v : std::vector<Variant>{
+           {"fused flags", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, true},
+           {"fused pipelined flags", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, true, 0, true},
+           {"fused f16-cache exact3 flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, true},
+           {"fused f16-cache exact3 pipelined flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, true, 3, true},
            {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
            {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3},
            {"fused f16-cache exact3 pipelined", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, true, 3},
@@ -463,6 +468,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.min_cols_per_thread = var.cpt;
       po.blocks_per_sm = var.bps;
       po.pipelined = var.pipelined;
+      po.flag_sync = var.flags;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
       Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
       auto run = [&](int s) {
@@ -502,6 +508,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                                : plan.cache == MC::BF16 ? "bf16"
                                                         : "f16"},
                      {"exact_passes", plan.exact_passes},
+                     {"flag_sync", plan.flag_sync},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};
       }
       if (!(ok && bad == 0)) {

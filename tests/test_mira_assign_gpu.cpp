@@ -4,6 +4,7 @@
 // with two thread-ranks), unfused; f32 and bf16 logits; every column-per-thread width;
 // extreme inputs; the non-finite error; statistics; Sinkhorn; CUDA graph capture.
 #include <cmath>
+#include <cstring>
 #include <thread>
 
 #include "engine/comm.h"
@@ -38,7 +39,7 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
 
 cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedule = cuda::MiraSchedule::Auto,
                                 int batch_rows = 4, int cols_per_thread = 0, int blocks_per_sm = 0,
-                                bool pipelined = false, int exact_passes = 0) {
+                                bool pipelined = false, int exact_passes = 0, bool flag_sync = false) {
   cuda::MiraPlanOptions o;
   o.cache = cache;
   o.schedule = schedule;
@@ -47,6 +48,7 @@ cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedu
   o.blocks_per_sm = blocks_per_sm;
   o.pipelined = pipelined;
   o.exact_passes = exact_passes;
+  o.flag_sync = flag_sync;
   return o;
 }
 
@@ -74,7 +76,22 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
   // The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
   CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused &&
                            ((plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
+  // Flag-tagged sums: the same shapes, fused only, f32 and f16 caches.
+  CHECK(plan.flag_sync == (o.flag_sync && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16 &&
+                           ((plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
+  if (plan.flag_sync) {
+    // Poison the flag-tagged words with wrong values carrying every tag a pass will wait for:
+    // only the launch's own clearing keeps them from being taken for this launch's sums.
+    const size_t words = (plan.workspace_bytes - plan.off_ll_partial) / 8;
+    std::vector<uint32_t> junk(2 * words);
+    for (size_t i = 0; i < words; ++i) {
+      const float bad = 1e3f;
+      std::memcpy(&junk[2 * i], &bad, sizeof bad);
+      junk[2 * i + 1] = static_cast<uint32_t>(i % static_cast<size_t>(iters + 1)) + 1;
+    }
+    cuda::copy(static_cast<char*>(ws.raw()) + plan.off_ll_partial, dev, junk.data(), Device::cpu(), words * 8, false);
+  }
   const cudaStream_t stream = cuda::CudaContext::get().stream();
   if (variant == cuda::MiraVariant::PerPass) {
     for (int pass = 0; pass <= iters + 1; ++pass) cuda::mira_assign_pass_cuda(p, plan, pass, ws.raw(), stream);
@@ -196,6 +213,18 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
     // The f16 cache: pipelined or not, the same bits.
     const auto f16 = run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, false, 3));
     CHECK(run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, true, 3)) == f16);
+    // Flag-tagged column sums instead of grid barriers add the same values in the same order:
+    // the same bits, alone, pipelined, with the f16 cache, both view schedules, and twice
+    // (run_kernel poisons the tagged words first).
+    const auto flags = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, true);
+    CHECK(run_kernel(views, V::Fused, flags) == fused);
+    CHECK(run_kernel(views, V::Fused, flags) == fused);
+    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 0, 0, true, 0, true)) == fused);
+    CHECK(run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, true, 3, true)) == f16);
+    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Concurrent, 4, 0, 0, false, 0, true)) ==
+          run_kernel(views, V::Fused, plan_opts(C::F32, S::Concurrent)));
+    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential, 4, 0, 0, false, 0, true)) ==
+          run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential)));
   }
 }
 

@@ -247,8 +247,56 @@ struct FusedArgs {
   float* partial;   // (V, blocks_per_view, Kp)
   float* colsum;    // (V, Kp) + the non-finite counter
   float* rowmax;    // (V, N)
+  // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
+  // and (V, Kp) sums as {float, pass + 1} words.
+  uint2* ll_partial;
+  uint2* ll_colsum;
   unsigned long long* trace;  // null, or (grid, kMiraTracePhases) clock64 sums (MiraPlan::trace)
 };
+
+// ---- flag-tagged words (the LL protocol of NCCL): a float travels with the number of the
+// pass that wrote it (pass + 1; 0 = never written) in one aligned 8-byte word, stored and
+// loaded whole, so a reader polls the data itself: no grid barrier between the blocks that
+// write column partials and the block that sums them, nor between it and the blocks that
+// read the sums. Volatile accesses go to L2, where all SMs see one copy.
+// Each word is one 64-bit scalar (tag in the high half), the unit the PTX memory model makes
+// single-copy atomic; v2.b64 moves two words.
+__device__ __forceinline__ unsigned long long ll_word(float v, unsigned seq) {
+  return (static_cast<unsigned long long>(seq) << 32) | __float_as_uint(v);
+}
+__device__ __forceinline__ void ll_store4(uint2* p, const float (&v)[kVec], unsigned seq) {
+  asm volatile("st.volatile.global.v2.b64 [%0], {%1, %2};" ::"l"(p), "l"(ll_word(v[0], seq)), "l"(ll_word(v[1], seq))
+               : "memory");
+  asm volatile("st.volatile.global.v2.b64 [%0], {%1, %2};" ::"l"(p + 2), "l"(ll_word(v[2], seq)),
+               "l"(ll_word(v[3], seq))
+               : "memory");
+}
+__device__ __forceinline__ void ll_store1(uint2* p, float v, unsigned seq) {
+  asm volatile("st.volatile.global.b64 [%0], %1;" ::"l"(p), "l"(ll_word(v, seq)) : "memory");
+}
+// Loads as {value bits, tag} pairs.
+__device__ __forceinline__ uint2 ll_load1(const uint2* p) {
+  unsigned long long w;
+  asm volatile("ld.volatile.global.b64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+  return make_uint2(static_cast<unsigned>(w), static_cast<unsigned>(w >> 32));
+}
+__device__ __forceinline__ uint4 ll_load2(const uint2* p) {
+  unsigned long long w0, w1;
+  asm volatile("ld.volatile.global.v2.b64 {%0, %1}, [%2];" : "=l"(w0), "=l"(w1) : "l"(p) : "memory");
+  return make_uint4(static_cast<unsigned>(w0), static_cast<unsigned>(w0 >> 32), static_cast<unsigned>(w1),
+                    static_cast<unsigned>(w1 >> 32));
+}
+// A reader still polling after ~2^24 tries (seconds) waits on a word no block will write: a
+// bug. Trap, so that the launch fails with an error instead of hanging the process.
+__device__ __forceinline__ void ll_spin(int& n) {
+  if (++n > (1 << 24)) __trap();
+}
+// Four consecutive columns' words (p 16-byte aligned) into v; true when all four carry seq.
+__device__ __forceinline__ bool ll_load4(const uint2* p, unsigned seq, float (&v)[kVec]) {
+  const uint4 a = ll_load2(p), b = ll_load2(p + 2);
+  v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.z), v[2] = __uint_as_float(b.x), v[3] = __uint_as_float(b.z);
+  return a.y == seq && a.w == seq && b.y == seq && b.w == seq;
+}
 
 // What one block works on during one view group: its rows [r0, r1) of view v.
 template <typename TIn, typename TE>
@@ -558,7 +606,7 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
 // take half as many.
-template <typename TIn, typename TE, int NCH, int R, bool PIPE>
+template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   constexpr int RH = R > 1 ? R / 2 : 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -596,6 +644,21 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
     }
   };
 
+  if constexpr (LL) {
+    // Flag-tagged words start untagged (the workspace holds anything): each block clears the
+    // partials it will write and the sums it will write, then one grid barrier.
+    for (int gi = 0; gi < groups; ++gi) {
+      const int v = gi * a.views_per_group + vg;
+      if (v >= a.V) continue;
+      uint2* part = a.ll_partial + (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
+      for (int j = tid; j < a.Kp; j += bd) part[j] = make_uint2(0u, 0u);
+      const int cpb = (a.Kp + a.blocks_per_view - 1) / a.blocks_per_view;
+      const int c_lo = bv * cpb, c_hi = min(a.Kp, c_lo + cpb);
+      for (int j = c_lo + tid; j < c_hi; j += bd) a.ll_colsum[static_cast<size_t>(v) * a.Kp + j] = make_uint2(0u, 0u);
+    }
+    grid.sync();
+  }
+
   for (int gi = 0; gi < groups; ++gi) {
     const int v = gi * a.views_per_group + vg;
     const bool active = v < a.V;  // uniform per block
@@ -630,12 +693,30 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           // 0 for an empty column (including the padding beyond K).
           float w[NCH][kVec];
           float cm[1] = {0.f};
+          if constexpr (LL) {
+            // The previous pass's sums, tagged p: all chunks' loads go out together, then a
+            // chunk whose tags do not all match yet is polled until they do.
+            const uint2* src = a.ll_colsum + static_cast<size_t>(v) * a.Kp;
+            const unsigned want = static_cast<unsigned>(p);
+            bool ok[NCH];
 #pragma unroll
-          for (int ch = 0; ch < NCH; ++ch) {
-            ECache<float>::load(a.colsum + static_cast<size_t>(v) * a.Kp + b.col(ch), w[ch]);
+            for (int ch = 0; ch < NCH; ++ch) ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
+#pragma unroll
+            for (int ch = 0; ch < NCH; ++ch) {
+              int n = 0;
+              while (!ok[ch]) {
+                ll_spin(n);
+                ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
+              }
+            }
+          } else {
+#pragma unroll
+            for (int ch = 0; ch < NCH; ++ch) ECache<float>::load(a.colsum + static_cast<size_t>(v) * a.Kp + b.col(ch), w[ch]);
+          }
+#pragma unroll
+          for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
             for (int u = 0; u < kVec; ++u) cm[0] = fmaxf(cm[0], w[ch][u]);
-          }
           RowReduce<1>::allreduce<true>(cm, red, 32 * R, parity);
           const float l2max = log2f(cm[0]);
 #pragma unroll
@@ -665,20 +746,29 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
       }
 
       if (p <= a.iters) {
+        constexpr bool ll = LL;
+        const unsigned seq = static_cast<unsigned>(p + 1);
         if (active) {
-          float* part = a.partial + (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
+          const size_t part_off = (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
+          if constexpr (ll) {
 #pragma unroll
-          for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(part + b.col(ch), c[ch]);
+            for (int ch = 0; ch < NCH; ++ch) ll_store4(a.ll_partial + part_off + b.col(ch), c[ch], seq);
+          } else {
+#pragma unroll
+            for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(a.partial + part_off + b.col(ch), c[ch]);
+          }
         }
-        grid.sync();
+        if constexpr (!ll) grid.sync();
         mark(kTraceBarrier1);
         if (active) {
           // Block bv sums the columns [c_lo, c_lo + ncol) over the view's blocks: threads are
           // (column, subset) pairs, subset s adding blocks s, s + S, ... with its loads issued
-          // together, then column j's S subset sums are added in subset order. A fixed order
-          // either way (the targets are bitwise reproducible), and one round of L2 latency
-          // rather than one per block summed.
-          const float* base = a.partial + static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
+          // together (8 at a time), then column j's S subset sums are added in subset order. A
+          // fixed order either way (the targets are bitwise reproducible, and the same with
+          // flag-tagged words), and one round of L2 latency rather than one per block summed.
+          const size_t view_off = static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
+          const float* base = a.partial + view_off;
+          const uint2* base_ll = ll ? a.ll_partial + view_off : nullptr;
           const int bpv = a.blocks_per_view;
           const int cpb = (a.Kp + bpv - 1) / bpv;
           const int c_lo = bv * cpb, ncol = min(a.Kp, c_lo + cpb) - c_lo;
@@ -688,21 +778,48 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             const int col = c_lo + cc0 + j;
             if (sub < S) {
               float s = 0.f;
+              if constexpr (ll) {
+                for (int qb0 = sub; qb0 < bpv; qb0 += 8 * S) {
+                  uint2 x[8];
+#pragma unroll
+                  for (int k = 0; k < 8; ++k) {
+                    const int qb = qb0 + k * S;
+                    if (qb < bpv) x[k] = ll_load1(base_ll + static_cast<size_t>(qb) * a.Kp + col);
+                  }
+#pragma unroll
+                  for (int k = 0; k < 8; ++k) {
+                    const int qb = qb0 + k * S;
+                    if (qb < bpv) {
+                      int n = 0;
+                      while (x[k].y != seq) {
+                        ll_spin(n);
+                        x[k] = ll_load1(base_ll + static_cast<size_t>(qb) * a.Kp + col);
+                      }
+                      s += __uint_as_float(x[k].x);
+                    }
+                  }
+                }
+              } else {
 #pragma unroll 8
-              for (int qb = sub; qb < bpv; qb += S) s += base[static_cast<size_t>(qb) * a.Kp + col];
+                for (int qb = sub; qb < bpv; qb += S) s += base[static_cast<size_t>(qb) * a.Kp + col];
+              }
               redc[sub * nc + j] = s;
             }
             __syncthreads();
             if (tid < nc) {
               float t = 0.f;
               for (int k = 0; k < S; ++k) t += redc[k * nc + tid];
-              a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
+              if constexpr (ll) {
+                ll_store1(a.ll_colsum + static_cast<size_t>(v) * a.Kp + col, t, seq);
+              } else {
+                a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
+              }
             }
             __syncthreads();
           }
         }
         mark(kTraceReduce);
-        if (p + 1 < a.pass_end) grid.sync();
+        if (!ll && p + 1 < a.pass_end) grid.sync();  // flag-tagged sums need no barrier
         mark(kTraceBarrier2);
       }
     }
@@ -723,15 +840,23 @@ using FusedFn = void (*)(const FusedArgs);
 // ~20-30 bytes, and is kept for the bench to decide. NCH = 2: R = 2 (no spills); NCH = 4
 // (K > 6144): one row (spills 40-110 bytes). The pipelined kernels spill 36-72 bytes.
 template <typename TIn, typename TE>
-FusedFn fused_fn(int nch, int batch_rows, bool pipelined) {
+FusedFn fused_fn(int nch, int batch_rows, bool pipelined, bool flag_sync) {
+  constexpr bool kFlags = !std::is_same<TE, __nv_bfloat16>::value;  // no flag-tagged bf16-cache kernels
+  (void)flag_sync;  // unused where kFlags is false
   switch (nch) {
     case 1:
-      if (batch_rows == 8) return mira_fused_kernel<TIn, TE, 1, 8, false>;
-      return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true> : mira_fused_kernel<TIn, TE, 1, 4, false>;
+      if (batch_rows == 8) return mira_fused_kernel<TIn, TE, 1, 8, false, false>;
+      if constexpr (kFlags)
+        if (flag_sync)
+          return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, true> : mira_fused_kernel<TIn, TE, 1, 4, false, true>;
+      return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, false> : mira_fused_kernel<TIn, TE, 1, 4, false, false>;
     case 2:
-      return pipelined ? mira_fused_kernel<TIn, TE, 2, 2, true> : mira_fused_kernel<TIn, TE, 2, 2, false>;
+      if constexpr (kFlags)
+        if (flag_sync)
+          return pipelined ? mira_fused_kernel<TIn, TE, 2, 2, true, true> : mira_fused_kernel<TIn, TE, 2, 2, false, true>;
+      return pipelined ? mira_fused_kernel<TIn, TE, 2, 2, true, false> : mira_fused_kernel<TIn, TE, 2, 2, false, false>;
     default:
-      return mira_fused_kernel<TIn, TE, 4, 1, false>;
+      return mira_fused_kernel<TIn, TE, 4, 1, false, false>;
   }
 }
 
@@ -740,26 +865,30 @@ int fused_batch_rows(int nch, int requested) {
   return nch == 2 ? 2 : 1;
 }
 
-// The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
+// The pipelined update and the flag-tagged sums exist for 4 rows of 4 columns and 2 rows of 8
+// columns per thread; flag-tagged sums for f32 and f16 caches.
 bool fused_pipelined(int nch, int batch_rows, bool requested) {
   return requested && ((nch == 1 && batch_rows == 4) || nch == 2);
 }
+bool fused_flag_sync(int nch, int batch_rows, MiraCache cache, bool requested) {
+  return requested && cache != MiraCache::BF16 && ((nch == 1 && batch_rows == 4) || nch == 2);
+}
 
 template <typename TIn>
-FusedFn select_fused_in(MiraCache cache, int nch, int batch_rows, bool pipelined) {
+FusedFn select_fused_in(MiraCache cache, int nch, int batch_rows, bool pipelined, bool flag_sync) {
   switch (cache) {
     case MiraCache::BF16:
-      return fused_fn<TIn, __nv_bfloat16>(nch, batch_rows, pipelined);
+      return fused_fn<TIn, __nv_bfloat16>(nch, batch_rows, pipelined, false);
     case MiraCache::F16:
-      return fused_fn<TIn, __half>(nch, batch_rows, pipelined);
+      return fused_fn<TIn, __half>(nch, batch_rows, pipelined, flag_sync);
     default:
-      return fused_fn<TIn, float>(nch, batch_rows, pipelined);
+      return fused_fn<TIn, float>(nch, batch_rows, pipelined, flag_sync);
   }
 }
 
-FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, bool pipelined) {
-  return bf16_in ? select_fused_in<__nv_bfloat16>(cache, nch, batch_rows, pipelined)
-                 : select_fused_in<float>(cache, nch, batch_rows, pipelined);
+FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, bool pipelined, bool flag_sync) {
+  return bf16_in ? select_fused_in<__nv_bfloat16>(cache, nch, batch_rows, pipelined, flag_sync)
+                 : select_fused_in<float>(cache, nch, batch_rows, pipelined, flag_sync);
 }
 
 // ---- plain kernels (unfused variant, statistics, Sinkhorn)
@@ -1039,7 +1168,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   plan.Kp = plan.cpt * plan.block;
   plan.batch_rows = fused_batch_rows(nch, opts.batch_rows);
   plan.pipelined = fused_pipelined(nch, plan.batch_rows, opts.pipelined);
-  const FusedFn fn = select_fused(p.logits_bf16, cache, nch, plan.batch_rows, plan.pipelined);
+  plan.flag_sync = variant == MiraVariant::Fused && fused_flag_sync(nch, plan.batch_rows, cache, opts.flag_sync);
+  const FusedFn fn = select_fused(p.logits_bf16, cache, nch, plan.batch_rows, plan.pipelined, plan.flag_sync);
 
   int dev = 0;
   MIRA_CUDA_CHECK(cudaGetDevice(&dev));
@@ -1122,6 +1252,12 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   off = align_up(off + (static_cast<size_t>(p.V) * plan.Kp + 1) * sizeof(float), 256);
   plan.off_rowmax = off;
   off = align_up(off + static_cast<size_t>(p.V) * p.N * sizeof(float), 256);
+  if (plan.flag_sync) {
+    plan.off_ll_partial = off;
+    off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(uint2), 256);
+    plan.off_ll_colsum = off;
+    off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(uint2), 256);
+  }
   plan.workspace_bytes = off;
   plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
   return plan;
@@ -1172,6 +1308,8 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.partial = reinterpret_cast<float*>(base + plan.off_partial);
   a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
   a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
+  a.ll_partial = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
+  a.ll_colsum = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_colsum) : nullptr;
   a.trace = plan.trace;
   return a;
 }
@@ -1184,7 +1322,10 @@ void check_problem(const MiraProblem& p) {
 void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end,
                   cudaStream_t stream) {
   const int nch = plan.cpt / kVec;
-  const FusedFn fn = select_fused(p.logits_bf16, plan.cache, nch, plan.batch_rows, plan.pipelined);
+  const FusedFn fn = select_fused(p.logits_bf16, plan.cache, nch, plan.batch_rows, plan.pipelined, plan.flag_sync);
+  // Flag-tagged sums start untagged in each launch: it must run every pass.
+  MIRA_CHECK(!plan.flag_sync || (pass_begin == 0 && pass_end == p.iters + 2),
+             "mira_assign_cuda: a flag_sync plan runs all passes in one launch");
   FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
   void* args[] = {&a};
   MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),

@@ -63,6 +63,7 @@ struct MiraPlan {
   int cpt = 4;              // columns per thread (fused / per-pass)
   int batch_rows = 4;       // rows per register batch (fused / per-pass)
   bool pipelined = false;   // update passes with split-phase barriers (see mira_plan)
+  bool flag_sync = false;   // column sums as flag-tagged words, no grid barriers (see mira_plan)
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
   int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
@@ -76,12 +77,14 @@ struct MiraPlan {
   // Byte offsets into the workspace. colsum holds the column sums (V * Kp floats; unfused: K)
   // and, right after them, the non-finite counter (so one all-reduce carries both).
   size_t off_ecache = 0, off_partial = 0, off_colsum = 0, off_rowmax = 0, off_w = 0;
+  size_t off_ll_partial = 0, off_ll_colsum = 0;  // flag_sync: tagged partials and sums
   int64_t ecache_rows_per_block = 0;  // rows of E per block held in the workspace
   int64_t flag_index = 0;             // index of the non-finite counter in colsum
   // Fused / per-pass, for performance work: null, or device memory of grid * kMiraTracePhases
   // u64 that each launch overwrites with block b's clock64 cycles per phase at
   // [b * kMiraTracePhases + k]: first pass, weights, update rows, last pass (targets), grid
   // barrier 1 (with the partials' store), column reduction, grid barrier 2, whole launch.
+  // With flag_sync the barriers read ~0: the waits fall in the reduction and the weights.
   unsigned long long* trace = nullptr;
 };
 constexpr int kMiraTracePhases = 8;
@@ -98,6 +101,11 @@ constexpr int kMiraTracePhases = 8;
 // previous batch (split-phase barriers), where the plan has 4 rows of 4 or 2 rows of 8 columns
 // per thread (MiraPlan::pipelined says whether it took); the same bits for the same launch
 // geometry (its slots add ~2 KB of static shared memory, which can change the plan for large N).
+// flag_sync (Fused only): the column partials and sums travel as 8-byte {value, pass} words
+// that readers poll (NCCL's LL protocol), so a pass needs no grid barrier: the block summing a
+// column tile starts on each partial as it lands, and each block starts its next pass as soon
+// as the sums it reads are there. The same additions in the same order: the same bits. One
+// grid barrier at the start clears the tags; twice the bytes for partials and sums.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;
@@ -106,6 +114,7 @@ struct MiraPlanOptions {
   int min_cols_per_thread = 0;
   int blocks_per_sm = 0;
   bool pipelined = false;
+  bool flag_sync = false;
 };
 
 // Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).
