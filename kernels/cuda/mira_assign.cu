@@ -746,11 +746,10 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
       }
 
       if (p <= a.iters) {
-        constexpr bool ll = LL;
         const unsigned seq = static_cast<unsigned>(p + 1);
         if (active) {
           const size_t part_off = (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
-          if constexpr (ll) {
+          if constexpr (LL) {
 #pragma unroll
             for (int ch = 0; ch < NCH; ++ch) ll_store4(a.ll_partial + part_off + b.col(ch), c[ch], seq);
           } else {
@@ -758,7 +757,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(a.partial + part_off + b.col(ch), c[ch]);
           }
         }
-        if constexpr (!ll) grid.sync();
+        if constexpr (!LL) grid.sync();
         mark(kTraceBarrier1);
         if (active) {
           // Block bv sums the columns [c_lo, c_lo + ncol) over the view's blocks: threads are
@@ -768,7 +767,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           // flag-tagged words), and one round of L2 latency rather than one per block summed.
           const size_t view_off = static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
           const float* base = a.partial + view_off;
-          const uint2* base_ll = ll ? a.ll_partial + view_off : nullptr;
+          const uint2* base_ll = LL ? a.ll_partial + view_off : nullptr;
           const int bpv = a.blocks_per_view;
           const int cpb = (a.Kp + bpv - 1) / bpv;
           const int c_lo = bv * cpb, ncol = min(a.Kp, c_lo + cpb) - c_lo;
@@ -778,7 +777,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             const int col = c_lo + cc0 + j;
             if (sub < S) {
               float s = 0.f;
-              if constexpr (ll) {
+              if constexpr (LL) {
                 for (int qb0 = sub; qb0 < bpv; qb0 += 8 * S) {
                   uint2 x[8];
 #pragma unroll
@@ -809,7 +808,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             if (tid < nc) {
               float t = 0.f;
               for (int k = 0; k < S; ++k) t += redc[k * nc + tid];
-              if constexpr (ll) {
+              if constexpr (LL) {
                 ll_store1(a.ll_colsum + static_cast<size_t>(v) * a.Kp + col, t, seq);
               } else {
                 a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
@@ -819,7 +818,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           }
         }
         mark(kTraceReduce);
-        if (!ll && p + 1 < a.pass_end) grid.sync();  // flag-tagged sums need no barrier
+        if (!LL && p + 1 < a.pass_end) grid.sync();  // flag-tagged sums need no barrier
         mark(kTraceBarrier2);
       }
     }
