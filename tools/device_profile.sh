@@ -83,6 +83,21 @@ run() {  # label command...
       --set train.dtype=bf16 --set data.threads=16 --set eval.test_data="" --set train.checkpoint_every=100000
   fi
 }
-grep -E '^==|ms_per_step|^rc|img/s|"variant"|Duration|Throughput|Registers|Achieved Occupancy|Barrier|Stall' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
+# The assignment's variants as one short line each (the full JSON stays in steps.log).
+python3 - "$R" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if not line.startswith("{") or '"variant"' not in line:
+        continue
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    t = j.get("trace_us", {})
+    tr = " ".join(f"{k}={v:.0f}" for k, v in t.items() if k != "total")
+    print(f"  {j['variant']:<44} {j.get('median_ms', float('nan')):7.3f} ms err {j.get('max_abs_err', float('nan')):.1e}"
+          f" valid {j.get('valid')} N{j.get('N')} {tr} {j.get('error', '')}")
+PY
+grep -E '^==|ms_per_step|^rc|img/s|Duration|Throughput|Registers|Achieved Occupancy|Barrier|Stall' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls "$LOG_DIR"
