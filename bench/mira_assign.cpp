@@ -427,6 +427,12 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
            {"fused pipelined flags", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, true, 0, true},
            {"fused f16-cache exact3 flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, true},
            {"fused f16-cache exact3 pipelined flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, true, 3, true},
+           // With cheaper pass boundaries, fewer larger blocks or both views at once may win.
+           {"fused f16-cache exact3 pipelined flags cpt4 bps1", MV::Fused, MC::F16, MS::Auto, 4, false, 4, 1, true, 3,
+            true},
+           {"fused f16-cache exact3 concurrent pipelined flags", MV::Fused, MC::F16, MS::Concurrent, 4, false, 0, 0,
+            true, 3, true},
+           {"fused pipelined flags cpt4 bps1", MV::Fused, MC::F32, MS::Auto, 4, false, 4, 1, true, 0, true},
            {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
            {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3},
            {"fused f16-cache exact3 pipelined", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, true, 3},
