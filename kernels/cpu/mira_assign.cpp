@@ -108,7 +108,6 @@ float working_copy_round(float x, WorkingCopy copy) {
     // nearest even (nearbyint in the default rounding mode).
     const float s = std::fabs(x) * 32768.f;
     if (s >= 0x1p-14f) {
-      std::memcpy(&b, &x, sizeof b);
       b = (b + 0xfffu + ((b >> 13) & 1u)) & 0xffffe000u;
     } else {
       const float r = std::nearbyint(s * 0x1p24f) * 0x1p-24f / 32768.f;
