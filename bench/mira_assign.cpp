@@ -70,6 +70,7 @@ struct Args {
 const char* kUsage =
     "usage: mira_assign --logits IN.npy --out OUT.npy [--tau T] [--beta B] [--iters I]\n"
     "                   [--method mira|sinkhorn] [--eps E] [--device cpu|cuda] [--stats]\n"
+    "                   [--working-copy f32|bf16|f16] [--exact-passes P]\n"
     "       mira_assign --convergence [--logits IN.npy | --n N --k K --std S --seed S] [--max-iters M] [--ref-iters "
     "R]\n"
     "       mira_assign --time [--device cuda|cpu] [--n N] [--k K] [--views V] [--iters I] [--reps R]\n"
@@ -77,9 +78,9 @@ const char* kUsage =
     "         --trace: one more launch per fused variant with per-phase clock64 timing (trace_us)\n";
 
 const char* kFlags[] = {"stats", "convergence", "time", "trace", "help"};
-const char* kOptions[] = {"logits", "out",     "tau",       "beta",      "iters", "method", "eps",
-                          "device", "n",       "k",         "std",       "seed",  "views",  "reps",
-                          "warmup", "pytorch", "max-iters", "ref-iters", "python"};
+const char* kOptions[] = {"logits", "out",     "tau",       "beta",      "iters",  "method",       "eps",
+                          "device", "n",       "k",         "std",       "seed",   "views",        "reps",
+                          "warmup", "pytorch", "max-iters", "ref-iters", "python", "working-copy", "exact-passes"};
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -165,6 +166,8 @@ int run_tool(const Args& a) {
   MIRA_CHECK(a.has("out"), "--logits needs --out");
   const std::string method = a.str("method", "mira");
   MIRA_CHECK(method == "mira" || method == "sinkhorn", "--method is mira or sinkhorn, got '", method, "'");
+  MIRA_CHECK(method == "mira" || (!a.has("working-copy") && !a.has("exact-passes")),
+             "--working-copy and --exact-passes apply to --method mira");
   const Device dev = parse_device(a, false);
   std::vector<int64_t> shape;
   std::vector<Tensor> views = read_views(a.str("logits", ""), &shape);
@@ -175,8 +178,17 @@ int run_tool(const Args& a) {
   std::vector<AssignStats> stats;
   const bool want_stats = a.has("stats");
   if (method == "mira") {
+    // The working copy of E (docs/assignment.md): f32 (exact, the default), or 16 bits with
+    // the last --exact-passes updates on exact E.
+    AssignOptions o;
+    const std::string wc = a.str("working-copy", "f32");
+    MIRA_CHECK(wc == "f32" || wc == "bf16" || wc == "f16", "--working-copy is f32, bf16 or f16, got '", wc, "'");
+    o.working_copy = wc == "bf16"  ? AssignWorkingCopy::BF16
+                     : wc == "f16" ? AssignWorkingCopy::F16
+                                   : AssignWorkingCopy::F32;
+    o.exact_passes = a.integer("exact-passes", 0);
     out = mira_assign(views, a.num("tau", 0.225), a.num("beta", 2.0 / 3.0), a.integer("iters", 30), local_comm(),
-                      want_stats ? &stats : nullptr);
+                      want_stats ? &stats : nullptr, o);
   } else {
     for (const auto& v : views) {
       AssignStats s;

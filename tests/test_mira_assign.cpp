@@ -2,12 +2,18 @@
 // The MIRA assignment and Sinkhorn-Knopp on the CPU: the properties of spec section 1 (KKT
 // condition, optimality, beta = 0, permutation, split batch over ranks, convergence rate), the
 // official iteration itself, extreme and degenerate inputs, and argument errors.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <numeric>
 #include <thread>
 
 #include "engine/comm.h"
 #include "engine/mira_assign.h"
+#include "engine/npy.h"
 #include "engine/rng.h"
 #include "kernels/cpu/mira_assign.h"
 #include "testing.h"
@@ -564,4 +570,46 @@ TEST_CASE("sinkhorn: the log-domain iteration is SwAV's, finite for extreme logi
   // One sample: the prototype normalisation makes it uniform (SwAV with B = 1).
   const Tensor one = sinkhorn_assign(Tensor::from_vector(randn(K, 14, 1.0), {1, K}, DType::F64));
   for (double v : one.to_vector()) CHECK(v == doctest::Approx(1.0 / K).epsilon(1e-12));
+}
+
+TEST_CASE("bench/mira_assign as a tool: .npy logits to .npy targets, as the op computes them") {
+  namespace fs = std::filesystem;
+  const std::string tool = std::string(MIRA_BINARY_DIR) + "/bench/mira_assign";
+  REQUIRE(fs::exists(tool));  // bench/ is always part of the build
+  const fs::path dir = fs::temp_directory_path() / ("mira_assign_tool_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const int64_t V = 2, N = 24, K = 17;
+  const Tensor L = Tensor::from_vector(randn(V * N * K, 13, 0.4), {V, N, K}, DType::F32);
+  const std::string in = (dir / "logits.npy").string(), out = (dir / "targets.npy").string();
+  npy_write_tensor(in, L);
+  auto run = [&](const std::string& args) {
+    const int st = std::system((tool + " --logits " + in + " --out " + out + " " + args + " > /dev/null 2>&1").c_str());
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  };
+  auto view = [&](int v) { return L.slice_batch(v, v + 1).reshape({N, K}); };
+  auto result = [&] { return npy_read_tensor(out).to_vector(); };
+  auto both = [&](const std::vector<double>& a, const std::vector<double>& b) {
+    std::vector<double> r = a;
+    r.insert(r.end(), b.begin(), b.end());
+    return r;
+  };
+  // MIRA, default options and a 16-bit working copy: (V, N, K) in, (V, N, K) out, view by view.
+  REQUIRE(run("--tau 0.3 --beta 0.6 --iters 12") == 0);
+  CHECK(result() ==
+        both(mira_assign(view(0), 0.3, 0.6, 12).to_vector(), mira_assign(view(1), 0.3, 0.6, 12).to_vector()));
+  AssignOptions o;
+  o.working_copy = AssignWorkingCopy::F16;
+  o.exact_passes = 2;
+  REQUIRE(run("--working-copy f16 --exact-passes 2") == 0);
+  CHECK(result() == both(mira_assign(view(0), 0.225, 2.0 / 3.0, 30, local_comm(), nullptr, o).to_vector(),
+                         mira_assign(view(1), 0.225, 2.0 / 3.0, 30, local_comm(), nullptr, o).to_vector()));
+  // Sinkhorn.
+  REQUIRE(run("--method sinkhorn --eps 0.1 --iters 3") == 0);
+  CHECK(result() == both(sinkhorn_assign(view(0), 0.1, 3).to_vector(), sinkhorn_assign(view(1), 0.1, 3).to_vector()));
+  // Bad arguments: an error (exit 1), no crash.
+  CHECK(run("--working-copy f8") == 1);
+  CHECK(run("--method sinkhorn --working-copy f16") == 1);
+  CHECK(run("--exact-passes -1") == 1);
+  CHECK(run("--bogus 1") == 1);
+  fs::remove_all(dir);
 }
