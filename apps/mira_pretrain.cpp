@@ -272,10 +272,7 @@ int run(int argc, char** argv) {
   const Json& mj = cfg["mira"];
   models::MiraStepConfig sc{mj["tau_s"], mj["tau_t"], mj["iters"]};
   sc.group_crops = cfg["train"]["group_crops"];
-  const std::string wc = mj["working_copy"];
-  sc.assign.working_copy = wc == "bf16"  ? AssignWorkingCopy::BF16
-                           : wc == "f16" ? AssignWorkingCopy::F16
-                                         : AssignWorkingCopy::F32;
+  sc.assign.working_copy = parse_assign_working_copy(mj["working_copy"]);
   sc.assign.exact_passes = mj["exact_passes"];
   models::MiraTrainer trainer(model, oc, sc, comm);
 

@@ -181,11 +181,7 @@ int run_tool(const Args& a) {
     // The working copy of E (docs/assignment.md): f32 (exact, the default), or 16 bits with
     // the last --exact-passes updates on exact E.
     AssignOptions o;
-    const std::string wc = a.str("working-copy", "f32");
-    MIRA_CHECK(wc == "f32" || wc == "bf16" || wc == "f16", "--working-copy is f32, bf16 or f16, got '", wc, "'");
-    o.working_copy = wc == "bf16"  ? AssignWorkingCopy::BF16
-                     : wc == "f16" ? AssignWorkingCopy::F16
-                                   : AssignWorkingCopy::F32;
+    o.working_copy = parse_assign_working_copy(a.str("working-copy", "f32"));
     o.exact_passes = a.integer("exact-passes", 0);
     out = mira_assign(views, a.num("tau", 0.225), a.num("beta", 2.0 / 3.0), a.integer("iters", 30), local_comm(),
                       want_stats ? &stats : nullptr, o);

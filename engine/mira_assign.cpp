@@ -328,6 +328,13 @@ Tensor sinkhorn_cuda(const Tensor& logits, double eps, int iters, Communicator& 
 
 }  // namespace
 
+AssignWorkingCopy parse_assign_working_copy(const std::string& name) {
+  if (name == "f32") return AssignWorkingCopy::F32;
+  if (name == "bf16") return AssignWorkingCopy::BF16;
+  MIRA_CHECK(name == "f16", "the assignment's working copy is f32, bf16 or f16, got '", name, "'");
+  return AssignWorkingCopy::F16;
+}
+
 std::vector<Tensor> mira_assign(const std::vector<Tensor>& views, double tau_t, double beta, int iters,
                                 Communicator& comm, std::vector<AssignStats>* stats, const AssignOptions& opts) {
   MIRA_CHECK(!views.empty(), "mira_assign: no views");

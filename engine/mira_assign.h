@@ -8,6 +8,7 @@
 // never gathered). Every rank must call the op with the same K, tau_t, beta and iters.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "engine/comm.h"
@@ -35,6 +36,9 @@ enum class AssignKernel { Auto, Fused, PerPass, Unfused };
 // numerics (it rounds each E it reads), so results agree across devices, except where CUDA
 // runs the unfused kernels (K > 12288, or asked for), which keep E in f32.
 enum class AssignWorkingCopy { F32, BF16, F16 };
+// "f32", "bf16" or "f16" (config key mira.working_copy, bench/mira_assign --working-copy);
+// anything else throws mira::Error naming the value.
+AssignWorkingCopy parse_assign_working_copy(const std::string& name);
 
 struct AssignOptions {
   AssignKernel kernel = AssignKernel::Auto;
