@@ -9,7 +9,10 @@ namespace mira::cpu {
 
 int conv2d_group(const ConvShape& s) {
   const int64_t per_image = static_cast<int64_t>(s.P) * s.Q * s.R * s.S * s.C;
-  const int64_t budget = int64_t(4) << 20;  // elements
+  // 256 Ki elements (1 MiB of f32): the matrix stays in a core's L2 between im2col writing it
+  // and the GEMM reading it. 16 MiB groups made it a round trip through DRAM: the tiny-ResNet
+  // CPU step ran 20 % slower (bench/RESULTS.md, session 6).
+  const int64_t budget = int64_t(256) << 10;  // elements
   const int64_t g = per_image > 0 ? budget / per_image : 1;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g, s.N)));
 }

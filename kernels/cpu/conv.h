@@ -24,7 +24,7 @@ struct ConvShape {
 
 namespace cpu {
 
-// Images per im2col group: as many as fit a 16 MiB (f32) matrix, at least 1. Depends on the
+// Images per im2col group: as many as fit a 1 MiB (f32) matrix, at least 1. Depends on the
 // shape only, so results do not depend on anything else.
 int conv2d_group(const ConvShape& s);
 // Scratch the caller provides (elements of T): one group's im2col matrix, 0 for pointwise.
