@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/isa.h"
 
 namespace mira::cpu {
 
@@ -38,7 +39,7 @@ inline TapSpan tap_span(const ConvShape& s, int q) {
 // Plain loops, not memcpy/memset: spans are 16..1536 values, where the library calls'
 // overhead dominated (11 % of a tiny-ResNet step).
 template <typename T>
-void im2col(const ConvShape& s, const T* x, T* col) {
+MIRA_CPU_CLONES void im2col(const ConvShape& s, const T* x, T* col) {
   const int SC = s.S * s.C;
   const int64_t row = static_cast<int64_t>(s.R) * SC;
   for (int p = 0; p < s.P; ++p) {
@@ -64,7 +65,7 @@ void im2col(const ConvShape& s, const T* x, T* col) {
 
 // Adds col (P*Q, R*S*C) back into one image (H, W, C).
 template <typename T>
-void col2im_add(const ConvShape& s, const T* col, T* x) {
+MIRA_CPU_CLONES void col2im_add(const ConvShape& s, const T* col, T* x) {
   const int SC = s.S * s.C;
   const int64_t row = static_cast<int64_t>(s.R) * SC;
   for (int p = 0; p < s.P; ++p) {

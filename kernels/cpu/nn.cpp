@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/pointwise.h"
 
 namespace mira::cpu {
@@ -38,7 +39,7 @@ void linear_bwd_weight(const T* dy, const T* x, T* dw, T* db, int N, int I, int 
 }
 
 template <typename T>
-void bn_stats(const T* x, int64_t M, int C, T* mean_out, T* var_out) {
+MIRA_CPU_CLONES void bn_stats(const T* x, int64_t M, int C, T* mean_out, T* var_out) {
   std::vector<double> mean(C, 0.0), var(C, 0.0);
   for (int64_t m = 0; m < M; ++m) {
     const T* row = x + m * C;
@@ -88,7 +89,7 @@ void bn_unpack_sums(const double* sums, double count, int C, T* mean, T* var) {
 }
 
 template <typename T>
-void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
+MIRA_CPU_CLONES void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
                   int64_t M, int C, bool relu) {
   for (int64_t m = 0; m < M; ++m) {
     const T* xr = x + m * C;
@@ -105,7 +106,7 @@ void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, co
 }
 
 template <typename T>
-void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,
+MIRA_CPU_CLONES void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,
                    T* sum_dy_out, T* sum_dy_xhat_out, const T* relu_y) {
   std::vector<double> sum_dy(C, 0.0), sum_dy_xhat(C, 0.0);
   // Two copies of the row loop (with and without the ReLU mask), so neither tests a pointer
@@ -133,7 +134,7 @@ void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int6
 }
 
 template <typename T>
-void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const T* gamma,
+MIRA_CPU_CLONES void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const T* gamma,
                   const T* sum_dy, const T* sum_dy_xhat, double count, T* dx, int64_t M, int C,
                   bool acc, const T* relu_y) {
   std::vector<T> k(C), a(C), b(C);
@@ -163,7 +164,7 @@ void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const
 }
 
 template <typename T>
-void maxpool_fwd(const T* x, T* y, int N, int H, int W, int C, int k, int s, int p, int P, int Q) {
+MIRA_CPU_CLONES void maxpool_fwd(const T* x, T* y, int N, int H, int W, int C, int k, int s, int p, int P, int Q) {
   for (int n = 0; n < N; ++n)
     for (int i = 0; i < P; ++i)
       for (int j = 0; j < Q; ++j) {
@@ -183,7 +184,7 @@ void maxpool_fwd(const T* x, T* y, int N, int H, int W, int C, int k, int s, int
 }
 
 template <typename T>
-void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
+MIRA_CPU_CLONES void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
                  bool acc) {
   if (!acc) std::memset(dx, 0, sizeof(T) * static_cast<int64_t>(N) * H * W * C);
   std::vector<int64_t> arg(C);

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "kernels/cpu/isa.h"
+
 namespace mira::cpu {
 
 namespace {
@@ -71,7 +73,7 @@ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
 }
 
 template <typename T>
-void relu_bwd(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int64_t n, bool acc) {
+MIRA_CPU_CLONES void relu_bwd(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int64_t n, bool acc) {
   if (acc) {
     for (int64_t i = 0; i < n; ++i) dx[i] += relu_mask(y[i], dy[i]);
   } else {
@@ -85,7 +87,7 @@ void add_fwd(const T* a, const T* b, T* y, int64_t n) {
 }
 
 template <typename T>
-void add_relu_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, int64_t n) {
+MIRA_CPU_CLONES void add_relu_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const T v = a[i] + b[i];
     y[i] = v <= T(0) ? T(0) : v;
