@@ -5,7 +5,8 @@
 // Elsewhere (other compilers, other architectures, MIRA_NO_ISA_CLONES) it expands to nothing.
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MIRA_NO_ISA_CLONES)
+// GCC 11 is the first to know the x86-64-v3 / v4 level names; an older GCC builds the baseline.
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && !defined(MIRA_NO_ISA_CLONES)
 #define MIRA_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define MIRA_CPU_CLONES
