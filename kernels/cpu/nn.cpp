@@ -90,7 +90,7 @@ void bn_unpack_sums(const double* sums, double count, int C, T* mean, T* var) {
 
 template <typename T>
 MIRA_CPU_CLONES void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
-                  int64_t M, int C, bool relu) {
+                                  int64_t M, int C, bool relu) {
   for (int64_t m = 0; m < M; ++m) {
     const T* xr = x + m * C;
     T* yr = y + m * C;
@@ -107,7 +107,7 @@ MIRA_CPU_CLONES void bn_fwd_apply(const T* x, const T* mean, const T* invstd, co
 
 template <typename T>
 MIRA_CPU_CLONES void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,
-                   T* sum_dy_out, T* sum_dy_xhat_out, const T* relu_y) {
+                                   T* sum_dy_out, T* sum_dy_xhat_out, const T* relu_y) {
   std::vector<double> sum_dy(C, 0.0), sum_dy_xhat(C, 0.0);
   // Two copies of the row loop (with and without the ReLU mask), so neither tests a pointer
   // per element and both vectorise.
@@ -135,8 +135,8 @@ MIRA_CPU_CLONES void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const
 
 template <typename T>
 MIRA_CPU_CLONES void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const T* gamma,
-                  const T* sum_dy, const T* sum_dy_xhat, double count, T* dx, int64_t M, int C,
-                  bool acc, const T* relu_y) {
+                                  const T* sum_dy, const T* sum_dy_xhat, double count, T* dx, int64_t M, int C,
+                                  bool acc, const T* relu_y) {
   std::vector<T> k(C), a(C), b(C);
   for (int c = 0; c < C; ++c) {
     k[c] = gamma[c] * invstd[c];
@@ -184,8 +184,8 @@ MIRA_CPU_CLONES void maxpool_fwd(const T* x, T* y, int N, int H, int W, int C, i
 }
 
 template <typename T>
-MIRA_CPU_CLONES void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P, int Q,
-                 bool acc) {
+MIRA_CPU_CLONES void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int k, int s, int p, int P,
+                                 int Q, bool acc) {
   if (!acc) std::memset(dx, 0, sizeof(T) * static_cast<int64_t>(N) * H * W * C);
   std::vector<int64_t> arg(C);
   std::vector<T> best(C);

@@ -73,7 +73,8 @@ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
 }
 
 template <typename T>
-MIRA_CPU_CLONES void relu_bwd(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int64_t n, bool acc) {
+MIRA_CPU_CLONES void relu_bwd(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int64_t n,
+                              bool acc) {
   if (acc) {
     for (int64_t i = 0; i < n; ++i) dx[i] += relu_mask(y[i], dy[i]);
   } else {
