@@ -1,6 +1,6 @@
 // 2-D convolution on the CPU, NHWC activations and OHWI (K, R, S, C) weights: im2col of a group
-// of images into a (G*P*Q, R*S*C) matrix, then one GEMM per group (small images in groups, so
-// OpenBLAS gets products large enough to keep its threads busy). 1x1 stride-1 unpadded convs
+// of images into a (G*P*Q, R*S*C) matrix, then one GEMM per group (groups of about 1 MiB: the
+// matrix stays in cache between im2col and the GEMM, see conv2d_group). 1x1 stride-1 unpadded convs
 // (half of ResNet-50's) skip im2col: the batch already is that matrix. Twin of the cuDNN path.
 #pragma once
 
