@@ -40,7 +40,8 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
 
 cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedule = cuda::MiraSchedule::Auto,
                                 int batch_rows = 4, int cols_per_thread = 0, int blocks_per_sm = 0,
-                                bool pipelined = false, int exact_passes = 0, bool flag_sync = false) {
+                                bool pipelined = false, int exact_passes = 0, bool flag_sync = false,
+                                bool warp_rows = false) {
   cuda::MiraPlanOptions o;
   o.cache = cache;
   o.schedule = schedule;
@@ -50,6 +51,7 @@ cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedu
   o.pipelined = pipelined;
   o.exact_passes = exact_passes;
   o.flag_sync = flag_sync;
+  o.warp_rows = warp_rows;
   return o;
 }
 
@@ -74,12 +76,16 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
     p.targets[v] = out[v].data<float>();
   }
   const cuda::MiraPlan plan = cuda::mira_plan(p, variant, o);
+  // A warp per row: fused or per-pass, K <= 3072, f32 or f16 cache; the options about
+  // columns per thread do not apply to it.
+  CHECK(plan.warp_rows ==
+        (o.warp_rows && variant != cuda::MiraVariant::Unfused && p.K <= 3072 && o.cache != cuda::MiraCache::BF16));
   // The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
-  CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused &&
+  CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused && !plan.warp_rows &&
                            ((plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
-  // Flag-tagged sums: the same shapes, fused only, f32 and f16 caches.
+  // Flag-tagged sums: the same shapes or a warp per row, fused only, f32 and f16 caches.
   CHECK(plan.flag_sync == (o.flag_sync && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16 &&
-                           ((plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
+                           (plan.warp_rows || (plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   if (plan.flag_sync) {
     // Poison the flag-tagged words with wrong values carrying every tag a pass will wait for:
@@ -161,23 +167,33 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
       int bps = 0;    // blocks per SM (0: the plan's choice)
       int exact = 0;  // exact updates at the end (16-bit caches)
       bool pipelined = false;
+      bool flags = false;
+      bool warp_rows = false;  // taken up to K = 3072; beyond, the default kernel runs
     };
-    const Run runs[] = {{"fused", V::Fused, C::F32, S::Auto, 4},
-                        {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
-                        {"fused sequential", V::Fused, C::F32, S::Sequential, 4},
-                        {"fused 8-row batches", V::Fused, C::F32, S::Auto, 8},
-                        {"per-pass", V::PerPass, C::F32, S::Auto, 4},
-                        {"unfused", V::Unfused, C::F32, S::Auto, 4},
-                        {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4},
-                        {"fused 4 columns per thread, 1 block per SM", V::Fused, C::F32, S::Auto, 4, 4, 1},
-                        {"fused 8 columns per thread, 2 blocks per SM", V::Fused, C::F32, S::Auto, 4, 8, 2},
-                        {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4},
-                        {"fused f16 cache", V::Fused, C::F16, S::Auto, 4},
-                        {"fused f16 cache, 3 exact updates", V::Fused, C::F16, S::Auto, 4, 0, 0, 3},
-                        {"fused f16 cache, 3 exact, pipelined", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, true},
-                        {"fused f16 cache, 3 exact, concurrent", V::Fused, C::F16, S::Concurrent, 4, 0, 0, 3},
-                        {"per-pass f16 cache, 3 exact updates", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3},
-                        {"fused bf16 cache, 5 exact updates", V::Fused, C::BF16, S::Auto, 4, 0, 0, 5}};
+    const Run runs[] = {
+        {"fused", V::Fused, C::F32, S::Auto, 4},
+        {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
+        {"fused sequential", V::Fused, C::F32, S::Sequential, 4},
+        {"fused 8-row batches", V::Fused, C::F32, S::Auto, 8},
+        {"per-pass", V::PerPass, C::F32, S::Auto, 4},
+        {"unfused", V::Unfused, C::F32, S::Auto, 4},
+        {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4},
+        {"fused 4 columns per thread, 1 block per SM", V::Fused, C::F32, S::Auto, 4, 4, 1},
+        {"fused 8 columns per thread, 2 blocks per SM", V::Fused, C::F32, S::Auto, 4, 8, 2},
+        {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4},
+        {"fused f16 cache", V::Fused, C::F16, S::Auto, 4},
+        {"fused f16 cache, 3 exact updates", V::Fused, C::F16, S::Auto, 4, 0, 0, 3},
+        {"fused f16 cache, 3 exact, pipelined", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, true},
+        {"fused f16 cache, 3 exact, concurrent", V::Fused, C::F16, S::Concurrent, 4, 0, 0, 3},
+        {"per-pass f16 cache, 3 exact updates", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3},
+        {"fused bf16 cache, 5 exact updates", V::Fused, C::BF16, S::Auto, 4, 0, 0, 5},
+        {"fused warp rows", V::Fused, C::F32, S::Auto, 4, 0, 0, 0, false, false, true},
+        {"fused warp rows, flags", V::Fused, C::F32, S::Auto, 4, 0, 0, 0, false, true, true},
+        {"fused warp rows, concurrent", V::Fused, C::F32, S::Concurrent, 4, 0, 0, 0, false, false, true},
+        {"per-pass warp rows", V::PerPass, C::F32, S::Auto, 4, 0, 0, 0, false, false, true},
+        {"fused warp rows, f16 cache", V::Fused, C::F16, S::Auto, 4, 0, 0, 0, false, false, true},
+        {"fused warp rows, f16 cache, 3 exact, flags", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, false, true, true},
+        {"per-pass warp rows, f16 cache, 3 exact", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3, false, false, true}};
     std::vector<std::vector<double>> fused;
     // The CPU twins of the f16 runs, each computed once per (view, exact updates).
     std::map<std::pair<int, int>, std::vector<double>> twins;
@@ -190,7 +206,8 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
     for (const Run& r : runs) {
       CAPTURE(r.name);
       const auto got =
-          run_kernel(views, r.variant, plan_opts(r.cache, r.schedule, r.rows, r.cpt, r.bps, r.pipelined, r.exact));
+          run_kernel(views, r.variant,
+                     plan_opts(r.cache, r.schedule, r.rows, r.cpt, r.bps, r.pipelined, r.exact, r.flags, r.warp_rows));
       // With exact updates at the end a 16-bit cache is as close to f64 as f32 (kF16CacheTol).
       const Tol tol = r.exact > 0          ? kGpuTol
                       : r.cache == C::BF16 ? kBf16CacheTol
@@ -201,7 +218,9 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
         CHECK(finite_simplex(got[v], s.N, s.K, 1e-4));
         if (r.cache == C::F16) CHECK(allclose(got[v], f16_twin(v, r.exact), kF16TwinTol, "vs the CPU twin"));
       }
-      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0) fused = got;
+      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0 &&
+          !r.warp_rows && !r.flags)
+        fused = got;
       // Fused and unfused are the same computation up to f32 summation order.
       if (r.variant == V::Unfused)
         for (int v = 0; v < 2; ++v) CHECK(allclose(got[v], fused[v], Tol{1e-6, 1e-4}, "fused vs unfused"));
@@ -233,6 +252,34 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
           run_kernel(views, V::Fused, plan_opts(C::F32, S::Concurrent)));
     CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential, 4, 0, 0, false, 0, true)) ==
           run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential)));
+    // A warp per row: deterministic, and flag-tagged sums add in the same order as the
+    // barriers, for both caches.
+    auto warp = [&](C cache, int exact, bool flags_on, V variant = V::Fused) {
+      return run_kernel(views, variant, plan_opts(cache, S::Auto, 4, 0, 0, false, exact, flags_on, true));
+    };
+    const auto wr = warp(C::F32, 0, false);
+    CHECK(warp(C::F32, 0, false) == wr);
+    CHECK(warp(C::F32, 0, true) == wr);
+    CHECK(warp(C::F16, 3, true) == warp(C::F16, 3, false));
+  }
+}
+
+TEST_CASE("gpu mira: a warp per row at the benchmark's shape, E partly in the workspace") {
+  // N 4096, K 3000: with the f32 cache a block holds 16 of its 32 rows in shared memory and
+  // reads the rest from the workspace; the f16 cache holds them all.
+  const int64_t N = 4096, K = 3000;
+  const std::vector<Tensor> views = {cpu_logits(N, K, 11, 0.3)};
+  const auto ref = reference(views[0]);
+  for (const bool flags : {false, true}) {
+    CAPTURE(flags);
+    const auto f32 =
+        run_kernel(views, cuda::MiraVariant::Fused,
+                   plan_opts(cuda::MiraCache::F32, cuda::MiraSchedule::Auto, 4, 0, 0, false, 0, flags, true));
+    CHECK(allclose(f32[0], ref, kGpuTol, "warp rows, f32 cache"));
+    const auto f16 =
+        run_kernel(views, cuda::MiraVariant::Fused,
+                   plan_opts(cuda::MiraCache::F16, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, flags, true));
+    CHECK(allclose(f16[0], ref, kGpuTol, "warp rows, f16 cache, 3 exact updates"));
   }
 }
 
@@ -311,6 +358,18 @@ TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
       CHECK(finite_simplex(t, c.N, c.K, 1e-4));
       if (c.kind == 2)
         for (int64_t i = 0; i < c.N; ++i) CHECK(t[i * c.K + 3] == 0);
+    }
+    // A warp per row (up to K = 3072), both caches.
+    if (c.K <= 3072) {
+      const Tensor host = L.to(Device::cpu());
+      for (cuda::MiraCache cache : {cuda::MiraCache::F32, cuda::MiraCache::F16}) {
+        const auto t = run_kernel({host}, cuda::MiraVariant::Fused,
+                                  plan_opts(cache, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, false, true), false,
+                                  c.tau, c.beta)[0];
+        CHECK(finite_simplex(t, c.N, c.K, 1e-4));
+        if (c.kind == 2)
+          for (int64_t i = 0; i < c.N; ++i) CHECK(t[i * c.K + 3] == 0);
+      }
     }
     const auto sk = sinkhorn_assign(L).to_vector();
     CHECK(finite_simplex(sk, c.N, c.K, 1e-4));

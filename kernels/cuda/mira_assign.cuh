@@ -13,6 +13,8 @@
 // - PerPass: the fused kernel cut at the all-reduce: one cooperative launch per pass (the
 //   iteration count plus two), E in the workspace, and the caller sums the column sums over
 //   ranks between launches. Plain stream work, so it can be captured in a CUDA graph.
+// - Fused or PerPass with MiraPlanOptions::warp_rows (K <= 3072): the same passes with a warp
+//   per row instead of a thread per column (kernels/cuda/mira_warprows.cu). Opt-in until measured.
 // - Unfused: six small kernels and four launches per iteration, E in the workspace (a bench
 //   baseline, and the path for K > 12288 where the fused kernel's registers do not reach).
 // MiraCache::BF16 / F16 store E in 16 bits during the iteration (bf16; or f16 of E * 2^15, 3
@@ -64,6 +66,7 @@ struct MiraPlan {
   int batch_rows = 4;       // rows per register batch (fused / per-pass)
   bool pipelined = false;   // update passes with split-phase barriers (see mira_plan)
   bool flag_sync = false;   // column sums as flag-tagged words, no grid barriers (see mira_plan)
+  bool warp_rows = false;   // a warp per row (see mira_plan); cpt is then a lane's columns
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
   int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
@@ -106,6 +109,11 @@ constexpr int kMiraTracePhases = 8;
 // column tile starts on each partial as it lands, and each block starts its next pass as soon
 // as the sums it reads are there. The same additions in the same order: the same bits. One
 // grid barrier at the start clears the tags; twice the bytes for partials and sums.
+// warp_rows (Fused and PerPass, K <= 3072, f32 or f16 cache; MiraPlan::warp_rows says whether
+// it took): kernels/cuda/mira_warprows.cu, where a warp owns whole rows and no warp waits for
+// another during the update passes; blocks of 256, one per SM. Other bits than the default
+// kernel (other summation order), as close to the f64 reference. batch_rows,
+// min_cols_per_thread and pipelined do not apply; flag_sync does.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;
@@ -115,6 +123,7 @@ struct MiraPlanOptions {
   int blocks_per_sm = 0;
   bool pipelined = false;
   bool flag_sync = false;
+  bool warp_rows = false;
 };
 
 // Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).

@@ -1,0 +1,396 @@
+// Internal to the fused MIRA assignment kernels (mira_assign.cu: columns per thread;
+// mira_warprows.cu: a warp per row): element access, the 16-bit working copies, block
+// reductions, the kernel arguments, the flag-tagged words, and the pieces of a pass both
+// kernels share (the flags' clearing, the weights, the column reduction). Read the file
+// comment of mira_assign.cu first.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/mira_assign.cuh"
+
+namespace mira::cuda::fused {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kVec = 4;  // consecutive columns per thread and vector access
+constexpr int kFusedMaxBlock = 768;
+constexpr int kFusedMaxK = kFusedMaxBlock * 16;
+constexpr float kLog2MaxF32 = 124.f;  // K weights of at most 2^(124 - log2 K): sums < 2^124
+// Phases of MiraPlan::trace (kernels/cuda/mira_assign.cuh lists them).
+enum TracePhase {
+  kTraceFirst,
+  kTraceWeights,
+  kTraceRows,
+  kTraceLast,
+  kTraceBarrier1,
+  kTraceReduce,
+  kTraceBarrier2,
+  kTraceTotal
+};
+static_assert(kTraceTotal + 1 == kMiraTracePhases, "trace phases");
+
+// ---- element access
+
+__device__ __forceinline__ float ldg_f32(const float* p) {
+  return __ldg(p);
+}
+__device__ __forceinline__ float ldg_f32(const __nv_bfloat16* p) {
+  return __bfloat162float(__ldg(p));
+}
+
+// Four consecutive columns of one logits row starting at col (col % 4 == 0), -inf where col >= K;
+// vec: K % 4 == 0 and the rows are 16-byte (f32) / 8-byte (bf16) aligned.
+__device__ __forceinline__ void load_logits4(const float* row, int col, int K, bool vec, float (&x)[kVec]) {
+  if (vec && col < K) {
+    const float4 q = __ldg(reinterpret_cast<const float4*>(row + col));
+    x[0] = q.x, x[1] = q.y, x[2] = q.z, x[3] = q.w;
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) x[u] = col + u < K ? __ldg(row + col + u) : -INFINITY;
+}
+__device__ __forceinline__ void load_logits4(const __nv_bfloat16* row, int col, int K, bool vec, float (&x)[kVec]) {
+  if (vec && col < K) {
+    const uint2 q = __ldg(reinterpret_cast<const uint2*>(row + col));
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.y));
+    x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) x[u] = col + u < K ? ldg_f32(row + col + u) : -INFINITY;
+}
+
+// E in shared memory or the workspace, four columns at a time.
+template <typename TE>
+struct ECache;
+template <>
+struct ECache<float> {
+  static __device__ __forceinline__ void load(const float* p, float (&v)[kVec]) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  }
+  static __device__ __forceinline__ void store(float* p, const float (&v)[kVec]) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  static __device__ __forceinline__ float round(float x) { return x; }
+};
+template <>
+struct ECache<__nv_bfloat16> {
+  static __device__ __forceinline__ void load(const __nv_bfloat16* p, float (&v)[kVec]) {
+    const uint2 q = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+  static __device__ __forceinline__ void store(__nv_bfloat16* p, const float (&v)[kVec]) {
+    __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]);
+    __nv_bfloat162 b = __floats2bfloat162_rn(v[2], v[3]);
+    uint2 q;
+    q.x = *reinterpret_cast<const unsigned*>(&a);
+    q.y = *reinterpret_cast<const unsigned*>(&b);
+    *reinterpret_cast<uint2*>(p) = q;
+  }
+  static __device__ __forceinline__ float round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+};
+// f16 holds S = E * 2^15 (E in [0, 1], so S <= 2^15 < 65504): 11 significant bits down to
+// E = 2^-29, subnormal steps of 2^-39 below. round() maps an f32 E to S, load() returns S:
+// a pass only forms ratios E_ij / sum_l w_l E_il, so S needs no unscaling (the weight cap
+// leaves room for the 2^15 in the row sums: fused_args).
+constexpr float kF16Scale = 32768.f;
+constexpr int kF16Log2Scale = 15;
+template <>
+struct ECache<__half> {
+  static __device__ __forceinline__ void load(const __half* p, float (&v)[kVec]) {
+    const uint2 q = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&q.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&q.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+  static __device__ __forceinline__ void store(__half* p, const float (&v)[kVec]) {
+    __half2 a = __floats2half2_rn(v[0], v[1]);
+    __half2 b = __floats2half2_rn(v[2], v[3]);
+    uint2 q;
+    q.x = *reinterpret_cast<const unsigned*>(&a);
+    q.y = *reinterpret_cast<const unsigned*>(&b);
+    *reinterpret_cast<uint2*>(p) = q;
+  }
+  static __device__ __forceinline__ float round(float x) { return __half2float(__float2half_rn(x * kF16Scale)); }
+};
+
+template <bool MAX>
+__device__ __forceinline__ float rop(float a, float b) {
+  return MAX ? fmaxf(a, b) : a + b;
+}
+
+// Block-wide reduction of R values per thread (one per row of the batch). Every thread gets
+// the R totals. red: two buffers of `stride` >= 32 R floats of shared memory, used alternately
+// (parity) so one __syncthreads per call suffices: a buffer is rewritten two calls later,
+// after every warp has passed the barrier of the call in between, hence finished reading it.
+// Calls with different R must pass the same stride so the two buffers never overlap.
+template <int R>
+struct RowReduce {
+  static constexpr int kLanesPerRow = 32 / R;
+
+  // After the steps OFF = 16, 8, ..., 32/R, lane l holds, for row l / (32/R), the sum over the
+  // lanes that differ from l in the bits >= 32/R: each step keeps half of the rows and adds
+  // the partner's copy of the same half.
+  template <int N, int OFF, bool MAX>
+  static __device__ __forceinline__ void butterfly(float (&d)[R], int lane) {
+    if constexpr (N > 1) {
+      constexpr int H = N / 2;
+      const bool upper = (lane & OFF) != 0;
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        const float send = upper ? d[i] : d[i + H];
+        const float keep = upper ? d[i + H] : d[i];
+        d[i] = rop<MAX>(keep, __shfl_xor_sync(kFull, send, OFF));
+      }
+      butterfly<H, OFF / 2, MAX>(d, lane);
+    }
+  }
+
+  // The two halves of allreduce<false> for the pipelined update (same slots, same order of
+  // additions, so the same bits): publish writes this warp's partials of the R rows to buf;
+  // after a barrier, collect gives every thread the R totals.
+  static __device__ __forceinline__ void publish(float (&d)[R], float* buf) {
+    constexpr int LPR = kLanesPerRow;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    butterfly<R, 16, false>(d, lane);
+    float v = d[0];
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
+    const int rho = lane / LPR, sub = lane % LPR;
+    if (sub == 0) buf[(warp / LPR) * 32 + rho * LPR + warp % LPR] = v;
+  }
+  static __device__ __forceinline__ void collect(float (&d)[R], const float* buf) {
+    constexpr int LPR = kLanesPerRow;
+    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const int sub = lane % LPR;
+    float acc = 0.f;
+    for (int k = 0; k * LPR + sub < nwarps; ++k) acc += buf[k * 32 + lane];
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) acc += __shfl_xor_sync(kFull, acc, off);
+#pragma unroll
+    for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
+  }
+
+  template <bool MAX>
+  static __device__ __forceinline__ void allreduce(float (&d)[R], float* red, int stride, int& parity) {
+    constexpr int LPR = kLanesPerRow;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    butterfly<R, 16, MAX>(d, lane);
+    float v = d[0];
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) v = rop<MAX>(v, __shfl_xor_sync(kFull, v, off));
+    float* buf = red + parity * stride;
+    parity ^= 1;
+    const int rho = lane / LPR, sub = lane % LPR;
+    // Slot of (warp, row): (warp / LPR) * 32 + row * LPR + warp % LPR, so the reads below
+    // (lane = row * LPR + sub, warp = k * LPR + sub) are one conflict-free 32-float row.
+    if (sub == 0) buf[(warp / LPR) * 32 + rho * LPR + warp % LPR] = v;
+    __syncthreads();
+    float acc = MAX ? -INFINITY : 0.f;
+    for (int k = 0; k * LPR + sub < nwarps; ++k) acc = rop<MAX>(acc, buf[k * 32 + lane]);
+#pragma unroll
+    for (int off = LPR / 2; off >= 1; off >>= 1) acc = rop<MAX>(acc, __shfl_xor_sync(kFull, acc, off));
+#pragma unroll
+    for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
+  }
+};
+
+// ---- the fused / per-pass kernel
+
+struct FusedArgs {
+  const void* logits[kMiraMaxViews];
+  float* targets[kMiraMaxViews];
+  int V, N, K, Kp;
+  int views_per_group, blocks_per_view, rows_per_block, smem_rows;
+  int64_t ecache_rows_per_block;
+  float k2;        // log2(e) / (tau_t (1 - beta)): E = exp2((L - max) * k2)
+  float exponent;  // -beta
+  float log2_cap;
+  int iters, pass_begin, pass_end;
+  int exact_from;   // 16-bit caches: updates p >= exact_from recompute E from the logits
+  bool vec_logits;  // K % 4 == 0 and rows aligned: vector loads of logits / stores of targets
+  void* ecache;     // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
+  float* partial;   // (V, blocks_per_view, Kp)
+  float* colsum;    // (V, Kp) + the non-finite counter
+  float* rowmax;    // (V, N)
+  // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
+  // and (V, Kp) sums as {float, pass + 1} words.
+  uint2* ll_partial;
+  uint2* ll_colsum;
+  unsigned long long* trace;  // null, or (grid, kMiraTracePhases) clock64 sums (MiraPlan::trace)
+};
+
+// ---- flag-tagged words (the LL protocol of NCCL): a float travels with the number of the
+// pass that wrote it (pass + 1; 0 = never written) in one aligned 8-byte word, stored and
+// loaded whole, so a reader polls the data itself: no grid barrier between the blocks that
+// write column partials and the block that sums them, nor between it and the blocks that
+// read the sums. Volatile accesses go to L2, where all SMs see one copy.
+// Each word is one 64-bit scalar (tag in the high half), the unit the PTX memory model makes
+// single-copy atomic; v2.b64 moves two words.
+__device__ __forceinline__ unsigned long long ll_word(float v, unsigned seq) {
+  return (static_cast<unsigned long long>(seq) << 32) | __float_as_uint(v);
+}
+__device__ __forceinline__ void ll_store4(uint2* p, const float (&v)[kVec], unsigned seq) {
+  asm volatile("st.volatile.global.v2.b64 [%0], {%1, %2};" ::"l"(p), "l"(ll_word(v[0], seq)), "l"(ll_word(v[1], seq))
+               : "memory");
+  asm volatile("st.volatile.global.v2.b64 [%0], {%1, %2};" ::"l"(p + 2), "l"(ll_word(v[2], seq)),
+               "l"(ll_word(v[3], seq))
+               : "memory");
+}
+__device__ __forceinline__ void ll_store1(uint2* p, float v, unsigned seq) {
+  asm volatile("st.volatile.global.b64 [%0], %1;" ::"l"(p), "l"(ll_word(v, seq)) : "memory");
+}
+// Loads as {value bits, tag} pairs.
+__device__ __forceinline__ uint2 ll_load1(const uint2* p) {
+  unsigned long long w;
+  asm volatile("ld.volatile.global.b64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+  return make_uint2(static_cast<unsigned>(w), static_cast<unsigned>(w >> 32));
+}
+__device__ __forceinline__ uint4 ll_load2(const uint2* p) {
+  unsigned long long w0, w1;
+  asm volatile("ld.volatile.global.v2.b64 {%0, %1}, [%2];" : "=l"(w0), "=l"(w1) : "l"(p) : "memory");
+  return make_uint4(static_cast<unsigned>(w0), static_cast<unsigned>(w0 >> 32), static_cast<unsigned>(w1),
+                    static_cast<unsigned>(w1 >> 32));
+}
+// A reader still polling after ~2^24 tries (seconds) waits on a word no block will write: a
+// bug. Trap, so that the launch fails with an error instead of hanging the process.
+__device__ __forceinline__ void ll_spin(int& n) {
+  if (++n > (1 << 24)) __trap();
+}
+// Four consecutive columns' words (p 16-byte aligned) into v; true when all four carry seq.
+__device__ __forceinline__ bool ll_load4(const uint2* p, unsigned seq, float (&v)[kVec]) {
+  const uint4 a = ll_load2(p), b = ll_load2(p + 2);
+  v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.z), v[2] = __uint_as_float(b.x), v[3] = __uint_as_float(b.z);
+  return a.y == seq && a.w == seq && b.y == seq && b.w == seq;
+}
+
+// What one block works on during one view group: its rows [r0, r1) of view v.
+template <typename TIn, typename TE>
+struct BlockRows {
+  const FusedArgs* a;
+  const TIn* logits;  // (N, K) of view v
+  float* targets;     // (N, K) of view v
+  TE* scache;         // smem_rows rows of Kp
+  float* red;         // RowReduce scratch: two buffers of red_stride floats
+  int red_stride;
+  int v, bv, r0, r1;
+
+  __device__ __forceinline__ TE* cache_row(int row) const {
+    const int lr = row - r0;
+    if (lr < a->smem_rows) return scache + static_cast<size_t>(lr) * a->Kp;
+    return static_cast<TE*>(a->ecache) +
+           ((static_cast<size_t>(v) * a->blocks_per_view + bv) * a->ecache_rows_per_block + (lr - a->smem_rows)) *
+               static_cast<size_t>(a->Kp);
+  }
+  __device__ __forceinline__ int col(int ch) const { return (ch * blockDim.x + threadIdx.x) * kVec; }
+};
+
+// ---- the pieces of a pass both fused kernels share
+
+// Flag-tagged words start untagged (the workspace holds anything): block bv of view group vg
+// clears the partials it will write and its share of the sums; a grid barrier must follow.
+__device__ __forceinline__ void clear_flags(const FusedArgs& a, int vg, int bv) {
+  const int tid = threadIdx.x, bd = blockDim.x;
+  const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
+  for (int gi = 0; gi < groups; ++gi) {
+    const int v = gi * a.views_per_group + vg;
+    if (v >= a.V) continue;
+    uint2* part = a.ll_partial + (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
+    for (int j = tid; j < a.Kp; j += bd) part[j] = make_uint2(0u, 0u);
+    const int cpb = (a.Kp + a.blocks_per_view - 1) / a.blocks_per_view;
+    const int c_lo = bv * cpb, c_hi = min(a.Kp, c_lo + cpb);
+    for (int j = c_lo + tid; j < c_hi; j += bd) a.ll_colsum[static_cast<size_t>(v) * a.Kp + j] = make_uint2(0u, 0u);
+  }
+}
+
+// The weight of a column of sum x (> 0: the pass's column sum; 0: an empty column, or
+// padding) given log2 of the largest column sum: w = (x / max)^(-beta), capped.
+__device__ __forceinline__ float mira_weight(const FusedArgs& a, float x, float l2max) {
+  return x > 0.f ? exp2f(fminf(a.exponent * (log2f(x) - l2max), a.log2_cap)) : 0.f;
+}
+
+// The column sums of pass seq - 1 of view v from the blocks' partials (all written, or with
+// LL polled until tagged seq): block bv sums its tile of columns and writes the sums (LL:
+// tagged seq). redc: blockDim.x floats of shared memory.
+template <bool LL>
+__device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv, unsigned seq, float* redc) {
+  const int tid = threadIdx.x, bd = blockDim.x;
+  // Block bv sums the columns [c_lo, c_lo + ncol) over the view's blocks: threads are
+  // (column, subset) pairs, subset s adding blocks s, s + S, ... with its loads issued
+  // together (8 at a time), then column j's S subset sums are added in subset order. A
+  // fixed order either way (the targets are bitwise reproducible, and the same with
+  // flag-tagged words), and one round of L2 latency rather than one per block summed.
+  const size_t view_off = static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
+  const float* base = a.partial + view_off;
+  const uint2* base_ll = LL ? a.ll_partial + view_off : nullptr;
+  const int bpv = a.blocks_per_view;
+  const int cpb = (a.Kp + bpv - 1) / bpv;
+  const int c_lo = bv * cpb, ncol = min(a.Kp, c_lo + cpb) - c_lo;
+  for (int cc0 = 0; cc0 < ncol; cc0 += bd) {
+    const int nc = min(bd, ncol - cc0), S = bd / nc;
+    const int j = tid % nc, sub = tid / nc;
+    const int col = c_lo + cc0 + j;
+    if (sub < S) {
+      float s = 0.f;
+      if constexpr (LL) {
+        for (int qb0 = sub; qb0 < bpv; qb0 += 8 * S) {
+          uint2 x[8];
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            const int qb = qb0 + k * S;
+            if (qb < bpv) x[k] = ll_load1(base_ll + static_cast<size_t>(qb) * a.Kp + col);
+          }
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            const int qb = qb0 + k * S;
+            if (qb < bpv) {
+              int n = 0;
+              while (x[k].y != seq) {
+                ll_spin(n);
+                x[k] = ll_load1(base_ll + static_cast<size_t>(qb) * a.Kp + col);
+              }
+              s += __uint_as_float(x[k].x);
+            }
+          }
+        }
+      } else {
+#pragma unroll 8
+        for (int qb = sub; qb < bpv; qb += S) s += base[static_cast<size_t>(qb) * a.Kp + col];
+      }
+      redc[sub * nc + j] = s;
+    }
+    __syncthreads();
+    if (tid < nc) {
+      float t = 0.f;
+      for (int k = 0; k < S; ++k) t += redc[k * nc + tid];
+      if constexpr (LL) {
+        ll_store1(a.ll_colsum + static_cast<size_t>(v) * a.Kp + col, t, seq);
+      } else {
+        a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+using FusedFn = void (*)(const FusedArgs);
+
+// mira_warprows.cu: the fused kernel with a warp per row (MiraPlan::warp_rows) for T chunks of
+// 128 columns (K <= 128 T; T is 8, 16 or 24), f32 or f16 cache.
+constexpr int kWarpRowsBlock = 256;
+constexpr int kWarpRowsMaxK = 24 * 128;
+int warprows_chunks(int K);
+// Dynamic shared memory ahead of the rows of E: the combine buffer (kernel comment).
+size_t warprows_comb_bytes(int K);
+FusedFn warprows_fn(bool bf16_in, MiraCache cache, int K, bool flag_sync);
+
+}  // namespace mira::cuda::fused
