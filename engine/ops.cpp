@@ -144,7 +144,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, int stride, int pad) {
           MIRA_ON_CUDA(cuda::conv2d_bwd_filter(s, dy, x, dw.grad, dw.accumulate));
         } else {
           MIRA_CPU_FLOAT(x.dtype(), "conv2d", {
-            Tensor ws = Tensor::empty({cpu::conv2d_workspace_elems(s)}, x.dtype());
+            Tensor ws = Tensor::empty({cpu::conv2d_bwd_filter_workspace_elems(s)}, x.dtype());
             cpu::conv2d_bwd_filter<T>(s, dy.data<T>(), x.data<T>(), dw.grad.data<T>(), ws.data<T>(), dw.accumulate);
           });
         }

@@ -115,10 +115,14 @@ TEST_CASE("mpirun -np 2: 2 ranks x B/2 equal 1 rank x B after three steps") {
   }
   CHECK_MESSAGE(worst <= 1e-9, "largest relative difference " << worst << " in " << worst_name);
   MESSAGE("largest relative difference " << worst << " in " << worst_name);
-  // Same losses, logged by rank 0.
+  // Same losses, logged by rank 0, up to what those sums' rounding (~1e-16) becomes in three
+  // steps: the third step's loss follows parameters that differ by up to ~5e-11 (above). Seen:
+  // 7e-15 to 2.4e-12 (this data; 1.2e-12 on real Fashion-MNIST with other seeds, with the sums
+  // of session 6 as well as with those of the CPU thread pool, bench/RESULTS.md), while any
+  // difference in the arithmetic itself (f32 anywhere, a missing term) gives 1e-7 or more.
   std::ifstream ma(sb.dir / "one/metrics.jsonl"), mb(sb.dir / "two/metrics.jsonl");
   for (std::string la, lb; std::getline(ma, la) && std::getline(mb, lb);) {
-    CHECK(std::fabs(Json::parse(la)["loss"].get<double>() - Json::parse(lb)["loss"].get<double>()) < 1e-12);
+    CHECK(std::fabs(Json::parse(la)["loss"].get<double>() - Json::parse(lb)["loss"].get<double>()) < 1e-11);
   }
 }
 

@@ -13,6 +13,7 @@
 #include "engine/profile.h"
 #include "kernels/cpu/conv.h"
 #include "kernels/cpu/nn.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/pointwise.h"
 #include "testing.h"
 
@@ -85,6 +86,36 @@ TEST_CASE("conv2d: forward against direct convolution, f64 gradients") {
   Tensor x = rnd({1, 4, 4, 3}, 1), w = rnd({2, 3, 3, 2}, 2);
   CHECK_THROWS_AS(ops::conv2d(x, w, 1, 1), Error);  // channel mismatch
   CHECK_THROWS_AS(ops::conv2d(x, rnd({2, 7, 7, 3}, 2), 1, 0), Error);  // image smaller than filter
+}
+
+TEST_CASE("conv2d on the CPU thread pool: the same bits for 1, 2 and 3 threads; filter slots checked") {
+  // 19 images of 16 x 16 x 40 in groups of 2: 10 tasks, so the filter gradient's 8 partial
+  // sums take 2 tasks each in slots 0 and 1; a 1x1 convolution whose 5,120 rows make 3 chunks.
+  const ConvCase cases[] = {{19, 16, 16, 40, 6, 3, 3, 1, 1}, {20, 16, 16, 64, 64, 1, 1, 1, 0}};
+  for (const ConvCase& c : cases) {
+    CAPTURE(c.R);
+    auto run = [&](int threads) {
+      cpu::set_parallel_workers(threads);
+      Tensor x = rnd({c.N, c.H, c.W, c.C}, 7, DType::F32), w = rnd({c.K, c.R, c.S, c.C}, 8, DType::F32);
+      // w used twice: the second filter gradient accumulates onto the first.
+      Tensor y = ops::add(ops::conv2d(x, w, c.stride, c.pad), ops::conv2d(ops::scale(x, 0.5), w, c.stride, c.pad));
+      backward(ops::sum(ops::scale(y, 1.0)));
+      std::vector<std::vector<double>> out = {y.to_vector(), x.grad().to_vector(), w.grad().to_vector()};
+      return out;
+    };
+    const auto one = run(1);
+    CHECK(run(2) == one);
+    CHECK(run(3) == one);
+  }
+  cpu::set_parallel_workers(3);
+  const ConvCase c{19, 16, 16, 40, 2, 3, 3, 1, 1};
+  Tensor x = rnd({c.N, c.H, c.W, c.C}, 9), w = rnd({c.K, c.R, c.S, c.C}, 10);
+  CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], 1, 1); }, {x, w},
+                  "conv2d, 10 tasks", 1e-2, {1e-7, 1e-5}, 16));
+  cpu::set_parallel_workers(1);
+  CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], 1, 1); }, {x, w},
+                  "conv2d, 10 tasks, 1 thread", 1e-2, {1e-7, 1e-5}, 16));
+  cpu::set_parallel_workers(0);
 }
 
 TEST_CASE("linear: forward and gradients, with and without bias") {

@@ -2,6 +2,9 @@
 // of images into a (G*P*Q, R*S*C) matrix, then one GEMM per group (groups of about 1 MiB: the
 // matrix stays in cache between im2col and the GEMM, see conv2d_group). 1x1 stride-1 unpadded convs
 // (half of ResNet-50's) skip im2col: the batch already is that matrix. Twin of the cuDNN path.
+// Groups (row chunks for 1x1) are the tasks of the CPU thread pool (kernels/cpu/parallel.h); the
+// filter gradient sums them into up to 8 partial sums, added in a fixed order: the same bits for
+// any number of threads.
 #pragma once
 
 #include <cstdint>
@@ -27,8 +30,11 @@ namespace cpu {
 // Images per im2col group: as many as fit a 1 MiB (f32) matrix, at least 1. Depends on the
 // shape only, so results do not depend on anything else.
 int conv2d_group(const ConvShape& s);
-// Scratch the caller provides (elements of T): one group's im2col matrix, 0 for pointwise.
+// Scratch the caller provides (elements of T), for parallel_workers() at the time of the call:
+// one group's im2col matrix per worker (0 for pointwise) for the forward and data gradient; the
+// filter gradient also holds up to 7 partial sums of the filter's size.
 int64_t conv2d_workspace_elems(const ConvShape& s);
+int64_t conv2d_bwd_filter_workspace_elems(const ConvShape& s);
 
 // x: (N, H, W, C); w: (K, R, S, C); y: (N, P, Q, K)
 template <typename T>

@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/pointwise.h"
 
 namespace mira::cpu {
@@ -38,14 +39,44 @@ void linear_bwd_weight(const T* dy, const T* x, T* dw, T* db, int N, int I, int 
   }
 }
 
+namespace {
+
+// Batch-norm rows per task on the thread pool: about 64 Ki elements. The reductions sum each
+// chunk's rows in f64, then the chunks in order: a function of the shape, the same bits for
+// any number of threads (kernels/cpu/parallel.h).
+int64_t bn_chunk_rows(int C) {
+  return std::max<int64_t>(1, (int64_t(64) << 10) / std::max(1, C));
+}
+int bn_chunks(int64_t M, int C) {
+  const int64_t rows = bn_chunk_rows(C);
+  return static_cast<int>(std::max<int64_t>(1, (M + rows - 1) / rows));
+}
+// Runs body(chunk, m0, m1) for every chunk of rows [m0, m1) on the thread pool.
+template <typename F>
+void for_row_chunks(int64_t M, int C, const F& body) {
+  const int64_t rows = bn_chunk_rows(C);
+  parallel_for(bn_chunks(M, C), [&](int k, int) {
+    const int64_t m0 = k * rows;
+    body(k, m0, std::min(M, m0 + rows));
+  });
+}
+// out[c] = sum over chunks k, in order, of part[k * C + c].
+void sum_chunks(const std::vector<double>& part, int chunks, int C, double* out) {
+  for (int c = 0; c < C; ++c) out[c] = 0.0;
+  for (int k = 0; k < chunks; ++k)
+    for (int c = 0; c < C; ++c) out[c] += part[static_cast<size_t>(k) * C + c];
+}
+
 template <typename T>
-MIRA_CPU_CLONES void bn_stats(const T* x, int64_t M, int C, T* mean_out, T* var_out) {
-  std::vector<double> mean(C, 0.0), var(C, 0.0);
+MIRA_CPU_CLONES void bn_sum_rows(const T* x, int64_t M, int C, double* sum) {
   for (int64_t m = 0; m < M; ++m) {
     const T* row = x + m * C;
-    for (int c = 0; c < C; ++c) mean[c] += row[c];
+    for (int c = 0; c < C; ++c) sum[c] += row[c];
   }
-  for (int c = 0; c < C; ++c) mean[c] /= static_cast<double>(M);
+}
+
+template <typename T>
+MIRA_CPU_CLONES void bn_sqdev_rows(const T* x, int64_t M, int C, const double* mean, double* var) {
   for (int64_t m = 0; m < M; ++m) {
     const T* row = x + m * C;
     for (int c = 0; c < C; ++c) {
@@ -53,6 +84,29 @@ MIRA_CPU_CLONES void bn_stats(const T* x, int64_t M, int C, T* mean_out, T* var_
       var[c] += d * d;
     }
   }
+}
+
+}  // namespace
+
+template <typename T>
+void bn_stats(const T* x, int64_t M, int C, T* mean_out, T* var_out) {
+  const int chunks = bn_chunks(M, C);
+  std::vector<double> part(static_cast<size_t>(chunks) * C, 0.0), mean(C), var(C);
+  // Each task sums into its own vector, then stores it: partial sums of neighbouring chunks
+  // share cache lines, which two threads adding to them row after row fought over.
+  for_row_chunks(M, C, [&](int k, int64_t m0, int64_t m1) {
+    std::vector<double> acc(C, 0.0);
+    bn_sum_rows(x + m0 * C, m1 - m0, C, acc.data());
+    std::copy(acc.begin(), acc.end(), part.begin() + static_cast<std::ptrdiff_t>(k) * C);
+  });
+  sum_chunks(part, chunks, C, mean.data());
+  for (int c = 0; c < C; ++c) mean[c] /= static_cast<double>(M);
+  for_row_chunks(M, C, [&](int k, int64_t m0, int64_t m1) {
+    std::vector<double> acc(C, 0.0);
+    bn_sqdev_rows(x + m0 * C, m1 - m0, C, mean.data(), acc.data());
+    std::copy(acc.begin(), acc.end(), part.begin() + static_cast<std::ptrdiff_t>(k) * C);
+  });
+  sum_chunks(part, chunks, C, var.data());
   for (int c = 0; c < C; ++c) {
     mean_out[c] = static_cast<T>(mean[c]);
     var_out[c] = static_cast<T>(var[c] / static_cast<double>(M));
@@ -88,9 +142,11 @@ void bn_unpack_sums(const double* sums, double count, int C, T* mean, T* var) {
   }
 }
 
+namespace {
+
 template <typename T>
-MIRA_CPU_CLONES void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
-                                  int64_t M, int C, bool relu) {
+MIRA_CPU_CLONES void bn_fwd_apply_rows(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y,
+                                       int64_t M, int C, bool relu) {
   for (int64_t m = 0; m < M; ++m) {
     const T* xr = x + m * C;
     T* yr = y + m * C;
@@ -105,10 +161,22 @@ MIRA_CPU_CLONES void bn_fwd_apply(const T* x, const T* mean, const T* invstd, co
   }
 }
 
+}  // namespace
+
 template <typename T>
-MIRA_CPU_CLONES void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,
-                                   T* sum_dy_out, T* sum_dy_xhat_out, const T* relu_y) {
-  std::vector<double> sum_dy(C, 0.0), sum_dy_xhat(C, 0.0);
+void bn_fwd_apply(const T* x, const T* mean, const T* invstd, const T* gamma, const T* beta, T* y, int64_t M, int C,
+                  bool relu) {
+  for_row_chunks(M, C, [&](int, int64_t m0, int64_t m1) {
+    bn_fwd_apply_rows(x + m0 * C, mean, invstd, gamma, beta, y + m0 * C, m1 - m0, C, relu);
+  });
+}
+
+namespace {
+
+// sum_dy[c] += dy (masked by relu_y > 0 when given), sum_dy_xhat[c] += dy * xhat, over M rows.
+template <typename T>
+MIRA_CPU_CLONES void bn_bwd_reduce_rows(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C,
+                                        double* sum_dy, double* sum_dy_xhat, const T* relu_y) {
   // Two copies of the row loop (with and without the ReLU mask), so neither tests a pointer
   // per element and both vectorise.
   auto rows = [&](auto masked) {
@@ -127,22 +195,35 @@ MIRA_CPU_CLONES void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const
     rows(std::true_type{});
   else
     rows(std::false_type{});
+}
+
+}  // namespace
+
+template <typename T>
+void bn_bwd_reduce(const T* dy, const T* x, const T* mean, const T* invstd, int64_t M, int C, T* sum_dy_out,
+                   T* sum_dy_xhat_out, const T* relu_y) {
+  const int chunks = bn_chunks(M, C);
+  std::vector<double> p_dy(static_cast<size_t>(chunks) * C, 0.0), p_xh(p_dy.size(), 0.0), s_dy(C), s_xh(C);
+  for_row_chunks(M, C, [&](int k, int64_t m0, int64_t m1) {
+    std::vector<double> a_dy(C, 0.0), a_xh(C, 0.0);  // the task's own (see bn_stats)
+    bn_bwd_reduce_rows(dy + m0 * C, x + m0 * C, mean, invstd, m1 - m0, C, a_dy.data(), a_xh.data(),
+                       relu_y ? relu_y + m0 * C : nullptr);
+    std::copy(a_dy.begin(), a_dy.end(), p_dy.begin() + static_cast<std::ptrdiff_t>(k) * C);
+    std::copy(a_xh.begin(), a_xh.end(), p_xh.begin() + static_cast<std::ptrdiff_t>(k) * C);
+  });
+  sum_chunks(p_dy, chunks, C, s_dy.data());
+  sum_chunks(p_xh, chunks, C, s_xh.data());
   for (int c = 0; c < C; ++c) {
-    sum_dy_out[c] = static_cast<T>(sum_dy[c]);
-    sum_dy_xhat_out[c] = static_cast<T>(sum_dy_xhat[c]);
+    sum_dy_out[c] = static_cast<T>(s_dy[c]);
+    sum_dy_xhat_out[c] = static_cast<T>(s_xh[c]);
   }
 }
 
+namespace {
+
 template <typename T>
-MIRA_CPU_CLONES void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const T* gamma,
-                                  const T* sum_dy, const T* sum_dy_xhat, double count, T* dx, int64_t M, int C,
-                                  bool acc, const T* relu_y) {
-  std::vector<T> k(C), a(C), b(C);
-  for (int c = 0; c < C; ++c) {
-    k[c] = gamma[c] * invstd[c];
-    a[c] = sum_dy ? static_cast<T>(sum_dy[c] / count) : T(0);
-    b[c] = sum_dy_xhat ? static_cast<T>(sum_dy_xhat[c] / count) : T(0);
-  }
+MIRA_CPU_CLONES void bn_bwd_apply_rows(const T* dy, const T* x, const T* mean, const T* invstd, const T* k, const T* a,
+                                       const T* b, T* dx, int64_t M, int C, bool acc, const T* relu_y) {
   auto rows = [&](auto masked) {
     for (int64_t m = 0; m < M; ++m) {
       const T* __restrict__ dr = dy + m * C;
@@ -161,6 +242,23 @@ MIRA_CPU_CLONES void bn_bwd_apply(const T* dy, const T* x, const T* mean, const 
     rows(std::true_type{});
   else
     rows(std::false_type{});
+}
+
+}  // namespace
+
+template <typename T>
+void bn_bwd_apply(const T* dy, const T* x, const T* mean, const T* invstd, const T* gamma, const T* sum_dy,
+                  const T* sum_dy_xhat, double count, T* dx, int64_t M, int C, bool acc, const T* relu_y) {
+  std::vector<T> k(C), a(C), b(C);
+  for (int c = 0; c < C; ++c) {
+    k[c] = gamma[c] * invstd[c];
+    a[c] = sum_dy ? static_cast<T>(sum_dy[c] / count) : T(0);
+    b[c] = sum_dy_xhat ? static_cast<T>(sum_dy_xhat[c] / count) : T(0);
+  }
+  for_row_chunks(M, C, [&](int, int64_t m0, int64_t m1) {
+    bn_bwd_apply_rows(dy + m0 * C, x + m0 * C, mean, invstd, k.data(), a.data(), b.data(), dx + m0 * C, m1 - m0, C, acc,
+                      relu_y ? relu_y + m0 * C : nullptr);
+  });
 }
 
 template <typename T>

@@ -1,0 +1,28 @@
+// The CPU kernels' thread pool. Work is split into tasks whose number and contents depend on
+// the shapes only, and each task's result does not depend on which thread runs it, so the
+// results are the same bits for any number of threads (the convolutions in kernels/cpu/conv.cpp
+// are the users; tests/test_ops.cpp checks 1 against 3 threads).
+//
+// Threads: MIRA_CPU_THREADS, else the hardware threads. With more than one, the pool also sets
+// OpenBLAS to one thread per call: the products it is given (one group of images) are too small
+// to split further, and a second level of threads only competed with the first (bench/RESULTS.md).
+#pragma once
+
+#include <functional>
+
+namespace mira::cpu {
+
+// Threads parallel_for uses (>= 1), the calling thread included.
+int parallel_workers();
+// Overrides MIRA_CPU_THREADS (n >= 1; 0 goes back to it; for tests and benchmarks). Not while
+// a parallel_for runs.
+void set_parallel_workers(int n);
+
+// Runs fn(task, worker) for every task in [0, n), worker in [0, parallel_workers()): a worker
+// runs one task at a time, so per-worker scratch indexed by `worker` is safe. The caller is
+// worker 0 and returns once every task is done; the first exception a task throws is rethrown
+// then. A call from inside a task, or while another thread's call holds the pool, runs its
+// tasks in order on the calling thread (worker 0).
+void parallel_for(int n, const std::function<void(int task, int worker)>& fn);
+
+}  // namespace mira::cpu
