@@ -1,5 +1,6 @@
 #include "kernels/cpu/parallel.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -30,8 +31,17 @@ int env_workers() {
                e, "'");
     return static_cast<int>(n);
   }
+  // The hardware threads, split between the ranks an MPI launcher started on this machine.
   const unsigned hw = std::thread::hardware_concurrency();
-  return hw > 0 ? static_cast<int>(hw) : 1;
+  int local = 1;
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE"}) {
+    const char* v = std::getenv(name);
+    if (v != nullptr && std::atoi(v) > 0) {
+      local = std::atoi(v);
+      break;
+    }
+  }
+  return std::max(1, static_cast<int>(hw > 0 ? hw : 1) / local);
 }
 
 thread_local bool t_in_task = false;

@@ -1,11 +1,14 @@
 // The CPU kernels' thread pool. Work is split into tasks whose number and contents depend on
 // the shapes only, and each task's result does not depend on which thread runs it, so the
-// results are the same bits for any number of threads (the convolutions in kernels/cpu/conv.cpp
-// are the users; tests/test_ops.cpp checks 1 against 3 threads).
+// results are the same bits for any number of threads (users: the convolutions of
+// kernels/cpu/conv.cpp, batch norm in kernels/cpu/nn.cpp, the element-wise loops of
+// kernels/cpu/pointwise.cpp; tests/test_ops.cpp checks 1 against 2 and 3 threads).
 //
-// Threads: MIRA_CPU_THREADS, else the hardware threads. With more than one, the pool also sets
-// OpenBLAS to one thread per call: the products it is given (one group of images) are too small
-// to split further, and a second level of threads only competed with the first (bench/RESULTS.md).
+// Threads: MIRA_CPU_THREADS, else the hardware threads divided by the ranks an MPI launcher
+// started on this machine (Open MPI, MPICH and MVAPICH tell them). With more than one, the
+// pool also sets OpenBLAS to one thread per call: the products it is given (one group of
+// images) are too small to split further, and a second level of threads only competed with
+// the first (bench/RESULTS.md).
 #pragma once
 
 #include <functional>
