@@ -28,6 +28,7 @@
 #include "engine/cuda_backend.h"
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
+#include "kernels/cpu/parallel.h"
 #include "models/mira_trainer.h"
 
 using namespace mira;
@@ -344,12 +345,15 @@ int run(int argc, char** argv) {
   const int64_t max_steps = cfg["train"]["max_steps"];
   const double log_k = std::log(double(mc.head.prototypes));
   if (lead) {
+    // On the CPU, the compute threads of each process (MIRA_CPU_THREADS, kernels/cpu/parallel.h).
+    const std::string threads =
+        device.is_cuda() ? "" : " (" + std::to_string(cpu::parallel_workers()) + " compute threads each)";
     std::printf(
         "MIRA pre-training: %s, %lld images, %zu crops of %s, batch %lld, %lld epochs x %lld steps, %s on %s x %d "
-        "process(es)\n",
+        "process(es)%s\n",
         mc.backbone.arch.c_str(), static_cast<long long>(dataset->size()), recipe.views.size(), recipe.name.c_str(),
         static_cast<long long>(global_batch), static_cast<long long>(epochs), static_cast<long long>(steps_per_epoch),
-        oc.name.c_str(), device.str().c_str(), comm.world_size());
+        oc.name.c_str(), device.str().c_str(), comm.world_size(), threads.c_str());
   }
 
   int64_t step = pos.step, saved_step = pos.step;
