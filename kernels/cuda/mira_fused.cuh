@@ -296,6 +296,49 @@ struct BlockRows {
 
 // ---- the pieces of a pass both fused kernels share
 
+// What a block works on in view v: BlockRows for its rows [bv * rows_per_block, ...) of view v.
+template <typename TIn, typename TE>
+__device__ __forceinline__ BlockRows<TIn, TE> block_rows(const FusedArgs& a, int v, int bv, TE* scache, float* red,
+                                                         int red_stride) {
+  BlockRows<TIn, TE> b;
+  b.a = &a;
+  // Constant indices only: indexing the parameter arrays with v would copy them to local memory.
+  b.logits = static_cast<const TIn*>(v == 0 ? a.logits[0] : v == 1 ? a.logits[1] : v == 2 ? a.logits[2] : a.logits[3]);
+  b.targets = v == 0 ? a.targets[0] : v == 1 ? a.targets[1] : v == 2 ? a.targets[2] : a.targets[3];
+  b.scache = scache;
+  b.red = red;
+  b.red_stride = red_stride;
+  b.v = v, b.bv = bv;
+  b.r0 = bv * a.rows_per_block;
+  b.r1 = min(a.N, b.r0 + a.rows_per_block);
+  return b;
+}
+
+// Phase timing (MiraPlan::trace): thread 0 adds clock64 deltas per phase; one branch per
+// phase when off. ph: kMiraTracePhases + 2 long longs of shared memory (the phases, then the
+// last mark and the start): the hot loops have no registers to spare for them.
+__device__ __forceinline__ void trace_start(const FusedArgs& a, long long* ph) {
+  if (a.trace != nullptr && threadIdx.x == 0) {
+    for (int k = 0; k < kMiraTracePhases; ++k) ph[k] = 0;
+    ph[kMiraTracePhases] = ph[kMiraTracePhases + 1] = clock64();
+  }
+}
+__device__ __forceinline__ void trace_mark(const FusedArgs& a, long long* ph, int k) {
+  if (a.trace != nullptr && threadIdx.x == 0) {
+    const long long now = clock64();
+    ph[k] += now - ph[kMiraTracePhases];
+    ph[kMiraTracePhases] = now;
+  }
+}
+// The whole launch, and the block's row of the trace.
+__device__ __forceinline__ void trace_finish(const FusedArgs& a, long long* ph) {
+  if (a.trace != nullptr && threadIdx.x == 0) {
+    ph[kTraceTotal] = clock64() - ph[kMiraTracePhases + 1];
+    for (int k = 0; k < kMiraTracePhases; ++k)
+      a.trace[static_cast<size_t>(blockIdx.x) * kMiraTracePhases + k] = static_cast<unsigned long long>(ph[k]);
+  }
+}
+
 // Flag-tagged words start untagged (the workspace holds anything): block bv of view group vg
 // clears the partials it will write and its share of the sums; a grid barrier must follow.
 __device__ __forceinline__ void clear_flags(const FusedArgs& a, int vg, int bv) {

@@ -308,25 +308,14 @@ __global__ void __launch_bounds__(kWarpRowsBlock, 1) mira_warprows_kernel(const 
   __shared__ float redc[kWarpRowsBlock];  // the column reduction's (subset, column) sums
   cg::grid_group grid = cg::this_grid();
 
-  const int tid = threadIdx.x;
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
   int parity = 0;
   float bad = 0;  // non-finite logits seen by this thread
 
-  // Phase timing (MiraPlan::trace), as in mira_fused_kernel; barrier 1 includes the combine.
-  __shared__ long long ph[kMiraTracePhases + 2];
-  if (a.trace != nullptr && tid == 0) {
-    for (int k = 0; k < kMiraTracePhases; ++k) ph[k] = 0;
-    ph[kMiraTracePhases] = ph[kMiraTracePhases + 1] = clock64();
-  }
-  auto mark = [&](int k) {
-    if (a.trace != nullptr && tid == 0) {
-      const long long now = clock64();
-      ph[k] += now - ph[kMiraTracePhases];
-      ph[kMiraTracePhases] = now;
-    }
-  };
+  __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
+  trace_start(a, ph);
+  auto mark = [&](int k) { trace_mark(a, ph, k); };
 
   if constexpr (LL) {
     clear_flags(a, vg, bv);
@@ -336,20 +325,7 @@ __global__ void __launch_bounds__(kWarpRowsBlock, 1) mira_warprows_kernel(const 
   for (int gi = 0; gi < groups; ++gi) {
     const int v = gi * a.views_per_group + vg;
     const bool active = v < a.V;  // uniform per block
-    BlockRows<TIn, TE> b;
-    b.a = &a;
-    // Constant indices only: indexing the parameter arrays with v would copy them to local memory.
-    b.logits = static_cast<const TIn*>(v == 0   ? a.logits[0]
-                                       : v == 1 ? a.logits[1]
-                                       : v == 2 ? a.logits[2]
-                                                : a.logits[3]);
-    b.targets = v == 0 ? a.targets[0] : v == 1 ? a.targets[1] : v == 2 ? a.targets[2] : a.targets[3];
-    b.scache = scache;
-    b.red = red;
-    b.red_stride = 32;
-    b.v = v, b.bv = bv;
-    b.r0 = bv * a.rows_per_block;
-    b.r1 = min(a.N, b.r0 + a.rows_per_block);
+    const BlockRows<TIn, TE> b = block_rows<TIn>(a, v, bv, scache, red, 32);
 
     for (int p = a.pass_begin; p < a.pass_end; ++p) {
       float c[T][kVec];
@@ -393,11 +369,7 @@ __global__ void __launch_bounds__(kWarpRowsBlock, 1) mira_warprows_kernel(const 
       }
     }
   }
-  if (a.trace != nullptr && tid == 0) {
-    ph[kTraceTotal] = clock64() - ph[kMiraTracePhases + 1];
-    for (int k = 0; k < kMiraTracePhases; ++k)
-      a.trace[static_cast<size_t>(blockIdx.x) * kMiraTracePhases + k] = static_cast<unsigned long long>(ph[k]);
-  }
+  trace_finish(a, ph);
   if (bad > 0.f) atomicAdd(a.colsum + static_cast<size_t>(a.V) * a.Kp, bad);
 }
 
