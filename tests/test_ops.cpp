@@ -97,8 +97,11 @@ TEST_CASE("conv2d on the CPU thread pool: the same bits for 1, 2 and 3 threads; 
     auto run = [&](int threads) {
       cpu::set_parallel_workers(threads);
       Tensor x = rnd({c.N, c.H, c.W, c.C}, 7, DType::F32), w = rnd({c.K, c.R, c.S, c.C}, 8, DType::F32);
-      // w used twice: the second filter gradient accumulates onto the first.
-      Tensor y = ops::add(ops::conv2d(x, w, c.stride, c.pad), ops::conv2d(ops::scale(x, 0.5), w, c.stride, c.pad));
+      // x and w each feed two convolutions directly: their second data and filter gradients
+      // accumulate onto the first (the accumulate paths).
+      Tensor y =
+          ops::add(ops::add(ops::conv2d(x, w, c.stride, c.pad), ops::conv2d(ops::scale(x, 0.5), w, c.stride, c.pad)),
+                   ops::conv2d(x, ops::scale(w, 0.25), c.stride, c.pad));
       backward(ops::sum(ops::scale(y, 1.0)));
       std::vector<std::vector<double>> out = {y.to_vector(), x.grad().to_vector(), w.grad().to_vector()};
       return out;
