@@ -1,6 +1,7 @@
 // labels: cpu
 // Every op: an f64 central-difference gradient check, and forward values against direct
 // definitions (naive loops) so the fast paths (im2col + GEMM) are checked too.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -118,6 +119,48 @@ TEST_CASE("conv2d on the CPU thread pool: the same bits for 1, 2 and 3 threads; 
   cpu::set_parallel_workers(1);
   CHECK(gradcheck([&](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], 1, 1); }, {x, w},
                   "conv2d, 10 tasks, 1 thread", 1e-2, {1e-7, 1e-5}, 16));
+  cpu::set_parallel_workers(0);
+}
+
+TEST_CASE("linear on the CPU thread pool: the same bits for 1 and 3 threads, blocks against direct sums") {
+  // (N, I, O): 3 column blocks forward and 31 row blocks of the weight gradient; 2 column
+  // blocks of the data gradient and 5 of the weight gradient.
+  struct Shape3 {
+    int64_t N, I, O;
+  };
+  for (const Shape3 sh : {Shape3{8, 100, 20000}, Shape3{8, 10000, 300}}) {
+    CAPTURE(sh.I);
+    auto run = [&](int threads, DType t) {
+      cpu::set_parallel_workers(threads);
+      Tensor x = rnd({sh.N, sh.I}, 11, t), w = rnd({sh.O, sh.I}, 12, t), b = rnd({sh.O}, 13, t);
+      Tensor y = ops::linear(x, w, b);
+      backward(ops::sum(ops::scale(y, 1.0)));
+      std::vector<std::vector<double>> out = {y.to_vector(), x.grad().to_vector(), w.grad().to_vector(),
+                                              b.grad().to_vector()};
+      return out;
+    };
+    const auto one = run(1, DType::F32);
+    CHECK(run(3, DType::F32) == one);
+    // f64 through the blocks against direct sums: y = x W^T + b; dL/dx = 1 W; dL/dW = 1^T x.
+    const auto r = run(3, DType::F64);
+    Tensor x = rnd({sh.N, sh.I}, 11), w = rnd({sh.O, sh.I}, 12), b = rnd({sh.O}, 13);
+    const std::vector<double> xv = x.to_vector(), wv = w.to_vector(), bv = b.to_vector();
+    double err = 0;
+    for (int64_t n = 0; n < sh.N; n += 3)
+      for (int64_t o = 0; o < sh.O; o += 97) {
+        double s = bv[o];
+        for (int64_t i = 0; i < sh.I; ++i) s += xv[n * sh.I + i] * wv[o * sh.I + i];
+        err = std::max(err, std::fabs(r[0][n * sh.O + o] - s));
+      }
+    for (int64_t i = 0; i < sh.I; i += 7) {
+      double s = 0, t = 0;
+      for (int64_t o = 0; o < sh.O; ++o) s += wv[o * sh.I + i];
+      for (int64_t n = 0; n < sh.N; ++n) t += xv[n * sh.I + i];
+      err = std::max({err, std::fabs(r[1][i] - s), std::fabs(r[2][(sh.O - 1) * sh.I + i] - t)});
+    }
+    CHECK(err < 1e-9);
+    for (double g : r[3]) CHECK(g == static_cast<double>(sh.N));
+  }
   cpu::set_parallel_workers(0);
 }
 

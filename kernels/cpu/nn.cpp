@@ -14,29 +14,54 @@
 
 namespace mira::cpu {
 
+namespace {
+
+// Linear layers on the thread pool: each task computes a fixed block of output columns (or,
+// for the weight gradient, of output rows): about 64 Ki output elements and at least 64
+// columns per task, from the shape only, so the bits do not depend on the threads.
+int64_t linear_cols(int64_t rows, int64_t cols) {
+  return std::min(cols, std::max<int64_t>(64, ((int64_t(64) << 10) + rows - 1) / std::max<int64_t>(rows, 1)));
+}
+template <typename F>
+void for_col_blocks(int64_t rows, int64_t cols, const F& body) {
+  const int64_t per = linear_cols(rows, cols);
+  parallel_for(static_cast<int>((cols + per - 1) / per), [&](int t, int) {
+    const int64_t c0 = t * per;
+    body(static_cast<int>(c0), static_cast<int>(std::min(cols, c0 + per) - c0));
+  });
+}
+
+}  // namespace
+
 template <typename T>
 void linear_fwd(const T* x, const T* w, const T* b, T* y, int N, int I, int O) {
-  if (b) {
-    for (int n = 0; n < N; ++n) std::memcpy(y + static_cast<int64_t>(n) * O, b, sizeof(T) * O);
-  }
-  gemm<T>(false, true, N, O, I, T(1), x, I, w, I, b ? T(1) : T(0), y, O);
+  for_col_blocks(N, O, [&](int o0, int on) {  // y[:, o0 : o0 + on] = x W[o0 : o0 + on]^T (+ b)
+    if (b) {
+      for (int n = 0; n < N; ++n) std::memcpy(y + static_cast<int64_t>(n) * O + o0, b + o0, sizeof(T) * on);
+    }
+    gemm<T>(false, true, N, on, I, T(1), x, I, w + static_cast<int64_t>(o0) * I, I, b ? T(1) : T(0), y + o0, O);
+  });
 }
 
 template <typename T>
 void linear_bwd_data(const T* dy, const T* w, T* dx, int N, int I, int O, bool acc) {
-  gemm<T>(false, false, N, I, O, T(1), dy, O, w, I, acc ? T(1) : T(0), dx, I);
+  for_col_blocks(N, I, [&](int i0, int in) {  // dx[:, i0 : i0 + in] = dy W[:, i0 : i0 + in]
+    gemm<T>(false, false, N, in, O, T(1), dy, O, w + i0, I, acc ? T(1) : T(0), dx + i0, I);
+  });
 }
 
 template <typename T>
 void linear_bwd_weight(const T* dy, const T* x, T* dw, T* db, int N, int I, int O, bool acc) {
-  gemm<T>(true, false, O, I, N, T(1), dy, O, x, I, acc ? T(1) : T(0), dw, I);
-  if (db) {
-    for (int o = 0; o < O; ++o) {
-      double s = 0;
-      for (int n = 0; n < N; ++n) s += dy[static_cast<int64_t>(n) * O + o];
-      db[o] = static_cast<T>(acc ? db[o] + s : s);
+  for_col_blocks(I, O, [&](int o0, int on) {  // dW[o0 : o0 + on, :] = dy[:, o0 : o0 + on]^T x
+    gemm<T>(true, false, on, I, N, T(1), dy + o0, O, x, I, acc ? T(1) : T(0), dw + static_cast<int64_t>(o0) * I, I);
+    if (db) {
+      for (int o = o0; o < o0 + on; ++o) {
+        double s = 0;
+        for (int n = 0; n < N; ++n) s += dy[static_cast<int64_t>(n) * O + o];
+        db[o] = static_cast<T>(acc ? db[o] + s : s);
+      }
     }
-  }
+  });
 }
 
 namespace {

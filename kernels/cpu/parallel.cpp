@@ -14,10 +14,6 @@
 
 #include "engine/error.h"
 
-// OpenBLAS's thread count, when the BLAS linked is OpenBLAS (weak: absent from other BLAS).
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-extern "C" int openblas_get_num_threads() __attribute__((weak));
-
 namespace mira::cpu {
 
 namespace {
@@ -49,16 +45,6 @@ thread_local bool t_in_task = false;
 class Pool {
  public:
   explicit Pool(int workers) {
-    // One OpenBLAS thread per call while the pool has threads; its own count otherwise.
-    static int blas_threads = 0;  // OpenBLAS's count before the first pool changed it
-    if (openblas_set_num_threads != nullptr && openblas_get_num_threads != nullptr) {
-      if (workers > 1) {
-        if (blas_threads == 0) blas_threads = openblas_get_num_threads();
-        openblas_set_num_threads(1);
-      } else if (blas_threads > 0) {
-        openblas_set_num_threads(blas_threads);
-      }
-    }
     for (int w = 1; w < workers; ++w) threads_.emplace_back([this, w] { loop(w); });
   }
   ~Pool() {

@@ -5,10 +5,8 @@
 // kernels/cpu/pointwise.cpp; tests/test_ops.cpp checks 1 against 2 and 3 threads).
 //
 // Threads: MIRA_CPU_THREADS, else the hardware threads divided by the ranks an MPI launcher
-// started on this machine (Open MPI, MPICH and MVAPICH tell them). With more than one, the
-// pool also sets OpenBLAS to one thread per call: the products it is given (one group of
-// images) are too small to split further, and a second level of threads only competed with
-// the first (bench/RESULTS.md).
+// started on this machine (Open MPI, MPICH and MVAPICH tell them). OpenBLAS runs one thread
+// per call (kernels/cpu/gemm.cpp): the products are split into blocks here instead.
 #pragma once
 
 #include <functional>
