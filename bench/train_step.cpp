@@ -14,6 +14,7 @@
 #include "apps/common/cli.h"
 #include "engine/cuda_backend.h"
 #include "engine/profile.h"
+#include "kernels/cpu/parallel.h"
 #include "models/mira_trainer.h"
 
 using namespace mira;
@@ -72,11 +73,13 @@ int main(int argc, char** argv) {
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     prof::report(stderr, steps);
     std::printf(
-        "{\"bench\": \"mira_train_step\", \"impl\": \"mira-engine\", \"arch\": \"%s\", \"device\": \"%s\", \"dtype\": \"%s\", "
+        "{\"bench\": \"mira_train_step\", \"impl\": \"mira-engine\", \"arch\": \"%s\", \"device\": \"%s\", \"dtype\": "
+        "\"%s\", "
         "\"batch\": %lld, \"global\": %lld, \"local_crops\": %lld, \"local_size\": %lld, \"steps\": %d, "
-        "\"ms_per_step\": %.2f, \"img_per_s\": %.1f, \"loss\": %.5f}\n",
-        a.str("arch").c_str(), dev.str().c_str(), a.str("dtype").c_str(), static_cast<long long>(B), static_cast<long long>(G),
-        static_cast<long long>(L), static_cast<long long>(S), steps, 1e3 * sec / steps, B * steps / sec, loss);
+        "\"cpu_threads\": %d, \"ms_per_step\": %.2f, \"img_per_s\": %.1f, \"loss\": %.5f}\n",
+        a.str("arch").c_str(), dev.str().c_str(), a.str("dtype").c_str(), static_cast<long long>(B),
+        static_cast<long long>(G), static_cast<long long>(L), static_cast<long long>(S), steps,
+        dev.is_cuda() ? 0 : cpu::parallel_workers(), 1e3 * sec / steps, B * steps / sec, loss);
     return 0;
   });
 }
