@@ -1,7 +1,11 @@
 // labels: cpu
 // The CPU kernels' thread pool (kernels/cpu/parallel.h): every task once, workers in range,
 // exceptions, nested and concurrent calls, the thread count setting.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <csignal>
 #include <cstdlib>
 #include <stdexcept>
 #include <thread>
@@ -90,6 +94,33 @@ TEST_CASE("parallel_for: nested calls run in their task, concurrent callers both
   other.join();
   CHECK(a.load() == 400);
   CHECK(b.load() == 400);
+}
+
+TEST_CASE("parallel_for in a process forked after the pool started: serial, no hang") {
+  Workers w(2);
+  std::atomic<int> before{0};
+  cpu::parallel_for(8, [&](int, int) { before.fetch_add(1); });  // the pool's threads exist now
+  REQUIRE(before.load() == 8);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::atomic<int> n{0};
+    bool serial = true;
+    cpu::parallel_for(100, [&](int, int wk) {
+      n.fetch_add(1);
+      serial = serial && wk == 0;
+    });
+    ::_exit(n.load() == 100 && serial ? 0 : 1);
+  }
+  int status = -1;
+  for (int i = 0; i < 200 && ::waitpid(pid, &status, WNOHANG) == 0; ++i) ::usleep(50000);  // 10 s
+  if (::waitpid(pid, &status, WNOHANG) == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL("the forked child hung in parallel_for");
+  }
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("MIRA_CPU_THREADS: read when no count is set; a bad value is an error naming it") {

@@ -1,5 +1,6 @@
 #include "kernels/cpu/parallel.h"
 
+#include <pthread.h>
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -42,9 +43,18 @@ int env_workers() {
 
 thread_local bool t_in_task = false;
 
+// A child forked after the pool started has none of its threads: it runs every call serially
+// (set by a pthread_atfork handler, registered when the first pool starts threads).
+std::atomic<bool> g_forked_child{false};
+void on_fork_child() {
+  g_forked_child.store(true);
+}
+
 class Pool {
  public:
   explicit Pool(int workers) {
+    static std::once_flag atfork;
+    if (workers > 1) std::call_once(atfork, [] { ::pthread_atfork(nullptr, nullptr, on_fork_child); });
     for (int w = 1; w < workers; ++w) threads_.emplace_back([this, w] { loop(w); });
   }
   ~Pool() {
@@ -166,7 +176,7 @@ void set_parallel_workers(int n) {
 
 void parallel_for(int n, const std::function<void(int, int)>& fn) {
   if (n <= 0) return;
-  if (n == 1 || t_in_task) {
+  if (n == 1 || t_in_task || g_forked_child.load(std::memory_order_relaxed)) {
     for (int i = 0; i < n; ++i) fn(i, 0);
     return;
   }

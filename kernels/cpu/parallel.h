@@ -23,7 +23,8 @@ void set_parallel_workers(int n);
 // runs one task at a time, so per-worker scratch indexed by `worker` is safe. The caller is
 // worker 0 and returns once every task is done; the first exception a task throws is rethrown
 // then. A call from inside a task, or while another thread's call holds the pool, runs its
-// tasks in order on the calling thread (worker 0).
+// tasks in order on the calling thread (worker 0), and so does every call in a process forked
+// after the pool started its threads.
 void parallel_for(int n, const std::function<void(int task, int worker)>& fn);
 
 }  // namespace mira::cpu
