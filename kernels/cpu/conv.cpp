@@ -128,10 +128,9 @@ template <typename T>
 void conv2d_fwd(const ConvShape& s, const T* x, const T* w, T* y, T* ws) {
   const int PQ = s.P * s.Q, RSC = s.R * s.S * s.C;
   if (s.is_pointwise()) {  // the batch is the (N*H*W, C) matrix: row chunks times (C, K)
-    const int64_t M = static_cast<int64_t>(s.N) * PQ, rows = pointwise_rows(s);
-    parallel_for(static_cast<int>(conv2d_tasks(s)), [&](int t, int) {
-      const int64_t m0 = t * rows, m = std::min(rows, M - m0);
-      gemm<T>(false, true, static_cast<int>(m), s.K, RSC, T(1), x + m0 * RSC, RSC, w, RSC, T(0), y + m0 * s.K, s.K);
+    parallel_chunks(static_cast<int64_t>(s.N) * PQ, pointwise_rows(s), [&](int64_t, int64_t m0, int64_t m1) {
+      gemm<T>(false, true, static_cast<int>(m1 - m0), s.K, RSC, T(1), x + m0 * RSC, RSC, w, RSC, T(0), y + m0 * s.K,
+              s.K);
     });
     return;
   }
@@ -149,10 +148,8 @@ template <typename T>
 void conv2d_bwd_data(const ConvShape& s, const T* dy, const T* w, T* dx, T* ws, bool acc) {
   const int PQ = s.P * s.Q, RSC = s.R * s.S * s.C;
   if (s.is_pointwise()) {
-    const int64_t M = static_cast<int64_t>(s.N) * PQ, rows = pointwise_rows(s);
-    parallel_for(static_cast<int>(conv2d_tasks(s)), [&](int t, int) {
-      const int64_t m0 = t * rows, m = std::min(rows, M - m0);
-      gemm<T>(false, false, static_cast<int>(m), RSC, s.K, T(1), dy + m0 * s.K, s.K, w, RSC, acc ? T(1) : T(0),
+    parallel_chunks(static_cast<int64_t>(s.N) * PQ, pointwise_rows(s), [&](int64_t, int64_t m0, int64_t m1) {
+      gemm<T>(false, false, static_cast<int>(m1 - m0), RSC, s.K, T(1), dy + m0 * s.K, s.K, w, RSC, acc ? T(1) : T(0),
               dx + m0 * RSC, RSC);
     });
     return;
@@ -199,9 +196,7 @@ void conv2d_bwd_filter(const ConvShape& s, const T* dy, const T* x, T* dw, T* ws
   });
   if (slots <= 1) return;
   // dw += slot 1 + slot 2 + ..., in slot order for every element (chunks of 64 Ki elements).
-  constexpr int64_t kChunk = int64_t(64) << 10;
-  parallel_for(static_cast<int>((dw_elems + kChunk - 1) / kChunk), [&](int c, int) {
-    const int64_t e0 = c * kChunk, e1 = std::min(dw_elems, e0 + kChunk);
+  parallel_chunks(dw_elems, int64_t(64) << 10, [&](int64_t, int64_t e0, int64_t e1) {
     for (int64_t k = 1; k < slots; ++k) {
       const T* __restrict__ src = slot_sum(k);
       for (int64_t e = e0; e < e1; ++e) dw[e] += src[e];

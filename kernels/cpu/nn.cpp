@@ -24,11 +24,8 @@ int64_t linear_cols(int64_t rows, int64_t cols) {
 }
 template <typename F>
 void for_col_blocks(int64_t rows, int64_t cols, const F& body) {
-  const int64_t per = linear_cols(rows, cols);
-  parallel_for(static_cast<int>((cols + per - 1) / per), [&](int t, int) {
-    const int64_t c0 = t * per;
-    body(static_cast<int>(c0), static_cast<int>(std::min(cols, c0 + per) - c0));
-  });
+  parallel_chunks(cols, linear_cols(rows, cols),
+                  [&](int64_t, int64_t c0, int64_t c1) { body(static_cast<int>(c0), static_cast<int>(c1 - c0)); });
 }
 
 }  // namespace
@@ -79,11 +76,7 @@ int bn_chunks(int64_t M, int C) {
 // Runs body(chunk, m0, m1) for every chunk of rows [m0, m1) on the thread pool.
 template <typename F>
 void for_row_chunks(int64_t M, int C, const F& body) {
-  const int64_t rows = bn_chunk_rows(C);
-  parallel_for(bn_chunks(M, C), [&](int k, int) {
-    const int64_t m0 = k * rows;
-    body(k, m0, std::min(M, m0 + rows));
-  });
+  parallel_chunks(M, bn_chunk_rows(C), body);
 }
 // out[c] = sum over chunks k, in order, of part[k * C + c].
 void sum_chunks(const std::vector<double>& part, int chunks, int C, double* out) {

@@ -9,6 +9,7 @@
 // per call (kernels/cpu/gemm.cpp): the products are split into blocks here instead.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 namespace mira::cpu {
@@ -26,5 +27,16 @@ void set_parallel_workers(int n);
 // tasks in order on the calling thread (worker 0), and so does every call in a process forked
 // after the pool started its threads.
 void parallel_for(int n, const std::function<void(int task, int worker)>& fn);
+
+// [0, n) in chunks of `chunk` (the last one shorter): fn(k, begin, end) for chunk k, as tasks
+// of parallel_for. Callers derive `chunk` from the shapes only, so the bits stay the same for
+// any number of threads.
+template <typename F>
+void parallel_chunks(int64_t n, int64_t chunk, const F& fn) {
+  parallel_for(static_cast<int>((n + chunk - 1) / chunk), [&](int k, int) {
+    const int64_t begin = k * chunk;
+    fn(k, begin, begin + chunk < n ? begin + chunk : n);
+  });
+}
 
 }  // namespace mira::cpu

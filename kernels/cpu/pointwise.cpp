@@ -76,19 +76,9 @@ void relu_fwd(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
 
 namespace {
 
-// Elements per task of the element-wise loops on the thread pool (kernels/cpu/parallel.h).
+// Elements per task of the element-wise loops on the thread pool (kernels/cpu/parallel.h); each
+// element is computed by itself, so the chunks do not change the bits.
 constexpr int64_t kPointwiseChunk = int64_t(64) << 10;
-
-// Runs body(i0, i1) over [0, n) in chunks on the thread pool: each element is computed by
-// itself, so the bits do not depend on the chunks or the threads.
-template <typename F>
-void for_chunks(int64_t n, const F& body) {
-  const int64_t tasks = (n + kPointwiseChunk - 1) / kPointwiseChunk;
-  parallel_for(static_cast<int>(tasks), [&](int t, int) {
-    const int64_t i0 = t * kPointwiseChunk;
-    body(i0, std::min(n, i0 + kPointwiseChunk));
-  });
-}
 
 template <typename T>
 MIRA_CPU_CLONES void relu_bwd_range(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int64_t n,
@@ -112,7 +102,8 @@ MIRA_CPU_CLONES void add_relu_range(const T* __restrict__ a, const T* __restrict
 
 template <typename T>
 void relu_bwd(const T* dy, const T* y, T* dx, int64_t n, bool acc) {
-  for_chunks(n, [&](int64_t i0, int64_t i1) { relu_bwd_range(dy + i0, y + i0, dx + i0, i1 - i0, acc); });
+  parallel_chunks(n, kPointwiseChunk,
+                  [&](int64_t, int64_t i0, int64_t i1) { relu_bwd_range(dy + i0, y + i0, dx + i0, i1 - i0, acc); });
 }
 
 template <typename T>
@@ -122,7 +113,8 @@ void add_fwd(const T* a, const T* b, T* y, int64_t n) {
 
 template <typename T>
 void add_relu_fwd(const T* a, const T* b, T* y, int64_t n) {
-  for_chunks(n, [&](int64_t i0, int64_t i1) { add_relu_range(a + i0, b + i0, y + i0, i1 - i0); });
+  parallel_chunks(n, kPointwiseChunk,
+                  [&](int64_t, int64_t i0, int64_t i1) { add_relu_range(a + i0, b + i0, y + i0, i1 - i0); });
 }
 
 template <typename T>

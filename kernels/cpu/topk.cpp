@@ -32,11 +32,10 @@ void topk_rows(const T* x, int64_t R, int64_t N, int64_t ldx, int64_t col_offset
   MIRA_CHECK(N + (merge ? k : 0) >= k, "topk_rows: k = ", k, " exceeds the ", N, " candidates of a row");
   auto cmp = [](const Cand<T>& a, const Cand<T>& b) { return better(a, b); };  // front = worst
   // Rows in blocks of 16 on the thread pool (each row by itself: the same bits).
-  constexpr int64_t kRowsPerTask = 16;
-  parallel_for(static_cast<int>((R + kRowsPerTask - 1) / kRowsPerTask), [&](int task, int) {
+  parallel_chunks(R, 16, [&](int64_t, int64_t r0, int64_t r1) {
     std::vector<Cand<T>> heap;
     heap.reserve(k);
-    for (int64_t r = task * kRowsPerTask; r < std::min(R, (task + 1) * kRowsPerTask); ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       heap.clear();
       auto offer = [&](T v, int64_t idx) {
         Cand<T> c{topk_key(v), idx, v};
