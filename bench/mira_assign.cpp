@@ -75,12 +75,15 @@ const char* kUsage =
     "R]\n"
     "       mira_assign --time [--device cuda|cpu] [--n N] [--k K] [--views V] [--iters I] [--reps R]\n"
     "                   [--warmup W] [--pytorch auto|none|PATH] [--python EXE] [--trace]\n"
-    "         --trace: one more launch per fused variant with per-phase clock64 timing (trace_us)\n";
+    "                   [--variants NAME,NAME,...]\n"
+    "         --trace: one more launch per fused variant with per-phase clock64 timing (trace_us)\n"
+    "         --variants: only these CUDA rows (names as printed; e.g. for a profiler)\n";
 
 const char* kFlags[] = {"stats", "convergence", "time", "trace", "help"};
-const char* kOptions[] = {"logits", "out",     "tau",       "beta",      "iters",  "method",       "eps",
-                          "device", "n",       "k",         "std",       "seed",   "views",        "reps",
-                          "warmup", "pytorch", "max-iters", "ref-iters", "python", "working-copy", "exact-passes"};
+const char* kOptions[] = {"logits",  "out",     "tau",       "beta",      "iters",  "method",       "eps",
+                          "device",  "n",       "k",         "std",       "seed",   "views",        "reps",
+                          "warmup",  "pytorch", "max-iters", "ref-iters", "python", "working-copy", "exact-passes",
+                          "variants"};
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -470,6 +473,37 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   if (V > 1) {
     variants.insert(variants.begin() + 1, {"fused concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false});
     variants.insert(variants.begin() + 2, {"fused sequential", MV::Fused, MC::F32, MS::Sequential, 4, false});
+    // The block shapes and schedules the cost model chooses between, each pinned (the auto
+    // plan until 2026-11-27 was "fused cpt8 bps2 sequential" for f32 and for f16).
+    at = 3;
+    for (const Variant& v :
+         std::vector<Variant>{{"fused cpt8 bps2 sequential", MV::Fused, MC::F32, MS::Sequential, 4, false, 8, 2},
+                              {"fused cpt8 bps2 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
+                              {"fused cpt4 bps1 sequential", MV::Fused, MC::F32, MS::Sequential, 4, false, 4, 1},
+                              {"fused cpt4 bps1 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 4, 1},
+                              {"fused f16-cache exact3 cpt8 bps2 sequential", MV::Fused, MC::F16, MS::Sequential, 4,
+                               false, 8, 2, false, 3},
+                              {"fused f16-cache exact3 cpt8 bps2 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4,
+                               false, 8, 2, false, 3},
+                              {"fused f16-cache exact3 cpt4 bps1 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4,
+                               false, 4, 1, false, 3}}) {
+      variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
+    }
+  }
+  if (a.has("variants")) {
+    // Keep only the named rows, in the order given; an unknown name lists the known ones.
+    std::vector<Variant> kept;
+    std::string list = a.str("variants", "") + ",", known;
+    for (const Variant& v : variants) known += "\n  " + v.name;
+    for (size_t pos = 0, comma; (comma = list.find(',', pos)) != std::string::npos; pos = comma + 1) {
+      const std::string name = list.substr(pos, comma - pos);
+      if (name.empty()) continue;
+      auto it = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.name == name; });
+      MIRA_CHECK(it != variants.end(), "--variants: no row named '", name, "'; the rows are:", known);
+      kept.push_back(*it);
+    }
+    MIRA_CHECK(!kept.empty(), "--variants: no row named");
+    variants = kept;
   }
   if (!cuda::mira_fused_supports(static_cast<int>(K)))
     variants.erase(

@@ -22,7 +22,8 @@
 # MIRA_DEADLINE_S (default 520 s from the start) are skipped, so the table always fits a
 # 600-second device call.
 #
-# Environment: MIRA_DEVICE_BUILD (build folder, default build-device), MIRA_TEST_TIMEOUT (s per
+# Environment: MIRA_DEVICE_BUILD (build folder, default build-device), MIRA_BUILD_TARGETS and
+# MIRA_GPU_TESTS (space-separated: build / run only these, for a short call), MIRA_TEST_TIMEOUT (s per
 # test, default 180), MIRA_BENCH_TIMEOUT (s per benchmark, default 150), MIRA_BENCH_ARGS_mira_assign
 # and MIRA_BENCH_ARGS_loader (their arguments), MIRA_STEP_BATCH (crops per view of the step
 # benchmarks, default 64), MIRA_SKIP_BENCH=1.
@@ -152,6 +153,9 @@ else
     for src in tests/test_*.cpp; do
       head -n 1 "$src" | grep -Eq '^// labels:.*\bgpu\b' && BUILD_TARGETS+=("$(basename "$src" .cpp)")
     done
+    # MIRA_BUILD_TARGETS (space-separated) builds only those, for a short call on one part.
+    # shellcheck disable=SC2206
+    [[ -n "${MIRA_BUILD_TARGETS:-}" ]] && BUILD_TARGETS=(${MIRA_BUILD_TARGETS})
     say "configuring and building $BUILD: ${BUILD_TARGETS[*]} (log: build.log)"
     {
       cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMIRA_CUDA=ON -DMIRA_CUDA_ARCHS=90 \
@@ -183,6 +187,12 @@ done
 configured_here=0
 if [[ -f "$BUILD/CMakeCache.txt" ]] && grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT\$" "$BUILD/CMakeCache.txt"; then
   configured_here=1
+fi
+# MIRA_GPU_TESTS (space-separated names) runs only those GPU test programs, directly.
+if [[ -n "${MIRA_GPU_TESTS:-}" ]]; then
+  # shellcheck disable=SC2206
+  gpu_tests=(${MIRA_GPU_TESTS})
+  configured_here=0
 fi
 if [[ $configured_here -eq 1 ]] && command -v ctest >/dev/null; then
   say "ctest -L gpu (log: ctest_gpu.log)"

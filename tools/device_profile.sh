@@ -83,29 +83,9 @@ run() {  # label command...
       --set train.dtype=bf16 --set data.threads=16 --set eval.test_data="" --set train.checkpoint_every=100000
   fi
 }
-# The assignment's variants as one short line each (the full JSON stays in steps.log).
-python3 - "$R" <<'PY'
-import json, sys
-rows = []
-for line in open(sys.argv[1]):
-    if not line.startswith("{") or '"variant"' not in line:
-        continue
-    try:
-        j = json.loads(line)
-    except ValueError:
-        continue
-    t = j.get("trace_us", {})
-    tr = " ".join(f"{k}={v:.0f}" for k, v in t.items() if k != "total")
-    print(f"  {j['variant']:<44} {j.get('median_ms', float('nan')):7.3f} ms err {j.get('max_abs_err', float('nan')):.1e}"
-          f" valid {j.get('valid')} N{j.get('N')} {tr} {j.get('error', '')}")
-    if j.get("valid") and "median_ms" in j and j.get("N") == 4096 and j.get("iters") == 30:
-        rows.append(j)
-# The five fastest valid plans at the issue's shape, against the default plan ("fused").
-base = next((r["median_ms"] for r in rows if r["variant"] == "fused"), None)
-for r in sorted(rows, key=lambda r: r["median_ms"])[:5]:
-    gain = f" ({base / r['median_ms']:.2f}x fused)" if base else ""
-    print(f"  fastest: {r['variant']:<44} {r['median_ms']:7.3f} ms{gain}")
-PY
+# The assignment's variants as one short line each (the full JSON stays in steps.log), then the
+# five fastest valid plans at the issue's shape.
+python3 tools/assign_summary.py "$R" | grep -v '^=='
 grep -E '^==|ms_per_step|^rc|img/s|Duration|Throughput|Registers|Achieved Occupancy|Barrier|Stall' "$R" | sed -E 's/.*"ms_per_step": ([0-9.]+), "img_per_s": ([0-9.]+).*/  ms \1 img\/s \2/'
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls "$LOG_DIR"

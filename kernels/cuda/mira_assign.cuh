@@ -96,10 +96,13 @@ constexpr int kMiraTracePhases = 8;
 // 16 bits, see above); exact_passes >= 0 (16-bit caches only; clipped to iters).
 // batch_rows: rows per register batch of the fused kernel for K <= 3072, 4 (default) or 8.
 // min_cols_per_thread: 0 (auto), 4, 8 or 16 (the block has K / cols threads); blocks_per_sm: 0
-// (the cost model picks) or that many blocks per SM, or as many as fit if fewer. Auto, for the
-// fused variant with K > 2048: 8 columns per thread and 2 blocks per SM, whose row reductions
-// overlap each other's latency (K = 3000 on an H200: update passes 434 instead of 644 us per
-// launch, the launch 1.07 instead of 1.20 ms; bench/RESULTS.md); else 4 and the cost model.
+// (the cost model picks) or that many blocks per SM, or as many as fit if fewer. Both 0 for
+// the fused variant with K > 2048: the cost model weighs 8 columns per thread at 2 blocks per
+// SM (their row reductions overlap each other's latency: K = 3000, N = 4096 on an H200, update
+// passes 434 instead of 644 us per launch) against 4 columns at 1 block of 768 (half the
+// blocks at each pass boundary: better where there are few rows per block); else 4, and 8
+// for K > 2048 with blocks_per_sm given. The schedule (views side by side or one after
+// another) comes from the same model, fitted to an H200's trace (mira_plan in the .cu).
 // pipelined: the update passes publish a row batch's partial sums before finishing the
 // previous batch (split-phase barriers), where the plan has 4 rows of 4 or 2 rows of 8 columns
 // per thread (MiraPlan::pipelined says whether it took); the same bits for the same launch

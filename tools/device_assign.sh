@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The MIRA assignment (issue 3) on a GPU, in one device call of about 4 minutes: the build and
+# the GPU tests (tools/device_check.sh without its benchmarks; logs packed into
+# LOG_DIR/check.tgz), then `bench/mira_assign --time` at the issue's shape (N 4096, with the
+# per-phase trace and PyTorch in the same run), at the training shapes of one GPU (N 64 and
+# 256 per view: batch 64 and 256) and at 60 iterations (the slope per pass), then Nsight Compute
+# on one launch of each plan named in MIRA_NCU_VARIANTS (warp stalls, issue, memory; clocks
+# left as they are: --clock-control none). Ends with one line per row (tools/assign_summary.py).
+# Rows that would start after MIRA_DEADLINE_S (default 240 s) are skipped.
+#   tools/device_assign.sh [LOG_DIR]
+set -u
+T0=$(date +%s)
+cd "$(dirname "$0")/.." || exit 2
+LOG_DIR=${1:-${OUT:-./device_logs}}
+mkdir -p "$LOG_DIR/check"
+MIRA_SKIP_BENCH=1 bash tools/device_check.sh "$LOG_DIR/check" >"$LOG_DIR/check/stdout.log" 2>&1
+tail -n 14 "$LOG_DIR/check/table.txt"
+NV_DIR=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null)
+for pkg in "$NV_DIR"/*/; do [[ -d "$pkg/lib" ]] && export LD_LIBRARY_PATH="${pkg}lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
+export LD_LIBRARY_PATH="$(pwd)/.device_deps/lib:$LD_LIBRARY_PATH"
+B=${MIRA_DEVICE_BUILD:-build-device}/bench
+R=$LOG_DIR/assign.log
+: >"$R"
+DEADLINE=${MIRA_DEADLINE_S:-240}
+run() {  # label command...
+  local label=$1
+  shift
+  if (($(date +%s) - T0 > DEADLINE)); then
+    echo "== $label: skipped, past the ${DEADLINE} s deadline" >>"$R"
+    return
+  fi
+  echo "== $label: $*" >>"$R"
+  timeout "${MIRA_ROW_TIMEOUT:-90}" "$@" >>"$R" 2>>"$LOG_DIR/stderr_$label.log"
+  echo "rc $? at $(($(date +%s) - T0)) s" >>"$R"
+}
+run assign $B/mira_assign --time --device cuda --trace
+run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
+run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
+run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
+  --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
+if command -v ncu >/dev/null; then
+  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused cpt8 bps2 sequential;fused warprows;fused f16-cache exact3 concurrent}"
+  for v in "${NCU_VARIANTS[@]}"; do
+    label=ncu_$(echo "$v" | tr ' ' '_')
+    run "$label" ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
+      --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
+      --section InstructionStats --section MemoryWorkloadAnalysis \
+      $B/mira_assign --time --device cuda --pytorch none --reps 1 --warmup 0 --variants "$v"
+  done
+else
+  echo "== ncu: not found" >>"$R"
+fi
+python3 tools/assign_summary.py "$R"
+grep -E '^== ncu|^rc|Duration|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Warp Cycles Per Issued|Stall|stall|Bank|Executed Ipc|Shared Memory|L1/TEX Hit|L2 Hit|Mem Busy|Compute \(SM\)' "$R" | cut -c1-150
+(cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
+ls "$LOG_DIR"
