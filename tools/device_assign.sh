@@ -12,27 +12,12 @@ set -u
 T0=$(date +%s)
 cd "$(dirname "$0")/.." || exit 2
 LOG_DIR=${1:-${OUT:-./device_logs}}
-mkdir -p "$LOG_DIR/check"
-MIRA_SKIP_BENCH=1 bash tools/device_check.sh "$LOG_DIR/check" >"$LOG_DIR/check/stdout.log" 2>&1
-tail -n 14 "$LOG_DIR/check/table.txt"
-NV_DIR=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null)
-for pkg in "$NV_DIR"/*/; do [[ -d "$pkg/lib" ]] && export LD_LIBRARY_PATH="${pkg}lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
-export LD_LIBRARY_PATH="$(pwd)/.device_deps/lib:$LD_LIBRARY_PATH"
-B=${MIRA_DEVICE_BUILD:-build-device}/bench
 R=$LOG_DIR/assign.log
-: >"$R"
-DEADLINE=${MIRA_DEADLINE_S:-240}
-run() {  # label command...
-  local label=$1
-  shift
-  if (($(date +%s) - T0 > DEADLINE)); then
-    echo "== $label: skipped, past the ${DEADLINE} s deadline" >>"$R"
-    return
-  fi
-  echo "== $label: $*" >>"$R"
-  timeout "${MIRA_ROW_TIMEOUT:-90}" "$@" >>"$R" 2>>"$LOG_DIR/stderr_$label.log"
-  echo "rc $? at $(($(date +%s) - T0)) s" >>"$R"
-}
+DEADLINE=${MIRA_DEADLINE_S:-240}  # no row starts later than this after the start
+ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
+# shellcheck source=tools/device_rows.sh
+source tools/device_rows.sh
+B=${MIRA_DEVICE_BUILD:-build-device}/bench
 run assign $B/mira_assign --time --device cuda --trace
 run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace

@@ -14,29 +14,14 @@ set -u
 T0=$(date +%s)
 cd "$(dirname "$0")/.." || exit 2
 LOG_DIR=${1:-${OUT:-./device_logs}}
-mkdir -p "$LOG_DIR/check"
-MIRA_SKIP_BENCH=1 bash tools/device_check.sh "$LOG_DIR/check" >"$LOG_DIR/check/stdout.log" 2>&1
-tail -n 14 "$LOG_DIR/check/table.txt"
-NV_DIR=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null)
-for pkg in "$NV_DIR"/*/; do [[ -d "$pkg/lib" ]] && export LD_LIBRARY_PATH="${pkg}lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
-export LD_LIBRARY_PATH="$(pwd)/.device_deps/lib:$LD_LIBRARY_PATH"
+R=$LOG_DIR/steps.log
+DEADLINE=${MIRA_DEADLINE_S:-480}  # no row starts later than this after the start
+ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-120}
+# shellcheck source=tools/device_rows.sh
+source tools/device_rows.sh
 B=${MIRA_DEVICE_BUILD:-build-device}/bench
 ARGS="--device cuda --arch resnet50 --cifar-stem 0 --batch ${MIRA_STEP_BATCH:-64} --global-size 224 --local-crops 6
 --local-size 96 --proj-hidden 2048 --proj-out 256 --prototypes 3000 --steps 10 --warmup 3"
-R=$LOG_DIR/steps.log
-: >"$R"
-DEADLINE=${MIRA_DEADLINE_S:-480}  # no run starts later than this after the start (a device call: 600 s)
-run() {  # label command...
-  local label=$1
-  shift
-  if (($(date +%s) - T0 > DEADLINE)); then
-    echo "== $label: skipped, past the ${DEADLINE} s deadline" >>"$R"
-    return
-  fi
-  echo "== $label: $*" >>"$R"
-  timeout "${MIRA_ROW_TIMEOUT:-120}" "$@" >>"$R" 2>>"$LOG_DIR/stderr_$label.log"
-  echo "rc $?" >>"$R"
-}
 # shellcheck disable=SC2086
 {
   # The MIRA assignment (issue 3): the standard row against PyTorch, then one row per block

@@ -1,0 +1,22 @@
+# Sourced by tools/device_profile.sh and tools/device_assign.sh: the build and the GPU tests,
+# the CUDA libraries on LD_LIBRARY_PATH, and `run`, which adds one row of output to a log.
+# The caller sets T0 (start, date +%s), LOG_DIR, R (the rows' log), DEADLINE (s after T0 past
+# which no row starts) and ROW_TIMEOUT (s per row).
+mkdir -p "$LOG_DIR/check"
+MIRA_SKIP_BENCH=1 bash tools/device_check.sh "$LOG_DIR/check" >"$LOG_DIR/check/stdout.log" 2>&1
+tail -n 14 "$LOG_DIR/check/table.txt"
+NV_DIR=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null)
+for pkg in "$NV_DIR"/*/; do [[ -d "$pkg/lib" ]] && export LD_LIBRARY_PATH="${pkg}lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
+export LD_LIBRARY_PATH="$(pwd)/.device_deps/lib:$LD_LIBRARY_PATH"
+: >"$R"
+run() {  # label command...
+  local label=$1
+  shift
+  if (($(date +%s) - T0 > DEADLINE)); then
+    echo "== $label: skipped, past the ${DEADLINE} s deadline" >>"$R"
+    return
+  fi
+  echo "== $label: $*" >>"$R"
+  timeout "$ROW_TIMEOUT" "$@" >>"$R" 2>>"$LOG_DIR/stderr_$label.log"
+  echo "rc $? at $(($(date +%s) - T0)) s" >>"$R"
+}
