@@ -35,6 +35,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/mira_assign.cuh"
 #include "kernels/cuda/mira_fused.cuh"
@@ -801,152 +802,84 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   const int smem_sm = device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
   const double l2 = device_attr(cudaDevAttrL2CacheSize, dev);
 
-  // A block shape: the kernel instantiation, its block, and the blocks per SM it may run at.
-  struct Shape {
-    int cpt = 0, block = 0, Kp = 0, batch_rows = 1, bps_fixed = 0, smem_static = 0;
-    bool pipelined = false, flag_sync = false;
+  // The candidate block shapes (kernel instantiations) and the cost model's choice among them
+  // (kernels/cpu/mira_plan_model.h: measured rates, and the fit to an H200's traces).
+  std::vector<plan_model::Shape> shapes;
+  std::vector<FusedFn> fns;
+  std::vector<bool> pipelined, flag_sync;
+  auto add_shape = [&](int min_cpt, int bps) {
+    plan_model::Shape sh;
     FusedFn fn = nullptr;
-    size_t smem_extra = 0;          // dynamic shared memory ahead of the rows of E
-    double rate_1 = 0, rate_2 = 0;  // update-pass elements per second and SM, 1 / >= 2 blocks per SM
-    double offchip = 1;             // share of the L2 / HBM rates its rows off shared memory reach
-  };
-  // Update-pass rates measured on an H200 (bench/RESULTS.md, 2026-11-27): 8 columns per thread
-  // at 2 blocks of 384 per SM ~12.1 G elements/s per SM (f32 and f16 copies alike), 4 columns
-  // at 1 block of 768 ~8.7 G; the warp-row kernel ~7.8 G. Lone blocks wait on their own row
-  // reductions; two per SM overlap them. Rows beyond shared memory: 4 columns per thread keep
-  // half the bytes in flight (~0.75 of the rate: 33 us per pass with 76 MB from HBM, against
-  // 22 us for 78 MB at 8), the warp rows fewer still (long-scoreboard stalls, 44 % L2 hits).
-  auto make_shape = [&](int min_cpt, int bps) {
-    Shape sh;
-    sh.bps_fixed = bps;
+    bool pipe = false, ll = false;
     if (plan.warp_rows) {
       const int T = warprows_chunks(p.K);
-      sh.cpt = kVec * T;
-      sh.block = kWarpRowsBlock;
-      sh.Kp = 128 * T;
-      sh.batch_rows = 1;
-      sh.flag_sync = variant == MiraVariant::Fused && opts.flag_sync;
-      sh.fn = warprows_fn(p.logits_bf16, cache, p.K, sh.flag_sync);
-      sh.smem_extra = warprows_comb_bytes(p.K);
-      sh.rate_1 = sh.rate_2 = 7.8e9;
-      sh.offchip = 0.5;
-      return sh;
+      sh = plan_model::warp_row_shape(kVec * T, kWarpRowsBlock, 128 * T);
+      sh.max_bpv = ceil_div(p.N, kWarpRowsBlock / 32);  // a row for each of the 8 warps at least
+      ll = variant == MiraVariant::Fused && opts.flag_sync;
+      fn = warprows_fn(p.logits_bf16, cache, p.K, ll);
+      sh.smem_extra = static_cast<long long>(warprows_comb_bytes(p.K));
+    } else {
+      int nch = min_cpt / kVec;
+      while (nch < 4 && ceil_div(p.K, kVec * nch) > kFusedMaxBlock) nch *= 2;
+      const int block = ceil_div(ceil_div(p.K, kVec * nch), 32) * 32;
+      const int rows = fused_batch_rows(nch, opts.batch_rows);
+      sh = plan_model::column_shape(kVec * nch, block, kVec * nch * block, rows);
+      pipe = fused_pipelined(nch, rows, opts.pipelined);
+      ll = variant == MiraVariant::Fused && fused_flag_sync(nch, rows, cache, opts.flag_sync);
+      fn = select_fused(p.logits_bf16, cache, nch, rows, pipe, ll);
     }
-    int nch = min_cpt / kVec;
-    while (nch < 4 && ceil_div(p.K, kVec * nch) > kFusedMaxBlock) nch *= 2;
-    sh.cpt = kVec * nch;
-    sh.block = ceil_div(ceil_div(p.K, sh.cpt), 32) * 32;
-    sh.Kp = sh.cpt * sh.block;
-    sh.batch_rows = fused_batch_rows(nch, opts.batch_rows);
-    sh.pipelined = fused_pipelined(nch, sh.batch_rows, opts.pipelined);
-    sh.flag_sync = variant == MiraVariant::Fused && fused_flag_sync(nch, sh.batch_rows, cache, opts.flag_sync);
-    sh.fn = select_fused(p.logits_bf16, cache, nch, sh.batch_rows, sh.pipelined, sh.flag_sync);
-    sh.rate_1 = 8.7e9, sh.rate_2 = 12.1e9;
-    sh.offchip = sh.cpt >= 8 ? 1.0 : 0.75;
-    return sh;
+    sh.bps_fixed = bps;
+    cudaFuncAttributes fa{};
+    MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(fn)));
+    sh.smem_static = static_cast<int>(fa.sharedSizeBytes);
+    // Set to the maximum once, so plans of any size can launch this instantiation.
+    MIRA_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         std::max(0, smem_optin - sh.smem_static)));
+    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&sh.occ0, fn, sh.block, sh.smem_extra));
+    MIRA_CHECK(sh.occ0 >= 1, "mira_plan: the fused kernel does not fit an SM (", sh.block, " threads)");
+    shapes.push_back(sh);
+    fns.push_back(fn);
+    pipelined.push_back(pipe);
+    flag_sync.push_back(ll);
   };
-  std::vector<Shape> shapes;
   if (plan.warp_rows) {
-    shapes.push_back(make_shape(0, 1));
+    add_shape(0, 1);
   } else if (min_cols_per_thread == 0 && blocks_per_sm == 0 && variant == MiraVariant::Fused &&
              ceil_div(p.K, kVec) > 512) {
     // K > 2048: 4 columns per thread would exceed 512 threads. The model weighs two half-size
     // blocks per SM (8 columns; their row reductions overlap, but twice the blocks meet at
     // every pass boundary) against one block of 768 (4 columns).
-    shapes.push_back(make_shape(8, 2));
-    shapes.push_back(make_shape(4, 1));
+    add_shape(8, 2);
+    add_shape(4, 1);
   } else {
     // Fused with K > 2048 and blocks per SM given: 8 columns per thread unless told otherwise.
     const int wide = variant == MiraVariant::Fused && ceil_div(p.K, kVec) > 512 ? 8 : 4;
-    shapes.push_back(make_shape(min_cols_per_thread == 0 ? wide : min_cols_per_thread, blocks_per_sm));
+    add_shape(min_cols_per_thread == 0 ? wide : min_cols_per_thread, blocks_per_sm);
   }
-
-  struct Candidate {
-    int shape, vpg, bpv, rpb, smem_rows, bps;
-    double cost;
-  };
-  auto evaluate = [&](int si, int vpg, int bps, bool use_smem) {
-    const Shape& sh = shapes[static_cast<size_t>(si)];
-    const int smem_static = sh.smem_static;
-    const int smem_dyn_max = std::max(0, smem_optin - smem_static);
-    const size_t row_bytes = static_cast<size_t>(sh.Kp) * (cache == MiraCache::F32 ? 4 : 2);
-    Candidate c{si, vpg, 0, 0, 0, bps, 0};
-    // No more blocks than rows (warp_rows: than rows for all 8 warps): idle blocks would only
-    // add to the barriers and the partials.
-    c.bpv = std::max(1, std::min(sms * bps / vpg, plan.warp_rows ? ceil_div(p.N, kWarpRowsBlock / 32) : p.N));
-    c.rpb = ceil_div(p.N, c.bpv);
-    if (use_smem) {
-      // Shared memory per SM is shared by its blocks; keep 1 KB per block for the system.
-      const int per_block =
-          std::min(smem_dyn_max, smem_sm / bps - smem_static - 1024) - static_cast<int>(sh.smem_extra);
-      c.smem_rows = static_cast<int>(std::min<size_t>(c.rpb, per_block > 0 ? per_block / row_bytes : 0));
-      // Row batches (R rows; R / 2 in the first and last passes) must not straddle shared
-      // memory and the workspace.
-      if (c.smem_rows < c.rpb) c.smem_rows = c.smem_rows / sh.batch_rows * sh.batch_rows;
-      int occ = 0;
-      MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sh.fn, sh.block,
-                                                                    c.smem_rows * row_bytes + sh.smem_extra));
-      if (occ < bps) return Candidate{si, vpg, 0, 0, 0, bps, INFINITY};
-    }
-    // Per pass of a group of views, fitted to an H200's traces at N 64, 256 and 4096, K 3000
-    // (bench/RESULTS.md, 2026-11-27; within ~10 % of each of the 14 plans measured there): the
-    // rows, bound by the blocks' element rate or by where the rows that miss shared memory come
-    // from (L2 ~5 TB/s while they fill at most half of it, else HBM ~3 TB/s), whichever is
-    // slower; then the boundary (grid barriers, column reduction, weights): 4.6 us + 0.8 us
-    // per block on an SM + 0.6 us for blocks of 8 or more columns per thread (fewer threads to
-    // reduce the columns) + 0.3 us per extra view side by side + a tenth of the rows' time
-    // (the wait for the slowest block).
-    const int groups = ceil_div(p.V, vpg);
-    const int grid = vpg * c.bpv;
-    const int used_bps = ceil_div(grid, sms);
-    const double off = static_cast<double>(vpg) * c.bpv * (c.rpb - c.smem_rows) * row_bytes;
-    const double elems = static_cast<double>(vpg) * p.N * p.K;
-    const double rate = (used_bps >= 2 ? sh.rate_2 : sh.rate_1) * sms;
-    const double rows = std::max(elems / rate, off / (sh.offchip * (off <= 0.5 * l2 ? 5e12 : 3e12)));
-    const double boundary = 4.6e-6 + 0.8e-6 * used_bps + (sh.cpt >= 8 ? 0.6e-6 : 0) + 0.3e-6 * (vpg - 1) + 0.1 * rows;
-    const double per_pass = rows + boundary;
-    c.cost = groups * (p.iters + 2) * per_pass;
-    return c;
-  };
-
-  Candidate best{0, 0, 0, 0, 0, 0, INFINITY};
-  for (int si = 0; si < static_cast<int>(shapes.size()); ++si) {
-    Shape& sh = shapes[static_cast<size_t>(si)];
-    cudaFuncAttributes fa{};
-    MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(sh.fn)));
-    sh.smem_static = static_cast<int>(fa.sharedSizeBytes);
-    // Set to the maximum once, so plans of any size can launch this instantiation.
-    MIRA_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(sh.fn),
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         std::max(0, smem_optin - sh.smem_static)));
-    int occ0 = 0;  // blocks per SM without the row cache
-    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ0, sh.fn, sh.block, sh.smem_extra));
-    MIRA_CHECK(occ0 >= 1, "mira_plan: the fused kernel does not fit an SM (", sh.block, " threads)");
-    if (variant == MiraVariant::PerPass) {
-      const Candidate c = evaluate(si, p.V, std::min(occ0, 8), false);  // E cannot stay on chip between launches
-      if (c.cost < best.cost) best = c;
-      continue;
-    }
-    for (int vpg : {p.V, 1}) {
-      if (vpg != p.V && (p.V == 1 || schedule == MiraSchedule::Concurrent)) continue;
-      if (vpg == p.V && p.V > 1 && schedule == MiraSchedule::Sequential) continue;
-      for (int bps = 1; bps <= std::min(occ0, 8); ++bps) {
-        if (sh.bps_fixed > 0 && bps != std::min(sh.bps_fixed, std::min(occ0, 8))) continue;
-        const Candidate c = evaluate(si, vpg, bps, true);
-        if (c.cost < best.cost) best = c;
-      }
-    }
-  }
-  MIRA_CHECK(best.cost < INFINITY, "mira_plan: no launch configuration fits the device");
-  const Shape& sh = shapes[static_cast<size_t>(best.shape)];
+  plan_model::Problem mp;
+  mp.V = p.V, mp.N = p.N, mp.K = p.K, mp.iters = p.iters;
+  mp.cache_bytes = cache == MiraCache::F32 ? 4 : 2;
+  mp.per_pass = variant == MiraVariant::PerPass;
+  mp.may_side_by_side = schedule != MiraSchedule::Sequential;
+  mp.may_one_by_one = schedule != MiraSchedule::Concurrent;
+  const plan_model::Device md{sms, smem_optin, smem_sm, l2};
+  const plan_model::Choice best = plan_model::choose(mp, md, shapes, [&](int si, long long dyn) {
+    int occ = 0;
+    const plan_model::Shape& sh = shapes[static_cast<size_t>(si)];
+    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fns[static_cast<size_t>(si)], sh.block,
+                                                                  static_cast<size_t>(dyn)));
+    return occ;
+  });
+  MIRA_CHECK(best.shape >= 0, "mira_plan: no launch configuration fits the device");
+  const plan_model::Shape& sh = shapes[static_cast<size_t>(best.shape)];
   plan.cpt = sh.cpt;
   plan.block = sh.block;
   plan.Kp = sh.Kp;
   plan.batch_rows = sh.batch_rows;
-  plan.pipelined = sh.pipelined;
-  plan.flag_sync = sh.flag_sync;
+  plan.pipelined = pipelined[static_cast<size_t>(best.shape)];
+  plan.flag_sync = flag_sync[static_cast<size_t>(best.shape)];
   const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::F32 ? 4 : 2);
-  const size_t smem_extra = sh.smem_extra;
+  const size_t smem_extra = static_cast<size_t>(sh.smem_extra);
   plan.views_per_group = best.vpg;
   plan.blocks_per_view = best.bpv;
   plan.grid = best.vpg * best.bpv;

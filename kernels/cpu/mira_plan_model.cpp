@@ -1,0 +1,108 @@
+#include "kernels/cpu/mira_plan_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace mira::plan_model {
+
+namespace {
+
+long long ceil_div(long long a, long long b) {
+  return (a + b - 1) / b;
+}
+
+}  // namespace
+
+// Update-pass rates measured on an H200: 8 columns per thread at 2 blocks of 384 per SM ~12.1 G
+// elements/s per SM (f32 and f16 copies alike), 4 columns at 1 block of 768 ~8.7 G; the warp-row
+// kernel ~7.8 G. Lone blocks wait on their own row reductions; two per SM overlap them. Rows
+// beyond shared memory: 4 columns per thread keep half the bytes in flight (~0.75 of the rate:
+// 33 us per pass with 76 MB from HBM, against 22 us for 78 MB at 8), the warp rows fewer still
+// (long-scoreboard stalls, 44 % L2 hits).
+Shape column_shape(int cpt, int block, int Kp, int batch_rows) {
+  Shape s;
+  s.cpt = cpt, s.block = block, s.Kp = Kp, s.batch_rows = batch_rows;
+  s.rate_1 = 8.7e9, s.rate_2 = 12.1e9;
+  s.offchip = cpt >= 8 ? 1.0 : 0.75;
+  return s;
+}
+
+Shape warp_row_shape(int cpt, int block, int Kp) {
+  Shape s;
+  s.cpt = cpt, s.block = block, s.Kp = Kp, s.batch_rows = 1;
+  s.rate_1 = s.rate_2 = 7.8e9;
+  s.offchip = 0.5;
+  return s;
+}
+
+Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shapes, const Occupancy& occupancy) {
+  auto evaluate = [&](int si, int vpg, int bps, bool use_smem) {
+    const Shape& sh = shapes[static_cast<size_t>(si)];
+    const long long row_bytes = static_cast<long long>(sh.Kp) * p.cache_bytes;
+    Choice c;
+    c.shape = si, c.vpg = vpg, c.bps = bps;
+    // No more blocks than rows (or than max_bpv): idle blocks would only add to the barriers
+    // and the partials.
+    c.bpv = static_cast<int>(
+        std::max<long long>(1, std::min<long long>(d.sms * bps / vpg, sh.max_bpv > 0 ? sh.max_bpv : p.N)));
+    c.rpb = static_cast<int>(ceil_div(p.N, c.bpv));
+    if (use_smem) {
+      // Shared memory per SM is shared by its blocks; keep 1 KB per block for the system.
+      const long long dyn_max = std::max(0, d.smem_optin - sh.smem_static);
+      const long long per_block = std::min<long long>(dyn_max, d.smem_sm / bps - sh.smem_static - 1024) - sh.smem_extra;
+      c.smem_rows = static_cast<int>(std::min<long long>(c.rpb, per_block > 0 ? per_block / row_bytes : 0));
+      // Row batches (R rows; R / 2 in the first and last passes) must not straddle shared
+      // memory and the workspace.
+      if (c.smem_rows < c.rpb) c.smem_rows = c.smem_rows / sh.batch_rows * sh.batch_rows;
+      if (occupancy(si, c.smem_rows * row_bytes + sh.smem_extra) < bps) {
+        c.cost = INFINITY;
+        return c;
+      }
+    }
+    // Per pass of a group of views, fitted to an H200's traces at N 64, 256 and 4096, K 3000
+    // (bench/RESULTS.md, 2026-11-27; within ~10 % of each of the 14 plans measured there): the
+    // rows, bound by the blocks' element rate or by where the rows that miss shared memory come
+    // from (L2 ~5 TB/s while they fill at most half of it, else HBM ~3 TB/s), whichever is
+    // slower; then the boundary (grid barriers, column reduction, weights): 4.6 us + 0.8 us per
+    // block on an SM + 0.6 us for blocks of 8 or more columns per thread (fewer threads to
+    // reduce the columns) + 0.3 us per extra view side by side + a tenth of the rows' time (the
+    // wait for the slowest block).
+    const long long groups = ceil_div(p.V, vpg);
+    const long long grid = static_cast<long long>(vpg) * c.bpv;
+    const long long used_bps = ceil_div(grid, d.sms);
+    const double off = static_cast<double>(vpg) * c.bpv * (c.rpb - c.smem_rows) * static_cast<double>(row_bytes);
+    const double elems = static_cast<double>(vpg) * p.N * p.K;
+    const double rate = (used_bps >= 2 ? sh.rate_2 : sh.rate_1) * d.sms;
+    const double rows = std::max(elems / rate, off / (sh.offchip * (off <= 0.5 * d.l2 ? 5e12 : 3e12)));
+    const double boundary =
+        4.6e-6 + 0.8e-6 * static_cast<double>(used_bps) + (sh.cpt >= 8 ? 0.6e-6 : 0) + 0.3e-6 * (vpg - 1) + 0.1 * rows;
+    c.cost = static_cast<double>(groups) * (p.iters + 2) * (rows + boundary);
+    return c;
+  };
+
+  Choice best;
+  best.cost = INFINITY;
+  for (int si = 0; si < static_cast<int>(shapes.size()); ++si) {
+    const Shape& sh = shapes[static_cast<size_t>(si)];
+    const int occ_max = std::min(sh.occ0, 8);
+    if (occ_max < 1) continue;
+    if (p.per_pass) {
+      const Choice c = evaluate(si, p.V, occ_max, false);  // E cannot stay on chip between launches
+      if (c.cost < best.cost) best = c;
+      continue;
+    }
+    for (int vpg : {p.V, 1}) {
+      if (vpg != p.V && (p.V == 1 || !p.may_one_by_one)) continue;
+      if (vpg == p.V && p.V > 1 && !p.may_side_by_side) continue;
+      for (int bps = 1; bps <= occ_max; ++bps) {
+        if (sh.bps_fixed > 0 && bps != std::min(sh.bps_fixed, occ_max)) continue;
+        const Choice c = evaluate(si, vpg, bps, true);
+        if (c.cost < best.cost) best = c;
+      }
+    }
+  }
+  if (!(best.cost < INFINITY)) best.shape = -1;
+  return best;
+}
+
+}  // namespace mira::plan_model
