@@ -60,13 +60,15 @@ Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shape
       }
     }
     // Per pass of a group of views, fitted to an H200's traces at N 64, 256 and 4096, K 3000
-    // (bench/RESULTS.md, 2026-11-27; within ~10 % of each of the 14 plans measured there): the
-    // rows, bound by the blocks' element rate or by where the rows that miss shared memory come
-    // from (L2 ~5 TB/s while they fill at most half of it, else HBM ~3 TB/s), whichever is
-    // slower; then the boundary (grid barriers, column reduction, weights): 4.6 us + 0.8 us per
-    // block on an SM + 0.6 us for blocks of 8 or more columns per thread (fewer threads to
-    // reduce the columns) + 0.3 us per extra view side by side + a tenth of the rows' time (the
-    // wait for the slowest block).
+    // (bench/RESULTS.md, 2026-11-27; 3-17 % under each of the 15 launches measured there, whose
+    // first and last passes do more than this counts):
+    // - the rows, bound by the blocks' element rate or by where the rows that miss shared
+    //   memory come from (L2 ~5 TB/s while they fill at most half of it, else HBM ~3 TB/s),
+    //   whichever is slower;
+    // - the boundary (grid barriers, column reduction, weights): 4.6 us + 0.8 us per block on
+    //   an SM + 0.6 us for blocks of 8 or more columns per thread (fewer threads to reduce the
+    //   columns) + 0.3 us per extra view side by side + a tenth of the rows' time (the wait for
+    //   the slowest block).
     const long long groups = ceil_div(p.V, vpg);
     const long long grid = static_cast<long long>(vpg) * c.bpv;
     const long long used_bps = ceil_div(grid, d.sms);

@@ -102,7 +102,7 @@ constexpr int kMiraTracePhases = 8;
 // passes 434 instead of 644 us per launch) against 4 columns at 1 block of 768 (half the
 // blocks at each pass boundary: better where there are few rows per block); else 4, and 8
 // for K > 2048 with blocks_per_sm given. The schedule (views side by side or one after
-// another) comes from the same model, fitted to an H200's trace (mira_plan in the .cu).
+// another) comes from the same model, fitted to an H200's traces (kernels/cpu/mira_plan_model.h).
 // pipelined: the update passes publish a row batch's partial sums before finishing the
 // previous batch (split-phase barriers), where the plan has 4 rows of 4 or 2 rows of 8 columns
 // per thread (MiraPlan::pipelined says whether it took); the same bits for the same launch
