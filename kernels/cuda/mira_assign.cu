@@ -804,9 +804,12 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
 
   // The candidate block shapes (kernel instantiations) and the cost model's choice among them
   // (kernels/cpu/mira_plan_model.h: measured rates, and the fit to an H200's traces).
+  struct Kernel {  // what the model does not see of a shape
+    FusedFn fn;
+    bool pipelined, flag_sync;
+  };
   std::vector<plan_model::Shape> shapes;
-  std::vector<FusedFn> fns;
-  std::vector<bool> pipelined, flag_sync;
+  std::vector<Kernel> kernels;
   auto add_shape = [&](int min_cpt, int bps) {
     plan_model::Shape sh;
     FusedFn fn = nullptr;
@@ -838,9 +841,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&sh.occ0, fn, sh.block, sh.smem_extra));
     MIRA_CHECK(sh.occ0 >= 1, "mira_plan: the fused kernel does not fit an SM (", sh.block, " threads)");
     shapes.push_back(sh);
-    fns.push_back(fn);
-    pipelined.push_back(pipe);
-    flag_sync.push_back(ll);
+    kernels.push_back({fn, pipe, ll});
   };
   if (plan.warp_rows) {
     add_shape(0, 1);
@@ -866,7 +867,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   const plan_model::Choice best = plan_model::choose(mp, md, shapes, [&](int si, long long dyn) {
     int occ = 0;
     const plan_model::Shape& sh = shapes[static_cast<size_t>(si)];
-    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fns[static_cast<size_t>(si)], sh.block,
+    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernels[static_cast<size_t>(si)].fn, sh.block,
                                                                   static_cast<size_t>(dyn)));
     return occ;
   });
@@ -876,8 +877,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   plan.block = sh.block;
   plan.Kp = sh.Kp;
   plan.batch_rows = sh.batch_rows;
-  plan.pipelined = pipelined[static_cast<size_t>(best.shape)];
-  plan.flag_sync = flag_sync[static_cast<size_t>(best.shape)];
+  plan.pipelined = kernels[static_cast<size_t>(best.shape)].pipelined;
+  plan.flag_sync = kernels[static_cast<size_t>(best.shape)].flag_sync;
   const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::F32 ? 4 : 2);
   const size_t smem_extra = static_cast<size_t>(sh.smem_extra);
   plan.views_per_group = best.vpg;
