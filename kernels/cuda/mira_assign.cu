@@ -115,6 +115,20 @@ __device__ __forceinline__ void row_dots(const float (&w)[NCH][kVec], const floa
   }
 }
 
+// c_j += E_rj s_r for the batch's rows below r1 (s: the rows' 1 / total, or 0).
+template <int R, int NCH>
+__device__ __forceinline__ void add_rows_scaled(int row0, int r1, const float (&e)[R][NCH][kVec], const float (&s)[R],
+                                                float (&c)[NCH][kVec]) {
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    const float sr = row0 + rr < r1 ? s[rr] : 0.f;
+#pragma unroll
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], sr, c[ch][u]);
+  }
+}
+
 // c_j += E_rj / d_r for the batch's rows below r1 (d: the rows' totals).
 template <int R, int NCH>
 __device__ __forceinline__ void add_rows(int row0, int r1, const float (&e)[R][NCH][kVec], const float (&d)[R],
@@ -178,23 +192,50 @@ __device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&
         if (threadIdx.x == 0) a.rowmax[static_cast<size_t>(b.v) * a.N + row] = m[rr];
       }
     }
-    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
-    add_rows<RB, NCH>(row0, b.r1, e, d, c);
+    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+    add_rows_scaled<RB, NCH>(row0, b.r1, e, d, c);
   }
 }
 
-// An update: r_i = sum_j w_j E_ij, c_j += E_ij / r_i, E from the cache. The hot loop.
+// pass_update's rows [row_begin, row_end), all in shared memory or all in the workspace: p
+// points at this thread's first column of row row_begin and steps RB rows per batch.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const TE* p, int row_begin, int row_end,
+                                            const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
+  const size_t kp = static_cast<size_t>(b.a->Kp);
+  const int cstep = static_cast<int>(blockDim.x) * kVec;
+  for (int row0 = row_begin; row0 < row_end; row0 += RB, p += RB * kp) {
+    float e[RB][NCH][kVec];
+    float d[RB];
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      if (row0 + rr < row_end) {
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(p + rr * kp + ch * cstep, e[rr][ch]);
+      } else {
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
+      }
+    }
+    row_dots<RB, NCH>(w, e, d);
+    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+    add_rows_scaled<RB, NCH>(row0, row_end, e, d, c);
+  }
+}
+
+// An update: r_i = sum_j w_j E_ij, c_j += E_ij / r_i, E from the cache. The hot loop: the
+// block's rows in shared memory, then those in the workspace, each with a pointer that steps
+// from batch to batch (not a row address worked out per batch, and shared-memory loads the
+// compiler can see as such). The same batches as load_batch's loop, so the same bits: a batch
+// never straddles the two (smem_rows is a multiple of RB, or all of the block's rows).
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
                                             float (&c)[NCH][kVec], int& parity) {
-  for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
-    float e[RB][NCH][kVec];
-    float d[RB];
-    load_batch<RB, NCH>(b, row0, e);
-    row_dots<RB, NCH>(w, e, d);
-    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
-    add_rows<RB, NCH>(row0, b.r1, e, d, c);
-  }
+  const int split = min(b.r1, b.r0 + b.a->smem_rows);
+  update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
+  if (split < b.r1) update_rows<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
 }
 
 // pass_update on exact E (load_batch_exact), R rows at a time: the last updates of a 16-bit cache.
@@ -206,8 +247,8 @@ __device__ __forceinline__ void pass_update_exact(const BlockRows<TIn, TE>& b, c
     float d[RB];
     load_batch_exact<RB, NCH>(b, row0, e);
     row_dots<RB, NCH>(w, e, d);
-    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
-    add_rows<RB, NCH>(row0, b.r1, e, d, c);
+    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+    add_rows_scaled<RB, NCH>(row0, b.r1, e, d, c);
   }
 }
 
@@ -314,12 +355,12 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
       load_batch_exact<RB, NCH>(b, row0, e);
     }
     row_dots<RB, NCH>(w, e, d);
-    RowReduce<RB>::template allreduce<false>(d, b.red, b.red_stride, parity);
+    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
 #pragma unroll
     for (int rr = 0; rr < RB; ++rr) {
       const int row = row0 + rr;
       if (row >= b.r1) continue;
-      const float s = d[rr] > 0.f ? 1.f / d[rr] : 0.f;
+      const float s = d[rr];
       float* trow = b.targets + static_cast<size_t>(row) * a.K;
 #pragma unroll
       for (int ch = 0; ch < NCH; ++ch) {

@@ -136,6 +136,11 @@ __device__ __forceinline__ float rop(float a, float b) {
 template <int R>
 struct RowReduce {
   static constexpr int kLanesPerRow = 32 / R;
+  // Groups of kLanesPerRow warps in the largest block (kFusedMaxBlock threads): the partials'
+  // loop runs over a constant bound, unrolled and predicated, in the same order as a loop over
+  // the block's own warps (a runtime-bound loop compiled to ~40 instructions of set-up and
+  // remainder handling per call).
+  static constexpr int kMaxWarpGroups = (kFusedMaxBlock / 32 + kLanesPerRow - 1) / kLanesPerRow;
 
   // After the steps OFF = 16, 8, ..., 32/R, lane l holds, for row l / (32/R), the sum over the
   // lanes that differ from l in the bits >= 32/R: each step keeps half of the rows and adds
@@ -173,15 +178,21 @@ struct RowReduce {
     const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     const int sub = lane % LPR;
     float acc = 0.f;
-    for (int k = 0; k * LPR + sub < nwarps; ++k) acc += buf[k * 32 + lane];
+#pragma unroll
+    for (int k = 0; k < kMaxWarpGroups; ++k)
+      if (k * LPR + sub < nwarps) acc += buf[k * 32 + lane];
 #pragma unroll
     for (int off = LPR / 2; off >= 1; off >>= 1) acc += __shfl_xor_sync(kFull, acc, off);
 #pragma unroll
     for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
   }
 
-  template <bool MAX>
+  // RECIP (sums only): every thread gets, for each row, s = 1 / total where the total is > 0,
+  // else 0, formed once per lane before the broadcast instead of R times per thread after it
+  // (the same values: the same division of the same total).
+  template <bool MAX, bool RECIP = false>
   static __device__ __forceinline__ void allreduce(float (&d)[R], float* red, int stride, int& parity) {
+    static_assert(!(MAX && RECIP), "RECIP is for sums");
     constexpr int LPR = kLanesPerRow;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     butterfly<R, 16, MAX>(d, lane);
@@ -196,9 +207,12 @@ struct RowReduce {
     if (sub == 0) buf[(warp / LPR) * 32 + rho * LPR + warp % LPR] = v;
     __syncthreads();
     float acc = MAX ? -INFINITY : 0.f;
-    for (int k = 0; k * LPR + sub < nwarps; ++k) acc = rop<MAX>(acc, buf[k * 32 + lane]);
+#pragma unroll
+    for (int k = 0; k < kMaxWarpGroups; ++k)
+      if (k * LPR + sub < nwarps) acc = rop<MAX>(acc, buf[k * 32 + lane]);
 #pragma unroll
     for (int off = LPR / 2; off >= 1; off >>= 1) acc = rop<MAX>(acc, __shfl_xor_sync(kFull, acc, off));
+    if constexpr (RECIP) acc = acc > 0.f ? 1.f / acc : 0.f;
 #pragma unroll
     for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
   }
