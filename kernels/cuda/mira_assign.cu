@@ -463,13 +463,24 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             for (int u = 0; u < kVec; ++u) cm[0] = fmaxf(cm[0], w[ch][u]);
           RowReduce<1>::allreduce<true>(cm, red, 32 * R, parity);
           const float l2max = log2f(cm[0]);
+          if (!LL && a.colsum_log2) {
+            // The reduction stored log2f of each sum: the same weights without a log2f here.
 #pragma unroll
-          for (int ch = 0; ch < NCH; ++ch)
+            for (int ch = 0; ch < NCH; ++ch) {
+              float l2[kVec];
+              ECache<float>::load(a.colsum_log2 + static_cast<size_t>(v) * a.Kp + b.col(ch), l2);
 #pragma unroll
-            for (int u = 0; u < kVec; ++u) {
-              const float x = w[ch][u];
-              w[ch][u] = mira_weight(a, x, l2max);
+              for (int u = 0; u < kVec; ++u) w[ch][u] = mira_weight_log2(a, w[ch][u], l2[u], l2max);
             }
+          } else {
+#pragma unroll
+            for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+              for (int u = 0; u < kVec; ++u) {
+                const float x = w[ch][u];
+                w[ch][u] = mira_weight(a, x, l2max);
+              }
+          }
           mark(kTraceWeights);
           if (p <= a.iters) {
             // The last updates of a 16-bit cache read exact E (exact_from > iters otherwise).
@@ -945,6 +956,13 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     plan.off_ll_colsum = off;
     off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(uint2), 256);
   }
+  // One launch for all passes: the sums a block reads are the ones the reduction wrote (with
+  // PerPass they are summed over ranks between launches, after any log2 could be taken).
+  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !plan.warp_rows;
+  if (plan.log2_sums) {
+    plan.off_colsum_log2 = off;
+    off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(float), 256);
+  }
   plan.workspace_bytes = off;
   plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
   return plan;
@@ -994,6 +1012,7 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.ecache = base + plan.off_ecache;
   a.partial = reinterpret_cast<float*>(base + plan.off_partial);
   a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
+  a.colsum_log2 = plan.log2_sums ? reinterpret_cast<float*>(base + plan.off_colsum_log2) : nullptr;
   a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
   a.ll_partial = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
   a.ll_colsum = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_colsum) : nullptr;

@@ -81,6 +81,11 @@ struct MiraPlan {
   // and, right after them, the non-finite counter (so one all-reduce carries both).
   size_t off_ecache = 0, off_partial = 0, off_colsum = 0, off_rowmax = 0, off_w = 0;
   size_t off_ll_partial = 0, off_ll_colsum = 0;  // flag_sync: tagged partials and sums
+  // Fused with grid barriers (not flag_sync, not warp_rows): the column reduction also stores
+  // log2 of each sum (V * Kp floats at off_colsum_log2), so each block's weights need no log2f
+  // of their own (a ~30-instruction polynomial per column and pass in every block).
+  bool log2_sums = false;
+  size_t off_colsum_log2 = 0;
   int64_t ecache_rows_per_block = 0;  // rows of E per block held in the workspace
   int64_t flag_index = 0;             // index of the non-finite counter in colsum
   // Fused / per-pass, for performance work: null, or device memory of grid * kMiraTracePhases

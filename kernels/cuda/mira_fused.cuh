@@ -235,6 +235,7 @@ struct FusedArgs {
   void* ecache;     // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
   float* partial;   // (V, blocks_per_view, Kp)
   float* colsum;    // (V, Kp) + the non-finite counter
+  float* colsum_log2;  // null, or (V, Kp): log2f of each sum, written with it (MiraPlan::log2_sums)
   float* rowmax;    // (V, N)
   // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
   // and (V, Kp) sums as {float, pass + 1} words.
@@ -374,6 +375,10 @@ __device__ __forceinline__ void clear_flags(const FusedArgs& a, int vg, int bv) 
 __device__ __forceinline__ float mira_weight(const FusedArgs& a, float x, float l2max) {
   return x > 0.f ? exp2f(fminf(a.exponent * (log2f(x) - l2max), a.log2_cap)) : 0.f;
 }
+// The same with l2 = log2f(x) given (FusedArgs::colsum_log2): the same bits.
+__device__ __forceinline__ float mira_weight_log2(const FusedArgs& a, float x, float l2, float l2max) {
+  return x > 0.f ? exp2f(fminf(a.exponent * (l2 - l2max), a.log2_cap)) : 0.f;
+}
 
 // The column sums of pass seq - 1 of view v from the blocks' partials (all written, or with
 // LL polled until tagged seq): block bv sums its tile of columns and writes the sums (LL:
@@ -433,6 +438,7 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
         ll_store1(a.ll_colsum + static_cast<size_t>(v) * a.Kp + col, t, seq);
       } else {
         a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
+        if (a.colsum_log2) a.colsum_log2[static_cast<size_t>(v) * a.Kp + col] = log2f(t);
       }
     }
     __syncthreads();
