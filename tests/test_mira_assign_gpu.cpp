@@ -82,10 +82,11 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
         (o.warp_rows && variant != cuda::MiraVariant::Unfused && p.K <= 3072 && o.cache != cuda::MiraCache::BF16));
   // The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
   CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused && !plan.warp_rows &&
-                           ((plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
+                           ((plan.cpt == 4 && plan.batch_rows == 4) || (plan.cpt == 8 && plan.batch_rows == 2))));
   // Flag-tagged sums: the same shapes or a warp per row, fused only, f32 and f16 caches.
-  CHECK(plan.flag_sync == (o.flag_sync && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16 &&
-                           (plan.warp_rows || (plan.cpt == 4 && plan.batch_rows == 4) || plan.cpt == 8)));
+  CHECK(plan.flag_sync ==
+        (o.flag_sync && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16 &&
+         (plan.warp_rows || (plan.cpt == 4 && plan.batch_rows == 4) || (plan.cpt == 8 && plan.batch_rows == 2))));
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   if (plan.flag_sync) {
     // Poison the flag-tagged words with wrong values carrying every tag a pass will wait for:
@@ -180,6 +181,7 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
         {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4},
         {"fused 4 columns per thread, 1 block per SM", V::Fused, C::F32, S::Auto, 4, 4, 1},
         {"fused 8 columns per thread, 2 blocks per SM", V::Fused, C::F32, S::Auto, 4, 8, 2},
+        {"fused 8 columns per thread, 4-row batches", V::Fused, C::F32, S::Auto, 8, 8, 2},
         {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4},
         {"fused f16 cache", V::Fused, C::F16, S::Auto, 4},
         {"fused f16 cache, 3 exact updates", V::Fused, C::F16, S::Auto, 4, 0, 0, 3},

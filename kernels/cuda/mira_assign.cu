@@ -542,6 +542,8 @@ FusedFn fused_fn(int nch, int batch_rows, bool pipelined, bool flag_sync) {
           return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, true> : mira_fused_kernel<TIn, TE, 1, 4, false, true>;
       return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, false> : mira_fused_kernel<TIn, TE, 1, 4, false, false>;
     case 2:
+      if constexpr (std::is_same<TE, float>::value)
+        if (batch_rows == 4) return mira_fused_kernel<TIn, TE, 2, 4, false, false>;
       if constexpr (kFlags)
         if (flag_sync)
           return pipelined ? mira_fused_kernel<TIn, TE, 2, 2, true, true> : mira_fused_kernel<TIn, TE, 2, 2, false, true>;
@@ -551,18 +553,23 @@ FusedFn fused_fn(int nch, int batch_rows, bool pipelined, bool flag_sync) {
   }
 }
 
-int fused_batch_rows(int nch, int requested) {
+// Rows per batch: 16 values of E per thread (4 x 4 columns, 2 x 8, 1 x 16), or 32 where
+// batch_rows 8 is asked for with 4 columns per thread, or with 8 and the f32 cache (half the
+// block reductions per row; at 8 columns the 16-bit caches' kernels would spill in their
+// update loops under the 80-register cap, so they keep 2 rows).
+int fused_batch_rows(int nch, int requested, MiraCache cache) {
   if (nch == 1) return requested == 8 ? 8 : 4;
-  return nch == 2 ? 2 : 1;
+  if (nch == 2) return requested == 8 && cache == MiraCache::F32 ? 4 : 2;
+  return 1;
 }
 
 // The pipelined update and the flag-tagged sums exist for 4 rows of 4 columns and 2 rows of 8
-// columns per thread; flag-tagged sums for f32 and f16 caches.
+// columns per thread (not the 32-value batches); flag-tagged sums for f32 and f16 caches.
 bool fused_pipelined(int nch, int batch_rows, bool requested) {
-  return requested && ((nch == 1 && batch_rows == 4) || nch == 2);
+  return requested && ((nch == 1 && batch_rows == 4) || (nch == 2 && batch_rows == 2));
 }
 bool fused_flag_sync(int nch, int batch_rows, MiraCache cache, bool requested) {
-  return requested && cache != MiraCache::BF16 && ((nch == 1 && batch_rows == 4) || nch == 2);
+  return requested && cache != MiraCache::BF16 && ((nch == 1 && batch_rows == 4) || (nch == 2 && batch_rows == 2));
 }
 
 template <typename TIn>
@@ -877,7 +884,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
       int nch = min_cpt / kVec;
       while (nch < 4 && ceil_div(p.K, kVec * nch) > kFusedMaxBlock) nch *= 2;
       const int block = ceil_div(ceil_div(p.K, kVec * nch), 32) * 32;
-      const int rows = fused_batch_rows(nch, opts.batch_rows);
+      const int rows = fused_batch_rows(nch, opts.batch_rows, cache);
       sh = plan_model::column_shape(kVec * nch, block, kVec * nch * block, rows);
       pipe = fused_pipelined(nch, rows, opts.pipelined);
       ll = variant == MiraVariant::Fused && fused_flag_sync(nch, rows, cache, opts.flag_sync);

@@ -99,7 +99,9 @@ constexpr int kMiraTracePhases = 8;
 
 // How to run a problem; the defaults are the engine's. cache: E's working copy (f32 exact, or
 // 16 bits, see above); exact_passes >= 0 (16-bit caches only; clipped to iters).
-// batch_rows: rows per register batch of the fused kernel for K <= 3072, 4 (default) or 8.
+// batch_rows: 4 (default) or 8: 8 doubles the rows per register batch of the fused kernel
+// (half the block reductions per row) at 4 columns per thread (4 -> 8 rows), and at 8 with the
+// f32 cache (2 -> 4 rows); MiraPlan::batch_rows says what was taken.
 // min_cols_per_thread: 0 (auto), 4, 8 or 16 (the block has K / cols threads); blocks_per_sm: 0
 // (the cost model picks) or that many blocks per SM, or as many as fit if fewer. Both 0 for
 // the fused variant with K > 2048: the cost model weighs 8 columns per thread at 2 blocks per
