@@ -24,7 +24,7 @@ run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --tra
 run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
   --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
 if command -v ncu >/dev/null; then
-  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused cpt8 bps2 sequential;fused warprows;fused f16-cache exact3 concurrent}"
+  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused rows8;fused f16-cache exact3}"
   for v in "${NCU_VARIANTS[@]}"; do
     label=ncu_$(echo "$v" | tr ' ' '_')
     run "$label" ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
