@@ -672,6 +672,8 @@ int run_time(const Args& a) {
   const int64_t N = a.integer("n", 4096), K = a.integer("k", 3000);
   const double tau = a.num("tau", 0.225), beta = a.num("beta", 2.0 / 3.0);
   MIRA_CHECK(V >= 1 && V <= 4 && N >= 1 && K >= 1, "--views in 1..4, --n and --k >= 1");
+  MIRA_CHECK(!(dev.is_cpu() && a.has("variants")),
+             "--variants names CUDA rows; the CPU timing has one (add --device cuda)");
   if (dev.is_cpu()) return run_time_cpu(a, V, N, K, tau, beta, iters);
 #ifdef MIRA_HAS_CUDA
   return run_time_cuda(a, V, N, K, tau, beta, iters);

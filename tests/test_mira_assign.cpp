@@ -611,5 +611,9 @@ TEST_CASE("bench/mira_assign as a tool: .npy logits to .npy targets, as the op c
   CHECK(run("--method sinkhorn --working-copy f16") == 1);
   CHECK(run("--exact-passes -1") == 1);
   CHECK(run("--bogus 1") == 1);
+  // --variants picks CUDA rows: with the CPU timing it is an error, not silently ignored.
+  const std::string timing = tool + " --time --device cpu --n 8 --k 4 --pytorch none --reps 2 --warmup 0";
+  CHECK(std::system((timing + " > /dev/null 2>&1").c_str()) == 0);
+  CHECK(std::system((timing + " --variants fused > /dev/null 2>&1").c_str()) != 0);
   fs::remove_all(dir);
 }
