@@ -388,9 +388,10 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
   const int tid = threadIdx.x, bd = blockDim.x;
   // Block bv sums the columns [c_lo, c_lo + ncol) over the view's blocks: threads are
   // (column, subset) pairs, subset s adding blocks s, s + S, ... with its loads issued
-  // together (8 at a time), then column j's S subset sums are added in subset order. A
-  // fixed order either way (the targets are bitwise reproducible, and the same with
-  // flag-tagged words), and one round of L2 latency rather than one per block summed.
+  // together (16 at a time; 8 with flag-tagged words), then column j's S subset sums are
+  // added in subset order. A fixed order either way (the targets are bitwise reproducible,
+  // and the same with flag-tagged words), and one round of L2 latency rather than one per
+  // block summed.
   const size_t view_off = static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
   const float* base = a.partial + view_off;
   const uint2* base_ll = LL ? a.ll_partial + view_off : nullptr;
