@@ -1,16 +1,43 @@
 #!/usr/bin/env python3
 """One short line per row of `bench/mira_assign --time` JSON in LOG (several runs may be
 concatenated, with `== label` lines between them), then the five fastest valid plans at the
-issue's shape (N 4096, 30 iterations) against the auto plan ("fused").
+issue's shape (N 4096, 30 iterations) against the auto plan ("fused"); with --predictions
+FILE (bench/assign_predictions.json), each prediction against what was measured.
 
-    tools/assign_summary.py LOG
+    tools/assign_summary.py LOG [--predictions FILE]
 """
+import argparse
 import json
-import sys
 
 
-def main(path):
+def check_predictions(path, measured):
+    """measured: every valid row as (variant, N, iters) -> its JSON."""
+    spec = json.load(open(path))
+    print(f"  predictions ({path}, for {spec.get('card', '?')}):")
+
+    def verdict(value, lo, hi):
+        return "held" if lo <= value <= hi else ("better" if value < lo else "MISSED")
+
+    for p in spec["rows"]:
+        key = (p["variant"], p["N"], p["iters"])
+        j = measured.get(key)
+        name = f"{p['variant']} N{p['N']}"
+        lo, hi = p["ms"]
+        if j is None:
+            print(f"    {name:<34} not measured (predicted {lo:.3f}-{hi:.3f} ms)")
+            continue
+        ms = j["median_ms"]
+        print(f"    {name:<34} {ms:7.3f} ms, predicted {lo:.3f}-{hi:.3f} (was {p.get('was_ms', float('nan')):.3f}):"
+              f" {verdict(ms, lo, hi)}")
+        for phase, (plo, phi) in p.get("trace_us", {}).items():
+            us = j.get("trace_us", {}).get(phase)
+            if us is not None:
+                print(f"      {phase:<32} {us:7.0f} us, predicted {plo}-{phi}: {verdict(us, plo, phi)}")
+
+
+def main(path, predictions=None):
     rows = []
+    measured = {}
     for line in open(path):
         if line.startswith("== "):
             print(line.rstrip()[:100])
@@ -29,13 +56,21 @@ def main(path):
         print(f"  {j['variant']:<46} {j.get('median_ms', float('nan')):7.3f} ms err "
               f"{j.get('max_abs_err', float('nan')):.1e} valid {j.get('valid')} N{j.get('N')}{shape} {tr} "
               f"{j.get('error', '')}")
-        if j.get("valid") and "median_ms" in j and j.get("N") == 4096 and j.get("iters") == 30:
-            rows.append(j)
+        if j.get("valid") and "median_ms" in j:
+            measured.setdefault((j["variant"], j.get("N"), j.get("iters")), j)
+            if j.get("N") == 4096 and j.get("iters") == 30:
+                rows.append(j)
     base = next((r["median_ms"] for r in rows if r["variant"] == "fused"), None)
     for r in sorted(rows, key=lambda r: r["median_ms"])[:5]:
         gain = f" ({base / r['median_ms']:.2f}x fused)" if base else ""
         print(f"  fastest: {r['variant']:<44} {r['median_ms']:7.3f} ms{gain}")
+    if predictions:
+        check_predictions(predictions, measured)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("log")
+    ap.add_argument("--predictions", help="bench/assign_predictions.json")
+    args = ap.parse_args()
+    main(args.log, args.predictions)

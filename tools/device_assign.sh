@@ -5,7 +5,8 @@
 # per-phase trace and PyTorch in the same run), at the training shapes of one GPU (N 64 and
 # 256 per view: batch 64 and 256) and at 60 iterations (the slope per pass), then Nsight Compute
 # on one launch of each plan named in MIRA_NCU_VARIANTS (warp stalls, issue, memory; clocks
-# left as they are: --clock-control none). Ends with one line per row (tools/assign_summary.py).
+# left as they are: --clock-control none). Ends with one line per row (tools/assign_summary.py)
+# and each prediction of bench/assign_predictions.json against its measurement.
 # Rows that would start after MIRA_DEADLINE_S (default 240 s) are skipped.
 #   tools/device_assign.sh [LOG_DIR]
 set -u
@@ -35,7 +36,7 @@ if command -v ncu >/dev/null; then
 else
   echo "== ncu: not found" >>"$R"
 fi
-python3 tools/assign_summary.py "$R"
+python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
 grep -E '^== ncu|^rc|Duration|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Warp Cycles Per Issued|Stall|stall|Bank|Executed Ipc|Shared Memory|L1/TEX Hit|L2 Hit|Mem Busy|Compute \(SM\)' "$R" | cut -c1-150
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls "$LOG_DIR"
