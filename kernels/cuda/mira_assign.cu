@@ -117,8 +117,8 @@ __device__ __forceinline__ void row_dots(const float (&w)[NCH][kVec], const floa
 
 // c_j += E_rj s_r for the batch's rows below r1 (s: the rows' 1 / total, or 0).
 template <int R, int NCH>
-__device__ __forceinline__ void add_rows_scaled(int row0, int r1, const float (&e)[R][NCH][kVec], const float (&s)[R],
-                                                float (&c)[NCH][kVec]) {
+__device__ __forceinline__ void add_rows(int row0, int r1, const float (&e)[R][NCH][kVec], const float (&s)[R],
+                                         float (&c)[NCH][kVec]) {
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {
     const float sr = row0 + rr < r1 ? s[rr] : 0.f;
@@ -126,20 +126,6 @@ __device__ __forceinline__ void add_rows_scaled(int row0, int r1, const float (&
     for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
       for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], sr, c[ch][u]);
-  }
-}
-
-// c_j += E_rj / d_r for the batch's rows below r1 (d: the rows' totals).
-template <int R, int NCH>
-__device__ __forceinline__ void add_rows(int row0, int r1, const float (&e)[R][NCH][kVec], const float (&d)[R],
-                                         float (&c)[NCH][kVec]) {
-#pragma unroll
-  for (int rr = 0; rr < R; ++rr) {
-    const float s = row0 + rr < r1 && d[rr] > 0.f ? 1.f / d[rr] : 0.f;
-#pragma unroll
-    for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-      for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[rr][ch][u], s, c[ch][u]);
   }
 }
 
@@ -220,7 +206,7 @@ __device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&
       }
     }
     RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
-    add_rows_scaled<RB, NCH>(row0, b.r1, e, d, c);
+    add_rows<RB, NCH>(row0, b.r1, e, d, c);
   }
 }
 
@@ -248,7 +234,7 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
     }
     row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
-    add_rows_scaled<RB, NCH>(row0, row_end, e, d, c);
+    add_rows<RB, NCH>(row0, row_end, e, d, c);
   }
 }
 
@@ -275,7 +261,7 @@ __device__ __forceinline__ void pass_update_exact(const BlockRows<TIn, TE>& b, c
     load_batch_exact<RB, NCH>(b, row0, e);
     row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
-    add_rows_scaled<RB, NCH>(row0, b.r1, e, d, c);
+    add_rows<RB, NCH>(row0, b.r1, e, d, c);
   }
 }
 
@@ -331,7 +317,7 @@ __device__ __forceinline__ void finish_batch(const BlockRows<TIn, TE>& b, int ro
   const int slot = q % kPipeDepth;
   mbar_wait(mbar + slot, static_cast<unsigned>((q / kPipeDepth) & 1));
   float d[R];
-  RowReduce<R>::collect(d, pbuf + slot * 32 * R);
+  RowReduce<R>::template collect<true>(d, pbuf + slot * 32 * R);  // d: 1 / total
   add_rows<R, NCH>(row0, b.r1, e, d, c);
 }
 

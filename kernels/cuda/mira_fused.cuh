@@ -173,6 +173,7 @@ struct RowReduce {
     const int rho = lane / LPR, sub = lane % LPR;
     if (sub == 0) buf[(warp / LPR) * 32 + rho * LPR + warp % LPR] = v;
   }
+  template <bool RECIP = false>  // as allreduce's RECIP: 1 / total (or 0) instead of total
   static __device__ __forceinline__ void collect(float (&d)[R], const float* buf) {
     constexpr int LPR = kLanesPerRow;
     const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
@@ -183,6 +184,7 @@ struct RowReduce {
       if (k * LPR + sub < nwarps) acc += buf[k * 32 + lane];
 #pragma unroll
     for (int off = LPR / 2; off >= 1; off >>= 1) acc += __shfl_xor_sync(kFull, acc, off);
+    if constexpr (RECIP) acc = acc > 0.f ? 1.f / acc : 0.f;
 #pragma unroll
     for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
   }
@@ -372,12 +374,12 @@ __device__ __forceinline__ void clear_flags(const FusedArgs& a, int vg, int bv) 
 
 // The weight of a column of sum x (> 0: the pass's column sum; 0: an empty column, or
 // padding) given log2 of the largest column sum: w = (x / max)^(-beta), capped.
-__device__ __forceinline__ float mira_weight(const FusedArgs& a, float x, float l2max) {
-  return x > 0.f ? exp2f(fminf(a.exponent * (log2f(x) - l2max), a.log2_cap)) : 0.f;
-}
-// The same with l2 = log2f(x) given (FusedArgs::colsum_log2): the same bits.
+// With l2 = log2f(x) given (FusedArgs::colsum_log2, written by the column reduction).
 __device__ __forceinline__ float mira_weight_log2(const FusedArgs& a, float x, float l2, float l2max) {
   return x > 0.f ? exp2f(fminf(a.exponent * (l2 - l2max), a.log2_cap)) : 0.f;
+}
+__device__ __forceinline__ float mira_weight(const FusedArgs& a, float x, float l2max) {
+  return mira_weight_log2(a, x, log2f(x), l2max);
 }
 
 // The column sums of pass seq - 1 of view v from the blocks' partials (all written, or with
