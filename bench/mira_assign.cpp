@@ -411,6 +411,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     int exact = 0;  // exact updates at the end (16-bit caches)
     bool flags = false;  // flag-tagged column sums instead of grid barriers
     bool warp_rows = false;  // a warp per row (kernels/cuda/mira_warprows.cu)
+    int cluster = 0;         // a cluster per view (kernels/cuda/mira_cluster.cu): -1 the plan's size, > 0 that size
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -468,6 +469,16 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
             true},
            {"fused warprows f16-cache exact3 concurrent flags", MV::Fused, MC::F16, MS::Concurrent, 4, false, 0, 0,
             false, 3, true, true}}) {
+    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
+  }
+  // A cluster of blocks per view, all of E in its shared memory (where it fits: the training
+  // shapes; sm_90): two cluster barriers per pass, no grid barrier.
+  at = 1;
+  for (const Variant& v : std::vector<Variant>{
+           {"fused cluster", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, -1},
+           {"fused cluster8", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, 8},
+           {"fused cluster16", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, 16},
+           {"fused cluster bf16-logits", MV::Fused, MC::F32, MS::Auto, 4, true, 0, 0, false, 0, false, false, -1}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
   if (V > 1) {
@@ -533,7 +544,15 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.pipelined = var.pipelined;
       po.flag_sync = var.flags;
       po.warp_rows = var.warp_rows;
+      po.cluster = var.cluster != 0;
+      po.cluster_size = std::max(0, var.cluster);
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
+      if (var.cluster != 0 && plan.cluster == 0) {
+        // Not this row's kernel: E does not fit one cluster (or the device has no clusters).
+        j["skipped"] = "no cluster plan for this shape and device";
+        print(j);
+        continue;
+      }
       Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
       auto run = [&](int s) {
         for (int v = 0; v < V; ++v) p.logits[v] = (var.bf16_logits ? bf16 : f32)[s][v].raw();
@@ -575,6 +594,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"exact_passes", plan.exact_passes},
                      {"flag_sync", plan.flag_sync},
                      {"warp_rows", plan.warp_rows},
+                     {"cluster", plan.cluster},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};
       }
       if (!(ok && bad == 0)) {

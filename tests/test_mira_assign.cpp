@@ -16,6 +16,7 @@
 #include "engine/npy.h"
 #include "engine/rng.h"
 #include "kernels/cpu/mira_assign.h"
+#include "kernels/cpu/mira_plan_model.h"
 #include "testing.h"
 
 using namespace mira;
@@ -480,6 +481,88 @@ TEST_CASE("mira: extreme and degenerate inputs stay finite and on the simplex") 
         CHECK(col3 == 0);  // a column with no mass keeps none
       }
       if (c.kind == 4) CHECK(t[0] == doctest::Approx(1.0 / c.K).epsilon(1e-6));
+      if (c.K == 1) CHECK(t[0] == 1.0);
+    }
+  }
+}
+
+// The CUDA cluster plan's arithmetic, run on the CPU (kernels/cpu/mira_assign.h,
+// mira_cluster_twin): its block partition and summation order, and its weights from the largest
+// column sum, must give the f64 reference's targets to f32 rounding, and stay finite on the
+// extreme inputs above. test_mira_assign_gpu compares the kernel with it.
+std::vector<double> cluster_twin(const std::vector<double>& L, int64_t N, int64_t K, double tau, double beta, int size,
+                                 int iters = 30) {
+  const plan_model::ClusterShape cs = plan_model::cluster_layout(static_cast<int>(N), static_cast<int>(K), size);
+  std::vector<float> l(L.begin(), L.end()), t(L.size());
+  cpu::mira_cluster_twin(l.data(), t.data(), N, K, static_cast<float>(tau), static_cast<float>(beta), iters, cs.size,
+                         cs.cols, cs.subsets);
+  return std::vector<double>(t.begin(), t.end());
+}
+
+TEST_CASE("mira: the cluster plan's CPU twin against f64") {
+  struct Shape {
+    int64_t N, K;
+    int size;
+  };
+  // The training shapes (N 64 at 8 blocks, 256 at 16), no vector access (K 3001), one block,
+  // a block with no columns (K 300 over 16 blocks of 20), more subsets than rows.
+  for (const Shape s : {Shape{64, 3000, 8}, Shape{256, 3000, 16}, Shape{97, 3001, 16}, Shape{512, 300, 1},
+                        Shape{40, 290, 16}, Shape{3, 1000, 2}}) {
+    CAPTURE(s.N);
+    CAPTURE(s.K);
+    CAPTURE(s.size);
+    const auto L = randn(s.N * s.K, 21, 0.3);
+    // The twin runs on f32 logits and an f32 tau and beta: the reference gets the same values.
+    const std::vector<float> Lf32(L.begin(), L.end());
+    const std::vector<double> Lf(Lf32.begin(), Lf32.end());
+    const double tau = static_cast<float>(kTau), beta = static_cast<float>(kBeta);
+    // 30 iterations (converged), and 0 and 2 (where every pass shows).
+    for (int iters : {30, 0, 2}) {
+      CAPTURE(iters);
+      const auto ref = kernel_mira<double>(Lf, s.N, s.K, tau, beta, iters);
+      const auto got = cluster_twin(Lf, s.N, s.K, tau, beta, s.size, iters);
+      CHECK(allclose(got, ref, Tol{2e-6, 2e-4}, "cluster twin"));
+      CHECK(rows_on_simplex(got, s.N, s.K, 1e-5));
+    }
+  }
+  // The partition does not change the arithmetic of a row's columns beyond its sums' order.
+  const auto L = randn(64 * 500, 22, 0.3);
+  CHECK(allclose(cluster_twin(L, 64, 500, kTau, kBeta, 4), cluster_twin(L, 64, 500, kTau, kBeta, 16), Tol{1e-6, 1e-4},
+                 "4 vs 16 blocks"));
+  // Extreme inputs: finite and on the simplex, an empty column keeps no mass.
+  struct Case {
+    const char* what;
+    int64_t N, K;
+    double tau, beta;
+    int kind;  // as in "extreme and degenerate inputs": 0 +-100, 1 N(0, 1), 2 empty column, 3 one-hot
+  };
+  const Case cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03, 2.0 / 3.0, 0},
+                        {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.0, 0.99, 0},
+                        {"N(0,1), beta 0.99, tau' = 0.01", 64, 50, 1.0, 0.99, 1},
+                        {"empty column, beta 0.99", 64, 50, 1.0, 0.99, 2},
+                        {"one-hot rows", 64, 50, 0.03, 0.9, 3},
+                        {"N = K = 1", 1, 1, 0.225, 2.0 / 3.0, 0},
+                        {"K = 1", 200, 1, 0.225, 2.0 / 3.0, 1},
+                        {"K = 12288", 3, 12288, 0.03, 2.0 / 3.0, 0}};
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    std::vector<double> X = randn(c.N * c.K, 9, 1.0);
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = 0; j < c.K; ++j) {
+        double& x = X[i * c.K + j];
+        if (c.kind == 0) x = x < 0 ? -100 : 100;
+        if (c.kind == 2) x = j == 3 ? -100 : (x < 0 ? 90 : 100);
+        if (c.kind == 3) x = j == (i * 7) % c.K ? 100 : -100;
+      }
+    for (int size : {1, 4, 16}) {
+      CAPTURE(size);
+      const auto t = cluster_twin(X, c.N, c.K, c.tau, c.beta, size);
+      CHECK(rows_on_simplex(t, c.N, c.K, 1e-5));
+      if (c.kind == 2) {
+        double col3 = 0;
+        for (int64_t i = 0; i < c.N; ++i) col3 += t[i * c.K + 3];
+        CHECK(col3 == 0);
+      }
       if (c.K == 1) CHECK(t[0] == 1.0);
     }
   }

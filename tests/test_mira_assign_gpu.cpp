@@ -16,6 +16,8 @@
 
 #ifdef MIRA_HAS_CUDA
 #include "engine/cuda/context.h"
+#include "kernels/cpu/mira_assign.h"
+#include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/mira_assign.cuh"
 #endif
 
@@ -41,7 +43,7 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
 cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedule = cuda::MiraSchedule::Auto,
                                 int batch_rows = 4, int cols_per_thread = 0, int blocks_per_sm = 0,
                                 bool pipelined = false, int exact_passes = 0, bool flag_sync = false,
-                                bool warp_rows = false) {
+                                bool warp_rows = false, bool cluster = false, int cluster_size = 0) {
   cuda::MiraPlanOptions o;
   o.cache = cache;
   o.schedule = schedule;
@@ -52,13 +54,16 @@ cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedu
   o.exact_passes = exact_passes;
   o.flag_sync = flag_sync;
   o.warp_rows = warp_rows;
+  o.cluster = cluster;
+  o.cluster_size = cluster_size;
   return o;
 }
 
 // Runs the kernel-level launchers on device copies of `views` (f32 on the host).
 std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cuda::MiraVariant variant,
                                             const cuda::MiraPlanOptions& o = {}, bool bf16_logits = false,
-                                            double tau = kTau, double beta = kBeta, int iters = 30) {
+                                            double tau = kTau, double beta = kBeta, int iters = 30,
+                                            cuda::MiraPlan* plan_out = nullptr) {
   const Device dev = Device::cuda(0);
   cuda::MiraProblem p;
   p.V = static_cast<int>(views.size());
@@ -76,6 +81,9 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
     p.targets[v] = out[v].data<float>();
   }
   const cuda::MiraPlan plan = cuda::mira_plan(p, variant, o);
+  if (plan_out) *plan_out = plan;
+  // The cluster plan: fused with the f32 cache only, and then no other option applies.
+  CHECK((plan.cluster == 0 || (o.cluster && variant == cuda::MiraVariant::Fused && o.cache == cuda::MiraCache::F32)));
   // A warp per row: fused or per-pass, K <= 3072, f32 or f16 cache; the options about
   // columns per thread do not apply to it.
   CHECK(plan.warp_rows ==
@@ -283,6 +291,112 @@ TEST_CASE("gpu mira: a warp per row at the benchmark's shape, E partly in the wo
                    plan_opts(cuda::MiraCache::F16, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, flags, true));
     CHECK(allclose(f16[0], ref, kGpuTol, "warp rows, f16 cache, 3 exact updates"));
   }
+}
+
+TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference") {
+  int dev = 0, major = 0;
+  REQUIRE(cudaGetDevice(&dev) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess);
+  if (major < 9) {
+    MESSAGE("SKIPPED: thread-block clusters need sm_90 (compute capability ", major, ")");
+    return;
+  }
+  using V = cuda::MiraVariant;
+  using C = cuda::MiraCache;
+  using S = cuda::MiraSchedule;
+  struct Case {
+    int64_t N, K;
+    int size;  // 0: the plan's choice
+    int views;
+  };
+  // The training shapes, no vector access (K 3001), wide rows (K 10000: 628 columns per block),
+  // blocks with no columns (K 290 over 16), one block (N 8, K 100), four views.
+  const Case cases[] = {{64, 3000, 0, 2},  {256, 3000, 0, 2}, {64, 3000, 16, 2}, {97, 3001, 0, 2},
+                        {40, 10000, 0, 1}, {40, 290, 16, 2},  {8, 100, 0, 1},    {200, 700, 0, 4}};
+  for (const Case& c : cases) {
+    CAPTURE(c.N);
+    CAPTURE(c.K);
+    CAPTURE(c.size);
+    std::vector<Tensor> views;
+    for (int v = 0; v < c.views; ++v) views.push_back(cpu_logits(c.N, c.K, 31 + v, 0.3));
+    cuda::MiraPlan plan;
+    const auto opts = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, false, false, true, c.size);
+    const auto got = run_kernel(views, V::Fused, opts, false, kTau, kBeta, 30, &plan);
+    REQUIRE(plan.cluster > 0);
+    if (c.size > 0) CHECK(plan.cluster == c.size);
+    CHECK(plan.grid == c.views * plan.cluster);
+    const plan_model::ClusterShape cs =
+        plan_model::cluster_layout(static_cast<int>(c.N), static_cast<int>(c.K), plan.cluster);
+    CHECK(plan.cluster_cols == cs.cols);
+    for (int v = 0; v < c.views; ++v) {
+      CAPTURE(v);
+      const std::vector<double> ld = views[v].to_vector();
+      std::vector<float> l(ld.begin(), ld.end()), t(l.size());
+      cpu::mira_cluster_twin(l.data(), t.data(), c.N, c.K, static_cast<float>(kTau), static_cast<float>(kBeta), 30,
+                             cs.size, cs.cols, cs.subsets);
+      CHECK(allclose(got[v], std::vector<double>(t.begin(), t.end()), Tol{1e-6, 1e-4}, "cluster vs its CPU twin"));
+      CHECK(allclose(got[v], reference(views[v]), kGpuTol, "cluster vs f64"));
+      CHECK(finite_simplex(got[v], c.N, c.K, 1e-4));
+    }
+    // Deterministic: the same bits on a second run.
+    CHECK(run_kernel(views, V::Fused, opts) == got);
+  }
+  // bf16 logits, and 2 iterations (where every pass shows in the targets).
+  const std::vector<Tensor> two = {cpu_logits(128, 3000, 41, 0.3), cpu_logits(128, 3000, 42, 0.3)};
+  const auto cl = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, false, false, true);
+  const auto b16 = run_kernel(two, V::Fused, cl, true);
+  const Tensor rounded = two[0].to(DType::BF16).to(DType::F32);
+  CHECK(allclose(b16[0], reference(rounded), kGpuTol, "cluster, bf16 logits"));
+  const auto it2 = run_kernel(two, V::Fused, cl, false, kTau, kBeta, 2);
+  CHECK(allclose(it2[1], reference(two[1], kTau, kBeta, 2), kGpuTol, "cluster, 2 iterations"));
+  // What does not fit one cluster runs the default plan: N 4096, K 3000.
+  cuda::MiraProblem big;
+  big.V = 2, big.N = 4096, big.K = 3000;
+  CHECK(cuda::mira_plan(big, V::Fused, cl).cluster == 0);
+  // Extreme inputs: finite, on the simplex, an empty column keeps no mass.
+  struct Extreme {
+    const char* what;
+    int64_t N, K;
+    double tau, beta;
+    int kind;  // 0: +-100, 1: N(0, 1), 2: an empty column
+  };
+  for (const Extreme& e :
+       {Extreme{"+-100, tau' = 0.01", 64, 50, 0.03, 2.0 / 3.0, 0}, Extreme{"+-100, beta 0.99", 64, 3000, 1.0, 0.99, 0},
+        Extreme{"empty column", 64, 50, 0.03, 2.0 / 3.0, 2}, Extreme{"N = K = 1", 1, 1, 0.225, 0.5, 1},
+        Extreme{"K = 12288", 3, 12288, 0.03, 2.0 / 3.0, 0}}) {
+    CAPTURE(e.what);
+    std::vector<double> x = Tensor::randn({e.N, e.K}, 9, 0.0, 1.0, DType::F64).to_vector();
+    for (int64_t i = 0; i < e.N; ++i)
+      for (int64_t j = 0; j < e.K; ++j) {
+        double& y = x[i * e.K + j];
+        if (e.kind == 0) y = y < 0 ? -100 : 100;
+        if (e.kind == 2) y = j == 3 ? -100 : (y < 0 ? 90 : 100);
+      }
+    const Tensor L = Tensor::from_vector(x, {e.N, e.K}, DType::F32, Device::cpu());
+    cuda::MiraPlan plan;
+    const auto t = run_kernel({L}, V::Fused, cl, false, e.tau, e.beta, 30, &plan)[0];
+    CHECK(plan.cluster > 0);
+    CHECK(finite_simplex(t, e.N, e.K, 1e-4));
+    if (e.kind == 2)
+      for (int64_t i = 0; i < e.N; ++i) CHECK(t[i * e.K + 3] == 0);
+  }
+  // A NaN in the logits is counted (the op turns the count into its error).
+  std::vector<double> x = cpu_logits(16, 40, 6, 0.3).to_vector();
+  x[77] = NAN;
+  const Device gpu = Device::cuda(0);
+  const Tensor Lg = Tensor::from_vector(x, {16, 40}, DType::F32, gpu);
+  Tensor out = Tensor::empty({16, 40}, DType::F32, gpu);
+  cuda::MiraProblem p;
+  p.N = 16, p.K = 40;
+  p.logits[0] = Lg.raw();
+  p.targets[0] = out.data<float>();
+  const cuda::MiraPlan plan = cuda::mira_plan(p, V::Fused, cl);
+  REQUIRE(plan.cluster > 0);
+  Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, gpu);
+  cuda::mira_assign_cuda(p, plan, ws.raw(), cuda::CudaContext::get().stream());
+  float bad = 0;
+  cuda::copy(&bad, Device::cpu(), cuda::mira_nonfinite_count(plan, ws.raw()), gpu, sizeof(float), false);
+  CHECK(bad == 1.f);
 }
 
 TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {

@@ -126,3 +126,33 @@ TEST_CASE("plan model: predicted launch times within 25 % of the H200's") {
     CHECK(std::fabs(ms - m.ms) <= 0.25 * m.ms);
   }
 }
+
+TEST_CASE("plan model: the cluster plan's size and layout") {
+  // The cluster kernel's static shared memory (ptxas, sm_90) on an H200's 227 KB per block.
+  const int optin = kH200.smem_optin, st = 1248;
+  SUBCASE("training shapes: N 64 in 8 blocks of 376 columns, N 256 in 16 of 188") {
+    const ClusterShape a = cluster_shape(64, 3000, 16, optin, st);
+    CHECK(a.size == 8);  // 4 blocks would fit, at 47 elements per thread
+    CHECK(a.cols == 376);
+    CHECK(a.subsets == 10);
+    const ClusterShape b = cluster_shape(256, 3000, 16, optin, st);
+    CHECK(b.size == 16);
+    CHECK(b.cols == 188);
+    CHECK(b.smem + st <= optin);
+    CHECK(b.smem == 4LL * (256 * 188 + 3 * 256 + 188 + 21 * 188));
+  }
+  SUBCASE("what does not fit gets no cluster") {
+    CHECK(cluster_shape(256, 3000, 8, optin, st).size == 0);  // portable sizes only: 385 KB per block
+    CHECK(cluster_shape(4096, 3000, 16, optin, st).size == 0);
+    CHECK(cluster_shape(256, 3000, 16, optin, st, 8).size == 0);  // asked for, does not fit
+  }
+  SUBCASE("sizes asked for, small and wide problems") {
+    CHECK(cluster_shape(64, 3000, 16, optin, st, 16).size == 16);
+    CHECK(cluster_shape(64, 3000, 8, optin, st, 16).size == 0);  // beyond what the device launches
+    CHECK(cluster_shape(8, 100, 16, optin, st).size == 1);
+    const ClusterShape w = cluster_shape(3, 12288, 16, optin, st);  // a block takes 4096 columns at most
+    CHECK(w.size == 4);
+    CHECK(w.cols == 3072);
+    CHECK(w.subsets == 1);
+  }
+}

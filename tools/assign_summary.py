@@ -55,7 +55,7 @@ def main(path, predictions=None):
                  if p else "")
         print(f"  {j['variant']:<46} {j.get('median_ms', float('nan')):7.3f} ms err "
               f"{j.get('max_abs_err', float('nan')):.1e} valid {j.get('valid')} N{j.get('N')}{shape} {tr} "
-              f"{j.get('error', '')}")
+              f"{j.get('error', '')}{j.get('skipped', '')}")
         if j.get("valid") and "median_ms" in j:
             measured.setdefault((j["variant"], j.get("N"), j.get("iters")), j)
             if j.get("N") == 4096 and j.get("iters") == 30:

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "engine/error.h"
 
@@ -185,6 +186,83 @@ void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double t
     const double s = r > 0 ? 1.0 / r : 0.0;
     for (int64_t j = 0; j < K; ++j) e[j] = static_cast<T>(w[j] * static_cast<double>(e[j]) * s);
   }
+}
+
+// The cluster plan's arithmetic (header). Row dots are those of a warp: lane l sums the
+// column quads l, l + 32, ... of its block with fused multiply-adds, then a butterfly of
+// xor-shuffles adds the lanes (both partners of a step add the same two values, so every lane
+// ends with the same bits); the blocks' dots, one per lane of a half-warp (0 beyond the cluster
+// size), are added by the same butterfly over 16 lanes. Column sums: subset s adds
+// the rows s, s + subsets, ... with fused multiply-adds, then the subsets are added in order.
+void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K, float tau_t, float beta, int iters,
+                       int size, int cols, int subsets) {
+  MIRA_CHECK(N > 0 && K > 0 && size >= 1 && size <= 16 && cols % 4 == 0 && static_cast<int64_t>(size) * cols >= K &&
+                 subsets >= 1,
+             "mira_cluster_twin: bad shape");
+  const float k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(tau_t) * (1.0 - beta)));
+  const float exponent = -beta;
+  const float log2_cap = static_cast<float>(124.0 - std::ceil(std::log2(static_cast<double>(K))));
+  const int64_t Kp = static_cast<int64_t>(size) * cols, quads = cols / 4;
+  std::vector<float> E(static_cast<size_t>(N * Kp)), w(static_cast<size_t>(Kp)), r(static_cast<size_t>(N)),
+      c(static_cast<size_t>(Kp));
+  for (int64_t i = 0; i < N; ++i) {
+    float m = -INFINITY;
+    for (int64_t j = 0; j < K; ++j) m = std::fmax(m, logits[i * K + j]);
+    for (int64_t j = 0; j < Kp; ++j) E[i * Kp + j] = j < K ? std::exp2((logits[i * K + j] - m) * k2) : 0.f;
+  }
+  for (int64_t j = 0; j < Kp; ++j) w[j] = j < K ? 1.f : 0.f;
+  // Lane l of a half-warp holds block l's partial (0 beyond size); xor-shuffles add them.
+  auto butterfly = [](float(&x)[16]) {
+    for (int off = 8; off >= 1; off /= 2) {
+      float next[16];
+      for (int l = 0; l < 16; ++l) next[l] = x[l] + x[l ^ off];
+      std::copy(next, next + 16, x);
+    }
+    return x[0];
+  };
+  auto warp_dot = [&](int64_t i, int b) {
+    float lane[32];
+    for (int l = 0; l < 32; ++l) {
+      float acc = 0.f;
+      for (int64_t q = l; q < quads; q += 32)
+        for (int u = 0; u < 4; ++u) {
+          const int64_t j = b * cols + 4 * q + u;
+          acc = std::fma(w[j], E[i * Kp + j], acc);
+        }
+      lane[l] = acc;
+    }
+    for (int off = 16; off >= 1; off /= 2) {
+      float next[32];
+      for (int l = 0; l < 32; ++l) next[l] = lane[l] + lane[l ^ off];
+      std::copy(next, next + 32, lane);
+    }
+    return lane[0];
+  };
+  for (int p = 0; p <= iters + 1; ++p) {
+    for (int64_t i = 0; i < N; ++i) {
+      float x[16] = {};
+      for (int b = 0; b < size; ++b) x[b] = warp_dot(i, b);
+      r[i] = butterfly(x);
+      r[i] = r[i] > 0.f ? 1.f / r[i] : 0.f;
+    }
+    if (p > iters) break;
+    float cmax = 0.f;
+    for (int64_t j = 0; j < Kp; ++j) {
+      float t = 0.f;
+      for (int s = 0; s < subsets; ++s) {
+        float acc = 0.f;
+        for (int64_t i = s; i < N; i += subsets) acc = std::fma(E[i * Kp + j], r[i], acc);
+        t += acc;
+      }
+      c[j] = t;
+      cmax = std::fmax(cmax, t);
+    }
+    const float l2max = std::log2(cmax);
+    for (int64_t j = 0; j < Kp; ++j)
+      w[j] = c[j] > 0.f ? std::exp2(std::fmin(exponent * (std::log2(c[j]) - l2max), log2_cap)) : 0.f;
+  }
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) targets[i * K + j] = w[j] * E[i * Kp + j] * r[i];
 }
 
 // ---- Sinkhorn-Knopp in the log domain. With x = L / eps:

@@ -69,6 +69,15 @@ struct MiraNumerics {
 // x rounded as the working copy holds it (x in [0, 1]; Exact: x itself).
 float working_copy_round(float x, WorkingCopy copy);
 
+// The CPU twin of the CUDA cluster plan (kernels/cuda/mira_cluster.cu, MiraPlan::cluster): f32
+// logits and targets, and the kernel's f32 operations in its order (fused multiply-adds where it
+// has them) for clusters of `size` blocks owning `cols` columns each, with `subsets` row subsets
+// in the column sums (plan_model::cluster_layout). Weights are formed as the kernel forms them:
+// (c_j / max c)^(-beta), capped at 2^(124 - ceil(log2 K)). Only exp2f and log2f may differ from
+// the GPU's by an ulp or two, so the two agree to within the f32 rounding of E.
+void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K, float tau_t, float beta, int iters,
+                       int size, int cols, int subsets);
+
 // Doubles of workspace the functions below need.
 int64_t mira_assign_work_size(int64_t N, int64_t K);      // 2K + 1
 int64_t sinkhorn_assign_work_size(int64_t N, int64_t K);  // N + 3K + 1

@@ -107,4 +107,32 @@ Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shape
   return best;
 }
 
+ClusterShape cluster_layout(int N, int K, int size) {
+  ClusterShape s;
+  s.size = size;
+  s.cols = static_cast<int>(ceil_div(ceil_div(K, size), 4) * 4);
+  const int quads = s.cols / 4;
+  s.subsets = std::max(1, std::min(kClusterBlock / quads, N));
+  // E (N x cols), then the row partials, row maxima and row inverses (N each, rounded up to
+  // 16 bytes), the weights (cols) and the column subsets' sums (subsets x cols), in floats.
+  const long long n4 = ceil_div(N, 4) * 4;
+  s.smem = 4 * (static_cast<long long>(N) * s.cols + 3 * n4 + s.cols + static_cast<long long>(s.subsets) * s.cols);
+  return s;
+}
+
+ClusterShape cluster_shape(int N, int K, int max_size, int smem_optin, int smem_static, int asked) {
+  auto fits = [&](const ClusterShape& s) { return s.cols <= kClusterMaxCols && s.smem + smem_static <= smem_optin; };
+  if (asked > 0) {
+    const ClusterShape s = cluster_layout(N, K, asked);
+    return asked <= max_size && fits(s) ? s : ClusterShape{};
+  }
+  for (int size = 1; size <= max_size; size *= 2) {
+    const ClusterShape s = cluster_layout(N, K, size);
+    if (fits(s) && (static_cast<long long>(N) * s.cols <= static_cast<long long>(kClusterWork) * kClusterBlock ||
+                    2 * size > max_size))
+      return s;
+  }
+  return ClusterShape{};
+}
+
 }  // namespace mira::plan_model

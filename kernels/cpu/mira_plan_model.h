@@ -55,4 +55,26 @@ using Occupancy = std::function<int(int shape, long long dyn_smem)>;
 // The cheapest plan over the shapes (ties go to the earlier shape); shape = -1 when none fits.
 Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shapes, const Occupancy& occupancy);
 
+// ---- the cluster plan (kernels/cuda/mira_cluster.cu, MiraPlanOptions::cluster; sm_90)
+// One thread-block cluster per view keeps all of the view's E in f32 in its blocks' shared
+// memory: block r of a cluster of `size` owns columns [r cols, (r + 1) cols) of every row, so a
+// column's sum never leaves its block and a pass needs two cluster barriers, no grid barrier.
+constexpr int kClusterBlock = 1024;                 // threads per block
+constexpr int kClusterWork = 32;                    // elements of E per thread and pass the automatic size aims at
+constexpr int kClusterMaxCols = 4 * kClusterBlock;  // columns per block at most (a quad per thread)
+
+struct ClusterShape {
+  int size = 0;        // blocks per cluster (a power of two); 0: E does not fit
+  int cols = 0;        // columns per block, a multiple of 4
+  int subsets = 0;     // row subsets of the column sums: threads (column quad, subset)
+  long long smem = 0;  // dynamic shared memory per block (bytes)
+};
+
+// The shape of one cluster for N rows of K columns (cols, subsets and smem filled; size as given).
+ClusterShape cluster_layout(int N, int K, int size);
+// The cluster size for N x K: `asked` (> 0) if it fits, else the smallest power of two up to
+// max_size whose blocks hold at most kClusterWork elements per thread, else max_size; size 0
+// when E does not fit in max_size blocks of smem_optin - smem_static bytes.
+ClusterShape cluster_shape(int N, int K, int max_size, int smem_optin, int smem_static, int asked = 0);
+
 }  // namespace mira::plan_model

@@ -865,6 +865,39 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
                  min_cols_per_thread == 16,
              "mira_plan: min_cols_per_thread is 0 (auto), 4, 8 or 16, got ", min_cols_per_thread);
   MIRA_CHECK(blocks_per_sm >= 0 && blocks_per_sm <= 8, "mira_plan: blocks_per_sm in 0..8, got ", blocks_per_sm);
+  MIRA_CHECK(opts.cluster_size >= 0 && opts.cluster_size <= 16 && (opts.cluster_size & (opts.cluster_size - 1)) == 0,
+             "mira_plan: cluster_size is 0 (auto) or a power of two up to 16, got ", opts.cluster_size);
+  if (opts.cluster && variant == MiraVariant::Fused && cache == MiraCache::F32) {
+    // The cluster plan where a view's E fits one cluster's shared memory (plan_model::cluster_shape).
+    int smem_static = 0;
+    const int max_size = cluster_prepare(p.logits_bf16, &smem_static);
+    int dev_c = 0, optin = 0;
+    MIRA_CUDA_CHECK(cudaGetDevice(&dev_c));
+    MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev_c));
+    // The largest size the device launches with this much shared memory, 16 then 8 (portable).
+    for (int cap = max_size; cap >= 8 && plan.cluster == 0; cap /= 2) {
+      const plan_model::ClusterShape cs =
+          plan_model::cluster_shape(p.N, p.K, cap, optin, smem_static, opts.cluster_size);
+      if (cs.size == 0 || cluster_active(p.logits_bf16, cs.size, static_cast<size_t>(cs.smem)) < 1) continue;
+      plan.cluster = cs.size;
+      plan.cluster_cols = cs.cols;
+      plan.cpt = kVec;
+      plan.block = plan_model::kClusterBlock;
+      plan.grid = p.V * cs.size;
+      plan.views_per_group = p.V;
+      plan.blocks_per_view = cs.size;
+      plan.rows_per_block = p.N;
+      plan.smem_rows = p.N;
+      plan.smem_bytes = static_cast<size_t>(cs.smem);
+      plan.Kp = cs.size * cs.cols;
+      // The workspace holds the non-finite counter only (after V * Kp unused floats, where the
+      // other plans keep their column sums, so that mira_nonfinite_count finds it the same way).
+      plan.off_colsum = 0;
+      plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
+      plan.workspace_bytes = align_up((static_cast<size_t>(plan.flag_index) + 1) * sizeof(float), 256);
+      return plan;
+    }
+  }
   plan.warp_rows = opts.warp_rows && p.K <= kWarpRowsMaxK && cache != MiraCache::BF16;
 
   int dev = 0;
@@ -1037,6 +1070,8 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.ll_partial = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
   a.ll_colsum = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_colsum) : nullptr;
   a.trace = plan.trace;
+  a.cluster = plan.cluster;
+  a.cluster_cols = plan.cluster_cols;
   return a;
 }
 
@@ -1047,6 +1082,12 @@ void check_problem(const MiraProblem& p) {
 
 void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end,
                   cudaStream_t stream) {
+  if (plan.cluster > 0) {
+    MIRA_CHECK(plan.variant == MiraVariant::Fused && pass_begin == 0 && pass_end == p.iters + 2,
+               "mira_assign_cuda: a cluster plan runs all passes in one launch");
+    launch_cluster(fused_args(p, plan, ws, pass_begin, pass_end), p.logits_bf16, plan.smem_bytes, stream);
+    return;
+  }
   const FusedFn fn = plan.warp_rows ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
                                     : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
                                                    plan.pipelined, plan.flag_sync);

@@ -15,6 +15,10 @@
 //   ranks between launches. Plain stream work, so it can be captured in a CUDA graph.
 // - Fused or PerPass with MiraPlanOptions::warp_rows (K <= 3072): the same passes with a warp
 //   per row instead of a thread per column (kernels/cuda/mira_warprows.cu). Opt-in until measured.
+// - Fused with MiraPlanOptions::cluster (sm_90, f32 cache, where a view's E fits one cluster's
+//   shared memory: the training shapes of one GPU): a thread-block cluster per view, its
+//   blocks splitting the columns, so that a pass needs two cluster barriers and no grid
+//   barrier (kernels/cuda/mira_cluster.cu). Opt-in until measured.
 // - Unfused: six small kernels and four launches per iteration, E in the workspace (a bench
 //   baseline, and the path for K > 12288 where the fused kernel's registers do not reach).
 // MiraCache::BF16 / F16 store E in 16 bits during the iteration (bf16; or f16 of E * 2^15, 3
@@ -67,6 +71,8 @@ struct MiraPlan {
   bool pipelined = false;   // update passes with split-phase barriers (see mira_plan)
   bool flag_sync = false;   // column sums as flag-tagged words, no grid barriers (see mira_plan)
   bool warp_rows = false;   // a warp per row (see mira_plan); cpt is then a lane's columns
+  int cluster = 0;          // > 0: the cluster plan (see mira_plan) with this many blocks per view
+  int cluster_cols = 0;     // the cluster plan: columns per block
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
   int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
@@ -124,6 +130,12 @@ constexpr int kMiraTracePhases = 8;
 // another during the update passes; blocks of 256, one per SM. Other bits than the default
 // kernel (other summation order), as close to the f64 reference. batch_rows,
 // min_cols_per_thread and pipelined do not apply; flag_sync does.
+// cluster (Fused, f32 cache, sm_90, where a view's E fits in the shared memory of one cluster of
+// up to 16 blocks: N x K up to ~0.8 M on an H100; MiraPlan::cluster says whether it took):
+// kernels/cuda/mira_cluster.cu, one thread-block cluster per view, block r owning a slice of
+// the columns of every row; a pass crosses two cluster barriers and no grid barrier. Other
+// bits than the default kernel (other summation order); the CPU twin mira_cluster_twin has
+// its order. cluster_size: 0 (the plan picks) or a power of two up to 16. Opt-in until measured.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;
@@ -134,6 +146,8 @@ struct MiraPlanOptions {
   bool pipelined = false;
   bool flag_sync = false;
   bool warp_rows = false;
+  bool cluster = false;
+  int cluster_size = 0;
 };
 
 // Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).
