@@ -478,7 +478,12 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
            {"fused cluster", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, -1},
            {"fused cluster8", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, 8},
            {"fused cluster16", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, 16},
-           {"fused cluster bf16-logits", MV::Fused, MC::F32, MS::Auto, 4, true, 0, 0, false, 0, false, false, -1}}) {
+           {"fused cluster bf16-logits", MV::Fused, MC::F32, MS::Auto, 4, true, 0, 0, false, 0, false, false, -1},
+           // Row groups where one cluster cannot hold a view: N 4096 takes the f16 copy.
+           {"fused cluster f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false, -1},
+           {"fused cluster8 f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false, 8},
+           {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, false,
+            -1}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
   if (V > 1) {
@@ -595,6 +600,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"flag_sync", plan.flag_sync},
                      {"warp_rows", plan.warp_rows},
                      {"cluster", plan.cluster},
+                     {"cluster_groups", plan.cluster_groups},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};
       }
       if (!(ok && bad == 0)) {

@@ -491,11 +491,13 @@ TEST_CASE("mira: extreme and degenerate inputs stay finite and on the simplex") 
 // column sum, must give the f64 reference's targets to f32 rounding, and stay finite on the
 // extreme inputs above. test_mira_assign_gpu compares the kernel with it.
 std::vector<double> cluster_twin(const std::vector<double>& L, int64_t N, int64_t K, double tau, double beta, int size,
-                                 int iters = 30) {
-  const plan_model::ClusterShape cs = plan_model::cluster_layout(static_cast<int>(N), static_cast<int>(K), size);
+                                 int iters = 30, int64_t rows = 0, const cpu::MiraNumerics& num = {}) {
+  const int r = static_cast<int>(rows > 0 ? rows : N);
+  const plan_model::ClusterShape cs = plan_model::cluster_layout(r, static_cast<int>(K), size);
   std::vector<float> l(L.begin(), L.end()), t(L.size());
-  cpu::mira_cluster_twin(l.data(), t.data(), N, K, static_cast<float>(tau), static_cast<float>(beta), iters, cs.size,
-                         cs.cols, cs.subsets);
+  cpu::ClusterTwinShape sh;
+  sh.size = cs.size, sh.cols = cs.cols, sh.subsets = cs.subsets, sh.rows = r;
+  cpu::mira_cluster_twin(l.data(), t.data(), N, K, static_cast<float>(tau), static_cast<float>(beta), iters, sh, num);
   return std::vector<double>(t.begin(), t.end());
 }
 
@@ -529,6 +531,34 @@ TEST_CASE("mira: the cluster plan's CPU twin against f64") {
   const auto L = randn(64 * 500, 22, 0.3);
   CHECK(allclose(cluster_twin(L, 64, 500, kTau, kBeta, 4), cluster_twin(L, 64, 500, kTau, kBeta, 16), Tol{1e-6, 1e-4},
                  "4 vs 16 blocks"));
+  // Row groups (the rows of a view over several clusters), a last group with fewer rows.
+  {
+    const auto Lg = randn(1000 * 700, 23, 0.3);
+    const std::vector<float> L32(Lg.begin(), Lg.end());
+    const std::vector<double> Lf(L32.begin(), L32.end());
+    const double tau = static_cast<float>(kTau), beta = static_cast<float>(kBeta);
+    for (int iters : {30, 2}) {
+      CAPTURE(iters);
+      const auto ref = kernel_mira<double>(Lf, 1000, 700, tau, beta, iters);
+      CHECK(allclose(cluster_twin(Lf, 1000, 700, tau, beta, 8, iters, 256), ref, Tol{2e-6, 2e-4}, "4 row groups"));
+    }
+    // The f16 copy (E * 2^15 in the kernel): as far from f64 as the CPU op's f16 copy, and with 3
+    // exact updates at the end as close as f32 (the error table of docs/assignment.md).
+    using WC = cpu::WorkingCopy;
+    const auto ref = kernel_mira<double>(Lf, 1000, 700, tau, beta, 30);
+    const auto f16 = cluster_twin(Lf, 1000, 700, tau, beta, 8, 30, 256, cpu::MiraNumerics{WC::F16, 0});
+    const auto op16 = kernel_mira<float>(Lf, 1000, 700, tau, beta, 30, cpu::MiraNumerics{WC::F16, 0});
+    CHECK(allclose(f16, op16, Tol{1e-5, 1e-3}, "f16 copy vs the op's"));
+    const auto f16_3 = cluster_twin(Lf, 1000, 700, tau, beta, 8, 30, 256, cpu::MiraNumerics{WC::F16, 3});
+    CHECK(allclose(f16_3, ref, Tol{2e-6, 2e-4}, "f16 copy, 3 exact updates"));
+    auto max_err = [&](const std::vector<double>& t) {
+      double e = 0;
+      for (size_t i = 0; i < t.size(); ++i) e = std::max(e, std::fabs(t[i] - ref[i]));
+      return e;
+    };
+    MESSAGE("cluster twin, max abs error vs f64: f16 copy ", max_err(f16), ", + 3 exact updates ", max_err(f16_3));
+    CHECK(max_err(f16_3) < max_err(f16) / 4);  // the exact updates are in effect
+  }
   // Extreme inputs: finite and on the simplex, an empty column keeps no mass.
   struct Case {
     const char* what;

@@ -82,8 +82,8 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
   }
   const cuda::MiraPlan plan = cuda::mira_plan(p, variant, o);
   if (plan_out) *plan_out = plan;
-  // The cluster plan: fused with the f32 cache only, and then no other option applies.
-  CHECK((plan.cluster == 0 || (o.cluster && variant == cuda::MiraVariant::Fused && o.cache == cuda::MiraCache::F32)));
+  // The cluster plan: fused with the f32 or f16 cache only.
+  CHECK((plan.cluster == 0 || (o.cluster && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16)));
   // A warp per row: fused or per-pass, K <= 3072, f32 or f16 cache; the options about
   // columns per thread do not apply to it.
   CHECK(plan.warp_rows ==
@@ -308,37 +308,62 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
     int64_t N, K;
     int size;  // 0: the plan's choice
     int views;
+    C cache = C::F32;
+    int exact = 0;
+    int groups = 1;  // clusters per view expected on an H100 / H200 (8 clusters of 16 at once)
   };
   // The training shapes, no vector access (K 3001), wide rows (K 10000: 628 columns per block),
-  // blocks with no columns (K 290 over 16), one block (N 8, K 100), four views.
-  const Case cases[] = {{64, 3000, 0, 2},  {256, 3000, 0, 2}, {64, 3000, 16, 2}, {97, 3001, 0, 2},
-                        {40, 10000, 0, 1}, {40, 290, 16, 2},  {8, 100, 0, 1},    {200, 700, 0, 4}};
+  // blocks with no columns (K 290 over 16), one block (N 8, K 100), four views; row groups:
+  // N 1024 (f32) over 4 clusters per view, N 4096 (the issue's shape, f16 + 3 exact updates)
+  // over 8 clusters of 16 or 16 of 8.
+  const Case cases[] = {{64, 3000, 0, 2},
+                        {256, 3000, 0, 2},
+                        {64, 3000, 16, 2},
+                        {97, 3001, 0, 2},
+                        {40, 10000, 0, 1},
+                        {40, 290, 16, 2},
+                        {8, 100, 0, 1},
+                        {200, 700, 0, 4},
+                        {1024, 3000, 0, 2, C::F32, 0, 4},
+                        {512, 3000, 0, 1, C::F16, 0, 1},
+                        {4096, 3000, 0, 1, C::F16, 3, 8},
+                        {4096, 3000, 8, 1, C::F16, 3, 16}};
   for (const Case& c : cases) {
     CAPTURE(c.N);
     CAPTURE(c.K);
     CAPTURE(c.size);
+    CAPTURE(static_cast<int>(c.cache));
     std::vector<Tensor> views;
     for (int v = 0; v < c.views; ++v) views.push_back(cpu_logits(c.N, c.K, 31 + v, 0.3));
     cuda::MiraPlan plan;
-    const auto opts = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, false, false, true, c.size);
+    const auto opts = plan_opts(c.cache, S::Auto, 4, 0, 0, false, c.exact, false, false, true, c.size);
     const auto got = run_kernel(views, V::Fused, opts, false, kTau, kBeta, 30, &plan);
     REQUIRE(plan.cluster > 0);
     if (c.size > 0) CHECK(plan.cluster == c.size);
-    CHECK(plan.grid == c.views * plan.cluster);
+    CHECK(plan.cluster_groups == c.groups);
+    CHECK(plan.grid == plan.views_per_group * plan.cluster_groups * plan.cluster);
     const plan_model::ClusterShape cs =
-        plan_model::cluster_layout(static_cast<int>(c.N), static_cast<int>(c.K), plan.cluster);
+        plan_model::cluster_layout(plan.rows_per_block, static_cast<int>(c.K), plan.cluster);
     CHECK(plan.cluster_cols == cs.cols);
+    cpu::ClusterTwinShape sh;
+    sh.size = plan.cluster, sh.cols = plan.cluster_cols, sh.subsets = cs.subsets, sh.rows = plan.rows_per_block;
+    const cpu::MiraNumerics num{c.cache == C::F16 ? cpu::WorkingCopy::F16 : cpu::WorkingCopy::Exact, c.exact};
     for (int v = 0; v < c.views; ++v) {
       CAPTURE(v);
       const std::vector<double> ld = views[v].to_vector();
       std::vector<float> l(ld.begin(), ld.end()), t(l.size());
-      cpu::mira_cluster_twin(l.data(), t.data(), c.N, c.K, static_cast<float>(kTau), static_cast<float>(kBeta), 30,
-                             cs.size, cs.cols, cs.subsets);
-      CHECK(allclose(got[v], std::vector<double>(t.begin(), t.end()), Tol{1e-6, 1e-4}, "cluster vs its CPU twin"));
-      CHECK(allclose(got[v], reference(views[v]), kGpuTol, "cluster vs f64"));
+      cpu::mira_cluster_twin(l.data(), t.data(), c.N, c.K, static_cast<float>(kTau), static_cast<float>(kBeta), 30, sh,
+                             num);
+      // The f16 copy: an E that exp2f puts on the other side of an f16 rounding boundary than
+      // the CPU's differs by a step (kF16TwinTol, as for the other f16 plans).
+      CHECK(allclose(got[v], std::vector<double>(t.begin(), t.end()), c.cache == C::F16 ? kF16TwinTol : Tol{1e-6, 1e-4},
+                     "cluster vs its CPU twin"));
+      CHECK(allclose(got[v], reference(views[v]), c.cache == C::F16 && c.exact == 0 ? kF16CacheTol : kGpuTol,
+                     "cluster vs f64"));
       CHECK(finite_simplex(got[v], c.N, c.K, 1e-4));
     }
-    // Deterministic: the same bits on a second run.
+    // Deterministic: the same bits on a second run (with row groups, whatever order the
+    // clusters' flag-tagged sums arrive in).
     CHECK(run_kernel(views, V::Fused, opts) == got);
   }
   // bf16 logits, and 2 iterations (where every pass shows in the targets).

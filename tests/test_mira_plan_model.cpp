@@ -128,31 +128,62 @@ TEST_CASE("plan model: predicted launch times within 25 % of the H200's") {
 }
 
 TEST_CASE("plan model: the cluster plan's size and layout") {
-  // The cluster kernel's static shared memory (ptxas, sm_90) on an H200's 227 KB per block.
+  // The cluster kernel's static shared memory (ptxas, sm_90) on an H200's 227 KB per block;
+  // clusters of 16 that run at once: one per GPC with 16 SMs free (8 on an H100 / H200).
   const int optin = kH200.smem_optin, st = 1248;
-  SUBCASE("training shapes: N 64 in 8 blocks of 376 columns, N 256 in 16 of 188") {
-    const ClusterShape a = cluster_shape(64, 3000, 16, optin, st);
-    CHECK(a.size == 8);  // 4 blocks would fit, at 47 elements per thread
+  const ClusterActive active = [](int size, long long) { return size >= 16 ? 8 : 132 / size; };
+  auto shape = [&](int N, int V, int te, int max_size, int asked = 0) {
+    return cluster_shape(N, 3000, V, te, max_size, optin, st, active, asked);
+  };
+  SUBCASE("training shapes: N 64 in 8 blocks of 376 columns, N 256 in 16 of 188, views side by side") {
+    const ClusterShape a = shape(64, 2, 4, 16);
+    CHECK(a.size == 8);  // 4 blocks would fit, at 94 elements per thread
     CHECK(a.cols == 376);
-    CHECK(a.subsets == 10);
-    const ClusterShape b = cluster_shape(256, 3000, 16, optin, st);
+    CHECK(a.subsets == 5);
+    CHECK(a.groups == 1);
+    CHECK(a.views_side_by_side == 2);
+    const ClusterShape b = shape(256, 2, 4, 16);
     CHECK(b.size == 16);
     CHECK(b.cols == 188);
+    CHECK(b.groups == 1);
     CHECK(b.smem + st <= optin);
-    CHECK(b.smem == 4LL * (256 * 188 + 3 * 256 + 188 + 21 * 188));
+    CHECK(b.smem == 256 * 188 * 4 + 4LL * (4 * 256 + 188 + 10 * 188));
   }
-  SUBCASE("what does not fit gets no cluster") {
-    CHECK(cluster_shape(256, 3000, 8, optin, st).size == 0);  // portable sizes only: 385 KB per block
-    CHECK(cluster_shape(4096, 3000, 16, optin, st).size == 0);
-    CHECK(cluster_shape(256, 3000, 16, optin, st, 8).size == 0);  // asked for, does not fit
+  SUBCASE("row groups: N 1024 (f32) in 4 clusters per view, N 4096 (f16) in 8, one view at a time") {
+    const ClusterShape a = shape(1024, 2, 4, 16);
+    CHECK(a.size == 16);
+    CHECK(a.groups == 4);
+    CHECK(a.rows == 256);
+    CHECK(a.views_side_by_side == 2);
+    const ClusterShape b = shape(4096, 2, 2, 16);
+    CHECK(b.size == 16);
+    CHECK(b.groups == 8);
+    CHECK(b.rows == 512);
+    CHECK(b.views_side_by_side == 1);
+    CHECK(b.smem + st <= optin);
+    // Portable clusters of 8: N 256 (f32) in 2 groups of 128 rows, N 4096 (f16) in 16 of 256
+    // (the groups' sums take shared memory too: 15 of 274 do not fit).
+    const ClusterShape p8 = shape(256, 2, 4, 8);
+    CHECK(p8.size == 8);
+    CHECK(p8.groups == 2);
+    CHECK(p8.rows == 128);
+    const ClusterShape c = shape(4096, 2, 2, 8);
+    CHECK(c.size == 8);
+    CHECK(c.groups == 16);
+    CHECK(c.rows == 256);
+  }
+  SUBCASE("what does not fit the clusters that run at once gets no plan") {
+    CHECK(shape(4096, 2, 4, 16).size == 0);   // f32: 15 groups of 16 blocks, 8 run at once
+    CHECK(shape(64, 2, 4, 8, 16).size == 0);  // beyond what the device launches
+    const ClusterActive none = [](int, long long) { return 0; };
+    CHECK(cluster_shape(64, 3000, 2, 4, 16, optin, st, none).size == 0);
   }
   SUBCASE("sizes asked for, small and wide problems") {
-    CHECK(cluster_shape(64, 3000, 16, optin, st, 16).size == 16);
-    CHECK(cluster_shape(64, 3000, 8, optin, st, 16).size == 0);  // beyond what the device launches
-    CHECK(cluster_shape(8, 100, 16, optin, st).size == 1);
-    const ClusterShape w = cluster_shape(3, 12288, 16, optin, st);  // a block takes 4096 columns at most
-    CHECK(w.size == 4);
-    CHECK(w.cols == 3072);
+    CHECK(shape(64, 2, 4, 16, 16).size == 16);
+    CHECK(cluster_shape(8, 100, 1, 4, 16, optin, st, active).size == 1);
+    const ClusterShape w = cluster_shape(3, 12288, 1, 4, 16, optin, st, active);  // 2048 columns per block at most
+    CHECK(w.size == 8);
+    CHECK(w.cols == 1536);
     CHECK(w.subsets == 1);
   }
 }

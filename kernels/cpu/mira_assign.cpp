@@ -188,27 +188,38 @@ void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double t
   }
 }
 
-// The cluster plan's arithmetic (header). Row dots are those of a warp: lane l sums the
+// The cluster plan's arithmetic (header). Row sums are those of a warp: lane l sums the
 // column quads l, l + 32, ... of its block with fused multiply-adds, then a butterfly of
 // xor-shuffles adds the lanes (both partners of a step add the same two values, so every lane
-// ends with the same bits); the blocks' dots, one per lane of a half-warp (0 beyond the cluster
-// size), are added by the same butterfly over 16 lanes. Column sums: subset s adds
-// the rows s, s + subsets, ... with fused multiply-adds, then the subsets are added in order.
+// ends with the same bits); the blocks' sums, one per lane of a half-warp (0 beyond the cluster
+// size), are added by the same butterfly over 16 lanes. Column sums: in each group of rows,
+// subset s adds the group's rows s, s + subsets, ... with fused multiply-adds, then the subsets
+// are added in order; then the groups' sums in group order. The f16 copy is iterated on as
+// working_copy_round gives it: the kernel's E * 2^15 scales every row sum by exactly 2^15 and
+// its inverse by 2^-15, so the column sums are the same.
 void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K, float tau_t, float beta, int iters,
-                       int size, int cols, int subsets) {
+                       const ClusterTwinShape& sh, const MiraNumerics& num) {
+  const int size = sh.size, cols = sh.cols, subsets = sh.subsets;
+  const int64_t rows = sh.rows > 0 ? sh.rows : N;
   MIRA_CHECK(N > 0 && K > 0 && size >= 1 && size <= 16 && cols % 4 == 0 && static_cast<int64_t>(size) * cols >= K &&
-                 subsets >= 1,
+                 subsets >= 1 && num.copy != WorkingCopy::BF16,
              "mira_cluster_twin: bad shape");
+  const bool f16 = num.copy == WorkingCopy::F16;
   const float k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(tau_t) * (1.0 - beta)));
   const float exponent = -beta;
-  const float log2_cap = static_cast<float>(124.0 - std::ceil(std::log2(static_cast<double>(K))));
-  const int64_t Kp = static_cast<int64_t>(size) * cols, quads = cols / 4;
-  std::vector<float> E(static_cast<size_t>(N * Kp)), w(static_cast<size_t>(Kp)), r(static_cast<size_t>(N)),
-      c(static_cast<size_t>(Kp));
+  const float log2_cap = static_cast<float>(124.0 - (f16 ? 15.0 : 0.0) - std::ceil(std::log2(static_cast<double>(K))));
+  const int exact_from = iters + 1 - std::min(num.exact_passes, iters);
+  const int64_t Kp = static_cast<int64_t>(size) * cols, quads = cols / 4, groups = (N + rows - 1) / rows;
+  std::vector<float> Ex(static_cast<size_t>(N * Kp)), Ec, w(static_cast<size_t>(Kp)), r(static_cast<size_t>(N)),
+      c(static_cast<size_t>(Kp)), cg(static_cast<size_t>(groups * Kp));
   for (int64_t i = 0; i < N; ++i) {
     float m = -INFINITY;
     for (int64_t j = 0; j < K; ++j) m = std::fmax(m, logits[i * K + j]);
-    for (int64_t j = 0; j < Kp; ++j) E[i * Kp + j] = j < K ? std::exp2((logits[i * K + j] - m) * k2) : 0.f;
+    for (int64_t j = 0; j < Kp; ++j) Ex[i * Kp + j] = j < K ? std::exp2((logits[i * K + j] - m) * k2) : 0.f;
+  }
+  if (f16) {
+    Ec.resize(Ex.size());
+    for (size_t k = 0; k < Ex.size(); ++k) Ec[k] = working_copy_round(Ex[k], WorkingCopy::F16);
   }
   for (int64_t j = 0; j < Kp; ++j) w[j] = j < K ? 1.f : 0.f;
   // Lane l of a half-warp holds block l's partial (0 beyond size); xor-shuffles add them.
@@ -220,40 +231,49 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
     }
     return x[0];
   };
-  auto warp_dot = [&](int64_t i, int b) {
-    float lane[32];
-    for (int l = 0; l < 32; ++l) {
-      float acc = 0.f;
-      for (int64_t q = l; q < quads; q += 32)
-        for (int u = 0; u < 4; ++u) {
-          const int64_t j = b * cols + 4 * q + u;
-          acc = std::fma(w[j], E[i * Kp + j], acc);
-        }
-      lane[l] = acc;
-    }
-    for (int off = 16; off >= 1; off /= 2) {
-      float next[32];
-      for (int l = 0; l < 32; ++l) next[l] = lane[l] + lane[l ^ off];
-      std::copy(next, next + 32, lane);
-    }
-    return lane[0];
-  };
   for (int p = 0; p <= iters + 1; ++p) {
+    const std::vector<float>& E = f16 && p < exact_from ? Ec : Ex;
+    auto warp_dot = [&](int64_t i, int b) {
+      float lane[32];
+      for (int l = 0; l < 32; ++l) {
+        float acc = 0.f;
+        for (int64_t q = l; q < quads; q += 32)
+          for (int u = 0; u < 4; ++u) {
+            const int64_t j = b * cols + 4 * q + u;
+            acc = std::fma(w[j], E[i * Kp + j], acc);
+          }
+        lane[l] = acc;
+      }
+      for (int off = 16; off >= 1; off /= 2) {
+        float next[32];
+        for (int l = 0; l < 32; ++l) next[l] = lane[l] + lane[l ^ off];
+        std::copy(next, next + 32, lane);
+      }
+      return lane[0];
+    };
     for (int64_t i = 0; i < N; ++i) {
       float x[16] = {};
       for (int b = 0; b < size; ++b) x[b] = warp_dot(i, b);
-      r[i] = butterfly(x);
-      r[i] = r[i] > 0.f ? 1.f / r[i] : 0.f;
+      const float z = butterfly(x);
+      r[i] = z > 0.f ? 1.f / z : 0.f;
     }
     if (p > iters) break;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t r0 = g * rows, n = std::min(rows, N - r0);
+      for (int64_t j = 0; j < Kp; ++j) {
+        float t = 0.f;
+        for (int s = 0; s < subsets; ++s) {
+          float acc = 0.f;
+          for (int64_t l = s; l < n; l += subsets) acc = std::fma(E[(r0 + l) * Kp + j], r[r0 + l], acc);
+          t += acc;
+        }
+        cg[g * Kp + j] = t;
+      }
+    }
     float cmax = 0.f;
     for (int64_t j = 0; j < Kp; ++j) {
       float t = 0.f;
-      for (int s = 0; s < subsets; ++s) {
-        float acc = 0.f;
-        for (int64_t i = s; i < N; i += subsets) acc = std::fma(E[i * Kp + j], r[i], acc);
-        t += acc;
-      }
+      for (int64_t g = 0; g < groups; ++g) t += cg[g * Kp + j];
       c[j] = t;
       cmax = std::fmax(cmax, t);
     }
@@ -262,7 +282,7 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
       w[j] = c[j] > 0.f ? std::exp2(std::fmin(exponent * (std::log2(c[j]) - l2max), log2_cap)) : 0.f;
   }
   for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < K; ++j) targets[i * K + j] = w[j] * E[i * Kp + j] * r[i];
+    for (int64_t j = 0; j < K; ++j) targets[i * K + j] = w[j] * Ex[i * Kp + j] * r[i];
 }
 
 // ---- Sinkhorn-Knopp in the log domain. With x = L / eps:

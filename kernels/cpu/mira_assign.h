@@ -71,12 +71,18 @@ float working_copy_round(float x, WorkingCopy copy);
 
 // The CPU twin of the CUDA cluster plan (kernels/cuda/mira_cluster.cu, MiraPlan::cluster): f32
 // logits and targets, and the kernel's f32 operations in its order (fused multiply-adds where it
-// has them) for clusters of `size` blocks owning `cols` columns each, with `subsets` row subsets
-// in the column sums (plan_model::cluster_layout). Weights are formed as the kernel forms them:
-// (c_j / max c)^(-beta), capped at 2^(124 - ceil(log2 K)). Only exp2f and log2f may differ from
-// the GPU's by an ulp or two, so the two agree to within the f32 rounding of E.
+// has them) for its launch shape (plan_model::cluster_layout): clusters of `size` blocks owning
+// `cols` columns each, over `rows` rows each (groups of rows; 0: all N), `subsets` row subsets
+// in the column sums. Weights as the kernel forms them: (c_j / max c)^(-beta), capped at
+// 2^(124 - ceil(log2 K)) (2^(109 - ...) with the f16 copy). copy: Exact (the f32 cache) or
+// F16, with the last exact_passes updates and the targets on exact E, as MiraNumerics. Only
+// exp2f and log2f may differ from the GPU's by an ulp or two, so the two agree to within the
+// f32 rounding of E.
+struct ClusterTwinShape {
+  int size = 1, cols = 4, subsets = 1, rows = 0;
+};
 void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K, float tau_t, float beta, int iters,
-                       int size, int cols, int subsets);
+                       const ClusterTwinShape& shape, const MiraNumerics& num = {});
 
 // Doubles of workspace the functions below need.
 int64_t mira_assign_work_size(int64_t N, int64_t K);      // 2K + 1

@@ -107,30 +107,52 @@ Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shape
   return best;
 }
 
-ClusterShape cluster_layout(int N, int K, int size) {
+ClusterShape cluster_layout(int rows, int K, int size, int te_bytes, int groups) {
   ClusterShape s;
   s.size = size;
+  s.rows = rows;
+  s.groups = groups;
   s.cols = static_cast<int>(ceil_div(ceil_div(K, size), 4) * 4);
   const int quads = s.cols / 4;
-  s.subsets = std::max(1, std::min(kClusterBlock / quads, N));
-  // E (N x cols), then the row partials, row maxima and row inverses (N each, rounded up to
-  // 16 bytes), the weights (cols) and the column subsets' sums (subsets x cols), in floats.
-  const long long n4 = ceil_div(N, 4) * 4;
-  s.smem = 4 * (static_cast<long long>(N) * s.cols + 3 * n4 + s.cols + static_cast<long long>(s.subsets) * s.cols);
+  s.subsets = std::max(1, std::min(kClusterBlock / quads, rows));
+  // E (rows x cols, 16-byte aligned), then the row partials, row maxima (both read by the
+  // cluster), row inverses and row maxima (rows each, rounded up to 16 bytes), the weights
+  // (cols) and the column sums of the subsets or the groups (max(subsets, groups) x cols).
+  const long long r4 = ceil_div(rows, 4) * 4;
+  const long long e_bytes = ceil_div(static_cast<long long>(rows) * s.cols * te_bytes, 16) * 16;
+  s.smem = e_bytes + 4 * (4 * r4 + s.cols + static_cast<long long>(std::max(s.subsets, groups)) * s.cols);
   return s;
 }
 
-ClusterShape cluster_shape(int N, int K, int max_size, int smem_optin, int smem_static, int asked) {
+ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int smem_optin, int smem_static,
+                           const ClusterActive& active, int asked) {
   auto fits = [&](const ClusterShape& s) { return s.cols <= kClusterMaxCols && s.smem + smem_static <= smem_optin; };
-  if (asked > 0) {
-    const ClusterShape s = cluster_layout(N, K, asked);
-    return asked <= max_size && fits(s) ? s : ClusterShape{};
+  if (asked > max_size) return ClusterShape{};
+  const int lo = asked > 0 ? asked : 1, hi = asked > 0 ? asked : max_size;
+  auto finish = [&](ClusterShape s) {
+    const int n = active(s.size, s.smem);
+    if (n < s.groups) return ClusterShape{};
+    s.views_side_by_side = n >= V * s.groups ? V : 1;
+    return s;
+  };
+  // One cluster per view.
+  for (int size = lo; size <= hi; size *= 2) {
+    const ClusterShape s = cluster_layout(N, K, size, te_bytes);
+    if (fits(s) &&
+        (static_cast<long long>(N) * s.cols <= static_cast<long long>(kClusterWork) * kClusterBlock || 2 * size > hi))
+      return finish(s);
   }
-  for (int size = 1; size <= max_size; size *= 2) {
-    const ClusterShape s = cluster_layout(N, K, size);
-    if (fits(s) && (static_cast<long long>(N) * s.cols <= static_cast<long long>(kClusterWork) * kClusterBlock ||
-                    2 * size > max_size))
-      return s;
+  // Row groups: the largest size, the fewest groups.
+  for (int size = hi; size >= lo; size /= 2) {
+    for (int groups = 2; groups <= N; ++groups) {
+      const int rows = static_cast<int>(ceil_div(N, groups));
+      const int g = static_cast<int>(ceil_div(N, rows));  // no empty group
+      const ClusterShape s = cluster_layout(rows, K, size, te_bytes, g);
+      if (!fits(s)) continue;
+      const ClusterShape f = finish(s);
+      if (f.size > 0) return f;
+      break;  // more groups of this size will not run at once either
+    }
   }
   return ClusterShape{};
 }

@@ -56,25 +56,39 @@ using Occupancy = std::function<int(int shape, long long dyn_smem)>;
 Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shapes, const Occupancy& occupancy);
 
 // ---- the cluster plan (kernels/cuda/mira_cluster.cu, MiraPlanOptions::cluster; sm_90)
-// One thread-block cluster per view keeps all of the view's E in f32 in its blocks' shared
-// memory: block r of a cluster of `size` owns columns [r cols, (r + 1) cols) of every row, so a
-// column's sum never leaves its block and a pass needs two cluster barriers, no grid barrier.
-constexpr int kClusterBlock = 1024;                 // threads per block
-constexpr int kClusterWork = 32;                    // elements of E per thread and pass the automatic size aims at
+// A thread-block cluster holds the E of `rows` rows of one view in its blocks' shared memory
+// (f32, or the f16 cache): block r of a cluster of `size` owns columns [r cols, (r + 1) cols)
+// of those rows, so row sums cross the cluster (DSMEM) and column sums cross only the view's
+// `groups` clusters (flag-tagged words in L2; nothing when one cluster holds the whole view).
+constexpr int kClusterBlock = 512;                  // threads per block
+constexpr int kClusterWork = 64;                    // elements of E per thread and pass the automatic size aims at
 constexpr int kClusterMaxCols = 4 * kClusterBlock;  // columns per block at most (a quad per thread)
 
 struct ClusterShape {
-  int size = 0;        // blocks per cluster (a power of two); 0: E does not fit
-  int cols = 0;        // columns per block, a multiple of 4
-  int subsets = 0;     // row subsets of the column sums: threads (column quad, subset)
-  long long smem = 0;  // dynamic shared memory per block (bytes)
+  int size = 0;                // blocks per cluster (a power of two); 0: no cluster plan
+  int cols = 0;                // columns per block, a multiple of 4
+  int subsets = 0;             // row subsets of the column sums: threads (column quad, subset)
+  int rows = 0;                // rows per cluster
+  int groups = 1;              // clusters per view (row groups)
+  int views_side_by_side = 1;  // views at once; the rest one after another
+  long long smem = 0;          // dynamic shared memory per block (bytes)
 };
 
-// The shape of one cluster for N rows of K columns (cols, subsets and smem filled; size as given).
-ClusterShape cluster_layout(int N, int K, int size);
-// The cluster size for N x K: `asked` (> 0) if it fits, else the smallest power of two up to
-// max_size whose blocks hold at most kClusterWork elements per thread, else max_size; size 0
-// when E does not fit in max_size blocks of smem_optin - smem_static bytes.
-ClusterShape cluster_shape(int N, int K, int max_size, int smem_optin, int smem_static, int asked = 0);
+// The layout of a cluster of `size` blocks holding `rows` rows of K columns, te_bytes per
+// element of E, in a view of `groups` clusters (cols, subsets and smem filled).
+ClusterShape cluster_layout(int rows, int K, int size, int te_bytes = 4, int groups = 1);
+
+// Clusters of `size` blocks with `smem` bytes of dynamic shared memory each that run at once.
+using ClusterActive = std::function<int(int size, long long smem)>;
+
+// The cluster plan for V views of N x K, E in te_bytes per element, blocks of smem_optin -
+// smem_static bytes, clusters of up to max_size blocks (`asked` > 0: that size only):
+// - one cluster per view where a view fits: the smallest size whose blocks hold at most
+//   kClusterWork elements per thread, else the largest that fits;
+// - else row groups: the largest size, and the fewest groups that fit, if that many clusters
+//   run at once (the groups wait on each other).
+// Views run side by side when all their clusters run at once, else one after another.
+ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int smem_optin, int smem_static,
+                           const ClusterActive& active, int asked = 0);
 
 }  // namespace mira::plan_model

@@ -867,34 +867,45 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   MIRA_CHECK(blocks_per_sm >= 0 && blocks_per_sm <= 8, "mira_plan: blocks_per_sm in 0..8, got ", blocks_per_sm);
   MIRA_CHECK(opts.cluster_size >= 0 && opts.cluster_size <= 16 && (opts.cluster_size & (opts.cluster_size - 1)) == 0,
              "mira_plan: cluster_size is 0 (auto) or a power of two up to 16, got ", opts.cluster_size);
-  if (opts.cluster && variant == MiraVariant::Fused && cache == MiraCache::F32) {
-    // The cluster plan where a view's E fits one cluster's shared memory (plan_model::cluster_shape).
+  if (opts.cluster && variant == MiraVariant::Fused && cache != MiraCache::BF16) {
+    // The cluster plan where the view's E fits the shared memory of the clusters that run at
+    // once (plan_model::cluster_shape).
     int smem_static = 0;
-    const int max_size = cluster_prepare(p.logits_bf16, &smem_static);
+    const int max_size = cluster_prepare(p.logits_bf16, cache, &smem_static);
     int dev_c = 0, optin = 0;
     MIRA_CUDA_CHECK(cudaGetDevice(&dev_c));
     MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev_c));
-    // The largest size the device launches with this much shared memory, 16 then 8 (portable).
-    for (int cap = max_size; cap >= 8 && plan.cluster == 0; cap /= 2) {
-      const plan_model::ClusterShape cs =
-          plan_model::cluster_shape(p.N, p.K, cap, optin, smem_static, opts.cluster_size);
-      if (cs.size == 0 || cluster_active(p.logits_bf16, cs.size, static_cast<size_t>(cs.smem)) < 1) continue;
+    const plan_model::ClusterActive active = [&](int size, long long smem) {
+      return cluster_active(p.logits_bf16, cache, size, static_cast<size_t>(smem));
+    };
+    // The largest size the device launches, 16 (non-portable) then 8.
+    for (int cap = max_size; cap >= 8; cap /= 2) {
+      const plan_model::ClusterShape cs = plan_model::cluster_shape(p.N, p.K, p.V, cache == MiraCache::F32 ? 4 : 2, cap,
+                                                                    optin, smem_static, active, opts.cluster_size);
+      if (cs.size == 0) continue;
       plan.cluster = cs.size;
       plan.cluster_cols = cs.cols;
+      plan.cluster_groups = cs.groups;
       plan.cpt = kVec;
       plan.block = plan_model::kClusterBlock;
-      plan.grid = p.V * cs.size;
-      plan.views_per_group = p.V;
-      plan.blocks_per_view = cs.size;
-      plan.rows_per_block = p.N;
-      plan.smem_rows = p.N;
+      plan.views_per_group = cs.views_side_by_side;
+      plan.blocks_per_view = cs.groups * cs.size;
+      plan.grid = cs.views_side_by_side * plan.blocks_per_view;
+      plan.rows_per_block = cs.rows;
+      plan.smem_rows = cs.rows;
       plan.smem_bytes = static_cast<size_t>(cs.smem);
       plan.Kp = cs.size * cs.cols;
-      // The workspace holds the non-finite counter only (after V * Kp unused floats, where the
-      // other plans keep their column sums, so that mira_nonfinite_count finds it the same way).
+      // The workspace: the non-finite counter after V * Kp unused floats (where the other plans
+      // keep their column sums, so that mira_nonfinite_count finds it the same way), then with
+      // row groups the flag-tagged column sums of each group, in two slots (pass parity).
       plan.off_colsum = 0;
       plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
-      plan.workspace_bytes = align_up((static_cast<size_t>(plan.flag_index) + 1) * sizeof(float), 256);
+      size_t off = align_up((static_cast<size_t>(plan.flag_index) + 1) * sizeof(float), 256);
+      if (cs.groups > 1) {
+        plan.off_ll_partial = off;
+        off = align_up(off + 2 * static_cast<size_t>(p.V) * cs.groups * plan.Kp * sizeof(uint2), 256);
+      }
+      plan.workspace_bytes = off;
       return plan;
     }
   }
@@ -1067,11 +1078,13 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
   a.colsum_log2 = plan.log2_sums ? reinterpret_cast<float*>(base + plan.off_colsum_log2) : nullptr;
   a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
-  a.ll_partial = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
+  a.ll_partial =
+      plan.flag_sync || plan.cluster_groups > 1 ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
   a.ll_colsum = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_colsum) : nullptr;
   a.trace = plan.trace;
   a.cluster = plan.cluster;
   a.cluster_cols = plan.cluster_cols;
+  a.cluster_groups = plan.cluster_groups;
   return a;
 }
 
@@ -1085,7 +1098,11 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
   if (plan.cluster > 0) {
     MIRA_CHECK(plan.variant == MiraVariant::Fused && pass_begin == 0 && pass_end == p.iters + 2,
                "mira_assign_cuda: a cluster plan runs all passes in one launch");
-    launch_cluster(fused_args(p, plan, ws, pass_begin, pass_end), p.logits_bf16, plan.smem_bytes, stream);
+    if (plan.cluster_groups > 1)  // the flag-tagged words start untagged
+      MIRA_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(ws) + plan.off_ll_partial, 0,
+                                      plan.workspace_bytes - plan.off_ll_partial, stream));
+    launch_cluster(fused_args(p, plan, ws, pass_begin, pass_end), p.logits_bf16, plan.cache, plan.grid / plan.cluster,
+                   plan.smem_bytes, stream);
     return;
   }
   const FusedFn fn = plan.warp_rows ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)

@@ -73,6 +73,7 @@ struct MiraPlan {
   bool warp_rows = false;   // a warp per row (see mira_plan); cpt is then a lane's columns
   int cluster = 0;          // > 0: the cluster plan (see mira_plan) with this many blocks per view
   int cluster_cols = 0;     // the cluster plan: columns per block
+  int cluster_groups = 0;   // the cluster plan: clusters per view (row groups of rows_per_block)
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
   int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
@@ -130,12 +131,15 @@ constexpr int kMiraTracePhases = 8;
 // another during the update passes; blocks of 256, one per SM. Other bits than the default
 // kernel (other summation order), as close to the f64 reference. batch_rows,
 // min_cols_per_thread and pipelined do not apply; flag_sync does.
-// cluster (Fused, f32 cache, sm_90, where a view's E fits in the shared memory of one cluster of
-// up to 16 blocks: N x K up to ~0.8 M on an H100; MiraPlan::cluster says whether it took):
-// kernels/cuda/mira_cluster.cu, one thread-block cluster per view, block r owning a slice of
-// the columns of every row; a pass crosses two cluster barriers and no grid barrier. Other
-// bits than the default kernel (other summation order); the CPU twin mira_cluster_twin has
-// its order. cluster_size: 0 (the plan picks) or a power of two up to 16. Opt-in until measured.
+// cluster (Fused, f32 or f16 cache, sm_90; MiraPlan::cluster says whether it took):
+// kernels/cuda/mira_cluster.cu, thread-block clusters of up to 16 blocks each holding the E of
+// a run of rows of one view in shared memory, block r owning a slice of the columns of those
+// rows. Where one cluster holds the whole view (N x K up to ~0.8 M in f32 on an H100: the
+// training shapes) a pass crosses two cluster barriers and nothing else; otherwise the view's
+// clusters (row groups, all resident at once) exchange their column sums as flag-tagged words
+// (N 4096 x K 3000 takes the f16 cache: 8 clusters of 16). Other bits than the default kernel
+// (other summation order); the CPU twin mira_cluster_twin has its order. cluster_size: 0 (the
+// plan picks) or a power of two up to 16. Opt-in until measured.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;

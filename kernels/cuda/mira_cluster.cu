@@ -23,9 +23,11 @@
 //   last, which every block passes before it exits.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/check.h"
@@ -46,25 +48,30 @@ constexpr int kBlock = plan_model::kClusterBlock;
 
 constexpr int kRows = 4;  // rows per warp batch of the row sums
 
-// A block's shared memory, in floats, each region 16-byte aligned (plan_model::cluster_layout
-// counts the same bytes).
+// A block's shared memory: E (rows x cols of TE), then floats, each region 16-byte aligned
+// (plan_model::cluster_layout counts the same bytes).
+template <typename TE>
 struct Smem {
-  float* E;      // N x cols
-  float* dslot;  // N: this block's partial row sums, read by the whole cluster
-  float* mslot;  // N: this block's partial row maxima (first pass), read by the whole cluster
-  float* rinv;   // N: the rows' 1 / sum (the row maxima during the first pass)
+  TE* E;         // rows x cols: the cache of E (f32, or f16 of E * 2^15)
+  float* dslot;  // rows: this block's partial row sums, read by the whole cluster
+  float* mslot;  // rows: this block's partial row maxima (first pass), read by the whole cluster
+  float* rinv;   // rows: the rows' 1 / sum
+  float* rmax;   // rows: the rows' maxima (E recomputed from the logits)
   float* w;      // cols: the weights of this block's columns
-  float* red;    // subsets x cols: the column subsets' sums
+  float* red;    // max(subsets, groups) x cols: the column subsets' sums, then the groups'
 };
 
-__device__ __forceinline__ Smem smem_layout(float* base, int N, int cols) {
-  const int n4 = (N + 3) / 4 * 4;
-  Smem s;
-  s.E = base;
-  s.dslot = s.E + static_cast<size_t>(N) * cols;
-  s.mslot = s.dslot + n4;
-  s.rinv = s.mslot + n4;
-  s.w = s.rinv + n4;
+template <typename TE>
+__device__ __forceinline__ Smem<TE> smem_layout(unsigned char* base, int rows, int cols) {
+  const int r4 = (rows + 3) / 4 * 4;
+  const size_t e_bytes = (static_cast<size_t>(rows) * cols * sizeof(TE) + 15) / 16 * 16;
+  Smem<TE> s;
+  s.E = reinterpret_cast<TE*>(base);
+  s.dslot = reinterpret_cast<float*>(base + e_bytes);
+  s.mslot = s.dslot + r4;
+  s.rinv = s.mslot + r4;
+  s.rmax = s.rinv + r4;
+  s.w = s.rmax + r4;
   s.red = s.w + cols;
   return s;
 }
@@ -89,29 +96,61 @@ __device__ __forceinline__ float cluster_reduce(cg::cluster_group& cl, float* p,
   return x;
 }
 
-__device__ __forceinline__ float4 fma4(float4 a, float b, float4 c) {
-  return make_float4(fmaf(a.x, b, c.x), fmaf(a.y, b, c.y), fmaf(a.z, b, c.z), fmaf(a.w, b, c.w));
+__device__ __forceinline__ void fma4(const float (&e)[kVec], float b, float (&c)[kVec]) {
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) c[u] = fmaf(e[u], b, c[u]);
 }
 
-// d_i = sum_j w_j E_ij over this block's columns for every row, into dslot (the twin's warp_dot).
-__device__ __forceinline__ void row_sums(const Smem& s, int N, int quads) {
+// Where a pass reads E of this block's rows (local index i) and column quad q: the cache...
+template <typename TE>
+struct CacheE {
+  const TE* E;
+  int quads;
+  __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const {
+    ECache<TE>::load(E + (static_cast<size_t>(i) * quads + q) * kVec, v);
+  }
+};
+// ... or E recomputed in f32 from the logits and the row maxima (0 beyond K): the exact E
+// behind a 16-bit cache, for its last updates and the targets.
+template <typename TIn>
+struct ExactE {
+  const TIn* logits;  // row 0 of this cluster's rows
+  const float* rmax;
+  int K, col0;
+  float k2;
+  bool vec;
+  __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const {
+    const int col = col0 + q * kVec;
+    load_logits4(logits + static_cast<size_t>(i) * K, col, K, vec, v);
+    const float m = rmax[i];
+#pragma unroll
+    for (int u = 0; u < kVec; ++u) v[u] = col + u < K ? exp2f((v[u] - m) * k2) : 0.f;
+  }
+};
+
+// d_i = sum_j w_j E_ij over this block's columns for its `rows` rows, into dslot (the twin's
+// warp_dot): a warp per kRows rows, lane l over the quads l, l + 32, ...
+template <typename Src>
+__device__ __forceinline__ void row_sums(const Src& src, const float* w, float* dslot, int rows, int quads) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const float4* E4 = reinterpret_cast<const float4*>(s.E);
-  const float4* w4 = reinterpret_cast<const float4*>(s.w);
-  for (int i0 = warp * kRows; i0 < N; i0 += nwarps * kRows) {
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  for (int i0 = warp * kRows; i0 < rows; i0 += nwarps * kRows) {
     float acc[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
     for (int q = lane; q < quads; q += 32) {
-      const float4 w = w4[q];
+      const float4 wq = w4[q];
+      float e[kRows][kVec];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (i0 + r < rows) src(i0 + r, q, e[r]);
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        if (i0 + r < N) {
-          const float4 e = E4[static_cast<size_t>(i0 + r) * quads + q];
-          acc[r] = fmaf(w.x, e.x, acc[r]);
-          acc[r] = fmaf(w.y, e.y, acc[r]);
-          acc[r] = fmaf(w.z, e.z, acc[r]);
-          acc[r] = fmaf(w.w, e.w, acc[r]);
+        if (i0 + r < rows) {
+          acc[r] = fmaf(wq.x, e[r][0], acc[r]);
+          acc[r] = fmaf(wq.y, e[r][1], acc[r]);
+          acc[r] = fmaf(wq.z, e[r][2], acc[r]);
+          acc[r] = fmaf(wq.w, e[r][3], acc[r]);
         }
       }
     }
@@ -121,124 +160,146 @@ __device__ __forceinline__ void row_sums(const Smem& s, int N, int quads) {
       for (int r = 0; r < kRows; ++r) acc[r] += __shfl_xor_sync(kFull, acc[r], off);
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
-      if (lane == r && i0 + r < N) s.dslot[i0 + r] = acc[r];
+      if (lane == r && i0 + r < rows) dslot[i0 + r] = acc[r];
   }
+}
+
+// The column subsets' sums sum_i E_ij rinv_i: thread (quad q, subset sub) adds the rows sub,
+// sub + subsets, ... in order, into red[sub][q].
+template <typename Src>
+__device__ __forceinline__ void column_subsets(const Src& src, const float* rinv, float* red, int rows, int quads,
+                                               int subsets) {
+  const int q = threadIdx.x % quads, sub = threadIdx.x / quads;
+  if (sub >= subsets) return;
+  float acc[kVec] = {0.f, 0.f, 0.f, 0.f};
+  // Unrolled so that several rows' loads go out together; the additions stay in row order.
+#pragma unroll 4
+  for (int i = sub; i < rows; i += subsets) {
+    float e[kVec];
+    src(i, q, e);
+    fma4(e, rinv[i], acc);
+  }
+  reinterpret_cast<float4*>(red)[static_cast<size_t>(sub) * quads + q] = make_float4(acc[0], acc[1], acc[2], acc[3]);
 }
 
 // Every block: rinv_i = 1 / (the sum over the cluster's blocks of their partial row sums), or
 // 0; a half-warp per row. After the cluster barrier that follows row_sums.
-__device__ __forceinline__ void combine_rows(const Smem& s, int N, int size, cg::cluster_group& cl) {
+__device__ __forceinline__ void combine_rows(const float* dslot, float* rinv, int rows, int size,
+                                             cg::cluster_group& cl) {
   const int halves = blockDim.x / kMaxSize, half = threadIdx.x / kMaxSize;
-  for (int base = 0; base < N; base += halves) {  // uniform across the warp
+  for (int base = 0; base < rows; base += halves) {  // uniform across the warp
     const int i = base + half;
-    const float z = cluster_reduce<false>(cl, s.dslot + min(i, N - 1), size, i < N);
-    if (i < N && (threadIdx.x & (kMaxSize - 1)) == 0) s.rinv[i] = z > 0.f ? 1.f / z : 0.f;
+    const float z = cluster_reduce<false>(cl, const_cast<float*>(dslot) + min(i, rows - 1), size, i < rows);
+    if (i < rows && (threadIdx.x & (kMaxSize - 1)) == 0) rinv[i] = z > 0.f ? 1.f / z : 0.f;
   }
 }
 
+// The rows of one view that one cluster works on (its rows [r0, r0 + rows) of view v).
 template <typename TIn>
-__device__ __forceinline__ void cluster_body(const FusedArgs& a) {
-  cg::cluster_group cl = cg::this_cluster();
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ float wred[kBlock / 32];
-  __shared__ float cmax;                          // this block's largest column sum, read by the whole cluster
-  __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
+struct ClusterRows {
+  const TIn* logits;  // row r0
+  float* targets;     // row r0
+  int v, rows;
+};
 
-  const int size = a.cluster, cols = a.cluster_cols, quads = cols / kVec;
-  const int N = a.N, K = a.K;
-  const int rank = static_cast<int>(cl.block_rank());
-  const int v = blockIdx.x / size;
-  const int col0 = rank * cols;
-  const int subsets = max(1, min(static_cast<int>(blockDim.x) / quads, N));
+template <typename TIn, typename TE>
+__device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_group& cl, const Smem<TE>& s,
+                                             const ClusterRows<TIn>& cr, int g, float& bad, float& cmax, float* wred,
+                                             long long* ph) {
+  constexpr bool kRounded = !std::is_same<TE, float>::value;
+  const int size = a.cluster, cols = a.cluster_cols, quads = cols / kVec, G = a.cluster_groups;
+  const int K = a.K, rows = cr.rows;
+  const int rank = static_cast<int>(cl.block_rank()), col0 = rank * cols;
+  const int subsets = max(1, min(static_cast<int>(blockDim.x) / quads, a.rows_per_block));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-  const Smem s = smem_layout(reinterpret_cast<float*>(smem_raw), N, cols);
-  float4* E4 = reinterpret_cast<float4*>(s.E);
-  // Constant indices only: indexing the parameter arrays with v would copy them to local memory.
-  const TIn* logits = static_cast<const TIn*>(v == 0   ? a.logits[0]
-                                              : v == 1 ? a.logits[1]
-                                              : v == 2 ? a.logits[2]
-                                                       : a.logits[3]);
-  float* targets = v == 0 ? a.targets[0] : v == 1 ? a.targets[1] : v == 2 ? a.targets[2] : a.targets[3];
-  trace_start(a, ph);
   auto mark = [&](int k) { trace_mark(a, ph, k); };
+  const CacheE<TE> cache{s.E, quads};
+  const ExactE<TIn> exact{cr.logits, s.rmax, K, col0, a.k2, a.vec_logits};
 
-  // The logits of this block's columns (-inf beyond K), several loads in flight per thread.
-  float bad = 0.f;  // non-finite logits seen by this thread
-  const int nq = N * quads;
+  // This block's row maxima (straight from the logits, -inf beyond K), published for the
+  // cluster, and the non-finite logits counted.
+  for (int i0 = warp * kRows; i0 < rows; i0 += nwarps * kRows) {
+    float m[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) m[r] = -INFINITY;
+    for (int q = lane; q < quads; q += 32) {
+      const int col = col0 + q * kVec;
+      float x[kRows][kVec];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (i0 + r < rows) load_logits4(cr.logits + static_cast<size_t>(i0 + r) * K, col, K, a.vec_logits, x[r]);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (i0 + r >= rows) continue;
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) {
+          if (col + u < K && !isfinite(x[r][u])) bad += 1.f;
+          m[r] = fmaxf(m[r], x[r][u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int off = 16; off >= 1; off >>= 1)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) m[r] = fmaxf(m[r], __shfl_xor_sync(kFull, m[r], off));
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      if (lane == r && i0 + r < rows) s.mslot[i0 + r] = m[r];
+  }
+  cl.sync();  // also: every block of the cluster has started, so its shared memory may be read
+  for (int base = 0; base < rows; base += blockDim.x / kMaxSize) {  // a half-warp per row
+    const int i = base + tid / kMaxSize;
+    const float m = cluster_reduce<true>(cl, s.mslot + min(i, rows - 1), size, i < rows);
+    if (i < rows && (tid & (kMaxSize - 1)) == 0) s.rmax[i] = m;
+  }
+  __syncthreads();
+  // E = exp2((L - max) k2), 0 beyond K, as the cache holds it; the weights of the update from
+  // u = 1. Several rows' loads in flight per thread.
+  const int nq = rows * quads;
   for (int idx0 = tid; idx0 < nq; idx0 += 4 * kBlock) {
-    float x[4][kVec];
+    float e[4][kVec];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int idx = idx0 + k * kBlock;
-      if (idx < nq)
-        load_logits4(logits + static_cast<size_t>(idx / quads) * K, col0 + (idx % quads) * kVec, K, a.vec_logits, x[k]);
+      if (idx < nq) exact(idx / quads, idx % quads, e[k]);
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int idx = idx0 + k * kBlock;
       if (idx >= nq) continue;
-      const int col = col0 + (idx % quads) * kVec;
 #pragma unroll
-      for (int u = 0; u < kVec; ++u)
-        if (col + u < K && !isfinite(x[k][u])) bad += 1.f;
-      E4[idx] = make_float4(x[k][0], x[k][1], x[k][2], x[k][3]);
+      for (int u = 0; u < kVec; ++u) e[k][u] = ECache<TE>::round(e[k][u]);
+      ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, e[k]);
     }
-  }
-  __syncthreads();
-  // This block's row maxima, published for the cluster.
-  for (int i = warp; i < N; i += nwarps) {
-    float m = -INFINITY;
-    for (int q = lane; q < quads; q += 32) {
-      const float4 e = E4[static_cast<size_t>(i) * quads + q];
-      m = fmaxf(fmaxf(m, e.x), fmaxf(fmaxf(e.y, e.z), e.w));
-    }
-#pragma unroll
-    for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
-    if (lane == 0) s.mslot[i] = m;
-  }
-  cl.sync();  // also: every block of the cluster has started, so its shared memory may be read
-  for (int base = 0; base < N; base += blockDim.x / kMaxSize) {  // a half-warp per row
-    const int i = base + tid / kMaxSize;
-    const float m = cluster_reduce<true>(cl, s.mslot + min(i, N - 1), size, i < N);
-    if (i < N && (tid & (kMaxSize - 1)) == 0) s.rinv[i] = m;
-  }
-  __syncthreads();
-  // E = exp2((L - max) k2) in place, 0 beyond K; the weights of the update from u = 1.
-  for (int idx = tid; idx < nq; idx += blockDim.x) {
-    const int col = col0 + (idx % quads) * kVec;
-    const float m = s.rinv[idx / quads];
-    float4 e = E4[idx];
-    e.x = col < K ? exp2f((e.x - m) * a.k2) : 0.f;
-    e.y = col + 1 < K ? exp2f((e.y - m) * a.k2) : 0.f;
-    e.z = col + 2 < K ? exp2f((e.z - m) * a.k2) : 0.f;
-    e.w = col + 3 < K ? exp2f((e.w - m) * a.k2) : 0.f;
-    E4[idx] = e;
   }
   for (int j = tid; j < cols; j += blockDim.x) s.w[j] = col0 + j < K ? 1.f : 0.f;
   __syncthreads();
   mark(kTraceFirst);
 
   for (int p = 0; p <= a.iters + 1; ++p) {
-    row_sums(s, N, quads);
+    // A 16-bit cache's last updates and the targets read exact E (exact_from > iters + 1 for f32).
+    const bool from_logits = kRounded && p >= a.exact_from;
+    if (from_logits) {
+      row_sums(exact, s.w, s.dslot, rows, quads);
+    } else {
+      row_sums(cache, s.w, s.dslot, rows, quads);
+    }
     mark(kTraceRows);
     cl.sync();
     mark(kTraceBarrier1);
-    combine_rows(s, N, size, cl);
+    combine_rows(s.dslot, s.rinv, rows, size, cl);
     __syncthreads();
     mark(kTraceReduce);
     if (p > a.iters) break;
-    // Column sums of this block's columns: subset sums, then the subsets in order.
-    const int q = tid % quads, sub = tid / quads;
-    if (sub < subsets) {
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-      // Unrolled so that several rows' loads go out together; the additions stay in row order.
-#pragma unroll 4
-      for (int i = sub; i < N; i += subsets) acc = fma4(E4[static_cast<size_t>(i) * quads + q], s.rinv[i], acc);
-      reinterpret_cast<float4*>(s.red)[static_cast<size_t>(sub) * quads + q] = acc;
+    // Column sums of this block's columns over the cluster's rows: subset sums, then the
+    // subsets in order.
+    if (from_logits) {
+      column_subsets(exact, s.rinv, s.red, rows, quads, subsets);
+    } else {
+      column_subsets(cache, s.rinv, s.red, rows, quads, subsets);
     }
     __syncthreads();
-    float4 c = make_float4(0.f, 0.f, 0.f, 0.f);
-    float m = 0.f;
+    float c[kVec] = {0.f, 0.f, 0.f, 0.f};
     if (tid < quads) {
       const float4* red4 = reinterpret_cast<const float4*>(s.red);
       // Four subsets' loads at a time, then their additions in subset order.
@@ -249,10 +310,41 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
           if (k0 + k < subsets) t[k] = red4[static_cast<size_t>(k0 + k) * quads + tid];
 #pragma unroll
         for (int k = 0; k < 4; ++k)
-          if (k0 + k < subsets) c.x += t[k].x, c.y += t[k].y, c.z += t[k].z, c.w += t[k].w;
+          if (k0 + k < subsets) c[0] += t[k].x, c[1] += t[k].y, c[2] += t[k].z, c[3] += t[k].w;
       }
-      m = fmaxf(fmaxf(c.x, c.y), fmaxf(c.z, c.w));
     }
+    mark(kTraceRows);
+    if (G > 1) {
+      // Row groups: the view's other clusters hold the other rows. Each block publishes its
+      // quads' sums as flag-tagged words (tag p + 1; slots alternate with the pass's parity,
+      // so a cluster one pass ahead never overwrites a word another still waits for), then
+      // threads (group, quad) poll for the G groups' words, and each quad adds them in group
+      // order: the same sums, bit for bit, in every cluster of the view.
+      const unsigned seq = static_cast<unsigned>(p + 1);
+      uint2* base = a.ll_partial + (static_cast<size_t>(p & 1) * a.V + cr.v) * G * a.Kp + col0;
+      if (tid < quads) ll_store4(base + static_cast<size_t>(g) * a.Kp + tid * kVec, c, seq);
+      __syncthreads();  // red's subset sums are all read
+      for (int idx = tid; idx < G * quads; idx += blockDim.x) {
+        const int gg = idx / quads, q = idx % quads;
+        float x[kVec];
+        int n = 0;
+        while (!ll_load4(base + static_cast<size_t>(gg) * a.Kp + q * kVec, seq, x)) ll_spin(n);
+        reinterpret_cast<float4*>(s.red)[idx] = make_float4(x[0], x[1], x[2], x[3]);
+      }
+      __syncthreads();
+      if (tid < quads) {
+        const float4* red4 = reinterpret_cast<const float4*>(s.red);
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) c[u] = 0.f;
+        for (int gg = 0; gg < G; ++gg) {
+          const float4 t = red4[static_cast<size_t>(gg) * quads + tid];
+          c[0] += t.x, c[1] += t.y, c[2] += t.z, c[3] += t.w;
+        }
+      }
+      mark(kTraceReduce);
+    }
+    // This block's largest column sum, published for the cluster.
+    float m = fmaxf(fmaxf(c[0], c[1]), fmaxf(c[2], c[3]));
 #pragma unroll
     for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
     if (lane == 0) wred[warp] = m;
@@ -263,28 +355,33 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
       for (int off = 16; off >= 1; off >>= 1) t = fmaxf(t, __shfl_xor_sync(kFull, t, off));
       if (lane == 0) cmax = t;
     }
-    mark(kTraceRows);
     cl.sync();
     mark(kTraceBarrier2);
-    // The weights of this block's columns from the largest column sum of the view.
+    // The weights of this block's columns from the largest column sum of the view (the same in
+    // every block of every cluster of the view).
     const float cm = cluster_reduce<true>(cl, &cmax, size, true);  // every half-warp
     if (tid < quads) {
       const float l2max = log2f(cm);
-      const float4 w = make_float4(mira_weight(a, c.x, l2max), mira_weight(a, c.y, l2max), mira_weight(a, c.z, l2max),
-                                   mira_weight(a, c.w, l2max));
-      reinterpret_cast<float4*>(s.w)[tid] = w;
+      reinterpret_cast<float4*>(s.w)[tid] = make_float4(mira_weight(a, c[0], l2max), mira_weight(a, c[1], l2max),
+                                                        mira_weight(a, c[2], l2max), mira_weight(a, c[3], l2max));
     }
     __syncthreads();
     mark(kTraceWeights);
   }
-  // Targets w_j E_ij / sum_l w_l E_il of this block's columns.
+  // Targets w_j E_ij / sum_l w_l E_il of this block's columns (E exact: f32, or recomputed).
   for (int idx = tid; idx < nq; idx += blockDim.x) {
-    const int i = idx / quads, qq = idx % quads, col = col0 + qq * kVec;
+    const int i = idx / quads, q = idx % quads, col = col0 + q * kVec;
     if (col >= K) continue;
+    float e[kVec];
+    if constexpr (kRounded) {
+      exact(i, q, e);
+    } else {
+      cache(i, q, e);
+    }
     const float r = s.rinv[i];
-    const float4 e = E4[idx], w = reinterpret_cast<const float4*>(s.w)[qq];
-    const float t[kVec] = {w.x * e.x * r, w.y * e.y * r, w.z * e.z * r, w.w * e.w * r};
-    float* trow = targets + static_cast<size_t>(i) * K;
+    const float4 w = reinterpret_cast<const float4*>(s.w)[q];
+    const float t[kVec] = {w.x * e[0] * r, w.y * e[1] * r, w.z * e[2] * r, w.w * e[3] * r};
+    float* trow = cr.targets + static_cast<size_t>(i) * K;
     if (a.vec_logits) {
       *reinterpret_cast<float4*>(trow + col) = make_float4(t[0], t[1], t[2], t[3]);
     } else {
@@ -294,7 +391,43 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
     }
   }
   mark(kTraceLast);
-  cl.sync();  // no block leaves while another may still read its row partials
+  // No block leaves, or starts the next view's maxima, while another may still read its row
+  // partials.
+  cl.sync();
+}
+
+template <typename TIn, typename TE>
+__device__ __forceinline__ void cluster_body(const FusedArgs& a) {
+  cg::cluster_group cl = cg::this_cluster();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ float wred[kBlock / 32];
+  __shared__ float cmax;                          // this block's largest column sum, read by the whole cluster
+  __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
+  const Smem<TE> s = smem_layout<TE>(smem_raw, a.rows_per_block, a.cluster_cols);
+  // Clusters are (view slot, row group) pairs: views_per_group views side by side, each over
+  // cluster_groups clusters of rows_per_block rows; the view groups one after another.
+  const int cidx = blockIdx.x / a.cluster;
+  const int vs = cidx / a.cluster_groups, g = cidx % a.cluster_groups;
+  trace_start(a, ph);
+  float bad = 0.f;  // non-finite logits seen by this thread
+  const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
+  for (int gi = 0; gi < groups; ++gi) {
+    const int v = gi * a.views_per_group + vs;
+    if (v >= a.V) continue;  // uniform over the view's clusters
+    // Constant indices only: indexing the parameter arrays with v would copy them to local memory.
+    const TIn* logits = static_cast<const TIn*>(v == 0   ? a.logits[0]
+                                                : v == 1 ? a.logits[1]
+                                                : v == 2 ? a.logits[2]
+                                                         : a.logits[3]);
+    float* targets = v == 0 ? a.targets[0] : v == 1 ? a.targets[1] : v == 2 ? a.targets[2] : a.targets[3];
+    const int r0 = g * a.rows_per_block;
+    ClusterRows<TIn> cr;
+    cr.logits = logits + static_cast<size_t>(r0) * a.K;
+    cr.targets = targets + static_cast<size_t>(r0) * a.K;
+    cr.v = v;
+    cr.rows = max(0, min(a.rows_per_block, a.N - r0));
+    cluster_view<TIn, TE>(a, cl, s, cr, g, bad, cmax, wred, ph);
+  }
   trace_finish(a, ph);
   if (bad > 0.f) atomicAdd(a.colsum + static_cast<size_t>(a.V) * a.Kp, bad);
 }
@@ -302,10 +435,10 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
 #endif  // clusters
 
 // Grid: V clusters of a.cluster blocks (cluster dimension set at launch), kBlock threads each.
-template <typename TIn>
+template <typename TIn, typename TE>
 __global__ void __launch_bounds__(kBlock, 1) mira_cluster_kernel(const __grid_constant__ FusedArgs a) {
 #ifdef MIRA_HAS_CLUSTERS
-  cluster_body<TIn>(a);
+  cluster_body<TIn, TE>(a);
 #else
   __trap();  // thread-block clusters need sm_90; mira_plan never picks this kernel below it
 #endif
@@ -313,8 +446,10 @@ __global__ void __launch_bounds__(kBlock, 1) mira_cluster_kernel(const __grid_co
 
 }  // namespace
 
-FusedFn cluster_fn(bool bf16_in) {
-  return bf16_in ? mira_cluster_kernel<__nv_bfloat16> : mira_cluster_kernel<float>;
+FusedFn cluster_fn(bool bf16_in, MiraCache cache) {
+  if (cache == MiraCache::F16)
+    return bf16_in ? mira_cluster_kernel<__nv_bfloat16, __half> : mira_cluster_kernel<float, __half>;
+  return bf16_in ? mira_cluster_kernel<__nv_bfloat16, float> : mira_cluster_kernel<float, float>;
 }
 
 namespace {
@@ -336,8 +471,8 @@ cudaLaunchConfig_t cluster_config(int clusters, int size, size_t smem, cudaStrea
 
 }  // namespace
 
-int cluster_prepare(bool bf16_in, int* smem_static) {
-  const void* fn = reinterpret_cast<const void*>(cluster_fn(bf16_in));
+int cluster_prepare(bool bf16_in, MiraCache cache, int* smem_static) {
+  const void* fn = reinterpret_cast<const void*>(cluster_fn(bf16_in, cache));
   int dev = 0;
   MIRA_CUDA_CHECK(cudaGetDevice(&dev));
   int major = 0, optin = 0;
@@ -354,11 +489,12 @@ int cluster_prepare(bool bf16_in, int* smem_static) {
   return 16;
 }
 
-int cluster_active(bool bf16_in, int size, size_t smem) {
+int cluster_active(bool bf16_in, MiraCache cache, int size, size_t smem) {
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t cfg = cluster_config(1, size, smem, nullptr, attr);
   int n = 0;
-  const cudaError_t err = cudaOccupancyMaxActiveClusters(&n, reinterpret_cast<const void*>(cluster_fn(bf16_in)), &cfg);
+  const cudaError_t err =
+      cudaOccupancyMaxActiveClusters(&n, reinterpret_cast<const void*>(cluster_fn(bf16_in, cache)), &cfg);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();  // an unsupported cluster size: none run
     return 0;
@@ -366,14 +502,12 @@ int cluster_active(bool bf16_in, int size, size_t smem) {
   return n;
 }
 
-void launch_cluster(const FusedArgs& a, bool bf16_in, size_t smem, cudaStream_t stream) {
+void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clusters, size_t smem, cudaStream_t stream) {
   cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t cfg = cluster_config(a.V, a.cluster, smem, stream, attr);
-  if (bf16_in) {
-    MIRA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, mira_cluster_kernel<__nv_bfloat16>, a));
-  } else {
-    MIRA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, mira_cluster_kernel<float>, a));
-  }
+  const cudaLaunchConfig_t cfg = cluster_config(clusters, a.cluster, smem, stream, attr);
+  const void* fn = reinterpret_cast<const void*>(cluster_fn(bf16_in, cache));
+  void* args[] = {const_cast<FusedArgs*>(&a)};
+  MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, fn, args));
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

@@ -244,7 +244,9 @@ struct FusedArgs {
   uint2* ll_partial;
   uint2* ll_colsum;
   unsigned long long* trace;  // null, or (grid, kMiraTracePhases) clock64 sums (MiraPlan::trace)
-  int cluster, cluster_cols;  // the cluster plan (MiraPlan::cluster): blocks per view, columns per block
+  // The cluster plan (MiraPlan::cluster): blocks per cluster, columns per block, clusters per
+  // view (row groups of rows_per_block rows).
+  int cluster, cluster_cols, cluster_groups;
 };
 
 // ---- flag-tagged words (the LL protocol of NCCL): a float travels with the number of the
@@ -474,15 +476,15 @@ int warprows_chunks(int K);
 size_t warprows_comb_bytes(int K);
 FusedFn warprows_fn(bool bf16_in, MiraCache cache, int K, bool flag_sync);
 
-// mira_cluster.cu: the cluster plan (MiraPlan::cluster; sm_90), a cluster of blocks per view.
-FusedFn cluster_fn(bool bf16_in);
+// mira_cluster.cu: the cluster plan (MiraPlan::cluster; sm_90), clusters of blocks per view.
+FusedFn cluster_fn(bool bf16_in, MiraCache cache);
 // Sets the kernel's attributes and returns the largest cluster size to try (0 below sm_90);
 // smem_static: the kernel's static shared memory.
-int cluster_prepare(bool bf16_in, int* smem_static);
+int cluster_prepare(bool bf16_in, MiraCache cache, int* smem_static);
 // Clusters of `size` blocks with `smem` bytes of dynamic shared memory each that the device runs
 // at once (0: it cannot launch them).
-int cluster_active(bool bf16_in, int size, size_t smem);
-// The whole assignment (every pass of every view) in one launch of a.V clusters.
-void launch_cluster(const FusedArgs& a, bool bf16_in, size_t smem, cudaStream_t stream);
+int cluster_active(bool bf16_in, MiraCache cache, int size, size_t smem);
+// The whole assignment (every pass of every view) in one launch of `clusters` clusters.
+void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clusters, size_t smem, cudaStream_t stream);
 
 }  // namespace mira::cuda::fused
