@@ -196,7 +196,8 @@ void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double t
 // subset s adds the group's rows s, s + subsets, ... with fused multiply-adds, then the subsets
 // are added in order; then the groups' sums in group order. The f16 copy is iterated on as
 // working_copy_round gives it: the kernel's E * 2^15 scales every row sum by exactly 2^15 and
-// its inverse by 2^-15, so the column sums are the same.
+// its inverse by 2^-15, so the column sums are the same. Its last updates and the targets use
+// the kernel's split copy, hi + lo 2^-11 with lo the f16 of the remainder, instead of exact E.
 void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K, float tau_t, float beta, int iters,
                        const ClusterTwinShape& sh, const MiraNumerics& num) {
   const int size = sh.size, cols = sh.cols, subsets = sh.subsets;
@@ -217,9 +218,18 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
     for (int64_t j = 0; j < K; ++j) m = std::fmax(m, logits[i * K + j]);
     for (int64_t j = 0; j < Kp; ++j) Ex[i * Kp + j] = j < K ? std::exp2((logits[i * K + j] - m) * k2) : 0.f;
   }
+  // The f16 copy (hi) and, for its last updates and the targets, the split copy hi + lo 2^-11
+  // of the kernel's S = E * 2^15 (~22 significant bits), both back in units of E.
+  std::vector<float> Es;
   if (f16) {
+    auto round_f16 = [](float v) { return working_copy_round(v * 0x1p-15f, WorkingCopy::F16) * 32768.f; };
     Ec.resize(Ex.size());
-    for (size_t k = 0; k < Ex.size(); ++k) Ec[k] = working_copy_round(Ex[k], WorkingCopy::F16);
+    Es.resize(Ex.size());
+    for (size_t k = 0; k < Ex.size(); ++k) {
+      const float S = Ex[k] * 32768.f, hi = round_f16(S), lo = round_f16((S - hi) * 2048.f);
+      Ec[k] = hi * 0x1p-15f;
+      Es[k] = std::fma(lo, 1.f / 2048.f, hi) * 0x1p-15f;
+    }
   }
   for (int64_t j = 0; j < Kp; ++j) w[j] = j < K ? 1.f : 0.f;
   // Lane l of a half-warp holds block l's partial (0 beyond size); xor-shuffles add them.
@@ -232,7 +242,7 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
     return x[0];
   };
   for (int p = 0; p <= iters + 1; ++p) {
-    const std::vector<float>& E = f16 && p < exact_from ? Ec : Ex;
+    const std::vector<float>& E = !f16 ? Ex : p < exact_from ? Ec : Es;
     auto warp_dot = [&](int64_t i, int b) {
       float lane[32];
       for (int l = 0; l < 32; ++l) {
@@ -282,7 +292,7 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
       w[j] = c[j] > 0.f ? std::exp2(std::fmin(exponent * (std::log2(c[j]) - l2max), log2_cap)) : 0.f;
   }
   for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < K; ++j) targets[i * K + j] = w[j] * Ex[i * Kp + j] * r[i];
+    for (int64_t j = 0; j < K; ++j) targets[i * K + j] = w[j] * (f16 ? Es : Ex)[i * Kp + j] * r[i];
 }
 
 // ---- Sinkhorn-Knopp in the log domain. With x = L / eps:

@@ -75,7 +75,8 @@ float working_copy_round(float x, WorkingCopy copy);
 // `cols` columns each, over `rows` rows each (groups of rows; 0: all N), `subsets` row subsets
 // in the column sums. Weights as the kernel forms them: (c_j / max c)^(-beta), capped at
 // 2^(124 - ceil(log2 K)) (2^(109 - ...) with the f16 copy). copy: Exact (the f32 cache) or
-// F16, with the last exact_passes updates and the targets on exact E, as MiraNumerics. Only
+// F16, with the last exact_passes updates and the targets, as MiraNumerics, on the kernel's
+// split copy (f16 of E * 2^15 plus f16 of the remainder: ~22 significant bits). Only
 // exp2f and log2f may differ from the GPU's by an ulp or two, so the two agree to within the
 // f32 rounding of E.
 struct ClusterTwinShape {

@@ -896,11 +896,16 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
       plan.smem_bytes = static_cast<size_t>(cs.smem);
       plan.Kp = cs.size * cs.cols;
       // The workspace: the non-finite counter after V * Kp unused floats (where the other plans
-      // keep their column sums, so that mira_nonfinite_count finds it the same way), then with
-      // row groups the flag-tagged column sums of each group, in two slots (pass parity).
+      // keep their column sums, so that mira_nonfinite_count finds it the same way), the f16
+      // copy's low halves, then with row groups the flag-tagged column sums of each group, in
+      // two slots (pass parity).
       plan.off_colsum = 0;
       plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
       size_t off = align_up((static_cast<size_t>(plan.flag_index) + 1) * sizeof(float), 256);
+      if (cache == MiraCache::F16) {  // the split copy's low halves (mira_cluster.cu, SplitE)
+        plan.off_ecache = off;
+        off = align_up(off + static_cast<size_t>(p.V) * cs.groups * cs.rows * plan.Kp * sizeof(uint16_t), 256);
+      }
       if (cs.groups > 1) {
         plan.off_ll_partial = off;
         off = align_up(off + 2 * static_cast<size_t>(p.V) * cs.groups * plan.Kp * sizeof(uint2), 256);

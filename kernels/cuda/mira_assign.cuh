@@ -137,7 +137,10 @@ constexpr int kMiraTracePhases = 8;
 // rows. Where one cluster holds the whole view (N x K up to ~0.8 M in f32 on an H100: the
 // training shapes) a pass crosses two cluster barriers and nothing else; otherwise the view's
 // clusters (row groups, all resident at once) exchange their column sums as flag-tagged words
-// (N 4096 x K 3000 takes the f16 cache: 8 clusters of 16). Other bits than the default kernel
+// (N 4096 x K 3000 takes the f16 cache: 8 clusters of 16). With the f16 cache the last
+// exact_passes updates and the targets read a split copy (f16 of E * 2^15 in shared memory
+// plus f16 of the remainder in the workspace, ~22 significant bits) instead of recomputing E
+// from the logits. Other bits than the default kernel
 // (other summation order); the CPU twin mira_cluster_twin has its order. cluster_size: 0 (the
 // plan picks) or a power of two up to 16. Opt-in until measured.
 struct MiraPlanOptions {

@@ -128,6 +128,31 @@ struct ExactE {
   }
 };
 
+// The f16 copy split in two: hi = f16(S) in shared memory (the cache, S = E * 2^15) and lo =
+// f16((S - hi) * 2^11) in a workspace that stays in L2, so hi + lo 2^-11 = S to ~22
+// significant bits (exactly representable in f32, so the fused multiply-add below is exact).
+// The last updates and the targets read it instead of recomputing E from the logits in HBM.
+constexpr float kLoScale = 2048.f;
+__device__ __forceinline__ void split_f16(const float (&S)[kVec], float (&hi)[kVec], float (&lo)[kVec]) {
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) {
+    hi[u] = __half2float(__float2half_rn(S[u]));
+    lo[u] = __half2float(__float2half_rn((S[u] - hi[u]) * kLoScale));
+  }
+}
+struct SplitE {
+  const __half* hi;  // shared memory, rows x quads x 4
+  const __half* lo;  // the workspace, row 0 of this cluster, rows of Kp from this block's column 0
+  int quads, Kp;
+  __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const {
+    float l[kVec];
+    ECache<__half>::load(lo + static_cast<size_t>(i) * Kp + q * kVec, l);
+    ECache<__half>::load(hi + (static_cast<size_t>(i) * quads + q) * kVec, v);
+#pragma unroll
+    for (int u = 0; u < kVec; ++u) v[u] = fmaf(l[u], 1.f / kLoScale, v[u]);
+  }
+};
+
 // d_i = sum_j w_j E_ij over this block's columns for its `rows` rows, into dslot (the twin's
 // warp_dot): a warp per kRows rows, lane l over the quads l, l + 32, ...
 template <typename Src>
@@ -215,6 +240,14 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
   auto mark = [&](int k) { trace_mark(a, ph, k); };
   const CacheE<TE> cache{s.E, quads};
   const ExactE<TIn> exact{cr.logits, s.rmax, K, col0, a.k2, a.vec_logits};
+  // The f16 copy's low halves: (V, groups * rows_per_block, Kp) in the workspace.
+  __half* lo_rows = kRounded ? static_cast<__half*>(a.ecache) +
+                                   (static_cast<size_t>(cr.v) * a.cluster_groups * a.rows_per_block +
+                                    static_cast<size_t>(g) * a.rows_per_block) *
+                                       a.Kp +
+                                   col0
+                             : nullptr;
+  const SplitE split{reinterpret_cast<const __half*>(s.E), lo_rows, quads, a.Kp};
 
   // This block's row maxima (straight from the logits, -inf beyond K), published for the
   // cluster, and the non-finite logits counted.
@@ -267,9 +300,16 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
     for (int k = 0; k < 4; ++k) {
       const int idx = idx0 + k * kBlock;
       if (idx >= nq) continue;
+      if constexpr (kRounded) {
+        float S[kVec], hi[kVec], lo[kVec];
 #pragma unroll
-      for (int u = 0; u < kVec; ++u) e[k][u] = ECache<TE>::round(e[k][u]);
-      ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, e[k]);
+        for (int u = 0; u < kVec; ++u) S[u] = e[k][u] * kF16Scale;
+        split_f16(S, hi, lo);
+        ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, hi);
+        ECache<__half>::store(lo_rows + static_cast<size_t>(idx / quads) * a.Kp + (idx % quads) * kVec, lo);
+      } else {
+        ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, e[k]);
+      }
     }
   }
   for (int j = tid; j < cols; j += blockDim.x) s.w[j] = col0 + j < K ? 1.f : 0.f;
@@ -277,11 +317,13 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
   mark(kTraceFirst);
 
   for (int p = 0; p <= a.iters + 1; ++p) {
-    // A 16-bit cache's last updates and the targets read exact E (exact_from > iters + 1 for f32).
-    const bool from_logits = kRounded && p >= a.exact_from;
-    if (from_logits) {
-      row_sums(exact, s.w, s.dslot, rows, quads);
-    } else {
+    // The f16 copy's last updates and the targets read E to ~22 bits (SplitE); exact_from >
+    // iters + 1 for f32.
+    const bool split_pass = kRounded && p >= a.exact_from;
+    if constexpr (kRounded) {
+      if (split_pass) row_sums(split, s.w, s.dslot, rows, quads);
+    }
+    if (!split_pass) {
       row_sums(cache, s.w, s.dslot, rows, quads);
     }
     mark(kTraceRows);
@@ -293,9 +335,10 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
     if (p > a.iters) break;
     // Column sums of this block's columns over the cluster's rows: subset sums, then the
     // subsets in order.
-    if (from_logits) {
-      column_subsets(exact, s.rinv, s.red, rows, quads, subsets);
-    } else {
+    if constexpr (kRounded) {
+      if (split_pass) column_subsets(split, s.rinv, s.red, rows, quads, subsets);
+    }
+    if (!split_pass) {
       column_subsets(cache, s.rinv, s.red, rows, quads, subsets);
     }
     __syncthreads();
@@ -368,13 +411,13 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
     __syncthreads();
     mark(kTraceWeights);
   }
-  // Targets w_j E_ij / sum_l w_l E_il of this block's columns (E exact: f32, or recomputed).
+  // Targets w_j E_ij / sum_l w_l E_il of this block's columns (E in f32, or the split copy).
   for (int idx = tid; idx < nq; idx += blockDim.x) {
     const int i = idx / quads, q = idx % quads, col = col0 + q * kVec;
     if (col >= K) continue;
     float e[kVec];
     if constexpr (kRounded) {
-      exact(i, q, e);
+      split(i, q, e);
     } else {
       cache(i, q, e);
     }
