@@ -110,8 +110,8 @@ struct CacheE {
     ECache<TE>::load(E + (static_cast<size_t>(i) * quads + q) * kVec, v);
   }
 };
-// ... or E recomputed in f32 from the logits and the row maxima (0 beyond K): the exact E
-// behind a 16-bit cache, for its last updates and the targets.
+// ... or E computed in f32 from the logits and the row maxima (0 beyond K), as the first pass
+// forms it.
 template <typename TIn>
 struct ExactE {
   const TIn* logits;  // row 0 of this cluster's rows
