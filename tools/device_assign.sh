@@ -3,7 +3,8 @@
 # the GPU tests (tools/device_check.sh without its benchmarks; logs packed into
 # LOG_DIR/check.tgz), then `bench/mira_assign --time` at the issue's shape (N 4096, with the
 # per-phase trace and PyTorch in the same run), at the training shapes of one GPU (N 64 and
-# 256 per view: batch 64 and 256) and at 60 iterations (the slope per pass), then Nsight Compute
+# 256 per view: batch 64 and 256), at N 1024 (the cluster plan's row groups in f32) and at 60
+# iterations (the slope per pass), then Nsight Compute
 # on one launch of each plan named in MIRA_NCU_VARIANTS (warp stalls, issue, memory; clocks
 # left as they are: --clock-control none). Ends with one line per row (tools/assign_summary.py)
 # and each prediction of bench/assign_predictions.json against its measurement.
@@ -22,10 +23,13 @@ B=${MIRA_DEVICE_BUILD:-build-device}/bench
 run assign $B/mira_assign --time --device cuda --trace
 run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
+# The cluster plan's row groups in f32 (N 1024: 4 clusters of 16 per view, views side by side).
+run assign_n1024 $B/mira_assign --time --device cuda --n 1024 --pytorch none --trace \
+  --variants "fused,fused cluster,fused f16-cache exact3,fused cluster f16-cache exact3"
 run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
   --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
 if command -v ncu >/dev/null; then
-  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused rows8;fused f16-cache exact3}"
+  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused rows8;fused f16-cache exact3;fused cluster f16-cache exact3}"
   for v in "${NCU_VARIANTS[@]}"; do
     label=ncu_$(echo "$v" | tr ' ' '_')
     run "$label" ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
