@@ -528,7 +528,10 @@ int cluster_prepare(bool bf16_in, MiraCache cache, int* smem_static) {
   MIRA_CUDA_CHECK(
       cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, std::max(0, optin - *smem_static)));
   // 16 blocks is beyond the portable 8: allowed where the device launches it (H100, H200).
-  MIRA_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  if (cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 8;
+  }
   return 16;
 }
 
