@@ -77,9 +77,12 @@ const char* kUsage =
     "                   [--warmup W] [--pytorch auto|none|PATH] [--python EXE] [--trace]\n"
     "                   [--variants NAME,NAME,...]\n"
     "         --trace: one more launch per fused variant with per-phase clock64 timing (trace_us)\n"
-    "         --variants: only these CUDA rows (names as printed; e.g. for a profiler)\n";
+    "         --variants: only these CUDA rows (names as printed; e.g. for a profiler)\n"
+    "       mira_assign --probe-cluster [--iters I]\n"
+    "         the cluster plan's primitives on this GPU: cycles per cluster barrier and per DSMEM\n"
+    "         load, and clusters of one ~200 KB block per SM at once, for 1-16 blocks\n";
 
-const char* kFlags[] = {"stats", "convergence", "time", "trace", "help"};
+const char* kFlags[] = {"stats", "convergence", "time", "trace", "help", "probe-cluster"};
 const char* kOptions[] = {"logits",  "out",     "tau",       "beta",      "iters",  "method",       "eps",
                           "device",  "n",       "k",         "std",       "seed",   "views",        "reps",
                           "warmup",  "pytorch", "max-iters", "ref-iters", "python", "working-copy", "exact-passes",
@@ -373,6 +376,29 @@ int run_time_cpu(const Args& a, int V, int64_t N, int64_t K, double tau, double 
 }
 
 #ifdef MIRA_HAS_CUDA
+
+// --probe-cluster: one JSON line per cluster size.
+int run_probe_cluster(const Args& a) {
+  const int iters = a.integer("iters", 1000);
+  MIRA_CHECK(iters >= 1, "--iters must be >= 1");
+  cudaDeviceProp prop{};
+  MIRA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  int khz = 0;
+  MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+  for (int size = 1; size <= 16; size *= 2) {
+    const cuda::ClusterProbe r = cuda::mira_cluster_probe(size, iters);
+    json j = {{"probe", "cluster"},
+              {"device", prop.name},
+              {"size", size},
+              {"barrier_cycles", r.barrier_cycles},
+              {"dsmem_cycles", r.dsmem_cycles},
+              {"clusters_at_once", r.active},
+              {"clock_mhz", khz / 1000.0}};
+    if (r.barrier_cycles > 0) j["barrier_us_at_clock"] = r.barrier_cycles / (khz * 1e-3);
+    print(j);
+  }
+  return 0;
+}
 
 int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double beta, int iters) {
   const int reps = a.integer("reps", 50), warmup = a.integer("warmup", 5);
@@ -718,6 +744,12 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (a.has("convergence")) return run_convergence(a);
+    if (a.has("probe-cluster")) {
+#ifdef MIRA_HAS_CUDA
+      if (cuda::device_count() > 0) return run_probe_cluster(a);
+#endif
+      MIRA_FAIL("--probe-cluster needs a CUDA device");
+    }
     if (a.has("logits") && !a.has("time")) return run_tool(a);
     return run_time(a);
   } catch (const Error& e) {

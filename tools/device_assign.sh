@@ -20,6 +20,8 @@ ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
 # shellcheck source=tools/device_rows.sh
 source tools/device_rows.sh
 B=${MIRA_DEVICE_BUILD:-build-device}/bench
+# The cluster plan's primitives (cycles per cluster barrier and DSMEM load, clusters at once).
+run probe_cluster $B/mira_assign --probe-cluster
 run assign $B/mira_assign --time --device cuda --trace
 run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
@@ -41,6 +43,7 @@ else
   echo "== ncu: not found" >>"$R"
 fi
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
+grep -E '^\{"probe"' "$R" | cut -c1-200
 grep -E '^== ncu|^rc|Duration|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Warp Cycles Per Issued|Stall|stall|Bank|Executed Ipc|Shared Memory|L1/TEX Hit|L2 Hit|Mem Busy|Compute \(SM\)' "$R" | cut -c1-150
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls "$LOG_DIR"

@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/check.h"
@@ -475,6 +476,32 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
   if (bad > 0.f) atomicAdd(a.colsum + static_cast<size_t>(a.V) * a.Kp, bad);
 }
 
+// The latency of the plan's two cluster primitives, for bench/mira_assign --probe-cluster:
+// clock64 cycles of `iters` cluster barriers, and of `iters` dependent DSMEM loads (thread 0
+// of each block chases an index through the next block's shared memory), per block.
+__device__ __forceinline__ void probe_body(int iters, long long* out) {
+  cg::cluster_group cl = cg::this_cluster();
+  __shared__ int next[32];
+  if (threadIdx.x < 32) next[threadIdx.x] = 0;
+  cl.sync();
+  const long long t0 = clock64();
+  for (int i = 0; i < iters; ++i) cl.sync();
+  const long long t1 = clock64();
+  int idx = 0;
+  long long t2 = 0, t3 = 0;
+  if (threadIdx.x == 0) {
+    const unsigned peer = (cl.block_rank() + 1) % cl.num_blocks();
+    t2 = clock64();
+    for (int i = 0; i < iters; ++i) idx = *cl.map_shared_rank(next + (idx & 31), peer);
+    t3 = clock64();
+  }
+  cl.sync();  // no block leaves while another may read its shared memory
+  if (threadIdx.x == 0) {
+    out[2 * blockIdx.x] = t1 - t0;
+    out[2 * blockIdx.x + 1] = t3 - t2 + idx;  // idx is 0: keeps the chain from being dropped
+  }
+}
+
 #endif  // clusters
 
 // Grid: V clusters of a.cluster blocks (cluster dimension set at launch), kBlock threads each.
@@ -484,6 +511,14 @@ __global__ void __launch_bounds__(kBlock, 1) mira_cluster_kernel(const __grid_co
   cluster_body<TIn, TE>(a);
 #else
   __trap();  // thread-block clusters need sm_90; mira_plan never picks this kernel below it
+#endif
+}
+
+__global__ void __launch_bounds__(kBlock, 1) mira_cluster_probe_kernel(int iters, long long* out) {
+#ifdef MIRA_HAS_CLUSTERS
+  probe_body(iters, out);
+#else
+  __trap();
 #endif
 }
 
@@ -558,3 +593,39 @@ void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clust
 }
 
 }  // namespace mira::cuda::fused
+
+namespace mira::cuda {
+
+ClusterProbe mira_cluster_probe(int size, int iters) {
+  using namespace fused;  // NOLINT(google-build-using-namespace)
+  ClusterProbe r;
+  r.size = size;
+  int smem_static = 0;
+  if (cluster_prepare(false, MiraCache::F32, &smem_static) < size) return r;
+  const void* fn = reinterpret_cast<const void*>(mira_cluster_probe_kernel);
+  if (size > 8) MIRA_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  int dev = 0, optin = 0;
+  MIRA_CUDA_CHECK(cudaGetDevice(&dev));
+  MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  // Clusters at once with one block per SM, as the plan's blocks (~200 KB of shared memory).
+  r.active = cluster_active(false, MiraCache::F32, size, static_cast<size_t>(optin - smem_static - 1024));
+  long long* out = nullptr;
+  MIRA_CUDA_CHECK(cudaMalloc(&out, 2 * static_cast<size_t>(size) * sizeof(long long)));
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = cluster_config(1, size, 0, nullptr, attr);
+  void* args[] = {&iters, &out};
+  std::vector<long long> h(2 * static_cast<size_t>(size));
+  for (int rep = 0; rep < 2; ++rep) {  // the first launch warms up
+    MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, fn, args));
+    MIRA_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  MIRA_CUDA_CHECK(cudaMemcpy(h.data(), out, h.size() * sizeof(long long), cudaMemcpyDeviceToHost));
+  MIRA_CUDA_CHECK(cudaFree(out));
+  for (int b = 0; b < size; ++b) {
+    r.barrier_cycles = std::max(r.barrier_cycles, static_cast<double>(h[2 * b]) / iters);
+    r.dsmem_cycles = std::max(r.dsmem_cycles, static_cast<double>(h[2 * b + 1]) / iters);
+  }
+  return r;
+}
+
+}  // namespace mira::cuda
