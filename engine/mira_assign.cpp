@@ -123,11 +123,11 @@ Tensor sinkhorn_cpu(const Tensor& logits, double eps, int iters, Communicator& c
 // device and the kernel's occupancy, so they are kept per key for the life of the process.
 cuda::MiraPlan cached_plan(const cuda::MiraProblem& p, cuda::MiraVariant variant, const cuda::MiraPlanOptions& o,
                            int device) {
-  using Key = std::tuple<int, int, int, int, bool, int, int, int>;
+  using Key = std::tuple<int, int, int, int, bool, int, int, int, bool>;
   static std::mutex mu;
   static std::map<Key, cuda::MiraPlan> plans;
   const int cache = static_cast<int>(o.cache);
-  const Key key{device, p.V, p.N, p.K, p.logits_bf16, static_cast<int>(variant), cache, o.exact_passes};
+  const Key key{device, p.V, p.N, p.K, p.logits_bf16, static_cast<int>(variant), cache, o.exact_passes, o.cluster};
   std::lock_guard<std::mutex> lock(mu);
   auto it = plans.find(key);
   if (it == plans.end()) it = plans.emplace(key, cuda::mira_plan(p, variant, o)).first;
@@ -222,6 +222,7 @@ void mira_cuda_group(const std::vector<Tensor>& views, const std::vector<Tensor>
              : opts.working_copy == AssignWorkingCopy::F16 ? cuda::MiraCache::F16
                                                            : cuda::MiraCache::F32;
   po.exact_passes = opts.exact_passes;
+  po.cluster = opts.cluster_plan;
   const cuda::MiraPlan plan = cached_plan(p, variant, po, ctx.device());
   Tensor ws = Tensor::empty(Shape{static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const float* flag = cuda::mira_nonfinite_count(plan, ws.raw());

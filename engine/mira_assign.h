@@ -44,6 +44,10 @@ struct AssignOptions {
   AssignKernel kernel = AssignKernel::Auto;
   AssignWorkingCopy working_copy = AssignWorkingCopy::F32;
   int exact_passes = 0;  // >= 0; with a 16-bit working copy, clipped to iters
+  // CUDA, one process, f32 or f16 working copy: the cluster plan where it applies (sm_90;
+  // kernels/cuda/mira_cluster.cu), else the default fused kernel. Other summation order, as
+  // close to the reference. Opt-in until measured (config mira.assign_plan "cluster").
+  bool cluster_plan = false;
   // CUDA: read back the count of non-finite logits and throw if there are any. This
   // synchronises the stream once per call; turn it off while capturing a CUDA graph.
   bool check_finite = true;

@@ -144,6 +144,7 @@ void consume_config(const Json& c) {
     mj[key].get<double>();
   mj["iters"].get<int>();
   mj["working_copy"].get<std::string>();
+  mj["assign_plan"].get<std::string>();
   int_at_least(mj["exact_passes"], 0, "mira.exact_passes");
   int_at_least(mj["freeze_prototypes_epochs"], 0, "mira.freeze_prototypes_epochs");
 

@@ -456,6 +456,18 @@ TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {
     CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector(), reference(a), kGpuTol,
                    "op kernel choice"));
   }
+  // The op with the cluster plan (where the device has clusters; the default kernel elsewhere),
+  // f32 and f16 + 3 exact updates, against the reference; then without it again (the plan
+  // cache keeps the two apart).
+  for (AssignWorkingCopy copy : {AssignWorkingCopy::F32, AssignWorkingCopy::F16}) {
+    AssignOptions o;
+    o.cluster_plan = true;
+    o.working_copy = copy;
+    o.exact_passes = 3;
+    CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector(), reference(a), kGpuTol,
+                   "op, cluster plan"));
+  }
+  CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30).to_vector(), reference(a), kGpuTol, "op, default plan"));
   // The op's working-copy options: the CUDA kernel against the CPU op with the same options.
   for (AssignWorkingCopy copy : {AssignWorkingCopy::F16, AssignWorkingCopy::BF16}) {
     AssignOptions o;

@@ -155,6 +155,8 @@ TEST_CASE("validation: keys that depend on each other, and the newer keys' value
   fails(with("mira.working_copy", "f8"), "mira.working_copy");
   fails(with("mira.exact_passes", -1), "mira.exact_passes");
   fails(with("mira.exact_passes", 2.5), "mira.exact_passes");
+  fails(with("mira.assign_plan", "fastest"), "mira.assign_plan");
+  CHECK_NOTHROW(apps::validate_pretrain_config(with("mira.assign_plan", "cluster")));
   CHECK_NOTHROW(apps::validate_pretrain_config(with("mira.working_copy", "f16")));
   CHECK_NOTHROW(apps::validate_pretrain_config(with("train.dtype", "bf16")));
 }

@@ -31,7 +31,7 @@ const Json& pretrain_schema() {
       "beta_initial": 0.7, "beta_final": 0.6666666666666666,
       "ema_initial": 0.99, "ema_final": 1.0,
       "freeze_prototypes_epochs": 1,
-      "working_copy": "f32", "exact_passes": 0
+      "working_copy": "f32", "exact_passes": 0, "assign_plan": "auto"
     },
     "train": {
       "epochs": 100, "batch_size": 4096, "seed": 0, "device": "cpu",
@@ -114,6 +114,8 @@ void validate_pretrain_config(const Json& c) {
   require(c["mira"]["exact_passes"].is_number_integer() && c["mira"]["exact_passes"] >= 0 &&
               c["mira"]["exact_passes"] <= 1000000,
           "mira.exact_passes", "must be an integer in [0, 1000000]");
+  const std::string plan = c["mira"]["assign_plan"];
+  require(plan == "auto" || plan == "cluster", "mira.assign_plan", "must be auto or cluster, got " + plan);
   const std::string aug = c["data"]["augment_device"];
   require(aug == "auto" || aug == "cpu" || aug == "gpu", "data.augment_device", "must be auto, cpu or gpu, got " + aug);
   require(c["data"]["max_image_pixels"].is_number_integer() && c["data"]["max_image_pixels"] >= 1 &&
