@@ -508,7 +508,9 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
            // Row groups where one cluster cannot hold a view: N 4096 takes the f16 copy.
            {"fused cluster f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false, -1},
            {"fused cluster8 f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false, 8},
-           {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, false,
+           {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, false, -1},
+           // Every update on the split copy (hi in shared memory + lo in L2, ~22 bits).
+           {"fused cluster f16-cache exact30", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 30, false, false,
             -1}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
