@@ -103,13 +103,16 @@ __device__ __forceinline__ void fma4(const float (&e)[kVec], float b, float (&c)
 }
 
 // Where a pass reads E of this block's rows (local index i) and column quad q: the cache...
+// (row(i) once per row, then load(row, q) per quad: the row's address is not recomputed.)
 template <typename TE>
 struct CacheE {
   const TE* E;
   int quads;
-  __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const {
-    ECache<TE>::load(E + (static_cast<size_t>(i) * quads + q) * kVec, v);
-  }
+  using Row = const TE*;
+  __device__ __forceinline__ Row row(int i) const { return E + static_cast<size_t>(i) * quads * kVec; }
+  __device__ __forceinline__ void advance(Row& r, int n) const { r += static_cast<size_t>(n) * quads * kVec; }
+  __device__ __forceinline__ void load(Row r, int q, float (&v)[kVec]) const { ECache<TE>::load(r + q * kVec, v); }
+  __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const { load(row(i), q, v); }
 };
 // ... or E computed in f32 from the logits and the row maxima (0 beyond K), as the first pass
 // forms it.
@@ -145,39 +148,54 @@ struct SplitE {
   const __half* hi;  // shared memory, rows x quads x 4
   const __half* lo;  // the workspace, row 0 of this cluster, rows of Kp from this block's column 0
   int quads, Kp;
-  __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const {
+  struct Row {
+    const __half *hi, *lo;
+  };
+  __device__ __forceinline__ Row row(int i) const {
+    return {hi + static_cast<size_t>(i) * quads * kVec, lo + static_cast<size_t>(i) * Kp};
+  }
+  __device__ __forceinline__ void advance(Row& r, int n) const {
+    r.hi += static_cast<size_t>(n) * quads * kVec;
+    r.lo += static_cast<size_t>(n) * Kp;
+  }
+  __device__ __forceinline__ void load(const Row& r, int q, float (&v)[kVec]) const {
     float l[kVec];
-    ECache<__half>::load(lo + static_cast<size_t>(i) * Kp + q * kVec, l);
-    ECache<__half>::load(hi + (static_cast<size_t>(i) * quads + q) * kVec, v);
+    ECache<__half>::load(r.lo + q * kVec, l);
+    ECache<__half>::load(r.hi + q * kVec, v);
 #pragma unroll
     for (int u = 0; u < kVec; ++u) v[u] = fmaf(l[u], 1.f / kLoScale, v[u]);
+  }
+  __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const {
+    load(row(i), q, v);
   }
 };
 
 // d_i = sum_j w_j E_ij over this block's columns for its `rows` rows, into dslot (the twin's
-// warp_dot): a warp per kRows rows, lane l over the quads l, l + 32, ...
+// warp_dot): a warp per kRows rows, lane l over the quads l, l + 32, ... A batch's rows past
+// `rows` read the last row instead (no predicates in the loop) and are not stored.
 template <typename Src>
 __device__ __forceinline__ void row_sums(const Src& src, const float* w, float* dslot, int rows, int quads) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const float4* w4 = reinterpret_cast<const float4*>(w);
   for (int i0 = warp * kRows; i0 < rows; i0 += nwarps * kRows) {
+    typename Src::Row rp[kRows];
     float acc[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
+    for (int r = 0; r < kRows; ++r) {
+      rp[r] = src.row(min(i0 + r, rows - 1));
+      acc[r] = 0.f;
+    }
     for (int q = lane; q < quads; q += 32) {
       const float4 wq = w4[q];
       float e[kRows][kVec];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (i0 + r < rows) src(i0 + r, q, e[r]);
+      for (int r = 0; r < kRows; ++r) src.load(rp[r], q, e[r]);
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        if (i0 + r < rows) {
-          acc[r] = fmaf(wq.x, e[r][0], acc[r]);
-          acc[r] = fmaf(wq.y, e[r][1], acc[r]);
-          acc[r] = fmaf(wq.z, e[r][2], acc[r]);
-          acc[r] = fmaf(wq.w, e[r][3], acc[r]);
-        }
+        acc[r] = fmaf(wq.x, e[r][0], acc[r]);
+        acc[r] = fmaf(wq.y, e[r][1], acc[r]);
+        acc[r] = fmaf(wq.z, e[r][2], acc[r]);
+        acc[r] = fmaf(wq.w, e[r][3], acc[r]);
       }
     }
 #pragma unroll
@@ -199,11 +217,16 @@ __device__ __forceinline__ void column_subsets(const Src& src, const float* rinv
   if (sub >= subsets) return;
   float acc[kVec] = {0.f, 0.f, 0.f, 0.f};
   // Unrolled so that several rows' loads go out together; the additions stay in row order.
+  typename Src::Row rp = src.row(sub);
+  const float* ri = rinv + sub;
+  const int n = sub < rows ? (rows - 1 - sub) / subsets + 1 : 0;  // rows sub, sub + subsets, ...
 #pragma unroll 4
-  for (int i = sub; i < rows; i += subsets) {
+  for (int k = 0; k < n; ++k) {
     float e[kVec];
-    src(i, q, e);
-    fma4(e, rinv[i], acc);
+    src.load(rp, q, e);
+    src.advance(rp, subsets);
+    fma4(e, *ri, acc);
+    ri += subsets;
   }
   reinterpret_cast<float4*>(red)[static_cast<size_t>(sub) * quads + q] = make_float4(acc[0], acc[1], acc[2], acc[3]);
 }
