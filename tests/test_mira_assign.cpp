@@ -573,7 +573,8 @@ TEST_CASE("mira: the cluster plan's CPU twin against f64") {
                         {"one-hot rows", 64, 50, 0.03, 0.9, 3},
                         {"N = K = 1", 1, 1, 0.225, 2.0 / 3.0, 0},
                         {"K = 1", 200, 1, 0.225, 2.0 / 3.0, 1},
-                        {"K = 12288", 3, 12288, 0.03, 2.0 / 3.0, 0}};
+                        {"K = 12288", 3, 12288, 0.03, 2.0 / 3.0, 0},
+                        {"N = 65536, K = 3, row groups of 7000", 65536, 3, 0.03, 2.0 / 3.0, 0}};
   for (const Case& c : cases) {
     CAPTURE(c.what);
     std::vector<double> X = randn(c.N * c.K, 9, 1.0);
@@ -586,7 +587,7 @@ TEST_CASE("mira: the cluster plan's CPU twin against f64") {
       }
     for (int size : {1, 4, 16}) {
       CAPTURE(size);
-      const auto t = cluster_twin(X, c.N, c.K, c.tau, c.beta, size);
+      const auto t = cluster_twin(X, c.N, c.K, c.tau, c.beta, size, 30, c.N > 1000 ? 7000 : 0);
       CHECK(rows_on_simplex(t, c.N, c.K, 1e-5));
       if (c.kind == 2) {
         double col3 = 0;

@@ -400,7 +400,8 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
   for (const Extreme& e :
        {Extreme{"+-100, tau' = 0.01", 64, 50, 0.03, 2.0 / 3.0, 0}, Extreme{"+-100, beta 0.99", 64, 3000, 1.0, 0.99, 0},
         Extreme{"empty column", 64, 50, 0.03, 2.0 / 3.0, 2}, Extreme{"N = K = 1", 1, 1, 0.225, 0.5, 1},
-        Extreme{"K = 12288", 3, 12288, 0.03, 2.0 / 3.0, 0}}) {
+        Extreme{"K = 12288", 3, 12288, 0.03, 2.0 / 3.0, 0},
+        Extreme{"N = 65536, K = 3: row groups of one-block clusters", 65536, 3, 0.03, 2.0 / 3.0, 0}}) {
     CAPTURE(e.what);
     std::vector<double> x = Tensor::randn({e.N, e.K}, 9, 0.0, 1.0, DType::F64).to_vector();
     for (int64_t i = 0; i < e.N; ++i)

@@ -185,5 +185,12 @@ TEST_CASE("plan model: the cluster plan's size and layout") {
     CHECK(w.size == 8);
     CHECK(w.cols == 1536);
     CHECK(w.subsets == 1);
+    // Narrow rows: no block without columns. K 3 is one block per cluster, N 65536 of them in
+    // row groups; K 40 (10 quads) at most 8 blocks.
+    const ClusterShape n = cluster_shape(65536, 3, 1, 4, 16, optin, st, active);
+    CHECK(n.size == 1);
+    CHECK(n.groups > 1);
+    CHECK(n.rows * n.groups >= 65536);
+    CHECK(cluster_shape(2048, 40, 1, 4, 16, optin, st, active).size <= 8);
   }
 }

@@ -128,7 +128,10 @@ ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int 
                            const ClusterActive& active, int asked) {
   auto fits = [&](const ClusterShape& s) { return s.cols <= kClusterMaxCols && s.smem + smem_static <= smem_optin; };
   if (asked > max_size) return ClusterShape{};
-  const int lo = asked > 0 ? asked : 1, hi = asked > 0 ? asked : max_size;
+  // No more blocks than column quads: a block without columns would only wait at the barriers.
+  int quads_cap = 1;
+  while (quads_cap * 2 <= max_size && 4LL * quads_cap * 2 <= ceil_div(K, 4) * 4) quads_cap *= 2;
+  const int lo = asked > 0 ? asked : 1, hi = asked > 0 ? asked : quads_cap;
   auto finish = [&](ClusterShape s) {
     const int n = active(s.size, s.smem);
     if (n < s.groups) return ClusterShape{};

@@ -87,7 +87,8 @@ using ClusterActive = std::function<int(int size, long long smem)>;
 //   kClusterWork elements per thread, else the largest that fits;
 // - else row groups: the largest size, and the fewest groups that fit, if that many clusters
 //   run at once (the groups wait on each other).
-// Views run side by side when all their clusters run at once, else one after another.
+// Views run side by side when all their clusters run at once, else one after another. The
+// automatic sizes stop where a block would get no column quad (K = 3: one block).
 ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int smem_optin, int smem_static,
                            const ClusterActive& active, int asked = 0);
 
