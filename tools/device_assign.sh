@@ -30,6 +30,18 @@ run assign_n1024 $B/mira_assign --time --device cuda --n 1024 --pytorch none --t
   --variants "fused,fused cluster,fused f16-cache exact3,fused cluster f16-cache exact3"
 run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
   --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
+# The cluster plan under compute-sanitizer (shared-memory races, barrier misuse): one launch
+# at N 64 (one cluster per view) and one at N 1024 (row groups), if the tool is there.
+if command -v compute-sanitizer >/dev/null; then
+  for tool in racecheck synccheck; do
+    for n in 64 1024; do
+      run "sanitize_${tool}_n$n" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        $B/mira_assign --time --device cuda --n "$n" --pytorch none --reps 1 --warmup 0 --variants "fused cluster"
+    done
+  done
+else
+  echo "== compute-sanitizer: not found" >>"$R"
+fi
 if command -v ncu >/dev/null; then
   IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused rows8;fused f16-cache exact3;fused cluster f16-cache exact3}"
   for v in "${NCU_VARIANTS[@]}"; do
@@ -44,6 +56,7 @@ else
 fi
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
 grep -E '^\{"probe"' "$R" | cut -c1-200
+grep -A3 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
 grep -E '^== ncu|^rc|Duration|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Warp Cycles Per Issued|Stall|stall|Bank|Executed Ipc|Shared Memory|L1/TEX Hit|L2 Hit|Mem Busy|Compute \(SM\)' "$R" | cut -c1-150
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls "$LOG_DIR"
