@@ -385,8 +385,9 @@ int run_probe_cluster(const Args& a) {
   MIRA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   int khz = 0;
   MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+  Tensor scratch = Tensor::empty({32}, DType::I64, Device::cuda(0));
   for (int size = 1; size <= 16; size *= 2) {
-    const cuda::ClusterProbe r = cuda::mira_cluster_probe(size, iters);
+    const cuda::ClusterProbe r = cuda::mira_cluster_probe(size, iters, static_cast<long long*>(scratch.raw()));
     json j = {{"probe", "cluster"},
               {"device", prop.name},
               {"size", size},

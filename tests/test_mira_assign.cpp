@@ -154,6 +154,21 @@ bool rows_on_simplex(const std::vector<double>& t, int64_t N, int64_t K, double 
 
 constexpr double kTau = 0.225, kBeta = 2.0 / 3.0;
 
+// Logits of the extreme-input cases: 0: +-100 at random; 1: N(0, 1); 2: column 3 at -100
+// against 90-100 elsewhere (an empty column); 3: one-hot +100 rows; 4: constant.
+std::vector<double> extreme_logits(int64_t N, int64_t K, int kind) {
+  std::vector<double> L = randn(N * K, 9, 1.0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      double& x = L[i * K + j];
+      if (kind == 0) x = x < 0 ? -100 : 100;
+      if (kind == 2) x = j == 3 ? -100 : (x < 0 ? 90 : 100);
+      if (kind == 3) x = j == (i * 7) % K ? 100 : -100;
+      if (kind == 4) x = 0.5;
+    }
+  return L;
+}
+
 }  // namespace
 
 TEST_CASE("comm: LocalComm is a no-op, thread-ranks reduce in rank order") {
@@ -461,15 +476,7 @@ TEST_CASE("mira: extreme and degenerate inputs stay finite and on the simplex") 
   };
   for (const Case& c : cases) {
     CAPTURE(c.what);
-    std::vector<double> L = randn(c.N * c.K, 9, 1.0);
-    for (int64_t i = 0; i < c.N; ++i)
-      for (int64_t j = 0; j < c.K; ++j) {
-        double& x = L[i * c.K + j];
-        if (c.kind == 0) x = x < 0 ? -100 : 100;
-        if (c.kind == 2) x = j == 3 ? -100 : (x < 0 ? 90 : 100);
-        if (c.kind == 3) x = j == (i * 7) % c.K ? 100 : -100;
-        if (c.kind == 4) x = 0.5;
-      }
+    const std::vector<double> L = extreme_logits(c.N, c.K, c.kind);
     for (int prec : {32, 64}) {
       CAPTURE(prec);
       const auto t = prec == 32 ? kernel_mira<float>(L, c.N, c.K, c.tau, c.beta, 30)
@@ -564,7 +571,7 @@ TEST_CASE("mira: the cluster plan's CPU twin against f64") {
     const char* what;
     int64_t N, K;
     double tau, beta;
-    int kind;  // as in "extreme and degenerate inputs": 0 +-100, 1 N(0, 1), 2 empty column, 3 one-hot
+    int kind;  // extreme_logits
   };
   const Case cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03, 2.0 / 3.0, 0},
                         {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.0, 0.99, 0},
@@ -577,14 +584,7 @@ TEST_CASE("mira: the cluster plan's CPU twin against f64") {
                         {"N = 65536, K = 3, row groups of 7000", 65536, 3, 0.03, 2.0 / 3.0, 0}};
   for (const Case& c : cases) {
     CAPTURE(c.what);
-    std::vector<double> X = randn(c.N * c.K, 9, 1.0);
-    for (int64_t i = 0; i < c.N; ++i)
-      for (int64_t j = 0; j < c.K; ++j) {
-        double& x = X[i * c.K + j];
-        if (c.kind == 0) x = x < 0 ? -100 : 100;
-        if (c.kind == 2) x = j == 3 ? -100 : (x < 0 ? 90 : 100);
-        if (c.kind == 3) x = j == (i * 7) % c.K ? 100 : -100;
-      }
+    const std::vector<double> X = extreme_logits(c.N, c.K, c.kind);
     for (int size : {1, 4, 16}) {
       CAPTURE(size);
       const auto t = cluster_twin(X, c.N, c.K, c.tau, c.beta, size, 30, c.N > 1000 ? 7000 : 0);

@@ -176,13 +176,14 @@ int64_t mira_reduce_len(const MiraProblem& p, const MiraPlan& plan, int pass);
 // The cluster plan's primitives on this device (bench/mira_assign --probe-cluster): clock64
 // cycles per cluster barrier and per dependent DSMEM load in a cluster of `size` blocks (the
 // slowest block's mean over `iters`), and how many such clusters of one ~200 KB block per SM
-// run at once; all 0 where the device has no clusters of that size.
+// run at once; all 0 where the device has no clusters of that size. scratch: device memory of
+// 2 * size long longs.
 struct ClusterProbe {
   int size = 0;
   double barrier_cycles = 0, dsmem_cycles = 0;
   int active = 0;
 };
-ClusterProbe mira_cluster_probe(int size, int iters = 1000);
+ClusterProbe mira_cluster_probe(int size, int iters, long long* scratch);
 
 // Number of non-finite logits seen (a float in device memory, exact up to 2^24; in the reduce
 // buffer, so after pass 0's all-reduce it counts every rank). Valid once pass 0 has run.

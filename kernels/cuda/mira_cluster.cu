@@ -619,7 +619,7 @@ void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clust
 
 namespace mira::cuda {
 
-ClusterProbe mira_cluster_probe(int size, int iters) {
+ClusterProbe mira_cluster_probe(int size, int iters, long long* scratch) {
   using namespace fused;  // NOLINT(google-build-using-namespace)
   ClusterProbe r;
   r.size = size;
@@ -632,18 +632,15 @@ ClusterProbe mira_cluster_probe(int size, int iters) {
   MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   // Clusters at once with one block per SM, as the plan's blocks (~200 KB of shared memory).
   r.active = cluster_active(false, MiraCache::F32, size, static_cast<size_t>(optin - smem_static - 1024));
-  long long* out = nullptr;
-  MIRA_CUDA_CHECK(cudaMalloc(&out, 2 * static_cast<size_t>(size) * sizeof(long long)));
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = cluster_config(1, size, 0, nullptr, attr);
-  void* args[] = {&iters, &out};
+  void* args[] = {&iters, &scratch};
   std::vector<long long> h(2 * static_cast<size_t>(size));
   for (int rep = 0; rep < 2; ++rep) {  // the first launch warms up
     MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, fn, args));
     MIRA_CUDA_CHECK(cudaDeviceSynchronize());
   }
-  MIRA_CUDA_CHECK(cudaMemcpy(h.data(), out, h.size() * sizeof(long long), cudaMemcpyDeviceToHost));
-  MIRA_CUDA_CHECK(cudaFree(out));
+  MIRA_CUDA_CHECK(cudaMemcpy(h.data(), scratch, h.size() * sizeof(long long), cudaMemcpyDeviceToHost));
   for (int b = 0; b < size; ++b) {
     r.barrier_cycles = std::max(r.barrier_cycles, static_cast<double>(h[2 * b]) / iters);
     r.dsmem_cycles = std::max(r.dsmem_cycles, static_cast<double>(h[2 * b + 1]) / iters);
