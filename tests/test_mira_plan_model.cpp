@@ -135,42 +135,39 @@ TEST_CASE("plan model: the cluster plan's size and layout") {
   auto shape = [&](int N, int V, int te, int max_size, int asked = 0) {
     return cluster_shape(N, 3000, V, te, max_size, optin, st, active, asked);
   };
-  SUBCASE("training shapes: N 64 in 8 blocks of 376 columns, N 256 in 16 of 188, views side by side") {
-    const ClusterShape a = shape(64, 2, 4, 16);
-    CHECK(a.size == 8);  // 4 blocks would fit, at 94 elements per thread
-    CHECK(a.cols == 376);
-    CHECK(a.subsets == 5);
-    CHECK(a.groups == 1);
-    CHECK(a.views_side_by_side == 2);
-    const ClusterShape b = shape(256, 2, 4, 16);
-    CHECK(b.size == 16);
-    CHECK(b.cols == 188);
-    CHECK(b.groups == 1);
-    CHECK(b.smem + st <= optin);
-    CHECK(b.smem == 256 * 188 * 4 + 4LL * (4 * 256 + 188 + 10 * 188));
-  }
-  SUBCASE("row groups: N 1024 (f32) in 4 clusters per view, N 4096 (f16) in 8, one view at a time") {
-    const ClusterShape a = shape(1024, 2, 4, 16);
-    CHECK(a.size == 16);
-    CHECK(a.groups == 4);
-    CHECK(a.rows == 256);
-    CHECK(a.views_side_by_side == 2);
-    const ClusterShape b = shape(4096, 2, 2, 16);
-    CHECK(b.size == 16);
-    CHECK(b.groups == 8);
-    CHECK(b.rows == 512);
-    CHECK(b.views_side_by_side == 1);
-    CHECK(b.smem + st <= optin);
-    // Portable clusters of 8: N 256 (f32) in 2 groups of 128 rows, N 4096 (f16) in 16 of 256
-    // (the groups' sums take shared memory too: 15 of 274 do not fit).
-    const ClusterShape p8 = shape(256, 2, 4, 8);
-    CHECK(p8.size == 8);
-    CHECK(p8.groups == 2);
-    CHECK(p8.rows == 128);
-    const ClusterShape c = shape(4096, 2, 2, 8);
-    CHECK(c.size == 8);
-    CHECK(c.groups == 16);
-    CHECK(c.rows == 256);
+  SUBCASE("the shapes of bench/NOTES.md (session 9)") {
+    struct Want {
+      int N, te, max_size;
+      int size, cols, groups, rows, side_by_side;
+    };
+    const Want wants[] = {
+        // Training shapes, one cluster per view: N 64 in 8 blocks (4 would fit, at 94 elements
+        // per thread), N 256 in 16.
+        {64, 4, 16, 8, 376, 1, 64, 2},
+        {256, 4, 16, 16, 188, 1, 256, 2},
+        // Row groups: N 1024 (f32) in 4 clusters per view, side by side; N 4096 (f16) in 8,
+        // one view at a time.
+        {1024, 4, 16, 16, 188, 4, 256, 2},
+        {4096, 2, 16, 16, 188, 8, 512, 1},
+        // Portable clusters of 8: N 256 (f32) in 2 groups of 128 rows; N 4096 (f16) in 16 of
+        // 256 (the groups' sums take shared memory too: 15 of 274 do not fit).
+        {256, 4, 8, 8, 376, 2, 128, 2},
+        {4096, 2, 8, 8, 376, 16, 256, 1},
+    };
+    for (const Want& w : wants) {
+      CAPTURE(w.N);
+      CAPTURE(w.te);
+      CAPTURE(w.max_size);
+      const ClusterShape c = shape(w.N, 2, w.te, w.max_size);
+      CHECK(c.size == w.size);
+      CHECK(c.cols == w.cols);
+      CHECK(c.groups == w.groups);
+      CHECK(c.rows == w.rows);
+      CHECK(c.views_side_by_side == w.side_by_side);
+      CHECK(c.smem + st <= optin);
+    }
+    CHECK(shape(64, 2, 4, 16).subsets == 5);
+    CHECK(shape(256, 2, 4, 16).smem == 256 * 188 * 4 + 4LL * (4 * 256 + 188 + 10 * 188));
   }
   SUBCASE("what does not fit the clusters that run at once gets no plan") {
     CHECK(shape(4096, 2, 4, 16).size == 0);   // f32: 15 groups of 16 blocks, 8 run at once
