@@ -867,14 +867,14 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   MIRA_CHECK(blocks_per_sm >= 0 && blocks_per_sm <= 8, "mira_plan: blocks_per_sm in 0..8, got ", blocks_per_sm);
   MIRA_CHECK(opts.cluster_size >= 0 && opts.cluster_size <= 16 && (opts.cluster_size & (opts.cluster_size - 1)) == 0,
              "mira_plan: cluster_size is 0 (auto) or a power of two up to 16, got ", opts.cluster_size);
+  int dev = 0;
+  MIRA_CUDA_CHECK(cudaGetDevice(&dev));
   if (opts.cluster && variant == MiraVariant::Fused && cache != MiraCache::BF16) {
     // The cluster plan where the view's E fits the shared memory of the clusters that run at
     // once (plan_model::cluster_shape).
     int smem_static = 0;
     const int max_size = cluster_prepare(p.logits_bf16, cache, &smem_static);
-    int dev_c = 0, optin = 0;
-    MIRA_CUDA_CHECK(cudaGetDevice(&dev_c));
-    MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev_c));
+    const int optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     const plan_model::ClusterActive active = [&](int size, long long smem) {
       return cluster_active(p.logits_bf16, cache, size, static_cast<size_t>(smem));
     };
@@ -916,8 +916,6 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   }
   plan.warp_rows = opts.warp_rows && p.K <= kWarpRowsMaxK && cache != MiraCache::BF16;
 
-  int dev = 0;
-  MIRA_CUDA_CHECK(cudaGetDevice(&dev));
   const int sms = device_attr(cudaDevAttrMultiProcessorCount, dev);
   const int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   const int smem_sm = device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
