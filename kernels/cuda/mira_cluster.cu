@@ -1,26 +1,30 @@
-// The cluster plan of the fused MIRA assignment (MiraPlanOptions::cluster, sm_90): one
-// thread-block cluster per view holds all of that view's E in f32 in its blocks' shared memory,
-// for the shapes where it fits (N x K up to ~0.8 M at 16 blocks: the training shapes of one
-// GPU, N 64-256 per view at K 3000). The numerics are those of the other fused kernels; the
-// order of the additions is the CPU twin's (kernels/cpu/mira_assign.h, mira_cluster_twin).
+// The cluster plan of the fused MIRA assignment (MiraPlanOptions::cluster, sm_90): thread-block
+// clusters of up to 16 blocks (one per SM) hold E in their shared memory, in f32 or as the f16
+// copy (E * 2^15). The numerics are those of the other fused kernels; the order of the
+// additions is the CPU twin's (kernels/cpu/mira_assign.h, mira_cluster_twin). Shapes:
+// plan_model::cluster_shape (kernels/cpu/mira_plan_model.h).
 //
-// - Work mapping: block r of a cluster owns the columns [r cols, (r + 1) cols) of every row of
-//   its view (plan_model::cluster_layout), so a column's sum never leaves its block. A row's
-//   sum does: each block publishes its N partial row sums in shared memory, and after a
-//   cluster barrier every block adds the `size` partials of each row through
-//   distributed shared memory (DSMEM: a half-warp per row, one load per block, then a butterfly
-//   of shuffles). The weights need the largest column sum: each block
-//   publishes its own largest, and after a second cluster barrier every block takes the
-//   maximum. Two cluster barriers per pass, no grid barrier, nothing through L2 but the logits
-//   and the targets.
-// - Row sums: a warp per 4 rows, lane l over the column quads l, l + 32, ... (16-byte loads of
-//   E and w), fused multiply-adds, then a butterfly of xor-shuffles.
+// - Work mapping: a cluster holds rows_per_block rows of one view (all N where they fit: the
+//   training shapes; else the view's rows in `cluster_groups` row groups, one cluster each, all
+//   resident at once). Block r of a cluster owns the columns [r cols, (r + 1) cols) of those
+//   rows. A row's sum crosses the cluster: each block publishes its partial row sums in shared
+//   memory, and after a cluster barrier every block adds the `size` partials of each row
+//   through distributed shared memory (DSMEM: a half-warp per row, one load per block, then a
+//   butterfly of shuffles). A column's sum stays in its block, or, with row groups, crosses
+//   the view's clusters once per pass as flag-tagged words in L2 (two slots by pass parity),
+//   added in group order so every cluster has the same sums. The weights need the largest
+//   column sum: each block publishes its own, and after a second cluster barrier every block
+//   takes the maximum. Two cluster barriers per pass and no grid barrier.
+// - Row sums: a warp per 4 rows, lane l over the column quads l, l + 32, ..., fused
+//   multiply-adds, then a butterfly of xor-shuffles.
 // - Column sums: threads are (quad, subset) pairs; subset s adds the rows s, s + subsets, ...
 //   (fused multiply-adds), then one thread per quad adds the subsets in order.
-// - Buffers reused across passes need no double-buffering: a block rewrites its row partials
-//   only after the barrier that follows every block's reads of them, and likewise its maximum.
-// - The blocks read each other's shared memory only between the first cluster barrier and the
-//   last, which every block passes before it exits.
+// - The f16 copy: its last exact_passes updates and the targets read a split copy, the f16
+//   cache (hi) plus the f16 of its remainder (lo) in the workspace, ~22 significant bits.
+// - Shared-memory buffers reused across passes need no double-buffering: a block rewrites its
+//   row partials only after the barrier that follows every block's reads of them, and likewise
+//   its maximum. The blocks read each other's shared memory only between the first cluster
+//   barrier of a view and its last, which every block passes before it moves on or exits.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
