@@ -53,6 +53,8 @@ def main(path, predictions=None):
         p = j.get("plan", {})
         shape = (f" g{p['grid']}x{p['block']} c{p['cols_per_thread']} v{p['views_side_by_side']}"
                  if p else "")
+        if p.get("cluster"):  # the cluster plan: blocks per cluster x clusters per view
+            shape += f" cl{p['cluster']}x{p.get('cluster_groups', 1)}"
         print(f"  {j['variant']:<46} {j.get('median_ms', float('nan')):7.3f} ms err "
               f"{j.get('max_abs_err', float('nan')):.1e} valid {j.get('valid')} N{j.get('N')}{shape} {tr} "
               f"{j.get('error', '')}{j.get('skipped', '')}")
