@@ -605,19 +605,24 @@ TEST_CASE("gpu mira and sinkhorn: statistics and Sinkhorn against the CPU") {
   }
 }
 
-TEST_CASE("gpu mira: the per-pass and fused launches can be captured in a CUDA graph") {
+TEST_CASE("gpu mira: the per-pass, fused and cluster launches can be captured in a CUDA graph") {
   const Device dev = Device::cuda(0);
   const int64_t N = 128, K = 500;
   const Tensor Lc = cpu_logits(N, K, 9, 0.3);
   const Tensor L = Lc.to(dev);
   const auto ref = reference(Lc);
-  for (cuda::MiraVariant variant : {cuda::MiraVariant::PerPass, cuda::MiraVariant::Fused}) {
+  // Per-pass, fused, and fused with the cluster plan (a cluster launch on sm_90).
+  for (int run = 0; run < 3; ++run) {
+    const cuda::MiraVariant variant = run == 0 ? cuda::MiraVariant::PerPass : cuda::MiraVariant::Fused;
+    CAPTURE(run);
     Tensor T = Tensor::zeros({N, K}, DType::F32, dev);
     cuda::MiraProblem p;
     p.N = static_cast<int>(N), p.K = static_cast<int>(K);
     p.logits[0] = L.raw();
     p.targets[0] = T.data<float>();
-    const cuda::MiraPlan plan = cuda::mira_plan(p, variant);
+    cuda::MiraPlanOptions o;
+    o.cluster = run == 2;
+    const cuda::MiraPlan plan = cuda::mira_plan(p, variant, o);
     Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
     // Capture on a stream of our own: the engine's stream stays free for the copies below.
     cudaStream_t s;
