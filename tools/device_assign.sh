@@ -28,8 +28,6 @@ run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --tra
 # The cluster plan's row groups in f32 (N 1024: 4 clusters of 16 per view, views side by side).
 run assign_n1024 $B/mira_assign --time --device cuda --n 1024 --pytorch none --trace \
   --variants "fused,fused cluster,fused f16-cache exact3,fused cluster f16-cache exact3"
-run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
-  --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
 # The cluster plan under compute-sanitizer (shared-memory races, barrier misuse): one launch
 # at N 64 (one cluster per view) and one at N 1024 (row groups), if the tool is there.
 if command -v compute-sanitizer >/dev/null; then
@@ -42,6 +40,8 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "== compute-sanitizer: not found" >>"$R"
 fi
+run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
+  --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
 if command -v ncu >/dev/null; then
   IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused rows8;fused f16-cache exact3;fused cluster f16-cache exact3}"
   for v in "${NCU_VARIANTS[@]}"; do
@@ -56,7 +56,7 @@ else
 fi
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
 grep -E '^\{"probe"' "$R" | cut -c1-200
-grep -A3 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
+grep -A8 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
 grep -E '^== ncu|^rc|Duration|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Warp Cycles Per Issued|Stall|stall|Bank|Executed Ipc|Shared Memory|L1/TEX Hit|L2 Hit|Mem Busy|Compute \(SM\)' "$R" | cut -c1-150
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls "$LOG_DIR"
