@@ -119,6 +119,14 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
   return res;
 }
 
+// The current device's compute capability (9: thread-block clusters, the cluster plan).
+int compute_major() {
+  int dev = 0, major = 0;
+  REQUIRE(cudaGetDevice(&dev) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess);
+  return major;
+}
+
 bool finite_simplex(const std::vector<double>& t, int64_t N, int64_t K, double tol) {
   for (int64_t i = 0; i < N; ++i) {
     double s = 0;
@@ -294,9 +302,7 @@ TEST_CASE("gpu mira: a warp per row at the benchmark's shape, E partly in the wo
 }
 
 TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference") {
-  int dev = 0, major = 0;
-  REQUIRE(cudaGetDevice(&dev) == cudaSuccess);
-  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess);
+  const int major = compute_major();
   if (major < 9) {
     MESSAGE("SKIPPED: thread-block clusters need sm_90 (compute capability ", major, ")");
     return;
@@ -473,9 +479,7 @@ TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
                         {"N = 65536", 65536, 3, 0.03, 2.0 / 3.0, 0},
                         {"K = 12288", 3, 12288, 0.03, 2.0 / 3.0, 0},
                         {"K = 65536", 3, 65536, 0.03, 2.0 / 3.0, 0}};
-  int device = 0, major = 0;
-  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
-  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess);
+  const int major = compute_major();
   for (const Case& c : cases) {
     CAPTURE(c.what);
     std::vector<double> v = Tensor::randn({c.N, c.K}, 9, 0.0, 1.0, DType::F64).to_vector();

@@ -895,13 +895,12 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
       plan.smem_rows = cs.rows;
       plan.smem_bytes = static_cast<size_t>(cs.smem);
       plan.Kp = cs.size * cs.cols;
-      // The workspace: the non-finite counter after V * Kp unused floats (where the other plans
-      // keep their column sums, so that mira_nonfinite_count finds it the same way), the f16
-      // copy's low halves, then with row groups the flag-tagged column sums of each group, in
-      // two slots (pass parity).
+      // The workspace: the non-finite counter (colsum[0]: the plan has no column sums there),
+      // the f16 copy's low halves, then with row groups the flag-tagged column sums of each
+      // group, in two slots (pass parity).
       plan.off_colsum = 0;
-      plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
-      size_t off = align_up((static_cast<size_t>(plan.flag_index) + 1) * sizeof(float), 256);
+      plan.flag_index = 0;
+      size_t off = 256;
       if (cache == MiraCache::F16) {  // the split copy's low halves (mira_cluster.cu, SplitE)
         plan.off_ecache = off;
         off = align_up(off + static_cast<size_t>(p.V) * cs.groups * cs.rows * plan.Kp * sizeof(uint16_t), 256);
