@@ -400,7 +400,7 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   constexpr int RH = R > 1 ? R / 2 : 1;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  MIRA_DYNAMIC_SMEM(smem_raw);
   __shared__ float red[2 * 32 * R];
   __shared__ float pbuf[PIPE ? kPipeDepth * 32 * R : 1];  // the pipelined update's slots
   __shared__ unsigned long long mbar[kPipeDepth];
@@ -882,35 +882,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     for (int cap = max_size; cap >= 8; cap /= 2) {
       const plan_model::ClusterShape cs = plan_model::cluster_shape(p.N, p.K, p.V, cache == MiraCache::F32 ? 4 : 2, cap,
                                                                     optin, smem_static, active, opts.cluster_size);
-      if (cs.size == 0) continue;
-      plan.cluster = cs.size;
-      plan.cluster_cols = cs.cols;
-      plan.cluster_groups = cs.groups;
-      plan.cpt = kVec;
-      plan.block = plan_model::kClusterBlock;
-      plan.views_per_group = cs.views_side_by_side;
-      plan.blocks_per_view = cs.groups * cs.size;
-      plan.grid = cs.views_side_by_side * plan.blocks_per_view;
-      plan.rows_per_block = cs.rows;
-      plan.smem_rows = cs.rows;
-      plan.smem_bytes = static_cast<size_t>(cs.smem);
-      plan.Kp = cs.size * cs.cols;
-      // The workspace: the non-finite counter (colsum[0]: the plan has no column sums there),
-      // the f16 copy's low halves, then with row groups the flag-tagged column sums of each
-      // group, in two slots (pass parity).
-      plan.off_colsum = 0;
-      plan.flag_index = 0;
-      size_t off = 256;
-      if (cache == MiraCache::F16) {  // the split copy's low halves (mira_cluster.cu, SplitE)
-        plan.off_ecache = off;
-        off = align_up(off + static_cast<size_t>(p.V) * cs.groups * cs.rows * plan.Kp * sizeof(uint16_t), 256);
-      }
-      if (cs.groups > 1) {
-        plan.off_ll_partial = off;
-        off = align_up(off + 2 * static_cast<size_t>(p.V) * cs.groups * plan.Kp * sizeof(uint2), 256);
-      }
-      plan.workspace_bytes = off;
-      return plan;
+      if (cs.size > 0) return cluster_plan(p, cache, plan.exact_passes, cs);
     }
   }
   plan.warp_rows = opts.warp_rows && p.K <= kWarpRowsMaxK && cache != MiraCache::BF16;
@@ -1035,10 +1007,12 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
 }
 
 float* mira_reduce_buffer(const MiraPlan& plan, void* ws) {
+  MIRA_CHECK(plan.cluster == 0, "mira_reduce_buffer: a cluster plan has no cross-rank reduction (one process)");
   return reinterpret_cast<float*>(static_cast<char*>(ws) + plan.off_colsum);
 }
 
 int64_t mira_reduce_len(const MiraProblem& p, const MiraPlan& plan, int pass) {
+  MIRA_CHECK(plan.cluster == 0, "mira_reduce_len: a cluster plan has no cross-rank reduction (one process)");
   return static_cast<int64_t>(p.V) * plan.Kp + (pass == 0 ? 1 : 0);
 }
 
@@ -1047,48 +1021,6 @@ const float* mira_nonfinite_count(const MiraPlan& plan, const void* ws) {
 }
 
 namespace {
-
-FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end) {
-  FusedArgs a{};
-  bool vec = p.K % kVec == 0;
-  for (int v = 0; v < p.V; ++v) {
-    a.logits[v] = p.logits[v];
-    a.targets[v] = p.targets[v];
-    MIRA_CHECK(p.logits[v] && p.targets[v], "mira_assign_cuda: null pointer for view ", v);
-    const size_t align = p.logits_bf16 ? 8 : 16;
-    vec = vec && reinterpret_cast<uintptr_t>(p.logits[v]) % align == 0 &&
-          reinterpret_cast<uintptr_t>(p.targets[v]) % 16 == 0;
-  }
-  a.V = p.V, a.N = p.N, a.K = p.K, a.Kp = plan.Kp;
-  a.views_per_group = plan.views_per_group;
-  a.blocks_per_view = plan.blocks_per_view;
-  a.rows_per_block = plan.rows_per_block;
-  a.smem_rows = plan.smem_rows;
-  a.ecache_rows_per_block = plan.ecache_rows_per_block;
-  a.k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(p.tau_t) * (1.0 - p.beta)));
-  a.exponent = -p.beta;
-  // Row sums of the f16 cache carry its 2^15 scale.
-  a.log2_cap =
-      kLog2MaxF32 - (plan.cache == MiraCache::F16 ? kF16Log2Scale : 0) - std::ceil(std::log2(static_cast<double>(p.K)));
-  a.iters = p.iters;
-  a.exact_from = p.iters + 1 - std::min(plan.exact_passes, p.iters);
-  a.pass_begin = pass_begin, a.pass_end = pass_end;
-  a.vec_logits = vec;
-  char* base = static_cast<char*>(ws);
-  a.ecache = base + plan.off_ecache;
-  a.partial = reinterpret_cast<float*>(base + plan.off_partial);
-  a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
-  a.colsum_log2 = plan.log2_sums ? reinterpret_cast<float*>(base + plan.off_colsum_log2) : nullptr;
-  a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
-  a.ll_partial =
-      plan.flag_sync || plan.cluster_groups > 1 ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
-  a.ll_colsum = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_colsum) : nullptr;
-  a.trace = plan.trace;
-  a.cluster = plan.cluster;
-  a.cluster_cols = plan.cluster_cols;
-  a.cluster_groups = plan.cluster_groups;
-  return a;
-}
 
 void check_problem(const MiraProblem& p) {
   MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews && p.N >= 1 && p.K >= 1, "mira_assign_cuda: bad problem shape");

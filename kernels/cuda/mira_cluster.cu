@@ -61,7 +61,7 @@ struct Smem {
   float* dslot;  // rows: this block's partial row sums, read by the whole cluster
   float* mslot;  // rows: this block's partial row maxima (first pass), read by the whole cluster
   float* rinv;   // rows: the rows' 1 / sum
-  float* rmax;   // rows: the rows' maxima (E recomputed from the logits)
+  float* rmax;   // rows: the rows' maxima (the first pass forms E from them)
   float* w;      // cols: the weights of this block's columns
   float* red;    // max(subsets, groups) x cols: the column subsets' sums, then the groups'
 };
@@ -470,10 +470,12 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
 template <typename TIn, typename TE>
 __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
   cg::cluster_group cl = cg::this_cluster();
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  MIRA_DYNAMIC_SMEM(smem_raw);
   __shared__ float wred[kBlock / 32];
   __shared__ float cmax;                          // this block's largest column sum, read by the whole cluster
   __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
+  // The launch shape the plan's layout assumes (launch_cluster): else every index is wrong.
+  if (blockDim.x != kBlock || cl.num_blocks() != static_cast<unsigned>(a.cluster)) __trap();
   const Smem<TE> s = smem_layout<TE>(smem_raw, a.rows_per_block, a.cluster_cols);
   // Clusters are (view slot, row group) pairs: views_per_group views side by side, each over
   // cluster_groups clusters of rows_per_block rows; the view groups one after another.
@@ -531,7 +533,8 @@ __device__ __forceinline__ void probe_body(int iters, long long* out) {
 
 #endif  // clusters
 
-// Grid: V clusters of a.cluster blocks (cluster dimension set at launch), kBlock threads each.
+// Grid: views side by side x row groups clusters of a.cluster blocks (the cluster dimension
+// set at launch), kBlock threads each.
 template <typename TIn, typename TE>
 __global__ void __launch_bounds__(kBlock, 1) mira_cluster_kernel(const __grid_constant__ FusedArgs a) {
 #ifdef MIRA_HAS_CLUSTERS
@@ -556,6 +559,9 @@ FusedFn cluster_fn(bool bf16_in, MiraCache cache) {
     return bf16_in ? mira_cluster_kernel<__nv_bfloat16, __half> : mira_cluster_kernel<float, __half>;
   return bf16_in ? mira_cluster_kernel<__nv_bfloat16, float> : mira_cluster_kernel<float, float>;
 }
+
+// The launches (tests/cuda_emu runs the kernel through its own).
+#ifndef MIRA_CUDA_EMU
 
 namespace {
 
@@ -586,6 +592,8 @@ int cluster_prepare(bool bf16_in, MiraCache cache, int* smem_static) {
   MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   cudaFuncAttributes fa{};
   MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, fn));
+  // A build without sm_90 code (MIRA_CUDA_ARCHS) runs the compute_80 PTX, whose kernel traps.
+  if (fa.binaryVersion < 90 && fa.ptxVersion < 90) return 0;
   *smem_static = static_cast<int>(fa.sharedSizeBytes);
   MIRA_CUDA_CHECK(
       cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, std::max(0, optin - *smem_static)));
@@ -619,7 +627,11 @@ void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clust
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
+#endif  // MIRA_CUDA_EMU
+
 }  // namespace mira::cuda::fused
+
+#ifndef MIRA_CUDA_EMU
 
 namespace mira::cuda {
 
@@ -635,9 +647,21 @@ ClusterProbe mira_cluster_probe(int size, int iters, long long* scratch) {
   MIRA_CUDA_CHECK(cudaGetDevice(&dev));
   MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   // Clusters at once with one block per SM, as the plan's blocks (~200 KB of shared memory).
-  r.active = cluster_active(false, MiraCache::F32, size, static_cast<size_t>(optin - smem_static - 1024));
+  const size_t big = static_cast<size_t>(optin - smem_static - 1024);
+  r.active = cluster_active(false, MiraCache::F32, size, big);
+  if (r.active == 0) return r;
+  // The probe's blocks take as much shared memory, so that they too sit one per SM and the
+  // barrier and DSMEM latencies are those between SMs.
+  int probe_static = 0;
+  {
+    cudaFuncAttributes fa{};
+    MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, fn));
+    probe_static = static_cast<int>(fa.sharedSizeBytes);
+  }
+  const size_t probe_smem = static_cast<size_t>(optin - probe_static);
+  MIRA_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(probe_smem)));
   cudaLaunchAttribute attr[1];
-  cudaLaunchConfig_t cfg = cluster_config(1, size, 0, nullptr, attr);
+  cudaLaunchConfig_t cfg = cluster_config(1, size, probe_smem, nullptr, attr);
   void* args[] = {&iters, &scratch};
   std::vector<long long> h(2 * static_cast<size_t>(size));
   for (int rep = 0; rep < 2; ++rep) {  // the first launch warms up
@@ -653,3 +677,5 @@ ClusterProbe mira_cluster_probe(int size, int iters, long long* scratch) {
 }
 
 }  // namespace mira::cuda
+
+#endif  // MIRA_CUDA_EMU

@@ -13,14 +13,21 @@
 #include <cstdint>
 
 #include "kernels/cuda/mira_assign.cuh"
+#include "kernels/cuda/mira_fused_host.h"
 
 namespace mira::cuda::fused {
 
 constexpr unsigned kFull = 0xffffffffu;
-constexpr int kVec = 4;  // consecutive columns per thread and vector access
+
+// A kernel's dynamic shared memory as `unsigned char name[]`, 16-byte aligned (tests/cuda_emu:
+// the emulated block's buffer).
+#ifdef MIRA_CUDA_EMU
+#define MIRA_DYNAMIC_SMEM(name) unsigned char* const name = ::mira::emu::dynamic_smem()
+#else
+#define MIRA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 constexpr int kFusedMaxBlock = 768;
 constexpr int kFusedMaxK = kFusedMaxBlock * 16;
-constexpr float kLog2MaxF32 = 124.f;  // K weights of at most 2^(124 - log2 K): sums < 2^124
 // Phases of MiraPlan::trace (kernels/cuda/mira_assign.cuh lists them).
 enum TracePhase {
   kTraceFirst,
@@ -102,8 +109,6 @@ struct ECache<__nv_bfloat16> {
 // E = 2^-29, subnormal steps of 2^-39 below. round() maps an f32 E to S, load() returns S:
 // a pass only forms ratios E_ij / sum_l w_l E_il, so S needs no unscaling (the weight cap
 // leaves room for the 2^15 in the row sums: fused_args).
-constexpr float kF16Scale = 32768.f;
-constexpr int kF16Log2Scale = 15;
 template <>
 struct ECache<__half> {
   static __device__ __forceinline__ void load(const __half* p, float (&v)[kVec]) {
@@ -220,35 +225,6 @@ struct RowReduce {
   }
 };
 
-// ---- the fused / per-pass kernel
-
-struct FusedArgs {
-  const void* logits[kMiraMaxViews];
-  float* targets[kMiraMaxViews];
-  int V, N, K, Kp;
-  int views_per_group, blocks_per_view, rows_per_block, smem_rows;
-  int64_t ecache_rows_per_block;
-  float k2;        // log2(e) / (tau_t (1 - beta)): E = exp2((L - max) * k2)
-  float exponent;  // -beta
-  float log2_cap;
-  int iters, pass_begin, pass_end;
-  int exact_from;   // 16-bit caches: updates p >= exact_from recompute E from the logits
-  bool vec_logits;  // K % 4 == 0 and rows aligned: vector loads of logits / stores of targets
-  void* ecache;     // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
-  float* partial;   // (V, blocks_per_view, Kp)
-  float* colsum;    // (V, Kp) + the non-finite counter
-  float* colsum_log2;  // null, or (V, Kp): log2f of each sum, written with it (MiraPlan::log2_sums)
-  float* rowmax;    // (V, N)
-  // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
-  // and (V, Kp) sums as {float, pass + 1} words.
-  uint2* ll_partial;
-  uint2* ll_colsum;
-  unsigned long long* trace;  // null, or (grid, kMiraTracePhases) clock64 sums (MiraPlan::trace)
-  // The cluster plan (MiraPlan::cluster): blocks per cluster, columns per block, clusters per
-  // view (row groups of rows_per_block rows).
-  int cluster, cluster_cols, cluster_groups;
-};
-
 // ---- flag-tagged words (the LL protocol of NCCL): a float travels with the number of the
 // pass that wrote it (pass + 1; 0 = never written) in one aligned 8-byte word, stored and
 // loaded whole, so a reader polls the data itself: no grid barrier between the blocks that
@@ -259,6 +235,25 @@ struct FusedArgs {
 __device__ __forceinline__ unsigned long long ll_word(float v, unsigned seq) {
   return (static_cast<unsigned long long>(seq) << 32) | __float_as_uint(v);
 }
+#ifdef MIRA_CUDA_EMU  // tests/cuda_emu: the same 8-byte words through the host's atomics
+__device__ __forceinline__ void ll_store1(uint2* p, float v, unsigned seq) {
+  __atomic_store_n(reinterpret_cast<unsigned long long*>(p), ll_word(v, seq), __ATOMIC_RELEASE);
+}
+__device__ __forceinline__ void ll_store4(uint2* p, const float (&v)[kVec], unsigned seq) {
+  for (int u = 0; u < kVec; ++u) ll_store1(p + u, v[u], seq);
+}
+__device__ __forceinline__ uint2 ll_load1(const uint2* p) {
+  const unsigned long long w = __atomic_load_n(reinterpret_cast<const unsigned long long*>(p), __ATOMIC_ACQUIRE);
+  return make_uint2(static_cast<unsigned>(w), static_cast<unsigned>(w >> 32));
+}
+__device__ __forceinline__ uint4 ll_load2(const uint2* p) {
+  const uint2 a = ll_load1(p), b = ll_load1(p + 1);
+  return make_uint4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ void ll_spin(int& n) {
+  ::mira::emu::spin_wait(n);
+}
+#else
 __device__ __forceinline__ void ll_store4(uint2* p, const float (&v)[kVec], unsigned seq) {
   asm volatile("st.volatile.global.v2.b64 [%0], {%1, %2};" ::"l"(p), "l"(ll_word(v[0], seq)), "l"(ll_word(v[1], seq))
                : "memory");
@@ -286,6 +281,7 @@ __device__ __forceinline__ uint4 ll_load2(const uint2* p) {
 __device__ __forceinline__ void ll_spin(int& n) {
   if (++n > (1 << 24)) __trap();
 }
+#endif
 // Four consecutive columns' words (p 16-byte aligned) into v; true when all four carry seq.
 __device__ __forceinline__ bool ll_load4(const uint2* p, unsigned seq, float (&v)[kVec]) {
   const uint4 a = ll_load2(p), b = ll_load2(p + 2);

@@ -301,7 +301,7 @@ __device__ __forceinline__ void wr_combine(const FusedArgs& a, int v, int bv, co
 template <typename TIn, typename TE, int T, bool LL>
 __global__ void __launch_bounds__(kWarpRowsBlock, 1) mira_warprows_kernel(const __grid_constant__ FusedArgs a) {
   static_assert(T % 8 == 0, "T: a multiple of 8 chunks (the weights' staging, the combine's rounds)");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  MIRA_DYNAMIC_SMEM(smem_raw);
   float* comb = reinterpret_cast<float*>(smem_raw);
   TE* scache = reinterpret_cast<TE*>(smem_raw + static_cast<size_t>(kWarpRowsBlock) * T * sizeof(float));
   __shared__ float red[2 * 32];

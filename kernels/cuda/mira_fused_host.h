@@ -1,0 +1,59 @@
+// The host side of the fused MIRA assignment kernels that needs no device: their arguments
+// (FusedArgs, filled from a problem, its plan and the workspace) and the cluster plan's
+// geometry and workspace layout from its shape. Plain C++ (mira_fused_host.cpp), so that
+// tests/cuda_emu can run mira_cluster.cu's device code on the CPU with the same arguments as
+// a launch on a GPU.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cpu/mira_plan_model.h"
+#include "kernels/cuda/mira_assign.cuh"
+
+namespace mira::cuda::fused {
+
+constexpr int kVec = 4;               // consecutive columns per thread and vector access
+constexpr float kLog2MaxF32 = 124.f;  // K weights of at most 2^(124 - log2 K): sums < 2^124
+// The f16 cache holds S = E * 2^15 (mira_fused.cuh, ECache<__half>).
+constexpr float kF16Scale = 32768.f;
+constexpr int kF16Log2Scale = 15;
+
+struct FusedArgs {
+  const void* logits[kMiraMaxViews];
+  float* targets[kMiraMaxViews];
+  int V, N, K, Kp;
+  int views_per_group, blocks_per_view, rows_per_block, smem_rows;
+  int64_t ecache_rows_per_block;
+  float k2;        // log2(e) / (tau_t (1 - beta)): E = exp2((L - max) * k2)
+  float exponent;  // -beta
+  float log2_cap;
+  int iters, pass_begin, pass_end;
+  int exact_from;      // 16-bit caches: updates p >= exact_from read exact E (the cluster plan: its split copy)
+  bool vec_logits;     // K % 4 == 0 and rows aligned: vector loads of logits / stores of targets
+  void* ecache;        // (V, blocks_per_view, ecache_rows_per_block, Kp) of TE
+  float* partial;      // (V, blocks_per_view, Kp)
+  float* colsum;       // (V, Kp) + the non-finite counter
+  float* colsum_log2;  // null, or (V, Kp): log2f of each sum, written with it (MiraPlan::log2_sums)
+  float* rowmax;       // (V, N)
+  // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
+  // and (V, Kp) sums as {float, pass + 1} words.
+  uint2* ll_partial;
+  uint2* ll_colsum;
+  unsigned long long* trace;  // null, or (grid, kMiraTracePhases) clock64 sums (MiraPlan::trace)
+  // The cluster plan (MiraPlan::cluster): blocks per cluster, columns per block, clusters per
+  // view (row groups of rows_per_block rows).
+  int cluster, cluster_cols, cluster_groups;
+};
+
+// The kernel arguments of passes [pass_begin, pass_end) of problem p under plan, with the
+// workspace at ws (checks the views' pointers; vector access where K and their alignment allow).
+FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end);
+
+// The cluster plan of p for a shape from plan_model::cluster_shape (cs.size > 0): launch
+// geometry, shared memory and workspace layout; variant Fused, the given cache (F32 or F16)
+// and exact passes.
+MiraPlan cluster_plan(const MiraProblem& p, MiraCache cache, int exact_passes, const plan_model::ClusterShape& cs);
+
+}  // namespace mira::cuda::fused

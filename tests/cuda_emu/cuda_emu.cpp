@@ -1,0 +1,410 @@
+// The CUDA emulator's runtime (cuda_emu.h): blocks as OS threads, threads as fibers.
+#include "tests/cuda_emu/cuda_emu.h"
+
+#include <sched.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define MIRA_EMU_ASAN 1
+#endif
+
+#if !defined(__x86_64__)
+#error "tests/cuda_emu switches fiber stacks with x86-64 code"
+#endif
+
+// Saves the callee-saved registers on the current stack, stores its pointer to *save, and
+// resumes the stack at load (SysV x86-64).
+extern "C" void mira_emu_switch(void** save, void* load);
+asm(R"(
+  .text
+  .globl mira_emu_switch
+  .type mira_emu_switch, @function
+mira_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size mira_emu_switch, .-mira_emu_switch
+)");
+
+namespace mira::emu {
+
+thread_local ThreadCtx* tcur = nullptr;
+
+namespace {
+
+#ifdef MIRA_EMU_ASAN
+constexpr size_t kStack = 512 * 1024;
+#else
+constexpr size_t kStack = 64 * 1024;
+#endif
+constexpr uint64_t kCanary = 0x6d6972615f656d75ull;
+constexpr uintptr_t kTlsSpan = 4u << 20;  // static TLS below the thread pointer, searched for shared memory
+constexpr auto kWaitLimit = std::chrono::seconds(120);
+
+using Clock = std::chrono::steady_clock;
+
+enum class Wait : uint8_t { Run, Warp, Block, Cluster, Done };
+
+struct ClusterSync {
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned n = 0, count = 0;
+  uint64_t gen = 0;
+  std::vector<std::atomic<uintptr_t>> tp;  // each block's thread pointer (map_shared)
+  explicit ClusterSync(unsigned size) : n(size), tp(size) {}
+};
+
+struct Launch {
+  LaunchConfig cfg;
+  const std::function<void()>* body = nullptr;
+  std::vector<std::unique_ptr<ClusterSync>> clusters;
+  std::atomic<bool> abort{false};
+  std::mutex err_m;
+  std::string error;
+
+  void fail(const std::string& e) {
+    {
+      std::lock_guard<std::mutex> lk(err_m);
+      if (error.empty()) error = e;
+    }
+    abort = true;
+    for (auto& c : clusters) {
+      std::lock_guard<std::mutex> lk(c->m);
+      c->cv.notify_all();
+    }
+  }
+};
+
+struct Fiber {
+  void* sp = nullptr;
+  Wait wait = Wait::Run;
+  int site = 0;
+  unsigned syncs = 0;  // warp exchanges passed (slot parity)
+  ThreadCtx ctx;
+  unsigned char* stack = nullptr;  // lowest address
+#ifdef MIRA_EMU_ASAN
+  void* fake = nullptr;
+#endif
+};
+
+struct WarpState {
+  int arrived = 0;
+  int site = 0;
+  uint64_t slot[2][32] = {};
+};
+
+struct Block {
+  Launch* L = nullptr;
+  unsigned id = 0, rank = 0;
+  ClusterSync* cl = nullptr;
+  std::vector<Fiber> fibers;
+  std::vector<WarpState> warps;
+  Fiber* cur = nullptr;
+  void* sched_sp = nullptr;
+  int live = 0, at_block = 0, at_cluster = 0;
+  unsigned cluster_barriers = 0;  // passed
+#ifdef MIRA_EMU_ASAN
+  void* sched_fake = nullptr;
+  const void* sched_bottom = nullptr;
+  size_t sched_size = 0;
+#endif
+};
+
+thread_local Block* tblock = nullptr;
+thread_local Clock::time_point spin_start;
+
+uintptr_t thread_pointer() {
+  uintptr_t tp;
+  asm("movq %%fs:0, %0" : "=r"(tp));
+  return tp;
+}
+
+std::string where() {
+  std::ostringstream o;
+  if (tblock) o << "block " << tblock->id;
+  if (tcur) o << " thread " << tcur->tid.x;
+  return o.str();
+}
+
+// From a fiber: wait (or end), back to the block's scheduler.
+void to_scheduler(Wait w, int site) {
+  Block* b = tblock;
+  Fiber* f = b->cur;
+  f->wait = w;
+  f->site = site;
+#ifdef MIRA_EMU_ASAN
+  __sanitizer_start_switch_fiber(w == Wait::Done ? nullptr : &f->fake, b->sched_bottom, b->sched_size);
+#endif
+  mira_emu_switch(&f->sp, b->sched_sp);
+#ifdef MIRA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f->fake, nullptr, nullptr);
+#endif
+}
+
+extern "C" void fiber_main() {
+  Block* b = tblock;
+#ifdef MIRA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &b->sched_bottom, &b->sched_size);
+#endif
+  try {
+    (*b->L->body)();
+  } catch (const std::exception& e) {
+    b->L->fail(where() + ": " + e.what());
+  } catch (...) {
+    b->L->fail(where() + ": unknown exception");
+  }
+  to_scheduler(Wait::Done, 0);
+  std::abort();  // a finished fiber is never resumed
+}
+
+void release(Block& b, Wait w, int warp = -1) {
+  for (size_t i = 0; i < b.fibers.size(); ++i) {
+    Fiber& f = b.fibers[i];
+    if (f.wait == w && (warp < 0 || static_cast<int>(i / 32) == warp)) f.wait = Wait::Run;
+  }
+}
+
+// The OS-thread barrier of the block's cluster; false when the launch was aborted.
+bool cluster_barrier(Block& b) {
+  ClusterSync& c = *b.cl;
+  std::unique_lock<std::mutex> lk(c.m);
+  const uint64_t gen = c.gen;
+  if (++c.count == c.n) {
+    c.count = 0;
+    ++c.gen;
+    c.cv.notify_all();
+    return true;
+  }
+  const auto t0 = Clock::now();
+  while (c.gen == gen) {
+    if (b.L->abort) return false;
+    if (Clock::now() - t0 > kWaitLimit) {
+      lk.unlock();
+      b.L->fail("block " + std::to_string(b.id) + ": a cluster barrier that the cluster's other blocks never reach");
+      return false;
+    }
+    c.cv.wait_for(lk, std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+// After fiber f has switched back: account for what it waits on, release complete barriers.
+void arrived(Block& b, Fiber& f, size_t index) {
+  switch (f.wait) {
+    case Wait::Run:
+      return;
+    case Wait::Done:
+      --b.live;
+      break;
+    case Wait::Warp: {
+      WarpState& ws = b.warps[index / 32];
+      if (ws.arrived++ == 0) {
+        ws.site = f.site;
+      } else if (ws.site != f.site) {
+        b.L->fail("block " + std::to_string(b.id) + " thread " + std::to_string(index) +
+                  ": lanes of one warp at different shuffles (or a shuffle some lanes skip)");
+        return;
+      }
+      if (ws.arrived == 32) {
+        ws.arrived = 0;
+        release(b, Wait::Warp, static_cast<int>(index / 32));
+      }
+      return;
+    }
+    case Wait::Block:
+      ++b.at_block;
+      break;
+    case Wait::Cluster:
+      ++b.at_cluster;
+      break;
+  }
+  // Every thread of the block must reach a barrier (one that exited never will: an error).
+  const int all = static_cast<int>(b.fibers.size());
+  if (b.at_block == all) {
+    b.at_block = 0;
+    release(b, Wait::Block);
+  }
+  if (b.at_cluster == all) {
+    b.at_cluster = 0;
+    if (cluster_barrier(b)) {
+      ++b.cluster_barriers;
+      release(b, Wait::Cluster);
+    }
+  }
+}
+
+std::string stuck(const Block& b) {
+  int warp = 0, blk = 0, cl = 0;
+  for (const Fiber& f : b.fibers) {
+    warp += f.wait == Wait::Warp;
+    blk += f.wait == Wait::Block;
+    cl += f.wait == Wait::Cluster;
+  }
+  std::ostringstream o;
+  o << "block " << b.id << ": threads wait forever (" << warp << " at shuffles, " << blk << " at __syncthreads, " << cl
+    << " at cluster barriers, " << b.live << " not finished): a barrier or shuffle that some threads skip";
+  return o.str();
+}
+
+void run_block(Launch* L, unsigned id) {
+  Block b;
+  b.L = L;
+  b.id = id;
+  b.rank = id % L->cfg.cluster;
+  b.cl = L->clusters[id / L->cfg.cluster].get();
+  tblock = &b;
+  unsigned char* stacks = nullptr;
+  const size_t n = L->cfg.block, bytes = n * kStack;
+  try {
+    void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) throw Error("cuda_emu: cannot map the fiber stacks");
+    stacks = static_cast<unsigned char*>(m);
+    b.fibers.resize(n);
+    b.warps.resize((n + 31) / 32);
+    for (size_t i = 0; i < n; ++i) {
+      Fiber& f = b.fibers[i];
+      f.stack = stacks + i * kStack;
+      std::memcpy(f.stack, &kCanary, sizeof kCanary);  // a stack overflow shows (no guard pages: one
+                                                       // mapping per block, not one per thread)
+      void** sp = reinterpret_cast<void**>(f.stack + kStack);
+      *--sp = nullptr;  // fiber_main's return address slot (never used)
+      *--sp = reinterpret_cast<void*>(&fiber_main);
+      for (int r = 0; r < 6; ++r) *--sp = nullptr;  // rbp rbx r12-r15
+      f.sp = sp;
+      f.ctx.tid = make_uint3(static_cast<unsigned>(i), 0, 0);
+      f.ctx.bid = make_uint3(id, 0, 0);
+      f.ctx.bdim = dim3(L->cfg.block);
+      f.ctx.gdim = dim3(L->cfg.grid);
+    }
+    b.live = static_cast<int>(n);
+    std::memset(dynamic_smem(), 0xff, L->cfg.smem);  // NaN floats: what no thread wrote
+    b.cl->tp[b.rank] = thread_pointer();
+    while (b.live > 0 && !L->abort) {
+      bool ran = false;
+      for (size_t i = 0; i < n && !L->abort; ++i) {
+        Fiber& f = b.fibers[i];
+        if (f.wait != Wait::Run) continue;
+        b.cur = &f;
+        tcur = &f.ctx;
+#ifdef MIRA_EMU_ASAN
+        __sanitizer_start_switch_fiber(&b.sched_fake, f.stack, kStack);
+#endif
+        mira_emu_switch(&b.sched_sp, f.sp);
+#ifdef MIRA_EMU_ASAN
+        __sanitizer_finish_switch_fiber(b.sched_fake, nullptr, nullptr);
+#endif
+        tcur = nullptr;
+        ran = true;
+        if (std::memcmp(f.stack, &kCanary, sizeof kCanary) != 0)
+          throw Error("thread " + std::to_string(i) + ": fiber stack overflow");
+        arrived(b, f, i);
+      }
+      if (!ran && b.live > 0 && !L->abort) L->fail(stuck(b));
+    }
+  } catch (const std::exception& e) {
+    L->fail(std::string("block ") + std::to_string(id) + ": " + e.what());
+  }
+  if (stacks) munmap(stacks, bytes);
+  tblock = nullptr;
+}
+
+}  // namespace
+
+void syncthreads() {
+  to_scheduler(Wait::Block, 0);
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site) {
+  if (mask != 0xffffffffu) trap("a shuffle with a partial mask (not emulated)");
+  Block* b = tblock;
+  Fiber* f = b->cur;
+  const size_t index = static_cast<size_t>(f - b->fibers.data());
+  WarpState& ws = b->warps[index / 32];
+  const unsigned par = f->syncs & 1u;
+  ws.slot[par][index % 32] = bits;
+  to_scheduler(Wait::Warp, site);
+  ++f->syncs;
+  return ws.slot[par][src_lane];
+}
+
+void cluster_sync() {
+  to_scheduler(Wait::Cluster, 0);
+}
+
+unsigned cluster_rank() {
+  return tblock->rank;
+}
+
+unsigned cluster_size() {
+  return tblock->L->cfg.cluster;
+}
+
+void* map_shared(const void* p, unsigned rank) {
+  Block* b = tblock;
+  if (rank >= b->L->cfg.cluster) trap("map_shared_rank: rank beyond the cluster");
+  const uintptr_t me = thread_pointer(), q = reinterpret_cast<uintptr_t>(p);
+  if (q >= me || me - q > kTlsSpan) trap("map_shared_rank of an address outside shared memory");
+  // A GPU only guarantees that the cluster's other blocks have started (their shared memory
+  // exists) after a cluster barrier.
+  if (b->cluster_barriers == 0) trap("map_shared_rank before the block's first cluster barrier");
+  const uintptr_t other = b->cl->tp[rank];
+  return reinterpret_cast<void*>(other - (me - q));
+}
+
+void trap(const char* what) {
+  throw Error(what);
+}
+
+void spin_wait(int& n) {
+  Block* b = tblock;
+  if (n++ == 0) spin_start = Clock::now();
+  if (b->L->abort) throw Error("launch aborted while waiting on a flag");
+  sched_yield();
+  if ((n & 1023) == 0 && Clock::now() - spin_start > kWaitLimit) trap("a flag-tagged word that no block writes");
+}
+
+long long clock() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
+  if (cfg.block < 32 || cfg.block > 1024 || cfg.block % 32 != 0)
+    throw Error("cuda_emu: blocks of 32..1024 threads, whole warps");
+  if (cfg.cluster < 1 || cfg.grid < 1 || cfg.grid % cfg.cluster != 0 || cfg.grid > 1024)
+    throw Error("cuda_emu: a grid of 1..1024 blocks, a whole number of clusters");
+  if (cfg.smem > dynamic_smem_size()) throw Error("cuda_emu: more dynamic shared memory than the emulated block has");
+  Launch L;
+  L.cfg = cfg;
+  L.body = &body;
+  for (unsigned c = 0; c < cfg.grid / cfg.cluster; ++c)
+    L.clusters.push_back(std::make_unique<ClusterSync>(cfg.cluster));
+  std::vector<std::thread> threads;
+  threads.reserve(cfg.grid);
+  for (unsigned id = 0; id < cfg.grid; ++id) threads.emplace_back(run_block, &L, id);
+  for (auto& t : threads) t.join();
+  if (!L.error.empty()) throw Error(L.error);
+}
+
+}  // namespace mira::emu

@@ -1,0 +1,163 @@
+// A CPU emulator for CUDA device code, so that CI without a GPU runs the kernels' own source
+// (kernels/cuda/*.cu compiled as C++) against their CPU twins: their indexing, their order of
+// operations, their barriers and shuffles, their cluster protocol.
+//
+// How it runs a launch (cuda_emu.cpp):
+// - Every block of the grid is an OS thread, all at once (so blocks that wait on each other,
+//   as the cluster plan's row groups do, all make progress). Its threads are fibers on that OS
+//   thread, each with its own stack, switched cooperatively: a fiber runs until it reaches a
+//   __syncthreads, a warp shuffle, a cluster barrier or its end.
+// - __shared__ variables are thread_local: one copy per block (OS thread). Dynamic shared
+//   memory (MIRA_DYNAMIC_SMEM) is a thread_local array the including file defines, filled
+//   with 0xff bytes (NaN floats) at each block's start, so reading what no thread wrote shows.
+// - A cluster's blocks map each other's shared memory (cluster_group::map_shared_rank) by
+//   their threads' TLS offsets; cluster.sync() is a barrier of their OS threads.
+// - A warp shuffle is a barrier of the warp's 32 fibers; lanes that reach different shuffles
+//   (other kinds or offsets), a barrier some threads skip, or threads that wait forever raise
+//   an error naming the block, instead of hanging.
+// - __trap() and every error end the launch with mira::emu::Error.
+// What it cannot check: the GPU's weaker memory model (the host's is x86-TSO), timing,
+// occupancy, and intrinsics' exact bits (exp2f is the host's; FMA contraction as the host
+// compiler does it). Tolerances against the twins stay those of the GPU tests.
+//
+// Include this file before any CUDA header, in a build with MIRA_CUDA_EMU defined and
+// tests/cuda_emu/include (cooperative_groups.h) ahead of the toolkit's include directory.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#ifndef MIRA_CUDA_EMU
+#error "tests/cuda_emu/cuda_emu.h needs MIRA_CUDA_EMU"
+#endif
+
+namespace mira::emu {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The running thread's coordinates (set by the block's scheduler before it resumes a fiber).
+struct ThreadCtx {
+  uint3 tid{};
+  uint3 bid{};
+  dim3 bdim, gdim;
+};
+extern thread_local ThreadCtx* tcur;
+
+// The dynamic shared memory of the block on this OS thread (MIRA_DYNAMIC_SMEM) and its size.
+unsigned char* dynamic_smem();
+size_t dynamic_smem_size();
+
+void syncthreads();
+uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site);
+void cluster_sync();
+unsigned cluster_rank();
+unsigned cluster_size();
+void* map_shared(const void* p, unsigned rank);
+[[noreturn]] void trap(const char* what);
+void spin_wait(int& n);  // a flag poll that has not seen its word yet: yields, gives up after ~60 s
+long long clock();
+
+struct LaunchConfig {
+  unsigned grid = 1;
+  unsigned block = 1;
+  unsigned cluster = 1;  // blocks per cluster; grid % cluster == 0
+  size_t smem = 0;       // dynamic shared memory per block (at most dynamic_smem_size())
+};
+// Runs body in every thread of the grid; returns when all are done, or throws Error.
+void launch(const LaunchConfig& cfg, const std::function<void()>& body);
+
+template <typename... P, typename... A>
+void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
+  const std::tuple<std::decay_t<A>...> t(std::forward<A>(args)...);
+  launch(cfg, [&] { std::apply(kernel, t); });
+}
+
+template <typename T>
+T shfl_bits(unsigned mask, T v, int src_lane, int site) {
+  static_assert(sizeof(T) <= 8, "shuffles of up to 8 bytes");
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  b = warp_exchange(mask, b, src_lane, site);
+  T r;
+  std::memcpy(&r, &b, sizeof(T));
+  return r;
+}
+inline int lane_id() {
+  return static_cast<int>(tcur->tid.x + tcur->bdim.x * (tcur->tid.y + tcur->bdim.y * tcur->tid.z)) & 31;
+}
+
+}  // namespace mira::emu
+
+// ---- the CUDA names device code uses
+
+#undef __shared__
+#define __shared__ thread_local
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#ifndef __grid_constant__
+#define __grid_constant__
+#endif
+#define threadIdx (::mira::emu::tcur->tid)
+#define blockIdx (::mira::emu::tcur->bid)
+#define blockDim (::mira::emu::tcur->bdim)
+#define gridDim (::mira::emu::tcur->gdim)
+
+inline void __syncthreads() {
+  ::mira::emu::syncthreads();
+}
+// Shuffle sites: the kind in the high bits, the offset or source below, so lanes at different
+// shuffles are told apart.
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int off) {
+  return ::mira::emu::shfl_bits(mask, v, ::mira::emu::lane_id() ^ off, (1 << 16) | off);
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src) {
+  return ::mira::emu::shfl_bits(mask, v, src & 31, 2 << 16);
+}
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline void __trap() {
+  ::mira::emu::trap("__trap()");
+}
+inline long long clock64() {
+  return ::mira::emu::clock();
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float atomicAdd(float* p, float v) {
+  unsigned* q = reinterpret_cast<unsigned*>(p);
+  unsigned old = __atomic_load_n(q, __ATOMIC_RELAXED);
+  while (!__atomic_compare_exchange_n(q, &old, __float_as_uint(__uint_as_float(old) + v), true, __ATOMIC_ACQ_REL,
+                                      __ATOMIC_RELAXED)) {
+  }
+  return __uint_as_float(old);
+}
+using std::isfinite;
+using std::max;
+using std::min;

@@ -1,0 +1,342 @@
+// labels: cpu
+// The cluster plan's CUDA source (kernels/cuda/mira_cluster.cu) run on the CPU by the CUDA
+// emulator (tests/cuda_emu/cuda_emu.h), so that CI without a GPU runs the kernel itself:
+// - against its CPU twin (cpu::mira_cluster_twin) on the plans plan_model::cluster_shape makes
+//   for an H100-like device (one cluster per view) and for a device with little shared memory
+//   (row groups exchanging flag-tagged column sums), f32 and f16 copies, f32 and bf16 logits,
+//   0 to 30 iterations, 1 to 4 views, extreme inputs, the non-finite count. Both run the same
+//   f32 operations in the same order with the host's exp2f and log2f, so they must agree bit
+//   for bit (on a GPU only to the tolerances of test_mira_assign_gpu: its exp2f differs);
+// - with the arguments the engine launches it with (fused_args, cluster_plan: the host code
+//   of mira_plan and mira_assign_cuda), and shared memory and workspace that start as NaN
+//   wherever the kernel is meant to write before it reads.
+// Also checks that the emulator itself catches what it claims to: a barrier some threads
+// skip, lanes at different shuffles, DSMEM before the first cluster barrier.
+#include "tests/cuda_emu/cuda_emu.h"
+//
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/mira_assign.h"
+#include "kernels/cpu/mira_plan_model.h"
+#include "kernels/cuda/mira_fused.cuh"
+#include "kernels/cuda/mira_fused_host.h"
+
+using namespace mira;  // NOLINT(google-build-using-namespace)
+namespace fused = mira::cuda::fused;
+using C = cuda::MiraCache;
+
+namespace {
+
+constexpr float kTau = 0.225f, kBeta = 2.0f / 3.0f;
+constexpr int kSmemStatic = 1024;  // more than the kernel's static shared memory (~160 B)
+
+// A device for plan_model::cluster_shape: opt-in shared memory per block, and how many
+// clusters of each size run at once (an H100 / H200: 8 clusters of 16, one per GPC).
+struct Device {
+  int optin = 232448;
+  int sms = 132;
+  int per16 = 8;
+  int active(int size) const { return size == 16 ? per16 : size == 8 ? 2 * per16 : sms / size; }
+};
+const Device kHopper{};
+const Device kSmall{24 * 1024, 132, 8};  // little shared memory per block: row groups at small N
+
+std::vector<float> randn(size_t n, uint32_t seed, float stddev) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.f, stddev);
+  std::vector<float> x(n);
+  for (float& v : x) v = d(g);
+  return x;
+}
+
+// The logits of the extreme cases (as test_mira_assign's extreme_logits): 0: +-100 at random;
+// 2: column 3 at -100 against 90-100 elsewhere (an empty column); 3: one-hot +100 rows.
+std::vector<float> extreme(int N, int K, int kind) {
+  std::vector<float> L = randn(static_cast<size_t>(N) * K, 9, 1.f);
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < K; ++j) {
+      float& x = L[static_cast<size_t>(i) * K + j];
+      if (kind == 0) x = x < 0 ? -100.f : 100.f;
+      if (kind == 2) x = j == 3 ? -100.f : (x < 0 ? 90.f : 100.f);
+      if (kind == 3) x = j == (i * 7) % K ? 100.f : -100.f;
+    }
+  return L;
+}
+
+struct Problem {
+  int N = 0, K = 0;
+  std::vector<std::vector<float>> views;  // f32 logits (bf16: rounded to bf16 first)
+  bool bf16 = false;
+  C cache = C::F32;
+  int exact = 0;
+  int iters = 30;
+  float tau = kTau, beta = kBeta;
+  int size = 0;  // 0: the plan's choice
+  Device dev = kHopper;
+};
+
+struct Result {
+  cuda::MiraPlan plan;
+  plan_model::ClusterShape shape;
+  std::vector<std::vector<float>> targets;
+  float nonfinite = 0;
+};
+
+// The engine's host code (plan, workspace, arguments), then the kernel under the emulator.
+Result run_kernel(const Problem& q) {
+  const int V = static_cast<int>(q.views.size());
+  Result r;
+  std::vector<std::vector<__nv_bfloat16>> b16(V);
+  cuda::MiraProblem p;
+  p.V = V, p.N = q.N, p.K = q.K, p.logits_bf16 = q.bf16, p.tau_t = q.tau, p.beta = q.beta, p.iters = q.iters;
+  r.targets.assign(V, std::vector<float>(static_cast<size_t>(q.N) * q.K, NAN));
+  for (int v = 0; v < V; ++v) {
+    if (q.bf16) {
+      for (float x : q.views[v]) b16[v].push_back(__float2bfloat16_rn(x));
+      p.logits[v] = b16[v].data();
+    } else {
+      p.logits[v] = q.views[v].data();
+    }
+    p.targets[v] = r.targets[v].data();
+  }
+  const Device dev = q.dev;
+  r.shape = plan_model::cluster_shape(
+      q.N, q.K, V, q.cache == C::F32 ? 4 : 2, 16, dev.optin, kSmemStatic,
+      [&](int size, long long smem) { return smem + kSmemStatic <= dev.optin ? dev.active(size) : 0; }, q.size);
+  REQUIRE(r.shape.size > 0);
+  r.plan = fused::cluster_plan(p, q.cache, q.exact, r.shape);
+  // The workspace starts as NaN (0xff bytes), but for what mira_assign_cuda clears: the
+  // non-finite counter and, with row groups, the flag-tagged words.
+  std::vector<uint64_t> ws((r.plan.workspace_bytes + 7) / 8 + 32);
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) / 256 * 256);
+  std::memset(base, 0xff, r.plan.workspace_bytes);
+  std::memset(base + r.plan.off_colsum + 4 * r.plan.flag_index, 0, sizeof(float));
+  if (r.plan.cluster_groups > 1)
+    std::memset(base + r.plan.off_ll_partial, 0, r.plan.workspace_bytes - r.plan.off_ll_partial);
+  const fused::FusedArgs a = fused::fused_args(p, r.plan, base, 0, q.iters + 2);
+  emu::LaunchConfig cfg;
+  cfg.grid = static_cast<unsigned>(r.plan.grid);
+  cfg.block = static_cast<unsigned>(r.plan.block);
+  cfg.cluster = static_cast<unsigned>(r.plan.cluster);
+  cfg.smem = r.plan.smem_bytes;
+  emu::launch(cfg, fused::cluster_fn(q.bf16, q.cache), a);
+  std::memcpy(&r.nonfinite, base + r.plan.off_colsum + 4 * r.plan.flag_index, sizeof(float));
+  return r;
+}
+
+std::vector<float> twin(const Problem& q, const Result& r, int v) {
+  std::vector<float> l = q.views[v], t(l.size());
+  if (q.bf16)
+    for (float& x : l) x = __bfloat162float(__float2bfloat16_rn(x));
+  const plan_model::ClusterShape cs = plan_model::cluster_layout(r.plan.rows_per_block, q.K, r.plan.cluster);
+  cpu::ClusterTwinShape sh;
+  sh.size = r.plan.cluster, sh.cols = r.plan.cluster_cols, sh.subsets = cs.subsets, sh.rows = r.plan.rows_per_block;
+  const cpu::MiraNumerics num{q.cache == C::F16 ? cpu::WorkingCopy::F16 : cpu::WorkingCopy::Exact, q.exact};
+  cpu::mira_cluster_twin(l.data(), t.data(), q.N, q.K, q.tau, q.beta, q.iters, sh, num);
+  return t;
+}
+
+// Bit for bit, NaN included; prints the first differences.
+bool same_bits(const std::vector<float>& got, const std::vector<float>& ref) {
+  if (got.size() != ref.size()) return false;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &ref[i], sizeof(float)) == 0) continue;
+    if (bad++ < 5) std::printf("    [%zu] kernel %.9g twin %.9g\n", i, got[i], ref[i]);
+  }
+  if (bad) std::printf("    %zu of %zu differ\n", bad, got.size());
+  return bad == 0;
+}
+
+bool on_simplex(const std::vector<float>& t, int N, int K) {
+  for (int i = 0; i < N; ++i) {
+    double s = 0;
+    for (int j = 0; j < K; ++j) {
+      const float x = t[static_cast<size_t>(i) * K + j];
+      if (!(x >= 0.f && x <= 1.f)) return false;
+      s += x;
+    }
+    if (std::fabs(s - 1.0) > 1e-5) return false;
+  }
+  return true;
+}
+
+// groups: the row groups the plan must make (1: none; > 1: at least that many; 0: any).
+void check_against_twin(const Problem& q, int groups = 1) {
+  const Result r = run_kernel(q);
+  CAPTURE(r.plan.cluster);
+  CAPTURE(r.plan.cluster_groups);
+  CAPTURE(r.plan.views_per_group);
+  if (groups == 1) CHECK(r.plan.cluster_groups == 1);
+  if (groups > 1) CHECK(r.plan.cluster_groups >= groups);
+  CHECK(r.nonfinite == 0.f);
+  for (size_t v = 0; v < q.views.size(); ++v) {
+    CAPTURE(v);
+    CHECK(same_bits(r.targets[v], twin(q, r, static_cast<int>(v))));
+    CHECK(on_simplex(r.targets[v], q.N, q.K));
+  }
+}
+
+Problem views(int N, int K, int V, uint32_t seed = 31, float stddev = 0.3f) {
+  Problem q;
+  q.N = N, q.K = K;
+  for (int v = 0; v < V; ++v) q.views.push_back(randn(static_cast<size_t>(N) * K, seed + v, stddev));
+  return q;
+}
+
+}  // namespace
+
+TEST_CASE("cuda_emu: the cluster kernel, one cluster per view, bit for bit its CPU twin") {
+  struct Case {
+    int N, K, V, size;
+  };
+  // The training shapes (N 64, K 3000: 8 blocks), no vector access (K 3001), blocks with no
+  // columns (K 290 over 16), one block (N 8, K 100), four views, a K of one quad or less.
+  const Case cases[] = {{64, 3000, 2, 0}, {97, 3001, 2, 0}, {40, 290, 2, 16}, {8, 100, 1, 0},
+                        {50, 700, 4, 0},  {1, 1, 1, 0},     {200, 1, 1, 0},   {5, 7, 2, 0}};
+  for (const Case& c : cases) {
+    CAPTURE(c.N);
+    CAPTURE(c.K);
+    CAPTURE(c.size);
+    Problem q = views(c.N, c.K, c.V);
+    q.size = c.size;
+    check_against_twin(q);
+  }
+}
+
+TEST_CASE("cuda_emu: the cluster kernel with row groups (flag-tagged column sums), f32 and f16 copies") {
+  Problem q = views(256, 1000, 2);
+  q.dev = kSmall;
+  SUBCASE("f32") {
+    check_against_twin(q, 2);
+  }
+  SUBCASE("f16 copy, split copy for the last 3 updates and the targets") {
+    q.cache = C::F16;
+    q.exact = 3;
+    check_against_twin(q, 2);
+  }
+  SUBCASE("f16 copy, no exact updates") {
+    q.cache = C::F16;
+    check_against_twin(q, 2);
+  }
+  SUBCASE("f16 copy, every update on the split copy") {
+    q.cache = C::F16;
+    q.exact = 30;
+    check_against_twin(q, 2);
+  }
+  SUBCASE("bf16 logits, clusters of 8") {
+    q.bf16 = true;
+    q.size = 8;
+    check_against_twin(q, 2);
+  }
+}
+
+TEST_CASE("cuda_emu: the cluster kernel at 0 and 2 iterations, and on extreme inputs") {
+  for (int iters : {0, 2}) {
+    CAPTURE(iters);
+    Problem q = views(64, 500, 2);
+    q.iters = iters;
+    check_against_twin(q);
+    q.dev = kSmall;
+    q.N = 300;
+    q.views = views(300, 500, 2).views;
+    q.cache = C::F16;
+    q.exact = 1;
+    check_against_twin(q, 2);
+  }
+  struct Case {
+    const char* what;
+    int N, K;
+    float tau, beta;
+    int kind;
+  };
+  const Case cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03f, 2.0f / 3.0f, 0},
+                        {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.f, 0.99f, 0},
+                        {"empty column, beta 0.99", 64, 50, 1.f, 0.99f, 2},
+                        {"one-hot rows", 64, 50, 0.03f, 0.9f, 3},
+                        {"K = 12288", 3, 12288, 0.03f, 2.0f / 3.0f, 0}};
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    Problem q;
+    q.N = c.N, q.K = c.K, q.tau = c.tau, q.beta = c.beta;
+    q.views = {extreme(c.N, c.K, c.kind)};
+    check_against_twin(q);
+    if (c.kind == 2) {
+      const Result r = run_kernel(q);
+      double col3 = 0;
+      for (int i = 0; i < c.N; ++i) col3 += r.targets[0][static_cast<size_t>(i) * c.K + 3];
+      CHECK(col3 == 0);
+    }
+  }
+  // Many rows of a few columns in row groups of one-block clusters.
+  Problem q;
+  q.N = 3000, q.K = 3, q.tau = 0.03f;
+  q.views = {extreme(q.N, q.K, 0)};
+  q.dev = kSmall;
+  check_against_twin(q, 2);
+}
+
+TEST_CASE("cuda_emu: the cluster kernel counts non-finite logits") {
+  Problem q = views(16, 40, 1, 6);
+  q.views[0][5] = NAN;
+  q.views[0][77] = INFINITY;
+  q.views[0][600] = -INFINITY;
+  CHECK(run_kernel(q).nonfinite == 3.f);
+}
+
+// ---- the emulator's own checks
+
+namespace {
+
+void divergent_barrier(int* out) {
+  if (threadIdx.x < 32) __syncthreads();
+  out[threadIdx.x] = 1;
+}
+void divergent_shuffle(int* out) {
+  int v = static_cast<int>(threadIdx.x);
+  if (threadIdx.x & 1)
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+  else
+    v = __shfl_xor_sync(0xffffffffu, v, 2);
+  out[threadIdx.x] = v;
+}
+void butterfly(int* out) {
+  int v = static_cast<int>(threadIdx.x);
+  for (int off = 16; off >= 1; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  out[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+__shared__ int dsmem_word;
+void dsmem_ring(int* out, bool barrier_first) {
+  cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+  if (threadIdx.x == 0) dsmem_word = static_cast<int>(blockIdx.x) * 10;
+  if (barrier_first) cl.sync();
+  const unsigned peer = (cl.block_rank() + 1) % cl.num_blocks();
+  if (threadIdx.x == 0) out[blockIdx.x] = *cl.map_shared_rank(&dsmem_word, peer);
+  cl.sync();
+}
+
+}  // namespace
+
+TEST_CASE("cuda_emu: the emulator runs shuffles and DSMEM as a GPU does, and refuses what a GPU would not run") {
+  std::vector<int> out(256, -1);
+  emu::LaunchConfig cfg;
+  cfg.grid = 4, cfg.block = 64;
+  emu::launch(cfg, butterfly, out.data());
+  for (int b = 0; b < 4; ++b)
+    for (int t = 0; t < 64; ++t) {
+      const int w = t / 32 * 32;
+      CHECK(out[b * 64 + t] == 32 * w + 496);  // the sum of the warp's thread indices
+    }
+  cfg.grid = 8, cfg.block = 32, cfg.cluster = 4;
+  emu::launch(cfg, dsmem_ring, out.data(), true);
+  for (int b = 0; b < 8; ++b) CHECK(out[b] == (b / 4 * 4 + (b % 4 + 1) % 4) * 10);
+  cfg.grid = 1, cfg.block = 64, cfg.cluster = 1;
+  CHECK_THROWS_AS(emu::launch(cfg, divergent_barrier, out.data()), emu::Error);
+  CHECK_THROWS_AS(emu::launch(cfg, divergent_shuffle, out.data()), emu::Error);
+  cfg.grid = 4, cfg.block = 32, cfg.cluster = 4;
+  CHECK_THROWS_AS(emu::launch(cfg, dsmem_ring, out.data(), false), emu::Error);
+}
