@@ -268,6 +268,17 @@ __device__ __forceinline__ void pass_update_exact(const BlockRows<TIn, TE>& b, c
 // Split-phase block barriers (mbarrier, sm_80+), for the pipelined update: every thread
 // arrives (release) and may go on; a wait (acquire) returns once the phase of the given
 // parity has completed, i.e. once every thread arrived.
+#ifdef MIRA_CUDA_EMU  // tests/cuda_emu: the same barrier phases in the emulator
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+  ::mira::emu::mbar_init(bar, count);
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+  ::mira::emu::mbar_arrive(bar);
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+  ::mira::emu::mbar_wait(bar, parity);
+}
+#else
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
@@ -289,6 +300,7 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned pari
       "r"(parity)
       : "memory");
 }
+#endif
 
 // Pipelined buffers: kPipeDepth slots of 32 R floats and one mbarrier each, used in turn by
 // the block's batches (sequence number q, across passes). Batch k + 1's loads, dot products
@@ -601,6 +613,13 @@ FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, boo
   return bf16_in ? select_fused_in<__nv_bfloat16>(cache, nch, batch_rows, pipelined, flag_sync)
                  : select_fused_in<float>(cache, nch, batch_rows, pipelined, flag_sync);
 }
+
+// The rest (plain kernels, plans, launches) is the GPU build's; tests/cuda_emu runs the fused
+// kernels above through its own launches.
+#ifdef MIRA_CUDA_EMU
+}  // namespace
+}  // namespace mira::cuda
+#else
 
 // ---- plain kernels (unfused variant, statistics, Sinkhorn)
 
@@ -962,48 +981,9 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     return occ;
   });
   MIRA_CHECK(best.shape >= 0, "mira_plan: no launch configuration fits the device");
-  const plan_model::Shape& sh = shapes[static_cast<size_t>(best.shape)];
-  plan.cpt = sh.cpt;
-  plan.block = sh.block;
-  plan.Kp = sh.Kp;
-  plan.batch_rows = sh.batch_rows;
-  plan.pipelined = kernels[static_cast<size_t>(best.shape)].pipelined;
-  plan.flag_sync = kernels[static_cast<size_t>(best.shape)].flag_sync;
-  const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::F32 ? 4 : 2);
-  const size_t smem_extra = static_cast<size_t>(sh.smem_extra);
-  plan.views_per_group = best.vpg;
-  plan.blocks_per_view = best.bpv;
-  plan.grid = best.vpg * best.bpv;
-  plan.rows_per_block = best.rpb;
-  plan.smem_rows = best.smem_rows;
-  plan.smem_bytes = static_cast<size_t>(best.smem_rows) * row_bytes + smem_extra;
-  plan.ecache_rows_per_block = best.rpb - best.smem_rows;
-
-  size_t off = 0;
-  plan.off_ecache = off;
-  off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.ecache_rows_per_block * row_bytes, 256);
-  plan.off_partial = off;
-  off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(float), 256);
-  plan.off_colsum = off;
-  off = align_up(off + (static_cast<size_t>(p.V) * plan.Kp + 1) * sizeof(float), 256);
-  plan.off_rowmax = off;
-  off = align_up(off + static_cast<size_t>(p.V) * p.N * sizeof(float), 256);
-  if (plan.flag_sync) {
-    plan.off_ll_partial = off;
-    off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(uint2), 256);
-    plan.off_ll_colsum = off;
-    off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(uint2), 256);
-  }
-  // One launch for all passes: the sums a block reads are the ones the reduction wrote (with
-  // PerPass they are summed over ranks between launches, after any log2 could be taken).
-  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !plan.warp_rows;
-  if (plan.log2_sums) {
-    plan.off_colsum_log2 = off;
-    off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(float), 256);
-  }
-  plan.workspace_bytes = off;
-  plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
-  return plan;
+  const Kernel& k = kernels[static_cast<size_t>(best.shape)];
+  return fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, shapes[static_cast<size_t>(best.shape)], best,
+                    k.pipelined, k.flag_sync);
 }
 
 float* mira_reduce_buffer(const MiraPlan& plan, void* ws) {
@@ -1195,3 +1175,5 @@ void sinkhorn_targets_cuda(const void* logits, bool logits_bf16, const float* g,
 }
 
 }  // namespace mira::cuda
+
+#endif  // MIRA_CUDA_EMU

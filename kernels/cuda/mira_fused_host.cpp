@@ -58,6 +58,56 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   return a;
 }
 
+MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
+                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync) {
+  MiraPlan plan;
+  plan.variant = variant;
+  plan.cache = cache;
+  plan.exact_passes = cache == MiraCache::F32 ? 0 : exact_passes;
+  plan.warp_rows = warp_rows;
+  plan.cpt = sh.cpt;
+  plan.block = sh.block;
+  plan.Kp = sh.Kp;
+  plan.batch_rows = sh.batch_rows;
+  plan.pipelined = pipelined;
+  plan.flag_sync = flag_sync;
+  const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::F32 ? 4 : 2);
+  const size_t smem_extra = static_cast<size_t>(sh.smem_extra);
+  plan.views_per_group = best.vpg;
+  plan.blocks_per_view = best.bpv;
+  plan.grid = best.vpg * best.bpv;
+  plan.rows_per_block = best.rpb;
+  plan.smem_rows = best.smem_rows;
+  plan.smem_bytes = static_cast<size_t>(best.smem_rows) * row_bytes + smem_extra;
+  plan.ecache_rows_per_block = best.rpb - best.smem_rows;
+
+  size_t off = 0;
+  plan.off_ecache = off;
+  off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.ecache_rows_per_block * row_bytes, 256);
+  plan.off_partial = off;
+  off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(float), 256);
+  plan.off_colsum = off;
+  off = align_up(off + (static_cast<size_t>(p.V) * plan.Kp + 1) * sizeof(float), 256);
+  plan.off_rowmax = off;
+  off = align_up(off + static_cast<size_t>(p.V) * p.N * sizeof(float), 256);
+  if (plan.flag_sync) {
+    plan.off_ll_partial = off;
+    off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(uint2), 256);
+    plan.off_ll_colsum = off;
+    off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(uint2), 256);
+  }
+  // One launch for all passes: the sums a block reads are the ones the reduction wrote (with
+  // PerPass they are summed over ranks between launches, after any log2 could be taken).
+  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !plan.warp_rows;
+  if (plan.log2_sums) {
+    plan.off_colsum_log2 = off;
+    off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(float), 256);
+  }
+  plan.workspace_bytes = off;
+  plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;
+  return plan;
+}
+
 MiraPlan cluster_plan(const MiraProblem& p, MiraCache cache, int exact_passes, const plan_model::ClusterShape& cs) {
   MIRA_CHECK(cs.size > 0 && (cache == MiraCache::F32 || cache == MiraCache::F16),
              "cluster_plan: a cluster shape and the f32 or f16 cache");

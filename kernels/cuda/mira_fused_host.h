@@ -51,6 +51,11 @@ struct FusedArgs {
 // workspace at ws (checks the views' pointers; vector access where K and their alignment allow).
 FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end);
 
+// The fused / per-pass plan (default and warp-row kernels) of p from the cost model's choice
+// (plan_model::choose) among its candidate shapes: launch geometry, shared memory, workspace.
+MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
+                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync);
+
 // The cluster plan of p for a shape from plan_model::cluster_shape (cs.size > 0): launch
 // geometry, shared memory and workspace layout; variant Fused, the given cache (F32 or F16)
 // and exact passes.

@@ -53,6 +53,20 @@ namespace mira::emu {
 thread_local ThreadCtx* tcur = nullptr;
 
 namespace {
+// The kernels' dynamic shared memory (MIRA_DYNAMIC_SMEM): one buffer per block (OS thread),
+// as large as an H100's or H200's opt-in shared memory per block. Thread-local, as __shared__
+// variables are here, so DSMEM maps it as it maps them (map_shared).
+alignas(16) thread_local unsigned char smem[232448];
+}  // namespace
+
+unsigned char* dynamic_smem() {
+  return smem;
+}
+size_t dynamic_smem_size() {
+  return sizeof(smem);
+}
+
+namespace {
 
 #ifdef MIRA_EMU_ASAN
 constexpr size_t kStack = 512 * 1024;
@@ -65,7 +79,7 @@ constexpr auto kWaitLimit = std::chrono::seconds(120);
 
 using Clock = std::chrono::steady_clock;
 
-enum class Wait : uint8_t { Run, Warp, Block, Cluster, Done };
+enum class Wait : uint8_t { Run, Warp, Block, Cluster, Grid, Done };
 
 struct ClusterSync {
   std::mutex m;
@@ -80,6 +94,7 @@ struct Launch {
   LaunchConfig cfg;
   const std::function<void()>* body = nullptr;
   std::vector<std::unique_ptr<ClusterSync>> clusters;
+  std::unique_ptr<ClusterSync> grid;  // the grid's barrier (cooperative launches)
   std::atomic<bool> abort{false};
   std::mutex err_m;
   std::string error;
@@ -93,6 +108,10 @@ struct Launch {
     for (auto& c : clusters) {
       std::lock_guard<std::mutex> lk(c->m);
       c->cv.notify_all();
+    }
+    if (grid) {
+      std::lock_guard<std::mutex> lk(grid->m);
+      grid->cv.notify_all();
     }
   }
 };
@@ -123,7 +142,7 @@ struct Block {
   std::vector<WarpState> warps;
   Fiber* cur = nullptr;
   void* sched_sp = nullptr;
-  int live = 0, at_block = 0, at_cluster = 0;
+  int live = 0, at_block = 0, at_cluster = 0, at_grid = 0;
   unsigned cluster_barriers = 0;  // passed
 #ifdef MIRA_EMU_ASAN
   void* sched_fake = nullptr;
@@ -186,9 +205,9 @@ void release(Block& b, Wait w, int warp = -1) {
   }
 }
 
-// The OS-thread barrier of the block's cluster; false when the launch was aborted.
-bool cluster_barrier(Block& b) {
-  ClusterSync& c = *b.cl;
+// The OS-thread barrier of the block's cluster (or of the grid); false when the launch was
+// aborted.
+bool os_barrier(Block& b, ClusterSync& c) {
   std::unique_lock<std::mutex> lk(c.m);
   const uint64_t gen = c.gen;
   if (++c.count == c.n) {
@@ -202,7 +221,7 @@ bool cluster_barrier(Block& b) {
     if (b.L->abort) return false;
     if (Clock::now() - t0 > kWaitLimit) {
       lk.unlock();
-      b.L->fail("block " + std::to_string(b.id) + ": a cluster barrier that the cluster's other blocks never reach");
+      b.L->fail("block " + std::to_string(b.id) + ": a cluster or grid barrier that other blocks never reach");
       return false;
     }
     c.cv.wait_for(lk, std::chrono::milliseconds(20));
@@ -239,6 +258,9 @@ void arrived(Block& b, Fiber& f, size_t index) {
     case Wait::Cluster:
       ++b.at_cluster;
       break;
+    case Wait::Grid:
+      ++b.at_grid;
+      break;
   }
   // Every thread of the block must reach a barrier (one that exited never will: an error).
   const int all = static_cast<int>(b.fibers.size());
@@ -248,10 +270,14 @@ void arrived(Block& b, Fiber& f, size_t index) {
   }
   if (b.at_cluster == all) {
     b.at_cluster = 0;
-    if (cluster_barrier(b)) {
+    if (os_barrier(b, *b.cl)) {
       ++b.cluster_barriers;
       release(b, Wait::Cluster);
     }
+  }
+  if (b.at_grid == all) {
+    b.at_grid = 0;
+    if (os_barrier(b, *b.L->grid)) release(b, Wait::Grid);
   }
 }
 
@@ -260,11 +286,11 @@ std::string stuck(const Block& b) {
   for (const Fiber& f : b.fibers) {
     warp += f.wait == Wait::Warp;
     blk += f.wait == Wait::Block;
-    cl += f.wait == Wait::Cluster;
+    cl += f.wait == Wait::Cluster || f.wait == Wait::Grid;
   }
   std::ostringstream o;
   o << "block " << b.id << ": threads wait forever (" << warp << " at shuffles, " << blk << " at __syncthreads, " << cl
-    << " at cluster barriers, " << b.live << " not finished): a barrier or shuffle that some threads skip";
+    << " at cluster or grid barriers, " << b.live << " not finished): a barrier or shuffle that some threads skip";
   return o.str();
 }
 
@@ -353,6 +379,33 @@ void cluster_sync() {
   to_scheduler(Wait::Cluster, 0);
 }
 
+void grid_sync() {
+  to_scheduler(Wait::Grid, 0);
+}
+
+// The mbarrier word: arrivals (bits 0-31), expected count (32-47), completed phases (48-63).
+void mbar_init(unsigned long long* bar, unsigned count) {
+  *bar = static_cast<unsigned long long>(count) << 32;
+}
+void mbar_arrive(unsigned long long* bar) {
+  const unsigned long long w = *bar;
+  const unsigned arrived = static_cast<unsigned>(w) + 1, expected = static_cast<unsigned>(w >> 32) & 0xffffu;
+  const unsigned long long phases = w >> 48;
+  if (arrived == expected)
+    *bar = ((phases + 1) << 48) | (static_cast<unsigned long long>(expected) << 32);
+  else
+    *bar = (phases << 48) | (static_cast<unsigned long long>(expected) << 32) | arrived;
+}
+void mbar_wait(unsigned long long* bar, unsigned parity) {
+  // The phase of this parity has completed when the current phase's parity differs.
+  const auto t0 = Clock::now();
+  while (((*bar >> 48) & 1u) == (parity & 1u)) {
+    to_scheduler(Wait::Run, 0);  // the block's other threads arrive meanwhile
+    if (tblock->L->abort) throw Error("launch aborted while waiting on an mbarrier");
+    if (Clock::now() - t0 > kWaitLimit) trap("an mbarrier phase that never completes");
+  }
+}
+
 unsigned cluster_rank() {
   return tblock->rank;
 }
@@ -381,7 +434,10 @@ void spin_wait(int& n) {
   Block* b = tblock;
   if (n++ == 0) spin_start = Clock::now();
   if (b->L->abort) throw Error("launch aborted while waiting on a flag");
-  sched_yield();
+  // The word may come from another thread of this block (the GPU runs its warps meanwhile),
+  // or from another block (another OS thread).
+  to_scheduler(Wait::Run, 0);
+  if ((n & 15) == 0) sched_yield();
   if ((n & 1023) == 0 && Clock::now() - spin_start > kWaitLimit) trap("a flag-tagged word that no block writes");
 }
 
@@ -400,6 +456,7 @@ void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
   L.body = &body;
   for (unsigned c = 0; c < cfg.grid / cfg.cluster; ++c)
     L.clusters.push_back(std::make_unique<ClusterSync>(cfg.cluster));
+  L.grid = std::make_unique<ClusterSync>(cfg.grid);
   std::vector<std::thread> threads;
   threads.reserve(cfg.grid);
   for (unsigned id = 0; id < cfg.grid; ++id) threads.emplace_back(run_block, &L, id);

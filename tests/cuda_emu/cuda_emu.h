@@ -8,10 +8,11 @@
 //   thread, each with its own stack, switched cooperatively: a fiber runs until it reaches a
 //   __syncthreads, a warp shuffle, a cluster barrier or its end.
 // - __shared__ variables are thread_local: one copy per block (OS thread). Dynamic shared
-//   memory (MIRA_DYNAMIC_SMEM) is a thread_local array the including file defines, filled
+//   memory (MIRA_DYNAMIC_SMEM) is a thread_local array of the runtime, filled
 //   with 0xff bytes (NaN floats) at each block's start, so reading what no thread wrote shows.
 // - A cluster's blocks map each other's shared memory (cluster_group::map_shared_rank) by
-//   their threads' TLS offsets; cluster.sync() is a barrier of their OS threads.
+//   their threads' TLS offsets; cluster.sync() is a barrier of their OS threads, and a grid
+//   group's sync() one of all the launch's.
 // - A warp shuffle is a barrier of the warp's 32 fibers; lanes that reach different shuffles
 //   (other kinds or offsets), a barrier some threads skip, or threads that wait forever raise
 //   an error naming the block, instead of hanging.
@@ -64,12 +65,18 @@ size_t dynamic_smem_size();
 void syncthreads();
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site);
 void cluster_sync();
+void grid_sync();  // cooperative_groups::this_grid().sync(): every thread of every block
 unsigned cluster_rank();
 unsigned cluster_size();
 void* map_shared(const void* p, unsigned rank);
 [[noreturn]] void trap(const char* what);
 void spin_wait(int& n);  // a flag poll that has not seen its word yet: yields, gives up after ~60 s
 long long clock();
+// mbarrier (the PTX split-phase block barrier) in its 8 bytes of shared memory: arrivals,
+// the expected count and the completed phases; a wait lets the block's other threads run.
+void mbar_init(unsigned long long* bar, unsigned count);
+void mbar_arrive(unsigned long long* bar);
+void mbar_wait(unsigned long long* bar, unsigned parity);
 
 struct LaunchConfig {
   unsigned grid = 1;

@@ -1,6 +1,5 @@
-// tests/cuda_emu's stand-in for the toolkit's cooperative_groups.h: thread-block clusters, as
-// the emulator runs them (cuda_emu.h). Grid groups exist only so that kernels naming them
-// compile; syncing one is an error.
+// tests/cuda_emu's stand-in for the toolkit's cooperative_groups.h: thread-block clusters and
+// the grid of a cooperative launch, as the emulator runs them (cuda_emu.h).
 #pragma once
 
 #include "tests/cuda_emu/cuda_emu.h"
@@ -23,7 +22,7 @@ inline cluster_group this_cluster() {
 
 class grid_group {
  public:
-  void sync() const { ::mira::emu::trap("grid_group::sync is not emulated"); }
+  void sync() const { ::mira::emu::grid_sync(); }
 };
 inline grid_group this_grid() {
   return {};
