@@ -1,7 +1,6 @@
 // The CUDA emulator's runtime (cuda_emu.h): blocks as OS threads, threads as fibers.
 #include "tests/cuda_emu/cuda_emu.h"
 
-#include <sched.h>
 #include <sys/mman.h>
 
 #include <atomic>
@@ -144,6 +143,7 @@ struct Block {
   void* sched_sp = nullptr;
   int live = 0, at_block = 0, at_cluster = 0, at_grid = 0;
   unsigned cluster_barriers = 0;  // passed
+  int spun = 0;                   // flag polls that came back empty in this sweep
 #ifdef MIRA_EMU_ASAN
   void* sched_fake = nullptr;
   const void* sched_bottom = nullptr;
@@ -329,6 +329,8 @@ void run_block(Launch* L, unsigned id) {
     b.cl->tp[b.rank] = thread_pointer();
     while (b.live > 0 && !L->abort) {
       bool ran = false;
+      int runs = 0;
+      b.spun = 0;
       for (size_t i = 0; i < n && !L->abort; ++i) {
         Fiber& f = b.fibers[i];
         if (f.wait != Wait::Run) continue;
@@ -343,11 +345,14 @@ void run_block(Launch* L, unsigned id) {
 #endif
         tcur = nullptr;
         ran = true;
+        ++runs;
         if (std::memcmp(f.stack, &kCanary, sizeof kCanary) != 0)
           throw Error("thread " + std::to_string(i) + ": fiber stack overflow");
         arrived(b, f, i);
       }
       if (!ran && b.live > 0 && !L->abort) L->fail(stuck(b));
+      // Every thread that ran only polled a flag: leave the cores to the blocks that write.
+      if (runs > 0 && b.spun == runs) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   } catch (const std::exception& e) {
     L->fail(std::string("block ") + std::to_string(id) + ": " + e.what());
@@ -436,8 +441,8 @@ void spin_wait(int& n) {
   if (b->L->abort) throw Error("launch aborted while waiting on a flag");
   // The word may come from another thread of this block (the GPU runs its warps meanwhile),
   // or from another block (another OS thread).
+  ++b->spun;
   to_scheduler(Wait::Run, 0);
-  if ((n & 15) == 0) sched_yield();
   if ((n & 1023) == 0 && Clock::now() - spin_start > kWaitLimit) trap("a flag-tagged word that no block writes");
 }
 

@@ -209,7 +209,7 @@ TEST_CASE("cuda_emu: the cluster kernel, one cluster per view, bit for bit its C
 }
 
 TEST_CASE("cuda_emu: the cluster kernel with row groups (flag-tagged column sums), f32 and f16 copies") {
-  Problem q = views(256, 1000, 2);
+  Problem q = views(300, 500, 2);  // 3 groups of 100 rows in clusters of 16 (f32)
   q.dev = kSmall;
   SUBCASE("f32") {
     check_against_twin(q, 2);
