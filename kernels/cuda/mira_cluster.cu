@@ -52,6 +52,12 @@ constexpr int kBlock = plan_model::kClusterBlock;
 #define MIRA_HAS_CLUSTERS 1
 
 constexpr int kRows = 4;  // rows per warp batch of the row sums
+// Bytes of logits over all clusters per chunk of the first pass (its second read from L2);
+// tests/cuda_emu sets fewer, so that its small problems take several chunks.
+#ifndef MIRA_CLUSTER_FIRST_PASS_BYTES
+#define MIRA_CLUSTER_FIRST_PASS_BYTES (16u << 20)
+#endif
+constexpr size_t kFirstPassL2 = MIRA_CLUSTER_FIRST_PASS_BYTES;
 
 // A block's shared memory: E (rows x cols of TE), then floats, each region 16-byte aligned
 // (plan_model::cluster_layout counts the same bytes).
@@ -277,69 +283,82 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
                              : nullptr;
   const SplitE split{reinterpret_cast<const __half*>(s.E), lo_rows, quads, a.Kp};
 
-  // This block's row maxima (straight from the logits, -inf beyond K), published for the
-  // cluster, and the non-finite logits counted.
-  for (int i0 = warp * kRows; i0 < rows; i0 += nwarps * kRows) {
-    float m[kRows];
+  // The first pass, in chunks of rows: the row maxima, then E from a second read of the same
+  // logits, which then come from L2 (a chunk is ~kFirstPassL2 bytes of logits over all the
+  // launch's clusters: at N 4096 x K 3000, 160 of a cluster's 512 rows; at the training shapes
+  // one chunk). The same operations as in one piece: the same bits; a cluster barrier per chunk.
+  const size_t row_bytes = static_cast<size_t>(K) * sizeof(TIn) * (gridDim.x / size);
+  const int chunk = static_cast<int>(
+      min(static_cast<size_t>(max(rows, 1)), max(static_cast<size_t>(32), kFirstPassL2 / row_bytes / 32 * 32)));
+  for (int c0 = 0; c0 < rows; c0 += chunk) {
+    const int c1 = min(rows, c0 + chunk);
+    // This block's maxima of rows [c0, c1) (straight from the logits, -inf beyond K),
+    // published for the cluster, and the non-finite logits counted.
+    for (int i0 = c0 + warp * kRows; i0 < c1; i0 += nwarps * kRows) {
+      float m[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) m[r] = -INFINITY;
-    for (int q = lane; q < quads; q += 32) {
-      const int col = col0 + q * kVec;
-      float x[kRows][kVec];
+      for (int r = 0; r < kRows; ++r) m[r] = -INFINITY;
+      for (int q = lane; q < quads; q += 32) {
+        const int col = col0 + q * kVec;
+        float x[kRows][kVec];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+          if (i0 + r < c1) load_logits4(cr.logits + static_cast<size_t>(i0 + r) * K, col, K, a.vec_logits, x[r]);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          if (i0 + r >= c1) continue;
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) {
+            if (col + u < K && !isfinite(x[r][u])) bad += 1.f;
+            m[r] = fmaxf(m[r], x[r][u]);
+          }
+        }
+      }
+#pragma unroll
+      for (int off = 16; off >= 1; off >>= 1)
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) m[r] = fmaxf(m[r], __shfl_xor_sync(kFull, m[r], off));
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
-        if (i0 + r < rows) load_logits4(cr.logits + static_cast<size_t>(i0 + r) * K, col, K, a.vec_logits, x[r]);
+        if (lane == r && i0 + r < c1) s.mslot[i0 + r] = m[r];
+    }
+    // The first: also, every block of the cluster has started, so its shared memory may be read.
+    cl.sync();
+    for (int base = c0; base < c1; base += blockDim.x / kMaxSize) {  // a half-warp per row
+      const int i = base + tid / kMaxSize;
+      const float m = cluster_reduce<true>(cl, s.mslot + min(i, c1 - 1), size, i < c1);
+      if (i < c1 && (tid & (kMaxSize - 1)) == 0) s.rmax[i] = m;
+    }
+    __syncthreads();
+    // E = exp2((L - max) k2), 0 beyond K, as the cache holds it. Several rows' loads in flight
+    // per thread.
+    const int nq1 = c1 * quads;
+    for (int idx0 = c0 * quads + tid; idx0 < nq1; idx0 += 4 * kBlock) {
+      float e[4][kVec];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (i0 + r >= rows) continue;
+      for (int k = 0; k < 4; ++k) {
+        const int idx = idx0 + k * kBlock;
+        if (idx < nq1) exact(idx / quads, idx % quads, e[k]);
+      }
 #pragma unroll
-        for (int u = 0; u < kVec; ++u) {
-          if (col + u < K && !isfinite(x[r][u])) bad += 1.f;
-          m[r] = fmaxf(m[r], x[r][u]);
+      for (int k = 0; k < 4; ++k) {
+        const int idx = idx0 + k * kBlock;
+        if (idx >= nq1) continue;
+        if constexpr (kRounded) {
+          float S[kVec], hi[kVec], lo[kVec];
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) S[u] = e[k][u] * kF16Scale;
+          split_f16(S, hi, lo);
+          ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, hi);
+          ECache<__half>::store(lo_rows + static_cast<size_t>(idx / quads) * a.Kp + (idx % quads) * kVec, lo);
+        } else {
+          ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, e[k]);
         }
       }
     }
-#pragma unroll
-    for (int off = 16; off >= 1; off >>= 1)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) m[r] = fmaxf(m[r], __shfl_xor_sync(kFull, m[r], off));
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (lane == r && i0 + r < rows) s.mslot[i0 + r] = m[r];
   }
-  cl.sync();  // also: every block of the cluster has started, so its shared memory may be read
-  for (int base = 0; base < rows; base += blockDim.x / kMaxSize) {  // a half-warp per row
-    const int i = base + tid / kMaxSize;
-    const float m = cluster_reduce<true>(cl, s.mslot + min(i, rows - 1), size, i < rows);
-    if (i < rows && (tid & (kMaxSize - 1)) == 0) s.rmax[i] = m;
-  }
-  __syncthreads();
-  // E = exp2((L - max) k2), 0 beyond K, as the cache holds it; the weights of the update from
-  // u = 1. Several rows' loads in flight per thread.
+  // The weights of the update from u = 1.
   const int nq = rows * quads;
-  for (int idx0 = tid; idx0 < nq; idx0 += 4 * kBlock) {
-    float e[4][kVec];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int idx = idx0 + k * kBlock;
-      if (idx < nq) exact(idx / quads, idx % quads, e[k]);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int idx = idx0 + k * kBlock;
-      if (idx >= nq) continue;
-      if constexpr (kRounded) {
-        float S[kVec], hi[kVec], lo[kVec];
-#pragma unroll
-        for (int u = 0; u < kVec; ++u) S[u] = e[k][u] * kF16Scale;
-        split_f16(S, hi, lo);
-        ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, hi);
-        ECache<__half>::store(lo_rows + static_cast<size_t>(idx / quads) * a.Kp + (idx % quads) * kVec, lo);
-      } else {
-        ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, e[k]);
-      }
-    }
-  }
   for (int j = tid; j < cols; j += blockDim.x) s.w[j] = col0 + j < K ? 1.f : 0.f;
   __syncthreads();
   mark(kTraceFirst);
