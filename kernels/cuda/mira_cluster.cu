@@ -638,8 +638,17 @@ int cluster_active(bool bf16_in, MiraCache cache, int size, size_t smem) {
 }
 
 void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clusters, size_t smem, cudaStream_t stream) {
-  cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t cfg = cluster_config(clusters, a.cluster, smem, stream, attr);
+  cudaLaunchAttribute attr[2];
+  cudaLaunchConfig_t cfg = cluster_config(clusters, a.cluster, smem, stream, attr);
+  if (a.cluster_groups > 1) {
+    // Row groups wait on each other's column sums: a cooperative launch makes every cluster
+    // resident at once, or fails with an error, where another kernel holds SMs that the plan
+    // (an idle device's occupancy) counted on (the attribute combines with cluster dimensions
+    // on sm_90). Unmeasured: the next GPU run of test_mira_assign_gpu launches it.
+    attr[1].id = cudaLaunchAttributeCooperative;
+    attr[1].val.cooperative = 1;
+    cfg.numAttrs = 2;
+  }
   const void* fn = reinterpret_cast<const void*>(cluster_fn(bf16_in, cache));
   void* args[] = {const_cast<FusedArgs*>(&a)};
   MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, fn, args));
