@@ -27,6 +27,15 @@ inline bool sync_check_enabled() {
                           std::string("CUDA error: ") + cudaGetErrorString(mira_err_));         \
   } while (0)
 
+// A kernel launch, kernel<<<grid, block, smem, stream>>>(args...), written
+// MIRA_LAUNCH(grid, block, smem, stream, kernel)(args...): tests/cuda_emu runs it on the CPU.
+#ifdef MIRA_CUDA_EMU
+#define MIRA_LAUNCH(grid, block, smem, stream, ...) \
+  (::mira::emu::Launcher((grid), (block), (smem)) % [](auto... mira_a_) { __VA_ARGS__(mira_a_...); })
+#else
+#define MIRA_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 // After every kernel launch: launch-configuration errors always, execution errors when
 // MIRA_SYNC_CHECK=1.
 // A stream being captured into a CUDA graph cannot be synchronised: the check then waits for

@@ -614,13 +614,6 @@ FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, boo
                  : select_fused_in<float>(cache, nch, batch_rows, pipelined, flag_sync);
 }
 
-// The rest (plain kernels, plans, launches) is the GPU build's; tests/cuda_emu runs the fused
-// kernels above through its own launches.
-#ifdef MIRA_CUDA_EMU
-}  // namespace
-}  // namespace mira::cuda
-#else
-
 // ---- plain kernels (unfused variant, statistics, Sinkhorn)
 
 // Every thread gets the block total; `sh` holds 32 floats. The leading barrier keeps a call
@@ -1026,9 +1019,16 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
   MIRA_CHECK(!plan.flag_sync || (pass_begin == 0 && pass_end == p.iters + 2),
              "mira_assign_cuda: a flag_sync plan runs all passes in one launch");
   FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
+#ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every block at once, as a cooperative launch
+  emu::LaunchConfig cfg;
+  cfg.grid = static_cast<unsigned>(plan.grid), cfg.block = static_cast<unsigned>(plan.block);
+  cfg.smem = plan.smem_bytes;
+  emu::launch(cfg, fn, a);
+#else
   void* args[] = {&a};
   MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),
                                               args, plan.smem_bytes, stream));
+#endif
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -1045,23 +1045,24 @@ void launch_unfused(const MiraProblem& p, const MiraPlan& plan, void* ws, cudaSt
   const int col_blocks = ceil_div(p.K, kColTile);
   for (int v = 0; v < p.V; ++v) {
     if (p.logits_bf16) {
-      mira_unf_exp_kernel<<<p.N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.logits[v]), E, p.K, k2,
-                                                         c + p.K);
+      MIRA_LAUNCH(p.N, kRowBlock, 0, stream, mira_unf_exp_kernel)
+      (static_cast<const __nv_bfloat16*>(p.logits[v]), E, p.K, k2, c + p.K);
     } else {
-      mira_unf_exp_kernel<<<p.N, kRowBlock, 0, stream>>>(static_cast<const float*>(p.logits[v]), E, p.K, k2, c + p.K);
+      MIRA_LAUNCH(p.N, kRowBlock, 0, stream, mira_unf_exp_kernel)
+      (static_cast<const float*>(p.logits[v]), E, p.K, k2, c + p.K);
     }
     MIRA_CUDA_LAUNCH_CHECK(stream);
     for (int pass = 0; pass <= p.iters; ++pass) {
-      mira_unf_rowinv_kernel<<<p.N, kRowBlock, 0, stream>>>(E, pass == 0 ? nullptr : w, s, p.K);
+      MIRA_LAUNCH(p.N, kRowBlock, 0, stream, mira_unf_rowinv_kernel)(E, pass == 0 ? nullptr : w, s, p.K);
       MIRA_CUDA_LAUNCH_CHECK(stream);
-      colsum_partial_kernel<<<col_grid, kColTile, 0, stream>>>(E, s, partial, p.N, p.K);
+      MIRA_LAUNCH(col_grid, kColTile, 0, stream, colsum_partial_kernel)(E, s, partial, p.N, p.K);
       MIRA_CUDA_LAUNCH_CHECK(stream);
-      colsum_merge_kernel<<<col_blocks, kColTile, 0, stream>>>(partial, c, plan.chunks, p.K);
+      MIRA_LAUNCH(col_blocks, kColTile, 0, stream, colsum_merge_kernel)(partial, c, plan.chunks, p.K);
       MIRA_CUDA_LAUNCH_CHECK(stream);
-      mira_unf_weights_kernel<<<1, 1024, 0, stream>>>(c, w, p.K, -p.beta, log2_cap);
+      MIRA_LAUNCH(1, 1024, 0, stream, mira_unf_weights_kernel)(c, w, p.K, -p.beta, log2_cap);
       MIRA_CUDA_LAUNCH_CHECK(stream);
     }
-    mira_unf_targets_kernel<<<p.N, kRowBlock, 0, stream>>>(E, w, p.targets[v], p.K);
+    MIRA_LAUNCH(p.N, kRowBlock, 0, stream, mira_unf_targets_kernel)(E, w, p.targets[v], p.K);
     MIRA_CUDA_LAUNCH_CHECK(stream);
   }
 }
@@ -1099,9 +1100,10 @@ void assign_stats_sums_cuda(const float* targets, int N, int K, double* sums, vo
   const int chunks = ceil_div(N, kRowsPerChunk);
   float* part_t = static_cast<float*>(scratch);
   float* part_h = part_t + static_cast<size_t>(chunks) * K;
-  stats_partial_kernel<<<dim3(ceil_div(K, kColTile), chunks), kColTile, 0, stream>>>(targets, part_t, part_h, N, K);
+  MIRA_LAUNCH(dim3(ceil_div(K, kColTile), chunks), kColTile, 0, stream, stats_partial_kernel)
+  (targets, part_t, part_h, N, K);
   MIRA_CUDA_LAUNCH_CHECK(stream);
-  stats_merge_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(part_t, part_h, sums, chunks, K);
+  MIRA_LAUNCH(ceil_div(K, kColTile), kColTile, 0, stream, stats_merge_kernel)(part_t, part_h, sums, chunks, K);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -1111,9 +1113,10 @@ void mira_kkt_cuda(const void* logits, bool logits_bf16, const float* targets, c
   MIRA_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float), stream));
   auto* bits = reinterpret_cast<unsigned*>(out);
   if (logits_bf16) {
-    mira_kkt_kernel<<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), targets, w, K, k2, bits);
+    MIRA_LAUNCH(N, kRowBlock, 0, stream, mira_kkt_kernel)
+    (static_cast<const __nv_bfloat16*>(logits), targets, w, K, k2, bits);
   } else {
-    mira_kkt_kernel<<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), targets, w, K, k2, bits);
+    MIRA_LAUNCH(N, kRowBlock, 0, stream, mira_kkt_kernel)(static_cast<const float*>(logits), targets, w, K, k2, bits);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
@@ -1131,34 +1134,35 @@ void sinkhorn_col_lse_cuda(const void* logits, bool logits_bf16, const float* f,
   float* ps = pm + static_cast<size_t>(chunks) * K;
   const dim3 grid(ceil_div(K, kColTile), chunks);
   if (logits_bf16) {
-    sk_col_partial_kernel<<<grid, kColTile, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), f, pm, ps, N, K,
-                                                         inv_eps, nonfinite);
+    MIRA_LAUNCH(grid, kColTile, 0, stream, sk_col_partial_kernel)
+    (static_cast<const __nv_bfloat16*>(logits), f, pm, ps, N, K, inv_eps, nonfinite);
   } else {
-    sk_col_partial_kernel<<<grid, kColTile, 0, stream>>>(static_cast<const float*>(logits), f, pm, ps, N, K, inv_eps,
-                                                         nonfinite);
+    MIRA_LAUNCH(grid, kColTile, 0, stream, sk_col_partial_kernel)
+    (static_cast<const float*>(logits), f, pm, ps, N, K, inv_eps, nonfinite);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
-  sk_col_merge_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(pm, ps, lse, lse_copy, neg, chunks, K);
+  MIRA_LAUNCH(ceil_div(K, kColTile), kColTile, 0, stream, sk_col_merge_kernel)(pm, ps, lse, lse_copy, neg, chunks, K);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 void sinkhorn_lse_shift_cuda(const float* lse, const float* M, float* e, int K, cudaStream_t stream) {
-  sk_shift_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(lse, M, e, K);
+  MIRA_LAUNCH(ceil_div(K, kColTile), kColTile, 0, stream, sk_shift_kernel)(lse, M, e, K);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 void sinkhorn_lse_finish_cuda(const float* M, const float* e, float* g, int K, cudaStream_t stream) {
-  sk_finish_kernel<<<ceil_div(K, kColTile), kColTile, 0, stream>>>(M, e, g, K);
+  MIRA_LAUNCH(ceil_div(K, kColTile), kColTile, 0, stream, sk_finish_kernel)(M, e, g, K);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 void sinkhorn_row_cuda(const void* logits, bool logits_bf16, const float* g, float* f, int N, int K, float inv_eps,
                        cudaStream_t stream) {
   if (logits_bf16) {
-    sk_row_kernel<__nv_bfloat16, false>
-        <<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g, f, K, inv_eps);
+    MIRA_LAUNCH(N, kRowBlock, 0, stream, sk_row_kernel<__nv_bfloat16, false>)
+    (static_cast<const __nv_bfloat16*>(logits), g, f, K, inv_eps);
   } else {
-    sk_row_kernel<float, false><<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), g, f, K, inv_eps);
+    MIRA_LAUNCH(N, kRowBlock, 0, stream, sk_row_kernel<float, false>)
+    (static_cast<const float*>(logits), g, f, K, inv_eps);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
@@ -1166,14 +1170,13 @@ void sinkhorn_row_cuda(const void* logits, bool logits_bf16, const float* g, flo
 void sinkhorn_targets_cuda(const void* logits, bool logits_bf16, const float* g, float* targets, int N, int K,
                            float inv_eps, cudaStream_t stream) {
   if (logits_bf16) {
-    sk_row_kernel<__nv_bfloat16, true>
-        <<<N, kRowBlock, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits), g, targets, K, inv_eps);
+    MIRA_LAUNCH(N, kRowBlock, 0, stream, sk_row_kernel<__nv_bfloat16, true>)
+    (static_cast<const __nv_bfloat16*>(logits), g, targets, K, inv_eps);
   } else {
-    sk_row_kernel<float, true><<<N, kRowBlock, 0, stream>>>(static_cast<const float*>(logits), g, targets, K, inv_eps);
+    MIRA_LAUNCH(N, kRowBlock, 0, stream, sk_row_kernel<float, true>)
+    (static_cast<const float*>(logits), g, targets, K, inv_eps);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 }  // namespace mira::cuda
-
-#endif  // MIRA_CUDA_EMU

@@ -579,9 +579,6 @@ FusedFn cluster_fn(bool bf16_in, MiraCache cache) {
   return bf16_in ? mira_cluster_kernel<__nv_bfloat16, float> : mira_cluster_kernel<float, float>;
 }
 
-// The launches (tests/cuda_emu runs the kernel through its own).
-#ifndef MIRA_CUDA_EMU
-
 namespace {
 
 cudaLaunchConfig_t cluster_config(int clusters, int size, size_t smem, cudaStream_t stream, cudaLaunchAttribute* attr) {
@@ -649,16 +646,23 @@ void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clust
     attr[1].val.cooperative = 1;
     cfg.numAttrs = 2;
   }
+#ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every cluster at once
+  emu::LaunchConfig ecfg;
+  ecfg.grid = static_cast<unsigned>(clusters * a.cluster), ecfg.block = kBlock;
+  ecfg.cluster = static_cast<unsigned>(a.cluster);
+  ecfg.smem = smem;
+  emu::launch(ecfg, cluster_fn(bf16_in, cache), a);
+#else
   const void* fn = reinterpret_cast<const void*>(cluster_fn(bf16_in, cache));
   void* args[] = {const_cast<FusedArgs*>(&a)};
   MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, fn, args));
+#endif
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
-#endif  // MIRA_CUDA_EMU
-
 }  // namespace mira::cuda::fused
 
+// The probe (tests/cuda_emu has no clock to measure).
 #ifndef MIRA_CUDA_EMU
 
 namespace mira::cuda {

@@ -47,6 +47,11 @@ mira_emu_switch:
   .size mira_emu_switch, .-mira_emu_switch
 )");
 
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
 namespace mira::emu {
 
 thread_local ThreadCtx* tcur = nullptr;
@@ -320,9 +325,10 @@ void run_block(Launch* L, unsigned id) {
       for (int r = 0; r < 6; ++r) *--sp = nullptr;  // rbp rbx r12-r15
       f.sp = sp;
       f.ctx.tid = make_uint3(static_cast<unsigned>(i), 0, 0);
-      f.ctx.bid = make_uint3(id, 0, 0);
+      const dim3 g = L->cfg.gdim.x > 0 ? L->cfg.gdim : dim3(L->cfg.grid);
+      f.ctx.bid = make_uint3(id % g.x, id / g.x % g.y, id / (g.x * g.y));
       f.ctx.bdim = dim3(L->cfg.block);
-      f.ctx.gdim = dim3(L->cfg.grid);
+      f.ctx.gdim = g;
     }
     b.live = static_cast<int>(n);
     std::memset(dynamic_smem(), 0xff, L->cfg.smem);  // NaN floats: what no thread wrote
@@ -336,6 +342,10 @@ void run_block(Launch* L, unsigned id) {
         if (f.wait != Wait::Run) continue;
         b.cur = &f;
         tcur = &f.ctx;
+        threadIdx = f.ctx.tid;
+        blockIdx = f.ctx.bid;
+        blockDim = f.ctx.bdim;
+        gridDim = f.ctx.gdim;
 #ifdef MIRA_EMU_ASAN
         __sanitizer_start_switch_fiber(&b.sched_fake, f.stack, kStack);
 #endif
@@ -450,11 +460,115 @@ long long clock() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
 }
 
+namespace {
+DeviceProps g_device;
+}  // namespace
+
+void set_device(const DeviceProps& d) {
+  if (static_cast<size_t>(d.smem_optin) > dynamic_smem_size())
+    throw Error("cuda_emu: more shared memory than emulated");
+  g_device = d;
+}
+
+namespace rt {
+
+cudaError_t GetDevice(int* dev) {
+  *dev = 0;
+  return cudaSuccess;
+}
+cudaError_t DeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
+  const DeviceProps& d = g_device;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount:
+      *v = d.sms;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *v = d.smem_optin;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
+      *v = d.smem_sm;
+      break;
+    case cudaDevAttrL2CacheSize:
+      *v = d.l2;
+      break;
+    case cudaDevAttrComputeCapabilityMajor:
+      *v = d.major;
+      break;
+    case cudaDevAttrComputeCapabilityMinor:
+      *v = d.minor;
+      break;
+    case cudaDevAttrMaxThreadsPerMultiProcessor:
+      *v = d.threads_sm;
+      break;
+    case cudaDevAttrCooperativeLaunch:
+      *v = 1;
+      break;
+    default:
+      throw Error("cuda_emu: device attribute " + std::to_string(static_cast<int>(attr)) + " not emulated");
+  }
+  return cudaSuccess;
+}
+cudaError_t FuncGetAttributes(cudaFuncAttributes* fa, const void*) {
+  *fa = cudaFuncAttributes{};
+  fa->sharedSizeBytes = kStaticSmem;
+  fa->maxThreadsPerBlock = 1024;
+  fa->numRegs = 32;
+  fa->binaryVersion = fa->ptxVersion = 10 * g_device.major + g_device.minor;
+  return cudaSuccess;
+}
+cudaError_t FuncSetAttribute(const void*, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+cudaError_t occupancy(int* n, int block, size_t dyn) {
+  const long long per_block = static_cast<long long>(dyn) + kStaticSmem + 1024;  // + the 1 KB CUDA reserves
+  *n = per_block > g_device.smem_optin + 1024
+           ? 0
+           : static_cast<int>(std::min<long long>(g_device.threads_sm / block, g_device.smem_sm / per_block));
+  return cudaSuccess;
+}
+cudaError_t OccupancyMaxActiveClusters(int* n, const void*, const cudaLaunchConfig_t* cfg) {
+  unsigned size = 1;
+  for (unsigned i = 0; i < cfg->numAttrs; ++i)
+    if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension) size = cfg->attrs[i].val.clusterDim.x;
+  const DeviceProps& d = g_device;
+  if (cfg->dynamicSmemBytes + kStaticSmem > static_cast<size_t>(d.smem_optin) || d.major < 9 || size > 16) {
+    *n = 0;
+  } else {
+    const int by_sms = d.sms / static_cast<int>(size);
+    *n = size == 16 ? std::min(by_sms, d.clusters16) : size == 8 ? std::min(by_sms, 2 * d.clusters16) : by_sms;
+  }
+  return cudaSuccess;
+}
+cudaError_t MemsetAsync(void* p, int v, size_t n, cudaStream_t) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+cudaError_t Memset(void* p, int v, size_t n) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+cudaError_t GetLastError() {
+  return cudaSuccess;
+}
+cudaError_t StreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* st) {
+  *st = cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+cudaError_t StreamSynchronize(cudaStream_t) {
+  return cudaSuccess;
+}
+cudaError_t DeviceSynchronize() {
+  return cudaSuccess;
+}
+
+}  // namespace rt
+
 void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
   if (cfg.block < 32 || cfg.block > 1024 || cfg.block % 32 != 0)
     throw Error("cuda_emu: blocks of 32..1024 threads, whole warps");
-  if (cfg.cluster < 1 || cfg.grid < 1 || cfg.grid % cfg.cluster != 0 || cfg.grid > 1024)
-    throw Error("cuda_emu: a grid of 1..1024 blocks, a whole number of clusters");
+  if (cfg.gdim.x > 0 && cfg.grid != cfg.gdim.x * cfg.gdim.y * cfg.gdim.z) throw Error("cuda_emu: grid != gdim");
+  if (cfg.cluster < 1 || cfg.grid < 1 || cfg.grid % cfg.cluster != 0 || cfg.grid > 4096)
+    throw Error("cuda_emu: a grid of 1..4096 blocks, a whole number of clusters");
   if (cfg.smem > dynamic_smem_size()) throw Error("cuda_emu: more dynamic shared memory than the emulated block has");
   Launch L;
   L.cfg = cfg;
@@ -463,8 +577,16 @@ void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
     L.clusters.push_back(std::make_unique<ClusterSync>(cfg.cluster));
   L.grid = std::make_unique<ClusterSync>(cfg.grid);
   std::vector<std::thread> threads;
-  threads.reserve(cfg.grid);
-  for (unsigned id = 0; id < cfg.grid; ++id) threads.emplace_back(run_block, &L, id);
+  if (cfg.all_resident) {
+    threads.reserve(cfg.grid);
+    for (unsigned id = 0; id < cfg.grid; ++id) threads.emplace_back(run_block, &L, id);
+  } else {
+    std::atomic<unsigned> next{0};
+    for (unsigned w = 0; w < std::min(cfg.grid, 4u); ++w)
+      threads.emplace_back([&] {
+        for (unsigned id = next++; id < cfg.grid && !L.abort; id = next++) run_block(&L, id);
+      });
+  }
   for (auto& t : threads) t.join();
   if (!L.error.empty()) throw Error(L.error);
 }

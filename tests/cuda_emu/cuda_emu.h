@@ -79,10 +79,14 @@ void mbar_arrive(unsigned long long* bar);
 void mbar_wait(unsigned long long* bar, unsigned parity);
 
 struct LaunchConfig {
-  unsigned grid = 1;
-  unsigned block = 1;
-  unsigned cluster = 1;  // blocks per cluster; grid % cluster == 0
+  unsigned grid = 1;     // blocks (gdim.x * gdim.y * gdim.z where gdim is given)
+  unsigned block = 1;    // threads per block (1-D)
+  unsigned cluster = 1;  // blocks per cluster (along x); grid % cluster == 0
   size_t smem = 0;       // dynamic shared memory per block (at most dynamic_smem_size())
+  dim3 gdim = dim3(0);   // a 2-D or 3-D grid (x = 0: 1-D, grid blocks)
+  // All blocks at once (a cooperative or cluster launch: blocks may wait on each other), or a
+  // few at a time, one after another (a plain launch, as a GPU may run it).
+  bool all_resident = true;
 };
 // Runs body in every thread of the grid; returns when all are done, or throws Error.
 void launch(const LaunchConfig& cfg, const std::function<void()>& body);
@@ -92,6 +96,69 @@ void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
   const std::tuple<std::decay_t<A>...> t(std::forward<A>(args)...);
   launch(cfg, [&] { std::apply(kernel, t); });
 }
+
+// MIRA_LAUNCH (kernels/cuda/check.h): Launcher(grid, block, smem) % [](auto... a) { kernel(a...); }
+// is then called with the kernel's arguments.
+template <typename F>
+struct BoundLauncher {
+  LaunchConfig cfg;
+  F f;
+  template <typename... A>
+  void operator()(A... args) const {
+    const F g = f;
+    launch(cfg, [&] { g(args...); });
+  }
+};
+struct Launcher {
+  LaunchConfig cfg;
+  Launcher(dim3 grid, dim3 block, size_t smem) {
+    cfg.gdim = grid;
+    cfg.grid = grid.x * grid.y * grid.z;
+    if (block.y * block.z != 1) trap("cuda_emu: 1-D blocks only");
+    cfg.block = block.x;
+    cfg.smem = smem;
+    cfg.all_resident = false;
+  }
+  template <typename F>
+  BoundLauncher<F> operator%(F f) const {
+    return {cfg, f};
+  }
+};
+
+// The CUDA runtime calls the kernels' host code makes, for an emulated device (set_device):
+// device attributes, function attributes and occupancy (from the device's shared memory and
+// threads per SM; kStaticSmem of static shared memory per kernel), memsets, and success for
+// the rest. The CUDA names are macros for these in emulated code (below), so the real runtime,
+// linked into the same test, is untouched.
+struct DeviceProps {
+  int sms = 6;
+  int smem_optin = 232448;  // at most dynamic_smem_size()
+  int smem_sm = 233472;
+  int l2 = 50 << 20;
+  int major = 9, minor = 0;
+  int threads_sm = 2048;
+  int clusters16 = 8;  // clusters of 16 blocks (one per SM) at once; of 8: twice as many
+};
+constexpr int kStaticSmem = 4096;
+void set_device(const DeviceProps& d);
+namespace rt {
+cudaError_t GetDevice(int* dev);
+cudaError_t DeviceGetAttribute(int* v, cudaDeviceAttr attr, int dev);
+cudaError_t FuncGetAttributes(cudaFuncAttributes* fa, const void* fn);
+cudaError_t FuncSetAttribute(const void* fn, cudaFuncAttribute attr, int value);
+cudaError_t occupancy(int* n, int block, size_t dyn);
+template <typename F>  // as the runtime's overloads: any kernel pointer
+cudaError_t OccupancyMaxActiveBlocksPerMultiprocessor(int* n, F, int block, size_t dyn) {
+  return occupancy(n, block, dyn);
+}
+cudaError_t OccupancyMaxActiveClusters(int* n, const void* fn, const cudaLaunchConfig_t* cfg);
+cudaError_t MemsetAsync(void* p, int v, size_t n, cudaStream_t s = nullptr);
+cudaError_t Memset(void* p, int v, size_t n);
+cudaError_t GetLastError();
+cudaError_t StreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* st);
+cudaError_t StreamSynchronize(cudaStream_t s);
+cudaError_t DeviceSynchronize();
+}  // namespace rt
 
 template <typename T>
 T shfl_bits(unsigned mask, T v, int src_lane, int site) {
@@ -111,6 +178,19 @@ inline int lane_id() {
 
 // ---- the CUDA names device code uses
 
+#define cudaGetDevice ::mira::emu::rt::GetDevice
+#define cudaDeviceGetAttribute ::mira::emu::rt::DeviceGetAttribute
+#define cudaFuncGetAttributes ::mira::emu::rt::FuncGetAttributes
+#define cudaFuncSetAttribute ::mira::emu::rt::FuncSetAttribute
+#define cudaOccupancyMaxActiveBlocksPerMultiprocessor ::mira::emu::rt::OccupancyMaxActiveBlocksPerMultiprocessor
+#define cudaOccupancyMaxActiveClusters ::mira::emu::rt::OccupancyMaxActiveClusters
+#define cudaMemsetAsync ::mira::emu::rt::MemsetAsync
+#define cudaMemset ::mira::emu::rt::Memset
+#define cudaGetLastError ::mira::emu::rt::GetLastError
+#define cudaStreamIsCapturing ::mira::emu::rt::StreamIsCapturing
+#define cudaStreamSynchronize ::mira::emu::rt::StreamSynchronize
+#define cudaDeviceSynchronize ::mira::emu::rt::DeviceSynchronize
+
 #undef __shared__
 #define __shared__ thread_local
 #ifndef __launch_bounds__
@@ -119,10 +199,13 @@ inline int lane_id() {
 #ifndef __grid_constant__
 #define __grid_constant__
 #endif
-#define threadIdx (::mira::emu::tcur->tid)
-#define blockIdx (::mira::emu::tcur->bid)
-#define blockDim (::mira::emu::tcur->bdim)
-#define gridDim (::mira::emu::tcur->gdim)
+// The running thread's coordinates: variables of the OS thread (the block), which its
+// scheduler sets to the fiber's before resuming it (not macros: launch configurations have
+// members of these names).
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
 
 inline void __syncthreads() {
   ::mira::emu::syncthreads();
@@ -156,6 +239,12 @@ inline float __uint_as_float(unsigned u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+  unsigned old = __atomic_load_n(p, __ATOMIC_RELAXED);
+  while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+  }
+  return old;
 }
 inline float atomicAdd(float* p, float v) {
   unsigned* q = reinterpret_cast<unsigned*>(p);

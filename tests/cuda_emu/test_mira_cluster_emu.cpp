@@ -7,13 +7,14 @@
 //   0 to 30 iterations, 1 to 4 views, extreme inputs, the non-finite count. Both run the same
 //   f32 operations in the same order with the host's exp2f and log2f, so they must agree bit
 //   for bit (on a GPU only to the tolerances of test_mira_assign_gpu: its exp2f differs);
-// - with the arguments the engine launches it with (fused_args, cluster_plan: the host code
-//   of mira_plan and mira_assign_cuda), and shared memory and workspace that start as NaN
-//   wherever the kernel is meant to write before it reads.
+// - through the engine's own host code (mira_plan, mira_assign_cuda) on an emulated device,
+//   with shared memory and workspace that start as NaN wherever the kernel is meant to write
+//   before it reads.
 // Also checks that the emulator itself catches what it claims to: a barrier some threads
 // skip, lanes at different shuffles, DSMEM before the first cluster barrier.
 #include "tests/cuda_emu/cuda_emu.h"
 //
+#include <cooperative_groups.h>
 #include <doctest/doctest.h>
 
 #include <cstring>
@@ -22,28 +23,30 @@
 
 #include "kernels/cpu/mira_assign.h"
 #include "kernels/cpu/mira_plan_model.h"
-#include "kernels/cuda/mira_fused.cuh"
-#include "kernels/cuda/mira_fused_host.h"
+#include "kernels/cuda/mira_assign.cuh"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
-namespace fused = mira::cuda::fused;
 using C = cuda::MiraCache;
 
 namespace {
 
 constexpr float kTau = 0.225f, kBeta = 2.0f / 3.0f;
-constexpr int kSmemStatic = 1024;  // more than the kernel's static shared memory (~160 B)
 
-// A device for plan_model::cluster_shape: opt-in shared memory per block, and how many
-// clusters of each size run at once (an H100 / H200: 8 clusters of 16, one per GPC).
-struct Device {
-  int optin = 232448;
-  int sms = 132;
-  int per16 = 8;
-  int active(int size) const { return size == 16 ? per16 : size == 8 ? 2 * per16 : sms / size; }
-};
-const Device kHopper{};
-const Device kSmall{24 * 1024, 132, 8};  // little shared memory per block: row groups at small N
+// An H100 / H200 (8 clusters of 16 at once, one per GPC), and one with little shared memory
+// per block (row groups at small N).
+emu::DeviceProps hopper() {
+  emu::DeviceProps d;
+  d.sms = 132;
+  return d;
+}
+emu::DeviceProps small() {
+  emu::DeviceProps d = hopper();
+  d.smem_optin = 24 * 1024;
+  d.smem_sm = 48 * 1024;
+  return d;
+}
+const emu::DeviceProps kHopper = hopper();
+const emu::DeviceProps kSmall = small();
 
 std::vector<float> randn(size_t n, uint32_t seed, float stddev) {
   std::mt19937 g(seed);
@@ -76,20 +79,21 @@ struct Problem {
   int iters = 30;
   float tau = kTau, beta = kBeta;
   int size = 0;  // 0: the plan's choice
-  Device dev = kHopper;
+  emu::DeviceProps dev = kHopper;
 };
 
 struct Result {
   cuda::MiraPlan plan;
-  plan_model::ClusterShape shape;
   std::vector<std::vector<float>> targets;
   float nonfinite = 0;
 };
 
-// The engine's host code (plan, workspace, arguments), then the kernel under the emulator.
+// The engine's host code on the emulated device: mira_plan with the cluster plan asked for,
+// then mira_assign_cuda, on a workspace that starts as NaN (0xff bytes).
 Result run_kernel(const Problem& q) {
   const int V = static_cast<int>(q.views.size());
   Result r;
+  emu::set_device(q.dev);
   std::vector<std::vector<__nv_bfloat16>> b16(V);
   cuda::MiraProblem p;
   p.V = V, p.N = q.N, p.K = q.K, p.logits_bf16 = q.bf16, p.tau_t = q.tau, p.beta = q.beta, p.iters = q.iters;
@@ -103,28 +107,18 @@ Result run_kernel(const Problem& q) {
     }
     p.targets[v] = r.targets[v].data();
   }
-  const Device dev = q.dev;
-  r.shape = plan_model::cluster_shape(
-      q.N, q.K, V, q.cache == C::F32 ? 4 : 2, 16, dev.optin, kSmemStatic,
-      [&](int size, long long smem) { return smem + kSmemStatic <= dev.optin ? dev.active(size) : 0; }, q.size);
-  REQUIRE(r.shape.size > 0);
-  r.plan = fused::cluster_plan(p, q.cache, q.exact, r.shape);
-  // The workspace starts as NaN (0xff bytes), but for what mira_assign_cuda clears: the
-  // non-finite counter and, with row groups, the flag-tagged words.
+  cuda::MiraPlanOptions o;
+  o.cache = q.cache;
+  o.exact_passes = q.exact;
+  o.cluster = true;
+  o.cluster_size = q.size;
+  r.plan = cuda::mira_plan(p, cuda::MiraVariant::Fused, o);
+  REQUIRE(r.plan.cluster > 0);
   std::vector<uint64_t> ws((r.plan.workspace_bytes + 7) / 8 + 32);
   char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) / 256 * 256);
   std::memset(base, 0xff, r.plan.workspace_bytes);
-  std::memset(base + r.plan.off_colsum + 4 * r.plan.flag_index, 0, sizeof(float));
-  if (r.plan.cluster_groups > 1)
-    std::memset(base + r.plan.off_ll_partial, 0, r.plan.workspace_bytes - r.plan.off_ll_partial);
-  const fused::FusedArgs a = fused::fused_args(p, r.plan, base, 0, q.iters + 2);
-  emu::LaunchConfig cfg;
-  cfg.grid = static_cast<unsigned>(r.plan.grid);
-  cfg.block = static_cast<unsigned>(r.plan.block);
-  cfg.cluster = static_cast<unsigned>(r.plan.cluster);
-  cfg.smem = r.plan.smem_bytes;
-  emu::launch(cfg, fused::cluster_fn(q.bf16, q.cache), a);
-  std::memcpy(&r.nonfinite, base + r.plan.off_colsum + 4 * r.plan.flag_index, sizeof(float));
+  cuda::mira_assign_cuda(p, r.plan, base, nullptr);
+  r.nonfinite = *cuda::mira_nonfinite_count(r.plan, base);
   return r;
 }
 

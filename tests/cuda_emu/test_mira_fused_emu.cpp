@@ -1,6 +1,6 @@
 // The default fused kernel (kernels/cuda/mira_assign.cu) and the warp-row kernel
-// (mira_warprows.cu) run on the CPU by the CUDA emulator (cuda_emu.h), with plans from the
-// engine's cost model (plan_model::choose) and layout (fused_plan) for a small emulated GPU:
+// (mira_warprows.cu) run on the CPU by the CUDA emulator (cuda_emu.h), through the engine's own
+// host code (mira_plan, mira_assign_cuda) on a small emulated GPU:
 // - against the f64 reference (or, for the 16-bit working copies, their CPU twins) with the
 //   tolerances of test_mira_assign_gpu, over the instantiations mira_plan can pick: 4, 8 and
 //   16 columns per thread, 1, 2, 4 and 8 rows per batch, rows in shared memory and in the
@@ -13,34 +13,39 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "kernels/cpu/mira_assign.h"
 #include "kernels/cpu/mira_plan_model.h"
-#include "kernels/cuda/mira_fused_host.h"
-#include "tests/cuda_emu/fused_emu.h"
+#include "kernels/cuda/mira_assign.cuh"
 #include "tests/testing.h"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
 using mira::testing::allclose;
 using mira::testing::Tol;
-namespace fused = mira::cuda::fused;
 using C = cuda::MiraCache;
 using S = cuda::MiraSchedule;
 
 namespace {
 
 constexpr float kTau = 0.225f, kBeta = 2.0f / 3.0f;
-constexpr int kSmemStatic = 8192;  // more than the kernels' static shared memory
 const Tol kGpuTol{2e-6, 2e-4};
 const Tol kBf16CacheTol{1e-3, 5e-2};
 const Tol kF16TwinTol{1e-5, 1e-3};
 
 // A small GPU (few SMs, so few blocks to emulate) with an H100's shared memory per block.
-const plan_model::Device kGpu{6, 232448, 233472, 50e6};
+emu::DeviceProps gpu() {
+  return emu::DeviceProps{};
+}
 // One with little shared memory per block: most rows of E in the workspace.
-const plan_model::Device kTight{6, 24 * 1024, 48 * 1024, 50e6};
+emu::DeviceProps tight() {
+  emu::DeviceProps d;
+  d.smem_optin = 24 * 1024;
+  d.smem_sm = 48 * 1024;
+  return d;
+}
 
 struct Case {
   int N = 128, K = 1000, V = 2;
@@ -52,7 +57,7 @@ struct Case {
   bool pipelined = false, flag_sync = false, warp_rows = false, bf16 = false;
   int iters = 30;
   S schedule = S::Auto;
-  plan_model::Device dev = kGpu;
+  emu::DeviceProps dev = gpu();
 };
 
 std::vector<float> randn(size_t n, uint32_t seed, float stddev) {
@@ -63,24 +68,32 @@ std::vector<float> randn(size_t n, uint32_t seed, float stddev) {
   return x;
 }
 
-int ceil_div(long long a, long long b) {
-  return static_cast<int>((a + b - 1) / b);
-}
-
 struct Out {
   cuda::MiraPlan plan;
   std::vector<std::vector<float>> targets;
   float nonfinite = 0;
 };
 
-// mira_plan's candidate shape for the case (its add_shape), the model's choice on the emulated
-// device, fused_plan's layout and fused_args, then the kernel under the emulator.
-Out run_fused(const Case& c, const std::vector<std::vector<float>>& views) {
-  Out o;
+cuda::MiraPlanOptions plan_options(const Case& c) {
+  cuda::MiraPlanOptions o;
+  o.cache = c.cache;
+  o.exact_passes = c.exact;
+  o.schedule = c.schedule;
+  o.batch_rows = c.batch_rows;
+  o.min_cols_per_thread = c.min_cpt;
+  o.blocks_per_sm = c.bps;
+  o.pipelined = c.pipelined;
+  o.flag_sync = c.flag_sync;
+  o.warp_rows = c.warp_rows;
+  return o;
+}
+
+cuda::MiraProblem problem(const Case& c, const std::vector<std::vector<float>>& views,
+                          std::vector<std::vector<__nv_bfloat16>>& b16, std::vector<std::vector<float>>& targets) {
   cuda::MiraProblem p;
   p.V = c.V, p.N = c.N, p.K = c.K, p.logits_bf16 = c.bf16, p.tau_t = kTau, p.beta = kBeta, p.iters = c.iters;
-  std::vector<std::vector<__nv_bfloat16>> b16(c.V);
-  o.targets.assign(c.V, std::vector<float>(static_cast<size_t>(c.N) * c.K, NAN));
+  b16.assign(c.V, {});
+  targets.assign(c.V, std::vector<float>(static_cast<size_t>(c.N) * c.K, NAN));
   for (int v = 0; v < c.V; ++v) {
     if (c.bf16) {
       for (float x : views[v]) b16[v].push_back(__float2bfloat16_rn(x));
@@ -88,62 +101,36 @@ Out run_fused(const Case& c, const std::vector<std::vector<float>>& views) {
     } else {
       p.logits[v] = views[v].data();
     }
-    p.targets[v] = o.targets[v].data();
+    p.targets[v] = targets[v].data();
   }
-  plan_model::Shape sh;
-  fused::FusedFn fn = nullptr;
-  bool pipe = false, ll = false;
-  if (c.warp_rows) {
-    const int T = fused::warprows_chunks(c.K);
-    sh = plan_model::warp_row_shape(fused::kVec * T, fused::kWarpRowsBlock, 128 * T);
-    sh.max_bpv = ceil_div(c.N, fused::kWarpRowsBlock / 32);
-    ll = c.flag_sync;
-    fn = fused::warprows_fn(c.bf16, c.cache, c.K, ll);
-    sh.smem_extra = static_cast<long long>(fused::warprows_comb_bytes(c.K));
-  } else {
-    const int min_cpt = c.min_cpt > 0 ? c.min_cpt : c.K > 2048 ? 8 : 4;
-    int nch = min_cpt / fused::kVec;
-    while (nch < 4 && ceil_div(c.K, fused::kVec * nch) > fused::kFusedMaxBlock) nch *= 2;
-    const int block = ceil_div(ceil_div(c.K, fused::kVec * nch), 32) * 32;
-    const int rows = cuda::fused_emu::batch_rows(nch, c.batch_rows, c.cache);
-    sh = plan_model::column_shape(fused::kVec * nch, block, fused::kVec * nch * block, rows);
-    pipe = cuda::fused_emu::pipelined(nch, rows, c.pipelined);
-    ll = cuda::fused_emu::flag_sync(nch, rows, c.cache, c.flag_sync);
-    fn = cuda::fused_emu::select(c.bf16, c.cache, nch, rows, pipe, ll);
+  return p;
+}
+
+// A workspace that starts as NaN (0xff bytes): what a kernel reads before writing shows.
+struct Workspace {
+  std::vector<uint64_t> mem;
+  char* base;
+  explicit Workspace(size_t bytes) : mem((bytes + 7) / 8 + 32) {
+    base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(mem.data()) + 255) / 256 * 256);
+    std::memset(base, 0xff, bytes);
   }
-  REQUIRE(pipe == c.pipelined);
-  REQUIRE(ll == c.flag_sync);
-  const plan_model::Device dev = c.dev;
-  auto occupancy = [&](long long dyn) {
-    const long long per_block = dyn + kSmemStatic + 1024;
-    if (per_block > dev.smem_optin) return 0;
-    return static_cast<int>(std::min<long long>(2048 / sh.block, dev.smem_sm / per_block));
-  };
-  sh.bps_fixed = c.bps;
-  sh.smem_static = kSmemStatic;
-  sh.occ0 = occupancy(sh.smem_extra);
-  REQUIRE(sh.occ0 >= 1);
-  plan_model::Problem mp;
-  mp.V = c.V, mp.N = c.N, mp.K = c.K, mp.iters = c.iters;
-  mp.cache_bytes = c.cache == C::F32 ? 4 : 2;
-  mp.may_side_by_side = c.schedule != S::Sequential;
-  mp.may_one_by_one = c.schedule != S::Concurrent;
-  const plan_model::Choice best = plan_model::choose(mp, dev, {sh}, [&](int, long long dyn) { return occupancy(dyn); });
-  REQUIRE(best.shape == 0);
-  o.plan = fused::fused_plan(p, cuda::MiraVariant::Fused, c.cache, c.exact, c.warp_rows, sh, best, pipe, ll);
-  // The workspace starts as NaN (0xff bytes) but for the non-finite counter (mira_assign_cuda
-  // clears it; the kernels clear their flag-tagged words themselves).
-  std::vector<uint64_t> ws((o.plan.workspace_bytes + 7) / 8 + 32);
-  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) / 256 * 256);
-  std::memset(base, 0xff, o.plan.workspace_bytes);
-  std::memset(base + o.plan.off_colsum + 4 * o.plan.flag_index, 0, sizeof(float));
-  const fused::FusedArgs a = fused::fused_args(p, o.plan, base, 0, c.iters + 2);
-  emu::LaunchConfig cfg;
-  cfg.grid = static_cast<unsigned>(o.plan.grid);
-  cfg.block = static_cast<unsigned>(o.plan.block);
-  cfg.smem = o.plan.smem_bytes;
-  emu::launch(cfg, fn, a);
-  std::memcpy(&o.nonfinite, base + o.plan.off_colsum + 4 * o.plan.flag_index, sizeof(float));
+};
+
+// The engine's host code on the emulated device: mira_plan (its candidate shapes and the cost
+// model's choice), then mira_assign_cuda (its launches, clears and arguments).
+Out run_fused(const Case& c, const std::vector<std::vector<float>>& views) {
+  Out o;
+  emu::set_device(c.dev);
+  std::vector<std::vector<__nv_bfloat16>> b16;
+  const cuda::MiraProblem p = problem(c, views, b16, o.targets);
+  o.plan = cuda::mira_plan(p, cuda::MiraVariant::Fused, plan_options(c));
+  REQUIRE(o.plan.cluster == 0);
+  CHECK(o.plan.pipelined == c.pipelined);
+  CHECK(o.plan.flag_sync == c.flag_sync);
+  CHECK(o.plan.warp_rows == c.warp_rows);
+  Workspace ws(o.plan.workspace_bytes);
+  cuda::mira_assign_cuda(p, o.plan, ws.base, nullptr);
+  o.nonfinite = *cuda::mira_nonfinite_count(o.plan, ws.base);
   return o;
 }
 
@@ -239,7 +226,7 @@ TEST_CASE("cuda_emu: the default fused kernel's instantiations against the f64 r
   }
   SUBCASE("rows of E in the workspace") {
     c.N = 300;
-    c.dev = kTight;
+    c.dev = tight();
   }
   SUBCASE("views one after another; four views side by side") {
     c.schedule = S::Sequential;
@@ -265,7 +252,7 @@ TEST_CASE("cuda_emu: the default fused kernel's instantiations against the f64 r
     c.exact = 0;
     check(c);
     c.exact = 3;
-    c.dev = kTight;
+    c.dev = tight();
     c.N = 300;
   }
   check(c);
@@ -320,4 +307,167 @@ TEST_CASE("cuda_emu: the default fused kernel counts non-finite logits") {
   views[0][5] = NAN;
   views[0][77] = INFINITY;
   CHECK(run_fused(c, views).nonfinite == 2.f);
+}
+
+// ---- the rest of the assignment's CUDA code: the unfused variant, the per-pass variant of
+// several processes, the statistics and KKT kernels, Sinkhorn-Knopp
+
+namespace {
+
+// The all-reduce between passes of several ranks (the engine's comm), in rank order.
+void allreduce_sum(const std::vector<float*>& bufs, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    float s = 0.f;
+    for (float* b : bufs) s += b[i];
+    for (float* b : bufs) b[i] = s;
+  }
+}
+void allreduce_max(const std::vector<float*>& bufs, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    float m = -INFINITY;
+    for (float* b : bufs) m = std::max(m, b[i]);
+    for (float* b : bufs) b[i] = m;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda_emu: the unfused variant, and the per-pass variant over two ranks, against f64") {
+  emu::set_device(gpu());
+  Case c;
+  c.N = 96, c.K = 700;
+  const auto views = make_views(c);
+  {
+    std::vector<std::vector<__nv_bfloat16>> b16;
+    std::vector<std::vector<float>> t;
+    const cuda::MiraProblem p = problem(c, views, b16, t);
+    const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
+    Workspace ws(plan.workspace_bytes);
+    cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+    for (int v = 0; v < c.V; ++v)
+      CHECK(allclose(std::vector<double>(t[v].begin(), t[v].end()), reference(c, views[v], cpu::WorkingCopy::Exact, 0),
+                     kGpuTol, "unfused (emulated) vs f64"));
+  }
+  // Two ranks, each with half of every view's rows; the reduce buffers summed after each pass.
+  for (const C cache : {C::F32, C::F16}) {
+    CAPTURE(static_cast<int>(cache));
+    c.cache = cache;
+    c.exact = cache == C::F16 ? 3 : 0;
+    const int R = 2, n = c.N / R;
+    std::vector<std::vector<float>> t(c.V, std::vector<float>(static_cast<size_t>(c.N) * c.K, NAN));
+    std::vector<cuda::MiraProblem> p(R);
+    std::vector<cuda::MiraPlan> plan(R);
+    std::vector<std::unique_ptr<Workspace>> ws;
+    for (int r = 0; r < R; ++r) {
+      p[r].V = c.V, p[r].N = n, p[r].K = c.K, p[r].tau_t = kTau, p[r].beta = kBeta, p[r].iters = c.iters;
+      for (int v = 0; v < c.V; ++v) {
+        p[r].logits[v] = views[v].data() + static_cast<size_t>(r) * n * c.K;
+        p[r].targets[v] = t[v].data() + static_cast<size_t>(r) * n * c.K;
+      }
+      plan[r] = cuda::mira_plan(p[r], cuda::MiraVariant::PerPass, plan_options(c));
+      ws.push_back(std::make_unique<Workspace>(plan[r].workspace_bytes));
+    }
+    for (int pass = 0; pass <= c.iters + 1; ++pass) {
+      std::vector<float*> bufs;
+      for (int r = 0; r < R; ++r) {
+        cuda::mira_assign_pass_cuda(p[r], plan[r], pass, ws[r]->base, nullptr);
+        bufs.push_back(cuda::mira_reduce_buffer(plan[r], ws[r]->base));
+      }
+      if (pass <= c.iters) allreduce_sum(bufs, cuda::mira_reduce_len(p[0], plan[0], pass));
+    }
+    CHECK(*cuda::mira_nonfinite_count(plan[0], ws[0]->base) == 0.f);
+    for (int v = 0; v < c.V; ++v) {
+      const std::vector<double> got(t[v].begin(), t[v].end());
+      if (cache == C::F32) {
+        CHECK(allclose(got, reference(c, views[v], cpu::WorkingCopy::Exact, 0), kGpuTol, "per-pass, 2 ranks vs f64"));
+      } else {
+        CHECK(allclose(got, reference(c, views[v], cpu::WorkingCopy::F16, 3), kF16TwinTol,
+                       "per-pass f16 copy, 2 ranks vs its CPU twin"));
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda_emu: the statistics and KKT kernels against the CPU's") {
+  emu::set_device(gpu());
+  const int N = 64, K = 300;
+  const std::vector<float> L = randn(static_cast<size_t>(N) * K, 5, 0.3f);
+  std::vector<double> work(static_cast<size_t>(cpu::mira_assign_work_size(N, K)) +
+                           static_cast<size_t>(cpu::assign_stats_work_size(N, K)));
+  for (const int iters : {30, 2}) {  // near the fixed point, and away from it (a larger residual)
+    CAPTURE(iters);
+    std::vector<float> T(L.size());
+    cpu::mira_assign_fwd<float>(L.data(), T.data(), N, K, kTau, kBeta, iters, work.data());
+    std::vector<double> sums(2 * K);
+    std::vector<unsigned char> scratch(cuda::assign_stats_scratch_bytes(N, K));
+    cuda::assign_stats_sums_cuda(T.data(), N, K, sums.data(), scratch.data(), nullptr);
+    std::vector<double> ref(2 * K, 0.0);
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < K; ++j) {
+        const double t = T[static_cast<size_t>(i) * K + j];
+        ref[j] += t;
+        if (t > 0) ref[K + j] -= t * std::log(t);
+      }
+    CHECK(allclose(sums, ref, Tol{1e-6, 1e-5}, "stats sums (emulated) vs the CPU"));
+    std::vector<double> wbar(K), w(K);
+    for (int j = 0; j < K; ++j) wbar[j] = ref[j] / N;
+    cpu::mira_weights_from_mass(wbar.data(), w.data(), K, -kBeta / (1.0 - kBeta), cpu::mira_weight_log2_cap(K, 124.0));
+    const std::vector<float> wf(w.begin(), w.end());
+    float kkt = NAN;
+    cuda::mira_kkt_cuda(L.data(), false, T.data(), wf.data(), N, K, kTau, kBeta, &kkt, nullptr);
+    cpu::AssignStatsOut st;
+    std::vector<double> wbar_cpu(K);
+    cpu::assign_stats<float>(L.data(), T.data(), N, K, kTau, kBeta, wbar_cpu.data(), work.data(), &st);
+    CHECK(std::fabs(kkt - st.kkt_residual) <= 2e-6 + 0.05 * st.kkt_residual);
+    if (iters == 2) CHECK(kkt > 1e-4);  // the residual sees an unconverged assignment
+  }
+}
+
+TEST_CASE("cuda_emu: Sinkhorn-Knopp's kernels, one rank and two, against the CPU's f64") {
+  emu::set_device(gpu());
+  const int N = 64, K = 300, iters = 3;
+  const double eps = 0.05;
+  const float inv_eps = static_cast<float>(1.0 / eps);
+  const std::vector<float> L = randn(static_cast<size_t>(N) * K, 8, 1.f);
+  std::vector<double> Ld(L.begin(), L.end()), ref(Ld.size());
+  std::vector<double> work(static_cast<size_t>(cpu::sinkhorn_assign_work_size(N, K)));
+  cpu::sinkhorn_assign_fwd<double>(Ld.data(), ref.data(), N, K, eps, iters, work.data());
+  for (const int R : {1, 2}) {
+    CAPTURE(R);
+    const int n = N / R;
+    std::vector<float> T(L.size(), NAN), bad(R, 0.f);
+    std::vector<std::vector<float>> f(R, std::vector<float>(n)), g(R, std::vector<float>(K)), lse = g, M = g, e = g;
+    std::vector<std::vector<unsigned char>> scratch(R, std::vector<unsigned char>(cuda::sinkhorn_scratch_bytes(n, K)));
+    auto logits = [&](int r) { return L.data() + static_cast<size_t>(r) * n * K; };
+    // The engine's column step (engine/mira_assign.cpp): g = -(column LSE over all ranks of x + f).
+    auto column_step = [&](bool with_f, bool count) {
+      if (R == 1) {
+        cuda::sinkhorn_col_lse_cuda(logits(0), false, with_f ? f[0].data() : nullptr, g[0].data(), nullptr, true, n, K,
+                                    inv_eps, count ? &bad[0] : nullptr, scratch[0].data(), nullptr);
+        return;
+      }
+      std::vector<float*> Ms, es;
+      for (int r = 0; r < R; ++r) {
+        cuda::sinkhorn_col_lse_cuda(logits(r), false, with_f ? f[r].data() : nullptr, lse[r].data(), M[r].data(), false,
+                                    n, K, inv_eps, count ? &bad[r] : nullptr, scratch[r].data(), nullptr);
+        Ms.push_back(M[r].data());
+        es.push_back(e[r].data());
+      }
+      allreduce_max(Ms, K);
+      for (int r = 0; r < R; ++r) cuda::sinkhorn_lse_shift_cuda(lse[r].data(), M[r].data(), e[r].data(), K, nullptr);
+      allreduce_sum(es, K);
+      for (int r = 0; r < R; ++r) cuda::sinkhorn_lse_finish_cuda(M[r].data(), e[r].data(), g[r].data(), K, nullptr);
+    };
+    column_step(false, true);
+    for (int it = 1; it < iters; ++it) {
+      for (int r = 0; r < R; ++r)
+        cuda::sinkhorn_row_cuda(logits(r), false, g[r].data(), f[r].data(), n, K, inv_eps, nullptr);
+      column_step(true, false);
+    }
+    for (int r = 0; r < R; ++r)
+      cuda::sinkhorn_targets_cuda(logits(r), false, g[r].data(), T.data() + static_cast<size_t>(r) * n * K, n, K,
+                                  inv_eps, nullptr);
+    for (int r = 0; r < R; ++r) CHECK(bad[r] == 0.f);
+    CHECK(allclose(std::vector<double>(T.begin(), T.end()), ref, Tol{2e-6, 2e-4}, "sinkhorn (emulated) vs f64"));
+  }
 }
