@@ -3,11 +3,13 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -157,6 +159,7 @@ struct Block {
 };
 
 thread_local Block* tblock = nullptr;
+std::atomic<int> g_schedule{0};
 thread_local Clock::time_point spin_start;
 
 uintptr_t thread_pointer() {
@@ -333,11 +336,19 @@ void run_block(Launch* L, unsigned id) {
     b.live = static_cast<int>(n);
     std::memset(dynamic_smem(), 0xff, L->cfg.smem);  // NaN floats: what no thread wrote
     b.cl->tp[b.rank] = thread_pointer();
+    // The order the threads run in between barriers (set_schedule): a kernel whose result
+    // depends on it reads what another thread writes without a barrier between.
+    const int order = g_schedule.load();
+    std::vector<size_t> perm(n);
+    for (size_t i = 0; i < n; ++i) perm[i] = order == 1 ? n - 1 - i : i;
+    std::mt19937 rng(static_cast<uint32_t>(order) * 7919u + id);
     while (b.live > 0 && !L->abort) {
       bool ran = false;
       int runs = 0;
       b.spun = 0;
-      for (size_t i = 0; i < n && !L->abort; ++i) {
+      if (order >= 2) std::shuffle(perm.begin(), perm.end(), rng);
+      for (size_t k = 0; k < n && !L->abort; ++k) {
+        const size_t i = perm[k];
         Fiber& f = b.fibers[i];
         if (f.wait != Wait::Run) continue;
         b.cur = &f;
@@ -463,6 +474,10 @@ long long clock() {
 namespace {
 DeviceProps g_device;
 }  // namespace
+
+void set_schedule(int order) {
+  g_schedule = order;
+}
 
 void set_device(const DeviceProps& d) {
   if (static_cast<size_t>(d.smem_optin) > dynamic_smem_size())

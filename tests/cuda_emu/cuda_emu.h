@@ -88,6 +88,11 @@ struct LaunchConfig {
   // few at a time, one after another (a plain launch, as a GPU may run it).
   bool all_resident = true;
 };
+// The order a block's threads run in between barriers: 0 by index, 1 reversed, n >= 2
+// shuffled anew at every barrier (seed n). Results that change with it reveal a race: a read
+// of shared or global memory that another thread writes without a barrier between them.
+void set_schedule(int order);
+
 // Runs body in every thread of the grid; returns when all are done, or throws Error.
 void launch(const LaunchConfig& cfg, const std::function<void()>& body);
 
