@@ -24,8 +24,12 @@
 #include "kernels/cpu/mira_assign.h"
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/mira_assign.cuh"
+#include "tests/cuda_emu/emu_testing.h"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
+using emu_testing::randn;
+using emu_testing::same_bits;
+using emu_testing::Workspace;
 using C = cuda::MiraCache;
 
 namespace {
@@ -47,14 +51,6 @@ emu::DeviceProps small() {
 }
 const emu::DeviceProps kHopper = hopper();
 const emu::DeviceProps kSmall = small();
-
-std::vector<float> randn(size_t n, uint32_t seed, float stddev) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.f, stddev);
-  std::vector<float> x(n);
-  for (float& v : x) v = d(g);
-  return x;
-}
 
 // The logits of the extreme cases (as test_mira_assign's extreme_logits): 0: +-100 at random;
 // 2: column 3 at -100 against 90-100 elsewhere (an empty column); 3: one-hot +100 rows.
@@ -114,11 +110,9 @@ Result run_kernel(const Problem& q) {
   o.cluster_size = q.size;
   r.plan = cuda::mira_plan(p, cuda::MiraVariant::Fused, o);
   REQUIRE(r.plan.cluster > 0);
-  std::vector<uint64_t> ws((r.plan.workspace_bytes + 7) / 8 + 32);
-  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) / 256 * 256);
-  std::memset(base, 0xff, r.plan.workspace_bytes);
-  cuda::mira_assign_cuda(p, r.plan, base, nullptr);
-  r.nonfinite = *cuda::mira_nonfinite_count(r.plan, base);
+  Workspace ws(r.plan.workspace_bytes);
+  cuda::mira_assign_cuda(p, r.plan, ws.base, nullptr);
+  r.nonfinite = *cuda::mira_nonfinite_count(r.plan, ws.base);
   return r;
 }
 
@@ -132,18 +126,6 @@ std::vector<float> twin(const Problem& q, const Result& r, int v) {
   const cpu::MiraNumerics num{q.cache == C::F16 ? cpu::WorkingCopy::F16 : cpu::WorkingCopy::Exact, q.exact};
   cpu::mira_cluster_twin(l.data(), t.data(), q.N, q.K, q.tau, q.beta, q.iters, sh, num);
   return t;
-}
-
-// Bit for bit, NaN included; prints the first differences.
-bool same_bits(const std::vector<float>& got, const std::vector<float>& ref) {
-  if (got.size() != ref.size()) return false;
-  size_t bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::memcmp(&got[i], &ref[i], sizeof(float)) == 0) continue;
-    if (bad++ < 5) std::printf("    [%zu] kernel %.9g twin %.9g\n", i, got[i], ref[i]);
-  }
-  if (bad) std::printf("    %zu of %zu differ\n", bad, got.size());
-  return bad == 0;
 }
 
 bool on_simplex(const std::vector<float>& t, int N, int K) {

@@ -20,9 +20,13 @@
 #include "kernels/cpu/mira_assign.h"
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/mira_assign.cuh"
+#include "tests/cuda_emu/emu_testing.h"
 #include "tests/testing.h"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
+using emu_testing::randn;
+using emu_testing::same_bits;
+using emu_testing::Workspace;
 using mira::testing::allclose;
 using mira::testing::Tol;
 using C = cuda::MiraCache;
@@ -59,14 +63,6 @@ struct Case {
   S schedule = S::Auto;
   emu::DeviceProps dev = gpu();
 };
-
-std::vector<float> randn(size_t n, uint32_t seed, float stddev) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.f, stddev);
-  std::vector<float> x(n);
-  for (float& v : x) v = d(g);
-  return x;
-}
 
 struct Out {
   cuda::MiraPlan plan;
@@ -105,16 +101,6 @@ cuda::MiraProblem problem(const Case& c, const std::vector<std::vector<float>>& 
   }
   return p;
 }
-
-// A workspace that starts as NaN (0xff bytes): what a kernel reads before writing shows.
-struct Workspace {
-  std::vector<uint64_t> mem;
-  char* base;
-  explicit Workspace(size_t bytes) : mem((bytes + 7) / 8 + 32) {
-    base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(mem.data()) + 255) / 256 * 256);
-    std::memset(base, 0xff, bytes);
-  }
-};
 
 // The engine's host code on the emulated device: mira_plan (its candidate shapes and the cost
 // model's choice), then mira_assign_cuda (its launches, clears and arguments).
@@ -190,14 +176,6 @@ Out check(const Case& c) {
     }
   }
   return o;
-}
-
-bool same_bits(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t v = 0; v < a.size(); ++v)
-    if (a[v].size() != b[v].size() || std::memcmp(a[v].data(), b[v].data(), a[v].size() * sizeof(float)) != 0)
-      return false;
-  return true;
 }
 
 }  // namespace
