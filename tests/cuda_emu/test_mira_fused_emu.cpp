@@ -489,4 +489,18 @@ TEST_CASE("cuda_emu: the fused kernels give the same bits whatever order their t
     }
     emu::set_schedule(0);
   }
+  // The unfused variant's plain kernels (block reductions behind barriers).
+  emu::set_device(gpu());
+  const auto views = make_views(c);
+  std::vector<std::vector<float>> out[2];
+  for (const int order : {0, 2}) {
+    emu::set_schedule(order);
+    std::vector<std::vector<__nv_bfloat16>> b16;
+    const cuda::MiraProblem p = problem(c, views, b16, out[order / 2]);
+    const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
+    Workspace ws(plan.workspace_bytes);
+    cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+  }
+  emu::set_schedule(0);
+  CHECK(same_bits(out[1], out[0]));
 }
