@@ -206,11 +206,12 @@ extern "C" void fiber_main() {
   std::abort();  // a finished fiber is never resumed
 }
 
+// The threads waiting on w, of the whole block or of one warp.
 void release(Block& b, Wait w, int warp = -1) {
-  for (size_t i = 0; i < b.fibers.size(); ++i) {
-    Fiber& f = b.fibers[i];
-    if (f.wait == w && (warp < 0 || static_cast<int>(i / 32) == warp)) f.wait = Wait::Run;
-  }
+  const size_t lo = warp < 0 ? 0 : static_cast<size_t>(warp) * 32;
+  const size_t hi = warp < 0 ? b.fibers.size() : std::min(b.fibers.size(), lo + 32);
+  for (size_t i = lo; i < hi; ++i)
+    if (b.fibers[i].wait == w) b.fibers[i].wait = Wait::Run;
 }
 
 // The OS-thread barrier of the block's cluster (or of the grid); false when the launch was
