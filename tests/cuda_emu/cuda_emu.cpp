@@ -56,8 +56,6 @@ thread_local dim3 gridDim;
 
 namespace mira::emu {
 
-thread_local ThreadCtx* tcur = nullptr;
-
 namespace {
 // The kernels' dynamic shared memory (MIRA_DYNAMIC_SMEM): one buffer per block (OS thread),
 // as large as an H100's or H200's opt-in shared memory per block. Thread-local, as __shared__
@@ -122,6 +120,13 @@ struct Launch {
   }
 };
 
+// A thread's coordinates, copied into threadIdx and friends when its fiber resumes.
+struct ThreadCtx {
+  uint3 tid{};
+  uint3 bid{};
+  dim3 bdim, gdim;
+};
+
 struct Fiber {
   void* sp = nullptr;
   Wait wait = Wait::Run;
@@ -171,7 +176,7 @@ uintptr_t thread_pointer() {
 std::string where() {
   std::ostringstream o;
   if (tblock) o << "block " << tblock->id;
-  if (tcur) o << " thread " << tcur->tid.x;
+  if (tblock && tblock->cur) o << " thread " << tblock->cur->ctx.tid.x;
   return o.str();
 }
 
@@ -353,7 +358,6 @@ void run_block(Launch* L, unsigned id) {
         Fiber& f = b.fibers[i];
         if (f.wait != Wait::Run) continue;
         b.cur = &f;
-        tcur = &f.ctx;
         threadIdx = f.ctx.tid;
         blockIdx = f.ctx.bid;
         blockDim = f.ctx.bdim;
@@ -365,7 +369,6 @@ void run_block(Launch* L, unsigned id) {
 #ifdef MIRA_EMU_ASAN
         __sanitizer_finish_switch_fiber(b.sched_fake, nullptr, nullptr);
 #endif
-        tcur = nullptr;
         ran = true;
         ++runs;
         if (std::memcmp(f.stack, &kCanary, sizeof kCanary) != 0)
@@ -384,6 +387,10 @@ void run_block(Launch* L, unsigned id) {
 }
 
 }  // namespace
+
+int lane_id() {
+  return static_cast<int>(threadIdx.x & 31u);
+}
 
 void syncthreads() {
   to_scheduler(Wait::Block, 0);

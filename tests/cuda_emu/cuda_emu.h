@@ -50,14 +50,6 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The running thread's coordinates (set by the block's scheduler before it resumes a fiber).
-struct ThreadCtx {
-  uint3 tid{};
-  uint3 bid{};
-  dim3 bdim, gdim;
-};
-extern thread_local ThreadCtx* tcur;
-
 // The dynamic shared memory of the block on this OS thread (MIRA_DYNAMIC_SMEM) and its size.
 unsigned char* dynamic_smem();
 size_t dynamic_smem_size();
@@ -175,9 +167,7 @@ T shfl_bits(unsigned mask, T v, int src_lane, int site) {
   std::memcpy(&r, &b, sizeof(T));
   return r;
 }
-inline int lane_id() {
-  return static_cast<int>(tcur->tid.x + tcur->bdim.x * (tcur->tid.y + tcur->bdim.y * tcur->tid.z)) & 31;
-}
+int lane_id();  // of the running thread (blocks are 1-D)
 
 }  // namespace mira::emu
 
