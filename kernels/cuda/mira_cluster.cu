@@ -646,11 +646,11 @@ void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clust
     attr[1].val.cooperative = 1;
     cfg.numAttrs = 2;
   }
-#ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every cluster at once
+#ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every cluster at once, as the configuration says
   emu::LaunchConfig ecfg;
-  ecfg.grid = static_cast<unsigned>(clusters * a.cluster), ecfg.block = kBlock;
-  ecfg.cluster = static_cast<unsigned>(a.cluster);
-  ecfg.smem = smem;
+  ecfg.grid = cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, ecfg.block = cfg.blockDim.x;
+  ecfg.cluster = cfg.attrs[0].id == cudaLaunchAttributeClusterDimension ? cfg.attrs[0].val.clusterDim.x : 0;
+  ecfg.smem = cfg.dynamicSmemBytes;
   emu::launch(ecfg, cluster_fn(bf16_in, cache), a);
 #else
   const void* fn = reinterpret_cast<const void*>(cluster_fn(bf16_in, cache));

@@ -308,6 +308,30 @@ std::string stuck(const Block& b) {
   return o.str();
 }
 
+// The fiber stacks of the blocks an OS thread runs, mapped once and reused: a plain launch
+// runs thousands of blocks on a few threads, and a fresh mapping per block would spend most of
+// the time in page faults.
+struct StackPool {
+  unsigned char* base = nullptr;
+  size_t bytes = 0;
+  unsigned char* get(size_t need) {
+    if (need <= bytes) return base;
+    release();
+    void* m = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) throw Error("cuda_emu: cannot map the fiber stacks");
+    base = static_cast<unsigned char*>(m);
+    bytes = need;
+    return base;
+  }
+  void release() {
+    if (base) munmap(base, bytes);
+    base = nullptr;
+    bytes = 0;
+  }
+  ~StackPool() { release(); }
+};
+thread_local StackPool t_stacks;
+
 void run_block(Launch* L, unsigned id) {
   Block b;
   b.L = L;
@@ -315,12 +339,9 @@ void run_block(Launch* L, unsigned id) {
   b.rank = id % L->cfg.cluster;
   b.cl = L->clusters[id / L->cfg.cluster].get();
   tblock = &b;
-  unsigned char* stacks = nullptr;
-  const size_t n = L->cfg.block, bytes = n * kStack;
+  const size_t n = L->cfg.block;
   try {
-    void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) throw Error("cuda_emu: cannot map the fiber stacks");
-    stacks = static_cast<unsigned char*>(m);
+    unsigned char* stacks = t_stacks.get(n * kStack);
     b.fibers.resize(n);
     b.warps.resize((n + 31) / 32);
     for (size_t i = 0; i < n; ++i) {
@@ -382,7 +403,6 @@ void run_block(Launch* L, unsigned id) {
   } catch (const std::exception& e) {
     L->fail(std::string("block ") + std::to_string(id) + ": " + e.what());
   }
-  if (stacks) munmap(stacks, bytes);
   tblock = nullptr;
 }
 
@@ -590,8 +610,10 @@ void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
   if (cfg.block < 32 || cfg.block > 1024 || cfg.block % 32 != 0)
     throw Error("cuda_emu: blocks of 32..1024 threads, whole warps");
   if (cfg.gdim.x > 0 && cfg.grid != cfg.gdim.x * cfg.gdim.y * cfg.gdim.z) throw Error("cuda_emu: grid != gdim");
-  if (cfg.cluster < 1 || cfg.grid < 1 || cfg.grid % cfg.cluster != 0 || cfg.grid > 4096)
-    throw Error("cuda_emu: a grid of 1..4096 blocks, a whole number of clusters");
+  // Resident blocks are OS threads: at most 4096 of them. A plain launch runs a few at a time.
+  if (cfg.cluster < 1 || cfg.grid < 1 || cfg.grid % cfg.cluster != 0 ||
+      cfg.grid > (cfg.all_resident ? 4096u : 1u << 20))
+    throw Error("cuda_emu: a grid of 1..4096 resident blocks (2^20 in a plain launch), a whole number of clusters");
   if (cfg.smem > dynamic_smem_size()) throw Error("cuda_emu: more dynamic shared memory than the emulated block has");
   Launch L;
   L.cfg = cfg;
