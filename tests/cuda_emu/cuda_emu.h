@@ -252,3 +252,57 @@ inline float atomicAdd(float* p, float v) {
 using std::isfinite;
 using std::max;
 using std::min;
+
+// ---- the GPU's math, modelled (MIRA_EMU_GPU_MATH)
+//
+// By default the kernels' exp2f, log2f, expf and logf are the host's (within an ulp of exact),
+// so the kernels and their CPU twins give the same bits. On a GPU they are CUDA's: within 2
+// ulp (exp2f, expf) and 1 ulp (log2f, logf) of exact, by the CUDA C++ Programming Guide's
+// table of single-precision functions. With MIRA_EMU_GPU_MATH they return the host's result
+// moved by up to that many ulp, the amount (and its sign) a hash of the argument: each
+// argument always gets the same result, as on a GPU. Where the hardware is exact they are
+// left exact: exp2f of an integer (a power of two, 1 at 0), expf(0) and log2f/logf(1), and a
+// result that is zero, subnormal, infinite or NaN. So this is a model at (or beyond) the
+// documented error, not the GPU's bits. The test built with it (test_mira_assign_emu_gpumath)
+// also compiles the kernels with fused multiply-adds where the host compiler contracts
+// a * b + c, as nvcc does by default (-fmad=true), while the twins (built without) do not.
+// Then the twins agree with the kernels only to tolerances: those test_mira_assign_gpu holds
+// a GPU to.
+#ifdef MIRA_EMU_GPU_MATH
+namespace mira::emu {
+inline float gpu_ulps(float y, float x, int max_ulp, uint32_t salt) {
+  if (!std::isnormal(y)) return y;
+  uint32_t h;
+  std::memcpy(&h, &x, 4);
+  h ^= salt;
+  h *= 0x9e3779b1u;
+  h ^= h >> 15;
+  h *= 0x85ebca77u;
+  h ^= h >> 13;
+  const int k = static_cast<int>(h % static_cast<uint32_t>(2 * max_ulp + 1)) - max_ulp;
+  for (int i = 0; i < k; ++i) y = std::nextafter(y, HUGE_VALF);
+  for (int i = 0; i > k; --i) y = std::nextafter(y, 0.f);
+  return y;
+}
+inline float gpu_exp2f(float x) {
+  const float y = std::exp2(x);
+  return x == std::nearbyint(x) ? y : gpu_ulps(y, x, 2, 0x1234567u);
+}
+inline float gpu_expf(float x) {
+  const float y = std::exp(x);
+  return x == 0.f ? y : gpu_ulps(y, x, 2, 0x2345678u);
+}
+inline float gpu_log2f(float x) {
+  const float y = std::log2(x);
+  return y == std::nearbyint(y) ? y : gpu_ulps(y, x, 1, 0x3456789u);
+}
+inline float gpu_logf(float x) {
+  const float y = std::log(x);
+  return x == 1.f ? y : gpu_ulps(y, x, 1, 0x456789au);
+}
+}  // namespace mira::emu
+#define exp2f(x) ::mira::emu::gpu_exp2f(x)
+#define expf(x) ::mira::emu::gpu_expf(x)
+#define log2f(x) ::mira::emu::gpu_log2f(x)
+#define logf(x) ::mira::emu::gpu_logf(x)
+#endif

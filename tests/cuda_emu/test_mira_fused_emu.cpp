@@ -15,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/mira_assign.h"
@@ -24,6 +25,8 @@
 #include "tests/testing.h"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
+using emu_testing::extreme;
+using emu_testing::on_simplex;
 using emu_testing::randn;
 using emu_testing::same_bits;
 using emu_testing::Workspace;
@@ -60,6 +63,7 @@ struct Case {
   int bps = 0;  // blocks per SM (0: the model picks)
   bool pipelined = false, flag_sync = false, warp_rows = false, bf16 = false;
   int iters = 30;
+  float tau = kTau, beta = kBeta;
   S schedule = S::Auto;
   emu::DeviceProps dev = gpu();
 };
@@ -87,7 +91,7 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
 cuda::MiraProblem problem(const Case& c, const std::vector<std::vector<float>>& views,
                           std::vector<std::vector<__nv_bfloat16>>& b16, std::vector<std::vector<float>>& targets) {
   cuda::MiraProblem p;
-  p.V = c.V, p.N = c.N, p.K = c.K, p.logits_bf16 = c.bf16, p.tau_t = kTau, p.beta = kBeta, p.iters = c.iters;
+  p.V = c.V, p.N = c.N, p.K = c.K, p.logits_bf16 = c.bf16, p.tau_t = c.tau, p.beta = c.beta, p.iters = c.iters;
   b16.assign(c.V, {});
   targets.assign(c.V, std::vector<float>(static_cast<size_t>(c.N) * c.K, NAN));
   for (int v = 0; v < c.V; ++v) {
@@ -133,11 +137,11 @@ std::vector<double> reference(const Case& c, const std::vector<float>& logits, c
     for (double& x : l) x = __bfloat162float(__float2bfloat16_rn(static_cast<float>(x)));
   std::vector<double> work(static_cast<size_t>(cpu::mira_assign_work_size(c.N, c.K)));
   if (copy == cpu::WorkingCopy::Exact) {
-    cpu::mira_assign_fwd<double>(l.data(), t.data(), c.N, c.K, kTau, kBeta, c.iters, work.data());
+    cpu::mira_assign_fwd<double>(l.data(), t.data(), c.N, c.K, c.tau, c.beta, c.iters, work.data());
     return t;
   }
   std::vector<float> lf(l.begin(), l.end()), tf(lf.size());
-  cpu::mira_assign_fwd<float>(lf.data(), tf.data(), c.N, c.K, kTau, kBeta, c.iters, work.data(), nullptr,
+  cpu::mira_assign_fwd<float>(lf.data(), tf.data(), c.N, c.K, c.tau, c.beta, c.iters, work.data(), nullptr,
                               cpu::MiraNumerics{copy, exact});
   return std::vector<double>(tf.begin(), tf.end());
 }
@@ -285,6 +289,83 @@ TEST_CASE("cuda_emu: the default fused kernel counts non-finite logits") {
   views[0][5] = NAN;
   views[0][77] = INFINITY;
   CHECK(run_fused(c, views).nonfinite == 2.f);
+}
+
+// test_mira_assign_gpu's extreme and degenerate inputs (the list: logits of +-100,
+// tau' down to 0.01, beta 0.99, N = 1, K = 1, N and K up to 65536, an empty column) through
+// every path the engine can take without clusters: the default fused kernel, with the f32 and
+// the f16 copy, one rank's per-pass launches, the unfused kernels, and a warp per row (the
+// last two not at N 65536: too slow to emulate).
+TEST_CASE("cuda_emu: extreme and degenerate inputs stay finite on the fused, per-pass, unfused and warp-row paths") {
+  struct X {
+    const char* what;
+    int N, K;
+    float tau, beta;
+    int kind;  // emu_testing::extreme's
+  };
+  const float b = 2.0f / 3.0f;
+  const X cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03f, b, 0},
+                     {"+-100, beta 0.99", 64, 3000, 1.f, 0.99f, 0},
+                     {"N(0,1), beta 0.99", 64, 300, 1.f, 0.99f, 1},
+                     {"empty column", 64, 50, 0.03f, b, 2},
+                     {"one-hot rows", 64, 50, 0.03f, 0.9f, 3},
+                     {"N = 1", 1, 300, kTau, b, 1},
+                     {"K = 1", 200, 1, kTau, b, 1},
+                     {"N = K = 1", 1, 1, kTau, b, 0},
+                     {"N = 65536", 65536, 3, 0.03f, b, 0},
+                     {"K = 12288", 3, 12288, 0.03f, b, 0},
+                     {"K = 65536", 3, 65536, 0.03f, b, 0}};
+  for (const X& x : cases) {
+    const std::string what = x.what;
+    CAPTURE(what);
+    Case c;
+    c.N = x.N, c.K = x.K, c.V = 1, c.tau = x.tau, c.beta = x.beta;
+    const std::vector<std::vector<float>> views = {extreme(x.N, x.K, x.kind)};
+    auto check_targets = [&](const std::vector<float>& t, const std::string& path) {
+      CAPTURE(path);
+      CHECK(on_simplex(t, x.N, x.K, 1e-4));
+      if (x.kind == 2) {
+        double col3 = 0;
+        for (int i = 0; i < x.N; ++i) col3 += t[static_cast<size_t>(i) * x.K + 3];
+        CHECK(col3 == 0);
+      }
+    };
+    emu::set_device(gpu());
+    if (cuda::mira_fused_supports(x.K)) {
+      for (const C cache : {C::F32, C::F16}) {
+        c.cache = cache;
+        c.exact = cache == C::F16 ? 3 : 0;
+        for (const bool warp : {false, true}) {
+          // A warp per row up to K 3072; at N 65536 only on a GPU (10 s each here).
+          if (warp && (x.K > 3072 || x.N > 4096)) continue;
+          c.warp_rows = warp;
+          const Out o = run_fused(c, views);
+          CHECK(o.nonfinite == 0.f);
+          check_targets(o.targets[0], warp ? "warp rows" : cache == C::F16 ? "fused, f16 copy + 3 exact" : "fused");
+        }
+      }
+      c.cache = C::F32, c.exact = 0, c.warp_rows = false;
+      // One rank's per-pass launches (no all-reduce between them).
+      std::vector<std::vector<__nv_bfloat16>> b16;
+      std::vector<std::vector<float>> t;
+      const cuda::MiraProblem p = problem(c, views, b16, t);
+      const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::PerPass, plan_options(c));
+      Workspace ws(plan.workspace_bytes);
+      for (int pass = 0; pass <= c.iters + 1; ++pass) cuda::mira_assign_pass_cuda(p, plan, pass, ws.base, nullptr);
+      CHECK(*cuda::mira_nonfinite_count(plan, ws.base) == 0.f);
+      check_targets(t[0], "per-pass");
+    }
+    // The unfused kernels run a block per row: at N 65536, 6 M emulated blocks (80 s); the
+    // GPU test runs that shape.
+    if (x.N > 4096) continue;
+    std::vector<std::vector<__nv_bfloat16>> b16;
+    std::vector<std::vector<float>> t;
+    const cuda::MiraProblem p = problem(c, views, b16, t);
+    const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
+    Workspace ws(plan.workspace_bytes);
+    cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+    check_targets(t[0], "unfused");
+  }
 }
 
 // ---- the rest of the assignment's CUDA code: the unfused variant, the per-pass variant of
