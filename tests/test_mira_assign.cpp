@@ -731,3 +731,33 @@ TEST_CASE("bench/mira_assign as a tool: .npy logits to .npy targets, as the op c
   CHECK(std::system((timing + " --variants fused > /dev/null 2>&1").c_str()) != 0);
   fs::remove_all(dir);
 }
+
+TEST_CASE("mira: the cluster twin at test_mira_assign_gpu's large cluster shapes, against f64") {
+  // The kernel equals this twin bit for bit in the emulator, and to ~1 % of the GPU test's
+  // tolerance with the GPU's math modelled (test_mira_assign_emu_gpumath); these are the
+  // shapes that test is too slow to emulate. The launch shapes are an H100's / H200's:
+  // N 4096 over 8 clusters of 16 (512 rows each) or 16 of 8, N 1024 over 4 of 16, N 512 in one.
+  struct Shape {
+    int64_t N, K;
+    int size;
+    int64_t rows;
+    cpu::WorkingCopy copy;
+    int exact;
+    Tol tol;  // test_mira_assign_gpu's against f64: kGpuTol, or kF16CacheTol with no exact updates
+  };
+  using WC = cpu::WorkingCopy;
+  const Tol gpu{2e-6, 2e-4}, f16{2e-4, 1e-2};
+  for (const Shape s : {Shape{4096, 3000, 16, 512, WC::F16, 3, gpu}, Shape{4096, 3000, 8, 256, WC::F16, 3, gpu},
+                        Shape{1024, 3000, 16, 256, WC::Exact, 0, gpu}, Shape{512, 3000, 16, 512, WC::F16, 0, f16}}) {
+    CAPTURE(s.N);
+    CAPTURE(s.size);
+    CAPTURE(s.exact);
+    const auto L = randn(s.N * s.K, 31, 0.3);
+    const std::vector<float> L32(L.begin(), L.end());
+    const std::vector<double> Lf(L32.begin(), L32.end());
+    const double tau = static_cast<float>(kTau), beta = static_cast<float>(kBeta);
+    const auto ref = kernel_mira<double>(Lf, s.N, s.K, tau, beta, 30);
+    const auto got = cluster_twin(Lf, s.N, s.K, tau, beta, s.size, 30, s.rows, cpu::MiraNumerics{s.copy, s.exact});
+    CHECK(allclose(got, ref, s.tol, "cluster twin, large shape"));
+  }
+}

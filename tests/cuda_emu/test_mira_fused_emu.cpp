@@ -124,6 +124,17 @@ Out run_fused(const Case& c, const std::vector<std::vector<float>>& views) {
   return o;
 }
 
+// The unfused kernels (three launches per pass) through the same host code.
+std::vector<std::vector<float>> run_unfused(const Case& c, const std::vector<std::vector<float>>& views) {
+  std::vector<std::vector<__nv_bfloat16>> b16;
+  std::vector<std::vector<float>> t;
+  const cuda::MiraProblem p = problem(c, views, b16, t);
+  const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
+  Workspace ws(plan.workspace_bytes);
+  cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+  return t;
+}
+
 std::vector<std::vector<float>> make_views(const Case& c, uint32_t seed = 31) {
   std::vector<std::vector<float>> v;
   for (int i = 0; i < c.V; ++i) v.push_back(randn(static_cast<size_t>(c.N) * c.K, seed + i, 0.3f));
@@ -358,13 +369,7 @@ TEST_CASE("cuda_emu: extreme and degenerate inputs stay finite on the fused, per
     // The unfused kernels run a block per row: at N 65536, 6 M emulated blocks (80 s); the
     // GPU test runs that shape.
     if (x.N > 4096) continue;
-    std::vector<std::vector<__nv_bfloat16>> b16;
-    std::vector<std::vector<float>> t;
-    const cuda::MiraProblem p = problem(c, views, b16, t);
-    const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
-    Workspace ws(plan.workspace_bytes);
-    cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
-    check_targets(t[0], "unfused");
+    check_targets(run_unfused(c, views)[0], "unfused");
   }
 }
 
@@ -397,12 +402,7 @@ TEST_CASE("cuda_emu: the unfused variant, and the per-pass variant over two rank
   c.N = 96, c.K = 700;
   const auto views = make_views(c);
   {
-    std::vector<std::vector<__nv_bfloat16>> b16;
-    std::vector<std::vector<float>> t;
-    const cuda::MiraProblem p = problem(c, views, b16, t);
-    const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
-    Workspace ws(plan.workspace_bytes);
-    cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+    const auto t = run_unfused(c, views);
     for (int v = 0; v < c.V; ++v)
       CHECK(allclose(std::vector<double>(t[v].begin(), t[v].end()), reference(c, views[v], cpu::WorkingCopy::Exact, 0),
                      kGpuTol, "unfused (emulated) vs f64"));
