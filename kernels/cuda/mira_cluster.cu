@@ -30,6 +30,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -641,22 +642,34 @@ void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clust
     // Row groups wait on each other's column sums: a cooperative launch makes every cluster
     // resident at once, or fails with an error, where another kernel holds SMs that the plan
     // (an idle device's occupancy) counted on (the attribute combines with cluster dimensions
-    // on sm_90). Unmeasured: the next GPU run of test_mira_assign_gpu launches it.
+    // on sm_90). Unmeasured: the next GPU run of test_mira_assign_gpu launches it, and
+    // launch_row_groups goes on without it if the driver refuses the combination.
     attr[1].id = cudaLaunchAttributeCooperative;
     attr[1].val.cooperative = 1;
     cfg.numAttrs = 2;
   }
 #ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every cluster at once, as the configuration says
-  emu::LaunchConfig ecfg;
-  ecfg.grid = cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, ecfg.block = cfg.blockDim.x;
-  ecfg.cluster = cfg.attrs[0].id == cudaLaunchAttributeClusterDimension ? cfg.attrs[0].val.clusterDim.x : 0;
-  ecfg.smem = cfg.dynamicSmemBytes;
-  emu::launch(ecfg, cluster_fn(bf16_in, cache), a);
+  auto launch = [&](const cudaLaunchConfig_t& c) {
+    emu::LaunchConfig ecfg;
+    ecfg.grid = c.gridDim.x * c.gridDim.y * c.gridDim.z, ecfg.block = c.blockDim.x;
+    ecfg.cluster = c.attrs[0].id == cudaLaunchAttributeClusterDimension ? c.attrs[0].val.clusterDim.x : 0;
+    ecfg.smem = c.dynamicSmemBytes;
+    emu::launch(ecfg, cluster_fn(bf16_in, cache), a);
+    return cudaSuccess;
+  };
 #else
   const void* fn = reinterpret_cast<const void*>(cluster_fn(bf16_in, cache));
   void* args[] = {const_cast<FusedArgs*>(&a)};
-  MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, fn, args));
+  auto launch = [&](const cudaLaunchConfig_t& c) { return cudaLaunchKernelExC(&c, fn, args); };
 #endif
+  if (a.cluster_groups > 1) {
+    static std::atomic<bool> refused{false};  // the driver refused cooperative + cluster once
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    MIRA_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+    MIRA_CUDA_CHECK(launch_row_groups(cfg, st != cudaStreamCaptureStatusNone, refused, launch));
+  } else {
+    MIRA_CUDA_CHECK(launch(cfg));
+  }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

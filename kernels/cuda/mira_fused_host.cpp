@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "engine/error.h"
 
@@ -143,6 +144,22 @@ MiraPlan cluster_plan(const MiraProblem& p, MiraCache cache, int exact_passes, c
   }
   plan.workspace_bytes = off;
   return plan;
+}
+
+cudaError_t launch_row_groups(cudaLaunchConfig_t cfg, bool capturing, std::atomic<bool>& refused,
+                              const std::function<cudaError_t(const cudaLaunchConfig_t&)>& launch) {
+  MIRA_CHECK(cfg.numAttrs == 2 && cfg.attrs[1].id == cudaLaunchAttributeCooperative,
+             "launch_row_groups: the cooperative attribute goes second");
+  if (refused.load(std::memory_order_relaxed)) cfg.numAttrs = 1;
+  const cudaError_t err = launch(cfg);
+  if (cfg.numAttrs == 1 || capturing || (err != cudaErrorNotSupported && err != cudaErrorInvalidValue)) return err;
+  refused.store(true, std::memory_order_relaxed);
+  std::fprintf(stderr,
+               "mira: the driver refused a cooperative launch with a cluster dimension (%s); the cluster plan's "
+               "row groups launch without it from now on\n",
+               cudaGetErrorString(err));
+  cfg.numAttrs = 1;
+  return launch(cfg);
 }
 
 }  // namespace mira::cuda::fused

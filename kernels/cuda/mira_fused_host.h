@@ -7,7 +7,9 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/mira_assign.cuh"
@@ -60,5 +62,18 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
 // geometry, shared memory and workspace layout; variant Fused, the given cache (F32 or F16)
 // and exact passes.
 MiraPlan cluster_plan(const MiraProblem& p, MiraCache cache, int exact_passes, const plan_model::ClusterShape& cs);
+
+// Launches the cluster plan with row groups, whose clusters wait on each other: cfg (a cluster
+// dimension in cfg.attrs[0]) plus the cooperative attribute in cfg.attrs[1], so that every
+// cluster is resident at once or the launch fails. If the driver refuses that combination
+// (cudaErrorNotSupported or cudaErrorInvalidValue, errors of the call, not of the kernel), it
+// launches once more without it, warns on stderr, and remembers the refusal in `refused` so
+// later launches go without it at once: residency then rests on the plan's occupancy check
+// (cudaOccupancyMaxActiveClusters), and a stranded group traps after its polls. Any other
+// error, an error while a stream is being captured (the capture is then invalid), or one
+// without the attribute is returned as it is. `launch` performs the launch
+// (cudaLaunchKernelExC on a GPU; the tests inject refusals).
+cudaError_t launch_row_groups(cudaLaunchConfig_t cfg, bool capturing, std::atomic<bool>& refused,
+                              const std::function<cudaError_t(const cudaLaunchConfig_t&)>& launch);
 
 }  // namespace mira::cuda::fused

@@ -24,6 +24,7 @@
 #include "kernels/cpu/mira_assign.h"
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/mira_assign.cuh"
+#include "kernels/cuda/mira_fused_host.h"
 #include "tests/cuda_emu/emu_testing.h"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
@@ -242,6 +243,54 @@ TEST_CASE("cuda_emu: the cluster kernel counts non-finite logits") {
   q.views[0][77] = INFINITY;
   q.views[0][600] = -INFINITY;
   CHECK(run_kernel(q).nonfinite == 3.f);
+}
+
+TEST_CASE("cuda_emu: row groups launch without the cooperative attribute where the driver refuses it") {
+  using cuda::fused::launch_row_groups;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 16, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeCooperative;
+  attr[1].val.cooperative = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.attrs = attr;
+  cfg.numAttrs = 2;
+  std::vector<unsigned> tries;  // the attributes of each launch attempt
+  // A driver that answers `with` to a launch carrying the cooperative attribute.
+  auto driver = [&tries](cudaError_t with) {
+    return [&tries, with](const cudaLaunchConfig_t& c) {
+      tries.push_back(c.numAttrs);
+      return c.numAttrs == 2 ? with : cudaSuccess;
+    };
+  };
+  std::atomic<bool> refused{false};
+  CHECK(launch_row_groups(cfg, false, refused, driver(cudaSuccess)) == cudaSuccess);
+  CHECK(tries == std::vector<unsigned>{2});
+  CHECK(!refused);
+  // Errors that are not a refusal of the combination come back, and are not retried: too
+  // many clusters to be resident at once would strand the groups without the attribute.
+  for (const cudaError_t e : {cudaErrorCooperativeLaunchTooLarge, cudaErrorLaunchOutOfResources}) {
+    tries.clear();
+    CHECK(launch_row_groups(cfg, false, refused, driver(e)) == e);
+    CHECK(tries == std::vector<unsigned>{2});
+    CHECK(!refused);
+  }
+  // While a stream is captured a failed launch has invalidated the capture: no retry.
+  tries.clear();
+  CHECK(launch_row_groups(cfg, true, refused, driver(cudaErrorNotSupported)) == cudaErrorNotSupported);
+  CHECK(tries == std::vector<unsigned>{2});
+  CHECK(!refused);
+  // A refusal: once more without the attribute, and without it from then on.
+  for (const cudaError_t e : {cudaErrorNotSupported, cudaErrorInvalidValue}) {
+    refused = false;
+    tries.clear();
+    CHECK(launch_row_groups(cfg, false, refused, driver(e)) == cudaSuccess);
+    CHECK(tries == std::vector<unsigned>{2, 1});
+    CHECK(refused);
+    tries.clear();
+    CHECK(launch_row_groups(cfg, false, refused, driver(e)) == cudaSuccess);
+    CHECK(tries == std::vector<unsigned>{1});
+  }
 }
 
 // ---- the emulator's own checks
