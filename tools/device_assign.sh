@@ -55,6 +55,9 @@ else
   echo "== ncu: not found" >>"$R"
 fi
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
+# The cluster plan's row groups launch without the cooperative attribute if the driver refuses
+# it (kernels/cuda/mira_fused_host.cpp, launch_row_groups): say so here, not only in a log.
+grep -rh "driver refused a cooperative" "$LOG_DIR"/stderr_*.log "$LOG_DIR"/check 2>/dev/null | sort | uniq -c | head -3
 grep -E '^\{"probe"' "$R" | cut -c1-200
 grep -A8 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
 grep -E '^== ncu|^rc|Duration|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Warp Cycles Per Issued|Stall|stall|Bank|Executed Ipc|Shared Memory|L1/TEX Hit|L2 Hit|Mem Busy|Compute \(SM\)' "$R" | cut -c1-150
