@@ -638,16 +638,6 @@ int cluster_active(bool bf16_in, MiraCache cache, int size, size_t smem) {
 void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clusters, size_t smem, cudaStream_t stream) {
   cudaLaunchAttribute attr[2];
   cudaLaunchConfig_t cfg = cluster_config(clusters, a.cluster, smem, stream, attr);
-  if (a.cluster_groups > 1) {
-    // Row groups wait on each other's column sums: a cooperative launch makes every cluster
-    // resident at once, or fails with an error, where another kernel holds SMs that the plan
-    // (an idle device's occupancy) counted on (the attribute combines with cluster dimensions
-    // on sm_90). Unmeasured: the next GPU run of test_mira_assign_gpu launches it, and
-    // launch_row_groups goes on without it if the driver refuses the combination.
-    attr[1].id = cudaLaunchAttributeCooperative;
-    attr[1].val.cooperative = 1;
-    cfg.numAttrs = 2;
-  }
 #ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every cluster at once, as the configuration says
   auto launch = [&](const cudaLaunchConfig_t& c) {
     emu::LaunchConfig ecfg;
@@ -663,6 +653,14 @@ void launch_cluster(const FusedArgs& a, bool bf16_in, MiraCache cache, int clust
   auto launch = [&](const cudaLaunchConfig_t& c) { return cudaLaunchKernelExC(&c, fn, args); };
 #endif
   if (a.cluster_groups > 1) {
+    // Row groups wait on each other's column sums: a cooperative launch makes every cluster
+    // resident at once, or fails with an error, where another kernel holds SMs that the plan
+    // (an idle device's occupancy) counted on (the attribute combines with cluster dimensions
+    // on sm_90). Unmeasured: the next GPU run of test_mira_assign_gpu launches it, and
+    // launch_row_groups goes on without it if the driver refuses the combination.
+    attr[1].id = cudaLaunchAttributeCooperative;
+    attr[1].val.cooperative = 1;
+    cfg.numAttrs = 2;
     static std::atomic<bool> refused{false};  // the driver refused cooperative + cluster once
     cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
     MIRA_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
