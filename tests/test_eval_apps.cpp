@@ -22,6 +22,7 @@
 #include "apps/common/eval_transform.h"
 #include "apps/common/features.h"
 #include "apps/common/knn.h"
+#include "data/dataset.h"
 #include "engine/npy.h"
 #include "engine/rng.h"
 #include "models/checkpoint.h"
@@ -275,6 +276,40 @@ TEST_CASE("ImageNet eval transform == torchvision Resize(256, bicubic, antialias
                                 "eval transform vs torchvision"));
 }
 
+// Why an f32 prediction may differ from the f64 reference's, from f64 (pixels normalised as
+// `mira_knn --features pixels` does, then to unit length): an f32 cosine of 784-d unit vectors
+// is within ~784 * 2^-24 = 4.7e-5 of its exact value, so two neighbours whose similarities are
+// within 1e-4 can trade places, and a weight exp(s / 0.07) moves by up to 7e-4 of itself, so two
+// class scores within 1.4e-3 of the larger can. Returns the image's gap at the k boundary
+// (similarity k minus k + 1) and the relative margin of its two best class scores.
+static std::pair<double, double> f64_knn_margins(const data::InMemoryDataset& train, const data::InMemoryDataset& test,
+                                                 int64_t t, int k) {
+  const int64_t d = train.height() * train.width();
+  auto features = [d](const uint8_t* px) {
+    std::vector<double> f(static_cast<size_t>(d));
+    double n = 0;
+    for (int64_t i = 0; i < d; ++i) {
+      f[i] = (px[i] / 255.0 - 0.2860) / 0.3530;
+      n += f[i] * f[i];
+    }
+    for (double& v : f) v /= std::sqrt(n);
+    return f;
+  };
+  const std::vector<double> q = features(test.image(t));
+  std::vector<std::pair<double, int64_t>> sim;
+  for (int64_t j = 0; j < train.size(); ++j) {
+    const std::vector<double> x = features(train.image(j));
+    double s = 0;
+    for (int64_t i = 0; i < d; ++i) s += q[i] * x[i];
+    sim.emplace_back(-s, j);
+  }
+  std::partial_sort(sim.begin(), sim.begin() + k + 1, sim.end());
+  std::vector<double> score(static_cast<size_t>(train.num_classes()), 0.0);
+  for (int i = 0; i < k; ++i) score[train.label(sim[i].second)] += std::exp(-sim[i].first / 0.07);
+  std::sort(score.rbegin(), score.rend());
+  return {sim[k].first - sim[k - 1].first, (score[0] - score[1]) / score[0]};
+}
+
 TEST_CASE("Fashion-MNIST raw-pixel k-NN (k = 20, T = 0.07) == the NumPy reference, image by image") {
   const std::string dir = std::string(MIRA_SOURCE_DIR) + "/data_cache/fashion-mnist";
   const int rc = std::system(
@@ -284,20 +319,46 @@ TEST_CASE("Fashion-MNIST raw-pixel k-NN (k = 20, T = 0.07) == the NumPy referenc
     fs::remove_all(workdir());
     std::exit(77);
   }
-  const Run r = run(app("mira_knn") + " --features pixels --device cpu --train-data " + dir + " --test-data " + dir +
-                    " --k 20 --json " + path("fm.json") + " --predictions-out " + path("fm_pred.npy"));
-  INFO(r.out);
-  REQUIRE(r.rc == 0);
-  const Tensor got = npy_read_tensor(path("fm_pred.npy"));
   const Tensor want =
       npy_read_tensor(std::string(MIRA_TEST_DATA_DIR) + "/knn/fashion_mnist_pixels_k20_predictions.npy");
-  REQUIRE(got.numel() == 10000);
-  const std::vector<double> g = got.to_vector(), w = want.to_vector();
+  const std::vector<double> w = want.to_vector();
+  auto predictions = [&](const std::string& precision) {
+    const Run r =
+        run(app("mira_knn") + " --features pixels --device cpu --precision " + precision + " --train-data " + dir +
+            " --test-data " + dir + " --k 20 --json " + path("fm.json") + " --predictions-out " + path("fm_pred.npy"));
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+    const Tensor got = npy_read_tensor(path("fm_pred.npy"));
+    REQUIRE(got.numel() == 10000);
+    return got.to_vector();
+  };
+  // The f64 path is the reference's arithmetic: the same prediction for every image.
+  const std::vector<double> g64 = predictions("f64");
   int64_t diff = 0;
-  for (size_t i = 0; i < g.size(); ++i) diff += g[i] != w[i];
+  for (size_t i = 0; i < g64.size(); ++i) diff += g64[i] != w[i];
   CHECK(diff == 0);
+  // f32 (OpenBLAS, whose kernels and summation order depend on the CPU): the same, except on an
+  // image whose f64 neighbours or class scores are closer than f32 rounding can separate.
+  const std::vector<double> g = predictions("f32");
+  std::vector<int64_t> differ;
+  for (size_t i = 0; i < g.size(); ++i)
+    if (g[i] != w[i]) differ.push_back(static_cast<int64_t>(i));
+  CHECK(differ.size() <= 5);
+  if (!differ.empty() && differ.size() <= 5) {
+    const auto train = data::read_idx(dir + "/train-images-idx3-ubyte.gz", dir + "/train-labels-idx1-ubyte.gz");
+    const auto test = data::read_idx(dir + "/t10k-images-idx3-ubyte.gz", dir + "/t10k-labels-idx1-ubyte.gz");
+    for (const int64_t t : differ) {
+      const auto [gap, margin] = f64_knn_margins(*train, *test, t, 20);
+      CAPTURE(t);
+      CAPTURE(gap);
+      CAPTURE(margin);
+      MESSAGE("f32 k-NN: test image ", t, " predicted ", g[t], ", the reference ", w[t], " (f64 gap at k ", gap,
+              ", class-score margin ", margin, ")");
+      CHECK((gap < 1e-4 || margin < 1.4e-3));
+    }
+  }
   const nlohmann::json j = read_json(workdir() / "fm.json");
-  CHECK(j["results"][0]["top1"].get<double>() == doctest::Approx(85.69));
-  CHECK(j["results"][0]["top5"].get<double>() == doctest::Approx(99.06));
+  CHECK(j["results"][0]["top1"].get<double>() == doctest::Approx(85.69).epsilon(1e-4));
+  CHECK(j["results"][0]["top5"].get<double>() == doctest::Approx(99.06).epsilon(1e-4));
   fs::remove_all(workdir());
 }
