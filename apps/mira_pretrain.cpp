@@ -275,7 +275,8 @@ int run(int argc, char** argv) {
   sc.group_crops = cfg["train"]["group_crops"];
   sc.assign.working_copy = parse_assign_working_copy(mj["working_copy"]);
   sc.assign.exact_passes = mj["exact_passes"];
-  sc.assign.cluster_plan = mj["assign_plan"] == "cluster";
+  sc.assign.cluster_plan = mj["assign_plan"] == "cluster" || mj["assign_plan"] == "cluster-mma";
+  sc.assign.cluster_mma = mj["assign_plan"] == "cluster-mma";
   models::MiraTrainer trainer(model, oc, sc, comm);
 
   const int64_t epochs = cfg["train"]["epochs"];

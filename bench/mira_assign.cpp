@@ -439,6 +439,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool flags = false;  // flag-tagged column sums instead of grid barriers
     bool warp_rows = false;  // a warp per row (kernels/cuda/mira_warprows.cu)
     int cluster = 0;         // a cluster per view (kernels/cuda/mira_cluster.cu): -1 the plan's size, > 0 that size
+    bool mma = false;        // the cluster plan's f16 sweeps on tensor cores
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -512,7 +513,15 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
            {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, false, -1},
            // Every update on the split copy (hi in shared memory + lo in L2, ~22 bits).
            {"fused cluster f16-cache exact30", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 30, false, false,
-            -1}}) {
+            -1},
+           // The f16 copy's sweeps on tensor cores (mma.sync, the weights and row inverses as two
+           // f16 halves).
+           {"fused cluster f16-cache exact3 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false,
+            -1, true},
+           {"fused cluster f16-cache exact1 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, false,
+            -1, true},
+           {"fused cluster f16-cache mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 0, false, false, -1,
+            true}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
   if (V > 1) {
@@ -580,6 +589,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.warp_rows = var.warp_rows;
       po.cluster = var.cluster != 0;
       po.cluster_size = std::max(0, var.cluster);
+      po.cluster_mma = var.mma;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
       if (var.cluster != 0 && plan.cluster == 0) {
         // Not this row's kernel: E does not fit one cluster (or the device has no clusters).
@@ -630,6 +640,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"warp_rows", plan.warp_rows},
                      {"cluster", plan.cluster},
                      {"cluster_groups", plan.cluster_groups},
+                     {"cluster_mma", plan.cluster_mma},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};
       }
       if (!(ok && bad == 0)) {

@@ -223,6 +223,7 @@ void mira_cuda_group(const std::vector<Tensor>& views, const std::vector<Tensor>
                                                            : cuda::MiraCache::F32;
   po.exact_passes = opts.exact_passes;
   po.cluster = opts.cluster_plan;
+  po.cluster_mma = opts.cluster_mma;
   const cuda::MiraPlan plan = cached_plan(p, variant, po, ctx.device());
   Tensor ws = Tensor::empty(Shape{static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const float* flag = cuda::mira_nonfinite_count(plan, ws.raw());

@@ -48,6 +48,9 @@ struct AssignOptions {
   // kernels/cuda/mira_cluster.cu), else the default fused kernel. Other summation order, as
   // close to the reference. Opt-in until measured (config mira.assign_plan "cluster").
   bool cluster_plan = false;
+  // With the cluster plan and the f16 working copy: its sweeps on tensor cores (MiraPlanOptions::
+  // cluster_mma; config mira.assign_plan "cluster-mma"). Opt-in until measured.
+  bool cluster_mma = false;
   // CUDA: read back the count of non-finite logits and throw if there are any. This
   // synchronises the stream once per call; turn it off while capturing a CUDA graph.
   bool check_finite = true;

@@ -498,12 +498,15 @@ TEST_CASE("mira: extreme and degenerate inputs stay finite and on the simplex") 
 // column sum, must give the f64 reference's targets to f32 rounding, and stay finite on the
 // extreme inputs above. test_mira_assign_gpu compares the kernel with it.
 std::vector<double> cluster_twin(const std::vector<double>& L, int64_t N, int64_t K, double tau, double beta, int size,
-                                 int iters = 30, int64_t rows = 0, const cpu::MiraNumerics& num = {}) {
+                                 int iters = 30, int64_t rows = 0, const cpu::MiraNumerics& num = {},
+                                 bool mma = false) {
   const int r = static_cast<int>(rows > 0 ? rows : N);
-  const plan_model::ClusterShape cs = plan_model::cluster_layout(r, static_cast<int>(K), size);
+  const int groups = static_cast<int>((N + r - 1) / r);
+  const plan_model::ClusterShape cs =
+      plan_model::cluster_layout(r, static_cast<int>(K), size, mma ? 2 : 4, groups, mma);
   std::vector<float> l(L.begin(), L.end()), t(L.size());
   cpu::ClusterTwinShape sh;
-  sh.size = cs.size, sh.cols = cs.cols, sh.subsets = cs.subsets, sh.rows = r;
+  sh.size = cs.size, sh.cols = cs.cols, sh.subsets = cs.subsets, sh.rows = r, sh.mma_chunks = cs.mma_chunks;
   cpu::mira_cluster_twin(l.data(), t.data(), N, K, static_cast<float>(tau), static_cast<float>(beta), iters, sh, num);
   return std::vector<double>(t.begin(), t.end());
 }
@@ -565,6 +568,14 @@ TEST_CASE("mira: the cluster plan's CPU twin against f64") {
     };
     MESSAGE("cluster twin, max abs error vs f64: f16 copy ", max_err(f16), ", + 3 exact updates ", max_err(f16_3));
     CHECK(max_err(f16_3) < max_err(f16) / 4);  // the exact updates are in effect
+    // The same on tensor cores (the weights and row inverses as two f16 halves, ~22 bits):
+    // as close as the fused multiply-adds.
+    const auto m16 = cluster_twin(Lf, 1000, 700, tau, beta, 8, 30, 256, cpu::MiraNumerics{WC::F16, 0}, true);
+    const auto m16_3 = cluster_twin(Lf, 1000, 700, tau, beta, 8, 30, 256, cpu::MiraNumerics{WC::F16, 3}, true);
+    CHECK(allclose(m16, op16, Tol{1e-5, 1e-3}, "f16 copy on tensor cores vs the op's"));
+    CHECK(allclose(m16_3, ref, Tol{2e-6, 2e-4}, "f16 copy on tensor cores, 3 exact updates"));
+    CHECK(allclose(m16, f16, Tol{1e-6, 1e-4}, "tensor cores vs fused multiply-adds, f16 copy"));
+    MESSAGE("tensor-core twin, max abs error vs f64: f16 copy ", max_err(m16), ", + 3 exact updates ", max_err(m16_3));
   }
   // Extreme inputs: finite and on the simplex, an empty column keeps no mass.
   struct Case {
@@ -595,6 +606,15 @@ TEST_CASE("mira: the cluster plan's CPU twin against f64") {
         CHECK(col3 == 0);
       }
       if (c.K == 1) CHECK(t[0] == 1.0);
+    }
+    // The f16 copy on tensor cores (its fallback to fused multiply-adds where the halves
+    // would lose bits).
+    if (c.N > 1000) continue;
+    for (int exact : {0, 3}) {
+      CAPTURE(exact);
+      const auto t =
+          cluster_twin(X, c.N, c.K, c.tau, c.beta, 4, 30, 0, cpu::MiraNumerics{cpu::WorkingCopy::F16, exact}, true);
+      CHECK(rows_on_simplex(t, c.N, c.K, 1e-5));
     }
   }
 }
@@ -744,20 +764,25 @@ TEST_CASE("mira: the cluster twin at test_mira_assign_gpu's large cluster shapes
     cpu::WorkingCopy copy;
     int exact;
     Tol tol;  // test_mira_assign_gpu's against f64: kGpuTol, or kF16CacheTol with no exact updates
+    bool mma = false;
   };
   using WC = cpu::WorkingCopy;
   const Tol gpu{2e-6, 2e-4}, f16{2e-4, 1e-2};
-  for (const Shape s : {Shape{4096, 3000, 16, 512, WC::F16, 3, gpu}, Shape{4096, 3000, 8, 256, WC::F16, 3, gpu},
-                        Shape{1024, 3000, 16, 256, WC::Exact, 0, gpu}, Shape{512, 3000, 16, 512, WC::F16, 0, f16}}) {
+  for (const Shape s :
+       {Shape{4096, 3000, 16, 512, WC::F16, 3, gpu}, Shape{4096, 3000, 8, 256, WC::F16, 3, gpu},
+        Shape{1024, 3000, 16, 256, WC::Exact, 0, gpu}, Shape{512, 3000, 16, 512, WC::F16, 0, f16},
+        Shape{4096, 3000, 16, 512, WC::F16, 3, gpu, true}, Shape{512, 3000, 16, 512, WC::F16, 0, f16, true}}) {
     CAPTURE(s.N);
     CAPTURE(s.size);
     CAPTURE(s.exact);
+    CAPTURE(s.mma);
     const auto L = randn(s.N * s.K, 31, 0.3);
     const std::vector<float> L32(L.begin(), L.end());
     const std::vector<double> Lf(L32.begin(), L32.end());
     const double tau = static_cast<float>(kTau), beta = static_cast<float>(kBeta);
     const auto ref = kernel_mira<double>(Lf, s.N, s.K, tau, beta, 30);
-    const auto got = cluster_twin(Lf, s.N, s.K, tau, beta, s.size, 30, s.rows, cpu::MiraNumerics{s.copy, s.exact});
+    const auto got =
+        cluster_twin(Lf, s.N, s.K, tau, beta, s.size, 30, s.rows, cpu::MiraNumerics{s.copy, s.exact}, s.mma);
     CHECK(allclose(got, ref, s.tol, "cluster twin, large shape"));
   }
 }

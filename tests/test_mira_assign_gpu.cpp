@@ -317,6 +317,7 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
     C cache = C::F32;
     int exact = 0;
     int groups = 1;  // clusters per view expected on an H100 / H200 (8 clusters of 16 at once)
+    bool mma = false;  // the f16 copy's sweeps on tensor cores
   };
   // The training shapes, no vector access (K 3001), wide rows (K 10000: 628 columns per block),
   // blocks with no columns (K 290 over 16), one block (N 8, K 100), four views; row groups:
@@ -333,16 +334,26 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
                         {1024, 3000, 0, 2, C::F32, 0, 4},
                         {512, 3000, 0, 1, C::F16, 0, 1},
                         {4096, 3000, 0, 1, C::F16, 3, 8},
-                        {4096, 3000, 8, 1, C::F16, 3, 16}};
+                        {4096, 3000, 8, 1, C::F16, 3, 16},
+                        // The f16 copy on tensor cores: the training shapes, rows and columns
+                        // that do not fill a tile of 16, four views, one cluster of 512 rows,
+                        // and the issue's shape in row groups.
+                        {64, 3000, 0, 2, C::F16, 3, 1, true},
+                        {97, 3001, 0, 2, C::F16, 0, 1, true},
+                        {200, 700, 0, 4, C::F16, 3, 1, true},
+                        {512, 3000, 0, 1, C::F16, 0, 1, true},
+                        {4096, 3000, 0, 1, C::F16, 3, 8, true}};
   for (const Case& c : cases) {
     CAPTURE(c.N);
     CAPTURE(c.K);
     CAPTURE(c.size);
     CAPTURE(static_cast<int>(c.cache));
+    CAPTURE(c.mma);
     std::vector<Tensor> views;
     for (int v = 0; v < c.views; ++v) views.push_back(cpu_logits(c.N, c.K, 31 + v, 0.3));
     cuda::MiraPlan plan;
-    const auto opts = plan_opts(c.cache, S::Auto, 4, 0, 0, false, c.exact, false, false, true, c.size);
+    auto opts = plan_opts(c.cache, S::Auto, 4, 0, 0, false, c.exact, false, false, true, c.size);
+    opts.cluster_mma = c.mma;
     const auto got = run_kernel(views, V::Fused, opts, false, kTau, kBeta, 30, &plan);
     if (plan.cluster == 0) {
       // Row groups need all of a view's clusters resident at once; a device with fewer free
@@ -360,11 +371,15 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
       CHECK(plan.cluster_groups >= c.groups);
     }
     CHECK(plan.grid == plan.views_per_group * plan.cluster_groups * plan.cluster);
+    CHECK((plan.cluster_mma > 0) == c.mma);
     const plan_model::ClusterShape cs =
-        plan_model::cluster_layout(plan.rows_per_block, static_cast<int>(c.K), plan.cluster);
+        plan_model::cluster_layout(plan.rows_per_block, static_cast<int>(c.K), plan.cluster, c.cache == C::F16 ? 2 : 4,
+                                   plan.cluster_groups, c.mma);
     CHECK(plan.cluster_cols == cs.cols);
+    CHECK(plan.cluster_mma == cs.mma_chunks);
     cpu::ClusterTwinShape sh;
     sh.size = plan.cluster, sh.cols = plan.cluster_cols, sh.subsets = cs.subsets, sh.rows = plan.rows_per_block;
+    sh.mma_chunks = plan.cluster_mma;
     const cpu::MiraNumerics num{c.cache == C::F16 ? cpu::WorkingCopy::F16 : cpu::WorkingCopy::Exact, c.exact};
     for (int v = 0; v < c.views; ++v) {
       CAPTURE(v);

@@ -169,6 +169,30 @@ TEST_CASE("plan model: the cluster plan's size and layout") {
     CHECK(shape(64, 2, 4, 16).subsets == 5);
     CHECK(shape(256, 2, 4, 16).smem == 256 * 188 * 4 + 4LL * (4 * 256 + 188 + 10 * 188));
   }
+  SUBCASE("the tensor-core layout of the f16 copy") {
+    // N 4096: the same 8 clusters of 16 and 512 rows per cluster; rows of 192 + 8 halves (the
+    // 8 row addresses of an ldmatrix in distinct banks), 4 row chunks of the column sums (12
+    // column tiles x 4 chunks of 8 row tiles: 3 units per warp, 24 mma each).
+    const ClusterShape c = cluster_shape(4096, 3000, 2, 2, 16, optin, st, active, 0, true);
+    CHECK(c.size == 16);
+    CHECK(c.groups == 8);
+    CHECK(c.rows == 512);
+    CHECK(c.ld == 200);
+    CHECK(c.mma_chunks == 4);
+    CHECK(c.smem == 512 * 200 * 2 + 4LL * (4 * 512 + 192 + 10 * 192) + 2LL * (2 * 192 + 2 * 512));
+    CHECK(c.smem + st <= optin);
+    // The training shapes keep their clusters; rows pad to 16 (N 97: 112).
+    const ClusterShape t = cluster_shape(64, 3000, 2, 2, 16, optin, st, active, 0, true);
+    CHECK(t.size == 8);
+    CHECK(t.ld == 384 + 8);
+    CHECK(mma_chunks(24, 4) == 2);   // 48 units over 16 warps, 2 row tiles each
+    CHECK(mma_chunks(12, 32) == 4);  // the N 4096 shape above
+    CHECK(mma_chunks(1, 1) == 1);
+    // Without the tensor cores (or with f32) the layout is the plain one.
+    CHECK(cluster_layout(97, 3001, 16, 2, 1, false).ld == 188);
+    CHECK(cluster_layout(97, 3001, 16, 4, 1, true).mma_chunks == 0);
+    CHECK(cluster_layout(97, 3001, 16, 2, 1, true).mma_chunks > 0);
+  }
   SUBCASE("what does not fit the clusters that run at once gets no plan") {
     CHECK(shape(4096, 2, 4, 16).size == 0);   // f32: 15 groups of 16 blocks, 8 run at once
     CHECK(shape(64, 2, 4, 8, 16).size == 0);  // beyond what the device launches

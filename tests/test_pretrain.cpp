@@ -157,6 +157,7 @@ TEST_CASE("validation: keys that depend on each other, and the newer keys' value
   fails(with("mira.exact_passes", 2.5), "mira.exact_passes");
   fails(with("mira.assign_plan", "fastest"), "mira.assign_plan");
   CHECK_NOTHROW(apps::validate_pretrain_config(with("mira.assign_plan", "cluster")));
+  fails(with("mira.assign_plan", "cluster-mma"), "mira.working_copy");  // needs the f16 copy
   CHECK_NOTHROW(apps::validate_pretrain_config(with("mira.working_copy", "f16")));
   CHECK_NOTHROW(apps::validate_pretrain_config(with("train.dtype", "bf16")));
 }

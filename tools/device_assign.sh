@@ -27,7 +27,7 @@ run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
 # The cluster plan's row groups in f32 (N 1024: 4 clusters of 16 per view, views side by side).
 run assign_n1024 $B/mira_assign --time --device cuda --n 1024 --pytorch none --trace \
-  --variants "fused,fused cluster,fused f16-cache exact3,fused cluster f16-cache exact3"
+  --variants "fused,fused cluster,fused f16-cache exact3,fused cluster f16-cache exact3,fused cluster f16-cache exact3 mma"
 # The cluster plan under compute-sanitizer (shared-memory races, barrier misuse): one launch
 # at N 64 (one cluster per view) and one at N 1024 (row groups), if the tool is there.
 if command -v compute-sanitizer >/dev/null; then
@@ -37,13 +37,16 @@ if command -v compute-sanitizer >/dev/null; then
         $B/mira_assign --time --device cuda --n "$n" --pytorch none --reps 1 --warmup 0 --variants "fused cluster"
     done
   done
+  # The tensor-core sweeps (ldmatrix, mma.sync) of the f16 copy, one cluster per view.
+  run sanitize_racecheck_mma_n64 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    $B/mira_assign --time --device cuda --n 64 --pytorch none --reps 1 --warmup 0 --variants "fused cluster f16-cache mma"
 else
   echo "== compute-sanitizer: not found" >>"$R"
 fi
 run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
   --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
 if command -v ncu >/dev/null; then
-  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused rows8;fused f16-cache exact3;fused cluster f16-cache exact3}"
+  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused f16-cache exact3;fused cluster f16-cache exact3;fused cluster f16-cache exact3 mma}"
   for v in "${NCU_VARIANTS[@]}"; do
     label=ncu_$(echo "$v" | tr ' ' '_')
     run "$label" ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \

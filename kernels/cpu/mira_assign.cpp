@@ -198,14 +198,22 @@ void mira_assign_fwd(const T* logits, T* targets, int64_t N, int64_t K, double t
 // working_copy_round gives it: the kernel's E * 2^15 scales every row sum by exactly 2^15 and
 // its inverse by 2^-15, so the column sums are the same. Its last updates and the targets use
 // the kernel's split copy, hi + lo 2^-11 with lo the f16 of the remainder, instead of exact E.
+// With the tensor-core sweeps (mma_chunks > 0), the updates on the f16 copy: a block's row sums
+// are sum_j E_ij hi_j and sum_j E_ij lo_j over its columns in order, hi and lo the f16 halves of
+// its weights times its scale 2^-e (the largest in [2^14, 2^15)), combined as hi + lo 2^-11
+// times 2^e; the column sums of a cluster's rows likewise in row chunks, with the halves of the
+// row inverses (in units of E, the kernel's rinv 2^15), the chunks then added in order. A block
+// (rows) or cluster (columns) whose smallest operand would fall below 2^-14 uses the fused
+// multiply-adds for that pass, as the kernel does.
 void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K, float tau_t, float beta, int iters,
                        const ClusterTwinShape& sh, const MiraNumerics& num) {
   const int size = sh.size, cols = sh.cols, subsets = sh.subsets;
   const int64_t rows = sh.rows > 0 ? sh.rows : N;
   MIRA_CHECK(N > 0 && K > 0 && size >= 1 && size <= 16 && cols % 4 == 0 && static_cast<int64_t>(size) * cols >= K &&
-                 subsets >= 1 && num.copy != WorkingCopy::BF16,
+                 subsets >= 1 && num.copy != WorkingCopy::BF16 && sh.mma_chunks >= 0,
              "mira_cluster_twin: bad shape");
   const bool f16 = num.copy == WorkingCopy::F16;
+  const bool mma = f16 && sh.mma_chunks > 0;
   const float k2 = static_cast<float>(1.4426950408889634 / (static_cast<double>(tau_t) * (1.0 - beta)));
   const float exponent = -beta;
   const float log2_cap = static_cast<float>(124.0 - (f16 ? 15.0 : 0.0) - std::ceil(std::log2(static_cast<double>(K))));
@@ -232,6 +240,24 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
     }
   }
   for (int64_t j = 0; j < Kp; ++j) w[j] = j < K ? 1.f : 0.f;
+  // The tensor-core sweeps' operands: the weights' halves and each block's 2^e (the update from
+  // u = 1: weights 1 at 2^-14, or none), and whether the block's row sums take them.
+  auto round_h = [](float v) { return working_copy_round(v * 0x1p-15f, WorkingCopy::F16) * 32768.f; };
+  std::vector<float> whi(static_cast<size_t>(Kp)), wlo(static_cast<size_t>(Kp)),
+      unscale(static_cast<size_t>(size), 1.f);
+  std::vector<char> mma_rows(static_cast<size_t>(size), 0);
+  auto split = [&](float x, float& hi, float& lo) {
+    hi = round_h(x);
+    lo = round_h((x - hi) * 2048.f);
+  };
+  if (mma && 0 < exact_from)
+    for (int b = 0; b < size; ++b) {
+      mma_rows[b] = 1;
+      const bool any = static_cast<int64_t>(b) * cols < K;
+      unscale[b] = any ? 0x1p-14f : 1.f;
+      for (int64_t j = static_cast<int64_t>(b) * cols; j < static_cast<int64_t>(b + 1) * cols; ++j)
+        split(j < K ? (any ? 0x1p14f : 1.f) : 0.f, whi[j], wlo[j]);
+    }
   // Lane l of a half-warp holds block l's partial (0 beyond size); xor-shuffles add them.
   auto butterfly = [](float(&x)[16]) {
     for (int off = 8; off >= 1; off /= 2) {
@@ -243,6 +269,15 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
   };
   for (int p = 0; p <= iters + 1; ++p) {
     const std::vector<float>& E = !f16 ? Ex : p < exact_from ? Ec : Es;
+    const bool mma_pass = mma && p < exact_from;
+    auto mma_dot = [&](int64_t i, int b) {
+      float hi = 0.f, lo = 0.f;
+      for (int64_t j = static_cast<int64_t>(b) * cols; j < static_cast<int64_t>(b + 1) * cols; ++j) {
+        hi = std::fma(E[i * Kp + j], whi[j], hi);
+        lo = std::fma(E[i * Kp + j], wlo[j], lo);
+      }
+      return std::fma(lo, 1.f / 2048.f, hi) * unscale[b];
+    };
     auto warp_dot = [&](int64_t i, int b) {
       float lane[32];
       for (int l = 0; l < 32; ++l) {
@@ -263,13 +298,33 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
     };
     for (int64_t i = 0; i < N; ++i) {
       float x[16] = {};
-      for (int b = 0; b < size; ++b) x[b] = warp_dot(i, b);
+      for (int b = 0; b < size; ++b) x[b] = mma_pass && mma_rows[b] ? mma_dot(i, b) : warp_dot(i, b);
       const float z = butterfly(x);
       r[i] = z > 0.f ? 1.f / z : 0.f;
     }
     if (p > iters) break;
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t r0 = g * rows, n = std::min(rows, N - r0);
+      bool wide = false;
+      for (int64_t l = 0; l < n; ++l) wide = wide || (r[r0 + l] > 0.f && r[r0 + l] < 0x1p-14f);
+      if (mma_pass && !wide) {
+        std::vector<float> rhi(static_cast<size_t>(n)), rlo(static_cast<size_t>(n));
+        for (int64_t l = 0; l < n; ++l) split(r[r0 + l], rhi[l], rlo[l]);
+        const int64_t tiles = (n + 15) / 16, per = (tiles + sh.mma_chunks - 1) / sh.mma_chunks;
+        for (int64_t j = 0; j < Kp; ++j) {
+          float t = 0.f;
+          for (int c = 0; c < sh.mma_chunks; ++c) {
+            float hi = 0.f, lo = 0.f;
+            for (int64_t l = 16 * c * per; l < std::min(n, 16 * (c + 1) * per); ++l) {
+              hi = std::fma(E[(r0 + l) * Kp + j], rhi[l], hi);
+              lo = std::fma(E[(r0 + l) * Kp + j], rlo[l], lo);
+            }
+            t += std::fma(lo, 1.f / 2048.f, hi);
+          }
+          cg[g * Kp + j] = t;
+        }
+        continue;
+      }
       for (int64_t j = 0; j < Kp; ++j) {
         float t = 0.f;
         for (int s = 0; s < subsets; ++s) {
@@ -288,8 +343,33 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
       cmax = std::fmax(cmax, t);
     }
     const float l2max = std::log2(cmax);
-    for (int64_t j = 0; j < Kp; ++j)
-      w[j] = c[j] > 0.f ? std::exp2(std::fmin(exponent * (std::log2(c[j]) - l2max), log2_cap)) : 0.f;
+    auto weight = [&](float x) {
+      return x > 0.f ? std::exp2(std::fmin(exponent * (std::log2(x) - l2max), log2_cap)) : 0.f;
+    };
+    for (int64_t j = 0; j < Kp; ++j) w[j] = weight(c[j]);
+    // The next pass's tensor-core operands (the kernel's weight_scale).
+    if (mma && p + 1 < exact_from)
+      for (int b = 0; b < size; ++b) {
+        const int64_t j0 = static_cast<int64_t>(b) * cols, j1 = j0 + cols;
+        float cmin = INFINITY, cmaxb = 0.f;
+        for (int64_t j = j0; j < j1; ++j) {
+          if (c[j] > 0.f) cmin = std::fmin(cmin, c[j]);
+          cmaxb = std::fmax(cmaxb, c[j]);
+        }
+        float scale = 1.f;
+        unscale[b] = 1.f;
+        mma_rows[b] = 1;
+        if (cmin < INFINITY) {
+          const float wmax = weight(cmin), wmin = weight(cmaxb);
+          uint32_t bits;
+          std::memcpy(&bits, &wmax, 4);
+          const int e = static_cast<int>(bits >> 23) - 127 - 14;
+          scale = std::ldexp(1.f, -e);
+          unscale[b] = std::ldexp(1.f, e);
+          mma_rows[b] = wmin * scale >= 0x1p-14f;
+        }
+        for (int64_t j = j0; j < j1; ++j) split(w[j] * scale, whi[j], wlo[j]);
+      }
   }
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = 0; j < K; ++j) targets[i * K + j] = w[j] * (f16 ? Es : Ex)[i * Kp + j] * r[i];

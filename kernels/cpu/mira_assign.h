@@ -79,8 +79,11 @@ float working_copy_round(float x, WorkingCopy copy);
 // split copy (f16 of E * 2^15 plus f16 of the remainder: ~22 significant bits). Only
 // exp2f and log2f may differ from the GPU's by an ulp or two, so the two agree to within the
 // f32 rounding of E.
+// mma_chunks > 0 (F16 only): the kernel's tensor-core sweeps (MiraPlanOptions::cluster_mma)
+// on the f16 copy, with the row chunks of its column sums (plan_model::cluster_layout), and the
+// CUDA emulator's order inside an mma (tests/cuda_emu/cuda_emu.h: the products in k order).
 struct ClusterTwinShape {
-  int size = 1, cols = 4, subsets = 1, rows = 0;
+  int size = 1, cols = 4, subsets = 1, rows = 0, mma_chunks = 0;
 };
 void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K, float tau_t, float beta, int iters,
                        const ClusterTwinShape& shape, const MiraNumerics& num = {});

@@ -107,7 +107,17 @@ Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shape
   return best;
 }
 
-ClusterShape cluster_layout(int rows, int K, int size, int te_bytes, int groups) {
+int mma_chunks(int col_tiles, int row_tiles) {
+  int best = 1;
+  long long best_cost = -1;
+  for (int kc = 1; kc <= std::max(1, row_tiles); ++kc) {
+    const long long cost = ceil_div(static_cast<long long>(col_tiles) * kc, kClusterWarps) * ceil_div(row_tiles, kc);
+    if (best_cost < 0 || cost < best_cost) best = kc, best_cost = cost;
+  }
+  return best;
+}
+
+ClusterShape cluster_layout(int rows, int K, int size, int te_bytes, int groups, bool mma) {
   ClusterShape s;
   s.size = size;
   s.rows = rows;
@@ -115,17 +125,25 @@ ClusterShape cluster_layout(int rows, int K, int size, int te_bytes, int groups)
   s.cols = static_cast<int>(ceil_div(ceil_div(K, size), 4) * 4);
   const int quads = s.cols / 4;
   s.subsets = std::max(1, std::min(kClusterBlock / quads, rows));
+  mma = mma && te_bytes == 2;
   // E (rows x cols, 16-byte aligned), then the row partials, row maxima (both read by the
   // cluster), row inverses and row maxima (rows each, rounded up to 16 bytes), the weights
   // (cols) and the column sums of the subsets or the groups (max(subsets, groups) x cols).
-  const long long r4 = ceil_div(rows, 4) * 4;
-  const long long e_bytes = ceil_div(static_cast<long long>(rows) * s.cols * te_bytes, 16) * 16;
-  s.smem = e_bytes + 4 * (4 * r4 + s.cols + static_cast<long long>(std::max(s.subsets, groups)) * s.cols);
+  // The tensor-core layout: E (rows16 x ld), the four row arrays of rows16, the weights and
+  // max(subsets, groups, chunks) rows of the column sums over cols16, then the halves of the
+  // B operands: the weights' hi and lo (cols16 each), the row inverses' (rows16 each).
+  const long long r4 = ceil_div(rows, mma ? kMmaTile : 4) * (mma ? kMmaTile : 4);
+  const long long c16 = mma ? ceil_div(s.cols, kMmaTile) * kMmaTile : s.cols;
+  s.ld = mma ? static_cast<int>(c16) + kMmaRowPad : s.cols;
+  s.mma_chunks = mma ? mma_chunks(static_cast<int>(c16 / kMmaTile), static_cast<int>(r4 / kMmaTile)) : 0;
+  const long long e_bytes = ceil_div((mma ? r4 : rows) * s.ld * te_bytes, 16) * 16;
+  const long long red_rows = std::max({s.subsets, groups, s.mma_chunks});
+  s.smem = e_bytes + 4 * (4 * r4 + c16 + red_rows * c16) + (mma ? 2 * (2 * c16 + 2 * r4) : 0);
   return s;
 }
 
 ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int smem_optin, int smem_static,
-                           const ClusterActive& active, int asked) {
+                           const ClusterActive& active, int asked, bool mma) {
   auto fits = [&](const ClusterShape& s) { return s.cols <= kClusterMaxCols && s.smem + smem_static <= smem_optin; };
   if (asked > max_size) return ClusterShape{};
   // No more blocks than column quads: a block without columns would only wait at the barriers.
@@ -140,7 +158,7 @@ ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int 
   };
   // One cluster per view.
   for (int size = lo; size <= hi; size *= 2) {
-    const ClusterShape s = cluster_layout(N, K, size, te_bytes);
+    const ClusterShape s = cluster_layout(N, K, size, te_bytes, 1, mma);
     if (fits(s) &&
         (static_cast<long long>(N) * s.cols <= static_cast<long long>(kClusterWork) * kClusterBlock || 2 * size > hi))
       return finish(s);
@@ -150,7 +168,7 @@ ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int 
     for (int groups = 2; groups <= N; ++groups) {
       const int rows = static_cast<int>(ceil_div(N, groups));
       const int g = static_cast<int>(ceil_div(N, rows));  // no empty group
-      const ClusterShape s = cluster_layout(rows, K, size, te_bytes, g);
+      const ClusterShape s = cluster_layout(rows, K, size, te_bytes, g, mma);
       if (!fits(s)) continue;
       const ClusterShape f = finish(s);
       if (f.size > 0) return f;

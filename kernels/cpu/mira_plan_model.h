@@ -72,11 +72,24 @@ struct ClusterShape {
   int groups = 1;              // clusters per view (row groups)
   int views_side_by_side = 1;  // views at once; the rest one after another
   long long smem = 0;          // dynamic shared memory per block (bytes)
+  int ld = 0;                  // elements per row of E in shared memory (cols, or the mma layout's)
+  int mma_chunks = 0;          // > 0: the f16 copy's sweeps on tensor cores, the column sums in this many row chunks
 };
 
+// The tensor-core layout of the f16 copy (mma): columns padded to tiles of 16, rows of
+// cols16 + 8 halves (so that the 8 row addresses of an ldmatrix fall in distinct banks), rows
+// padded to tiles of 16.
+constexpr int kMmaTile = 16;
+constexpr int kMmaRowPad = 8;
+constexpr int kClusterWarps = kClusterBlock / 32;
+// The row chunks of the column sums on tensor cores: col_tiles x chunks units of work over the
+// block's warps, each a chunk's row tiles in order; the fewest chunks of the least work per warp.
+int mma_chunks(int col_tiles, int row_tiles);
+
 // The layout of a cluster of `size` blocks holding `rows` rows of K columns, te_bytes per
-// element of E, in a view of `groups` clusters (cols, subsets and smem filled).
-ClusterShape cluster_layout(int rows, int K, int size, int te_bytes = 4, int groups = 1);
+// element of E, in a view of `groups` clusters (cols, subsets, ld, mma_chunks and smem
+// filled); mma (te_bytes 2 only): the tensor-core layout above.
+ClusterShape cluster_layout(int rows, int K, int size, int te_bytes = 4, int groups = 1, bool mma = false);
 
 // Clusters of `size` blocks with `smem` bytes of dynamic shared memory each that run at once.
 using ClusterActive = std::function<int(int size, long long smem)>;
@@ -90,6 +103,6 @@ using ClusterActive = std::function<int(int size, long long smem)>;
 // Views run side by side when all their clusters run at once, else one after another. The
 // automatic sizes stop where a block would get no column quad (K = 3: one block).
 ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int smem_optin, int smem_static,
-                           const ClusterActive& active, int asked = 0);
+                           const ClusterActive& active, int asked = 0, bool mma = false);
 
 }  // namespace mira::plan_model

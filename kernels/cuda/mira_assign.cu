@@ -892,8 +892,9 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     };
     // The largest size the device launches, 16 (non-portable) then 8.
     for (int cap = max_size; cap >= 8; cap /= 2) {
-      const plan_model::ClusterShape cs = plan_model::cluster_shape(p.N, p.K, p.V, cache == MiraCache::F32 ? 4 : 2, cap,
-                                                                    optin, smem_static, active, opts.cluster_size);
+      const plan_model::ClusterShape cs =
+          plan_model::cluster_shape(p.N, p.K, p.V, cache == MiraCache::F32 ? 4 : 2, cap, optin, smem_static, active,
+                                    opts.cluster_size, opts.cluster_mma && cache == MiraCache::F16);
       if (cs.size > 0) return cluster_plan(p, cache, plan.exact_passes, cs);
     }
   }

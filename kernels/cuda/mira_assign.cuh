@@ -74,6 +74,8 @@ struct MiraPlan {
   int cluster = 0;          // > 0: the cluster plan (see mira_plan) with this many blocks per view
   int cluster_cols = 0;     // the cluster plan: columns per block
   int cluster_groups = 0;   // the cluster plan: clusters per view (row groups of rows_per_block)
+  int cluster_ld = 0;       // the cluster plan: elements per row of E in shared memory
+  int cluster_mma = 0;  // the cluster plan, f16 copy: > 0, its sweeps on tensor cores (row chunks of the column sums)
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
   int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
@@ -143,6 +145,12 @@ constexpr int kMiraTracePhases = 8;
 // from the logits. Other bits than the default kernel
 // (other summation order); the CPU twin mira_cluster_twin has its order. cluster_size: 0 (the
 // plan picks) or a power of two up to 16. Opt-in until measured.
+// cluster_mma (the cluster plan with the f16 copy; MiraPlan::cluster_mma says whether it
+// took): the updates on the f16 copy sweep it on tensor cores (mma.sync m16n8k16, f32
+// accumulators), with the weights and the row inverses as B operands split into two f16
+// halves (~22 significant bits) against a per-block power-of-two scale; a block falls back to
+// the fused multiply-adds for a pass whose weights, or row inverses, span more than the
+// halves hold (2^28). Other bits than the plan without it, as close to the f64 reference.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;
@@ -155,6 +163,7 @@ struct MiraPlanOptions {
   bool warp_rows = false;
   bool cluster = false;
   int cluster_size = 0;
+  bool cluster_mma = false;
 };
 
 // Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).

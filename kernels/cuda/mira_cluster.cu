@@ -21,6 +21,10 @@
 //   (fused multiply-adds), then one thread per quad adds the subsets in order.
 // - The f16 copy: its last exact_passes updates and the targets read a split copy, the f16
 //   cache (hi) plus the f16 of its remainder (lo) in the workspace, ~22 significant bits.
+// - The f16 copy on tensor cores (FusedArgs::cluster_mma > 0): the other updates' two sweeps
+//   are ldmatrix + mma.sync m16n8k16 with the weights / row inverses as a B operand of two f16
+//   halves (see "The f16 copy's sweeps on tensor cores" below), a pass falling back to the
+//   fused multiply-adds where the halves would lose bits.
 // - Shared-memory buffers reused across passes need no double-buffering: a block rewrites its
 //   row partials only after the barrier that follows every block's reads of them, and likewise
 //   its maximum. The blocks read each other's shared memory only between the first cluster
@@ -39,6 +43,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/mira_assign.cuh"
 #include "kernels/cuda/mira_fused.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -60,23 +65,29 @@ constexpr int kRows = 4;  // rows per warp batch of the row sums
 #endif
 constexpr size_t kFirstPassL2 = MIRA_CLUSTER_FIRST_PASS_BYTES;
 
-// A block's shared memory: E (rows x cols of TE), then floats, each region 16-byte aligned
-// (plan_model::cluster_layout counts the same bytes).
+// A block's shared memory: E (rows x ld of TE), then floats, then (tensor-core sweeps) halves,
+// each region 16-byte aligned (plan_model::cluster_layout counts the same bytes). With the
+// tensor-core sweeps, rows and columns are padded to tiles of 16 (c16 columns, r16 rows).
 template <typename TE>
 struct Smem {
-  TE* E;         // rows x cols: the cache of E (f32, or f16 of E * 2^15)
+  TE* E;         // rows x ld: the cache of E (f32, or f16 of E * 2^15)
   float* dslot;  // rows: this block's partial row sums, read by the whole cluster
   float* mslot;  // rows: this block's partial row maxima (first pass), read by the whole cluster
   float* rinv;   // rows: the rows' 1 / sum
   float* rmax;   // rows: the rows' maxima (the first pass forms E from them)
   float* w;      // cols: the weights of this block's columns
-  float* red;    // max(subsets, groups) x cols: the column subsets' sums, then the groups'
+  float* red;    // max(subsets, groups, chunks) x c16: the column subsets' or chunks' sums, then the groups'
+  // The tensor-core sweeps' B operands, f16 halves hi + lo 2^-11: the weights times the
+  // block's scale (c16 each), and the row inverses times 2^15 (r16 each).
+  __half *whi, *wlo, *rhi, *rlo;
 };
 
 template <typename TE>
-__device__ __forceinline__ Smem<TE> smem_layout(unsigned char* base, int rows, int cols) {
-  const int r4 = (rows + 3) / 4 * 4;
-  const size_t e_bytes = (static_cast<size_t>(rows) * cols * sizeof(TE) + 15) / 16 * 16;
+__device__ __forceinline__ Smem<TE> smem_layout(unsigned char* base, int rows, int cols, int ld, bool mma,
+                                                int red_rows) {
+  const int r4 = mma ? (rows + 15) / 16 * 16 : (rows + 3) / 4 * 4;
+  const int c16 = mma ? (cols + 15) / 16 * 16 : cols;
+  const size_t e_bytes = (static_cast<size_t>(mma ? r4 : rows) * ld * sizeof(TE) + 15) / 16 * 16;
   Smem<TE> s;
   s.E = reinterpret_cast<TE*>(base);
   s.dslot = reinterpret_cast<float*>(base + e_bytes);
@@ -84,7 +95,11 @@ __device__ __forceinline__ Smem<TE> smem_layout(unsigned char* base, int rows, i
   s.rinv = s.mslot + r4;
   s.rmax = s.rinv + r4;
   s.w = s.rmax + r4;
-  s.red = s.w + cols;
+  s.red = s.w + c16;
+  s.whi = reinterpret_cast<__half*>(s.red + static_cast<size_t>(red_rows) * c16);
+  s.wlo = s.whi + c16;
+  s.rhi = s.wlo + c16;
+  s.rlo = s.rhi + r4;
   return s;
 }
 
@@ -118,10 +133,10 @@ __device__ __forceinline__ void fma4(const float (&e)[kVec], float b, float (&c)
 template <typename TE>
 struct CacheE {
   const TE* E;
-  int quads;
+  int ld;  // elements per row
   using Row = const TE*;
-  __device__ __forceinline__ Row row(int i) const { return E + static_cast<size_t>(i) * quads * kVec; }
-  __device__ __forceinline__ void advance(Row& r, int n) const { r += static_cast<size_t>(n) * quads * kVec; }
+  __device__ __forceinline__ Row row(int i) const { return E + static_cast<size_t>(i) * ld; }
+  __device__ __forceinline__ void advance(Row& r, int n) const { r += static_cast<size_t>(n) * ld; }
   __device__ __forceinline__ void load(Row r, int q, float (&v)[kVec]) const { ECache<TE>::load(r + q * kVec, v); }
   __device__ __forceinline__ void operator()(int i, int q, float (&v)[kVec]) const { load(row(i), q, v); }
 };
@@ -156,17 +171,17 @@ __device__ __forceinline__ void split_f16(const float (&S)[kVec], float (&hi)[kV
   }
 }
 struct SplitE {
-  const __half* hi;  // shared memory, rows x quads x 4
+  const __half* hi;  // shared memory, rows of ld
   const __half* lo;  // the workspace, row 0 of this cluster, rows of Kp from this block's column 0
-  int quads, Kp;
+  int ld, Kp;
   struct Row {
     const __half *hi, *lo;
   };
   __device__ __forceinline__ Row row(int i) const {
-    return {hi + static_cast<size_t>(i) * quads * kVec, lo + static_cast<size_t>(i) * Kp};
+    return {hi + static_cast<size_t>(i) * ld, lo + static_cast<size_t>(i) * Kp};
   }
   __device__ __forceinline__ void advance(Row& r, int n) const {
-    r.hi += static_cast<size_t>(n) * quads * kVec;
+    r.hi += static_cast<size_t>(n) * ld;
     r.lo += static_cast<size_t>(n) * Kp;
   }
   __device__ __forceinline__ void load(const Row& r, int q, float (&v)[kVec]) const {
@@ -242,15 +257,137 @@ __device__ __forceinline__ void column_subsets(const Src& src, const float* rinv
   reinterpret_cast<float4*>(red)[static_cast<size_t>(sub) * quads + q] = make_float4(acc[0], acc[1], acc[2], acc[3]);
 }
 
+// ---- The f16 copy's sweeps on tensor cores (FusedArgs::cluster_mma > 0)
+// E (f16, rows of ld) is the A operand: ldmatrix tiles of 16 x 16, as they are for the row
+// sums, transposed for the column sums. The B operand is a vector split into two f16 halves,
+// hi = f16(x) in column 0 and lo = f16((x - hi) 2^11) in column 1 (columns 2-7 zero), so the
+// accumulators hold sum E hi and sum E lo, and hi + lo 2^-11 carries ~22 significant bits of x
+// wherever x >= 2^-14 (below, the halves lose bits: such a pass goes to the fused
+// multiply-adds). Row sums: x = w 2^-e, the block's weights against a power of two that puts
+// its largest in [2^14, 2^15); column sums: x = rinv 2^15 (<= ~1: a row's largest element of
+// the copy is 2^15 and its weight >= 1).
+constexpr float kMinHalf = 0x1p-14f;  // the smallest normal f16
+
+__device__ __forceinline__ void split_half(float x, __half& hi, __half& lo) {
+  hi = __float2half_rn(x);
+  lo = __float2half_rn((x - __half2float(hi)) * kLoScale);
+}
+
+// The halves are stored in fragment order: within each tile of 16, the elements 2t, 2t + 1,
+// 2t + 8, 2t + 9 that lane t of a B fragment holds sit together at 4t, so one 8-byte load
+// fetches them.
+__device__ __forceinline__ int frag_pos(int k) {
+  return (k & ~15) | ((k & 7) >> 1) << 2 | ((k >> 3) & 1) << 1 | (k & 1);
+}
+
+// B fragment of the k tile at k0: lanes 0-3 hold column 0 (hi), lanes 4-7 column 1 (lo), at
+// k = 2t, 2t + 1 and 2t + 8, 2t + 9 (t = lane % 4); the other lanes zeros.
+__device__ __forceinline__ void b_fragment(const __half* hi, const __half* lo, int k0, int lane, unsigned (&b)[2]) {
+  b[0] = b[1] = 0u;
+  if (lane < 8) {
+    const uint2 v = *reinterpret_cast<const uint2*>((lane < 4 ? hi : lo) + k0 + 4 * (lane & 3));
+    b[0] = v.x;
+    b[1] = v.y;
+  }
+}
+
+// The scale of a block's weights for the tensor-core row sums, from its smallest positive
+// column sum cmin (the largest weight) and its largest cmaxb (the smallest weight): scale =
+// 2^-e puts the largest weight in [2^14, 2^15). Returns whether the smallest weight times it
+// stays >= 2^-14. No positive sum (every weight 0): scale 1.
+__device__ __forceinline__ bool weight_scale(const FusedArgs& a, float cmin, float cmaxb, float l2max, float& scale,
+                                             float& unscale) {
+  scale = unscale = 1.f;
+  if (!(cmin < INFINITY)) return true;
+  const float wmax = mira_weight(a, cmin, l2max), wmin = mira_weight(a, cmaxb, l2max);
+  const int e = static_cast<int>(__float_as_uint(wmax) >> 23) - 127 - 14;
+  scale = __uint_as_float(static_cast<unsigned>(127 - e) << 23);
+  unscale = __uint_as_float(static_cast<unsigned>(127 + e) << 23);
+  return wmin * scale >= kMinHalf;
+}
+
+// d_i = sum_j w_j E_ij over this block's c16 columns, into dslot for its `rows` rows: warp w
+// owns the row tiles w, w + warps, ..., two at a time (one B fragment for both), one ldmatrix
+// and one mma per k tile; then hi + lo 2^-11 times unscale (the twin's order: each accumulator
+// adds the columns in order).
+__device__ __forceinline__ void mma_row_sums(const __half* E, int ld, const __half* whi, const __half* wlo,
+                                             float unscale, float* dslot, int rows, int c16) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int tiles = (rows + 15) / 16, ktiles = c16 / 16;
+  const int m = lane >> 3, r = lane & 7;  // lane gives row r of ldmatrix tile m
+  auto store = [&](int mt, const float(&d)[4]) {
+    if ((lane & 3) == 0) {
+      const int row = 16 * mt + (lane >> 2);
+      if (row < rows) dslot[row] = fmaf(d[1], 1.f / kLoScale, d[0]) * unscale;
+      if (row + 8 < rows) dslot[row + 8] = fmaf(d[3], 1.f / kLoScale, d[2]) * unscale;
+    }
+  };
+  for (int mt = warp; mt < tiles; mt += 2 * nwarps) {
+    const bool two = mt + nwarps < tiles;  // uniform across the warp
+    float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+    const __half* a0 = E + static_cast<size_t>(16 * mt + r + 8 * (m & 1)) * ld + 8 * (m >> 1);
+    const __half* a1 = a0 + static_cast<size_t>(16 * nwarps) * ld;
+    for (int kt = 0; kt < ktiles; ++kt) {
+      unsigned af[4], bf[2];
+      b_fragment(whi, wlo, 16 * kt, lane, bf);
+      ldmatrix_x4(af, a0 + 16 * kt);
+      mma_16816(d0, af, bf);
+      if (two) {
+        ldmatrix_x4(af, a1 + 16 * kt);
+        mma_16816(d1, af, bf);
+      }
+    }
+    store(mt, d0);
+    if (two) store(mt + nwarps, d1);
+  }
+}
+
+// The column sums sum_i E_ij rinv_i in `chunks` row chunks, chunk c the row tiles [c per,
+// (c + 1) per): units (column tile, chunk) over the warps, one transposed ldmatrix and one mma
+// per row tile; red[c][j] = hi + lo 2^-11, back from the row inverses' 2^15.
+__device__ __forceinline__ void mma_column_chunks(const __half* E, int ld, const __half* rhi, const __half* rlo,
+                                                  float* red, int rows, int c16, int chunks) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int ctiles = c16 / 16, rtiles = (rows + 15) / 16, per = (rtiles + chunks - 1) / chunks;
+  const int m = lane >> 3, r = lane & 7;
+  for (int u = warp; u < ctiles * chunks; u += nwarps) {
+    const int ct = u % ctiles, c = u / ctiles;
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    const __half* acol = E + static_cast<size_t>(r + 8 * (m >> 1)) * ld + 16 * ct + 8 * (m & 1);
+    const int t1 = min(rtiles, (c + 1) * per);
+    for (int rt = c * per; rt < t1; ++rt) {
+      unsigned af[4], bf[2];
+      ldmatrix_x4_trans(af, acol + static_cast<size_t>(16 * rt) * ld);
+      b_fragment(rhi, rlo, 16 * rt, lane, bf);
+      mma_16816(d, af, bf);
+    }
+    if ((lane & 3) == 0) {
+      float* out = red + static_cast<size_t>(c) * c16 + 16 * ct + (lane >> 2);
+      out[0] = fmaf(d[1], 1.f / kLoScale, d[0]) * (1.f / kF16Scale);
+      out[8] = fmaf(d[3], 1.f / kLoScale, d[2]) * (1.f / kF16Scale);
+    }
+  }
+}
+
 // Every block: rinv_i = 1 / (the sum over the cluster's blocks of their partial row sums), or
-// 0; a half-warp per row. After the cluster barrier that follows row_sums.
-__device__ __forceinline__ void combine_rows(const float* dslot, float* rinv, int rows, int size,
-                                             cg::cluster_group& cl) {
+// 0; a half-warp per row. After the cluster barrier that follows row_sums. With rhi (the
+// tensor-core column sums next): also the halves of rinv 2^15, and *wide = 1 where one is
+// positive and below 2^-14.
+__device__ __forceinline__ void combine_rows(const float* dslot, float* rinv, int rows, int size, cg::cluster_group& cl,
+                                             __half* rhi = nullptr, __half* rlo = nullptr, int* wide = nullptr) {
   const int halves = blockDim.x / kMaxSize, half = threadIdx.x / kMaxSize;
   for (int base = 0; base < rows; base += halves) {  // uniform across the warp
     const int i = base + half;
     const float z = cluster_reduce<false>(cl, const_cast<float*>(dslot) + min(i, rows - 1), size, i < rows);
-    if (i < rows && (threadIdx.x & (kMaxSize - 1)) == 0) rinv[i] = z > 0.f ? 1.f / z : 0.f;
+    if (i < rows && (threadIdx.x & (kMaxSize - 1)) == 0) {
+      const float ri = z > 0.f ? 1.f / z : 0.f;
+      rinv[i] = ri;
+      if (rhi != nullptr) {
+        const float x = ri * kF16Scale;
+        split_half(x, rhi[frag_pos(i)], rlo[frag_pos(i)]);
+        if (x > 0.f && x < kMinHalf) *wide = 1;
+      }
+    }
   }
 }
 
@@ -265,7 +402,7 @@ struct ClusterRows {
 template <typename TIn, typename TE>
 __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_group& cl, const Smem<TE>& s,
                                              const ClusterRows<TIn>& cr, int g, float& bad, float& cmax, float* wred,
-                                             long long* ph) {
+                                             long long* ph, float& cmin, float* wredmin, int* wide) {
   constexpr bool kRounded = !std::is_same<TE, float>::value;
   const int size = a.cluster, cols = a.cluster_cols, quads = cols / kVec, G = a.cluster_groups;
   const int K = a.K, rows = cr.rows;
@@ -273,7 +410,12 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
   const int subsets = max(1, min(static_cast<int>(blockDim.x) / quads, a.rows_per_block));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   auto mark = [&](int k) { trace_mark(a, ph, k); };
-  const CacheE<TE> cache{s.E, quads};
+  // The f16 copy's sweeps on tensor cores: E, the weights and the row inverses padded to tiles
+  // of 16 (c16 columns, r16 rows), the pads zero.
+  const bool mma = kRounded && a.cluster_mma > 0;
+  const int c16 = mma ? (cols + 15) / 16 * 16 : cols, r16 = mma ? (rows + 15) / 16 * 16 : rows;
+  const int ld = a.cluster_ld;
+  const CacheE<TE> cache{s.E, ld};
   const ExactE<TIn> exact{cr.logits, s.rmax, K, col0, a.k2, a.vec_logits};
   // The f16 copy's low halves: (V, groups * rows_per_block, Kp) in the workspace.
   __half* lo_rows = kRounded ? static_cast<__half*>(a.ecache) +
@@ -282,7 +424,21 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
                                        a.Kp +
                                    col0
                              : nullptr;
-  const SplitE split{reinterpret_cast<const __half*>(s.E), lo_rows, quads, a.Kp};
+  const SplitE split{reinterpret_cast<const __half*>(s.E), lo_rows, ld, a.Kp};
+  if constexpr (kRounded) {
+    if (mma) {
+      __half* Eh = reinterpret_cast<__half*>(s.E);
+      const __half z = __float2half_rn(0.f);
+      for (int k = tid; k < (r16 - rows) * c16; k += blockDim.x)
+        Eh[static_cast<size_t>(rows + k / c16) * ld + k % c16] = z;
+      if (c16 > cols)
+        for (int k = tid; k < rows * (c16 - cols); k += blockDim.x)
+          Eh[static_cast<size_t>(k / (c16 - cols)) * ld + cols + k % (c16 - cols)] = z;
+      for (int j = cols + tid; j < c16; j += blockDim.x) s.whi[frag_pos(j)] = s.wlo[frag_pos(j)] = z;
+      for (int i = rows + tid; i < r16; i += blockDim.x) s.rhi[frag_pos(i)] = s.rlo[frag_pos(i)] = z;
+      if (tid == 0) *wide = 0;
+    }
+  }
 
   // The first pass, in chunks of rows: the row maxima, then E from a second read of the same
   // logits, which then come from L2 (a chunk is ~kFirstPassL2 bytes of logits over all the
@@ -350,10 +506,10 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
 #pragma unroll
           for (int u = 0; u < kVec; ++u) S[u] = e[k][u] * kF16Scale;
           split_f16(S, hi, lo);
-          ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, hi);
+          ECache<TE>::store(s.E + static_cast<size_t>(idx / quads) * ld + (idx % quads) * kVec, hi);
           ECache<__half>::store(lo_rows + static_cast<size_t>(idx / quads) * a.Kp + (idx % quads) * kVec, lo);
         } else {
-          ECache<TE>::store(s.E + static_cast<size_t>(idx) * kVec, e[k]);
+          ECache<TE>::store(s.E + static_cast<size_t>(idx / quads) * ld + (idx % quads) * kVec, e[k]);
         }
       }
     }
@@ -361,6 +517,18 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
   // The weights of the update from u = 1.
   const int nq = rows * quads;
   for (int j = tid; j < cols; j += blockDim.x) s.w[j] = col0 + j < K ? 1.f : 0.f;
+  // ... on tensor cores (weight_scale of weights 1: 2^14; none where the block has no column).
+  bool mma_rows = false;  // this pass's row sums on tensor cores
+  float wunscale = 1.f;
+  if constexpr (kRounded) {
+    if (mma && 0 < a.exact_from) {
+      mma_rows = true;
+      const float sc = col0 < K ? 0x1p14f : 1.f;
+      wunscale = col0 < K ? 0x1p-14f : 1.f;
+      for (int j = tid; j < cols; j += blockDim.x)
+        split_half(col0 + j < K ? sc : 0.f, s.whi[frag_pos(j)], s.wlo[frag_pos(j)]);
+    }
+  }
   __syncthreads();
   mark(kTraceFirst);
 
@@ -369,29 +537,50 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
     // iters + 1 for f32.
     const bool split_pass = kRounded && p >= a.exact_from;
     if constexpr (kRounded) {
-      if (split_pass) row_sums(split, s.w, s.dslot, rows, quads);
+      if (split_pass) {
+        row_sums(split, s.w, s.dslot, rows, quads);
+      } else if (mma_rows) {
+        mma_row_sums(reinterpret_cast<const __half*>(s.E), ld, s.whi, s.wlo, wunscale, s.dslot, rows, c16);
+      }
     }
-    if (!split_pass) {
+    if (!split_pass && !mma_rows) {
       row_sums(cache, s.w, s.dslot, rows, quads);
     }
     mark(kTraceRows);
     cl.sync();
     mark(kTraceBarrier1);
-    combine_rows(s.dslot, s.rinv, rows, size, cl);
+    // With the tensor cores: the row inverses' halves too, and whether they hold them.
+    const bool mma_pass = mma && !split_pass;
+    if (mma_pass) {
+      combine_rows(s.dslot, s.rinv, rows, size, cl, s.rhi, s.rlo, wide);
+    } else {
+      combine_rows(s.dslot, s.rinv, rows, size, cl);
+    }
     __syncthreads();
     mark(kTraceReduce);
     if (p > a.iters) break;
+    const bool mma_cols = mma_pass && *wide == 0;
     // Column sums of this block's columns over the cluster's rows: subset sums, then the
-    // subsets in order.
+    // subsets in order (tensor cores: row chunks, then the chunks in order).
     if constexpr (kRounded) {
-      if (split_pass) column_subsets(split, s.rinv, s.red, rows, quads, subsets);
+      if (split_pass) {
+        column_subsets(split, s.rinv, s.red, rows, quads, subsets);
+      } else if (mma_cols) {
+        mma_column_chunks(reinterpret_cast<const __half*>(s.E), ld, s.rhi, s.rlo, s.red, rows, c16, a.cluster_mma);
+      }
     }
-    if (!split_pass) {
+    if (!split_pass && !mma_cols) {
       column_subsets(cache, s.rinv, s.red, rows, quads, subsets);
     }
     __syncthreads();
+    if (mma && tid == 0) *wide = 0;  // every thread read it before the barrier
     float c[kVec] = {0.f, 0.f, 0.f, 0.f};
-    if (tid < quads) {
+    if (tid < quads && mma_cols) {
+      for (int k = 0; k < a.cluster_mma; ++k) {
+        const float4 t = reinterpret_cast<const float4*>(s.red + static_cast<size_t>(k) * c16)[tid];
+        c[0] += t.x, c[1] += t.y, c[2] += t.z, c[3] += t.w;
+      }
+    } else if (tid < quads) {
       const float4* red4 = reinterpret_cast<const float4*>(s.red);
       // Four subsets' loads at a time, then their additions in subset order.
       for (int k0 = 0; k0 < subsets; k0 += 4) {
@@ -434,28 +623,57 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
       }
       mark(kTraceReduce);
     }
-    // This block's largest column sum, published for the cluster.
+    // This block's largest column sum, published for the cluster (with the tensor cores also
+    // its smallest positive one, for the block's weight scale).
     float m = fmaxf(fmaxf(c[0], c[1]), fmaxf(c[2], c[3]));
 #pragma unroll
     for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
     if (lane == 0) wred[warp] = m;
+    if (mma) {
+      float mn = INFINITY;
+#pragma unroll
+      for (int u = 0; u < kVec; ++u)
+        if (c[u] > 0.f) mn = fminf(mn, c[u]);
+#pragma unroll
+      for (int off = 16; off >= 1; off >>= 1) mn = fminf(mn, __shfl_xor_sync(kFull, mn, off));
+      if (lane == 0) wredmin[warp] = mn;
+    }
     __syncthreads();
     if (warp == 0) {
       float t = lane < nwarps ? wred[lane] : 0.f;
 #pragma unroll
       for (int off = 16; off >= 1; off >>= 1) t = fmaxf(t, __shfl_xor_sync(kFull, t, off));
       if (lane == 0) cmax = t;
+      if (mma) {
+        float tm = lane < nwarps ? wredmin[lane] : INFINITY;
+#pragma unroll
+        for (int off = 16; off >= 1; off >>= 1) tm = fminf(tm, __shfl_xor_sync(kFull, tm, off));
+        if (lane == 0) cmin = tm;
+      }
     }
     cl.sync();
     mark(kTraceBarrier2);
     // The weights of this block's columns from the largest column sum of the view (the same in
-    // every block of every cluster of the view).
+    // every block of every cluster of the view), and their halves for the next pass's row sums
+    // on tensor cores where the block's scale holds them.
     const float cm = cluster_reduce<true>(cl, &cmax, size, true);  // every half-warp
+    const float l2max = log2f(cm);
+    bool next_mma = false;
+    float wscale = 1.f, next_unscale = 1.f;
+    if (mma && p + 1 < a.exact_from) next_mma = weight_scale(a, cmin, cmax, l2max, wscale, next_unscale);
     if (tid < quads) {
-      const float l2max = log2f(cm);
-      reinterpret_cast<float4*>(s.w)[tid] = make_float4(mira_weight(a, c[0], l2max), mira_weight(a, c[1], l2max),
-                                                        mira_weight(a, c[2], l2max), mira_weight(a, c[3], l2max));
+      const float w4[kVec] = {mira_weight(a, c[0], l2max), mira_weight(a, c[1], l2max), mira_weight(a, c[2], l2max),
+                              mira_weight(a, c[3], l2max)};
+      reinterpret_cast<float4*>(s.w)[tid] = make_float4(w4[0], w4[1], w4[2], w4[3]);
+      if constexpr (kRounded) {
+        if (next_mma)
+#pragma unroll
+          for (int u = 0; u < kVec; ++u)
+            split_half(w4[u] * wscale, s.whi[frag_pos(kVec * tid + u)], s.wlo[frag_pos(kVec * tid + u)]);
+      }
     }
+    mma_rows = next_mma;
+    wunscale = next_unscale;
     __syncthreads();
     mark(kTraceWeights);
   }
@@ -491,12 +709,17 @@ template <typename TIn, typename TE>
 __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
   cg::cluster_group cl = cg::this_cluster();
   MIRA_DYNAMIC_SMEM(smem_raw);
-  __shared__ float wred[kBlock / 32];
+  __shared__ float wred[kBlock / 32], wredmin[kBlock / 32];
   __shared__ float cmax;                          // this block's largest column sum, read by the whole cluster
+  __shared__ float cmin;                          // its smallest positive one (tensor-core weight scale)
+  __shared__ int rinv_wide;                       // a row inverse too small for the tensor-core halves
   __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
   // The launch shape the plan's layout assumes (launch_cluster): else every index is wrong.
   if (blockDim.x != kBlock || cl.num_blocks() != static_cast<unsigned>(a.cluster)) __trap();
-  const Smem<TE> s = smem_layout<TE>(smem_raw, a.rows_per_block, a.cluster_cols);
+  const bool mma_layout = std::is_same<TE, __half>::value && a.cluster_mma > 0;
+  const int quads = a.cluster_cols / kVec;
+  const int red_rows = max(max(max(1, min(kBlock / quads, a.rows_per_block)), a.cluster_groups), a.cluster_mma);
+  const Smem<TE> s = smem_layout<TE>(smem_raw, a.rows_per_block, a.cluster_cols, a.cluster_ld, mma_layout, red_rows);
   // Clusters are (view slot, row group) pairs: views_per_group views side by side, each over
   // cluster_groups clusters of rows_per_block rows; the view groups one after another.
   const int cidx = blockIdx.x / a.cluster;
@@ -519,7 +742,7 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
     cr.targets = targets + static_cast<size_t>(r0) * a.K;
     cr.v = v;
     cr.rows = max(0, min(a.rows_per_block, a.N - r0));
-    cluster_view<TIn, TE>(a, cl, s, cr, g, bad, cmax, wred, ph);
+    cluster_view<TIn, TE>(a, cl, s, cr, g, bad, cmax, wred, ph, cmin, wredmin, &rinv_wide);
   }
   trace_finish(a, ph);
   if (bad > 0.f) atomicAdd(a.colsum, bad);  // the plan's workspace starts with the counter

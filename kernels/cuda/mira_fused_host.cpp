@@ -56,6 +56,8 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.cluster = plan.cluster;
   a.cluster_cols = plan.cluster_cols;
   a.cluster_groups = plan.cluster_groups;
+  a.cluster_ld = plan.cluster_ld;
+  a.cluster_mma = plan.cluster_mma;
   return a;
 }
 
@@ -119,6 +121,8 @@ MiraPlan cluster_plan(const MiraProblem& p, MiraCache cache, int exact_passes, c
   plan.cluster = cs.size;
   plan.cluster_cols = cs.cols;
   plan.cluster_groups = cs.groups;
+  plan.cluster_ld = cs.ld;
+  plan.cluster_mma = cache == MiraCache::F16 ? cs.mma_chunks : 0;
   plan.cpt = kVec;
   plan.block = plan_model::kClusterBlock;
   plan.views_per_group = cs.views_side_by_side;

@@ -47,6 +47,9 @@ struct FusedArgs {
   // The cluster plan (MiraPlan::cluster): blocks per cluster, columns per block, clusters per
   // view (row groups of rows_per_block rows).
   int cluster, cluster_cols, cluster_groups;
+  // Elements per row of E in a block's shared memory; > 0: the f16 copy's sweeps on tensor
+  // cores, the column sums in this many row chunks (plan_model::cluster_layout).
+  int cluster_ld, cluster_mma;
 };
 
 // The kernel arguments of passes [pass_begin, pass_end) of problem p under plan, with the

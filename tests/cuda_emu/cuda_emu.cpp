@@ -416,6 +416,79 @@ void syncthreads() {
   to_scheduler(Wait::Block, 0);
 }
 
+namespace {
+
+constexpr int kSiteLdmatrix = 3 << 16, kSiteMma = 4 << 16;
+
+uint32_t half_bits(const void* p, int i) {
+  uint16_t h;
+  std::memcpy(&h, static_cast<const unsigned char*>(p) + 2 * i, 2);
+  return h;
+}
+float half_of(unsigned reg, int k) {  // element k (0: low 16 bits) of a register of two halves
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(reg >> (16 * k))));
+}
+
+}  // namespace
+
+void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
+  const int l = lane_id(), g = l / 4, t = l % 4;
+  const uint64_t me = reinterpret_cast<uintptr_t>(p);
+  for (int i = 0; i < 4; ++i) {
+    if (!trans) {
+      const void* row = reinterpret_cast<const void*>(warp_exchange(0xffffffffu, me, 8 * i + g, kSiteLdmatrix));
+      r[i] = half_bits(row, 2 * t) | half_bits(row, 2 * t + 1) << 16;
+    } else {
+      const void* r0 = reinterpret_cast<const void*>(warp_exchange(0xffffffffu, me, 8 * i + 2 * t, kSiteLdmatrix | 1));
+      const void* r1 =
+          reinterpret_cast<const void*>(warp_exchange(0xffffffffu, me, 8 * i + 2 * t + 1, kSiteLdmatrix | 1));
+      r[i] = half_bits(r0, g) | half_bits(r1, g) << 16;
+    }
+  }
+}
+
+void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+  const int l = lane_id(), g = l / 4, t = l % 4;
+  // Rows g and g + 8 of A from lanes 4g + s, columns 2t and 2t + 1 of B from lanes 4n + s.
+  float A[2][16], B[16][2];
+  const uint64_t a01 = a[0] | static_cast<uint64_t>(a[1]) << 32, a23 = a[2] | static_cast<uint64_t>(a[3]) << 32;
+  const uint64_t b01 = b[0] | static_cast<uint64_t>(b[1]) << 32;
+  for (int s = 0; s < 4; ++s) {
+    const uint64_t x01 = warp_exchange(0xffffffffu, a01, 4 * g + s, kSiteMma);
+    const uint64_t x23 = warp_exchange(0xffffffffu, a23, 4 * g + s, kSiteMma | 1);
+    for (int k = 0; k < 2; ++k) {
+      A[0][2 * s + k] = half_of(static_cast<unsigned>(x01), k);
+      A[1][2 * s + k] = half_of(static_cast<unsigned>(x01 >> 32), k);
+      A[0][2 * s + 8 + k] = half_of(static_cast<unsigned>(x23), k);
+      A[1][2 * s + 8 + k] = half_of(static_cast<unsigned>(x23 >> 32), k);
+    }
+    for (int n = 0; n < 2; ++n) {
+      const uint64_t y = warp_exchange(0xffffffffu, b01, 4 * (2 * t + n) + s, kSiteMma | 2);
+      for (int k = 0; k < 2; ++k) {
+        B[2 * s + k][n] = half_of(static_cast<unsigned>(y), k);
+        B[2 * s + 8 + k][n] = half_of(static_cast<unsigned>(y >> 32), k);
+      }
+    }
+  }
+  for (int m = 0; m < 2; ++m)
+    for (int n = 0; n < 2; ++n) {
+#ifdef MIRA_EMU_GPU_MATH
+      // The tensor cores' sum, modelled: the products exact, one sum with c, truncated toward
+      // zero once (published measurements of their f32 accumulation: no rounding to nearest,
+      // alignment to the largest term).
+      double x = d[2 * m + n];
+      for (int k = 0; k < 16; ++k) x += static_cast<double>(A[m][k]) * B[k][n];
+      float f = static_cast<float>(x);
+      if (std::fabs(static_cast<double>(f)) > std::fabs(x)) f = std::nextafter(f, 0.f);
+      d[2 * m + n] = f;
+#else
+      float acc = d[2 * m + n];
+      for (int k = 0; k < 16; ++k) acc = std::fma(A[m][k], B[k][n], acc);
+      d[2 * m + n] = acc;
+#endif
+    }
+}
+
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site) {
   if (mask != 0xffffffffu) trap("a shuffle with a partial mask (not emulated)");
   Block* b = tblock;

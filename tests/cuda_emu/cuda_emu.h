@@ -169,6 +169,20 @@ T shfl_bits(unsigned mask, T v, int src_lane, int site) {
 }
 int lane_id();  // of the running thread (blocks are 1-D)
 
+// The warp-wide tensor-core instructions kernels/cuda/mma.cuh wraps, by the PTX ISA's fragment
+// layouts (g = lane / 4, t = lane % 4), through warp exchanges:
+// - ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l gives the address of row l % 8 of
+//   matrix l / 8; r[i] gets matrix i's elements (g, 2t) and (g, 2t + 1) (.trans: of its
+//   transpose), the first in the low 16 bits;
+// - mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, d += A B: a = A(g, 2t..), A(g + 8, 2t..),
+//   A(g, 2t + 8..), A(g + 8, 2t + 8..); b = B(2t.., g), B(2t + 8.., g); d = D(g, 2t), D(g, 2t + 1),
+//   D(g + 8, 2t), D(g + 8, 2t + 1). Each element of D is its c plus the products in k order,
+//   one fused multiply-add at a time (the twins' order; a GPU adds inside the instruction in
+//   its own order and rounding, which the GPU tests' tolerances cover). With MIRA_EMU_GPU_MATH:
+//   the sum of c and the exact products, truncated toward zero once, as a model of that.
+void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans);
+void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
+
 }  // namespace mira::emu
 
 // ---- the CUDA names device code uses

@@ -65,6 +65,7 @@ struct Problem {
   int iters = 30;
   float tau = kTau, beta = kBeta;
   int size = 0;  // 0: the plan's choice
+  bool mma = false;  // the f16 copy's sweeps on tensor cores
   emu::DeviceProps dev = kHopper;
 };
 
@@ -98,8 +99,10 @@ Result run_kernel(const Problem& q) {
   o.exact_passes = q.exact;
   o.cluster = true;
   o.cluster_size = q.size;
+  o.cluster_mma = q.mma;
   r.plan = cuda::mira_plan(p, cuda::MiraVariant::Fused, o);
   REQUIRE(r.plan.cluster > 0);
+  CHECK((r.plan.cluster_mma > 0) == (q.mma && q.cache == C::F16));
   Workspace ws(r.plan.workspace_bytes);
   cuda::mira_assign_cuda(p, r.plan, ws.base, nullptr);
   r.nonfinite = *cuda::mira_nonfinite_count(r.plan, ws.base);
@@ -113,6 +116,7 @@ std::vector<float> twin(const Problem& q, const Result& r, int v) {
   const plan_model::ClusterShape cs = plan_model::cluster_layout(r.plan.rows_per_block, q.K, r.plan.cluster);
   cpu::ClusterTwinShape sh;
   sh.size = r.plan.cluster, sh.cols = r.plan.cluster_cols, sh.subsets = cs.subsets, sh.rows = r.plan.rows_per_block;
+  sh.mma_chunks = r.plan.cluster_mma;
   const cpu::MiraNumerics num{q.cache == C::F16 ? cpu::WorkingCopy::F16 : cpu::WorkingCopy::Exact, q.exact};
   cpu::mira_cluster_twin(l.data(), t.data(), q.N, q.K, q.tau, q.beta, q.iters, sh, num);
   return t;
@@ -237,6 +241,76 @@ TEST_CASE("cuda_emu: the cluster kernel at 0 and 2 iterations, and on extreme in
   check_against_twin(q, 2);
 }
 
+TEST_CASE("cuda_emu: the cluster kernel's tensor-core sweeps of the f16 copy, bit for bit their twin") {
+  // The emulator's mma adds the products in k order, as the twin does; a GPU's differ within
+  // test_mira_assign_gpu's tolerances. The first cases also differ from the same plan without
+  // the tensor cores (other additions): the sweeps did run.
+  auto check = [](Problem q, int groups, bool differs) {
+    q.cache = C::F16;
+    q.mma = true;
+    check_against_twin(q, groups);
+    if (!differs) return;
+    const Result with = run_kernel(q);
+    q.mma = false;
+    CHECK(with.targets[0] != run_kernel(q).targets[0]);
+  };
+  struct Case {
+    int N, K, V, size, exact;
+  };
+  // One cluster per view: the training shapes, K 3001 (no vector access), blocks without
+  // columns, one block, rows and columns that do not fill a tile of 16, four views.
+  const Case cases[] = {{64, 3000, 2, 0, 0}, {64, 3000, 2, 0, 3}, {97, 3001, 2, 0, 3},
+                        {40, 290, 2, 16, 0}, {8, 100, 1, 0, 0},   {50, 700, 4, 0, 3}};
+  for (const Case& c : cases) {
+    CAPTURE(c.N);
+    CAPTURE(c.K);
+    CAPTURE(c.exact);
+    Problem q = views(c.N, c.K, c.V);
+    q.size = c.size;
+    q.exact = c.exact;
+    check(q, 1, c.N == 64);
+  }
+  // Row groups (flag-tagged column sums), 0, 3 and 1 exact updates, bf16 logits.
+  Problem q = views(300, 500, 2);
+  q.dev = kSmall;
+  for (int exact : {0, 3}) {
+    CAPTURE(exact);
+    q.exact = exact;
+    check(q, 2, exact == 0);
+  }
+  q.bf16 = true;
+  q.exact = 1;
+  check(q, 2, false);
+}
+
+TEST_CASE("cuda_emu: the tensor-core sweeps fall back to fused multiply-adds where the halves lose bits") {
+  // Weights or row inverses that span more than 2^28 in a block or cluster: the twin takes the
+  // same passes off the tensor cores, and the targets stay on the simplex.
+  struct Case {
+    const char* what;
+    int N, K;
+    float tau, beta;
+    int kind;
+  };
+  const Case cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03f, 2.0f / 3.0f, 0},
+                        {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.f, 0.99f, 0},
+                        {"empty column, beta 0.99", 64, 50, 1.f, 0.99f, 2},
+                        {"one-hot rows", 64, 50, 0.03f, 0.9f, 3}};
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    Problem q;
+    q.N = c.N, q.K = c.K, q.tau = c.tau, q.beta = c.beta;
+    q.views = {extreme(c.N, c.K, c.kind)};
+    q.cache = C::F16;
+    q.mma = true;
+    for (int exact : {0, 3}) {
+      CAPTURE(exact);
+      q.exact = exact;
+      check_against_twin(q);
+    }
+  }
+}
+
 TEST_CASE("cuda_emu: the cluster kernel counts non-finite logits") {
   Problem q = views(16, 40, 1, 6);
   q.views[0][5] = NAN;
@@ -353,7 +427,10 @@ TEST_CASE("cuda_emu: the cluster kernel gives the same bits whatever order its t
   groups.dev = kSmall;
   groups.cache = C::F16;
   groups.exact = 3;
-  for (const Problem* q : {&one, &groups}) {
+  Problem mma = views(97, 3001, 2);
+  mma.cache = C::F16;
+  mma.mma = true;
+  for (const Problem* q : {&one, &groups, &mma}) {
     CAPTURE(q->N);
     emu::set_schedule(0);
     const Result ref = run_kernel(*q);
