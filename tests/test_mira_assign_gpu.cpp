@@ -301,6 +301,34 @@ TEST_CASE("gpu mira: a warp per row at the benchmark's shape, E partly in the wo
   }
 }
 
+TEST_CASE("gpu mira: ldmatrix and mma.sync as the tensor-core sweeps address them give exact small-integer products") {
+  // test_mira_assign_emu runs the same check on the CUDA emulator, whose fragment layouts the
+  // emulated kernels rely on: where both pass, the emulator reads them as this GPU does.
+  const int major = compute_major();
+  if (major < 8) {
+    MESSAGE("SKIPPED: mma.sync with f16 operands needs sm_80 (compute capability ", major, ")");
+    return;
+  }
+  const testing::MmaCase c = testing::mma_case();
+  void* buf = nullptr;
+  REQUIRE(cudaMalloc(&buf, 4096) == cudaSuccess);
+  char* b = static_cast<char*>(buf);
+  REQUIRE(cudaMemcpy(b, c.A.data(), 512, cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemcpy(b + 512, c.At.data(), 512, cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemcpy(b + 1024, c.B.data(), 256, cudaMemcpyHostToDevice) == cudaSuccess);
+  cuda::mira_mma_selftest(b, b + 512, b + 1024, reinterpret_cast<float*>(b + 2048), nullptr);
+  std::vector<float> out(256);
+  REQUIRE(cudaMemcpy(out.data(), b + 2048, 1024, cudaMemcpyDeviceToHost) == cudaSuccess);
+  cudaFree(buf);
+  int wrong_plain = 0, wrong_trans = 0;
+  for (int x = 0; x < 128; ++x) {
+    wrong_plain += out[x] != c.D[x];
+    wrong_trans += out[128 + x] != c.D[x];
+  }
+  CHECK(wrong_plain == 0);  // ldmatrix + mma (the row sums)
+  CHECK(wrong_trans == 0);  // ldmatrix.trans + mma (the column sums)
+}
+
 TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference") {
   const int major = compute_major();
   if (major < 9) {

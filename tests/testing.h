@@ -16,6 +16,35 @@
 
 namespace mira::testing {
 
+// Operands for the tensor-core primitives' test (cuda::mira_mma_selftest, on a GPU and in the
+// CUDA emulator): A (16 x 16), its transpose and B (16 x 8) of small integers as f16 bits,
+// A's entries not symmetric, and D = A B, exact in any order of addition.
+struct MmaCase {
+  std::vector<uint16_t> A, At, B;
+  std::vector<float> D;
+};
+inline uint16_t small_int_f16(int v) {  // |v| <= 2048
+  if (v == 0) return 0;
+  const int a = v < 0 ? -v : v;
+  int e = 0;
+  while ((2 << e) <= a) ++e;
+  return static_cast<uint16_t>((v < 0 ? 0x8000 : 0) | (e + 15) << 10 | ((a - (1 << e)) << (10 - e)));
+}
+inline MmaCase mma_case() {
+  auto a = [](int i, int j) { return (i * 7 + j * 3) % 9 - 4; };
+  auto b = [](int k, int n) { return (k * 5 + n * 2) % 7 - 3; };
+  MmaCase c;
+  c.A.resize(256), c.At.resize(256), c.B.resize(128), c.D.assign(128, 0.f);
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) c.A[i * 16 + j] = c.At[j * 16 + i] = small_int_f16(a(i, j));
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 8; ++n) c.B[k * 8 + n] = small_int_f16(b(k, n));
+  for (int i = 0; i < 16; ++i)
+    for (int n = 0; n < 8; ++n)
+      for (int k = 0; k < 16; ++k) c.D[i * 8 + n] += static_cast<float>(a(i, k) * b(k, n));
+  return c;
+}
+
 struct Tol {
   double atol = 1e-5;
   double rtol = 1e-5;

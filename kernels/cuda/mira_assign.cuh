@@ -194,6 +194,12 @@ struct ClusterProbe {
 };
 ClusterProbe mira_cluster_probe(int size, int iters, long long* scratch);
 
+// The cluster plan's tensor-core primitives as its sweeps address them (sm_80 and later), for
+// the tests: A, At (A transposed) 16 x 16 and B 16 x 8, row-major f16 in device memory; out
+// (256 floats of device memory) gets D = A B (16 x 8, row-major) twice: through ldmatrix of A,
+// as the row sums load E, and through ldmatrix.trans of At, as the column sums do.
+void mira_mma_selftest(const void* A, const void* At, const void* B, float* out, cudaStream_t stream);
+
 // Number of non-finite logits seen (a float in device memory, exact up to 2^24; in the reduce
 // buffer, so after pass 0's all-reduce it counts every rank). Valid once pass 0 has run.
 const float* mira_nonfinite_count(const MiraPlan& plan, const void* workspace);

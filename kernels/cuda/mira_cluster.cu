@@ -795,6 +795,43 @@ __global__ void __launch_bounds__(kBlock, 1) mira_cluster_probe_kernel(int iters
 #endif
 }
 
+// The tensor-core primitives as the sweeps address them (mira_mma_selftest): one warp, A and
+// At (16 x 16) in shared memory with rows of 24 halves, B (16 x 8) from global memory.
+__global__ void mira_mma_selftest_kernel(const __half* A, const __half* At, const __half* B, float* out) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  constexpr int kLd = 24;
+  __shared__ __align__(16) __half sa[16 * kLd], st[16 * kLd];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) {
+    sa[(i / 16) * kLd + i % 16] = A[i];
+    st[(i / 16) * kLd + i % 16] = At[i];
+  }
+  __syncthreads();
+  const int g = lane >> 2, t = lane & 3, m = lane >> 3, r = lane & 7;
+  auto pack = [](__half lo, __half hi) {
+    return static_cast<unsigned>(__half_as_ushort(lo)) | static_cast<unsigned>(__half_as_ushort(hi)) << 16;
+  };
+  const unsigned b[2] = {pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
+                         pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+  unsigned a[4];
+  float d[4] = {0.f, 0.f, 0.f, 0.f}, e[4] = {0.f, 0.f, 0.f, 0.f};
+  ldmatrix_x4(a, sa + (r + 8 * (m & 1)) * kLd + 8 * (m >> 1));  // as mma_row_sums
+  mma_16816(d, a, b);
+  ldmatrix_x4_trans(a, st + (r + 8 * (m >> 1)) * kLd + 8 * (m & 1));  // as mma_column_chunks
+  mma_16816(e, a, b);
+  for (int h = 0; h < 2; ++h) {
+    const int o = 128 * h;
+    const float* x = h == 0 ? d : e;
+    out[o + g * 8 + 2 * t] = x[0];
+    out[o + g * 8 + 2 * t + 1] = x[1];
+    out[o + (g + 8) * 8 + 2 * t] = x[2];
+    out[o + (g + 8) * 8 + 2 * t + 1] = x[3];
+  }
+#else
+  __trap();  // mma.sync with f16 operands and f32 accumulators needs sm_80
+#endif
+}
+
 }  // namespace
 
 FusedFn cluster_fn(bool bf16_in, MiraCache cache) {
@@ -945,3 +982,13 @@ ClusterProbe mira_cluster_probe(int size, int iters, long long* scratch) {
 }  // namespace mira::cuda
 
 #endif  // MIRA_CUDA_EMU
+
+namespace mira::cuda {
+
+void mira_mma_selftest(const void* A, const void* At, const void* B, float* out, cudaStream_t stream) {
+  MIRA_LAUNCH(1, 32, 0, stream, fused::mira_mma_selftest_kernel)
+  (static_cast<const __half*>(A), static_cast<const __half*>(At), static_cast<const __half*>(B), out);
+  MIRA_CUDA_LAUNCH_CHECK(stream);
+}
+
+}  // namespace mira::cuda

@@ -26,6 +26,7 @@
 #include "kernels/cuda/mira_assign.cuh"
 #include "kernels/cuda/mira_fused_host.h"
 #include "tests/cuda_emu/emu_testing.h"
+#include "tests/testing.h"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
 using emu_testing::extreme;
@@ -281,6 +282,26 @@ TEST_CASE("cuda_emu: the cluster kernel's tensor-core sweeps of the f16 copy, bi
   q.bf16 = true;
   q.exact = 1;
   check(q, 2, false);
+}
+
+TEST_CASE("cuda_emu: ldmatrix and mma.sync as the sweeps address them give exact small-integer products") {
+  // The same check runs on a GPU (test_mira_assign_gpu): where both pass, the emulator reads
+  // the fragment layouts as the hardware does.
+  const testing::MmaCase c = testing::mma_case();
+  std::vector<float> out(256, NAN);
+  cuda::mira_mma_selftest(c.A.data(), c.At.data(), c.B.data(), out.data(), nullptr);
+  for (int x = 0; x < 256; ++x) {
+    CAPTURE(x);
+    CHECK(out[x] == c.D[x % 128]);
+  }
+  // The operands are not symmetric, so a load that transposed A would show in D.
+  const testing::MmaCase t = [&] {
+    testing::MmaCase s = c;
+    std::swap(s.A, s.At);
+    return s;
+  }();
+  cuda::mira_mma_selftest(t.A.data(), t.At.data(), t.B.data(), out.data(), nullptr);
+  CHECK(out[0] != c.D[0]);
 }
 
 TEST_CASE("cuda_emu: the tensor-core sweeps fall back to fused multiply-adds where the halves lose bits") {
