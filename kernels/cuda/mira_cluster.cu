@@ -123,6 +123,30 @@ __device__ __forceinline__ float cluster_reduce(cg::cluster_group& cl, float* p,
   return x;
 }
 
+// cluster_reduce over kBatchRows rows at once: the half-warp's rows first, first + stride, ...
+// (those >= end idle), all their DSMEM loads issued before the butterflies, so that one load
+// latency (~200 cycles between SMs) covers the batch instead of one per row. Each row's
+// additions are cluster_reduce's: the same bits.
+constexpr int kBatchRows = 8;
+template <bool MAX>
+__device__ __forceinline__ void cluster_reduce_rows(cg::cluster_group& cl, float* p, int first, int stride, int end,
+                                                    int size, float (&x)[kBatchRows]) {
+  const int b = threadIdx.x & (kMaxSize - 1);
+#pragma unroll
+  for (int u = 0; u < kBatchRows; ++u) {
+    const int i = first + u * stride;
+    x[u] = MAX ? -INFINITY : 0.f;
+    if (i < end && b < size) x[u] = *cl.map_shared_rank(p + i, b);
+  }
+#pragma unroll
+  for (int off = kMaxSize / 2; off >= 1; off >>= 1)
+#pragma unroll
+    for (int u = 0; u < kBatchRows; ++u) {
+      const float y = __shfl_xor_sync(kFull, x[u], off);
+      x[u] = MAX ? fmaxf(x[u], y) : x[u] + y;
+    }
+}
+
 __device__ __forceinline__ void fma4(const float (&e)[kVec], float b, float (&c)[kVec]) {
 #pragma unroll
   for (int u = 0; u < kVec; ++u) c[u] = fmaf(e[u], b, c[u]);
@@ -376,11 +400,15 @@ __device__ __forceinline__ void mma_column_chunks(const __half* E, int ld, const
 __device__ __forceinline__ void combine_rows(const float* dslot, float* rinv, int rows, int size, cg::cluster_group& cl,
                                              __half* rhi = nullptr, __half* rlo = nullptr, int* wide = nullptr) {
   const int halves = blockDim.x / kMaxSize, half = threadIdx.x / kMaxSize;
-  for (int base = 0; base < rows; base += halves) {  // uniform across the warp
-    const int i = base + half;
-    const float z = cluster_reduce<false>(cl, const_cast<float*>(dslot) + min(i, rows - 1), size, i < rows);
-    if (i < rows && (threadIdx.x & (kMaxSize - 1)) == 0) {
-      const float ri = z > 0.f ? 1.f / z : 0.f;
+  for (int base = 0; base < rows; base += halves * kBatchRows) {  // uniform across the warp
+    float z[kBatchRows];
+    cluster_reduce_rows<false>(cl, const_cast<float*>(dslot), base + half, halves, rows, size, z);
+    if ((threadIdx.x & (kMaxSize - 1)) != 0) continue;
+#pragma unroll
+    for (int u = 0; u < kBatchRows; ++u) {
+      const int i = base + half + u * halves;
+      if (i >= rows) continue;
+      const float ri = z[u] > 0.f ? 1.f / z[u] : 0.f;
       rinv[i] = ri;
       if (rhi != nullptr) {
         const float x = ri * kF16Scale;
@@ -481,10 +509,15 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
     }
     // The first: also, every block of the cluster has started, so its shared memory may be read.
     cl.sync();
-    for (int base = c0; base < c1; base += blockDim.x / kMaxSize) {  // a half-warp per row
-      const int i = base + tid / kMaxSize;
-      const float m = cluster_reduce<true>(cl, s.mslot + min(i, c1 - 1), size, i < c1);
-      if (i < c1 && (tid & (kMaxSize - 1)) == 0) s.rmax[i] = m;
+    const int halves = blockDim.x / kMaxSize;
+    for (int base = c0; base < c1; base += halves * kBatchRows) {  // a half-warp per row
+      float m[kBatchRows];
+      cluster_reduce_rows<true>(cl, s.mslot, base + tid / kMaxSize, halves, c1, size, m);
+#pragma unroll
+      for (int u = 0; u < kBatchRows; ++u) {
+        const int i = base + tid / kMaxSize + u * halves;
+        if (i < c1 && (tid & (kMaxSize - 1)) == 0) s.rmax[i] = m[u];
+      }
     }
     __syncthreads();
     // E = exp2((L - max) k2), 0 beyond K, as the cache holds it. Several rows' loads in flight
@@ -584,7 +617,7 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
       const float4* red4 = reinterpret_cast<const float4*>(s.red);
       // Four subsets' loads at a time, then their additions in subset order.
       for (int k0 = 0; k0 < subsets; k0 += 4) {
-        float4 t[4];
+        float4 t[4] = {};  // (read only where written; the host compiler cannot tell)
 #pragma unroll
         for (int k = 0; k < 4; ++k)
           if (k0 + k < subsets) t[k] = red4[static_cast<size_t>(k0 + k) * quads + tid];
