@@ -305,14 +305,12 @@ __device__ __forceinline__ int frag_pos(int k) {
 }
 
 // B fragment of the k tile at k0: lanes 0-3 hold column 0 (hi), lanes 4-7 column 1 (lo), at
-// k = 2t, 2t + 1 and 2t + 8, 2t + 9 (t = lane % 4); the other lanes zeros.
+// k = 2t, 2t + 1 and 2t + 8, 2t + 9 (t = lane % 4); the other lanes zeros. Every lane loads (the
+// others repeat lanes 0-7's addresses: one wavefront), so the warp stays converged for the mma.
 __device__ __forceinline__ void b_fragment(const __half* hi, const __half* lo, int k0, int lane, unsigned (&b)[2]) {
-  b[0] = b[1] = 0u;
-  if (lane < 8) {
-    const uint2 v = *reinterpret_cast<const uint2*>((lane < 4 ? hi : lo) + k0 + 4 * (lane & 3));
-    b[0] = v.x;
-    b[1] = v.y;
-  }
+  const uint2 v = *reinterpret_cast<const uint2*>((lane & 4 ? lo : hi) + k0 + 4 * (lane & 3));
+  b[0] = lane < 8 ? v.x : 0u;
+  b[1] = lane < 8 ? v.y : 0u;
 }
 
 // The scale of a block's weights for the tensor-core row sums, from its smallest positive
