@@ -352,10 +352,10 @@ __device__ __forceinline__ void mma_row_sums(const __half* E, int ld, const __ha
     for (int kt = 0; kt < ktiles; ++kt) {
       unsigned af[4], bf[2];
       b_fragment(whi, wlo, 16 * kt, lane, bf);
-      ldmatrix_x4(af, a0 + 16 * kt);
+      ldmatrix<false>(af, a0 + 16 * kt);
       mma_16816(d0, af, bf);
       if (two) {
-        ldmatrix_x4(af, a1 + 16 * kt);
+        ldmatrix<false>(af, a1 + 16 * kt);
         mma_16816(d1, af, bf);
       }
     }
@@ -379,7 +379,7 @@ __device__ __forceinline__ void mma_column_chunks(const __half* E, int ld, const
     const int t1 = min(rtiles, (c + 1) * per);
     for (int rt = c * per; rt < t1; ++rt) {
       unsigned af[4], bf[2];
-      ldmatrix_x4_trans(af, acol + static_cast<size_t>(16 * rt) * ld);
+      ldmatrix<true>(af, acol + static_cast<size_t>(16 * rt) * ld);
       b_fragment(rhi, rlo, 16 * rt, lane, bf);
       mma_16816(d, af, bf);
     }
@@ -846,9 +846,9 @@ __global__ void mira_mma_selftest_kernel(const __half* A, const __half* At, cons
                          pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
   unsigned a[4];
   float d[4] = {0.f, 0.f, 0.f, 0.f}, e[4] = {0.f, 0.f, 0.f, 0.f};
-  ldmatrix_x4(a, sa + (r + 8 * (m & 1)) * kLd + 8 * (m >> 1));  // as mma_row_sums
+  ldmatrix<false>(a, sa + (r + 8 * (m & 1)) * kLd + 8 * (m >> 1));  // as mma_row_sums
   mma_16816(d, a, b);
-  ldmatrix_x4_trans(a, st + (r + 8 * (m >> 1)) * kLd + 8 * (m & 1));  // as mma_column_chunks
+  ldmatrix<true>(a, st + (r + 8 * (m >> 1)) * kLd + 8 * (m & 1));  // as mma_column_chunks
   mma_16816(e, a, b);
   for (int h = 0; h < 2; ++h) {
     const int o = 128 * h;

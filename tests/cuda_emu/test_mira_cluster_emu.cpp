@@ -143,6 +143,19 @@ void check_against_twin(const Problem& q, int groups = 1) {
   }
 }
 
+// The issue's extreme inputs (emu_testing::extreme kinds) at the shapes these tests emulate.
+struct ExtremeCase {
+  const char* what;
+  int N, K;
+  float tau, beta;
+  int kind;
+};
+const ExtremeCase kExtremeCases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03f, 2.0f / 3.0f, 0},
+                                     {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.f, 0.99f, 0},
+                                     {"empty column, beta 0.99", 64, 50, 1.f, 0.99f, 2},
+                                     {"one-hot rows", 64, 50, 0.03f, 0.9f, 3},
+                                     {"K = 12288", 3, 12288, 0.03f, 2.0f / 3.0f, 0}};
+
 Problem views(int N, int K, int V, uint32_t seed = 31, float stddev = 0.3f) {
   Problem q;
   q.N = N, q.K = K;
@@ -210,18 +223,7 @@ TEST_CASE("cuda_emu: the cluster kernel at 0 and 2 iterations, and on extreme in
     q.exact = 1;
     check_against_twin(q, 2);
   }
-  struct Case {
-    const char* what;
-    int N, K;
-    float tau, beta;
-    int kind;
-  };
-  const Case cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03f, 2.0f / 3.0f, 0},
-                        {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.f, 0.99f, 0},
-                        {"empty column, beta 0.99", 64, 50, 1.f, 0.99f, 2},
-                        {"one-hot rows", 64, 50, 0.03f, 0.9f, 3},
-                        {"K = 12288", 3, 12288, 0.03f, 2.0f / 3.0f, 0}};
-  for (const Case& c : cases) {
+  for (const ExtremeCase& c : kExtremeCases) {
     CAPTURE(c.what);
     Problem q;
     q.N = c.N, q.K = c.K, q.tau = c.tau, q.beta = c.beta;
@@ -307,17 +309,7 @@ TEST_CASE("cuda_emu: ldmatrix and mma.sync as the sweeps address them give exact
 TEST_CASE("cuda_emu: the tensor-core sweeps fall back to fused multiply-adds where the halves lose bits") {
   // Weights or row inverses that span more than 2^28 in a block or cluster: the twin takes the
   // same passes off the tensor cores, and the targets stay on the simplex.
-  struct Case {
-    const char* what;
-    int N, K;
-    float tau, beta;
-    int kind;
-  };
-  const Case cases[] = {{"+-100, tau' = 0.01", 64, 50, 0.03f, 2.0f / 3.0f, 0},
-                        {"+-100, beta 0.99, tau' = 0.01", 64, 50, 1.f, 0.99f, 0},
-                        {"empty column, beta 0.99", 64, 50, 1.f, 0.99f, 2},
-                        {"one-hot rows", 64, 50, 0.03f, 0.9f, 3}};
-  for (const Case& c : cases) {
+  for (const ExtremeCase& c : kExtremeCases) {
     CAPTURE(c.what);
     Problem q;
     q.N = c.N, q.K = c.K, q.tau = c.tau, q.beta = c.beta;
