@@ -187,11 +187,17 @@ struct ExactE {
 // significant bits (exactly representable in f32, so the fused multiply-add below is exact).
 // The last updates and the targets read it instead of recomputing E from the logits in HBM.
 constexpr float kLoScale = 2048.f;
+__device__ __forceinline__ void split_half(float x, __half& hi, __half& lo) {
+  hi = __float2half_rn(x);
+  lo = __float2half_rn((x - __half2float(hi)) * kLoScale);
+}
 __device__ __forceinline__ void split_f16(const float (&S)[kVec], float (&hi)[kVec], float (&lo)[kVec]) {
 #pragma unroll
   for (int u = 0; u < kVec; ++u) {
-    hi[u] = __half2float(__float2half_rn(S[u]));
-    lo[u] = __half2float(__float2half_rn((S[u] - hi[u]) * kLoScale));
+    __half h, l;
+    split_half(S[u], h, l);
+    hi[u] = __half2float(h);
+    lo[u] = __half2float(l);
   }
 }
 struct SplitE {
@@ -285,17 +291,12 @@ __device__ __forceinline__ void column_subsets(const Src& src, const float* rinv
 // E (f16, rows of ld) is the A operand: ldmatrix tiles of 16 x 16, as they are for the row
 // sums, transposed for the column sums. The B operand is a vector split into two f16 halves,
 // hi = f16(x) in column 0 and lo = f16((x - hi) 2^11) in column 1 (columns 2-7 zero), so the
-// accumulators hold sum E hi and sum E lo, and hi + lo 2^-11 carries ~22 significant bits of x
-// wherever x >= 2^-14 (below, the halves lose bits: such a pass goes to the fused
-// multiply-adds). Row sums: x = w 2^-e, the block's weights against a power of two that puts
+// accumulators hold sum E hi and sum E lo (split_half, as the split copy), and hi + lo 2^-11
+// carries ~22 significant bits of x wherever x >= 2^-14 (below, the halves lose bits: such a
+// pass goes to the fused multiply-adds). Row sums: x = w 2^-e, the block's weights against a power of two that puts
 // its largest in [2^14, 2^15); column sums: x = rinv 2^15 (<= ~1: a row's largest element of
 // the copy is 2^15 and its weight >= 1).
 constexpr float kMinHalf = 0x1p-14f;  // the smallest normal f16
-
-__device__ __forceinline__ void split_half(float x, __half& hi, __half& lo) {
-  hi = __float2half_rn(x);
-  lo = __float2half_rn((x - __half2float(hi)) * kLoScale);
-}
 
 // The halves are stored in fragment order: within each tile of 16, the elements 2t, 2t + 1,
 // 2t + 8, 2t + 9 that lane t of a B fragment holds sit together at 4t, so one 8-byte load
