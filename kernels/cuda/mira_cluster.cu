@@ -710,25 +710,37 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
     mark(kTraceWeights);
   }
   // Targets w_j E_ij / sum_l w_l E_il of this block's columns (E in f32, or the split copy).
-  for (int idx = tid; idx < nq; idx += blockDim.x) {
-    const int i = idx / quads, q = idx % quads, col = col0 + q * kVec;
-    if (col >= K) continue;
-    float e[kVec];
-    if constexpr (kRounded) {
-      split(i, q, e);
-    } else {
-      cache(i, q, e);
-    }
-    const float r = s.rinv[i];
-    const float4 w = reinterpret_cast<const float4*>(s.w)[q];
-    const float t[kVec] = {w.x * e[0] * r, w.y * e[1] * r, w.z * e[2] * r, w.w * e[3] * r};
-    float* trow = cr.targets + static_cast<size_t>(i) * K;
-    if (a.vec_logits) {
-      *reinterpret_cast<float4*>(trow + col) = make_float4(t[0], t[1], t[2], t[3]);
-    } else {
+  // Four elements' loads per thread before their stores: the split copy's low halves come from
+  // L2, and the compiler may not move a load above a store to the targets (both global).
+  constexpr int kTargetBatch = 4;
+  for (int idx0 = tid; idx0 < nq; idx0 += kTargetBatch * blockDim.x) {
+    float e[kTargetBatch][kVec] = {};  // (read only where loaded)
 #pragma unroll
-      for (int u = 0; u < kVec; ++u)
-        if (col + u < K) trow[col + u] = t[u];
+    for (int k = 0; k < kTargetBatch; ++k) {
+      const int idx = idx0 + k * blockDim.x;
+      if (idx >= nq || col0 + (idx % quads) * kVec >= K) continue;
+      if constexpr (kRounded) {
+        split(idx / quads, idx % quads, e[k]);
+      } else {
+        cache(idx / quads, idx % quads, e[k]);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kTargetBatch; ++k) {
+      const int idx = idx0 + k * blockDim.x;
+      const int i = idx / quads, q = idx % quads, col = col0 + q * kVec;
+      if (idx >= nq || col >= K) continue;
+      const float r = s.rinv[i];
+      const float4 w = reinterpret_cast<const float4*>(s.w)[q];
+      const float t[kVec] = {w.x * e[k][0] * r, w.y * e[k][1] * r, w.z * e[k][2] * r, w.w * e[k][3] * r};
+      float* trow = cr.targets + static_cast<size_t>(i) * K;
+      if (a.vec_logits) {
+        *reinterpret_cast<float4*>(trow + col) = make_float4(t[0], t[1], t[2], t[3]);
+      } else {
+#pragma unroll
+        for (int u = 0; u < kVec; ++u)
+          if (col + u < K) trow[col + u] = t[u];
+      }
     }
   }
   mark(kTraceLast);
