@@ -250,7 +250,7 @@ void mira_cluster_twin(const float* logits, float* targets, int64_t N, int64_t K
     hi = round_h(x);
     lo = round_h((x - hi) * 2048.f);
   };
-  if (mma && 0 < exact_from)
+  if (mma)  // pass 0 is never on the split copy (exact_from >= 1)
     for (int b = 0; b < size; ++b) {
       mma_rows[b] = 1;
       const bool any = static_cast<int64_t>(b) * cols < K;

@@ -124,7 +124,7 @@ ClusterShape cluster_layout(int rows, int K, int size, int te_bytes, int groups,
   s.groups = groups;
   s.cols = static_cast<int>(ceil_div(ceil_div(K, size), 4) * 4);
   const int quads = s.cols / 4;
-  s.subsets = std::max(1, std::min(kClusterBlock / quads, rows));
+  s.subsets = cluster_subsets(quads, rows);
   mma = mma && te_bytes == 2;
   // E (rows x cols, 16-byte aligned), then the row partials, row maxima (both read by the
   // cluster), row inverses and row maxima (rows each, rounded up to 16 bytes), the weights
@@ -132,12 +132,12 @@ ClusterShape cluster_layout(int rows, int K, int size, int te_bytes, int groups,
   // The tensor-core layout: E (rows16 x ld), the four row arrays of rows16, the weights and
   // max(subsets, groups, chunks) rows of the column sums over cols16, then the halves of the
   // B operands: the weights' hi and lo (cols16 each), the row inverses' (rows16 each).
-  const long long r4 = ceil_div(rows, mma ? kMmaTile : 4) * (mma ? kMmaTile : 4);
-  const long long c16 = mma ? ceil_div(s.cols, kMmaTile) * kMmaTile : s.cols;
+  const long long r4 = cluster_rows_padded(rows, mma);
+  const long long c16 = cluster_cols_padded(s.cols, mma);
   s.ld = mma ? static_cast<int>(c16) + kMmaRowPad : s.cols;
   s.mma_chunks = mma ? mma_chunks(static_cast<int>(c16 / kMmaTile), static_cast<int>(r4 / kMmaTile)) : 0;
   const long long e_bytes = ceil_div((mma ? r4 : rows) * s.ld * te_bytes, 16) * 16;
-  const long long red_rows = std::max({s.subsets, groups, s.mma_chunks});
+  const long long red_rows = cluster_red_rows(s.subsets, groups, s.mma_chunks);
   s.smem = e_bytes + 4 * (4 * r4 + c16 + red_rows * c16) + (mma ? 2 * (2 * c16 + 2 * r4) : 0);
   return s;
 }

@@ -82,6 +82,23 @@ struct ClusterShape {
 constexpr int kMmaTile = 16;
 constexpr int kMmaRowPad = 8;
 constexpr int kClusterWarps = kClusterBlock / 32;
+// A block's layout extents, shared by cluster_layout and the kernel's shared-memory map
+// (constexpr: device code calls them too). Rows of the row arrays: a multiple of 4, or of a
+// tile with the tensor-core layout; columns of the weights and column sums: cols, or whole
+// tiles; the column sums' row subsets (threads are column quad x subset) and the rows of the
+// buffer that holds the subsets', groups' or row chunks' sums.
+constexpr int cluster_rows_padded(int rows, bool mma) {
+  return mma ? (rows + kMmaTile - 1) / kMmaTile * kMmaTile : (rows + 3) / 4 * 4;
+}
+constexpr int cluster_cols_padded(int cols, bool mma) {
+  return mma ? (cols + kMmaTile - 1) / kMmaTile * kMmaTile : cols;
+}
+constexpr int cluster_subsets(int quads, int rows) {
+  return kClusterBlock / quads < rows ? (kClusterBlock / quads > 1 ? kClusterBlock / quads : 1) : (rows > 1 ? rows : 1);
+}
+constexpr int cluster_red_rows(int subsets, int groups, int mma_chunks) {
+  return subsets > groups ? (subsets > mma_chunks ? subsets : mma_chunks) : (groups > mma_chunks ? groups : mma_chunks);
+}
 // The row chunks of the column sums on tensor cores: col_tiles x chunks units of work over the
 // block's warps, each a chunk's row tiles in order; the fewest chunks of the least work per warp.
 int mma_chunks(int col_tiles, int row_tiles);

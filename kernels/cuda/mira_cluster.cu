@@ -85,8 +85,8 @@ struct Smem {
 template <typename TE>
 __device__ __forceinline__ Smem<TE> smem_layout(unsigned char* base, int rows, int cols, int ld, bool mma,
                                                 int red_rows) {
-  const int r4 = mma ? (rows + 15) / 16 * 16 : (rows + 3) / 4 * 4;
-  const int c16 = mma ? (cols + 15) / 16 * 16 : cols;
+  const int r4 = plan_model::cluster_rows_padded(rows, mma);
+  const int c16 = plan_model::cluster_cols_padded(cols, mma);
   const size_t e_bytes = (static_cast<size_t>(mma ? r4 : rows) * ld * sizeof(TE) + 15) / 16 * 16;
   Smem<TE> s;
   s.E = reinterpret_cast<TE*>(base);
@@ -434,13 +434,13 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
   const int size = a.cluster, cols = a.cluster_cols, quads = cols / kVec, G = a.cluster_groups;
   const int K = a.K, rows = cr.rows;
   const int rank = static_cast<int>(cl.block_rank()), col0 = rank * cols;
-  const int subsets = max(1, min(static_cast<int>(blockDim.x) / quads, a.rows_per_block));
+  const int subsets = plan_model::cluster_subsets(quads, a.rows_per_block);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   auto mark = [&](int k) { trace_mark(a, ph, k); };
   // The f16 copy's sweeps on tensor cores: E, the weights and the row inverses padded to tiles
   // of 16 (c16 columns, r16 rows), the pads zero.
   const bool mma = kRounded && a.cluster_mma > 0;
-  const int c16 = mma ? (cols + 15) / 16 * 16 : cols, r16 = mma ? (rows + 15) / 16 * 16 : rows;
+  const int c16 = plan_model::cluster_cols_padded(cols, mma), r16 = plan_model::cluster_rows_padded(rows, mma);
   const int ld = a.cluster_ld;
   const CacheE<TE> cache{s.E, ld};
   const ExactE<TIn> exact{cr.logits, s.rmax, K, col0, a.k2, a.vec_logits};
@@ -553,7 +553,7 @@ __device__ __forceinline__ void cluster_view(const FusedArgs& a, cg::cluster_gro
   bool mma_rows = false;  // this pass's row sums on tensor cores
   float wunscale = 1.f;
   if constexpr (kRounded) {
-    if (mma && 0 < a.exact_from) {
+    if (mma) {  // pass 0 is never on the split copy (exact_from >= 1)
       mma_rows = true;
       const float sc = col0 < K ? 0x1p14f : 1.f;
       wunscale = col0 < K ? 0x1p-14f : 1.f;
@@ -762,7 +762,8 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
   if (blockDim.x != kBlock || cl.num_blocks() != static_cast<unsigned>(a.cluster)) __trap();
   const bool mma_layout = std::is_same<TE, __half>::value && a.cluster_mma > 0;
   const int quads = a.cluster_cols / kVec;
-  const int red_rows = max(max(max(1, min(kBlock / quads, a.rows_per_block)), a.cluster_groups), a.cluster_mma);
+  const int red_rows = plan_model::cluster_red_rows(plan_model::cluster_subsets(quads, a.rows_per_block),
+                                                    a.cluster_groups, a.cluster_mma);
   const Smem<TE> s = smem_layout<TE>(smem_raw, a.rows_per_block, a.cluster_cols, a.cluster_ld, mma_layout, red_rows);
   // Clusters are (view slot, row group) pairs: views_per_group views side by side, each over
   // cluster_groups clusters of rows_per_block rows; the view groups one after another.
