@@ -119,15 +119,18 @@ Tensor sinkhorn_cpu(const Tensor& logits, double eps, int iters, Communicator& c
 
 #ifdef MIRA_HAS_CUDA
 
-// Plans depend only on the shape, the options and the device; computing one queries the
-// device and the kernel's occupancy, so they are kept per key for the life of the process.
+// Plans depend only on the shape, the iteration count (the plan model's cost), the options the
+// op sets and the device; computing one queries the device and the kernel's occupancy, so they
+// are kept per key for the life of the process. Every MiraPlanOptions field the op sets is in
+// the key: a plan cached for one setting must never serve another.
 cuda::MiraPlan cached_plan(const cuda::MiraProblem& p, cuda::MiraVariant variant, const cuda::MiraPlanOptions& o,
                            int device) {
-  using Key = std::tuple<int, int, int, int, bool, int, int, int, bool>;
+  using Key = std::tuple<int, int, int, int, int, bool, int, int, int, bool, bool>;
   static std::mutex mu;
   static std::map<Key, cuda::MiraPlan> plans;
   const int cache = static_cast<int>(o.cache);
-  const Key key{device, p.V, p.N, p.K, p.logits_bf16, static_cast<int>(variant), cache, o.exact_passes, o.cluster};
+  const Key key{device,         p.V,       p.N,          p.K, p.iters, p.logits_bf16, static_cast<int>(variant), cache,
+                o.exact_passes, o.cluster, o.cluster_mma};
   std::lock_guard<std::mutex> lock(mu);
   auto it = plans.find(key);
   if (it == plans.end()) it = plans.emplace(key, cuda::mira_plan(p, variant, o)).first;

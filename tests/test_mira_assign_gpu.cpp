@@ -490,6 +490,25 @@ TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {
                    "op, cluster plan"));
   }
   CHECK(allclose(mira_assign(a.to(dev), kTau, kBeta, 30).to_vector(), reference(a), kGpuTol, "op, default plan"));
+  {
+    // The tensor-core sweeps through the op: another plan than the cluster plan's f16 sweeps on
+    // the fused multiply-adds (other bits where the device has clusters), as close to the
+    // reference. Both go through the op's plan cache, which must keep them apart.
+    AssignOptions o;
+    o.cluster_plan = true;
+    o.working_copy = AssignWorkingCopy::F16;
+    o.exact_passes = 3;
+    const auto ffma = mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector();
+    o.cluster_mma = true;
+    const auto mma = mira_assign(a.to(dev), kTau, kBeta, 30, local_comm(), nullptr, o).to_vector();
+    CHECK(allclose(mma, reference(a), kGpuTol, "op, cluster plan on tensor cores"));
+    cuda::MiraProblem p;
+    p.N = static_cast<int>(N), p.K = static_cast<int>(K), p.iters = 30;
+    cuda::MiraPlanOptions po;
+    po.cache = cuda::MiraCache::F16, po.exact_passes = 3, po.cluster = true, po.cluster_mma = true;
+    if (cuda::mira_plan(p, cuda::MiraVariant::Fused, po).cluster_mma > 0)
+      CHECK_MESSAGE(mma != ffma, "the op's plan cache gave the FFMA plan for cluster_mma");
+  }
   // The op's working-copy options: the CUDA kernel against the CPU op with the same options.
   for (AssignWorkingCopy copy : {AssignWorkingCopy::F16, AssignWorkingCopy::BF16}) {
     AssignOptions o;
