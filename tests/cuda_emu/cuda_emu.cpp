@@ -78,6 +78,7 @@ constexpr size_t kStack = 512 * 1024;
 constexpr size_t kStack = 64 * 1024;
 #endif
 constexpr uint64_t kCanary = 0x6d6972615f656d75ull;
+constexpr unsigned char kSmemGuard = 0xa5;
 constexpr uintptr_t kTlsSpan = 4u << 20;  // static TLS below the thread pointer, searched for shared memory
 constexpr auto kWaitLimit = std::chrono::seconds(120);
 
@@ -362,6 +363,9 @@ void run_block(Launch* L, unsigned id) {
     }
     b.live = static_cast<int>(n);
     std::memset(dynamic_smem(), 0xff, L->cfg.smem);  // NaN floats: what no thread wrote
+    // Past what the launch asked for: a guard pattern, checked when the block ends (a GPU
+    // faults on a shared-memory address beyond the block's allocation).
+    std::memset(dynamic_smem() + L->cfg.smem, kSmemGuard, dynamic_smem_size() - L->cfg.smem);
     b.cl->tp[b.rank] = thread_pointer();
     // The order the threads run in between barriers (set_schedule): a kernel whose result
     // depends on it reads what another thread writes without a barrier between.
@@ -400,6 +404,11 @@ void run_block(Launch* L, unsigned id) {
       // Every thread that ran only polled a flag: leave the cores to the blocks that write.
       if (runs > 0 && b.spun == runs) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+    if (!L->abort)
+      for (size_t k = L->cfg.smem; k < dynamic_smem_size(); ++k)
+        if (dynamic_smem()[k] != kSmemGuard)
+          throw Error("a write past the block's dynamic shared memory (byte " + std::to_string(k) + " of " +
+                      std::to_string(L->cfg.smem) + " asked for)");
   } catch (const std::exception& e) {
     L->fail(std::string("block ") + std::to_string(id) + ": " + e.what());
   }
@@ -434,6 +443,8 @@ float half_of(unsigned reg, int k) {  // element k (0: low 16 bits) of a registe
 void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
   const int l = lane_id(), g = l / 4, t = l % 4;
   const uint64_t me = reinterpret_cast<uintptr_t>(p);
+  // The PTX ISA: each row address 16-byte aligned (a GPU faults with a misaligned address).
+  if (me % 16 != 0) trap("ldmatrix: a row address that is not 16-byte aligned");
   for (int i = 0; i < 4; ++i) {
     if (!trans) {
       const void* row = reinterpret_cast<const void*>(warp_exchange(0xffffffffu, me, 8 * i + g, kSiteLdmatrix));

@@ -411,6 +411,19 @@ void dsmem_ring(int* out, bool barrier_first) {
   cl.sync();
 }
 
+void smem_write(int* out, int byte) {
+  unsigned char* smem = emu::dynamic_smem();
+  if (threadIdx.x == 0) smem[byte] = 1;
+  __syncthreads();
+  out[threadIdx.x] = smem[0];
+}
+void ldmatrix_at(int* out, int offset) {
+  alignas(16) static thread_local __half tile[32 * 8 + 8];
+  unsigned r[4];
+  emu::ldmatrix_x4(r, tile + offset + 8 * (threadIdx.x % 32), false);
+  out[threadIdx.x] = static_cast<int>(r[0] & 1);
+}
+
 }  // namespace
 
 TEST_CASE("cuda_emu: the emulator runs shuffles and DSMEM as a GPU does, and refuses what a GPU would not run") {
@@ -431,6 +444,16 @@ TEST_CASE("cuda_emu: the emulator runs shuffles and DSMEM as a GPU does, and ref
   CHECK_THROWS_AS(emu::launch(cfg, divergent_shuffle, out.data()), emu::Error);
   cfg.grid = 4, cfg.block = 32, cfg.cluster = 4;
   CHECK_THROWS_AS(emu::launch(cfg, dsmem_ring, out.data(), false), emu::Error);
+  // Shared memory past what the launch asked for, and ldmatrix rows off 16 bytes: both fault
+  // on a GPU.
+  cfg.grid = 2, cfg.block = 32, cfg.cluster = 1, cfg.smem = 64;
+  CHECK_NOTHROW(emu::launch(cfg, smem_write, out.data(), 63));
+  CHECK_THROWS_WITH_AS(emu::launch(cfg, smem_write, out.data(), 64), doctest::Contains("past the block's dynamic"),
+                       emu::Error);
+  cfg.grid = 1, cfg.smem = 0;
+  CHECK_NOTHROW(emu::launch(cfg, ldmatrix_at, out.data(), 0));
+  CHECK_NOTHROW(emu::launch(cfg, ldmatrix_at, out.data(), 8));
+  CHECK_THROWS_WITH_AS(emu::launch(cfg, ldmatrix_at, out.data(), 4), doctest::Contains("16-byte aligned"), emu::Error);
 }
 
 TEST_CASE("cuda_emu: the cluster kernel gives the same bits whatever order its threads run in") {
