@@ -3,7 +3,6 @@
 // precomputed .npy arrays, or from a baseline: raw pixels (--features pixels) or the
 // architecture at its seeded initialisation (--random-init).
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -167,10 +166,7 @@ int run(int argc, char** argv) {
     j["precision"] = precision;
     j["results"] = nlohmann::json::array();
     for (const KnnScore& s : r.scores) j["results"].push_back({{"k", s.k}, {"top1", s.top1}, {"top5", s.top5}});
-    std::ofstream out(p.str("json"));
-    MIRA_CHECK(out.good(), "--json: cannot write '", p.str("json"), "'");
-    out << j.dump(2) << "\n";
-    MIRA_CHECK(out.good(), "--json: write to '", p.str("json"), "' failed");
+    write_output_file("--json", p.str("json"), j.dump(2) + "\n");
   }
   return 0;
 }

@@ -4,7 +4,6 @@
 // .npy features); the semi-supervised protocol with --train-fraction / --train-list and
 // --backbone-lr (fine-tuning). Prints top-1 / top-5 per epoch and at the end.
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -164,10 +163,7 @@ int run(int argc, char** argv) {
       }
       j["per_epoch"].push_back(o);
     }
-    std::ofstream out(p.str("json"));
-    MIRA_CHECK(out.good(), "--json: cannot write '", p.str("json"), "'");
-    out << j.dump(2) << "\n";
-    MIRA_CHECK(out.good(), "--json: write to '", p.str("json"), "' failed");
+    write_output_file("--json", p.str("json"), j.dump(2) + "\n");
   }
   return 0;
 }

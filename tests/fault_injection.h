@@ -91,13 +91,6 @@ inline int run_to_end(const std::vector<std::string>& argv, const ChildOptions& 
   return wait_child(spawn(argv, o));
 }
 
-inline std::string slurp_text(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // The largest step among the complete lines of metrics.jsonl (0 when none).
 inline int64_t last_logged_step(const fs::path& metrics) {
   std::ifstream in(metrics);

@@ -54,10 +54,7 @@ struct Run {
 Run run(const std::string& cmd) {
   const std::string log = (workdir() / "log.txt").string();
   const int st = std::system((cmd + " >" + log + " 2>&1").c_str());
-  std::ifstream f(log);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, ss.str()};
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, testing::slurp_text(log)};
 }
 
 void write_be32(std::ofstream& f, uint32_t v) {
@@ -138,6 +135,22 @@ TEST_CASE("mira_features -> mira_knn / mira_linear on .npy, and the same from da
     CHECK(j["results"][i]["top1"].get<double>() == doctest::Approx(ref.scores[i].top1));
     CHECK(j["results"][i]["top5"].get<double>() == doctest::Approx(ref.scores[i].top5));
   }
+  // A full disk while writing --json (no file may grow: RLIMIT_FSIZE 0, SIGXFSZ ignored, so
+  // writes fail with EFBIG): the app fails naming the option, the earlier file stays whole and
+  // no temp file is left. The output goes through a pipe, which the limit does not cover.
+  auto full_disk = [&](const std::string& cmd, const std::string& json) {
+    const std::string before = testing::slurp_text(path(json));
+    const Run f =
+        run("( trap '' XFSZ; ulimit -f 0; " + cmd + " --json " + path(json) + "; echo \"rc=$?\" ) 2>&1 | cat");
+    INFO(f.out);
+    CHECK(f.out.find("rc=1") != std::string::npos);
+    CHECK(f.out.find("--json: cannot write '" + path(json) + "'") != std::string::npos);
+    CHECK(testing::slurp_text(path(json)) == before);
+    for (const auto& e : fs::directory_iterator(workdir()))
+      CHECK_MESSAGE(e.path().filename().string().find(".tmp.") == std::string::npos, e.path());
+  };
+  full_disk(app("mira_knn") + npy_args + " --k 5 --device cpu", "knn.json");
+
   // Straight from the datasets with the same random init: the same numbers.
   r = run(app("mira_knn") + " --random-init --arch resnet_tiny --seed 4 --device cpu --train-data " + data +
           " --test-data " + data + " --k 5,20 --json " + path("knn2.json"));
@@ -170,6 +183,10 @@ TEST_CASE("mira_features -> mira_knn / mira_linear on .npy, and the same from da
   const nlohmann::json l = read_json(workdir() / "lin.json");
   CHECK(l["per_epoch"].size() == 10);
   CHECK(l["top1"].get<double>() >= 95.0);
+  full_disk(app("mira_linear") + " --train-features " + path("pix_train_features.npy") + " --train-labels " +
+                path("pix_train_labels.npy") + " --test-features " + path("pix_test_features.npy") + " --test-labels " +
+                path("pix_test_labels.npy") + " --epochs 1 --batch 32 --device cpu",
+            "lin.json");
   r = run(app("mira_linear") + " --random-init --arch resnet_tiny --device cpu --train-data " + data + " --test-data " +
           data + " --epochs 1 --batch 64 --train-fraction 0.2 --json " + path("lin2.json"));
   INFO(r.out);

@@ -97,11 +97,20 @@ inline bool allclose(const Tensor& got, const Tensor& ref, Tol tol, const std::s
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "engine/autograd.h"
 #include "engine/rng.h"
 
 namespace mira::testing {
+
+// A file's whole text ("" when it cannot be read).
+inline std::string slurp_text(const std::filesystem::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
 
 // Writes train-{images-idx3,labels-idx1}-ubyte into dir: n 28x28 images of 4 classes, a bright
 // quadrant per class over a varying background (enough structure to train on, no download).

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/safetensors.h"
 
 namespace mira::apps {
 
@@ -133,6 +134,14 @@ std::string ArgParser::usage() const {
   }
   os << "  --help                  print this help\n";
   return os.str();
+}
+
+void write_output_file(const std::string& option, const std::string& path, const std::string& text) {
+  try {
+    write_file_atomic(path, text);
+  } catch (const std::exception& e) {
+    MIRA_FAIL(option, ": cannot write '", path, "' (", e.what(), ")");
+  }
 }
 
 int run_main(const std::function<int()>& body) {

@@ -47,6 +47,11 @@ class ArgParser {
 int64_t parse_int(const std::string& s, const std::string& what);
 double parse_double(const std::string& s, const std::string& what);
 
+// Writes an output file the user named with `option` (e.g. "--json") as a whole or not at all:
+// a temp file next to it, then a rename, so a full disk leaves any earlier file at that path
+// intact. The error names the option and the reason.
+void write_output_file(const std::string& option, const std::string& path, const std::string& text);
+
 // Runs body; mira::Error and std::exception become "error: <message>" and exit code 1.
 int run_main(const std::function<int()>& body);
 
