@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "engine/error.h"
+#include "engine/safetensors.h"
 
 namespace mira {
 
@@ -318,7 +319,11 @@ NpyArray npy_read(const std::string& path) {
   return a;
 }
 
-std::vector<uint8_t> npy_serialize(NpyType type, const std::vector<int64_t>& shape, const void* data) {
+namespace {
+
+// The header of an .npy file holding `shape` of `type` (magic, version, length, the dict padded
+// so that the data starts on a 64-byte boundary); *bytes: the data's size.
+std::string npy_header(NpyType type, const std::vector<int64_t>& shape, const void* data, size_t* bytes_out) {
   size_t numel = 1;
   for (int64_t d : shape) {
     MIRA_CHECK(d >= 0, "npy_write: negative dimension ", d);
@@ -343,6 +348,15 @@ std::vector<uint8_t> npy_serialize(NpyType type, const std::vector<int64_t>& sha
   head += '\0';
   for (size_t b = 0; b < (v2 ? 4u : 2u); ++b) head += static_cast<char>((hlen >> (8 * b)) & 0xff);
   head += dict;
+  *bytes_out = bytes;
+  return head;
+}
+
+}  // namespace
+
+std::vector<uint8_t> npy_serialize(NpyType type, const std::vector<int64_t>& shape, const void* data) {
+  size_t bytes = 0;
+  const std::string head = npy_header(type, shape, data, &bytes);
   std::vector<uint8_t> out(head.size() + bytes);
   std::memcpy(out.data(), head.data(), head.size());
   if (bytes) std::memcpy(out.data() + head.size(), data, bytes);
@@ -350,16 +364,15 @@ std::vector<uint8_t> npy_serialize(NpyType type, const std::vector<int64_t>& sha
 }
 
 void npy_write(const std::string& path, NpyType type, const std::vector<int64_t>& shape, const void* data) {
-  const std::vector<uint8_t> bytes = npy_serialize(type, shape, data);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    MIRA_CHECK(f.good(), "npy_write: cannot open '", tmp, "'");
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    f.flush();
-    MIRA_CHECK(f.good(), "npy_write: write error on '", tmp, "'");
+  size_t bytes = 0;
+  const std::string head = npy_header(type, shape, data, &bytes);
+  // Header and data straight from the caller's buffer (no copy of the array), through a temp
+  // file, fsync and rename: a failed write leaves any earlier file at `path` as it was.
+  try {
+    write_file_atomic(path, {{head.data(), head.size()}, {static_cast<const char*>(data), bytes}});
+  } catch (const std::exception& e) {
+    MIRA_FAIL("npy_write: cannot write '", path, "' (", e.what(), ")");
   }
-  MIRA_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "npy_write: cannot rename '", tmp, "' to '", path, "'");
 }
 
 Tensor npy_to_tensor(const NpyArray& a) {

@@ -95,6 +95,10 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   atomic_write_pieces(path, {{bytes.data(), bytes.size()}});
 }
 
+void write_file_atomic(const std::string& path, const std::vector<std::pair<const char*, size_t>>& pieces) {
+  atomic_write_pieces(path, pieces);
+}
+
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();

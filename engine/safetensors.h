@@ -28,7 +28,10 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
 // unsupported dtype are errors naming the entry.
 SafetensorsFile load_safetensors(const std::string& path);
 
-// Atomically replaces `path` with `bytes` (the same temp + fsync + rename protocol).
+// Atomically replaces `path` with `bytes` (the same temp + fsync + rename protocol: a failed
+// write removes its temp file and leaves any earlier file at `path` as it was).
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// The same with the bytes in pieces (pointer, size), written in order without a copy.
+void write_file_atomic(const std::string& path, const std::vector<std::pair<const char*, size_t>>& pieces);
 
 }  // namespace mira

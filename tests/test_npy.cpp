@@ -2,8 +2,14 @@
 // NumPy .npy reading and writing: round trips of every supported dtype, headers as NumPy
 // writes them (versions 1-3, Python 2 longs, scalar shapes), and malformed, hostile or
 // truncated files, each of which must be a clean mira::Error.
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -220,4 +226,46 @@ TEST_CASE("npy: malformed, hostile and truncated input is a clean error") {
     CHECK(std::string(e.what()).find(temp_path("cut")) != std::string::npos);
   }
   std::remove(temp_path("cut").c_str());
+}
+
+TEST_CASE("npy: a write that fails (a full disk) leaves the earlier file whole and no temp file") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("test_npy_full_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string path = (dir / "a.npy").string();
+  const std::vector<float> old = {1, 2, 3};
+  npy_write(path, NpyType::F32, {3}, old.data());
+  const std::string before = testing::slurp_text(path);
+  // A child whose files may not grow past 100 bytes (SIGXFSZ ignored: writes fail with EFBIG).
+  const std::vector<float> big(1000, 0.5f);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const rlimit lim{100, 100};
+    ::signal(SIGXFSZ, SIG_IGN);
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(3);
+    try {
+      npy_write(path, NpyType::F32, {1000}, big.data());
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      ::_exit(msg.find("npy_write: cannot write '" + path + "'") != std::string::npos &&
+                      msg.find("File too large") != std::string::npos
+                  ? 1
+                  : 2);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK_MESSAGE(WEXITSTATUS(status) == 1,
+                "0: the write succeeded; 2: its error lacks the path or reason; 3: no rlimit");
+  CHECK(testing::slurp_text(path) == before);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.path().filename() == "a.npy" ? 0 : 1;
+  CHECK(files == 0);
+  // Without the limit the same write replaces the file.
+  npy_write(path, NpyType::F32, {1000}, big.data());
+  CHECK(npy_read_tensor(path).numel() == 1000);
+  fs::remove_all(dir);
 }
