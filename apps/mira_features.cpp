@@ -28,6 +28,9 @@ int run(int argc, char** argv) {
       .option("device", "auto | cpu | cuda | cuda:N", "auto");
   if (!p.parse(argc, argv)) return 0;
   MIRA_CHECK(p.has("data") != p.has("npy"), "give exactly one of --data and --npy");
+  // The outputs before the features are computed (minutes to hours on a large dataset).
+  check_output_path("--out", p.str("out"));
+  if (p.has("labels-out")) check_output_path("--labels-out", p.str("labels-out"));
   const Device device = parse_device(p.str("device"));
   const BackboneOptions bo = backbone_args(p, device);
   const int64_t batch = p.integer("batch");

@@ -2,6 +2,8 @@
 // are in apps/common/knn.h). Features come from a checkpoint's backbone on two datasets, from
 // precomputed .npy arrays, or from a baseline: raw pixels (--features pixels) or the
 // architecture at its seeded initialisation (--random-init).
+#include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <sstream>
 
@@ -52,6 +54,22 @@ int run(int argc, char** argv) {
   const DType dt = precision == "f64" ? DType::F64 : DType::F32;
   const std::string mode = p.str("features");
   MIRA_CHECK(mode == "backbone" || mode == "pixels", "--features must be backbone or pixels, not '", mode, "'");
+  // The vote's settings and the output paths before any feature is computed (minutes to hours
+  // on a large dataset).
+  KnnConfig cfg;
+  cfg.ks.clear();
+  for (int64_t k : p.integers("k")) {
+    MIRA_CHECK(k >= 1 && k <= INT32_MAX, "--k: each k must be a positive integer, got ", k);
+    cfg.ks.push_back(static_cast<int>(k));
+  }
+  cfg.temperature = p.number("temperature");
+  cfg.num_classes = static_cast<int>(p.integer("num-classes"));
+  cfg.test_block = p.integer("test-block");
+  cfg.train_chunk = p.integer("train-chunk");
+  check_knn_config(cfg);
+  for (const char* out : {"json", "predictions-out"})
+    if (p.has(out)) check_output_path(std::string("--") + out, p.str(out));
+  if (p.has("save-features")) check_output_path("--save-features", p.str("save-features") + "_train_features.npy");
 
   const bool from_npy = p.has("train-features") || p.has("test-features");
   Tensor train, test;
@@ -75,6 +93,9 @@ int run(int argc, char** argv) {
     auto test_ds = open_split(p.str("test-data"), p.str("data-format"), data::Split::Test, "--test-data");
     ytr = dataset_labels(*train_ds);
     yte = dataset_labels(*test_ds);
+    const int kmax = *std::max_element(cfg.ks.begin(), cfg.ks.end());
+    MIRA_CHECK(kmax <= static_cast<int64_t>(ytr.size()), "--k: k = ", kmax, " but --train-data has only ", ytr.size(),
+               " images");
     if (mode == "pixels") {
       MIRA_CHECK(!p.has("checkpoint") && !p.flag_set("random-init"), "--features pixels takes no backbone");
       std::vector<double> mean, sd;
@@ -129,13 +150,6 @@ int run(int argc, char** argv) {
     write_labels_npy(pre + "_test_labels.npy", yte);
   }
 
-  KnnConfig cfg;
-  cfg.ks.clear();
-  for (int64_t k : p.integers("k")) cfg.ks.push_back(static_cast<int>(k));
-  cfg.temperature = p.number("temperature");
-  cfg.num_classes = static_cast<int>(p.integer("num-classes"));
-  cfg.test_block = p.integer("test-block");
-  cfg.train_chunk = p.integer("train-chunk");
   if (train.dtype() != dt) train = train.to(dt);
   if (test.dtype() != dt) test = test.to(dt);
   if (device.is_cuda()) {

@@ -20,16 +20,27 @@ using namespace mira::apps;
 
 namespace {
 
+// --l2-grid: the coefficients --transfer tries (non-negative, at least one).
+std::vector<double> l2_grid(const ArgParser& p) {
+  std::vector<double> grid;
+  std::stringstream ss(p.str("l2-grid"));
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    grid.push_back(parse_double(item, "--l2-grid"));
+    MIRA_CHECK(grid.back() >= 0, "--l2-grid: coefficients must be >= 0, got ", grid.back());
+  }
+  MIRA_CHECK(!grid.empty(), "--l2-grid: no coefficient given");
+  const double vf = p.number("val-fraction");
+  MIRA_CHECK(vf > 0 && vf < 1, "--val-fraction must be in (0, 1), got ", vf);
+  return grid;
+}
+
 // The cached-feature probe, or with --transfer the logistic-regression protocol.
 LinearProbeResult probe_cached(const ArgParser& p, const Tensor& xtr, const std::vector<int64_t>& ytr,
                                const Tensor& xte, const std::vector<int64_t>& yte, const LinearProbeConfig& cfg,
                                Device device, std::string& mode, nlohmann::json& tj) {
   if (!p.flag_set("transfer")) return linear_probe_features(xtr, ytr, xte, yte, cfg, device);
-  std::vector<double> grid;
-  std::stringstream ss(p.str("l2-grid"));
-  std::string item;
-  while (std::getline(ss, item, ',')) grid.push_back(parse_double(item, "--l2-grid"));
-  TransferResult t = transfer_logreg(xtr, ytr, xte, yte, grid, p.number("val-fraction"), cfg, device);
+  TransferResult t = transfer_logreg(xtr, ytr, xte, yte, l2_grid(p), p.number("val-fraction"), cfg, device);
   mode += ", transfer";
   tj["best_l2"] = t.best_l2;
   tj["held_out"] = nlohmann::json::array();
@@ -80,6 +91,11 @@ int run(int argc, char** argv) {
   cfg.num_classes = static_cast<int>(p.integer("num-classes"));
   cfg.seed = static_cast<uint64_t>(p.integer("probe-seed"));
   cfg.eval_every = static_cast<int>(p.integer("eval-every"));
+  // Settings and output paths before any feature is computed.
+  check_linear_probe_config(cfg);
+  for (const char* out : {"json", "save-classifier"})
+    if (p.has(out)) check_output_path(std::string("--") + out, p.str(out));
+  if (p.flag_set("transfer")) l2_grid(p);
 
   const bool from_npy = p.has("train-features") || p.has("test-features");
   const double fraction = p.number("train-fraction");

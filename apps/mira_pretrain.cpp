@@ -204,7 +204,11 @@ int run(int argc, char** argv) {
   const bool lead = comm.rank() == 0;
   const std::string run_dir = args.str("out");
   if (lead) {
-    fs::create_directories(checkpoint_dir(run_dir));
+    std::error_code ec;
+    MIRA_CHECK(!fs::exists(run_dir, ec) || fs::is_directory(run_dir, ec), "--out '", run_dir,
+               "' exists and is not a folder (the run directory holds config, metrics and checkpoints)");
+    fs::create_directories(checkpoint_dir(run_dir), ec);
+    MIRA_CHECK(!ec, "--out: cannot create the run directory '", checkpoint_dir(run_dir), "': ", ec.message());
     if (const int stale = remove_stale_temp_files(run_dir)) {
       std::fprintf(stderr, "removed %d unfinished checkpoint file(s) left by an interrupted write\n", stale);
     }

@@ -245,6 +245,40 @@ TEST_CASE("the apps reject bad input with clear errors") {
           " --out " + path("x.npy"));
   CHECK(r.rc == 1);
   CHECK(r.out.find("no online backbone") != std::string::npos);
+  // Bad settings and outputs that cannot be written fail before any feature is computed (no
+  // progress line "... features: n/150 (p%)" shows).
+  const std::string ds = " --random-init --arch resnet_tiny --device cpu --train-data " + data + " --test-data " + data;
+  const std::string no_dir = path("no_such_dir") + "/out";
+  const std::pair<std::string, std::string> early[] = {
+      {app("mira_knn") + ds + " --k abc", "--k: 'abc' is not an integer"},
+      {app("mira_knn") + ds + " --k 5,0", "--k: each k must be a positive integer, got 0"},
+      {app("mira_knn") + ds + " --k 151", "--k: k = 151 but --train-data has only 150 images"},
+      {app("mira_knn") + ds + " --temperature 0", "temperature must be positive"},
+      {app("mira_knn") + ds + " --json " + no_dir + ".json", "--json: cannot write '" + no_dir + ".json': its folder"},
+      {app("mira_knn") + ds + " --predictions-out " + workdir().string(),
+       "--predictions-out: '" + workdir().string() + "' is a folder"},
+      {app("mira_knn") + ds + " --save-features " + no_dir, "--save-features: cannot write"},
+      {app("mira_linear") + ds + " --cached-features --epochs 0", "epochs must be >= 1"},
+      {app("mira_linear") + ds + " --cached-features --optimizer adam", "optimizer must be sgd or lars"},
+      {app("mira_linear") + ds + " --cached-features --transfer --l2-grid 0,-1",
+       "--l2-grid: coefficients must be >= 0"},
+      {app("mira_linear") + ds + " --cached-features --transfer --val-fraction 1", "--val-fraction must be in (0, 1)"},
+      {app("mira_linear") + ds + " --cached-features --json " + no_dir + ".json", "its folder"},
+      {app("mira_features") + " --random-init --arch resnet_tiny --device cpu --data " + data + " --out " + no_dir +
+           ".npy",
+       "--out: cannot write"},
+      {app("mira_features") + " --random-init --arch resnet_tiny --device cpu --data " + data + " --out " +
+           path("f.npy") + " --labels-out " + no_dir + ".npy",
+       "--labels-out: cannot write"},
+  };
+  for (const auto& [cmd, says] : early) {
+    r = run(cmd);
+    INFO(cmd);
+    INFO(r.out);
+    CHECK(r.rc == 1);
+    CHECK(r.out.find(says) != std::string::npos);
+    CHECK(r.out.find("%)") == std::string::npos);
+  }
   // Unknown options, --help.
   r = run(app("mira_linear") + " --epoch 3");
   CHECK(r.rc == 1);

@@ -122,6 +122,18 @@ TEST_CASE("bad configuration and missing data are errors") {
   CHECK(run(kApp + " --data /nonexistent --out " + (sb.dir / "bad").string()) == 1);
   CHECK(run(kApp + " --bogus-flag") == 1);
   CHECK(run(kApp + " --help") == 0);
+  // --out naming a file: an error that says so, before training, and the file untouched.
+  const fs::path file = sb.dir / "a_file";
+  std::ofstream(file) << "keep";
+  const std::string log = (sb.dir / "out_is_file.log").string();
+  const int rc = std::system((sb.cmd("a_file", "") + " >" + log + " 2>&1").c_str());
+  CHECK(WIFEXITED(rc));
+  CHECK(WEXITSTATUS(rc) == 1);
+  const std::string out = mira::testing::slurp_text(log);
+  INFO(out);
+  CHECK(out.find("--out '" + file.string() + "' exists and is not a folder") != std::string::npos);
+  CHECK(out.find("step") == std::string::npos);
+  CHECK(mira::testing::slurp_text(file) == "keep");
 }
 
 TEST_CASE("validation: keys that depend on each other, and the newer keys' values") {

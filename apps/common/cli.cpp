@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <sstream>
 
 #include "engine/error.h"
@@ -134,6 +135,17 @@ std::string ArgParser::usage() const {
   }
   os << "  --help                  print this help\n";
   return os.str();
+}
+
+void check_output_path(const std::string& option, const std::string& path) {
+  namespace fs = std::filesystem;
+  MIRA_CHECK(!path.empty(), option, ": empty path");
+  std::error_code ec;
+  const fs::path p(path);
+  MIRA_CHECK(!fs::is_directory(p, ec), option, ": '", path, "' is a folder, not a file name");
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  MIRA_CHECK(fs::is_directory(dir, ec), option, ": cannot write '", path, "': its folder '", dir.string(),
+             fs::exists(dir, ec) ? "' is not a folder" : "' does not exist");
 }
 
 void write_output_file(const std::string& option, const std::string& path, const std::string& text) {

@@ -52,6 +52,10 @@ double parse_double(const std::string& s, const std::string& what);
 // intact. The error names the option and the reason.
 void write_output_file(const std::string& option, const std::string& path, const std::string& text);
 
+// Before any long work: an output path the user named with `option` can be created (its folder
+// exists and is a folder; the path itself is not a folder). Throws mira::Error naming both.
+void check_output_path(const std::string& option, const std::string& path);
+
 // Runs body; mira::Error and std::exception become "error: <message>" and exit code 1.
 int run_main(const std::function<int()>& body);
 

@@ -124,8 +124,7 @@ KnnResult knn_classify(const Tensor& train, const std::vector<int64_t>& train_la
              train_labels.size(), " train labels");
   MIRA_CHECK(static_cast<int64_t>(test_labels.size()) == test.dim(0), "k-NN: ", test.dim(0), " test features but ",
              test_labels.size(), " test labels");
-  MIRA_CHECK(!cfg_in.ks.empty(), "k-NN: no k given");
-  MIRA_CHECK(cfg_in.temperature > 0, "k-NN: temperature must be positive");
+  check_knn_config(cfg_in);
   KnnConfig cfg = cfg_in;
   int64_t maxlabel = -1;
   for (int64_t y : train_labels) {
@@ -139,12 +138,20 @@ KnnResult knn_classify(const Tensor& train, const std::vector<int64_t>& train_la
   if (cfg.num_classes <= 0) cfg.num_classes = static_cast<int>(maxlabel + 1);
   MIRA_CHECK(maxlabel < cfg.num_classes, "k-NN: label ", maxlabel, " outside the ", cfg.num_classes, " classes");
   const int kmax = *std::max_element(cfg.ks.begin(), cfg.ks.end());
-  for (int k : cfg.ks) MIRA_CHECK(k >= 1, "k-NN: k must be positive, got ", k);
   MIRA_CHECK(kmax <= train.dim(0), "k-NN: k = ", kmax, " but the train set has only ", train.dim(0), " features");
   std::vector<double> sims;
   std::vector<int64_t> idx;
   knn_neighbours(train, test, kmax, cfg, sims, idx);
   return knn_vote(sims, idx, kmax, train_labels, test_labels, cfg);
+}
+
+void check_knn_config(const KnnConfig& cfg) {
+  MIRA_CHECK(!cfg.ks.empty(), "k-NN: no k given");
+  for (int k : cfg.ks) MIRA_CHECK(k >= 1, "k-NN: k must be positive, got ", k);
+  MIRA_CHECK(cfg.temperature > 0 && std::isfinite(cfg.temperature), "k-NN: temperature must be positive, got ",
+             cfg.temperature);
+  MIRA_CHECK(cfg.num_classes >= 0, "k-NN: num_classes must be >= 0 (0: from the labels), got ", cfg.num_classes);
+  MIRA_CHECK(cfg.test_block >= 0 && cfg.train_chunk >= 0, "k-NN: tile sizes must be >= 0 (0: automatic)");
 }
 
 std::string knn_summary(const KnnResult& r) {

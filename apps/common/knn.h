@@ -31,6 +31,10 @@ struct KnnConfig {
   size_t tile_bytes = size_t(512) << 20;  // similarity tile budget when test_block is 0
 };
 
+// Throws mira::Error for a config knn_classify would refuse whatever the data (no k, k < 1,
+// temperature not positive, negative tile sizes): apps call it before extracting features.
+void check_knn_config(const KnnConfig& cfg);
+
 struct KnnScore {
   int k = 0;
   double top1 = 0, top5 = 0;  // percent

@@ -66,13 +66,6 @@ OptimConfig optim_config(const LinearProbeConfig& cfg) {
   return o;
 }
 
-void check_config(const LinearProbeConfig& cfg) {
-  MIRA_CHECK(cfg.epochs >= 1, "linear probe: epochs must be >= 1");
-  MIRA_CHECK(cfg.batch >= 1, "linear probe: batch must be >= 1");
-  MIRA_CHECK(cfg.base_lr > 0, "linear probe: lr must be positive");
-  MIRA_CHECK(cfg.eval_every >= 1, "linear probe: eval_every must be >= 1");
-}
-
 void log_epoch(const LinearProbeConfig& cfg, const EpochLog& e) {
   if (!cfg.verbose) return;
   if (e.top1 >= 0)
@@ -105,10 +98,20 @@ void topk_accuracy(const Tensor& logits_in, const std::vector<int64_t>& labels, 
   top5 = N ? 100.0 * c5 / N : 0;
 }
 
+void check_linear_probe_config(const LinearProbeConfig& cfg) {
+  MIRA_CHECK(cfg.epochs >= 1, "linear probe: epochs must be >= 1");
+  MIRA_CHECK(cfg.batch >= 1, "linear probe: batch must be >= 1");
+  MIRA_CHECK(cfg.base_lr > 0, "linear probe: lr must be positive");
+  MIRA_CHECK(cfg.backbone_base_lr >= 0, "linear probe: backbone lr must be >= 0 (0: frozen)");
+  MIRA_CHECK(cfg.eval_every >= 1, "linear probe: eval_every must be >= 1");
+  MIRA_CHECK(cfg.optimizer == "sgd" || cfg.optimizer == "lars", "optimizer must be sgd or lars, not '", cfg.optimizer,
+             "'");
+}
+
 LinearProbeResult linear_probe_features(const Tensor& train_x, const std::vector<int64_t>& train_y,
                                         const Tensor& test_x, const std::vector<int64_t>& test_y,
                                         const LinearProbeConfig& cfg, Device device) {
-  check_config(cfg);
+  check_linear_probe_config(cfg);
   MIRA_CHECK(train_x.ndim() == 2 && test_x.ndim() == 2 && train_x.dim(1) == test_x.dim(1),
              "linear probe: features must be (N, F) with the same F, got ", train_x.str(), " and ", test_x.str());
   MIRA_CHECK(static_cast<int64_t>(train_y.size()) == train_x.dim(0), "linear probe: ", train_x.dim(0),
@@ -171,7 +174,7 @@ LinearProbeResult linear_probe_features(const Tensor& train_x, const std::vector
 
 LinearProbeResult linear_probe_images(Backbone& net, const data::Dataset& train, const std::vector<int64_t>& train_idx,
                                       const data::Dataset& test, const EvalTransform& t, const LinearProbeConfig& cfg) {
-  check_config(cfg);
+  check_linear_probe_config(cfg);
   const Device device = net.device();
   const std::vector<int64_t> ytr_all = dataset_labels(train), yte = dataset_labels(test);
   const int C = classes_of(ytr_all, yte, cfg.num_classes);

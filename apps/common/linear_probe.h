@@ -34,6 +34,10 @@ struct LinearProbeConfig {
   bool verbose = true;      // one line per epoch on stdout
 };
 
+// Throws mira::Error for settings the probe refuses whatever the data (epochs, batch, lr,
+// eval_every, optimizer): apps call it before extracting features.
+void check_linear_probe_config(const LinearProbeConfig& cfg);
+
 struct EpochLog {
   int epoch = 0;
   double loss = 0, lr = 0;
