@@ -306,14 +306,40 @@ int run(int argc, char** argv) {
       ckpt.clear();
       // Newest first; a checkpoint that does not load (cut short by a crash outside our
       // atomic write, or damaged later) is reported and the previous one is tried.
+      std::vector<std::string> damaged;
+      std::string first_error;
       for (auto it = all.rbegin(); it != all.rend() && ckpt.empty(); ++it) {
         try {
           pos = load_training_checkpoint(it->path, model, trainer.optimizer(), &saved);
           ckpt = it->path;
         } catch (const Error& e) {
           std::fprintf(stderr, "warning: skipping checkpoint %s: %s\n", it->path.c_str(), e.what());
+          damaged.push_back(it->path);
+          if (first_error.empty()) first_error = e.what();
         }
       }
+      // Checkpoints, none of which loads: starting from scratch would overwrite the run's
+      // metrics and, at the first save, prune those files. Leave everything as it is.
+      MIRA_CHECK(!ckpt.empty() || damaged.empty(), "--resume auto: none of the ", damaged.size(), " checkpoint(s) in ",
+                 checkpoint_dir(run_dir), " loads (the newest: ", first_error,
+                 "). Nothing was changed; resume from a copy you trust with --resume PATH, or move them away to "
+                 "start this run directory from scratch");
+      // All ranks must continue from the same step (a read error on one node only would split
+      // the run); the reductions also order the renames below after every rank's reads.
+      double newest = static_cast<double>(pos.step), negated = -static_cast<double>(pos.step);
+      comm.allreduce_max(&newest, 1);
+      comm.allreduce_max(&negated, 1);
+      MIRA_CHECK(newest == -negated, "--resume auto: the ranks loaded different checkpoints (steps ", -negated, " to ",
+                 newest, "): a checkpoint that only some nodes can read");
+      // Damaged checkpoints newer than the one resumed from are kept, renamed out of the way:
+      // left as step_*.safetensors they would count as the newest when this run prunes.
+      if (lead)
+        for (const std::string& d : damaged) {
+          std::error_code ec;
+          fs::rename(d, d + ".damaged", ec);
+          std::fprintf(stderr, "warning: %s renamed to %s.damaged%s\n", d.c_str(), d.c_str(),
+                       ec ? (" failed: " + ec.message()).c_str() : "");
+        }
       if (ckpt.empty() && lead) std::printf("no checkpoint in %s: starting from scratch\n", run_dir.c_str());
     } else {
       pos = load_training_checkpoint(ckpt, model, trainer.optimizer(), &saved);

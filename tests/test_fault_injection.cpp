@@ -163,6 +163,30 @@ TEST_CASE("--resume auto skips a damaged newest checkpoint and uses the previous
   CHECK(out.find("resuming from " + apps::checkpoint_path(run.string(), prev)) != std::string::npos);
   CHECK(apps::list_checkpoints(run.string()).back().step == 5);
   check_metrics_consecutive(run / "metrics.jsonl", 5);
+  // The damaged file is kept, out of the way, for whoever wants to look at it.
+  CHECK(fs::exists(all.back().path + ".damaged"));
+}
+
+TEST_CASE("--resume auto over damaged checkpoints only: an error, and nothing is changed") {
+  PretrainSandbox sb("fault_all_damaged");
+  const fs::path run = sb.dir / "run";
+  const std::string log = (sb.dir / "child.log").string();
+  // keep_every 0: the newest checkpoint is the only one.
+  REQUIRE(run_to_end(run_args(sb, "run", {"--set", "train.max_steps=4"}), {log}) == 0);
+  auto all = apps::list_checkpoints(run.string());
+  REQUIRE(all.size() == 1);
+  fs::resize_file(all[0].path, fs::file_size(all[0].path) / 2);
+  const std::string ckpt = slurp_text(all[0].path), metrics = slurp_text(run / "metrics.jsonl");
+  REQUIRE(!metrics.empty());
+  // Before: "no checkpoint: starting from scratch", metrics.jsonl emptied, the damaged file pruned.
+  CHECK(run_to_end(run_args(sb, "run", {"--resume", "auto", "--set", "train.max_steps=6"}), {log}) == 1);
+  const std::string out = slurp_text(log);
+  INFO(out);
+  CHECK(out.find("--resume auto: none of the 1 checkpoint(s)") != std::string::npos);
+  CHECK(out.find("starting from scratch") == std::string::npos);
+  CHECK(slurp_text(all[0].path) == ckpt);
+  CHECK(slurp_text(run / "metrics.jsonl") == metrics);
+  CHECK(apps::list_checkpoints(run.string()).size() == 1);
 }
 
 TEST_CASE("metrics.jsonl cut mid-line by a crash: the resumed run drops the cut line") {
