@@ -4,11 +4,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+
+#include <zlib.h>
 
 #include "kernels/cpu/pointwise.h"
 
@@ -41,6 +45,24 @@ bool parse_st_dtype(const std::string& s, DType* t, size_t* file_elem) {
 }
 
 std::string errno_text() { return std::strerror(errno); }
+
+// CRC-32 (zlib's) of bytes, continuing from crc; in pieces below zlib's 32-bit length.
+uint32_t crc32_of(uint32_t crc, const char* p, size_t n) {
+  uLong c = crc;
+  while (n > 0) {
+    const uInt m = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
+    c = ::crc32(c, reinterpret_cast<const Bytef*>(p), m);
+    p += m;
+    n -= m;
+  }
+  return static_cast<uint32_t>(c);
+}
+
+std::string hex32(uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", v);
+  return buf;
+}
 
 void write_all(int fd, const char* p, size_t n, const std::string& path) {
   while (n > 0) {
@@ -102,7 +124,8 @@ void write_file_atomic(const std::string& path, const std::vector<std::pair<cons
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  // The checksum goes in below; one in `metadata` (a loaded file's, saved again) is replaced.
+  header["__metadata__"] = metadata;
   std::vector<Tensor> host;
   host.reserve(tensors.size());
   uint64_t offset = 0;
@@ -126,6 +149,9 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     offset += n;
     host.push_back(h);
   }
+  uint32_t crc = crc32_of(0, nullptr, 0);
+  for (const Tensor& h : host) crc = crc32_of(crc, static_cast<const char*>(h.raw()), h.nbytes());
+  header["__metadata__"][kSafetensorsCrcKey] = hex32(crc);
   std::string hs = header.dump();
   while ((hs.size() + 8) % 8 != 0) hs.push_back(' ');  // tensors start 8-byte aligned
   uint64_t hlen = hs.size();
@@ -215,6 +241,12 @@ SafetensorsFile load_safetensors(const std::string& path) {
   std::string data(data_size, '\0');
   in.read(data.data(), static_cast<std::streamsize>(data_size));
   MIRA_CHECK(in.gcount() == static_cast<std::streamsize>(data_size), path, ": truncated data section");
+  const auto crc = out.metadata.find(kSafetensorsCrcKey);
+  if (crc != out.metadata.end()) {
+    const std::string got = hex32(crc32_of(crc32_of(0, nullptr, 0), data.data(), data.size()));
+    MIRA_CHECK(got == crc->second, path, ": the data's checksum is ", got, " but the file was written with ",
+               crc->second, " (damaged after it was written)");
+  }
   for (const Pending& p : pending) {
     const char* src = data.data() + p.begin;
     if (p.dtype == DType::BF16) {

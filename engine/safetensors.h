@@ -20,6 +20,12 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
 };
 
+// The writer stores the CRC-32 of the data section (8 hex digits) under this metadata key, and
+// the reader checks it where present (files from other writers have none): a checkpoint damaged
+// after its atomic write (a flipped bit on disk or in a copy) is an error, not a silent model.
+// A value under this key in the metadata given to save_safetensors is replaced by the new one.
+inline constexpr const char* kSafetensorsCrcKey = "mira_data_crc32";
+
 // Tensors may live on any device (copied to the host); bf16 tensors are stored as BF16.
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});

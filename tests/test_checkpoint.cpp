@@ -101,6 +101,25 @@ TEST_CASE("safetensors: corrupt and truncated files are clean errors") {
   expect_error(with_header(R"({"w":{"dtype":"F32","shape":[2]}})", "12345678"), "no offsets");
   expect_error(with_header(R"({"__metadata__":{"a":1}})", ""), "non-string metadata");
   CHECK_THROWS_AS(load_safetensors(d / "missing.safetensors"), Error);
+  // Damage after the write that keeps the structure (one flipped bit in the data): the checksum
+  // the writer stored says so. A file without one (another writer's) loads unchecked.
+  const SafetensorsFile gf = load_safetensors(good);
+  REQUIRE(gf.metadata.count(kSafetensorsCrcKey));
+  CHECK(gf.metadata.at(kSafetensorsCrcKey).size() == 8);
+  for (size_t at : {bytes.size() - 64, bytes.size() - 1}) {
+    std::string flipped = bytes;
+    flipped[at] = static_cast<char>(flipped[at] ^ 0x10);
+    write_bytes(bad, flipped);
+    CHECK_THROWS_WITH_AS(load_safetensors(bad), doctest::Contains("checksum"), Error);
+  }
+  write_bytes(bad, with_header(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "12345678"));
+  CHECK(load_safetensors(bad).tensors.at("w").numel() == 2);
+  // Saved again with the loaded metadata (a round trip): the new data's checksum replaces it.
+  SafetensorsFile edited = gf;
+  edited.tensors.at("w").data<float>()[0] += 1.f;
+  save_safetensors(bad, {edited.tensors.begin(), edited.tensors.end()}, edited.metadata);
+  CHECK(load_safetensors(bad).tensors.at("w").data<float>()[0] == edited.tensors.at("w").data<float>()[0]);
+  CHECK(load_safetensors(bad).metadata.at(kSafetensorsCrcKey) != gf.metadata.at(kSafetensorsCrcKey));
   // A failed write leaves the previous file intact.
   CHECK_THROWS_AS(save_safetensors(d / "no/such/dir/x.safetensors", {{"w", Tensor::randn({1}, 1)}}), Error);
   CHECK(read_bytes(good) == bytes);
