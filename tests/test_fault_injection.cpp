@@ -144,54 +144,44 @@ TEST_CASE("SIGKILL at random moments: checkpoints stay loadable, resume loses at
 }
 
 TEST_CASE("--resume auto skips a damaged newest checkpoint and uses the previous one") {
-  PretrainSandbox sb("fault_damaged");
-  const fs::path run = sb.dir / "run";
-  const std::string log = (sb.dir / "child.log").string();
-  // keep_every 2: checkpoints at 2 and 4 stay.
-  REQUIRE(run_to_end(run_args(sb, "run", {"--set", "train.max_steps=4", "--set", "train.keep_every=1"}), {log}) == 0);
-  auto all = apps::list_checkpoints(run.string());
-  REQUIRE(all.size() >= 2);
-  REQUIRE(all.back().step == 4);
-  const int64_t prev = all[all.size() - 2].step;
-  // Damage the newest: cut it in half (a copy from a crashed node, a full disk outside our write).
-  fs::resize_file(all.back().path, fs::file_size(all.back().path) / 2);
-  REQUIRE(run_to_end(run_args(sb, "run", {"--resume", "auto", "--set", "train.max_steps=5", "--set",
-                                          "train.keep_every=1"}),
-                     {log}) == 0);
-  const std::string out = slurp_text(log);
-  CHECK(out.find("warning: skipping checkpoint") != std::string::npos);
-  CHECK(out.find("resuming from " + apps::checkpoint_path(run.string(), prev)) != std::string::npos);
-  CHECK(apps::list_checkpoints(run.string()).back().step == 5);
-  check_metrics_consecutive(run / "metrics.jsonl", 5);
-  // The damaged file is kept, out of the way, for whoever wants to look at it.
-  CHECK(fs::exists(all.back().path + ".damaged"));
-}
-
-TEST_CASE("--resume auto skips a newest checkpoint with one flipped bit (its checksum) and uses the previous one") {
-  PretrainSandbox sb("fault_flipped");
-  const fs::path run = sb.dir / "run";
-  const std::string log = (sb.dir / "child.log").string();
-  REQUIRE(run_to_end(run_args(sb, "run", {"--set", "train.max_steps=4", "--set", "train.keep_every=1"}), {log}) == 0);
-  auto all = apps::list_checkpoints(run.string());
-  REQUIRE(all.size() >= 2);
-  const int64_t prev = all[all.size() - 2].step;
-  {  // A bit in the last tensor's data: the file's structure is intact, a value is not.
-    std::fstream f(all.back().path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(-100, std::ios::end);
-    char c = 0;
-    f.read(&c, 1);
-    c = static_cast<char>(c ^ 0x04);
-    f.seekp(-100, std::ios::end);
-    f.write(&c, 1);
+  // Two kinds of damage: cut in half (a copy from a crashed node, a full disk outside our
+  // write), and one flipped bit in the last tensor's data (the structure intact, a value not:
+  // only the checksum tells).
+  for (const bool flip : {false, true}) {
+    CAPTURE(flip);
+    PretrainSandbox sb(flip ? "fault_flipped" : "fault_damaged");
+    const fs::path run = sb.dir / "run";
+    const std::string log = (sb.dir / "child.log").string();
+    // keep_every 1 (x checkpoint_every 2): checkpoints at 2 and 4 stay.
+    REQUIRE(run_to_end(run_args(sb, "run", {"--set", "train.max_steps=4", "--set", "train.keep_every=1"}), {log}) == 0);
+    auto all = apps::list_checkpoints(run.string());
+    REQUIRE(all.size() >= 2);
+    REQUIRE(all.back().step == 4);
+    const int64_t prev = all[all.size() - 2].step;
+    if (flip) {
+      std::fstream f(all.back().path, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(-100, std::ios::end);
+      char c = 0;
+      f.read(&c, 1);
+      c = static_cast<char>(c ^ 0x04);
+      f.seekp(-100, std::ios::end);
+      f.write(&c, 1);
+    } else {
+      fs::resize_file(all.back().path, fs::file_size(all.back().path) / 2);
+    }
+    REQUIRE(run_to_end(
+                run_args(sb, "run", {"--resume", "auto", "--set", "train.max_steps=5", "--set", "train.keep_every=1"}),
+                {log}) == 0);
+    const std::string out = slurp_text(log);
+    INFO(out);
+    CHECK(out.find("warning: skipping checkpoint") != std::string::npos);
+    if (flip) CHECK(out.find("checksum") != std::string::npos);
+    CHECK(out.find("resuming from " + apps::checkpoint_path(run.string(), prev)) != std::string::npos);
+    CHECK(apps::list_checkpoints(run.string()).back().step == 5);
+    check_metrics_consecutive(run / "metrics.jsonl", 5);
+    // The damaged file is kept, out of the way, for whoever wants to look at it.
+    CHECK(fs::exists(all.back().path + ".damaged"));
   }
-  REQUIRE(
-      run_to_end(run_args(sb, "run", {"--resume", "auto", "--set", "train.max_steps=5", "--set", "train.keep_every=1"}),
-                 {log}) == 0);
-  const std::string out = slurp_text(log);
-  INFO(out);
-  CHECK(out.find("checksum") != std::string::npos);
-  CHECK(out.find("resuming from " + apps::checkpoint_path(run.string(), prev)) != std::string::npos);
-  check_metrics_consecutive(run / "metrics.jsonl", 5);
 }
 
 TEST_CASE("--resume auto over damaged checkpoints only: an error, and nothing is changed") {
