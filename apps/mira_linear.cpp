@@ -35,12 +35,12 @@ std::vector<double> l2_grid(const ArgParser& p) {
   return grid;
 }
 
-// The cached-feature probe, or with --transfer the logistic-regression protocol.
-LinearProbeResult probe_cached(const ArgParser& p, const Tensor& xtr, const std::vector<int64_t>& ytr,
-                               const Tensor& xte, const std::vector<int64_t>& yte, const LinearProbeConfig& cfg,
-                               Device device, std::string& mode, nlohmann::json& tj) {
+// The cached-feature probe, or with --transfer (l2: its grid) the logistic-regression protocol.
+LinearProbeResult probe_cached(const ArgParser& p, const std::vector<double>& l2, const Tensor& xtr,
+                               const std::vector<int64_t>& ytr, const Tensor& xte, const std::vector<int64_t>& yte,
+                               const LinearProbeConfig& cfg, Device device, std::string& mode, nlohmann::json& tj) {
   if (!p.flag_set("transfer")) return linear_probe_features(xtr, ytr, xte, yte, cfg, device);
-  TransferResult t = transfer_logreg(xtr, ytr, xte, yte, l2_grid(p), p.number("val-fraction"), cfg, device);
+  TransferResult t = transfer_logreg(xtr, ytr, xte, yte, l2, p.number("val-fraction"), cfg, device);
   mode += ", transfer";
   tj["best_l2"] = t.best_l2;
   tj["held_out"] = nlohmann::json::array();
@@ -95,7 +95,7 @@ int run(int argc, char** argv) {
   check_linear_probe_config(cfg);
   for (const char* out : {"json", "save-classifier"})
     if (p.has(out)) check_output_path(std::string("--") + out, p.str(out));
-  if (p.flag_set("transfer")) l2_grid(p);
+  const std::vector<double> l2 = p.flag_set("transfer") ? l2_grid(p) : std::vector<double>{};
 
   const bool from_npy = p.has("train-features") || p.has("test-features");
   const double fraction = p.number("train-fraction");
@@ -119,7 +119,7 @@ int run(int argc, char** argv) {
     n_train = xtr.dim(0);
     n_test = xte.dim(0);
     mode = "cached (npy)";
-    r = probe_cached(p, xtr, ytr, xte, yte, cfg, device, mode, transfer_json);
+    r = probe_cached(p, l2, xtr, ytr, xte, yte, cfg, device, mode, transfer_json);
   } else {
     MIRA_CHECK(p.has("train-data") && p.has("test-data"),
                "give --train-data and --test-data (or precomputed "
@@ -141,7 +141,7 @@ int run(int argc, char** argv) {
       mode = "cached";
       Tensor xtr = take_rows(extract_features(*net, *train, t, 256, "train features"), sub);
       Tensor xte = extract_features(*net, *test, t, 256, "test features");
-      r = probe_cached(p, xtr, take(ytr_all, sub), xte, dataset_labels(*test), cfg, device, mode, transfer_json);
+      r = probe_cached(p, l2, xtr, take(ytr_all, sub), xte, dataset_labels(*test), cfg, device, mode, transfer_json);
     } else {
       MIRA_CHECK(!p.flag_set("transfer"), "--transfer runs on cached features: add --cached-features");
       mode = cfg.backbone_base_lr > 0 ? "fine-tune" : "augmented";
