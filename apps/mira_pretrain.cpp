@@ -202,6 +202,20 @@ int run(int argc, char** argv) {
   // reads the same checkpoints.
   Communicator& comm = world_comm(cfg["train"]["comm_timeout_s"]);
   const bool lead = comm.rank() == 0;
+  if (comm.world_size() > 1) {
+    // Every rank must run the same recipe: compare each section's digest (max of d and of -d
+    // over the ranks) before anything is written.
+    std::string differ;
+    for (const auto& [section, d] : config_digests(cfg)) {
+      double hi = d, neg_lo = -d;
+      comm.allreduce_max(&hi, 1);
+      comm.allreduce_max(&neg_lo, 1);
+      if (hi != -neg_lo) differ += (differ.empty() ? "" : ", ") + section;
+    }
+    MIRA_CHECK(differ.empty(), "the ", comm.world_size(), " ranks were started with different settings in: ", differ,
+               " (every rank needs the same --config and --set; only data.path, data.threads, data.prefetch, "
+               "train.comm_timeout_s and train.max_steps may differ)");
+  }
   const std::string run_dir = args.str("out");
   if (lead) {
     std::error_code ec;

@@ -1,8 +1,9 @@
 // labels: cpu
 // Multi-process runs with MPI on the CPU (mpirun -np 2, as CI runs it): three training steps
 // of the tiny model with 2 ranks x B/2 equal 1 rank x B (SyncBN, MIRA column sums and the
-// gradient average all go through MPI), and a rank that leaves early makes the other stop
-// with an error within the collective timeout instead of hanging. Without MPI in the build
+// gradient average all go through MPI), a rank that leaves early makes the other stop
+// with an error within the collective timeout instead of hanging, and ranks started with
+// different settings stop at start-up with an error naming the section. Without MPI in the build
 // or without mpirun the test says SKIPPED.
 #include <sys/wait.h>
 #include <unistd.h>
@@ -142,4 +143,29 @@ TEST_CASE("a rank that leaves early makes the other stop with an error within th
   CHECK_MESSAGE(rc != 124, "the run hung until the outer timeout: " << out);
   CHECK_MESSAGE(out.find("did not complete within 5 s") != std::string::npos, out);
   CHECK(secs < 90);
+}
+
+TEST_CASE("ranks started with different settings stop at start-up with an error naming the section") {
+  skip_without_mpi();
+  Sandbox sb;
+  const std::string log = (sb.dir / "log.txt").string();
+  // Rank 1 gets another learning rate and its own data.threads (which may differ).
+  const std::string cmd = mpirun(2) + "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then exec " + kApp +
+                          sb.args("differ", "--set optim.lr=0.3 --set data.threads=2 --set train.comm_timeout_s=30") +
+                          "; else exec " + kApp + sb.args("differ", "--set train.comm_timeout_s=30") + "; fi'";
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = run("timeout 120 " + cmd, log);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string out = slurp(log);
+  INFO(out);
+  CHECK(rc != 0);
+  // Only optim is named: data.threads is rank-local.
+  CHECK(out.find("ranks were started with different settings in: optim (") != std::string::npos);
+  CHECK(!fs::exists(sb.dir / "differ" / "config.json"));  // nothing written
+  CHECK(secs < 60);
+  // Only rank-local keys differing: the run goes through.
+  const std::string ok = mpirun(2) + "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then exec " + kApp +
+                         sb.args("local", "--set data.threads=2 --set train.comm_timeout_s=40") + "; else exec " +
+                         kApp + sb.args("local") + "; fi'";
+  CHECK_MESSAGE(run("timeout 120 " + ok, log) == 0, slurp(log));
 }

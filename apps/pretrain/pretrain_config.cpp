@@ -1,6 +1,7 @@
 #include "apps/pretrain/pretrain_config.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "data/jpeg.h"
 #include "engine/error.h"
@@ -131,6 +132,27 @@ void validate_pretrain_config(const Json& c) {
   const double bank = c["eval"]["bank_fraction"];
   require(bank > 0 && bank <= 1, "eval.bank_fraction", "must be in (0, 1]");
   require(c["eval"]["batch_size"] >= 1, "eval.batch_size", "must be >= 1");
+}
+
+bool rank_local_key(const std::string& section, const std::string& key) {
+  if (section == "data") return key == "path" || key == "threads" || key == "prefetch";
+  if (section == "train") return key == "comm_timeout_s" || key == "max_steps";
+  return false;
+}
+
+std::vector<std::pair<std::string, double>> config_digests(const Json& cfg) {
+  std::vector<std::pair<std::string, double>> out;
+  for (auto sec = cfg.begin(); sec != cfg.end(); ++sec) {
+    Json kept = sec.value();
+    if (kept.is_object())
+      for (auto it = sec.value().begin(); it != sec.value().end(); ++it)
+        if (rank_local_key(sec.key(), it.key())) kept.erase(it.key());
+    // FNV-1a over the section's JSON text (keys in order: nlohmann::json sorts them).
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char ch : kept.dump()) h = (h ^ ch) * 1099511628211ull;
+    out.emplace_back(sec.key(), static_cast<double>(h & ((uint64_t(1) << 52) - 1)));
+  }
+  return out;
 }
 
 }  // namespace mira::apps
