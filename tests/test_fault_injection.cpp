@@ -69,6 +69,10 @@ TEST_CASE("SIGKILL at random moments: checkpoints stay loadable, resume loses at
   const fs::path run = sb.dir / "run";
   const fs::path ckdir = run / "checkpoints";
   const std::string log = (sb.dir / "child.log").string();
+  // Each kill lets the run advance by up to ~1 s (about 15 steps on an idle 2-core machine):
+  // enough epochs that no run reaches the end before its kill, whatever the count (the
+  // 150-kill run outran 200 epochs there). Every run here, and the reference, uses the same.
+  const std::string epochs = "train.epochs=" + std::to_string(std::max(200, 20 * kills));
 
   int killed = 0, kills_on_write = 0, temp_left = 0, cut_writes = 0, verified = 0, exited_early = 0;
   int64_t newest = 0, max_lost = 0, first_logged = -1;
@@ -81,7 +85,7 @@ TEST_CASE("SIGKILL at random moments: checkpoints stay loadable, resume loses at
       REQUIRE(ifd >= 0);
       REQUIRE(::inotify_add_watch(ifd, ckdir.c_str(), IN_CREATE) >= 0);
     }
-    const pid_t pid = spawn(run_args(sb, "run", {"--resume", "auto"}), {log});
+    const pid_t pid = spawn(run_args(sb, "run", {"--resume", "auto", "--set", epochs}), {log});
     REQUIRE(pid > 0);
     if (on_write) {
       // Sometimes a checkpoint passes before the kill, so it does not always hit the first write
@@ -123,8 +127,8 @@ TEST_CASE("SIGKILL at random moments: checkpoints stay loadable, resume loses at
   // Finish: a few more steps after the newest checkpoint, then compare with an uninterrupted run.
   const int64_t final_step = newest + 3;
   const std::string max_steps = "train.max_steps=" + std::to_string(final_step);
-  REQUIRE(run_to_end(run_args(sb, "run", {"--resume", "auto", "--set", max_steps}), {log}) == 0);
-  REQUIRE(run_to_end(run_args(sb, "ref", {"--set", max_steps}), {log}) == 0);
+  REQUIRE(run_to_end(run_args(sb, "run", {"--resume", "auto", "--set", epochs, "--set", max_steps}), {log}) == 0);
+  REQUIRE(run_to_end(run_args(sb, "ref", {"--set", epochs, "--set", max_steps}), {log}) == 0);
   const auto resumed = apps::list_checkpoints(run.string()), ref = apps::list_checkpoints((sb.dir / "ref").string());
   REQUIRE(!resumed.empty());
   REQUIRE(!ref.empty());
