@@ -203,15 +203,15 @@ int run(int argc, char** argv) {
   Communicator& comm = world_comm(cfg["train"]["comm_timeout_s"]);
   const bool lead = comm.rank() == 0;
   if (comm.world_size() > 1) {
-    // Every rank must run the same recipe: compare each section's digest (max of d and of -d
-    // over the ranks) before anything is written.
+    // Every rank must run the same recipe: compare each section's digest over the ranks
+    // before anything is written.
+    const auto digests = config_digests(cfg);
+    std::vector<double> d;
+    for (const auto& s : digests) d.push_back(s.second);
+    const auto range = comm.min_max(d);
     std::string differ;
-    for (const auto& [section, d] : config_digests(cfg)) {
-      double hi = d, neg_lo = -d;
-      comm.allreduce_max(&hi, 1);
-      comm.allreduce_max(&neg_lo, 1);
-      if (hi != -neg_lo) differ += (differ.empty() ? "" : ", ") + section;
-    }
+    for (size_t i = 0; i < digests.size(); ++i)
+      if (range[i].first != range[i].second) differ += (differ.empty() ? "" : ", ") + digests[i].first;
     MIRA_CHECK(differ.empty(), "the ", comm.world_size(), " ranks were started with different settings in: ", differ,
                " (every rank needs the same --config and --set; only data.path, data.threads, data.prefetch, "
                "train.comm_timeout_s and train.max_steps may differ)");
@@ -339,11 +339,9 @@ int run(int argc, char** argv) {
                  "). Nothing was changed; resume from a copy you trust with --resume PATH, or move them away to "
                  "start this run directory from scratch");
       // All ranks must continue from the same step (a read error on one node only would split
-      // the run); the reductions also order the renames below after every rank's reads.
-      double newest = static_cast<double>(pos.step), negated = -static_cast<double>(pos.step);
-      comm.allreduce_max(&newest, 1);
-      comm.allreduce_max(&negated, 1);
-      MIRA_CHECK(newest == -negated, "--resume auto: the ranks loaded different checkpoints (steps ", -negated, " to ",
+      // the run); the reduction also orders the renames below after every rank's reads.
+      const auto [oldest, newest] = comm.min_max({static_cast<double>(pos.step)})[0];
+      MIRA_CHECK(oldest == newest, "--resume auto: the ranks loaded different checkpoints (steps ", oldest, " to ",
                  newest, "): a checkpoint that only some nodes can read");
       // Damaged checkpoints newer than the one resumed from are kept, renamed out of the way:
       // left as step_*.safetensors they would count as the newest when this run prunes.

@@ -137,6 +137,16 @@ struct FinishedReduce final : PendingReduce {
 };
 }  // namespace
 
+std::vector<std::pair<double, double>> Communicator::min_max(const std::vector<double>& x) {
+  const size_t n = x.size();
+  std::vector<double> buf(2 * n);
+  for (size_t i = 0; i < n; ++i) buf[i] = x[i], buf[n + i] = -x[i];
+  allreduce_max(buf.data(), static_cast<int64_t>(buf.size()));
+  std::vector<std::pair<double, double>> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = {-buf[n + i], buf[i]};
+  return out;
+}
+
 std::unique_ptr<PendingReduce> Communicator::allreduce_sum_start(void* data, int64_t n, DType dtype, Device device) {
   allreduce_sum(data, n, dtype, device);
   return std::make_unique<FinishedReduce>();

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "engine/dtype.h"
@@ -66,6 +67,10 @@ class Communicator {
   // returns a finished handle (LocalComm, ThreadComm, and device buffers staged through the
   // host); MPI overlaps host buffers, NCCL device buffers (on its own stream).
   virtual std::unique_ptr<PendingReduce> allreduce_sum_start(void* data, int64_t n, DType dtype, Device device);
+
+  // For each value, its smallest and largest over the ranks (one max-reduction of x and -x):
+  // equal on every rank iff lo == hi. Host doubles; every rank must pass as many.
+  std::vector<std::pair<double, double>> min_max(const std::vector<double>& x);
 
   // A contiguous tensor, in place, on its own device.
   void allreduce_sum(Tensor& t) { allreduce_sum(t.raw(), t.numel(), t.dtype(), t.device()); }
