@@ -36,6 +36,14 @@ inline bool sync_check_enabled() {
 #define MIRA_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #endif
 
+// A kernel's dynamic shared memory as `unsigned char name[]`, 16-byte aligned (tests/cuda_emu:
+// the emulated block's buffer).
+#ifdef MIRA_CUDA_EMU
+#define MIRA_DYNAMIC_SMEM(name) unsigned char* const name = ::mira::emu::dynamic_smem()
+#else
+#define MIRA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 // After every kernel launch: launch-configuration errors always, execution errors when
 // MIRA_SYNC_CHECK=1.
 // A stream being captured into a CUDA graph cannot be synchronised: the check then waits for

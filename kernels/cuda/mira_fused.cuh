@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/check.h"  // MIRA_DYNAMIC_SMEM
 #include "kernels/cuda/mira_assign.cuh"
 #include "kernels/cuda/mira_fused_host.h"
 
@@ -19,13 +20,6 @@ namespace mira::cuda::fused {
 
 constexpr unsigned kFull = 0xffffffffu;
 
-// A kernel's dynamic shared memory as `unsigned char name[]`, 16-byte aligned (tests/cuda_emu:
-// the emulated block's buffer).
-#ifdef MIRA_CUDA_EMU
-#define MIRA_DYNAMIC_SMEM(name) unsigned char* const name = ::mira::emu::dynamic_smem()
-#else
-#define MIRA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
-#endif
 constexpr int kFusedMaxBlock = 768;
 constexpr int kFusedMaxK = kFusedMaxBlock * 16;
 // Phases of MiraPlan::trace (kernels/cuda/mira_assign.cuh lists them).

@@ -163,8 +163,8 @@ ColGrid launch_col_partial(const T* a, const T* x, const float* mean, const floa
                            void* workspace, cudaStream_t stream, const T* relu_y = nullptr) {
   const ColGrid g = col_grid(M, C);
   const dim3 block(kColTile, kColRows), grid(g.tiles, g.G);
-  col_partial_kernel<MODE, T><<<grid, block, 0, stream>>>(a, x, mean, invstd, M, C, g.rows_per_block,
-                                                         static_cast<double*>(workspace), relu_y);
+  MIRA_LAUNCH(grid, block, 0, stream, col_partial_kernel<MODE, T>)
+  (a, x, mean, invstd, M, C, g.rows_per_block, static_cast<double*>(workspace), relu_y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
   return g;
 }
@@ -447,13 +447,13 @@ void launch_bn_reduce_vec(const T* a, const T* x, const float* mean, const float
                           void* workspace, float* out0, float* out1, cudaStream_t stream, const T* relu_y) {
   const VecGrid g = vec_grid(M, C, VecOf<T>::V);
   const int64_t rows_per_block = (M + g.G - 1) / g.G;
-  col_partial_vec_kernel<MODE, T>
-      <<<dim3(static_cast<unsigned>(g.G), static_cast<unsigned>(g.tiles)), kVecThreads, 0, stream>>>(
-          a, x, mean, invstd, M, C, rows_per_block, static_cast<double*>(workspace), relu_y);
+  MIRA_LAUNCH(dim3(static_cast<unsigned>(g.G), static_cast<unsigned>(g.tiles)), kVecThreads, 0, stream,
+              col_partial_vec_kernel<MODE, T>)
+  (a, x, mean, invstd, M, C, rows_per_block, static_cast<double*>(workspace), relu_y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
-  col_final_kernel<MODE, T, float><<<(C + kColTile - 1) / kColTile, dim3(kColTile, kColRows), 0, stream>>>(
-      static_cast<const double*>(workspace), static_cast<int>(g.G), M, C, MODE == kColStats ? a : x, out0, out1,
-      nullptr, false);
+  MIRA_LAUNCH((C + kColTile - 1) / kColTile, dim3(kColTile, kColRows), 0, stream, col_final_kernel<MODE, T, float>)
+  (static_cast<const double*>(workspace), static_cast<int>(g.G), M, C, MODE == kColStats ? a : x, out0, out1, nullptr,
+   false);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -841,7 +841,7 @@ __global__ void __launch_bounds__(256) soft_ce_bwd_kernel(const T* z, const TT* 
 template <typename T, typename B>
 void bias_add(T* y, const B* b, int64_t N, int O, cudaStream_t stream) {
   if (N <= 0 || O <= 0) return;
-  bias_add_kernel<T, B><<<apply_grid(N, O), dim3(kColTile, kApplyRows), 0, stream>>>(y, b, N, O);
+  MIRA_LAUNCH(apply_grid(N, O), dim3(kColTile, kApplyRows), 0, stream, bias_add_kernel<T, B>)(y, b, N, O);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -851,8 +851,8 @@ template <typename T, typename D>
 void col_sum(const T* dy, int64_t N, int O, D* db, bool accumulate, void* workspace, cudaStream_t stream) {
   if (O <= 0) return;
   const ColGrid g = launch_col_partial<kColSum, T>(dy, nullptr, nullptr, nullptr, N, O, workspace, stream);
-  col_final_kernel<kColSum, T, D><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
-      static_cast<const double*>(workspace), g.G, N, O, nullptr, nullptr, nullptr, db, accumulate);
+  MIRA_LAUNCH(g.tiles, dim3(kColTile, kColRows), 0, stream, col_final_kernel<kColSum, T, D>)
+  (static_cast<const double*>(workspace), g.G, N, O, nullptr, nullptr, nullptr, db, accumulate);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -881,8 +881,8 @@ void bn_stats(const T* x, int64_t M, int C, float* mean, float* var, void* works
     return;
   }
   const ColGrid g = launch_col_partial<kColStats, T>(x, nullptr, nullptr, nullptr, M, C, workspace, stream);
-  col_final_kernel<kColStats, T, float><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
-      static_cast<const double*>(workspace), g.G, M, C, x, mean, var, nullptr, false);
+  MIRA_LAUNCH(g.tiles, dim3(kColTile, kColRows), 0, stream, col_final_kernel<kColStats, T, float>)
+  (static_cast<const double*>(workspace), g.G, M, C, x, mean, var, nullptr, false);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -890,20 +890,20 @@ void bn_finalize(const float* mean, const float* var, float* invstd, float* runn
                  double momentum, double eps, double count, cudaStream_t stream) {
   if (C <= 0) return;
   const double unbias = count > 1 ? count / (count - 1) : 1.0;
-  bn_finalize_kernel<<<(C + 255) / 256, 256, 0, stream>>>(mean, var, invstd, running_mean, running_var, C, momentum,
-                                                          eps, unbias);
+  MIRA_LAUNCH((C + 255) / 256, 256, 0, stream, bn_finalize_kernel)
+  (mean, var, invstd, running_mean, running_var, C, momentum, eps, unbias);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 void bn_pack_sums(const float* mean, const float* var, double M, int C, double* sums, cudaStream_t stream) {
   if (C <= 0) return;
-  bn_pack_sums_kernel<<<(C + 255) / 256, 256, 0, stream>>>(mean, var, M, C, sums);
+  MIRA_LAUNCH((C + 255) / 256, 256, 0, stream, bn_pack_sums_kernel)(mean, var, M, C, sums);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 void bn_unpack_sums(const double* sums, double count, int C, float* mean, float* var, cudaStream_t stream) {
   if (C <= 0) return;
-  bn_unpack_sums_kernel<<<(C + 255) / 256, 256, 0, stream>>>(sums, count, C, mean, var);
+  MIRA_LAUNCH((C + 255) / 256, 256, 0, stream, bn_unpack_sums_kernel)(sums, count, C, mean, var);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -912,13 +912,13 @@ void bn_fwd_apply(const T* x, const float* mean, const float* invstd, const floa
                   int64_t M, int C, cudaStream_t stream, bool relu) {
   if (M <= 0 || C <= 0) return;
   if (bn_vec_ok<T>(C, {x, y})) {
-    bn_fwd_apply_vec_kernel<T><<<vec_apply_grid(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(x, mean, invstd, gamma,
-                                                                                               beta, y, M, C, relu);
+    MIRA_LAUNCH(vec_apply_grid(M, C, VecOf<T>::V), kVecThreads, 0, stream, bn_fwd_apply_vec_kernel<T>)
+    (x, mean, invstd, gamma, beta, y, M, C, relu);
     MIRA_CUDA_LAUNCH_CHECK(stream);
     return;
   }
-  bn_fwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(x, mean, invstd, gamma, beta,
-                                                                                     y, M, C, relu);
+  MIRA_LAUNCH(apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream, bn_fwd_apply_kernel<T>)
+  (x, mean, invstd, gamma, beta, y, M, C, relu);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -931,8 +931,8 @@ void bn_bwd_reduce(const T* dy, const T* x, const float* mean, const float* invs
     return;
   }
   const ColGrid g = launch_col_partial<kColBwd, T>(dy, x, mean, invstd, M, C, workspace, stream, relu_y);
-  col_final_kernel<kColBwd, T, float><<<g.tiles, dim3(kColTile, kColRows), 0, stream>>>(
-      static_cast<const double*>(workspace), g.G, M, C, x, sum_dy, sum_dy_xhat, nullptr, false);
+  MIRA_LAUNCH(g.tiles, dim3(kColTile, kColRows), 0, stream, col_final_kernel<kColBwd, T, float>)
+  (static_cast<const double*>(workspace), g.G, M, C, x, sum_dy, sum_dy_xhat, nullptr, false);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -942,13 +942,13 @@ void bn_bwd_apply(const T* dy, const T* x, const float* mean, const float* invst
                   bool accumulate, cudaStream_t stream, const T* relu_y) {
   if (M <= 0 || C <= 0) return;
   if (bn_vec_ok<T>(C, {dy, x, dx, relu_y})) {
-    bn_bwd_apply_vec_kernel<T><<<vec_apply_grid(M, C, VecOf<T>::V), kVecThreads, 0, stream>>>(
-        dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
+    MIRA_LAUNCH(vec_apply_grid(M, C, VecOf<T>::V), kVecThreads, 0, stream, bn_bwd_apply_vec_kernel<T>)
+    (dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
     MIRA_CUDA_LAUNCH_CHECK(stream);
     return;
   }
-  bn_bwd_apply_kernel<T><<<apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream>>>(
-      dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
+  MIRA_LAUNCH(apply_grid(M, C), dim3(kColTile, kApplyRows), 0, stream, bn_bwd_apply_kernel<T>)
+  (dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dx, M, C, accumulate, relu_y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -959,7 +959,7 @@ void maxpool_fwd(const T* x, T* y, int N, int H, int W, int C, int k, int s, int
                  cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(N) * P * Q * C;
   if (total <= 0) return;
-  maxpool_fwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(x, y, N, H, W, C, k, s, p, P, Q);
+  MIRA_LAUNCH(grid_for(total, kThreads), kThreads, 0, stream, maxpool_fwd_kernel<T>)(x, y, N, H, W, C, k, s, p, P, Q);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -975,11 +975,11 @@ void maxpool_bwd(const T* dy, const T* x, T* dx, int N, int H, int W, int C, int
     return true;
   }();
   if (C % V == 0 && aligned) {
-    maxpool_bwd_kernel<T, V><<<grid_for(total / V, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s,
-                                                                                         p, P, Q, accumulate);
+    MIRA_LAUNCH(grid_for(total / V, kThreads), kThreads, 0, stream, maxpool_bwd_kernel<T, V>)
+    (dy, x, dx, N, H, W, C, k, s, p, P, Q, accumulate);
   } else {
-    maxpool_bwd_kernel<T, 1><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, x, dx, N, H, W, C, k, s, p,
-                                                                                     P, Q, accumulate);
+    MIRA_LAUNCH(grid_for(total, kThreads), kThreads, 0, stream, maxpool_bwd_kernel<T, 1>)
+    (dy, x, dx, N, H, W, C, k, s, p, P, Q, accumulate);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
@@ -988,7 +988,7 @@ template <typename T>
 void avgpool_fwd(const T* x, T* y, int N, int HW, int C, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(N) * C;
   if (total <= 0) return;
-  avgpool_fwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(x, y, N, HW, C);
+  MIRA_LAUNCH(grid_for(total, kThreads), kThreads, 0, stream, avgpool_fwd_kernel<T>)(x, y, N, HW, C);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -997,7 +997,7 @@ void avgpool_bwd(const T* dy, T* dx, int N, int HW, int C, bool accumulate, cuda
   const int64_t total = static_cast<int64_t>(N) * HW * C;
   if (total <= 0) return;
   const float inv = 1.0f / static_cast<float>(HW);
-  avgpool_bwd_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dy, dx, N, HW, C, inv, accumulate);
+  MIRA_LAUNCH(grid_for(total, kThreads), kThreads, 0, stream, avgpool_bwd_kernel<T>)(dy, dx, N, HW, C, inv, accumulate);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -1006,7 +1006,8 @@ void avgpool_bwd(const T* dy, T* dx, int N, int HW, int C, bool accumulate, cuda
 template <typename T>
 void l2norm_fwd(const T* x, T* y, float* norm, int N, int D, double eps, cudaStream_t stream) {
   if (N <= 0) return;
-  l2norm_fwd_kernel<T><<<row_blocks(N), row_threads(D), 0, stream>>>(x, y, norm, N, D, static_cast<float>(eps));
+  MIRA_LAUNCH(row_blocks(N), row_threads(D), 0, stream, l2norm_fwd_kernel<T>)
+  (x, y, norm, N, D, static_cast<float>(eps));
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -1014,29 +1015,29 @@ template <typename T>
 void l2norm_bwd(const T* dy, const T* y, const float* norm, T* dx, int N, int D, double eps, bool accumulate,
                 cudaStream_t stream) {
   if (N <= 0) return;
-  l2norm_bwd_kernel<T><<<row_blocks(N), row_threads(D), 0, stream>>>(dy, y, norm, dx, N, D, static_cast<float>(eps),
-                                                                     accumulate);
+  MIRA_LAUNCH(row_blocks(N), row_threads(D), 0, stream, l2norm_bwd_kernel<T>)
+  (dy, y, norm, dx, N, D, static_cast<float>(eps), accumulate);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 template <typename T>
 void log_softmax_fwd(const T* x, T* y, int N, int K, cudaStream_t stream) {
   if (N <= 0) return;
-  log_softmax_fwd_kernel<T><<<row_blocks(N), row_threads(K), 0, stream>>>(x, y, N, K);
+  MIRA_LAUNCH(row_blocks(N), row_threads(K), 0, stream, log_softmax_fwd_kernel<T>)(x, y, N, K);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 template <typename T>
 void log_softmax_bwd(const T* dy, const T* y, T* dx, int N, int K, bool accumulate, cudaStream_t stream) {
   if (N <= 0) return;
-  log_softmax_bwd_kernel<T><<<row_blocks(N), row_threads(K), 0, stream>>>(dy, y, dx, N, K, accumulate);
+  MIRA_LAUNCH(row_blocks(N), row_threads(K), 0, stream, log_softmax_bwd_kernel<T>)(dy, y, dx, N, K, accumulate);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
 template <typename T, typename TT>
 void soft_ce_fwd(const T* z, const TT* t, float* loss_rows, float* lse, int N, int K, cudaStream_t stream) {
   if (N <= 0) return;
-  soft_ce_fwd_kernel<T, TT><<<row_blocks(N), row_threads(K), 0, stream>>>(z, t, loss_rows, lse, N, K);
+  MIRA_LAUNCH(row_blocks(N), row_threads(K), 0, stream, soft_ce_fwd_kernel<T, TT>)(z, t, loss_rows, lse, N, K);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -1044,8 +1045,8 @@ template <typename T, typename TT>
 void soft_ce_bwd(const T* z, const TT* t, const float* lse, const float* dloss, float alpha, T* dz, int N, int K,
                  bool accumulate, cudaStream_t stream) {
   if (N <= 0) return;
-  soft_ce_bwd_kernel<T, TT><<<row_blocks(N), row_threads(K), 0, stream>>>(z, t, lse, dloss, alpha, dz, N, K,
-                                                                          accumulate);
+  MIRA_LAUNCH(row_blocks(N), row_threads(K), 0, stream, soft_ce_bwd_kernel<T, TT>)
+  (z, t, lse, dloss, alpha, dz, N, K, accumulate);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -1059,11 +1060,11 @@ void im2col(const T* x, int N, int H, int W, int C, int R, int S, int stride, in
   constexpr int V = 16 / sizeof(T);
   const bool vec = C % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(cols) % 16 == 0;
   if (vec) {
-    im2col_kernel<T, V><<<grid_for(total / V, kThreads), kThreads, 0, stream>>>(x, N, H, W, C, R, S, stride, pad, P,
-                                                                                Q, cols);
+    MIRA_LAUNCH(grid_for(total / V, kThreads), kThreads, 0, stream, im2col_kernel<T, V>)
+    (x, N, H, W, C, R, S, stride, pad, P, Q, cols);
   } else {
-    im2col_kernel<T, 1><<<grid_for(total, kThreads), kThreads, 0, stream>>>(x, N, H, W, C, R, S, stride, pad, P, Q,
-                                                                            cols);
+    MIRA_LAUNCH(grid_for(total, kThreads), kThreads, 0, stream, im2col_kernel<T, 1>)
+    (x, N, H, W, C, R, S, stride, pad, P, Q, cols);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
@@ -1073,8 +1074,8 @@ void col2im(const float* dcols, int N, int H, int W, int C, int R, int S, int st
             bool accumulate, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(N) * H * W * C;
   if (total <= 0) return;
-  col2im_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(dcols, N, H, W, C, R, S, stride, pad, P, Q, dx,
-                                                                       accumulate);
+  MIRA_LAUNCH(grid_for(total, kThreads), kThreads, 0, stream, col2im_kernel<T>)
+  (dcols, N, H, W, C, R, S, stride, pad, P, Q, dx, accumulate);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

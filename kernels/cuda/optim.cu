@@ -122,8 +122,8 @@ void ema_update(float* ema, const float* online, int64_t n, double m, cudaStream
   if (n == 0) return;
   const int64_t want = (n + kThreads - 1) / kThreads;
   const int blocks = static_cast<int>(want < 4096 ? want : 4096);
-  ema_update_kernel<<<blocks, kThreads, 0, stream>>>(ema, online, n, static_cast<float>(m),
-                                                      static_cast<float>(1.0 - m));
+  MIRA_LAUNCH(blocks, kThreads, 0, stream, ema_update_kernel)
+  (ema, online, n, static_cast<float>(m), static_cast<float>(1.0 - m));
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -147,13 +147,13 @@ void sgd_step(float* p, const float* g, float* mu, const cpu::ParamSegment* segs
               double eta, cudaStream_t stream) {
   if (nchunks == 0) return;
   if (lars) {
-    lars_partial_kernel<<<nchunks, kThreads, 0, stream>>>(p, g, segs, chunks, partial, float(weight_decay));
+    MIRA_LAUNCH(nchunks, kThreads, 0, stream, lars_partial_kernel)(p, g, segs, chunks, partial, float(weight_decay));
     MIRA_CUDA_LAUNCH_CHECK(stream);
-    lars_norms_kernel<<<(nseg + 127) / 128, 128, 0, stream>>>(chunks, partial, norms, nchunks, nseg);
+    MIRA_LAUNCH((nseg + 127) / 128, 128, 0, stream, lars_norms_kernel)(chunks, partial, norms, nchunks, nseg);
     MIRA_CUDA_LAUNCH_CHECK(stream);
   }
-  sgd_update_kernel<<<nchunks, kThreads, 0, stream>>>(p, g, mu, segs, chunks, lars ? norms : nullptr, float(lr),
-                                                      float(momentum), float(weight_decay), float(eta));
+  MIRA_LAUNCH(nchunks, kThreads, 0, stream, sgd_update_kernel)
+  (p, g, mu, segs, chunks, lars ? norms : nullptr, float(lr), float(momentum), float(weight_decay), float(eta));
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

@@ -66,9 +66,9 @@ void launch_map(const T* a, const T* b, const T* c, T* y, int64_t n, F f, cudaSt
   const bool vec = (NIN < 1 || aligned16(a)) && (NIN < 2 || aligned16(b)) && (NIN < 3 || aligned16(c)) && aligned16(y);
   if (vec) {
     const int64_t packs = (n + Pack<T>::kN - 1) / Pack<T>::kN;
-    map_kernel<T, NIN, true><<<grid_for(packs, kThreads), kThreads, 0, stream>>>(a, b, c, y, n, f);
+    MIRA_LAUNCH(grid_for(packs, kThreads), kThreads, 0, stream, map_kernel<T, NIN, true>)(a, b, c, y, n, f);
   } else {
-    map_kernel<T, NIN, false><<<grid_for(n, kThreads), kThreads, 0, stream>>>(a, b, c, y, n, f);
+    MIRA_LAUNCH(grid_for(n, kThreads), kThreads, 0, stream, map_kernel<T, NIN, false>)(a, b, c, y, n, f);
   }
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
@@ -182,7 +182,8 @@ __global__ void __launch_bounds__(kThreads) cast_kernel(const S* src, D* dst, in
 
 template <typename S, typename D>
 void launch_cast(const void* src, void* dst, int64_t n, cudaStream_t stream) {
-  cast_kernel<S, D><<<grid_for(n, kThreads), kThreads, 0, stream>>>(static_cast<const S*>(src), static_cast<D*>(dst), n);
+  MIRA_LAUNCH(grid_for(n, kThreads), kThreads, 0, stream, cast_kernel<S, D>)
+  (static_cast<const S*>(src), static_cast<D*>(dst), n);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -206,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) fill_kernel(U* dst, int64_t n, U v) 
 
 template <typename U>
 void launch_fill(void* dst, int64_t n, U v, cudaStream_t stream) {
-  fill_kernel<U><<<grid_for(n, kThreads), kThreads, 0, stream>>>(static_cast<U*>(dst), n, v);
+  MIRA_LAUNCH(grid_for(n, kThreads), kThreads, 0, stream, fill_kernel<U>)(static_cast<U*>(dst), n, v);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 
@@ -337,9 +338,9 @@ int sum_partials(int64_t n) {
 template <typename T>
 void sum(const T* x, int64_t n, double alpha, T* y, double* partials, cudaStream_t stream) {
   const int G = sum_partials(n);
-  sum_partial_kernel<T><<<G, kThreads, 0, stream>>>(x, n, partials);
+  MIRA_LAUNCH(G, kThreads, 0, stream, sum_partial_kernel<T>)(x, n, partials);
   MIRA_CUDA_LAUNCH_CHECK(stream);
-  sum_final_kernel<T><<<1, kThreads, 0, stream>>>(partials, G, alpha, y);
+  MIRA_LAUNCH(1, kThreads, 0, stream, sum_final_kernel<T>)(partials, G, alpha, y);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

@@ -34,7 +34,7 @@ __device__ __forceinline__ bool better(uint32_t ka, int64_t ia, uint32_t kb, int
 // Grid: one block per row; block: kThreads threads.
 __global__ void topk_rows_kernel(const float* __restrict__ x, int64_t N, int64_t ldx, int64_t col_offset, int k,
                                  int kpow2, float* out_val, int64_t* out_idx, bool merge) {
-  extern __shared__ unsigned char smem[];
+  MIRA_DYNAMIC_SMEM(smem);
   int64_t* sel_idx = reinterpret_cast<int64_t*>(smem);
   uint32_t* sel_key = reinterpret_cast<uint32_t*>(sel_idx + kpow2);
   float* sel_val = reinterpret_cast<float*>(sel_key + kpow2);
@@ -192,8 +192,8 @@ void topk_rows(const float* x, int64_t R, int64_t N, int64_t ldx, int64_t col_of
   int kpow2 = 1;
   while (kpow2 < k) kpow2 <<= 1;
   const size_t shmem = static_cast<size_t>(kpow2) * (sizeof(int64_t) + sizeof(uint32_t) + sizeof(float));
-  topk_rows_kernel<<<static_cast<unsigned>(R), kThreads, shmem, stream>>>(x, N, ldx, col_offset, k, kpow2, out_val,
-                                                                          out_idx, merge);
+  MIRA_LAUNCH(static_cast<unsigned>(R), kThreads, shmem, stream, topk_rows_kernel)
+  (x, N, ldx, col_offset, k, kpow2, out_val, out_idx, merge);
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }
 

@@ -177,7 +177,7 @@ uintptr_t thread_pointer() {
 std::string where() {
   std::ostringstream o;
   if (tblock) o << "block " << tblock->id;
-  if (tblock && tblock->cur) o << " thread " << tblock->cur->ctx.tid.x;
+  if (tblock && tblock->cur) o << " thread " << (tblock->cur - tblock->fibers.data());
   return o.str();
 }
 
@@ -355,10 +355,12 @@ void run_block(Launch* L, unsigned id) {
       *--sp = reinterpret_cast<void*>(&fiber_main);
       for (int r = 0; r < 6; ++r) *--sp = nullptr;  // rbp rbx r12-r15
       f.sp = sp;
-      f.ctx.tid = make_uint3(static_cast<unsigned>(i), 0, 0);
+      const dim3 bd = L->cfg.bdim.x > 0 ? L->cfg.bdim : dim3(L->cfg.block);
+      const unsigned t = static_cast<unsigned>(i);
+      f.ctx.tid = make_uint3(t % bd.x, t / bd.x % bd.y, t / (bd.x * bd.y));
       const dim3 g = L->cfg.gdim.x > 0 ? L->cfg.gdim : dim3(L->cfg.grid);
       f.ctx.bid = make_uint3(id % g.x, id / g.x % g.y, id / (g.x * g.y));
-      f.ctx.bdim = dim3(L->cfg.block);
+      f.ctx.bdim = bd;
       f.ctx.gdim = g;
     }
     b.live = static_cast<int>(n);
@@ -417,8 +419,8 @@ void run_block(Launch* L, unsigned id) {
 
 }  // namespace
 
-int lane_id() {
-  return static_cast<int>(threadIdx.x & 31u);
+int lane_id() {  // by the thread's index in the block, x fastest (a 2-D block's warps span rows)
+  return static_cast<int>((tblock->cur - tblock->fibers.data()) & 31);
 }
 
 void syncthreads() {
@@ -694,6 +696,7 @@ void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
   if (cfg.block < 32 || cfg.block > 1024 || cfg.block % 32 != 0)
     throw Error("cuda_emu: blocks of 32..1024 threads, whole warps");
   if (cfg.gdim.x > 0 && cfg.grid != cfg.gdim.x * cfg.gdim.y * cfg.gdim.z) throw Error("cuda_emu: grid != gdim");
+  if (cfg.bdim.x > 0 && cfg.block != cfg.bdim.x * cfg.bdim.y * cfg.bdim.z) throw Error("cuda_emu: block != bdim");
   // Resident blocks are OS threads: at most 4096 of them. A plain launch runs a few at a time.
   if (cfg.cluster < 1 || cfg.grid < 1 || cfg.grid % cfg.cluster != 0 ||
       cfg.grid > (cfg.all_resident ? 4096u : 1u << 20))

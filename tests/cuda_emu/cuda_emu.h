@@ -72,10 +72,12 @@ void mbar_wait(unsigned long long* bar, unsigned parity);
 
 struct LaunchConfig {
   unsigned grid = 1;     // blocks (gdim.x * gdim.y * gdim.z where gdim is given)
-  unsigned block = 1;    // threads per block (1-D)
+  unsigned block = 1;    // threads per block (bdim.x * bdim.y * bdim.z where bdim is given)
   unsigned cluster = 1;  // blocks per cluster (along x); grid % cluster == 0
   size_t smem = 0;       // dynamic shared memory per block (at most dynamic_smem_size())
   dim3 gdim = dim3(0);   // a 2-D or 3-D grid (x = 0: 1-D, grid blocks)
+  dim3 bdim = dim3(0);   // 2-D or 3-D blocks (x = 0: 1-D, block threads); warps are runs of 32
+                         // threads in x-fastest order, as on a GPU
   // All blocks at once (a cooperative or cluster launch: blocks may wait on each other), or a
   // few at a time, one after another (a plain launch, as a GPU may run it).
   bool all_resident = true;
@@ -111,8 +113,8 @@ struct Launcher {
   Launcher(dim3 grid, dim3 block, size_t smem) {
     cfg.gdim = grid;
     cfg.grid = grid.x * grid.y * grid.z;
-    if (block.y * block.z != 1) trap("cuda_emu: 1-D blocks only");
-    cfg.block = block.x;
+    cfg.bdim = block;
+    cfg.block = block.x * block.y * block.z;
     cfg.smem = smem;
     cfg.all_resident = false;
   }
@@ -229,6 +231,12 @@ template <typename T>
 T __shfl_sync(unsigned mask, T v, int src) {
   return ::mira::emu::shfl_bits(mask, v, src & 31, 2 << 16);
 }
+// Lanes past the warp's end get their own value back, as on a GPU (width 32).
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned off) {
+  const int l = ::mira::emu::lane_id(), src = l + static_cast<int>(off);
+  return ::mira::emu::shfl_bits(mask, v, src < 32 ? src : l, (5 << 16) | static_cast<int>(off));
+}
 template <typename T>
 T __ldg(const T* p) {
   return *p;
@@ -255,6 +263,14 @@ inline unsigned atomicMax(unsigned* p, unsigned v) {
   }
   return old;
 }
+// Integer atomics: shared memory (one OS thread per block) and global memory (blocks on
+// several OS threads) alike.
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+}
+inline int atomicAdd(int* p, int v) {
+  return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+}
 inline float atomicAdd(float* p, float v) {
   unsigned* q = reinterpret_cast<unsigned*>(p);
   unsigned old = __atomic_load_n(q, __ATOMIC_RELAXED);
@@ -263,6 +279,24 @@ inline float atomicAdd(float* p, float v) {
   }
   return __uint_as_float(old);
 }
+// The round-to-nearest arithmetic intrinsics kernels use where a fused multiply-add must not
+// form: one operation, one rounding (the empty asm keeps the host compiler from contracting
+// a product into a following sum even where it contracts the rest, MIRA_EMU_GPU_MATH).
+#define MIRA_EMU_RN(name, T, op) \
+  inline T name(T a, T b) {      \
+    T r = a op b;                \
+    asm("" : "+x"(r));           \
+    return r;                    \
+  }
+MIRA_EMU_RN(__fadd_rn, float, +)
+MIRA_EMU_RN(__fsub_rn, float, -)
+MIRA_EMU_RN(__fmul_rn, float, *)
+MIRA_EMU_RN(__fdiv_rn, float, /)
+MIRA_EMU_RN(__dadd_rn, double, +)
+MIRA_EMU_RN(__dsub_rn, double, -)
+MIRA_EMU_RN(__dmul_rn, double, *)
+MIRA_EMU_RN(__ddiv_rn, double, /)
+#undef MIRA_EMU_RN
 using std::isfinite;
 using std::max;
 using std::min;

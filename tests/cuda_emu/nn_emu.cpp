@@ -1,0 +1,4 @@
+// kernels/cuda/nn.cu compiled for the CPU emulator (cuda_emu.h); test_kernels_emu.cpp runs it.
+#include "tests/cuda_emu/cuda_emu.h"
+//
+#include "kernels/cuda/nn.cu"
