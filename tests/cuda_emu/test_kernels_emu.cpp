@@ -1,9 +1,10 @@
 // The engine's CUDA kernels other than the assignment's (kernels/cuda/nn.cu, pointwise.cu,
-// optim.cu, topk.cu) run on the CPU by the CUDA emulator (cuda_emu.h), against their CPU twins
-// (kernels/cpu): the layers of ResNet and the MIRA heads, the elementwise maps, casts, fills
-// and sums, SGD / LARS and the EMA teacher, the k-NN top-k.
+// optim.cu, topk.cu; data/augment_kernels.cu) run on the CPU by the CUDA emulator (cuda_emu.h),
+// against their CPU twins (kernels/cpu, data/augment.cpp): the layers of ResNet and the MIRA
+// heads, the elementwise maps, casts, fills and sums, SGD / LARS and the EMA teacher, the k-NN
+// top-k, the view augmentation.
 //
-// test_ops_gpu, test_models_gpu and test_knn_gpu check the same kernels on a GPU through the
+// test_ops_gpu, test_models_gpu, test_knn_gpu and test_augment_gpu check the same kernels on a GPU through the
 // engine; these checks run in CI, where no GPU is, on the kernels' own source: their indexing,
 // tile edges, grid-stride loops, vector and scalar paths, barriers and shuffles. Each kernel
 // also runs with its threads in reversed and shuffled order (emu::set_schedule) and must give
@@ -26,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "data/augment.h"
+#include "data/augment_kernels.cuh"
 #include "engine/dtype.h"
 #include "kernels/cpu/nn.h"
 #include "kernels/cpu/optim.h"
@@ -714,4 +717,96 @@ TEST_CASE("emulated top-k equals the CPU's bit for bit (ties, -0.0, merged chunk
     append_bits(val, idx);
     CHECK(same_bits(got, val));
   }
+}
+
+// ---------------------------------------------------------------- view augmentation
+
+namespace {
+
+struct Images {
+  std::vector<uint8_t> bytes;  // RGB HWC, back to back
+  std::vector<int64_t> offset;
+  std::vector<int> h, w;
+};
+
+// Smooth colour waves with noise, of random sizes (test_augment_gpu's images, smaller).
+Images make_images(int n, uint32_t seed, int min_side, int spread) {
+  Images im;
+  std::mt19937 g(seed);
+  for (int i = 0; i < n; ++i) {
+    const int h = min_side + static_cast<int>(g() % spread), w = min_side + static_cast<int>(g() % spread);
+    im.offset.push_back(static_cast<int64_t>(im.bytes.size()));
+    im.h.push_back(h);
+    im.w.push_back(w);
+    const float fx = 0.02f + (g() % 100) * 0.002f, fy = 0.02f + (g() % 100) * 0.002f;
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x)
+        for (int c = 0; c < 3; ++c)
+          im.bytes.push_back(static_cast<uint8_t>(std::min(
+              255.f,
+              std::max(0.f, 128 + 90 * std::sin(fx * x * (c + 1) + fy * y) + static_cast<float>(g() % 40) - 20.f))));
+  }
+  return im;
+}
+
+// One view of every image through the kernels and through the CPU reference (augment_view) with
+// the same ViewParams; forced: -1 drawn, 0 every op off, 1 every op on. test_augment_gpu's
+// tolerances: 2e-4 in normalised units for f32 output, bf16's resolution for bf16.
+void compare_view(const Images& im, const data::MultiCropRecipe& r, int view, int forced, bool bf16_out, int epoch,
+                  bool fractional_box) {
+  using namespace mira::data;  // NOLINT(google-build-using-namespace)
+  const ViewSpec& v = r.views[view];
+  const int n = static_cast<int>(im.h.size()), S = v.size;
+  const size_t plane = static_cast<size_t>(n) * S * S * 3;
+  std::vector<GpuViewJob> jobs(n);
+  std::vector<float> ref(plane);
+  AugScratch scratch;
+  for (int i = 0; i < n; ++i) {
+    // Drawn on an image twice the source's size: half-pixel boxes, as after a DCT-scaled decode.
+    const int oh = fractional_box ? 2 * im.h[i] + 1 : im.h[i], ow = fractional_box ? 2 * im.w[i] + 1 : im.w[i];
+    ViewParams p = sample_view_params(v, oh, ow, 17, epoch, i, view);
+    if (forced >= 0) p.flip = p.jitter = p.gray = p.blur = p.solarize = forced == 1;
+    augment_view(im.bytes.data() + im.offset[i], im.h[i], im.w[i], oh, ow, p, v, r, ref.data() + i * S * S * 3,
+                 scratch);
+    jobs[i] = make_gpu_job(p, v, im.offset[i], im.h[i], im.w[i], oh, ow);
+  }
+  const ViewConsts k = view_consts(v, r, bf16_out);
+  const std::vector<float> out = in_every_order(
+      [&] {
+        std::vector<float> img(plane, std::nanf("")), tmp(plane, std::nanf("")), o(plane, std::nanf(""));
+        std::vector<uint16_t> ob(plane, 0xffff);
+        launch_augment(im.bytes.data(), jobs.data(), jobs.data(), n, k, img.data(), tmp.data(),
+                       bf16_out ? static_cast<void*>(ob.data()) : o.data(), kStream);
+        return bf16_out ? from_bf16(ob) : o;
+      },
+      "augment");
+  const testing::Tol tol = bf16_out ? testing::Tol{2e-4, 1.0 / 128} : testing::Tol{2e-4, 0};
+  CHECK(testing::allclose(to_d(out), to_d(ref), tol,
+                          r.name + " view " + std::to_string(view) + " forced " + std::to_string(forced) +
+                              (bf16_out ? " bf16" : " f32") + (fractional_box ? " fractional" : "")));
+}
+
+}  // namespace
+
+TEST_CASE("emulated GPU augmentation matches the CPU reference (recipes, forced ops, bf16, fractional boxes)") {
+  EmuDevice dev;
+  {
+    const Images im = make_images(4, 3, 24, 40);
+    for (const char* name : {"cifar", "fashion_mnist"}) {
+      const data::MultiCropRecipe r = data::MultiCropRecipe::by_name(name);
+      for (int forced : {-1, 0, 1}) compare_view(im, r, 0, forced, false, 0, false);
+    }
+  }
+  // The ImageNet recipe's local view (96 px; 224 px global views only cost time here), both
+  // interpolations, with and without antialiasing, bf16 output, fractional boxes.
+  const Images im = make_images(3, 9, 60, 100);
+  data::MultiCropRecipe r = data::MultiCropRecipe::imagenet_2x224_6x96();
+  const int local = 2;
+  CHECK(r.views[local].size == 96);
+  compare_view(im, r, local, 1, false, 1, false);
+  compare_view(im, r, local, -1, true, 2, true);
+  for (data::ViewSpec& v : r.views) v.interp = data::Interp::Bilinear;
+  compare_view(im, r, local, 1, false, 3, true);
+  r.antialias = false;
+  compare_view(im, r, local, 1, false, 4, false);
 }
