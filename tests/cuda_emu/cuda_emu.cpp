@@ -15,6 +15,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define MIRA_EMU_ASAN 1
 #endif
@@ -48,11 +49,6 @@ mira_emu_switch:
   ret
   .size mira_emu_switch, .-mira_emu_switch
 )");
-
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
 
 namespace mira::emu {
 
@@ -343,6 +339,11 @@ void run_block(Launch* L, unsigned id) {
   const size_t n = L->cfg.block;
   try {
     unsigned char* stacks = t_stacks.get(n * kStack);
+#ifdef MIRA_EMU_ASAN
+    // Reused stacks: the frames of fibers that ended by switching away were never unwound, so
+    // their redzones are still poisoned.
+    ASAN_UNPOISON_MEMORY_REGION(stacks, n * kStack);
+#endif
     b.fibers.resize(n);
     b.warps.resize((n + 31) / 32);
     for (size_t i = 0; i < n; ++i) {
@@ -709,11 +710,11 @@ void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
     L.clusters.push_back(std::make_unique<ClusterSync>(cfg.cluster));
   L.grid = std::make_unique<ClusterSync>(cfg.grid);
   std::vector<std::thread> threads;
+  std::atomic<unsigned> next{0};  // a plain launch's next block (outlives the threads that take it)
   if (cfg.all_resident) {
     threads.reserve(cfg.grid);
     for (unsigned id = 0; id < cfg.grid; ++id) threads.emplace_back(run_block, &L, id);
   } else {
-    std::atomic<unsigned> next{0};
     for (unsigned w = 0; w < std::min(cfg.grid, 4u); ++w)
       threads.emplace_back([&] {
         for (unsigned id = next++; id < cfg.grid && !L.abort; id = next++) run_block(&L, id);

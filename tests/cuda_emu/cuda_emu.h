@@ -212,11 +212,13 @@ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])
 #endif
 // The running thread's coordinates: variables of the OS thread (the block), which its
 // scheduler sets to the fiber's before resuming it (not macros: launch configurations have
-// members of these names).
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
+// members of these names). Defined here, inline, so every translation unit sees constant
+// initialisation and reads them directly: through the TLS wrapper functions an extern
+// declaration calls, UBSan at -O2 (tools/sanitize.sh's build) reported them as null.
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
 
 inline void __syncthreads() {
   ::mira::emu::syncthreads();
