@@ -1,6 +1,7 @@
-// test_mira_assign_emu_gpumath is built with -mfma: on a CPU without fused multiply-adds it
-// says SKIPPED and exits 77 (ctest's skip code) before any test runs. The check runs before
-// the static initialisers of the tests' files; it does no floating-point arithmetic itself.
+// test_mira_assign_emu_gpumath and test_kernels_emu_gpumath are built with -mfma: on a CPU
+// without fused multiply-adds they say SKIPPED and exit 77 (ctest's skip code) before any test
+// runs. The check runs before the static initialisers of the tests' files; it does no
+// floating-point arithmetic itself.
 #include <cstdio>
 #include <cstdlib>
 

@@ -17,6 +17,9 @@
 //   the scalar ones;
 // - else against the f64 twin with test_ops_gpu's tolerance for f32 kernels of ours
 //   (`atol = 1e-5 max|ref|, rtol = 1e-5`), and 1e-2 for bf16 outputs.
+// test_kernels_emu_gpumath runs the same with the GPU's math modelled (expf and logf off by
+// their documented ulps, a * b + c contracted as nvcc does; cuda_emu.h): the bit-for-bit
+// checks then also say that the kernels keep the twins' roundings where a GPU would fuse.
 #include "tests/cuda_emu/cuda_emu.h"
 //
 #include <doctest/doctest.h>
