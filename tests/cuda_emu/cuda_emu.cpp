@@ -321,6 +321,11 @@ struct StackPool {
     return base;
   }
   void release() {
+#ifdef MIRA_EMU_ASAN
+    // Fibers that ended by switching away leave their frames' redzones poisoned; memory mapped
+    // here later (another thread's stack and TLS) must not inherit them.
+    if (base) ASAN_UNPOISON_MEMORY_REGION(base, bytes);
+#endif
     if (base) munmap(base, bytes);
     base = nullptr;
     bytes = 0;
