@@ -813,3 +813,47 @@ TEST_CASE("emulated GPU augmentation matches the CPU reference (recipes, forced 
   r.antialias = false;
   compare_view(im, r, local, 1, false, 4, false);
 }
+
+// ---------------------------------------------------------------- launch shapes of large inputs
+
+TEST_CASE("emulated batch norm over hundreds of row blocks, and softmax rows past the 65535-block grid") {
+  EmuDevice dev;
+  // M 48000, C 64: the scalar reduction's 512 row blocks (its cap) and the vectorised one's 187,
+  // each combined by col_final_kernel's strided loop over the partials.
+  const int64_t M = 48000;
+  const int C = 64;
+  const size_t MC = static_cast<size_t>(M) * C;
+  std::vector<float> x = randn(MC, 101, 1.f);
+  for (size_t i = 0; i < MC; ++i) x[i] += 5.f;
+  const std::vector<float> dy = randn(MC, 102, 1.f);
+  const std::vector<double> xd = to_d(x), dyd = to_d(dy);
+  std::vector<double> mean(C), var(C);
+  cpu::bn_stats(xd.data(), M, C, mean.data(), var.data());
+  for (bool vec : {false, true}) {
+    BnVecMode mode(vec);
+    INFO("vectorised ", vec);
+    std::vector<unsigned char> ws(gpu::bn_workspace_bytes(M, C) + 16);
+    void* w = ws.data() + (16 - reinterpret_cast<uintptr_t>(ws.data()) % 16) % 16;
+    std::vector<float> gm(C), gv(C), s1(C), s2(C);
+    gpu::bn_stats(x.data(), M, C, gm.data(), gv.data(), w, kStream);
+    CHECK(close(gm, mean, 1e-5, "mean"));
+    CHECK(close(gv, var, 1e-5, "var"));
+    std::vector<float> invstd(C);
+    for (int c = 0; c < C; ++c) invstd[c] = static_cast<float>(1.0 / std::sqrt(var[c] + 1e-5));
+    const std::vector<double> gmd = to_d(gm), gid = to_d(invstd);
+    gpu::bn_bwd_reduce(dy.data(), x.data(), gm.data(), invstd.data(), M, C, s1.data(), s2.data(), w, kStream);
+    std::vector<double> r1(C), r2(C);
+    cpu::bn_bwd_reduce(dyd.data(), xd.data(), gmd.data(), gid.data(), M, C, r1.data(), r2.data());
+    CHECK(close(s1, r1, 1e-5, "sum dy"));
+    CHECK(close(s2, r2, 1e-5, "sum dy xhat"));
+  }
+  // 66000 rows: the row kernels' grid stops at 65535 blocks, so blocks 0..464 take a second row.
+  const int N = 66000, K = 3;
+  const std::vector<float> z = randn(static_cast<size_t>(N) * K, 103, 2.f);
+  std::vector<float> y(z.size());
+  gpu::log_softmax_fwd(z.data(), y.data(), N, K, kStream);
+  std::vector<double> yd(z.size());
+  const std::vector<double> zd = to_d(z);
+  cpu::log_softmax_fwd(zd.data(), yd.data(), N, K);
+  CHECK(close(y, yd, 1e-5, "log_softmax y, 66000 rows"));
+}
