@@ -241,7 +241,9 @@ TEST_CASE("emulated casts and fills give the CPU's bits for every device dtype p
 
 TEST_CASE("emulated sum: the f64 total rounded once, the same bits in every thread order") {
   EmuDevice dev;
-  for (int64_t n : {int64_t(1), int64_t(300), int64_t(70001)}) {
+  // 5e6: more than the 1024 blocks of 16 items per thread the first pass allows (its cap), so
+  // threads stride the grid and the second pass's threads take several partials each.
+  for (int64_t n : {int64_t(1), int64_t(300), int64_t(70001), int64_t(5000000)}) {
     INFO("n = ", n);
     const std::vector<float> x = randn(n, 5, 1.f);
     std::vector<double> partials(gpu::sum_partials(n));
