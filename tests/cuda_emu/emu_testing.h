@@ -48,13 +48,26 @@ inline bool on_simplex(const std::vector<float>& t, int N, int K, double tol) {
 }
 
 // A 256-byte aligned workspace that starts as NaN (0xff bytes): what a kernel reads before
-// anything wrote it shows in its results.
+// anything wrote it shows in its results. The 256 bytes after it hold a guard pattern:
+// intact() is false once a kernel has written past the size its plan asked for.
 struct Workspace {
+  static constexpr unsigned char kGuard = 0xa5;
+  static constexpr size_t kGuardBytes = 256;
   std::vector<uint64_t> mem;
   char* base;
-  explicit Workspace(size_t bytes) : mem((bytes + 7) / 8 + 32) {
+  size_t bytes;
+  explicit Workspace(size_t n) : mem((n + kGuardBytes + 7) / 8 + 32), bytes(n) {
     base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(mem.data()) + 255) / 256 * 256);
     std::memset(base, 0xff, bytes);
+    std::memset(base + bytes, kGuard, kGuardBytes);
+  }
+  bool intact() const {
+    for (size_t i = 0; i < kGuardBytes; ++i)
+      if (static_cast<unsigned char>(base[bytes + i]) != kGuard) {
+        std::printf("    a write %zu bytes past the %zu-byte workspace\n", i, bytes);
+        return false;
+      }
+    return true;
   }
 };
 

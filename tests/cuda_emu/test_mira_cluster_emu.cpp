@@ -106,6 +106,7 @@ Result run_kernel(const Problem& q) {
   CHECK((r.plan.cluster_mma > 0) == (q.mma && q.cache == C::F16));
   Workspace ws(r.plan.workspace_bytes);
   cuda::mira_assign_cuda(p, r.plan, ws.base, nullptr);
+  CHECK(ws.intact());
   r.nonfinite = *cuda::mira_nonfinite_count(r.plan, ws.base);
   return r;
 }

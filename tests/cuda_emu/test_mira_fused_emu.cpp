@@ -120,6 +120,7 @@ Out run_fused(const Case& c, const std::vector<std::vector<float>>& views) {
   CHECK(o.plan.warp_rows == c.warp_rows);
   Workspace ws(o.plan.workspace_bytes);
   cuda::mira_assign_cuda(p, o.plan, ws.base, nullptr);
+  CHECK(ws.intact());
   o.nonfinite = *cuda::mira_nonfinite_count(o.plan, ws.base);
   return o;
 }
@@ -132,6 +133,7 @@ std::vector<std::vector<float>> run_unfused(const Case& c, const std::vector<std
   const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
   Workspace ws(plan.workspace_bytes);
   cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+  CHECK(ws.intact());
   return t;
 }
 
@@ -368,6 +370,7 @@ TEST_CASE("cuda_emu: extreme and degenerate inputs stay finite on the fused, per
       Workspace ws(plan.workspace_bytes);
       for (int pass = 0; pass <= c.iters + 1; ++pass) cuda::mira_assign_pass_cuda(p, plan, pass, ws.base, nullptr);
       CHECK(*cuda::mira_nonfinite_count(plan, ws.base) == 0.f);
+      CHECK(ws.intact());
       check_targets(t[0], "per-pass");
     }
     if (huge) continue;  // the unfused kernels: a block per row, 6 M emulated blocks (80 s)
@@ -437,6 +440,7 @@ TEST_CASE("cuda_emu: the unfused variant, and the per-pass variant over two rank
       if (pass <= c.iters) allreduce_sum(bufs, cuda::mira_reduce_len(p[0], plan[0], pass));
     }
     CHECK(*cuda::mira_nonfinite_count(plan[0], ws[0]->base) == 0.f);
+    for (const auto& w : ws) CHECK(w->intact());
     for (int v = 0; v < c.V; ++v) {
       const std::vector<double> got(t[v].begin(), t[v].end());
       if (cache == C::F32) {
@@ -583,6 +587,7 @@ TEST_CASE("cuda_emu: the fused kernels give the same bits whatever order their t
     const cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Unfused);
     Workspace ws(plan.workspace_bytes);
     cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+    CHECK(ws.intact());
   }
   emu::set_schedule(0);
   CHECK(same_bits(out[1], out[0]));
