@@ -169,7 +169,7 @@ T shfl_bits(unsigned mask, T v, int src_lane, int site) {
   std::memcpy(&r, &b, sizeof(T));
   return r;
 }
-int lane_id();  // of the running thread (blocks are 1-D)
+int lane_id();  // of the running thread: its index in the block (x fastest) mod 32
 
 // The warp-wide tensor-core instructions kernels/cuda/mma.cuh wraps, by the PTX ISA's fragment
 // layouts (g = lane / 4, t = lane % 4), through warp exchanges:
