@@ -7,6 +7,7 @@
 // on, all off), both interpolations, antialias on / off, and DCT-style fractional boxes.
 #include <cstring>
 
+#include "augment_images.h"
 #include "data/augment.h"
 #include "data/augment_cuda.h"
 #include "engine/cuda_backend.h"
@@ -14,33 +15,10 @@
 
 using namespace mira;
 using namespace mira::data;
+using mira::testing::Images;
+using mira::testing::make_images;
 
 namespace {
-
-struct Images {
-  std::vector<uint8_t> bytes;  // all images, RGB HWC, back to back
-  std::vector<int64_t> offset;
-  std::vector<int> h, w;
-};
-
-Images make_images(int n, uint32_t seed) {
-  Images im;
-  uint32_t s = seed;
-  auto rnd = [&] { return (s = s * 1664525u + 1013904223u) >> 8; };
-  for (int i = 0; i < n; ++i) {
-    const int h = 40 + static_cast<int>(rnd() % 200), w = 40 + static_cast<int>(rnd() % 200);
-    im.offset.push_back(static_cast<int64_t>(im.bytes.size()));
-    im.h.push_back(h);
-    im.w.push_back(w);
-    const float fx = 0.02f + (rnd() % 100) * 0.002f, fy = 0.02f + (rnd() % 100) * 0.002f;
-    for (int y = 0; y < h; ++y)
-      for (int x = 0; x < w; ++x)
-        for (int c = 0; c < 3; ++c)
-          im.bytes.push_back(static_cast<uint8_t>(
-              std::min(255.f, std::max(0.f, 128 + 90 * std::sin(fx * x * (c + 1) + fy * y) + (rnd() % 40) - 20.f))));
-  }
-  return im;
-}
 
 // Runs one view over all images on both backends; forced: -1 = drawn, 0 = all off, 1 = all on.
 void compare_view(const Images& im, const MultiCropRecipe& r, int view, int forced, DType out_type, int epoch,

@@ -26,7 +26,6 @@
 
 #include <cstring>
 #include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -41,12 +40,15 @@
 #include "kernels/cuda/optim.cuh"
 #include "kernels/cuda/pointwise.cuh"
 #include "kernels/cuda/topk.cuh"
+#include "tests/augment_images.h"
 #include "tests/cuda_emu/emu_testing.h"
 #include "tests/testing.h"
 
 using namespace mira;  // NOLINT(google-build-using-namespace)
 using emu_testing::randn;
 using emu_testing::same_bits;
+using mira::testing::Images;
+using mira::testing::make_images;
 
 namespace {
 
@@ -123,17 +125,11 @@ std::vector<float> with_ties(size_t n, uint32_t seed) {
   return v;
 }
 
-// Small GPU shape, so the emulated launches stay quick.
-struct EmuDevice {
-  EmuDevice() { emu::set_device(emu::DeviceProps{}); }
-};
-
 }  // namespace
 
 // ---------------------------------------------------------------- elementwise
 
 TEST_CASE("emulated elementwise maps equal their CPU twins bit for bit (f32, bf16; vector and scalar paths)") {
-  EmuDevice dev;
   // 1003 elements: vector packs plus a scalar tail; at offset 1 the pointers are not 16-byte
   // aligned and every element takes the scalar path.
   for (int off : {0, 1}) {
@@ -202,7 +198,6 @@ TEST_CASE("emulated elementwise maps equal their CPU twins bit for bit (f32, bf1
 }
 
 TEST_CASE("emulated casts and fills give the CPU's bits for every device dtype pair") {
-  EmuDevice dev;
   const int64_t n = 777;
   std::vector<float> src = randn(n, 4, 40.f);
   for (int64_t i = 0; i < n; i += 5) src[i] = std::fabs(src[i]);  // in u8's range now and then
@@ -240,7 +235,6 @@ TEST_CASE("emulated casts and fills give the CPU's bits for every device dtype p
 }
 
 TEST_CASE("emulated sum: the f64 total rounded once, the same bits in every thread order") {
-  EmuDevice dev;
   // 5e6: more than the 1024 blocks of 16 items per thread the first pass allows (its cap), so
   // threads stride the grid and the second pass's threads take several partials each.
   for (int64_t n : {int64_t(1), int64_t(300), int64_t(70001), int64_t(5000000)}) {
@@ -336,7 +330,6 @@ struct BnVecMode {
 }  // namespace
 
 TEST_CASE("emulated batch norm (statistics, running statistics, forward, ReLU, backward) against the f64 twin") {
-  EmuDevice dev;
   // C 70: tiles with idle channels; C 64 and 256: the vectorised kernels' layouts (f32 and bf16);
   // M 3 and 1: fewer rows than the row-threads of a block.
   for (BnCase c : {BnCase{333, 70}, BnCase{200, 64}, BnCase{96, 256}, BnCase{3, 70}, BnCase{2, 32}}) {
@@ -394,7 +387,6 @@ TEST_CASE("emulated batch norm (statistics, running statistics, forward, ReLU, b
 }
 
 TEST_CASE("emulated batch norm: the vectorised apply kernels give the scalar ones' bits (f32, bf16)") {
-  EmuDevice dev;
   for (int C : {64, 256}) {
     const int64_t M = 40;
     const size_t MC = static_cast<size_t>(M) * C;
@@ -430,7 +422,6 @@ TEST_CASE("emulated batch norm: the vectorised apply kernels give the scalar one
 }
 
 TEST_CASE("emulated SyncBN sums, bias add and bias gradient against the twins") {
-  EmuDevice dev;
   const int C = 300;
   const std::vector<float> mean = randn(C, 31, 2.f);
   std::vector<float> var = randn(C, 32, 1.f);
@@ -478,7 +469,6 @@ TEST_CASE("emulated SyncBN sums, bias add and bias gradient against the twins") 
 // ---------------------------------------------------------------- pooling, im2col
 
 TEST_CASE("emulated max pool and its gradient give the f32 twin's bits (ties, padding, vector and scalar paths)") {
-  EmuDevice dev;
   struct Case {
     int N, H, W, C, k, s, p;
   };
@@ -511,7 +501,6 @@ TEST_CASE("emulated max pool and its gradient give the f32 twin's bits (ties, pa
 }
 
 TEST_CASE("emulated average pool, L2 normalisation, log-softmax and soft cross-entropy against the f64 twin") {
-  EmuDevice dev;
   {  // global average pool
     const int N = 3, HW = 49, C = 70;
     const std::vector<float> x = randn(static_cast<size_t>(N) * HW * C, 51, 1.f), dy = randn(N * C, 52, 1.f);
@@ -615,7 +604,6 @@ TEST_CASE("emulated average pool, L2 normalisation, log-softmax and soft cross-e
 }
 
 TEST_CASE("emulated im2col and col2im against a direct loop over the windows") {
-  EmuDevice dev;
   struct Case {
     int N, H, W, C, R, S, stride, pad;
   };
@@ -656,7 +644,6 @@ TEST_CASE("emulated im2col and col2im against a direct loop over the windows") {
 // ---------------------------------------------------------------- optimisers
 
 TEST_CASE("emulated SGD / LARS step and EMA update against the f32 twin") {
-  EmuDevice dev;
   // Segments: a weight of several optimiser chunks, a bias (no decay), a frozen weight, a
   // weight whose gradient is zero (LARS's ratio falls back to 1).
   std::vector<cpu::ParamSegment> segs = {{0, 70000, cpu::ParamSegment::kDecay},
@@ -697,7 +684,6 @@ TEST_CASE("emulated SGD / LARS step and EMA update against the f32 twin") {
 // ---------------------------------------------------------------- top-k
 
 TEST_CASE("emulated top-k equals the CPU's bit for bit (ties, -0.0, merged chunks)") {
-  EmuDevice dev;
   struct Case {
     int64_t R, N, chunk;
     int k;
@@ -729,32 +715,6 @@ TEST_CASE("emulated top-k equals the CPU's bit for bit (ties, -0.0, merged chunk
 // ---------------------------------------------------------------- view augmentation
 
 namespace {
-
-struct Images {
-  std::vector<uint8_t> bytes;  // RGB HWC, back to back
-  std::vector<int64_t> offset;
-  std::vector<int> h, w;
-};
-
-// Smooth colour waves with noise, of random sizes (test_augment_gpu's images, smaller).
-Images make_images(int n, uint32_t seed, int min_side, int spread) {
-  Images im;
-  std::mt19937 g(seed);
-  for (int i = 0; i < n; ++i) {
-    const int h = min_side + static_cast<int>(g() % spread), w = min_side + static_cast<int>(g() % spread);
-    im.offset.push_back(static_cast<int64_t>(im.bytes.size()));
-    im.h.push_back(h);
-    im.w.push_back(w);
-    const float fx = 0.02f + (g() % 100) * 0.002f, fy = 0.02f + (g() % 100) * 0.002f;
-    for (int y = 0; y < h; ++y)
-      for (int x = 0; x < w; ++x)
-        for (int c = 0; c < 3; ++c)
-          im.bytes.push_back(static_cast<uint8_t>(std::min(
-              255.f,
-              std::max(0.f, 128 + 90 * std::sin(fx * x * (c + 1) + fy * y) + static_cast<float>(g() % 40) - 20.f))));
-  }
-  return im;
-}
 
 // One view of every image through the kernels and through the CPU reference (augment_view) with
 // the same ViewParams; forced: -1 drawn, 0 every op off, 1 every op on. test_augment_gpu's
@@ -796,7 +756,6 @@ void compare_view(const Images& im, const data::MultiCropRecipe& r, int view, in
 }  // namespace
 
 TEST_CASE("emulated GPU augmentation matches the CPU reference (recipes, forced ops, bf16, fractional boxes)") {
-  EmuDevice dev;
   {
     const Images im = make_images(4, 3, 24, 40);
     for (const char* name : {"cifar", "fashion_mnist"}) {
@@ -821,7 +780,6 @@ TEST_CASE("emulated GPU augmentation matches the CPU reference (recipes, forced 
 // ---------------------------------------------------------------- launch shapes of large inputs
 
 TEST_CASE("emulated batch norm over hundreds of row blocks, and softmax rows past the 65535-block grid") {
-  EmuDevice dev;
   // M 48000, C 64: the scalar reduction's 512 row blocks (its cap) and the vectorised one's 187,
   // each combined by col_final_kernel's strided loop over the partials.
   const int64_t M = 48000;
