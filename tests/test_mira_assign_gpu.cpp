@@ -431,7 +431,8 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
   const std::vector<Tensor> two = {cpu_logits(128, 3000, 41, 0.3), cpu_logits(128, 3000, 42, 0.3)};
   const auto cl = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, false, false, true);
   const auto b16 = run_kernel(two, V::Fused, cl, true);
-  const Tensor rounded = two[0].to(DType::BF16).to(DType::F32);
+  // bf16 tensors live on the GPU: round there, compare on the host.
+  const Tensor rounded = two[0].to(Device::cuda(0)).to(DType::BF16).to(DType::F32).to(Device::cpu());
   CHECK(allclose(b16[0], reference(rounded), kGpuTol, "cluster, bf16 logits"));
   const auto it2 = run_kernel(two, V::Fused, cl, false, kTau, kBeta, 2);
   CHECK(allclose(it2[1], reference(two[1], kTau, kBeta, 2), kGpuTol, "cluster, 2 iterations"));
