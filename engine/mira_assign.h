@@ -46,10 +46,11 @@ struct AssignOptions {
   int exact_passes = 0;  // >= 0; with a 16-bit working copy, clipped to iters
   // CUDA, one process, f32 or f16 working copy: the cluster plan where it applies (sm_90;
   // kernels/cuda/mira_cluster.cu), else the default fused kernel. Other summation order, as
-  // close to the reference. Opt-in until measured (config mira.assign_plan "cluster").
+  // close to the reference. Opt-in: on an H200 faster only up to N 64 per view (bench/RESULTS.md,
+  // session 15; config mira.assign_plan "cluster").
   bool cluster_plan = false;
   // With the cluster plan and the f16 working copy: its sweeps on tensor cores (MiraPlanOptions::
-  // cluster_mma; config mira.assign_plan "cluster-mma"). Opt-in until measured.
+  // cluster_mma; config mira.assign_plan "cluster-mma"). Opt-in (measured: docs/assignment.md).
   bool cluster_mma = false;
   // CUDA: read back the count of non-finite logits and throw if there are any. This
   // synchronises the stream once per call; turn it off while capturing a CUDA graph.

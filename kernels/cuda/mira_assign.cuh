@@ -14,11 +14,13 @@
 //   iteration count plus two), E in the workspace, and the caller sums the column sums over
 //   ranks between launches. Plain stream work, so it can be captured in a CUDA graph.
 // - Fused or PerPass with MiraPlanOptions::warp_rows (K <= 3072): the same passes with a warp
-//   per row instead of a thread per column (kernels/cuda/mira_warprows.cu). Opt-in until measured.
+//   per row instead of a thread per column (kernels/cuda/mira_warprows.cu). Opt-in: slower than the default on an H200
+//   (bench/RESULTS.md, sessions 8 and 15).
 // - Fused with MiraPlanOptions::cluster (sm_90, f32 cache, where a view's E fits one cluster's
 //   shared memory: the training shapes of one GPU): a thread-block cluster per view, its
 //   blocks splitting the columns, so that a pass needs two cluster barriers and no grid
-//   barrier (kernels/cuda/mira_cluster.cu). Opt-in until measured.
+//   barrier (kernels/cuda/mira_cluster.cu). Opt-in: on an H200 faster only up to N 64 per view
+//   (bench/RESULTS.md, session 15).
 // - Unfused: six small kernels and four launches per iteration, E in the workspace (a bench
 //   baseline, and the path for K > 12288 where the fused kernel's registers do not reach).
 // MiraCache::BF16 / F16 store E in 16 bits during the iteration (bf16; or f16 of E * 2^15, 3
@@ -139,12 +141,13 @@ constexpr int kMiraTracePhases = 8;
 // rows. Where one cluster holds the whole view (N x K up to ~0.8 M in f32 on an H100: the
 // training shapes) a pass crosses two cluster barriers and nothing else; otherwise the view's
 // clusters (row groups, all resident at once) exchange their column sums as flag-tagged words
-// (N 4096 x K 3000 takes the f16 cache: 8 clusters of 16). With the f16 cache the last
+// (N 4096 x K 3000 would take the f16 cache in 8 clusters of 16, which an H200 cannot hold at
+// once: no cluster plan there). With the f16 cache the last
 // exact_passes updates and the targets read a split copy (f16 of E * 2^15 in shared memory
 // plus f16 of the remainder in the workspace, ~22 significant bits) instead of recomputing E
 // from the logits. Other bits than the default kernel
 // (other summation order); the CPU twin mira_cluster_twin has its order. cluster_size: 0 (the
-// plan picks) or a power of two up to 16. Opt-in until measured.
+// plan picks) or a power of two up to 16. Opt-in (measured: docs/assignment.md).
 // cluster_mma (the cluster plan with the f16 copy; MiraPlan::cluster_mma says whether it
 // took): the updates on the f16 copy sweep it on tensor cores (mma.sync m16n8k16, f32
 // accumulators), with the weights and the row inverses as B operands split into two f16

@@ -1,5 +1,6 @@
-// The fused MIRA assignment with a warp per row (MiraPlanOptions::warp_rows; opt-in until it
-// has been measured: bench/NOTES.md, "What 0.3 ms would take").
+// The fused MIRA assignment with a warp per row (MiraPlanOptions::warp_rows; opt-in: slower than
+// the default kernel on an H200, bench/RESULTS.md sessions 8 and 15; the idea: bench/NOTES.md,
+// "What 0.3 ms would take").
 //
 // Why: in mira_assign.cu's kernel a thread owns columns, so every row sum is a block
 // reduction and a block waits on its slowest warp once per batch of rows, dozens of times per
