@@ -26,8 +26,9 @@ void col_sum(const T* dy, int64_t N, int O, D* db, bool accumulate, void* worksp
 
 // ---- batch norm over rows: x (M, C), M = N*H*W (NHWC images) or N (features).
 size_t bn_workspace_bytes(int64_t M, int C);
-// Vectorised batch-norm kernels (16-byte accesses; see nn.cu for when they apply): off unless
-// MIRA_BN_VEC=1 or set_bn_vectorized(true), until measured on a GPU against the scalar ones.
+// Vectorised batch-norm kernels (16-byte accesses; see nn.cu for when they apply): on by default
+// (measured faster on an H200, bench/RESULTS.md); MIRA_BN_VEC=0 or set_bn_vectorized(false)
+// turns them off.
 void set_bn_vectorized(bool on);
 bool bn_vectorized();
 // Batch mean and biased variance per channel (C). Shifted sums (shift = the first row) per
