@@ -39,6 +39,7 @@
 #ifdef MIRA_HAS_CUDA
 #include "engine/cuda/context.h"
 #include "kernels/cuda/mira_assign.cuh"
+#include "kernels/cuda/sync_probe.cuh"
 #endif
 
 using namespace mira;
@@ -80,9 +81,13 @@ const char* kUsage =
     "         --variants: only these CUDA rows (names as printed; e.g. for a profiler)\n"
     "       mira_assign --probe-cluster [--iters I]\n"
     "         the cluster plan's primitives on this GPU: cycles per cluster barrier and per DSMEM\n"
-    "         load, and clusters of one ~200 KB block per SM at once, for 1-16 blocks\n";
+    "         load, and clusters of one ~200 KB block per SM at once, for 1-16 blocks\n"
+    "       mira_assign --probe-sync [--iters I]\n"
+    "         grid barriers on this GPU: cycles per cooperative_groups grid.sync() and per counter\n"
+    "         barrier (one arrival per block, or per cluster of 2-8), 1 and 2 blocks per SM, each\n"
+    "         also checked for memory ordering (errors: failed checks)\n";
 
-const char* kFlags[] = {"stats", "convergence", "time", "trace", "help", "probe-cluster"};
+const char* kFlags[] = {"stats", "convergence", "time", "trace", "help", "probe-cluster", "probe-sync"};
 const char* kOptions[] = {"logits",  "out",     "tau",       "beta",      "iters",  "method",       "eps",
                           "device",  "n",       "k",         "std",       "seed",   "views",        "reps",
                           "warmup",  "pytorch", "max-iters", "ref-iters", "python", "working-copy", "exact-passes",
@@ -377,19 +382,31 @@ int run_time_cpu(const Args& a, int V, int64_t N, int64_t K, double tau, double 
 
 #ifdef MIRA_HAS_CUDA
 
-// --probe-cluster: one JSON line per cluster size.
-int run_probe_cluster(const Args& a) {
-  const int iters = a.integer("iters", 1000);
-  MIRA_CHECK(iters >= 1, "--iters must be >= 1");
+// What the probes' JSON lines carry: the card, its clock (kHz), and --iters.
+struct ProbeSetup {
+  std::string device;
+  int khz = 0, iters = 0;
+};
+ProbeSetup probe_setup(const Args& a) {
+  ProbeSetup s;
+  s.iters = a.integer("iters", 1000);
+  MIRA_CHECK(s.iters >= 1, "--iters must be >= 1");
   cudaDeviceProp prop{};
   MIRA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  int khz = 0;
-  MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+  s.device = prop.name;
+  MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&s.khz, cudaDevAttrClockRate, 0));
+  return s;
+}
+
+// --probe-cluster: one JSON line per cluster size.
+int run_probe_cluster(const Args& a) {
+  const ProbeSetup ps = probe_setup(a);
+  const int iters = ps.iters, khz = ps.khz;
   Tensor scratch = Tensor::empty({32}, DType::I64, Device::cuda(0));
   for (int size = 1; size <= 16; size *= 2) {
     const cuda::ClusterProbe r = cuda::mira_cluster_probe(size, iters, static_cast<long long*>(scratch.raw()));
     json j = {{"probe", "cluster"},
-              {"device", prop.name},
+              {"device", ps.device},
               {"size", size},
               {"barrier_cycles", r.barrier_cycles},
               {"dsmem_cycles", r.dsmem_cycles},
@@ -399,6 +416,34 @@ int run_probe_cluster(const Args& a) {
     print(j);
   }
   return 0;
+}
+
+// --probe-sync: one JSON line per barrier kind, blocks per SM and cluster size.
+int run_probe_sync(const Args& a) {
+  const ProbeSetup ps = probe_setup(a);
+  const int iters = ps.iters, khz = ps.khz;
+  using GS = cuda::GridSync;
+  struct Row {
+    GS kind;
+    int cluster;
+  };
+  const Row rows[] = {{GS::Cooperative, 1},
+                      {GS::Counter, 1},
+                      {GS::ClusterCounter, 2},
+                      {GS::ClusterCounter, 4},
+                      {GS::ClusterCounter, 8}};
+  bool ok = true;
+  for (int bps = 1; bps <= 2; ++bps)
+    for (const Row& row : rows) {
+      const cuda::SyncProbe r = cuda::mira_sync_probe(row.kind, bps, row.cluster, 200, iters);
+      json j = {{"probe", "sync"},      {"device", ps.device},  {"kind", cuda::grid_sync_name(row.kind)},
+                {"blocks_per_sm", bps}, {"cluster", r.cluster}, {"blocks", r.blocks},
+                {"cycles", r.cycles},   {"errors", r.errors},   {"clock_mhz", khz / 1000.0}};
+      if (r.blocks > 0) j["us_at_clock"] = r.cycles / (khz * 1e-3);
+      print(j);
+      ok = ok && r.errors == 0;
+    }
+  return ok ? 0 : 1;
 }
 
 int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double beta, int iters) {
@@ -763,6 +808,12 @@ int main(int argc, char** argv) {
       if (cuda::device_count() > 0) return run_probe_cluster(a);
 #endif
       MIRA_FAIL("--probe-cluster needs a CUDA device");
+    }
+    if (a.has("probe-sync")) {
+#ifdef MIRA_HAS_CUDA
+      if (cuda::device_count() > 0) return run_probe_sync(a);
+#endif
+      MIRA_FAIL("--probe-sync needs a CUDA device");
     }
     if (a.has("logits") && !a.has("time")) return run_tool(a);
     return run_time(a);

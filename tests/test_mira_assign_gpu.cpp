@@ -19,6 +19,7 @@
 #include "kernels/cpu/mira_assign.h"
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/mira_assign.cuh"
+#include "kernels/cuda/sync_probe.cuh"
 #endif
 
 using namespace mira;
@@ -327,6 +328,30 @@ TEST_CASE("gpu mira: ldmatrix and mma.sync as the tensor-core sweeps address the
   }
   CHECK(wrong_plain == 0);  // ldmatrix + mma (the row sums)
   CHECK(wrong_trans == 0);  // ldmatrix.trans + mma (the column sums)
+}
+
+TEST_CASE("gpu mira: the grid barriers order every block's writes before the other blocks' reads") {
+  // kernels/cuda/grid_sync.cuh on the GPU's memory model (test_kernels_emu checks them on the
+  // host's): 300 checked barriers of each kind, at 1 and 2 blocks of 384 per SM.
+  using GS = cuda::GridSync;
+  const int major = compute_major();
+  for (int bps = 1; bps <= 2; ++bps) {
+    CAPTURE(bps);
+    for (const auto& [kind, cluster] :
+         {std::pair{GS::Cooperative, 1}, std::pair{GS::Counter, 1}, std::pair{GS::ClusterCounter, 2},
+          std::pair{GS::ClusterCounter, 4}, std::pair{GS::ClusterCounter, 8}}) {
+      CAPTURE(cuda::grid_sync_name(kind));
+      CAPTURE(cluster);
+      const cuda::SyncProbe r = cuda::mira_sync_probe(kind, bps, cluster, 300, 20);
+      if (kind == GS::ClusterCounter && major < 9) {
+        CHECK(r.blocks == 0);  // no clusters before sm_90
+        continue;
+      }
+      CHECK(r.blocks > 0);
+      CHECK(r.errors == 0u);
+      CHECK(r.cycles > 0);
+    }
+  }
 }
 
 TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference") {

@@ -22,6 +22,9 @@ source tools/device_rows.sh
 B=${MIRA_DEVICE_BUILD:-build-device}/bench
 # The cluster plan's primitives (cycles per cluster barrier and DSMEM load, clusters at once).
 run probe_cluster $B/mira_assign --probe-cluster
+# Grid barriers (kernels/cuda/grid_sync.cuh): cycles per cooperative grid.sync() against a
+# counter barrier per block and per cluster, each also checked for memory ordering.
+run probe_sync $B/mira_assign --probe-sync
 run assign $B/mira_assign --time --device cuda --trace
 run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
@@ -61,7 +64,7 @@ python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
 # The cluster plan's row groups launch without the cooperative attribute if the driver refuses
 # it (kernels/cuda/mira_fused_host.cpp, launch_row_groups): say so here, not only in a log.
 grep -rh "driver refused a cooperative" "$LOG_DIR"/stderr_*.log "$LOG_DIR"/check 2>/dev/null | sort | uniq -c | head -3
-grep -E '^\{"probe"' "$R" | cut -c1-200
+grep -E '^\{"probe"' "$R" | cut -c1-260
 grep -A8 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
 grep -E '^== ncu|^rc|Duration|Registers Per|Achieved Occupancy|Issued Warp|No Eligible|Warp Cycles Per Issued|Stall|stall|Bank|Executed Ipc|Shared Memory|L1/TEX Hit|L2 Hit|Mem Busy|Compute \(SM\)' "$R" | cut -c1-150
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)

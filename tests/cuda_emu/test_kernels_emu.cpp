@@ -9,6 +9,8 @@
 // tile edges, grid-stride loops, vector and scalar paths, barriers and shuffles. Each kernel
 // also runs with its threads in reversed and shuffled order (emu::set_schedule) and must give
 // the same bits: a read that a missing __syncthreads leaves unordered changes them.
+// The grid barriers of kernels/cuda/grid_sync.cuh (not yet used by a kernel) are checked for
+// the ordering they promise.
 //
 // Comparisons:
 // - bit for bit where the kernels claim it: the elementwise maps against the f32 twin (and
@@ -39,6 +41,7 @@
 #include "kernels/cuda/nn.cuh"
 #include "kernels/cuda/optim.cuh"
 #include "kernels/cuda/pointwise.cuh"
+#include "kernels/cuda/sync_probe.cuh"
 #include "kernels/cuda/topk.cuh"
 #include "tests/augment_images.h"
 #include "tests/cuda_emu/emu_testing.h"
@@ -818,4 +821,41 @@ TEST_CASE("emulated batch norm over hundreds of row blocks, and softmax rows pas
   const std::vector<double> zd = to_d(z);
   cpu::log_softmax_fwd(zd.data(), yd.data(), N, K);
   CHECK(close(y, yd, 1e-5, "log_softmax y, 66000 rows"));
+}
+
+TEST_CASE("emulated grid barriers: every block's writes before a barrier reach every block's reads after it") {
+  // sync_probe_launch's checks: before barrier i every thread writes i + 1 into its word, after
+  // it every thread reads a word of another block's thread. Every kind, with
+  // blocks that each need their own OS thread to arrive; clusters of 1 to 8 (one arrival per
+  // cluster); threads in index, reversed and shuffled order. The counter then holds exactly one
+  // arrival per block or cluster and barrier.
+  using GS = cuda::GridSync;
+  struct Case {
+    GS kind;
+    int blocks, threads, cluster;
+  };
+  const Case cases[] = {{GS::Cooperative, 12, 64, 1},    {GS::Counter, 12, 64, 1},
+                        {GS::Counter, 33, 32, 1},        {GS::ClusterCounter, 12, 64, 4},
+                        {GS::ClusterCounter, 16, 32, 8}, {GS::ClusterCounter, 6, 96, 1}};
+  constexpr int kChecks = 50, kIters = 3;
+  for (const Case& c : cases) {
+    CAPTURE(cuda::grid_sync_name(c.kind));
+    CAPTURE(c.blocks);
+    CAPTURE(c.cluster);
+    for (int order : {0, 1, 5}) {
+      CAPTURE(order);
+      emu::set_schedule(order);
+      emu_testing::Workspace ws(cuda::sync_probe_scratch_bytes(c.blocks, c.threads));
+      cuda::sync_probe_launch(c.kind, c.blocks, c.threads, c.cluster, 0, kChecks, kIters, ws.base, kStream);
+      CHECK(*cuda::sync_probe_errors(ws.base) == 0u);
+      if (c.kind != GS::Cooperative) {
+        const unsigned units = c.kind == GS::ClusterCounter ? c.blocks / c.cluster : c.blocks;
+        CHECK(*reinterpret_cast<const unsigned*>(ws.base) == units * (kChecks + 1 + kIters));
+      }
+      const long long* cycles = cuda::sync_probe_cycles(ws.base, c.blocks, c.threads);
+      for (int b = 0; b < c.blocks; ++b) CHECK(cycles[b] >= 0);  // every block wrote its time
+      CHECK(ws.intact());
+    }
+  }
+  emu::set_schedule(0);
 }

@@ -1,0 +1,47 @@
+// The grid barriers of kernels/cuda/grid_sync.cuh on the device, against cooperative_groups'
+// grid.sync(): their cost (bench/mira_assign --probe-sync) and whether they order memory
+// (every barrier is also checked: blocks write before it and read each other's words after).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace mira::cuda {
+
+enum class GridSync {
+  Cooperative = 0,     // cooperative_groups::this_grid().sync()
+  Counter = 1,         // count_sync: one arrival per block
+  ClusterCounter = 2,  // cluster_count_sync (sm_90): one arrival per cluster
+};
+const char* grid_sync_name(GridSync kind);
+
+// Device memory a run over `blocks` blocks of `threads` needs, and where its results are: the
+// number of failed checks (one unsigned) and each block's clock64 cycles over the timed barriers.
+size_t sync_probe_scratch_bytes(int blocks, int threads);
+unsigned* sync_probe_errors(void* scratch);
+long long* sync_probe_cycles(void* scratch, int blocks, int threads);
+
+// One launch of `blocks` blocks of `threads` threads (a multiple of 32; `cluster` blocks per
+// cluster for ClusterCounter, dividing `blocks`; smem bytes of dynamic shared memory each, to
+// set how many share an SM), all resident at once (a cooperative launch): `checks` barriers,
+// each checked (every thread writes a word before it and reads another block's thread's word
+// after it), then `iters` timed barriers. The scratch (sync_probe_scratch_bytes)
+// is cleared first. Asynchronous on `stream`.
+void sync_probe_launch(GridSync kind, int blocks, int threads, int cluster, size_t smem, int checks, int iters,
+                       void* scratch, cudaStream_t stream);
+
+// On the current GPU: blocks_per_sm blocks of 384 threads on every SM (with shared memory as the
+// fused kernel's two or one per SM take), fewer to make whole clusters (of 1 to 8); 0 blocks
+// where the kind or cluster size does not run there (clusters need sm_90). Two launches (the
+// first warms up); errors: the failed checks of both; cycles: the second's slowest block's
+// mean per barrier.
+struct SyncProbe {
+  GridSync kind = GridSync::Cooperative;
+  int blocks = 0, cluster = 1;
+  double cycles = 0;
+  unsigned errors = 0;
+};
+SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int checks, int iters);
+
+}  // namespace mira::cuda
