@@ -485,6 +485,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool warp_rows = false;  // a warp per row (kernels/cuda/mira_warprows.cu)
     int cluster = 0;         // a cluster per view (kernels/cuda/mira_cluster.cu): -1 the plan's size, > 0 that size
     bool mma = false;        // the cluster plan's f16 sweeps on tensor cores
+    cuda::GridSync sync = cuda::GridSync::Cooperative;  // the default kernel's barriers after the first
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -569,6 +570,20 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
             true}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
+  // The default kernel's grid barriers after the first as counter barriers, one arrival per
+  // block or per cluster of 8 (kernels/cuda/grid_sync.cuh; the same bits).
+  at = 1;
+  for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
+                                  std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
+    for (Variant v :
+         std::vector<Variant>{{"fused", MV::Fused, MC::F32, MS::Auto, 4, false},
+                              {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
+                              {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3}}) {
+      v.name += tag;
+      v.sync = sync;
+      variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
+    }
+  }
   if (V > 1) {
     variants.insert(variants.begin() + 1, {"fused concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false});
     variants.insert(variants.begin() + 2, {"fused sequential", MV::Fused, MC::F32, MS::Sequential, 4, false});
@@ -635,6 +650,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.cluster = var.cluster != 0;
       po.cluster_size = std::max(0, var.cluster);
       po.cluster_mma = var.mma;
+      po.grid_sync = var.sync;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
       if (var.cluster != 0 && plan.cluster == 0) {
         // Not this row's kernel: E does not fit one cluster (or the device has no clusters).
@@ -686,6 +702,8 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"cluster", plan.cluster},
                      {"cluster_groups", plan.cluster_groups},
                      {"cluster_mma", plan.cluster_mma},
+                     {"grid_sync", cuda::grid_sync_name(static_cast<cuda::GridSync>(plan.grid_sync))},
+                     {"grid_sync_cluster", plan.grid_sync_cluster},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};
       }
       if (!(ok && bad == 0)) {

@@ -354,6 +354,50 @@ TEST_CASE("gpu mira: the grid barriers order every block's writes before the oth
   }
 }
 
+TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperative barriers' bits") {
+  // MiraPlanOptions::grid_sync on the GPU's memory model: every barrier after the launch's
+  // first as a counter, per block or per cluster (sm_90; else the per-block counter). The
+  // issue's shape in f32 (views one after another) and f16 + 3 exact (side by side), a
+  // training shape, and 2 iterations.
+  using GS = cuda::GridSync;
+  using C = cuda::MiraCache;
+  const int major = compute_major();
+  struct Shape3 {
+    int64_t N, K;
+    C cache;
+    int iters;
+  };
+  for (const Shape3 s : {Shape3{4096, 3000, C::F32, 30}, Shape3{4096, 3000, C::F16, 30}, Shape3{256, 3000, C::F32, 30},
+                         Shape3{300, 1000, C::F32, 2}}) {
+    CAPTURE(s.N);
+    CAPTURE(static_cast<int>(s.cache));
+    CAPTURE(s.iters);
+    const std::vector<Tensor> views = {cpu_logits(s.N, s.K, 51, 0.3), cpu_logits(s.N, s.K, 52, 0.3)};
+    cuda::MiraPlanOptions o;
+    o.cache = s.cache;
+    o.exact_passes = s.cache == C::F16 ? 3 : 0;
+    const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters);
+    for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
+      CAPTURE(std::string(cuda::grid_sync_name(kind)));
+      o.grid_sync = kind;
+      cuda::MiraPlan plan;
+      const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters, &plan);
+      if (kind == GS::Counter || major < 9) {
+        CHECK(plan.grid_sync == static_cast<int>(GS::Counter));
+      } else if (plan.grid_sync != static_cast<int>(kind)) {
+        // cudaOccupancyMaxActiveClusters said the grid's clusters do not all fit at once.
+        MESSAGE("clusters of up to ", o.grid_sync_cluster, " over ", plan.grid,
+                " blocks do not fit at once here: the per-block counter instead");
+        CHECK(plan.grid_sync == static_cast<int>(GS::Counter));
+      } else {
+        CHECK(plan.grid % plan.grid_sync_cluster == 0);
+      }
+      CHECK(got == plain);
+      CHECK(allclose(got[0], reference(views[0], kTau, kBeta, s.iters), kGpuTol, "counter barriers vs f64"));
+    }
+  }
+}
+
 TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference") {
   const int major = compute_major();
   if (major < 9) {

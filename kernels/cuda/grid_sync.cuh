@@ -50,30 +50,29 @@ __device__ __forceinline__ void sync_spin(int& n) {
 }
 #endif
 
-struct CountBarrier {
-  unsigned* count = nullptr;  // 0 before the first barrier
-  unsigned arrivals = 0;      // per barrier: blocks (count_sync) or clusters (cluster_count_sync)
-  unsigned target = 0;        // the count the last barrier waited for
-  // One thread per arriving unit.
-  __device__ __forceinline__ void arrive_wait() {
-    target += arrivals;
-    arrive_release(count);
-    int n = 0;
-    while (static_cast<int>(load_acquire(count) - target) < 0) sync_spin(n);
-  }
-};
+// One thread per arriving unit: arrives on `count` (0 before the first barrier), then waits
+// until it reaches `target`, k * arrivals at the k-th barrier.
+__device__ __forceinline__ void counter_arrive_wait(unsigned* count, unsigned target) {
+  arrive_release(count);
+  int n = 0;
+  while (static_cast<int>(load_acquire(count) - target) < 0) sync_spin(n);
+}
 
-__device__ __forceinline__ void count_sync(CountBarrier& b) {
+// Every thread of every block; target matters in thread 0 only (callers may keep it there, in
+// shared memory, to spare a register in every thread).
+__device__ __forceinline__ void count_sync(unsigned* count, unsigned target) {
   __syncthreads();
-  if (threadIdx.x == 0) b.arrive_wait();
+  if (threadIdx.x == 0) counter_arrive_wait(count, target);
   __syncthreads();
 }
 
-// Clusters exist from sm_90 on (and in the emulator).
+// Clusters exist from sm_90 on (and in the emulator). target: in thread 0 of the cluster's
+// block 0.
 #if defined(MIRA_CUDA_EMU) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void cluster_count_sync(CountBarrier& b, cooperative_groups::cluster_group& cl) {
+__device__ __forceinline__ void cluster_count_sync(unsigned* count, unsigned target,
+                                                   cooperative_groups::cluster_group& cl) {
   cl.sync();
-  if (cl.block_rank() == 0 && threadIdx.x == 0) b.arrive_wait();
+  if (cl.block_rank() == 0 && threadIdx.x == 0) counter_arrive_wait(count, target);
   cl.sync();
 }
 #endif

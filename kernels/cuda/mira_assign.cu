@@ -37,6 +37,7 @@
 
 #include "kernels/cpu/mira_plan_model.h"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/grid_sync.cuh"
 #include "kernels/cuda/mira_assign.cuh"
 #include "kernels/cuda/mira_fused.cuh"
 
@@ -405,11 +406,42 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
   }
 }
 
+// A grid barrier of the kernel, SYNC a GridSync (MiraPlan::grid_sync): cooperative groups'
+// throughout for Cooperative, else for the launch's first (`first`; block 0 zeroed the counter
+// before it, so every block sees 0 after it) and counter barriers after it, per block or per
+// cluster. A template parameter, not an argument: the kernel is at its register limit (80 for
+// 768 threads), and reading the kind at run time spilled more in every instantiation. target:
+// the count the last counter barrier waited for, thread 0's, in shared memory.
+template <int SYNC>
+__device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cg::grid_group& grid, bool first,
+                                                unsigned* target) {
+  if constexpr (SYNC == static_cast<int>(GridSync::Cooperative)) {
+    grid.sync();
+  } else {
+    if (first) {
+      grid.sync();
+      return;
+    }
+    constexpr bool kClustered = SYNC == static_cast<int>(GridSync::ClusterCounter);
+    if (threadIdx.x == 0) *target += kClustered ? gridDim.x / static_cast<unsigned>(a.sync_cluster) : gridDim.x;
+    if constexpr (!kClustered) {
+      count_sync(a.sync_count, *target);
+    } else {
+#if defined(MIRA_CUDA_EMU) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+      cg::cluster_group cl = cg::this_cluster();
+      cluster_count_sync(a.sync_count, *target, cl);
+#else
+      __trap();  // clusters need sm_90: mira_plan never picks ClusterCounter below it
+#endif
+    }
+  }
+}
+
 // Grid: views_per_group * blocks_per_view blocks, all resident (cooperative launch); block:
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
 // take half as many.
-template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL>
+template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   constexpr int RH = R > 1 ? R / 2 : 1;
   MIRA_DYNAMIC_SMEM(smem_raw);
@@ -424,6 +456,15 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   }
   __shared__ float redc[kFusedMaxBlock];  // the column reduction's (subset, column) sums
   cg::grid_group grid = cg::this_grid();
+  unsigned* sync_target = nullptr;  // fused_grid_sync's (a constant address: no register)
+  if constexpr (SYNC != 0) {
+    __shared__ unsigned target;
+    sync_target = &target;
+    if (threadIdx.x == 0) {
+      target = 0;
+      if (blockIdx.x == 0) *a.sync_count = 0u;  // before the launch's first barrier
+    }
+  }
 
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
@@ -537,11 +578,11 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(a.partial + part_off + b.col(ch), c[ch]);
           }
         }
-        if constexpr (!LL) grid.sync();
+        if constexpr (!LL) fused_grid_sync<SYNC>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
         mark(kTraceBarrier1);
         if (active) reduce_columns<LL>(a, v, bv, seq, redc);
         mark(kTraceReduce);
-        if (!LL && p + 1 < a.pass_end) grid.sync();  // flag-tagged sums need no barrier
+        if (!LL && p + 1 < a.pass_end) fused_grid_sync<SYNC>(a, grid, false, sync_target);  // flags: no barrier
         mark(kTraceBarrier2);
       }
     }
@@ -612,6 +653,35 @@ FusedFn select_fused_in(MiraCache cache, int nch, int batch_rows, bool pipelined
 FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, bool pipelined, bool flag_sync) {
   return bf16_in ? select_fused_in<__nv_bfloat16>(cache, nch, batch_rows, pipelined, flag_sync)
                  : select_fused_in<float>(cache, nch, batch_rows, pipelined, flag_sync);
+}
+
+// The kernels with counter barriers (MiraPlanOptions::grid_sync): f32 logits, the f32 or f16
+// copy, 4 or 8 columns per thread with their default row batches, no pipelining or flags (the
+// auto plans at K 3000); null for the rest, which keep cooperative barriers.
+template <int SYNC>
+FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
+  if (cache == MiraCache::F32) {
+    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, float, 1, 4, false, false, SYNC>;
+    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, float, 2, 2, false, false, SYNC>;
+  } else if (cache == MiraCache::F16) {
+    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, __half, 1, 4, false, false, SYNC>;
+    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, __half, 2, 2, false, false, SYNC>;
+  }
+  return nullptr;
+}
+
+FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
+  if (bf16_in || plan.pipelined || plan.flag_sync || plan.warp_rows) return nullptr;
+  const int nch = plan.cpt / kVec;
+  switch (sync) {
+    case GridSync::Counter:
+      return fused_sync_fn<1>(plan.cache, nch, plan.batch_rows);
+    case GridSync::ClusterCounter:
+      return fused_sync_fn<2>(plan.cache, nch, plan.batch_rows);
+    case GridSync::Cooperative:
+      break;
+  }
+  return nullptr;
 }
 
 // ---- plain kernels (unfused variant, statistics, Sinkhorn)
@@ -831,6 +901,79 @@ int ceil_div(int64_t a, int64_t b) {
   return static_cast<int>((a + b - 1) / b);
 }
 
+cudaLaunchConfig_t cooperative_cluster_config(const MiraPlan& plan, cudaStream_t stream, cudaLaunchAttribute* attr) {
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = static_cast<unsigned>(plan.grid_sync_cluster);
+  attr[1].val.clusterDim.y = 1;
+  attr[1].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(plan.grid));
+  cfg.blockDim = dim3(static_cast<unsigned>(plan.block));
+  cfg.dynamicSmemBytes = plan.smem_bytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 2;
+  return cfg;
+}
+
+// MiraPlanOptions::grid_sync on a default fused plan: the kind where its kernel exists
+// (select_fused_sync) and fits as the plan's (the same blocks per SM with the plan's shared
+// memory), the cluster size (ClusterCounter: the asked size halved until it divides the grid,
+// where sm_90 code runs and that many clusters fit at once; else Counter), and 256 bytes of
+// workspace for the counter. Else the plan keeps cooperative barriers.
+void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, int dev) {
+  MIRA_CHECK(opts.grid_sync_cluster >= 1 && opts.grid_sync_cluster <= 8 &&
+                 (opts.grid_sync_cluster & (opts.grid_sync_cluster - 1)) == 0,
+             "mira_plan: grid_sync_cluster is a power of two up to 8, got ", opts.grid_sync_cluster);
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount, dev);
+  const int optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  // The kernel of a kind, ready to launch with the plan's shape; null where there is none.
+  auto kernel_for = [&](GridSync kind) -> const void* {
+    const FusedFn fn = select_fused_sync(plan, bf16_in, kind);
+    if (!fn) return nullptr;
+    const void* f = reinterpret_cast<const void*>(fn);
+    cudaFuncAttributes fa{};
+    MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, f));
+    if (kind == GridSync::ClusterCounter &&
+        (device_attr(cudaDevAttrComputeCapabilityMajor, dev) < 9 || (fa.binaryVersion < 90 && fa.ptxVersion < 90)))
+      return nullptr;
+    MIRA_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         std::max(0, optin - static_cast<int>(fa.sharedSizeBytes))));
+    int occ = 0;
+    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, f, plan.block, plan.smem_bytes));
+    return static_cast<int64_t>(occ) * sms >= plan.grid ? f : nullptr;
+  };
+  GridSync kind = opts.grid_sync;
+  int size = 1;
+  if (kind == GridSync::ClusterCounter) {
+    const void* f = kernel_for(kind);
+    size = f ? opts.grid_sync_cluster : 1;
+    while (size > 1 && plan.grid % size != 0) size /= 2;
+    if (size > 1) {
+      plan.grid_sync_cluster = size;
+      cudaLaunchAttribute attr[2];
+      cudaLaunchConfig_t cfg = cooperative_cluster_config(plan, nullptr, attr);
+      cfg.gridDim = dim3(static_cast<unsigned>(size));
+      cfg.attrs = attr + 1;  // the cluster dimension alone
+      cfg.numAttrs = 1;
+      int active = 0;
+      if (cudaOccupancyMaxActiveClusters(&active, f, &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();
+        active = 0;
+      }
+      if (active < plan.grid / size) size = 1;
+    }
+    if (size == 1) kind = GridSync::Counter;
+  }
+  if (kind == GridSync::Counter && !kernel_for(kind)) return;
+  plan.grid_sync = static_cast<int>(kind);
+  plan.grid_sync_cluster = size;
+  plan.off_sync = plan.workspace_bytes;
+  plan.workspace_bytes += 256;
+}
+
 }  // namespace
 
 bool mira_fused_supports(int K) {
@@ -976,8 +1119,11 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   });
   MIRA_CHECK(best.shape >= 0, "mira_plan: no launch configuration fits the device");
   const Kernel& k = kernels[static_cast<size_t>(best.shape)];
-  return fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, shapes[static_cast<size_t>(best.shape)], best,
-                    k.pipelined, k.flag_sync);
+  MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows,
+                           shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync);
+  if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
+    set_grid_sync(fp, opts, p.logits_bf16, dev);
+  return fp;
 }
 
 float* mira_reduce_buffer(const MiraPlan& plan, void* ws) {
@@ -1013,22 +1159,32 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
                    plan.smem_bytes, stream);
     return;
   }
-  const FusedFn fn = plan.warp_rows ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
-                                    : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
-                                                   plan.pipelined, plan.flag_sync);
+  const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
+                     : plan.warp_rows    ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
+                                         : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
+                                                        plan.pipelined, plan.flag_sync);
+  MIRA_CHECK(fn, "mira_assign_cuda: no kernel for this plan's grid barriers (make it with mira_plan)");
   // Flag-tagged sums start untagged in each launch: it must run every pass.
   MIRA_CHECK(!plan.flag_sync || (pass_begin == 0 && pass_end == p.iters + 2),
              "mira_assign_cuda: a flag_sync plan runs all passes in one launch");
   FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
+  const bool clustered = plan.grid_sync == static_cast<int>(GridSync::ClusterCounter);
 #ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every block at once, as a cooperative launch
   emu::LaunchConfig cfg;
   cfg.grid = static_cast<unsigned>(plan.grid), cfg.block = static_cast<unsigned>(plan.block);
+  cfg.cluster = clustered ? static_cast<unsigned>(plan.grid_sync_cluster) : 1;
   cfg.smem = plan.smem_bytes;
   emu::launch(cfg, fn, a);
 #else
   void* args[] = {&a};
-  MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),
-                                              args, plan.smem_bytes, stream));
+  if (clustered) {
+    cudaLaunchAttribute attr[2];
+    const cudaLaunchConfig_t cfg = cooperative_cluster_config(plan, stream, attr);
+    MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(fn), args));
+  } else {
+    MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),
+                                                args, plan.smem_bytes, stream));
+  }
 #endif
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }

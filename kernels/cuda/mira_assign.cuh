@@ -41,6 +41,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/sync_probe.cuh"
+
 namespace mira::cuda {
 
 constexpr int kMiraMaxViews = 4;
@@ -78,6 +80,12 @@ struct MiraPlan {
   int cluster_groups = 0;   // the cluster plan: clusters per view (row groups of rows_per_block)
   int cluster_ld = 0;       // the cluster plan: elements per row of E in shared memory
   int cluster_mma = 0;  // the cluster plan, f16 copy: > 0, its sweeps on tensor cores (row chunks of the column sums)
+  // The default fused kernel's grid barriers after the launch's first (MiraPlanOptions::
+  // grid_sync): GridSync as int, blocks per cluster of the launch for ClusterCounter, and the
+  // counter's place in the workspace.
+  int grid_sync = 0;
+  int grid_sync_cluster = 0;
+  size_t off_sync = 0;
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
   int views_per_group = 1;  // views side by side; V / views_per_group groups one after another
@@ -167,6 +175,13 @@ struct MiraPlanOptions {
   bool cluster = false;
   int cluster_size = 0;
   bool cluster_mma = false;
+  // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
+  // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
+  // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they
+  // divide the grid; a Counter plan where clusters do not run or fit at once). The same bits.
+  // Opt-in until measured (bench/mira_assign --probe-sync, and the "counter-sync" rows).
+  GridSync grid_sync = GridSync::Cooperative;
+  int grid_sync_cluster = 8;
 };
 
 // Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).

@@ -58,6 +58,8 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.cluster_groups = plan.cluster_groups;
   a.cluster_ld = plan.cluster_ld;
   a.cluster_mma = plan.cluster_mma;
+  a.sync_cluster = std::max(1, plan.grid_sync_cluster);
+  a.sync_count = plan.grid_sync != 0 ? reinterpret_cast<unsigned*>(base + plan.off_sync) : nullptr;
   return a;
 }
 

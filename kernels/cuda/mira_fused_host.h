@@ -50,6 +50,10 @@ struct FusedArgs {
   // Elements per row of E in a block's shared memory; > 0: the f16 copy's sweeps on tensor
   // cores, the column sums in this many row chunks (plan_model::cluster_layout).
   int cluster_ld, cluster_mma;
+  // The default kernel's counter barriers (MiraPlan::grid_sync; its kind is the kernel's
+  // template argument): blocks per cluster of the launch, and the counter (null: none).
+  int sync_cluster;
+  unsigned* sync_count;
 };
 
 // The kernel arguments of passes [pass_begin, pass_end) of problem p under plan, with the

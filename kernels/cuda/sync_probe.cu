@@ -39,16 +39,19 @@ struct ProbeArgs {
 #define MIRA_SYNC_HAS_CLUSTERS 1
 #endif
 
+// target: the count the last counter barrier waited for.
 template <int KIND>
-__device__ __forceinline__ void probe_sync(fused::CountBarrier& b) {
+__device__ __forceinline__ void probe_sync(const ProbeArgs& a, unsigned& target) {
   if constexpr (KIND == static_cast<int>(GridSync::Cooperative)) {
     cg::this_grid().sync();
   } else if constexpr (KIND == static_cast<int>(GridSync::Counter)) {
-    fused::count_sync(b);
+    target += a.arrivals;
+    fused::count_sync(a.count, target);
   } else {
 #ifdef MIRA_SYNC_HAS_CLUSTERS
+    target += a.arrivals;
     cg::cluster_group cl = cg::this_cluster();
-    fused::cluster_count_sync(b, cl);
+    fused::cluster_count_sync(a.count, target, cl);
 #else
     __trap();
 #endif
@@ -61,23 +64,22 @@ __device__ __forceinline__ void probe_sync(fused::CountBarrier& b) {
 // block passes only after its reads of check i.
 template <int KIND>
 __global__ void sync_probe_kernel(ProbeArgs a) {
-  fused::CountBarrier b;
-  b.count = a.count, b.arrivals = a.arrivals;
+  unsigned target = 0;
   const unsigned G = gridDim.x, me = blockIdx.x;
   const int T = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
   unsigned bad = 0;
   for (int i = 0; i < a.checks; ++i) {
     unsigned* slot = a.data + static_cast<size_t>(i & 1) * G * T;
     slot[static_cast<size_t>(me) * T + t] = static_cast<unsigned>(i + 1);
-    probe_sync<KIND>(b);
+    probe_sync<KIND>(a, target);
     const unsigned other = (me + 1 + static_cast<unsigned>(i)) % G;
     const volatile unsigned* w = slot + static_cast<size_t>(other) * T + (t + i) % T;
     if (*w != static_cast<unsigned>(i + 1)) ++bad;
   }
   if (bad > 0) atomicAdd(a.errors, bad);
-  probe_sync<KIND>(b);
+  probe_sync<KIND>(a, target);
   const long long t0 = clock64();
-  for (int i = 0; i < a.iters; ++i) probe_sync<KIND>(b);
+  for (int i = 0; i < a.iters; ++i) probe_sync<KIND>(a, target);
   const long long t1 = clock64();
   if (t == 0) a.cycles[me] = t1 - t0;
 }

@@ -669,8 +669,14 @@ cudaError_t OccupancyMaxActiveClusters(int* n, const void*, const cudaLaunchConf
   if (cfg->dynamicSmemBytes + kStaticSmem > static_cast<size_t>(d.smem_optin) || d.major < 9 || size > 16) {
     *n = 0;
   } else {
-    const int by_sms = d.sms / static_cast<int>(size);
-    *n = size == 16 ? std::min(by_sms, d.clusters16) : size == 8 ? std::min(by_sms, 2 * d.clusters16) : by_sms;
+    // Blocks per SM as the occupancy allows (one for the cluster plan's ~200 KB blocks); an
+    // H100's GPCs hold fewer clusters of 8 or 16 than its SM count alone would.
+    int per_sm = 0;
+    occupancy(&per_sm, static_cast<int>(cfg->blockDim.x * cfg->blockDim.y * cfg->blockDim.z), cfg->dynamicSmemBytes);
+    const int by_sms = d.sms * per_sm / static_cast<int>(size);
+    *n = size == 16  ? std::min(by_sms, d.clusters16 * per_sm)
+         : size == 8 ? std::min(by_sms, 2 * d.clusters16 * per_sm)
+                     : by_sms;
   }
   return cudaSuccess;
 }

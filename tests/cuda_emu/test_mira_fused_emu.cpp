@@ -65,6 +65,7 @@ struct Case {
   int iters = 30;
   float tau = kTau, beta = kBeta;
   S schedule = S::Auto;
+  cuda::GridSync grid_sync = cuda::GridSync::Cooperative;
   emu::DeviceProps dev = gpu();
 };
 
@@ -85,6 +86,7 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.pipelined = c.pipelined;
   o.flag_sync = c.flag_sync;
   o.warp_rows = c.warp_rows;
+  o.grid_sync = c.grid_sync;
   return o;
 }
 
@@ -276,6 +278,54 @@ TEST_CASE("cuda_emu: the pipelined update and the flag-tagged sums give the plai
       CHECK(same_bits(flags.targets, plain.targets));
     }
   }
+}
+
+TEST_CASE("cuda_emu: counter barriers, per block or per cluster, give the cooperative barriers' bits") {
+  // MiraPlanOptions::grid_sync: the barriers after the launch's first become counter barriers
+  // (kernels/cuda/grid_sync.cuh). Views one after another and side by side, f32 and f16 with
+  // exact updates, threads in shuffled order, (12 blocks: clusters of 8 halve to 4), a
+  // single-block view, 0 and 1 iterations (no counter barrier, one).
+  using GS = cuda::GridSync;
+  struct Shape {
+    int N, K;
+    C cache;
+    S schedule;
+    int iters;
+  };
+  for (const Shape& sh : {Shape{128, 1000, C::F32, S::Sequential, 30}, Shape{128, 1000, C::F32, S::Concurrent, 30},
+                          Shape{64, 3000, C::F16, S::Auto, 30}, Shape{3, 40, C::F32, S::Auto, 30},
+                          Shape{96, 700, C::F32, S::Auto, 0}, Shape{96, 700, C::F16, S::Auto, 1}}) {
+    CAPTURE(sh.N);
+    CAPTURE(sh.K);
+    CAPTURE(static_cast<int>(sh.schedule));
+    CAPTURE(sh.iters);
+    Case c;
+    c.N = sh.N, c.K = sh.K, c.cache = sh.cache, c.schedule = sh.schedule, c.iters = sh.iters;
+    c.exact = sh.cache == C::F16 ? 3 : 0;
+    const Out plain = check(c);
+    CHECK(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
+    for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
+      CAPTURE(static_cast<int>(kind));  // 1: per block, 2: per cluster
+      c.grid_sync = kind;
+      emu::set_schedule(5);  // threads shuffled at every barrier: a read the barrier leaves unordered shows
+      const Out o = check(c);
+      emu::set_schedule(0);
+      CHECK(o.plan.grid == plain.plan.grid);
+      CHECK(o.plan.grid_sync == static_cast<int>(kind));
+      if (kind == GS::ClusterCounter) {
+        CHECK(o.plan.grid_sync_cluster > 1);
+        CHECK(o.plan.grid % o.plan.grid_sync_cluster == 0);
+      }
+      CHECK(o.plan.workspace_bytes == plain.plan.workspace_bytes + 256);
+      CHECK(same_bits(o.targets, plain.targets));
+    }
+  }
+  // A grid no cluster size divides (one block: N 1) takes the per-block counter.
+  Case one;
+  one.N = 1, one.K = 50, one.V = 1, one.grid_sync = GS::ClusterCounter;
+  const Out o = check(one);
+  CHECK(o.plan.grid == 1);
+  CHECK(o.plan.grid_sync == static_cast<int>(GS::Counter));
 }
 
 TEST_CASE("cuda_emu: the warp-row kernel against the f64 reference and its f16 twin") {
