@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The MIRA assignment (issue 3) on a GPU, in one device call of about 4 minutes: the build and
 # the GPU tests (tools/device_check.sh without its benchmarks; logs packed into
-# LOG_DIR/check.tgz), then `bench/mira_assign --time` at the issue's shape (N 4096, with the
-# per-phase trace and PyTorch in the same run), at the training shapes of one GPU (N 64 and
-# 256 per view: batch 64 and 256), at N 1024 (the cluster plan's row groups in f32) and at 60
-# iterations (the slope per pass), then Nsight Compute
-# on one launch of each plan named in MIRA_NCU_VARIANTS (warp stalls, issue, memory; clocks
-# left as they are: --clock-control none). Ends with one line per row (tools/assign_summary.py)
+# LOG_DIR/check.tgz), the cluster and grid-barrier probes, then `bench/mira_assign --time` at
+# the issue's shape (N 4096, with the per-phase trace and PyTorch in the same run), at the
+# training shapes of one GPU (N 64 and 256 per view: batch 64 and 256) and at 60 iterations
+# (the slope per pass), Nsight Compute on one launch of each plan named in MIRA_NCU_VARIANTS
+# (warp stalls, issue, memory; clocks left as they are: --clock-control none), and last the
+# cluster plan under compute-sanitizer. Ends with one line per row (tools/assign_summary.py)
 # and each prediction of bench/assign_predictions.json against its measurement.
 # Rows that would start after MIRA_DEADLINE_S (default 240 s) are skipped.
 #   tools/device_assign.sh [LOG_DIR]
@@ -28,28 +28,10 @@ run probe_sync $B/mira_assign --probe-sync
 run assign $B/mira_assign --time --device cuda --trace
 run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
-# The cluster plan's row groups in f32 (N 1024: 4 clusters of 16 per view, views side by side).
-run assign_n1024 $B/mira_assign --time --device cuda --n 1024 --pytorch none --trace \
-  --variants "fused,fused cluster,fused f16-cache exact3,fused cluster f16-cache exact3,fused cluster f16-cache exact3 mma"
-# The cluster plan under compute-sanitizer (shared-memory races, barrier misuse): one launch
-# at N 64 (one cluster per view) and one at N 1024 (row groups), if the tool is there.
-if command -v compute-sanitizer >/dev/null; then
-  for tool in racecheck synccheck; do
-    for n in 64 1024; do
-      run "sanitize_${tool}_n$n" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-        $B/mira_assign --time --device cuda --n "$n" --pytorch none --reps 1 --warmup 0 --variants "fused cluster"
-    done
-  done
-  # The tensor-core sweeps (ldmatrix, mma.sync) of the f16 copy, one cluster per view.
-  run sanitize_racecheck_mma_n64 compute-sanitizer --tool racecheck --error-exitcode 9 \
-    $B/mira_assign --time --device cuda --n 64 --pytorch none --reps 1 --warmup 0 --variants "fused cluster f16-cache mma"
-else
-  echo "== compute-sanitizer: not found" >>"$R"
-fi
 run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
-  --variants "fused,fused cpt8 bps2 sequential,fused cpt4 bps1 concurrent,fused f16-cache exact3,fused f16-cache exact3 concurrent"
+  --variants "fused,fused cluster-sync,fused f16-cache,fused f16-cache cluster-sync,fused f16-cache exact3 concurrent"
 if command -v ncu >/dev/null; then
-  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused f16-cache exact3;fused cluster f16-cache exact3;fused cluster f16-cache exact3 mma}"
+  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused cluster-sync;fused f16-cache;fused f16-cache cluster-sync}"
   for v in "${NCU_VARIANTS[@]}"; do
     label=ncu_$(echo "$v" | tr ' ' '_')
     run "$label" ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
@@ -59,6 +41,18 @@ if command -v ncu >/dev/null; then
   done
 else
   echo "== ncu: not found" >>"$R"
+fi
+# Last, as time allows (each takes ~30-60 s): the cluster plan's tensor-core sweeps under
+# racecheck (cut off at 50 s in session 15), and its row groups (N 1024) under both tools.
+if command -v compute-sanitizer >/dev/null; then
+  run sanitize_racecheck_mma_n64 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    $B/mira_assign --time --device cuda --n 64 --pytorch none --reps 1 --warmup 0 --variants "fused cluster f16-cache mma"
+  for tool in racecheck synccheck; do
+    run "sanitize_${tool}_n1024" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      $B/mira_assign --time --device cuda --n 1024 --pytorch none --reps 1 --warmup 0 --variants "fused cluster"
+  done
+else
+  echo "== compute-sanitizer: not found" >>"$R"
 fi
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
 # The cluster plan's row groups launch without the cooperative attribute if the driver refuses
