@@ -382,10 +382,10 @@ int run_time_cpu(const Args& a, int V, int64_t N, int64_t K, double tau, double 
 
 #ifdef MIRA_HAS_CUDA
 
-// What the probes' JSON lines carry: the card, its clock (kHz), and --iters.
+// What the probes' JSON lines carry: the card, its clock (kHz) and SMs, and --iters.
 struct ProbeSetup {
   std::string device;
-  int khz = 0, iters = 0;
+  int khz = 0, sms = 0, iters = 0;
 };
 ProbeSetup probe_setup(const Args& a) {
   ProbeSetup s;
@@ -394,6 +394,7 @@ ProbeSetup probe_setup(const Args& a) {
   cudaDeviceProp prop{};
   MIRA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   s.device = prop.name;
+  s.sms = prop.multiProcessorCount;
   MIRA_CUDA_CHECK(cudaDeviceGetAttribute(&s.khz, cudaDevAttrClockRate, 0));
   return s;
 }
@@ -432,10 +433,13 @@ int run_probe_sync(const Args& a) {
                       {GS::ClusterCounter, 2},
                       {GS::ClusterCounter, 4},
                       {GS::ClusterCounter, 8}};
+  const size_t scratch_bytes = cuda::sync_probe_scratch_bytes(2 * ps.sms, cuda::kSyncProbeThreads);
+  Tensor scratch = Tensor::empty({static_cast<int64_t>(scratch_bytes)}, DType::U8, Device::cuda(0));
   bool ok = true;
   for (int bps = 1; bps <= 2; ++bps)
     for (const Row& row : rows) {
-      const cuda::SyncProbe r = cuda::mira_sync_probe(row.kind, bps, row.cluster, 200, iters);
+      const cuda::SyncProbe r =
+          cuda::mira_sync_probe(row.kind, bps, row.cluster, 200, iters, scratch.raw(), scratch_bytes);
       json j = {{"probe", "sync"},      {"device", ps.device},  {"kind", cuda::grid_sync_name(row.kind)},
                 {"blocks_per_sm", bps}, {"cluster", r.cluster}, {"blocks", r.blocks},
                 {"cycles", r.cycles},   {"errors", r.errors},   {"clock_mhz", khz / 1000.0}};

@@ -335,6 +335,10 @@ TEST_CASE("gpu mira: the grid barriers order every block's writes before the oth
   // host's): 300 checked barriers of each kind, at 1 and 2 blocks of 384 per SM.
   using GS = cuda::GridSync;
   const int major = compute_major();
+  int sms = 0;
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+  const size_t scratch_bytes = cuda::sync_probe_scratch_bytes(2 * sms, cuda::kSyncProbeThreads);
+  Tensor scratch = Tensor::empty({static_cast<int64_t>(scratch_bytes)}, DType::U8, Device::cuda(0));
   for (int bps = 1; bps <= 2; ++bps) {
     CAPTURE(bps);
     for (const auto& [kind, cluster] :
@@ -342,7 +346,7 @@ TEST_CASE("gpu mira: the grid barriers order every block's writes before the oth
           std::pair{GS::ClusterCounter, 4}, std::pair{GS::ClusterCounter, 8}}) {
       CAPTURE(cuda::grid_sync_name(kind));
       CAPTURE(cluster);
-      const cuda::SyncProbe r = cuda::mira_sync_probe(kind, bps, cluster, 300, 20);
+      const cuda::SyncProbe r = cuda::mira_sync_probe(kind, bps, cluster, 300, 20, scratch.raw(), scratch_bytes);
       if (kind == GS::ClusterCounter && major < 9) {
         CHECK(r.blocks == 0);  // no clusters before sm_90
         continue;

@@ -180,8 +180,9 @@ void sync_probe_launch(GridSync kind, int blocks, int threads, int cluster, size
 // The probe (tests/cuda_emu has no clock to measure, nor device memory to allocate).
 #ifndef MIRA_CUDA_EMU
 
-SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int checks, int iters) {
-  constexpr int kThreads = 384;  // the fused kernel's block at N 4096 (8 columns x 2 blocks per SM)
+SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int checks, int iters, void* scratch,
+                          size_t scratch_bytes) {
+  constexpr int kThreads = kSyncProbeThreads;
   MIRA_CHECK(blocks_per_sm >= 1 && iters >= 1, "mira_sync_probe: blocks_per_sm and iters must be >= 1");
   const bool clustered = kind == GridSync::ClusterCounter;
   SyncProbe r;
@@ -221,8 +222,8 @@ SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int che
     blocks = std::min(blocks / cluster, active) * cluster;
     if (blocks == 0) return r;
   }
-  void* scratch = nullptr;
-  MIRA_CUDA_CHECK(cudaMalloc(&scratch, sync_probe_scratch_bytes(blocks, kThreads)));
+  MIRA_CHECK(scratch_bytes >= sync_probe_scratch_bytes(blocks, kThreads), "mira_sync_probe: ", scratch_bytes,
+             " bytes of scratch, ", sync_probe_scratch_bytes(blocks, kThreads), " needed");
   std::vector<long long> cycles(static_cast<size_t>(blocks));
   unsigned errors = 0;
   for (int rep = 0; rep < 2; ++rep) {  // the first launch warms up
@@ -234,7 +235,6 @@ SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int che
   }
   MIRA_CUDA_CHECK(cudaMemcpy(cycles.data(), sync_probe_cycles(scratch, blocks, kThreads),
                              cycles.size() * sizeof(long long), cudaMemcpyDeviceToHost));
-  MIRA_CUDA_CHECK(cudaFree(scratch));
   r.blocks = blocks;
   r.errors = errors;
   r.cycles = static_cast<double>(*std::max_element(cycles.begin(), cycles.end())) / iters;

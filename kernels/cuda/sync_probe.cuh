@@ -31,7 +31,7 @@ long long* sync_probe_cycles(void* scratch, int blocks, int threads);
 void sync_probe_launch(GridSync kind, int blocks, int threads, int cluster, size_t smem, int checks, int iters,
                        void* scratch, cudaStream_t stream);
 
-// On the current GPU: blocks_per_sm blocks of 384 threads on every SM (with shared memory as the
+// On the current GPU: blocks_per_sm blocks of kSyncProbeThreads on every SM (with shared memory as the
 // fused kernel's two or one per SM take), fewer to make whole clusters (of 1 to 8); 0 blocks
 // where the kind or cluster size does not run there (clusters need sm_90). Two launches (the
 // first warms up); errors: the failed checks of both; cycles: the second's slowest block's
@@ -42,6 +42,10 @@ struct SyncProbe {
   double cycles = 0;
   unsigned errors = 0;
 };
-SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int checks, int iters);
+// scratch: device memory of at least sync_probe_scratch_bytes(SMs * blocks_per_sm,
+// kSyncProbeThreads) bytes.
+constexpr int kSyncProbeThreads = 384;  // the fused kernel's block at N 4096 (8 columns x 2 blocks per SM)
+SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int checks, int iters, void* scratch,
+                          size_t scratch_bytes);
 
 }  // namespace mira::cuda
