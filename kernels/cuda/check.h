@@ -57,3 +57,32 @@ inline bool sync_check_enabled() {
       if (mira_cap_ == cudaStreamCaptureStatusNone) MIRA_CUDA_CHECK(cudaStreamSynchronize(stream)); \
     }                                                                                           \
   } while (0)
+
+namespace mira::cuda {
+
+// A cudaLaunchKernelEx configuration of a 1-D grid with, in `attr`, the cooperative attribute
+// (all blocks resident at once) where asked, then a cluster dimension along x where cluster > 0.
+inline cudaLaunchConfig_t launch_config(int grid, int block, size_t smem, cudaStream_t stream, bool cooperative,
+                                        int cluster, cudaLaunchAttribute (&attr)[2]) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
+  cfg.blockDim = dim3(static_cast<unsigned>(block));
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  unsigned n = 0;
+  if (cooperative) {
+    attr[n].id = cudaLaunchAttributeCooperative;
+    attr[n++].val.cooperative = 1;
+  }
+  if (cluster > 0) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = static_cast<unsigned>(cluster);
+    attr[n].val.clusterDim.y = 1;
+    attr[n++].val.clusterDim.z = 1;
+  }
+  cfg.numAttrs = n;
+  return cfg;
+}
+
+}  // namespace mira::cuda

@@ -901,23 +901,6 @@ int ceil_div(int64_t a, int64_t b) {
   return static_cast<int>((a + b - 1) / b);
 }
 
-cudaLaunchConfig_t cooperative_cluster_config(const MiraPlan& plan, cudaStream_t stream, cudaLaunchAttribute* attr) {
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = static_cast<unsigned>(plan.grid_sync_cluster);
-  attr[1].val.clusterDim.y = 1;
-  attr[1].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(plan.grid));
-  cfg.blockDim = dim3(static_cast<unsigned>(plan.block));
-  cfg.dynamicSmemBytes = plan.smem_bytes;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 2;
-  return cfg;
-}
-
 // MiraPlanOptions::grid_sync on a default fused plan: the kind where its kernel exists
 // (select_fused_sync) and fits as the plan's (the same blocks per SM with the plan's shared
 // memory), the cluster size (ClusterCounter: the asked size halved until it divides the grid,
@@ -952,12 +935,8 @@ void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, in
     size = f ? opts.grid_sync_cluster : 1;
     while (size > 1 && plan.grid % size != 0) size /= 2;
     if (size > 1) {
-      plan.grid_sync_cluster = size;
       cudaLaunchAttribute attr[2];
-      cudaLaunchConfig_t cfg = cooperative_cluster_config(plan, nullptr, attr);
-      cfg.gridDim = dim3(static_cast<unsigned>(size));
-      cfg.attrs = attr + 1;  // the cluster dimension alone
-      cfg.numAttrs = 1;
+      const cudaLaunchConfig_t cfg = launch_config(size, plan.block, plan.smem_bytes, nullptr, false, size, attr);
       int active = 0;
       if (cudaOccupancyMaxActiveClusters(&active, f, &cfg) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -1179,7 +1158,8 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
   void* args[] = {&a};
   if (clustered) {
     cudaLaunchAttribute attr[2];
-    const cudaLaunchConfig_t cfg = cooperative_cluster_config(plan, stream, attr);
+    const cudaLaunchConfig_t cfg =
+        launch_config(plan.grid, plan.block, plan.smem_bytes, stream, true, plan.grid_sync_cluster, attr);
     MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(fn), args));
   } else {
     MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),

@@ -98,27 +98,6 @@ ProbeFn probe_fn(GridSync kind) {
   return sync_probe_kernel<0>;
 }
 
-#ifndef MIRA_CUDA_EMU
-cudaLaunchConfig_t launch_config(int blocks, int threads, size_t smem, cudaStream_t stream, cudaLaunchAttribute* attr,
-                                 int n_attr) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = static_cast<unsigned>(n_attr);
-  return cfg;
-}
-
-void set_cluster_dim(cudaLaunchAttribute& at, int cluster) {
-  at.id = cudaLaunchAttributeClusterDimension;
-  at.val.clusterDim.x = static_cast<unsigned>(cluster);
-  at.val.clusterDim.y = 1;
-  at.val.clusterDim.z = 1;
-}
-#endif
-
 }  // namespace
 
 const char* grid_sync_name(GridSync kind) {
@@ -168,10 +147,7 @@ void sync_probe_launch(GridSync kind, int blocks, int threads, int cluster, size
   emu::launch(cfg, fn, a);
 #else
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  set_cluster_dim(attr[1], cluster);
-  const cudaLaunchConfig_t cfg = launch_config(blocks, threads, smem, stream, attr, clustered ? 2 : 1);
+  const cudaLaunchConfig_t cfg = launch_config(blocks, threads, smem, stream, true, clustered ? cluster : 0, attr);
   void* args[] = {&a};
   MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(fn), args));
 #endif
@@ -210,9 +186,8 @@ SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int che
   if (occ < blocks_per_sm) return r;
   int blocks = sms * blocks_per_sm;
   if (clustered) {
-    cudaLaunchAttribute attr[1];
-    set_cluster_dim(attr[0], cluster);
-    const cudaLaunchConfig_t cfg = launch_config(cluster, kThreads, smem, nullptr, attr, 1);
+    cudaLaunchAttribute attr[2];
+    const cudaLaunchConfig_t cfg = launch_config(cluster, kThreads, smem, nullptr, false, cluster, attr);
     int active = 0;
     if (cudaOccupancyMaxActiveClusters(&active, fn, &cfg) != cudaSuccess) {
       (void)cudaGetLastError();
