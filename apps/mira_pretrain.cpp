@@ -295,6 +295,7 @@ int run(int argc, char** argv) {
   sc.assign.exact_passes = mj["exact_passes"];
   sc.assign.cluster_plan = mj["assign_plan"] == "cluster" || mj["assign_plan"] == "cluster-mma";
   sc.assign.cluster_mma = mj["assign_plan"] == "cluster-mma";
+  sc.assign.mma_rows = mj["assign_plan"] == "mma-rows";
   models::MiraTrainer trainer(model, oc, sc, comm);
 
   const int64_t epochs = cfg["train"]["epochs"];

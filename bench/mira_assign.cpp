@@ -27,6 +27,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/comm.h"
@@ -490,6 +491,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     int cluster = 0;         // a cluster per view (kernels/cuda/mira_cluster.cu): -1 the plan's size, > 0 that size
     bool mma = false;        // the cluster plan's f16 sweeps on tensor cores
     cuda::GridSync sync = cuda::GridSync::Cooperative;  // the default kernel's barriers after the first
+    bool mma_rows = false;  // the f16 copy's updates on tensor cores (kernels/cuda/mira_mmarows.cu)
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -588,6 +590,16 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
     }
   }
+  // The f16 copy's updates on tensor cores: one 16-byte load, two mma and four movmatrix per
+  // 16 x 16 tile of E (kernels/cuda/mira_mmarows.cu), the plan's schedule and each pinned.
+  at = 1;
+  for (const auto& [tag, sched, bf16_in] :
+       {std::tuple{"", MS::Auto, false}, std::tuple{" concurrent", MS::Concurrent, false},
+        std::tuple{" sequential", MS::Sequential, false}, std::tuple{" bf16-logits", MS::Auto, true}}) {
+    Variant v{std::string("fused f16-cache mma-rows") + tag, MV::Fused, MC::F16, sched, 4, bf16_in};
+    v.mma_rows = true;
+    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
+  }
   if (V > 1) {
     variants.insert(variants.begin() + 1, {"fused concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false});
     variants.insert(variants.begin() + 2, {"fused sequential", MV::Fused, MC::F32, MS::Sequential, 4, false});
@@ -655,7 +667,13 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.cluster_size = std::max(0, var.cluster);
       po.cluster_mma = var.mma;
       po.grid_sync = var.sync;
+      po.mma_rows = var.mma_rows;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
+      if (var.mma_rows && plan.mma_rows == 0) {
+        j["skipped"] = "no tensor-core updates for this shape and device (K <= 3072, sm_80)";
+        print(j);
+        continue;
+      }
       if (var.cluster != 0 && plan.cluster == 0) {
         // Not this row's kernel: E does not fit one cluster (or the device has no clusters).
         j["skipped"] = "no cluster plan for this shape and device";
@@ -706,6 +724,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"cluster", plan.cluster},
                      {"cluster_groups", plan.cluster_groups},
                      {"cluster_mma", plan.cluster_mma},
+                     {"mma_rows", plan.mma_rows},
                      {"grid_sync", cuda::grid_sync_name(static_cast<cuda::GridSync>(plan.grid_sync))},
                      {"grid_sync_cluster", plan.grid_sync_cluster},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};

@@ -125,12 +125,13 @@ Tensor sinkhorn_cpu(const Tensor& logits, double eps, int iters, Communicator& c
 // the key: a plan cached for one setting must never serve another.
 cuda::MiraPlan cached_plan(const cuda::MiraProblem& p, cuda::MiraVariant variant, const cuda::MiraPlanOptions& o,
                            int device) {
-  using Key = std::tuple<int, int, int, int, int, bool, int, int, int, bool, bool>;
+  using Key = std::tuple<int, int, int, int, int, bool, int, int, int, bool, bool, bool>;
   static std::mutex mu;
   static std::map<Key, cuda::MiraPlan> plans;
   const int cache = static_cast<int>(o.cache);
-  const Key key{device,         p.V,       p.N,          p.K, p.iters, p.logits_bf16, static_cast<int>(variant), cache,
-                o.exact_passes, o.cluster, o.cluster_mma};
+  const Key key{
+      device,         p.V,       p.N,           p.K,       p.iters, p.logits_bf16, static_cast<int>(variant), cache,
+      o.exact_passes, o.cluster, o.cluster_mma, o.mma_rows};
   std::lock_guard<std::mutex> lock(mu);
   auto it = plans.find(key);
   if (it == plans.end()) it = plans.emplace(key, cuda::mira_plan(p, variant, o)).first;
@@ -227,6 +228,7 @@ void mira_cuda_group(const std::vector<Tensor>& views, const std::vector<Tensor>
   po.exact_passes = opts.exact_passes;
   po.cluster = opts.cluster_plan;
   po.cluster_mma = opts.cluster_mma;
+  po.mma_rows = opts.mma_rows;
   const cuda::MiraPlan plan = cached_plan(p, variant, po, ctx.device());
   Tensor ws = Tensor::empty(Shape{static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const float* flag = cuda::mira_nonfinite_count(plan, ws.raw());

@@ -60,11 +60,12 @@ cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedu
   return o;
 }
 
-// Runs the kernel-level launchers on device copies of `views` (f32 on the host).
+// Runs the kernel-level launchers on device copies of `views` (f32 on the host). mma_fallback:
+// MiraPlan::mma_fallback (the tensor-core updates' FMA path in every pass).
 std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cuda::MiraVariant variant,
                                             const cuda::MiraPlanOptions& o = {}, bool bf16_logits = false,
                                             double tau = kTau, double beta = kBeta, int iters = 30,
-                                            cuda::MiraPlan* plan_out = nullptr) {
+                                            cuda::MiraPlan* plan_out = nullptr, bool mma_fallback = false) {
   const Device dev = Device::cuda(0);
   cuda::MiraProblem p;
   p.V = static_cast<int>(views.size());
@@ -81,7 +82,8 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
     p.logits[v] = in[v].raw();
     p.targets[v] = out[v].data<float>();
   }
-  const cuda::MiraPlan plan = cuda::mira_plan(p, variant, o);
+  cuda::MiraPlan plan = cuda::mira_plan(p, variant, o);
+  plan.mma_fallback = mma_fallback;
   if (plan_out) *plan_out = plan;
   // The cluster plan: fused with the f32 or f16 cache only.
   CHECK((plan.cluster == 0 || (o.cluster && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16)));
@@ -302,7 +304,9 @@ TEST_CASE("gpu mira: a warp per row at the benchmark's shape, E partly in the wo
   }
 }
 
-TEST_CASE("gpu mira: ldmatrix and mma.sync as the tensor-core sweeps address them give exact small-integer products") {
+TEST_CASE(
+    "gpu mira: ldmatrix, movmatrix and mma.sync as the tensor-core sweeps address them give exact small-integer "
+    "products") {
   // test_mira_assign_emu runs the same check on the CUDA emulator, whose fragment layouts the
   // emulated kernels rely on: where both pass, the emulator reads them as this GPU does.
   const int major = compute_major();
@@ -318,16 +322,18 @@ TEST_CASE("gpu mira: ldmatrix and mma.sync as the tensor-core sweeps address the
   REQUIRE(cudaMemcpy(b + 512, c.At.data(), 512, cudaMemcpyHostToDevice) == cudaSuccess);
   REQUIRE(cudaMemcpy(b + 1024, c.B.data(), 256, cudaMemcpyHostToDevice) == cudaSuccess);
   cuda::mira_mma_selftest(b, b + 512, b + 1024, reinterpret_cast<float*>(b + 2048), nullptr);
-  std::vector<float> out(256);
-  REQUIRE(cudaMemcpy(out.data(), b + 2048, 1024, cudaMemcpyDeviceToHost) == cudaSuccess);
+  std::vector<float> out(384);
+  REQUIRE(cudaMemcpy(out.data(), b + 2048, 1536, cudaMemcpyDeviceToHost) == cudaSuccess);
   cudaFree(buf);
-  int wrong_plain = 0, wrong_trans = 0;
+  int wrong_plain = 0, wrong_trans = 0, wrong_mov = 0;
   for (int x = 0; x < 128; ++x) {
     wrong_plain += out[x] != c.D[x];
     wrong_trans += out[128 + x] != c.D[x];
+    wrong_mov += out[256 + x] != c.D[x];
   }
-  CHECK(wrong_plain == 0);  // ldmatrix + mma (the row sums)
-  CHECK(wrong_trans == 0);  // ldmatrix.trans + mma (the column sums)
+  CHECK(wrong_plain == 0);  // ldmatrix + mma (the cluster plan's row sums)
+  CHECK(wrong_trans == 0);  // ldmatrix.trans + mma (its column sums)
+  CHECK(wrong_mov == 0);    // movmatrix-transposed fragments + mma (the tensor-core updates' column sums)
 }
 
 TEST_CASE("gpu mira: the grid barriers order every block's writes before the other blocks' reads") {
@@ -597,6 +603,51 @@ TEST_CASE("gpu mira: bf16 logits, the Tensor op, several views in one launch") {
   CHECK(allclose(mira_assign(wide.to(dev), kTau, kBeta, 30).to_vector(), reference(wide), kGpuTol, "K = 20000"));
 }
 
+TEST_CASE("gpu mira: the tensor-core updates against the f64 reference and the f16 copy's CPU twin") {
+  // kernels/cuda/mira_mmarows.cu (MiraPlanOptions::mma_rows): the benchmark's shape with the
+  // views side by side and one after the other (every row tile in shared memory, or half of
+  // them in the workspace), a training shape, and an odd K with bf16 logits.
+  const int major = compute_major();
+  if (major < 8) {
+    MESSAGE("SKIPPED: the tensor-core updates need sm_80 (compute capability ", major, ")");
+    return;
+  }
+  using C = cuda::MiraCache;
+  using S = cuda::MiraSchedule;
+  struct Shape {
+    int64_t N, K;
+    bool bf16;
+  };
+  for (const Shape sh : {Shape{4096, 3000, false}, Shape{256, 3000, false}, Shape{200, 999, true}}) {
+    CAPTURE(sh.N);
+    CAPTURE(sh.K);
+    const std::vector<Tensor> views = {cpu_logits(sh.N, sh.K, 21, 0.3), cpu_logits(sh.N, sh.K, 22, 0.3)};
+    std::vector<Tensor> in = views;
+    if (sh.bf16)  // the references see the logits the kernel reads
+      for (Tensor& t : in) t = t.to(DType::BF16).to(DType::F32);
+    for (const S sched : {S::Concurrent, S::Sequential}) {
+      CAPTURE(static_cast<int>(sched));
+      cuda::MiraPlanOptions o = plan_opts(C::F16, sched);
+      o.mma_rows = true;
+      cuda::MiraPlan plan;
+      const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, sh.bf16, kTau, kBeta, 30, &plan);
+      REQUIRE(plan.mma_rows > 0);
+      CAPTURE(plan.rows_per_block);
+      CAPTURE(plan.smem_rows);
+      for (int v = 0; v < 2; ++v) {
+        CHECK(allclose(got[v], reference(in[v]), kF16CacheTol, "tensor-core updates vs f64"));
+        CHECK(allclose(got[v], twin(in[v], AssignWorkingCopy::F16, 0), kF16TwinTol, "vs the CPU twin"));
+        CHECK(finite_simplex(got[v], sh.N, sh.K, 1e-4));
+      }
+      // Deterministic, and the FMA path of wide passes as close to the twin.
+      CHECK(run_kernel(views, cuda::MiraVariant::Fused, o, sh.bf16) == got);
+      const auto fma = run_kernel(views, cuda::MiraVariant::Fused, o, sh.bf16, kTau, kBeta, 30, nullptr, true);
+      for (int v = 0; v < 2; ++v)
+        CHECK(allclose(fma[v], twin(in[v], AssignWorkingCopy::F16, 0), kF16TwinTol, "FMA path vs the CPU twin"));
+    }
+  }
+}
+
 TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
   const Device dev = Device::cuda(0);
   struct Case {
@@ -642,6 +693,17 @@ TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
         for (int64_t i = 0; i < c.N; ++i) CHECK(t[i * c.K + 3] == 0);
     }
     const Tensor host = L.to(Device::cpu());
+    // The tensor-core updates (up to K = 3072, sm_80).
+    if (c.K <= 3072 && major >= 8) {
+      cuda::MiraPlanOptions o = plan_opts(cuda::MiraCache::F16);
+      o.mma_rows = true;
+      cuda::MiraPlan plan;
+      const auto t = run_kernel({host}, cuda::MiraVariant::Fused, o, false, c.tau, c.beta, 30, &plan)[0];
+      CHECK(plan.mma_rows > 0);
+      CHECK(finite_simplex(t, c.N, c.K, 1e-4));
+      if (c.kind == 2)
+        for (int64_t i = 0; i < c.N; ++i) CHECK(t[i * c.K + 3] == 0);
+    }
     // A warp per row (up to K = 3072), both caches.
     if (c.K <= 3072) {
       for (cuda::MiraCache cache : {cuda::MiraCache::F32, cuda::MiraCache::F16}) {

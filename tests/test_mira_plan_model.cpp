@@ -127,6 +127,35 @@ TEST_CASE("plan model: predicted launch times within 25 % of the H200's") {
   }
 }
 
+TEST_CASE("plan model: the tensor-core updates store whole row tiles of 16") {
+  // mira_mmarows.cu at K 3000: 16 warps of 12 column tiles (Kp 3072), one block per SM, the
+  // weights and row partials ahead of E (14 KB), 2640 bytes of static shared memory (ptxas).
+  Shape s = mma_row_shape(512, 3072);
+  s.smem_static = 2640;
+  s.occ0 = 1;
+  s.smem_extra = 3072 * 4 + 2 * 16 * 16 * 4;
+  s.max_bpv = 4096 / 16;
+  const std::vector<Shape> one = {s};
+  // One view at a time: 132 blocks of 32 rows (31.03 rounded up), all in shared memory.
+  const Choice seq = plan(4096, 2, one, Sched::OneByOne);
+  CHECK(seq.bpv == 132);
+  CHECK(seq.rpb == 32);
+  CHECK(seq.smem_rows == 32);
+  // Side by side: 66 blocks of 63 rows stored as 4 tiles; 35 rows fit, so 2 whole tiles.
+  const Choice both = plan(4096, 2, one, Sched::SideBySide);
+  CHECK(both.bpv == 66);
+  CHECK(both.rpb == 63);
+  CHECK(both.smem_rows == 32);
+  CHECK(stored_rows(s, both.rpb) == 64);
+  // A block's rows never straddle a tile between shared memory and the workspace.
+  for (int N : {1, 17, 100, 1000, 4096, 9000}) {
+    CAPTURE(N);
+    const Choice c = plan(N, 2, one);
+    CHECK(c.smem_rows % 16 == 0);
+    CHECK(c.smem_rows <= stored_rows(s, c.rpb));
+  }
+}
+
 TEST_CASE("plan model: the cluster plan's size and layout") {
   // The cluster kernel's static shared memory (ptxas, sm_90) on an H200's 227 KB per block;
   // clusters of 16 that run at once: one per GPC with 16 SMs free (8 on an H100 / H200).

@@ -170,6 +170,12 @@ TEST_CASE("validation: keys that depend on each other, and the newer keys' value
   fails(with("mira.assign_plan", "fastest"), "mira.assign_plan");
   CHECK_NOTHROW(apps::validate_pretrain_config(with("mira.assign_plan", "cluster")));
   fails(with("mira.assign_plan", "cluster-mma"), "mira.working_copy");  // needs the f16 copy
+  fails(with("mira.assign_plan", "mma-rows"), "mira.working_copy");     // the f16 copy, no exact passes
+  Json mma = with("mira.working_copy", "f16");
+  mma["mira"]["assign_plan"] = "mma-rows";
+  CHECK_NOTHROW(apps::validate_pretrain_config(mma));
+  mma["mira"]["exact_passes"] = 3;
+  fails(mma, "mira.exact_passes");
   CHECK_NOTHROW(apps::validate_pretrain_config(with("mira.working_copy", "f16")));
   CHECK_NOTHROW(apps::validate_pretrain_config(with("train.dtype", "bf16")));
 }

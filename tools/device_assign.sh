@@ -29,9 +29,9 @@ run assign $B/mira_assign --time --device cuda --trace
 run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
 run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
-  --variants "fused,fused cluster-sync,fused f16-cache,fused f16-cache cluster-sync,fused f16-cache exact3 concurrent"
+  --variants "fused,fused cluster-sync,fused f16-cache,fused f16-cache cluster-sync,fused f16-cache exact3 concurrent,fused f16-cache mma-rows concurrent,fused f16-cache mma-rows sequential"
 if command -v ncu >/dev/null; then
-  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused;fused cluster-sync;fused f16-cache;fused f16-cache cluster-sync}"
+  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused f16-cache mma-rows concurrent;fused;fused cluster-sync;fused f16-cache;fused f16-cache cluster-sync}"
   for v in "${NCU_VARIANTS[@]}"; do
     label=ncu_$(echo "$v" | tr ' ' '_')
     run "$label" ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
@@ -42,9 +42,15 @@ if command -v ncu >/dev/null; then
 else
   echo "== ncu: not found" >>"$R"
 fi
-# Last, as time allows (each takes ~30-60 s): the cluster plan's tensor-core sweeps under
+# Last, as time allows (each takes ~30-60 s): the tensor-core updates (N 256) under both
+# tools, the cluster plan's tensor-core sweeps under
 # racecheck (cut off at 50 s in session 15), and its row groups (N 1024) under both tools.
 if command -v compute-sanitizer >/dev/null; then
+  for tool in racecheck synccheck; do
+    run "sanitize_${tool}_mmarows_n256" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      $B/mira_assign --time --device cuda --n 256 --pytorch none --reps 1 --warmup 0 \
+      --variants "fused f16-cache mma-rows concurrent"
+  done
   run sanitize_racecheck_mma_n64 compute-sanitizer --tool racecheck --error-exitcode 9 \
     $B/mira_assign --time --device cuda --n 64 --pytorch none --reps 1 --warmup 0 --variants "fused cluster f16-cache mma"
   for tool in racecheck synccheck; do

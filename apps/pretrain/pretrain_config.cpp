@@ -116,10 +116,13 @@ void validate_pretrain_config(const Json& c) {
               c["mira"]["exact_passes"] <= 1000000,
           "mira.exact_passes", "must be an integer in [0, 1000000]");
   const std::string plan = c["mira"]["assign_plan"];
-  require(plan == "auto" || plan == "cluster" || plan == "cluster-mma", "mira.assign_plan",
-          "must be auto, cluster or cluster-mma, got " + plan);
+  require(plan == "auto" || plan == "cluster" || plan == "cluster-mma" || plan == "mma-rows", "mira.assign_plan",
+          "must be auto, cluster, cluster-mma or mma-rows, got " + plan);
   require(plan != "cluster-mma" || wc == "f16", "mira.assign_plan",
           "cluster-mma sweeps the f16 working copy on tensor cores: set mira.working_copy to f16");
+  require(plan != "mma-rows" || (wc == "f16" && c["mira"]["exact_passes"] == 0), "mira.assign_plan",
+          "mma-rows updates the f16 working copy on tensor cores: set mira.working_copy to f16 and "
+          "mira.exact_passes to 0");
   const std::string aug = c["data"]["augment_device"];
   require(aug == "auto" || aug == "cpu" || aug == "gpu", "data.augment_device", "must be auto, cpu or gpu, got " + aug);
   require(c["data"]["max_image_pixels"].is_number_integer() && c["data"]["max_image_pixels"] >= 1 &&

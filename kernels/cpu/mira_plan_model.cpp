@@ -35,6 +35,18 @@ Shape warp_row_shape(int cpt, int block, int Kp) {
   return s;
 }
 
+// Not measured yet: a prediction (bench/assign_predictions.json). Per 16 x 16 tile one 16-byte
+// load, two mma and four movmatrix against ~1800 instructions on the fused multiply-adds, so
+// the rows should go at shared memory's and L2's pace, ~5x the default kernel's element rate.
+// Rows past shared memory come as whole 512-byte tiles, 12 loads in flight per warp.
+Shape mma_row_shape(int block, int Kp) {
+  Shape s;
+  s.cpt = Kp / block, s.block = block, s.Kp = Kp, s.batch_rows = 16, s.row_tile = 16;
+  s.rate_1 = s.rate_2 = 60e9;
+  s.offchip = 1.0;
+  return s;
+}
+
 Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shapes, const Occupancy& occupancy) {
   auto evaluate = [&](int si, int vpg, int bps, bool use_smem) {
     const Shape& sh = shapes[static_cast<size_t>(si)];
@@ -46,14 +58,15 @@ Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shape
     c.bpv = static_cast<int>(
         std::max<long long>(1, std::min<long long>(d.sms * bps / vpg, sh.max_bpv > 0 ? sh.max_bpv : p.N)));
     c.rpb = static_cast<int>(ceil_div(p.N, c.bpv));
+    const int stored = stored_rows(sh, c.rpb);
     if (use_smem) {
       // Shared memory per SM is shared by its blocks; keep 1 KB per block for the system.
       const long long dyn_max = std::max(0, d.smem_optin - sh.smem_static);
       const long long per_block = std::min<long long>(dyn_max, d.smem_sm / bps - sh.smem_static - 1024) - sh.smem_extra;
-      c.smem_rows = static_cast<int>(std::min<long long>(c.rpb, per_block > 0 ? per_block / row_bytes : 0));
+      c.smem_rows = static_cast<int>(std::min<long long>(stored, per_block > 0 ? per_block / row_bytes : 0));
       // Row batches (R rows; R / 2 in the first and last passes) must not straddle shared
       // memory and the workspace.
-      if (c.smem_rows < c.rpb) c.smem_rows = c.smem_rows / sh.batch_rows * sh.batch_rows;
+      if (c.smem_rows < stored) c.smem_rows = c.smem_rows / sh.batch_rows * sh.batch_rows;
       if (occupancy(si, c.smem_rows * row_bytes + sh.smem_extra) < bps) {
         c.cost = INFINITY;
         return c;
@@ -72,7 +85,7 @@ Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shape
     const long long groups = ceil_div(p.V, vpg);
     const long long grid = static_cast<long long>(vpg) * c.bpv;
     const long long used_bps = ceil_div(grid, d.sms);
-    const double off = static_cast<double>(vpg) * c.bpv * (c.rpb - c.smem_rows) * static_cast<double>(row_bytes);
+    const double off = static_cast<double>(vpg) * c.bpv * (stored - c.smem_rows) * static_cast<double>(row_bytes);
     const double elems = static_cast<double>(vpg) * p.N * p.K;
     const double rate = (used_bps >= 2 ? sh.rate_2 : sh.rate_1) * d.sms;
     const double rows = std::max(elems / rate, off / (sh.offchip * (off <= 0.5 * d.l2 ? 5e12 : 3e12)));

@@ -24,6 +24,7 @@ struct Shape {
   int block = 0;                  // threads per block
   int Kp = 0;                     // padded row length of E
   int batch_rows = 1;             // rows per register batch: shared-memory rows are a multiple of it
+  int row_tile = 1;               // E stored in tiles of this many rows (a block's rows rounded up to them)
   int bps_fixed = 0;              // blocks per SM asked for (0: the model picks)
   int smem_static = 0;            // the instantiation's static shared memory (bytes)
   int occ0 = 0;                   // blocks per SM with no row cache (the occupancy calculator's)
@@ -36,6 +37,11 @@ struct Shape {
 // Measured rates (H200, bench/RESULTS.md 2026-11-27) for the two kinds of kernel.
 Shape column_shape(int cpt, int block, int Kp, int batch_rows);  // mira_assign.cu's kernel
 Shape warp_row_shape(int cpt, int block, int Kp);                // mira_warprows.cu's
+Shape mma_row_shape(int block, int Kp);                          // mira_mmarows.cu's
+// Rows of E a block stores: its rows rounded up to the shape's row tiles.
+inline int stored_rows(const Shape& sh, int rows_per_block) {
+  return (rows_per_block + sh.row_tile - 1) / sh.row_tile * sh.row_tile;
+}
 
 struct Problem {
   int V = 1, N = 1, K = 1, iters = 30;

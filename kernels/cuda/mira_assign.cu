@@ -1021,6 +1021,12 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     }
   }
   plan.warp_rows = opts.warp_rows && p.K <= kWarpRowsMaxK && cache != MiraCache::BF16;
+  // The tensor-core updates (mira_mmarows.cu): column tiles per warp, or 0.
+  const int mma_rows = opts.mma_rows && !plan.warp_rows && variant == MiraVariant::Fused && cache == MiraCache::F16 &&
+                               plan.exact_passes == 0 && !opts.flag_sync && p.K <= kMmaRowsMaxK &&
+                               device_attr(cudaDevAttrComputeCapabilityMajor, dev) >= 8
+                           ? mmarows_tiles(p.K)
+                           : 0;
 
   const int sms = device_attr(cudaDevAttrMultiProcessorCount, dev);
   const int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
@@ -1039,7 +1045,14 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     plan_model::Shape sh;
     FusedFn fn = nullptr;
     bool pipe = false, ll = false;
-    if (plan.warp_rows) {
+    if (mma_rows > 0) {
+      const int warps = mmarows_warps(p.K);
+      sh = plan_model::mma_row_shape(32 * warps, 16 * mma_rows * warps);
+      // A block of one row tile holds 16 rows: more blocks would only add to the barriers.
+      sh.max_bpv = ceil_div(p.N, 16);
+      sh.smem_extra = static_cast<long long>(mmarows_extra_bytes(sh.Kp));
+      fn = mmarows_fn(p.logits_bf16, mma_rows);
+    } else if (plan.warp_rows) {
       const int T = warprows_chunks(p.K);
       sh = plan_model::warp_row_shape(kVec * T, kWarpRowsBlock, 128 * T);
       sh.max_bpv = ceil_div(p.N, kWarpRowsBlock / 32);  // a row for each of the 8 warps at least
@@ -1068,7 +1081,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     shapes.push_back(sh);
     kernels.push_back({fn, pipe, ll});
   };
-  if (plan.warp_rows) {
+  if (plan.warp_rows || mma_rows > 0) {
     add_shape(0, 1);
   } else if (min_cols_per_thread == 0 && blocks_per_sm == 0 && variant == MiraVariant::Fused &&
              ceil_div(p.K, kVec) > 512) {
@@ -1098,9 +1111,10 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   });
   MIRA_CHECK(best.shape >= 0, "mira_plan: no launch configuration fits the device");
   const Kernel& k = kernels[static_cast<size_t>(best.shape)];
-  MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows,
+  MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows,
                            shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync);
-  if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
+  if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows &&
+      fp.mma_rows == 0)
     set_grid_sync(fp, opts, p.logits_bf16, dev);
   return fp;
 }
@@ -1139,13 +1153,17 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
     return;
   }
   const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
+                     : plan.mma_rows > 0 ? mmarows_fn(p.logits_bf16, plan.mma_rows)
                      : plan.warp_rows    ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
                                          : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
                                                         plan.pipelined, plan.flag_sync);
   MIRA_CHECK(fn, "mira_assign_cuda: no kernel for this plan's grid barriers (make it with mira_plan)");
-  // Flag-tagged sums start untagged in each launch: it must run every pass.
+  // Flag-tagged sums start untagged in each launch, and the tensor-core kernel's E lives in
+  // shared memory from its first pass on: such plans run every pass in one launch.
   MIRA_CHECK(!plan.flag_sync || (pass_begin == 0 && pass_end == p.iters + 2),
              "mira_assign_cuda: a flag_sync plan runs all passes in one launch");
+  MIRA_CHECK(plan.mma_rows == 0 || (pass_begin == 0 && pass_end == p.iters + 2),
+             "mira_assign_cuda: an mma_rows plan runs all passes in one launch");
   FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
   const bool clustered = plan.grid_sync == static_cast<int>(GridSync::ClusterCounter);
 #ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every block at once, as a cooperative launch

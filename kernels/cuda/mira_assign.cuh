@@ -21,6 +21,9 @@
 //   blocks splitting the columns, so that a pass needs two cluster barriers and no grid
 //   barrier (kernels/cuda/mira_cluster.cu). Opt-in: on an H200 faster only up to N 64 per view
 //   (bench/RESULTS.md, session 15).
+// - Fused with MiraPlanOptions::mma_rows (f16 copy, no exact updates, K <= 3072, sm_80): the
+//   default kernel's blocks and passes with the updates' two sweeps on tensor cores
+//   (kernels/cuda/mira_mmarows.cu). Opt-in until measured on a GPU.
 // - Unfused: six small kernels and four launches per iteration, E in the workspace (a bench
 //   baseline, and the path for K > 12288 where the fused kernel's registers do not reach).
 // MiraCache::BF16 / F16 store E in 16 bits during the iteration (bf16; or f16 of E * 2^15, 3
@@ -80,6 +83,8 @@ struct MiraPlan {
   int cluster_groups = 0;   // the cluster plan: clusters per view (row groups of rows_per_block)
   int cluster_ld = 0;       // the cluster plan: elements per row of E in shared memory
   int cluster_mma = 0;  // the cluster plan, f16 copy: > 0, its sweeps on tensor cores (row chunks of the column sums)
+  int mma_rows = 0;     // > 0: the f16 copy's updates on tensor cores (see mira_plan), column tiles of 16 per warp
+  bool mma_fallback = false;  // mma_rows, for the tests: every update on the f32 fused multiply-adds of wide passes
   // The default fused kernel's grid barriers after the launch's first (MiraPlanOptions::
   // grid_sync): GridSync as int, blocks per cluster of the launch for ClusterCounter, and the
   // counter's place in the workspace.
@@ -162,6 +167,14 @@ constexpr int kMiraTracePhases = 8;
 // halves (~22 significant bits) against a per-block power-of-two scale; a block falls back to
 // the fused multiply-adds for a pass whose weights, or row inverses, span more than the
 // halves hold (2^28). Other bits than the plan without it, as close to the f64 reference.
+// mma_rows (Fused, f16 cache, exact_passes 0, K <= 3072, sm_80; MiraPlan::mma_rows says
+// whether it took): kernels/cuda/mira_mmarows.cu, one block of up to 512 threads per SM whose
+// warps own column tiles of 16; E stored in tiles of 16 x 16 in mma fragment order, each
+// update's row sums and column sums one mma.sync m16n8k16 per tile against the weights / row
+// inverses split into two f16 halves (~22 significant bits; f32 fused multiply-adds where
+// their values span more than the halves hold). Other bits than the default kernel (other
+// summation order), as close to the f64 reference as the f16 copy. batch_rows,
+// min_cols_per_thread, blocks_per_sm, pipelined, flag_sync and grid_sync do not apply.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;
@@ -175,6 +188,7 @@ struct MiraPlanOptions {
   bool cluster = false;
   int cluster_size = 0;
   bool cluster_mma = false;
+  bool mma_rows = false;
   // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they
@@ -212,10 +226,12 @@ struct ClusterProbe {
 };
 ClusterProbe mira_cluster_probe(int size, int iters, long long* scratch);
 
-// The cluster plan's tensor-core primitives as its sweeps address them (sm_80 and later), for
-// the tests: A, At (A transposed) 16 x 16 and B 16 x 8, row-major f16 in device memory; out
-// (256 floats of device memory) gets D = A B (16 x 8, row-major) twice: through ldmatrix of A,
-// as the row sums load E, and through ldmatrix.trans of At, as the column sums do.
+// The tensor-core primitives as the sweeps address them (sm_80 and later), for the tests: A,
+// At (A transposed) 16 x 16 and B 16 x 8, row-major f16 in device memory; out (384 floats of
+// device memory) gets D = A B (16 x 8, row-major) three times: through ldmatrix of A, as the
+// cluster plan's row sums load E; through ldmatrix.trans of At, as its column sums do; and
+// through ldmatrix of At with its fragments transposed by movmatrix, as the tensor-core
+// updates' column sums transpose E's (kernels/cuda/mira_mmarows.cu).
 void mira_mma_selftest(const void* A, const void* At, const void* B, float* out, cudaStream_t stream);
 
 // Number of non-finite logits seen (a float in device memory, exact up to 2^24; in the reduce

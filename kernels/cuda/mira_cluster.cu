@@ -186,11 +186,6 @@ struct ExactE {
 // f16((S - hi) * 2^11) in a workspace that stays in L2, so hi + lo 2^-11 = S to ~22
 // significant bits (exactly representable in f32, so the fused multiply-add below is exact).
 // The last updates and the targets read it instead of recomputing E from the logits in HBM.
-constexpr float kLoScale = 2048.f;
-__device__ __forceinline__ void split_half(float x, __half& hi, __half& lo) {
-  hi = __float2half_rn(x);
-  lo = __float2half_rn((x - __half2float(hi)) * kLoScale);
-}
 __device__ __forceinline__ void split_f16(const float (&S)[kVec], float (&hi)[kVec], float (&lo)[kVec]) {
 #pragma unroll
   for (int u = 0; u < kVec; ++u) {
@@ -295,39 +290,8 @@ __device__ __forceinline__ void column_subsets(const Src& src, const float* rinv
 // carries ~22 significant bits of x wherever x >= 2^-14 (below, the halves lose bits: such a
 // pass goes to the fused multiply-adds). Row sums: x = w 2^-e, the block's weights against a power of two that puts
 // its largest in [2^14, 2^15); column sums: x = rinv 2^15 (<= ~1: a row's largest element of
-// the copy is 2^15 and its weight >= 1).
-constexpr float kMinHalf = 0x1p-14f;  // the smallest normal f16
-
-// The halves are stored in fragment order: within each tile of 16, the elements 2t, 2t + 1,
-// 2t + 8, 2t + 9 that lane t of a B fragment holds sit together at 4t, so one 8-byte load
-// fetches them.
-__device__ __forceinline__ int frag_pos(int k) {
-  return (k & ~15) | ((k & 7) >> 1) << 2 | ((k >> 3) & 1) << 1 | (k & 1);
-}
-
-// B fragment of the k tile at k0: lanes 0-3 hold column 0 (hi), lanes 4-7 column 1 (lo), at
-// k = 2t, 2t + 1 and 2t + 8, 2t + 9 (t = lane % 4); the other lanes zeros. Every lane loads (the
-// others repeat lanes 0-7's addresses: one wavefront), so the warp stays converged for the mma.
-__device__ __forceinline__ void b_fragment(const __half* hi, const __half* lo, int k0, int lane, unsigned (&b)[2]) {
-  const uint2 v = *reinterpret_cast<const uint2*>((lane & 4 ? lo : hi) + k0 + 4 * (lane & 3));
-  b[0] = lane < 8 ? v.x : 0u;
-  b[1] = lane < 8 ? v.y : 0u;
-}
-
-// The scale of a block's weights for the tensor-core row sums, from its smallest positive
-// column sum cmin (the largest weight) and its largest cmaxb (the smallest weight): scale =
-// 2^-e puts the largest weight in [2^14, 2^15). Returns whether the smallest weight times it
-// stays >= 2^-14. No positive sum (every weight 0): scale 1.
-__device__ __forceinline__ bool weight_scale(const FusedArgs& a, float cmin, float cmaxb, float l2max, float& scale,
-                                             float& unscale) {
-  scale = unscale = 1.f;
-  if (!(cmin < INFINITY)) return true;
-  const float wmax = mira_weight(a, cmin, l2max), wmin = mira_weight(a, cmaxb, l2max);
-  const int e = static_cast<int>(__float_as_uint(wmax) >> 23) - 127 - 14;
-  scale = __uint_as_float(static_cast<unsigned>(127 - e) << 23);
-  unscale = __uint_as_float(static_cast<unsigned>(127 + e) << 23);
-  return wmin * scale >= kMinHalf;
-}
+// the copy is 2^15 and its weight >= 1). The halves, their fragment order and the weights'
+// scale: kernels/cuda/mma.cuh.
 
 // d_i = sum_j w_j E_ij over this block's c16 columns, into dslot for its `rows` rows: warp w
 // owns the row tiles w, w + warps, ..., two at a time (one B fragment for both), one ldmatrix
@@ -841,7 +805,8 @@ __global__ void __launch_bounds__(kBlock, 1) mira_cluster_probe_kernel(int iters
 }
 
 // The tensor-core primitives as the sweeps address them (mira_mma_selftest): one warp, A and
-// At (16 x 16) in shared memory with rows of 24 halves, B (16 x 8) from global memory.
+// At (16 x 16) in shared memory with rows of 24 halves, B (16 x 8) from global memory; the
+// third product transposes At's fragments with movmatrix (mira_mmarows.cu).
 __global__ void mira_mma_selftest_kernel(const __half* A, const __half* At, const __half* B, float* out) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   constexpr int kLd = 24;
@@ -864,9 +829,14 @@ __global__ void mira_mma_selftest_kernel(const __half* A, const __half* At, cons
   mma_16816(d, a, b);
   ldmatrix<true>(a, st + (r + 8 * (m >> 1)) * kLd + 8 * (m & 1));  // as mma_column_chunks
   mma_16816(e, a, b);
-  for (int h = 0; h < 2; ++h) {
+  // The fragments of At transposed in registers, as mira_mmarows.cu's column sums: A again.
+  float f[4] = {0.f, 0.f, 0.f, 0.f};
+  ldmatrix<false>(a, st + (r + 8 * (m & 1)) * kLd + 8 * (m >> 1));
+  const unsigned at[4] = {movmatrix_trans(a[0]), movmatrix_trans(a[2]), movmatrix_trans(a[1]), movmatrix_trans(a[3])};
+  mma_16816(f, at, b);
+  for (int h = 0; h < 3; ++h) {
     const int o = 128 * h;
-    const float* x = h == 0 ? d : e;
+    const float* x = h == 0 ? d : h == 1 ? e : f;
     out[o + g * 8 + 2 * t] = x[0];
     out[o + g * 8 + 2 * t + 1] = x[1];
     out[o + (g + 8) * 8 + 2 * t] = x[2];

@@ -466,6 +466,17 @@ int warprows_chunks(int K);
 size_t warprows_comb_bytes(int K);
 FusedFn warprows_fn(bool bf16_in, MiraCache cache, int K, bool flag_sync);
 
+// mira_mmarows.cu: the fused kernel with the f16 copy's updates on tensor cores
+// (MiraPlan::mma_rows), warps of TPW column tiles of 16 (mmarows_tiles: 4, 8 or 12 for K up to
+// 1024, 2048, 3072) and mmarows_warps of them per block, one block per SM.
+constexpr int kMmaRowsBlock = 512;
+constexpr int kMmaRowsMaxK = 3072;
+int mmarows_tiles(int K);
+int mmarows_warps(int K);
+// Dynamic shared memory ahead of the tiles of E (the weights and the row partials).
+size_t mmarows_extra_bytes(int Kp);
+FusedFn mmarows_fn(bool bf16_in, int tpw);
+
 // mira_cluster.cu: the cluster plan (MiraPlan::cluster; sm_90), clusters of blocks per view.
 FusedFn cluster_fn(bool bf16_in, MiraCache cache);
 // Sets the kernel's attributes and returns the largest cluster size to try (0 below sm_90);

@@ -58,18 +58,21 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.cluster_groups = plan.cluster_groups;
   a.cluster_ld = plan.cluster_ld;
   a.cluster_mma = plan.cluster_mma;
+  a.mma_fallback = plan.mma_fallback;
   a.sync_cluster = std::max(1, plan.grid_sync_cluster);
   a.sync_count = plan.grid_sync != 0 ? reinterpret_cast<unsigned*>(base + plan.off_sync) : nullptr;
   return a;
 }
 
 MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
-                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync) {
+                    int mma_rows, const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined,
+                    bool flag_sync) {
   MiraPlan plan;
   plan.variant = variant;
   plan.cache = cache;
   plan.exact_passes = cache == MiraCache::F32 ? 0 : exact_passes;
   plan.warp_rows = warp_rows;
+  plan.mma_rows = mma_rows;
   plan.cpt = sh.cpt;
   plan.block = sh.block;
   plan.Kp = sh.Kp;
@@ -84,7 +87,7 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   plan.rows_per_block = best.rpb;
   plan.smem_rows = best.smem_rows;
   plan.smem_bytes = static_cast<size_t>(best.smem_rows) * row_bytes + smem_extra;
-  plan.ecache_rows_per_block = best.rpb - best.smem_rows;
+  plan.ecache_rows_per_block = plan_model::stored_rows(sh, best.rpb) - best.smem_rows;
 
   size_t off = 0;
   plan.off_ecache = off;

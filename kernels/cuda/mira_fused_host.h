@@ -50,6 +50,8 @@ struct FusedArgs {
   // Elements per row of E in a block's shared memory; > 0: the f16 copy's sweeps on tensor
   // cores, the column sums in this many row chunks (plan_model::cluster_layout).
   int cluster_ld, cluster_mma;
+  // The tensor-core updates (MiraPlan::mma_fallback): every pass as a wide one.
+  bool mma_fallback;
   // The default kernel's counter barriers (MiraPlan::grid_sync; its kind is the kernel's
   // template argument): blocks per cluster of the launch, and the counter (null: none).
   int sync_cluster;
@@ -62,8 +64,10 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
 
 // The fused / per-pass plan (default and warp-row kernels) of p from the cost model's choice
 // (plan_model::choose) among its candidate shapes: launch geometry, shared memory, workspace.
+// mma_rows: MiraPlan::mma_rows (0, or the tensor-core kernel's column tiles per warp).
 MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
-                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync);
+                    int mma_rows, const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined,
+                    bool flag_sync);
 
 // The cluster plan of p for a shape from plan_model::cluster_shape (cs.size > 0): launch
 // geometry, shared memory and workspace layout; variant Fused, the given cache (F32 or F16)

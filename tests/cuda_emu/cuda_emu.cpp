@@ -435,7 +435,7 @@ void syncthreads() {
 
 namespace {
 
-constexpr int kSiteLdmatrix = 3 << 16, kSiteMma = 4 << 16;
+constexpr int kSiteLdmatrix = 3 << 16, kSiteMma = 4 << 16, kSiteMovmatrix = 5 << 16;
 
 uint32_t half_bits(const void* p, int i) {
   uint16_t h;
@@ -464,6 +464,15 @@ void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
       r[i] = half_bits(r0, g) | half_bits(r1, g) << 16;
     }
   }
+}
+
+unsigned movmatrix_trans(unsigned r) {
+  const int l = lane_id(), g = l / 4, t = l % 4;
+  // M(i, j) sits in lane 4i + j / 2, half j % 2.
+  const auto x0 = static_cast<unsigned>(warp_exchange(0xffffffffu, r, 4 * (2 * t) + g / 2, kSiteMovmatrix));
+  const auto x1 = static_cast<unsigned>(warp_exchange(0xffffffffu, r, 4 * (2 * t + 1) + g / 2, kSiteMovmatrix | 1));
+  const int sh = 16 * (g % 2);
+  return ((x0 >> sh) & 0xffffu) | ((x1 >> sh) & 0xffffu) << 16;
 }
 
 void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {

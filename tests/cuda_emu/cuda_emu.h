@@ -182,7 +182,10 @@ int lane_id();  // of the running thread: its index in the block (x fastest) mod
 //   one fused multiply-add at a time (the twins' order; a GPU adds inside the instruction in
 //   its own order and rounding, which the GPU tests' tolerances cover). With MIRA_EMU_GPU_MATH:
 //   the sum of c and the exact products, truncated toward zero once, as a model of that.
+// - movmatrix.sync.aligned.m8n8.trans.b16: lane 4g + t gets M(2t, g) and M(2t + 1, g) of the
+//   8 x 8 matrix whose (g, 2t) and (g, 2t + 1) lane 4g + t gives.
 void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans);
+unsigned movmatrix_trans(unsigned r);
 void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
 
 }  // namespace mira::emu

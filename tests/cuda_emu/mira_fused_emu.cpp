@@ -1,6 +1,7 @@
 // kernels/cuda/mira_assign.cu (the assignment's kernels, plans and launches) and
-// mira_warprows.cu, compiled for the CPU emulator (cuda_emu.h).
+// mira_warprows.cu and mira_mmarows.cu, compiled for the CPU emulator (cuda_emu.h).
 #include "tests/cuda_emu/cuda_emu.h"
 //
 #include "kernels/cuda/mira_assign.cu"
+#include "kernels/cuda/mira_mmarows.cu"
 #include "kernels/cuda/mira_warprows.cu"

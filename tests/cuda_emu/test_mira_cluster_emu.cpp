@@ -287,13 +287,13 @@ TEST_CASE("cuda_emu: the cluster kernel's tensor-core sweeps of the f16 copy, bi
   check(q, 2, false);
 }
 
-TEST_CASE("cuda_emu: ldmatrix and mma.sync as the sweeps address them give exact small-integer products") {
+TEST_CASE("cuda_emu: ldmatrix, movmatrix and mma.sync as the sweeps address them give exact small-integer products") {
   // The same check runs on a GPU (test_mira_assign_gpu): where both pass, the emulator reads
   // the fragment layouts as the hardware does.
   const testing::MmaCase c = testing::mma_case();
-  std::vector<float> out(256, NAN);
+  std::vector<float> out(384, NAN);
   cuda::mira_mma_selftest(c.A.data(), c.At.data(), c.B.data(), out.data(), nullptr);
-  for (int x = 0; x < 256; ++x) {
+  for (int x = 0; x < 384; ++x) {
     CAPTURE(x);
     CHECK(out[x] == c.D[x % 128]);
   }
@@ -305,6 +305,7 @@ TEST_CASE("cuda_emu: ldmatrix and mma.sync as the sweeps address them give exact
   }();
   cuda::mira_mma_selftest(t.A.data(), t.At.data(), t.B.data(), out.data(), nullptr);
   CHECK(out[0] != c.D[0]);
+  CHECK(out[256] != c.D[0]);
 }
 
 TEST_CASE("cuda_emu: the tensor-core sweeps fall back to fused multiply-adds where the halves lose bits") {

@@ -62,6 +62,7 @@ struct Case {
   int batch_rows = 4;
   int bps = 0;  // blocks per SM (0: the model picks)
   bool pipelined = false, flag_sync = false, warp_rows = false, bf16 = false;
+  bool mma_rows = false, mma_fallback = false;  // the tensor-core updates (f16 copy); every pass on their FMA path
   int iters = 30;
   float tau = kTau, beta = kBeta;
   S schedule = S::Auto;
@@ -86,6 +87,7 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.pipelined = c.pipelined;
   o.flag_sync = c.flag_sync;
   o.warp_rows = c.warp_rows;
+  o.mma_rows = c.mma_rows;
   o.grid_sync = c.grid_sync;
   return o;
 }
@@ -120,6 +122,8 @@ Out run_fused(const Case& c, const std::vector<std::vector<float>>& views) {
   CHECK(o.plan.pipelined == c.pipelined);
   CHECK(o.plan.flag_sync == c.flag_sync);
   CHECK(o.plan.warp_rows == c.warp_rows);
+  CHECK((o.plan.mma_rows > 0) == c.mma_rows);
+  o.plan.mma_fallback = c.mma_fallback;
   Workspace ws(o.plan.workspace_bytes);
   cuda::mira_assign_cuda(p, o.plan, ws.base, nullptr);
   CHECK(ws.intact());
@@ -170,6 +174,8 @@ Out check(const Case& c) {
   CAPTURE(c.min_cpt);
   CAPTURE(c.batch_rows);
   CAPTURE(c.warp_rows);
+  CAPTURE(c.mma_rows);
+  CAPTURE(c.mma_fallback);
   CAPTURE(c.iters);
   const auto views = make_views(c);
   Out o = run_fused(c, views);
@@ -345,6 +351,62 @@ TEST_CASE("cuda_emu: the warp-row kernel against the f64 reference and its f16 t
   check(c);
 }
 
+TEST_CASE("cuda_emu: the tensor-core updates against the f16 copy's CPU twin") {
+  Case c;
+  c.cache = C::F16;
+  c.mma_rows = true;
+  SUBCASE("K 1000: 4 tiles per warp, views side by side or one after the other") {
+    c.N = 96;
+    for (const S sched : {S::Sequential, S::Concurrent}) {
+      c.schedule = sched;
+      const Out o = check(c);
+      CHECK(o.plan.mma_rows == 4);
+      CHECK(o.plan.views_per_group == (sched == S::Concurrent ? 2 : 1));
+    }
+  }
+  SUBCASE("K 3000: 12 tiles per warp, 16 warps") {
+    c.N = 40, c.K = 3000;
+    const Out o = check(c);
+    CHECK(o.plan.mma_rows == 12);
+    CHECK(o.plan.block == 512);
+  }
+  SUBCASE("K 1999 (scalar access), bf16 logits, rows in the workspace") {
+    c.N = 150, c.K = 1999, c.bf16 = true, c.dev = tight();
+    const Out o = check(c);
+    CHECK(o.plan.mma_rows == 8);
+    CHECK(o.plan.smem_rows % 16 == 0);
+    CHECK(o.plan.smem_rows < o.plan.rows_per_block);
+  }
+  SUBCASE("every pass on the fused multiply-adds of wide passes") {
+    c.N = 80, c.K = 700, c.mma_fallback = true;
+    check(c);
+    c.dev = tight();
+    check(c);
+  }
+  SUBCASE("not taken with exact updates, flag-tagged sums or the f32 copy") {
+    c.N = 32, c.K = 300;
+    c.exact = 3;
+    c.mma_rows = false;  // the plan falls back to the default kernel
+    cuda::MiraPlanOptions o = plan_options(c);
+    o.mma_rows = true;
+    std::vector<std::vector<__nv_bfloat16>> b16;
+    std::vector<std::vector<float>> t;
+    const auto views = make_views(c);
+    emu::set_device(gpu());
+    const cuda::MiraProblem p = problem(c, views, b16, t);
+    CHECK(cuda::mira_plan(p, cuda::MiraVariant::Fused, o).mma_rows == 0);
+    o.exact_passes = 0;
+    o.flag_sync = true;
+    CHECK(cuda::mira_plan(p, cuda::MiraVariant::Fused, o).mma_rows == 0);
+    o.flag_sync = false;
+    o.cache = C::F32;
+    CHECK(cuda::mira_plan(p, cuda::MiraVariant::Fused, o).mma_rows == 0);
+    o.cache = C::F16;
+    CHECK(cuda::mira_plan(p, cuda::MiraVariant::Fused, o).mma_rows == 4);
+    CHECK(cuda::mira_plan(p, cuda::MiraVariant::PerPass, o).mma_rows == 0);
+  }
+}
+
 TEST_CASE("cuda_emu: the default fused kernel counts non-finite logits") {
   Case c;
   c.N = 16, c.K = 40, c.V = 1;
@@ -357,9 +419,11 @@ TEST_CASE("cuda_emu: the default fused kernel counts non-finite logits") {
 // test_mira_assign_gpu's extreme and degenerate inputs (the issue's list: logits of +-100,
 // tau' down to 0.01, beta 0.99, N = 1, K = 1, N and K up to 65536, an empty column) through
 // every path the engine can take without clusters: the default fused kernel, with the f32 and
-// the f16 copy, one rank's per-pass launches, the unfused kernels, and a warp per row (at N
-// 65536 the f32 fused kernel only: the GPU test runs the rest there).
-TEST_CASE("cuda_emu: extreme and degenerate inputs stay finite on the fused, per-pass, unfused and warp-row paths") {
+// the f16 copy, one rank's per-pass launches, the unfused kernels, a warp per row and the
+// tensor-core updates (at N 65536 the f32 fused kernel only: the GPU test runs the rest there).
+TEST_CASE(
+    "cuda_emu: extreme and degenerate inputs stay finite on the fused, per-pass, unfused, warp-row and tensor-core "
+    "paths") {
   struct X {
     const char* what;
     int N, K;
@@ -409,6 +473,13 @@ TEST_CASE("cuda_emu: extreme and degenerate inputs stay finite on the fused, per
           CHECK(o.nonfinite == 0.f);
           check_targets(o.targets[0], warp ? "warp rows" : cache == C::F16 ? "fused, f16 copy + 3 exact" : "fused");
         }
+      }
+      if (x.K <= 3072 && !huge) {  // the tensor-core updates (f16 copy, no exact updates)
+        c.cache = C::F16, c.exact = 0, c.warp_rows = false, c.mma_rows = true;
+        const Out o = run_fused(c, views);
+        CHECK(o.nonfinite == 0.f);
+        check_targets(o.targets[0], "tensor-core updates");
+        c.mma_rows = false;
       }
       c.cache = C::F32, c.exact = 0, c.warp_rows = false;
       if (huge) continue;
@@ -614,8 +685,18 @@ TEST_CASE("cuda_emu: the fused kernels give the same bits whatever order their t
   Case r = c;
   r.warp_rows = true;
   variants.push_back({"warp rows", r});
+  Case m = c;
+  m.cache = C::F16;
+  m.mma_rows = true;
+  m.schedule = S::Sequential;
+  variants.push_back({"tensor-core updates, views one after the other", m});
+  m.dev = tight();
+  m.schedule = S::Auto;
+  m.mma_fallback = true;
+  variants.push_back({"tensor-core updates' FMA path, rows in the workspace", m});
   for (const Variant& v : variants) {
-    CAPTURE(v.what);
+    const std::string what = v.what;
+    CAPTURE(what);
     const auto views = make_views(v.c);
     emu::set_schedule(0);
     const Out ref = run_fused(v.c, views);
