@@ -645,6 +645,13 @@ TEST_CASE("gpu mira: the tensor-core updates against the f64 reference and the f
       for (int v = 0; v < 2; ++v)
         CHECK(allclose(fma[v], twin(in[v], AssignWorkingCopy::F16, 0), kF16TwinTol, "FMA path vs the CPU twin"));
     }
+    // The engine's op with the option (config mira.assign_plan "mma-rows"), one view.
+    AssignOptions ao;
+    ao.working_copy = AssignWorkingCopy::F16;
+    ao.mma_rows = true;
+    const Tensor dev_in = sh.bf16 ? views[0].to(Device::cuda(0)).to(DType::BF16) : views[0].to(Device::cuda(0));
+    CHECK(allclose(mira_assign(dev_in, kTau, kBeta, 30, local_comm(), nullptr, ao).to_vector(),
+                   twin(in[0], AssignWorkingCopy::F16, 0), kF16TwinTol, "the op with mma_rows vs the CPU twin"));
   }
 }
 

@@ -147,6 +147,9 @@ TEST_CASE("plan model: the tensor-core updates store whole row tiles of 16") {
   CHECK(both.rpb == 63);
   CHECK(both.smem_rows == 32);
   CHECK(stored_rows(s, both.rpb) == 64);
+  // The model's choice (a prediction until measured): side by side, where half of E in L2
+  // costs less than a second pass boundary per iteration.
+  CHECK(plan(4096, 2, one).vpg == 2);
   // A block's rows never straddle a tile between shared memory and the workspace.
   for (int N : {1, 17, 100, 1000, 4096, 9000}) {
     CAPTURE(N);
