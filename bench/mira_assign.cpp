@@ -577,14 +577,18 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
   // The default kernel's grid barriers after the first as counter barriers, one arrival per
-  // block or per cluster of 8 (kernels/cuda/grid_sync.cuh; the same bits).
+  // block or per cluster of 8 (kernels/cuda/grid_sync.cuh; the same bits); also those of the
+  // tensor-core updates.
   at = 1;
+  Variant mma_rows{"fused f16-cache mma-rows", MV::Fused, MC::F16, MS::Auto, 4, false};
+  mma_rows.mma_rows = true;
   for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
                                   std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
     for (Variant v :
          std::vector<Variant>{{"fused", MV::Fused, MC::F32, MS::Auto, 4, false},
                               {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
-                              {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3}}) {
+                              {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3},
+                              mma_rows}) {
       v.name += tag;
       v.sync = sync;
       variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);

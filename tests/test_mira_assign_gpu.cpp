@@ -368,7 +368,7 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
   // MiraPlanOptions::grid_sync on the GPU's memory model: every barrier after the launch's
   // first as a counter, per block or per cluster (sm_90; else the per-block counter). The
   // issue's shape in f32 (views one after another) and f16 + 3 exact (side by side), a
-  // training shape, and 2 iterations.
+  // training shape, and 2 iterations; the tensor-core updates (sm_80) at the issue's shape.
   using GS = cuda::GridSync;
   using C = cuda::MiraCache;
   const int major = compute_major();
@@ -376,16 +376,20 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
     int64_t N, K;
     C cache;
     int iters;
+    bool mma = false;
   };
   for (const Shape3 s : {Shape3{4096, 3000, C::F32, 30}, Shape3{4096, 3000, C::F16, 30}, Shape3{256, 3000, C::F32, 30},
-                         Shape3{300, 1000, C::F32, 2}}) {
+                         Shape3{300, 1000, C::F32, 2}, Shape3{4096, 3000, C::F16, 30, true}}) {
+    if (s.mma && major < 8) continue;
     CAPTURE(s.N);
     CAPTURE(static_cast<int>(s.cache));
     CAPTURE(s.iters);
+    CAPTURE(s.mma);
     const std::vector<Tensor> views = {cpu_logits(s.N, s.K, 51, 0.3), cpu_logits(s.N, s.K, 52, 0.3)};
     cuda::MiraPlanOptions o;
     o.cache = s.cache;
-    o.exact_passes = s.cache == C::F16 ? 3 : 0;
+    o.exact_passes = s.cache == C::F16 && !s.mma ? 3 : 0;
+    o.mma_rows = s.mma;
     const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters);
     for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
       CAPTURE(std::string(cuda::grid_sync_name(kind)));
@@ -402,8 +406,10 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
       } else {
         CHECK(plan.grid % plan.grid_sync_cluster == 0);
       }
+      CHECK(plan.mma_rows == (s.mma ? 12 : 0));
       CHECK(got == plain);
-      CHECK(allclose(got[0], reference(views[0], kTau, kBeta, s.iters), kGpuTol, "counter barriers vs f64"));
+      CHECK(allclose(got[0], reference(views[0], kTau, kBeta, s.iters), s.mma ? kF16CacheTol : kGpuTol,
+                     "counter barriers vs f64"));
     }
   }
 }

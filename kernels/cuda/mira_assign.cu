@@ -406,37 +406,6 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
   }
 }
 
-// A grid barrier of the kernel, SYNC a GridSync (MiraPlan::grid_sync): cooperative groups'
-// throughout for Cooperative, else for the launch's first (`first`; block 0 zeroed the counter
-// before it, so every block sees 0 after it) and counter barriers after it, per block or per
-// cluster. A template parameter, not an argument: the kernel is at its register limit (80 for
-// 768 threads), and reading the kind at run time spilled more in every instantiation. target:
-// the count the last counter barrier waited for, thread 0's, in shared memory.
-template <int SYNC>
-__device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cg::grid_group& grid, bool first,
-                                                unsigned* target) {
-  if constexpr (SYNC == static_cast<int>(GridSync::Cooperative)) {
-    grid.sync();
-  } else {
-    if (first) {
-      grid.sync();
-      return;
-    }
-    constexpr bool kClustered = SYNC == static_cast<int>(GridSync::ClusterCounter);
-    if (threadIdx.x == 0) *target += kClustered ? gridDim.x / static_cast<unsigned>(a.sync_cluster) : gridDim.x;
-    if constexpr (!kClustered) {
-      count_sync(a.sync_count, *target);
-    } else {
-#if defined(MIRA_CUDA_EMU) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-      cg::cluster_group cl = cg::this_cluster();
-      cluster_count_sync(a.sync_count, *target, cl);
-#else
-      __trap();  // clusters need sm_90: mira_plan never picks ClusterCounter below it
-#endif
-    }
-  }
-}
-
 // Grid: views_per_group * blocks_per_view blocks, all resident (cooperative launch); block:
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
@@ -460,10 +429,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   if constexpr (SYNC != 0) {
     __shared__ unsigned target;
     sync_target = &target;
-    if (threadIdx.x == 0) {
-      target = 0;
-      if (blockIdx.x == 0) *a.sync_count = 0u;  // before the launch's first barrier
-    }
+    fused_sync_init(a, sync_target);
   }
 
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
@@ -672,6 +638,7 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
 
 FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
   if (bf16_in || plan.pipelined || plan.flag_sync || plan.warp_rows) return nullptr;
+  if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
   const int nch = plan.cpt / kVec;
   switch (sync) {
     case GridSync::Counter:
@@ -1113,8 +1080,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   const Kernel& k = kernels[static_cast<size_t>(best.shape)];
   MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows,
                            shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync);
-  if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows &&
-      fp.mma_rows == 0)
+  if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
     set_grid_sync(fp, opts, p.logits_bf16, dev);
   return fp;
 }

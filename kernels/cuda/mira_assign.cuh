@@ -174,7 +174,8 @@ constexpr int kMiraTracePhases = 8;
 // inverses split into two f16 halves (~22 significant bits; f32 fused multiply-adds where
 // their values span more than the halves hold). Other bits than the default kernel (other
 // summation order), as close to the f64 reference as the f16 copy. batch_rows,
-// min_cols_per_thread, blocks_per_sm, pipelined, flag_sync and grid_sync do not apply.
+// min_cols_per_thread, blocks_per_sm, pipelined and flag_sync do not apply; grid_sync does for
+// f32 logits at K 2049-3072.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.h"  // MIRA_DYNAMIC_SMEM
+#include "kernels/cuda/grid_sync.cuh"
 #include "kernels/cuda/mira_assign.cuh"
 #include "kernels/cuda/mira_fused_host.h"
 
@@ -455,6 +456,46 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
   }
 }
 
+// Counter barriers (SYNC != 0) start from 0: thread 0 of each block zeroes its target, block 0
+// the counter, before the launch's first barrier (a grid.sync()).
+__device__ __forceinline__ void fused_sync_init(const FusedArgs& a, unsigned* target) {
+  if (threadIdx.x == 0) {
+    *target = 0;
+    if (blockIdx.x == 0) *a.sync_count = 0u;
+  }
+}
+
+// A grid barrier of the fused kernels (mira_assign.cu's and mira_mmarows.cu's), SYNC a GridSync (MiraPlan::grid_sync):
+// cooperative groups' throughout for Cooperative, else for the launch's first (`first`; block 0 zeroed the counter
+// before it, so every block sees 0 after it) and counter barriers after it, per block or per
+// cluster. A template parameter, not an argument: the kernel is at its register limit (80 for
+// 768 threads), and reading the kind at run time spilled more in every instantiation. target:
+// the count the last counter barrier waited for, thread 0's, in shared memory.
+template <int SYNC>
+__device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_groups::grid_group& grid, bool first,
+                                                unsigned* target) {
+  if constexpr (SYNC == static_cast<int>(GridSync::Cooperative)) {
+    grid.sync();
+  } else {
+    if (first) {
+      grid.sync();
+      return;
+    }
+    constexpr bool kClustered = SYNC == static_cast<int>(GridSync::ClusterCounter);
+    if (threadIdx.x == 0) *target += kClustered ? gridDim.x / static_cast<unsigned>(a.sync_cluster) : gridDim.x;
+    if constexpr (!kClustered) {
+      count_sync(a.sync_count, *target);
+    } else {
+#if defined(MIRA_CUDA_EMU) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+      cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+      cluster_count_sync(a.sync_count, *target, cl);
+#else
+      __trap();  // clusters need sm_90: mira_plan never picks ClusterCounter below it
+#endif
+    }
+  }
+}
+
 using FusedFn = void (*)(const FusedArgs);
 
 // mira_warprows.cu: the fused kernel with a warp per row (MiraPlan::warp_rows) for T chunks of
@@ -476,6 +517,9 @@ int mmarows_warps(int K);
 // Dynamic shared memory ahead of the tiles of E (the weights and the row partials).
 size_t mmarows_extra_bytes(int Kp);
 FusedFn mmarows_fn(bool bf16_in, int tpw);
+// With counter barriers (MiraPlan::grid_sync): f32 logits and 12 tiles per warp (K 2049-3072);
+// null for the rest.
+FusedFn mmarows_sync_fn(int tpw, GridSync sync);
 
 // mira_cluster.cu: the cluster plan (MiraPlan::cluster; sm_90), clusters of blocks per view.
 FusedFn cluster_fn(bool bf16_in, MiraCache cache);

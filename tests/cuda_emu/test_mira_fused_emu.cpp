@@ -290,24 +290,30 @@ TEST_CASE("cuda_emu: counter barriers, per block or per cluster, give the cooper
   // MiraPlanOptions::grid_sync: the barriers after the launch's first become counter barriers
   // (kernels/cuda/grid_sync.cuh). Views one after another and side by side, f32 and f16 with
   // exact updates, threads in shuffled order, (12 blocks: clusters of 8 halve to 4), a
-  // single-block view, 0 and 1 iterations (no counter barrier, one).
+  // single-block view, 0 and 1 iterations (no counter barrier, one); the tensor-core updates
+  // (12 tiles per warp) with the views both ways.
   using GS = cuda::GridSync;
   struct Shape {
     int N, K;
     C cache;
     S schedule;
     int iters;
+    bool mma = false;
   };
-  for (const Shape& sh : {Shape{128, 1000, C::F32, S::Sequential, 30}, Shape{128, 1000, C::F32, S::Concurrent, 30},
-                          Shape{64, 3000, C::F16, S::Auto, 30}, Shape{3, 40, C::F32, S::Auto, 30},
-                          Shape{96, 700, C::F32, S::Auto, 0}, Shape{96, 700, C::F16, S::Auto, 1}}) {
+  for (const Shape& sh :
+       {Shape{128, 1000, C::F32, S::Sequential, 30}, Shape{128, 1000, C::F32, S::Concurrent, 30},
+        Shape{64, 3000, C::F16, S::Auto, 30}, Shape{3, 40, C::F32, S::Auto, 30}, Shape{96, 700, C::F32, S::Auto, 0},
+        Shape{96, 700, C::F16, S::Auto, 1}, Shape{80, 3000, C::F16, S::Concurrent, 30, true},
+        Shape{128, 3000, C::F16, S::Sequential, 5, true}}) {
     CAPTURE(sh.N);
     CAPTURE(sh.K);
     CAPTURE(static_cast<int>(sh.schedule));
     CAPTURE(sh.iters);
+    CAPTURE(sh.mma);
     Case c;
     c.N = sh.N, c.K = sh.K, c.cache = sh.cache, c.schedule = sh.schedule, c.iters = sh.iters;
-    c.exact = sh.cache == C::F16 ? 3 : 0;
+    c.exact = sh.cache == C::F16 && !sh.mma ? 3 : 0;
+    c.mma_rows = sh.mma;
     const Out plain = check(c);
     CHECK(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
     for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
