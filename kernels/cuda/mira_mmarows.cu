@@ -242,15 +242,27 @@ __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<T
   }
 }
 
-// Row tile rt's fragments from the tiles.
+// Row tile rt's fragments from the tiles: in two branches, so that the compiler sees the
+// shared-memory loads as such (ld.shared, not generic loads); the workspace's through L2
+// (ld.global.cg: written by this block's first pass, never by another block).
 template <int TPW>
 __device__ __forceinline__ void load_tile(const Tiles& tiles, int rt, unsigned (&e)[TPW][4]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const __half* src = tiles.row_tile(rt) + static_cast<size_t>(warp) * TPW * kTileHalves + lane * 8;
+  const size_t off = static_cast<size_t>(warp) * TPW * kTileHalves + lane * 8;
+  if (rt < tiles.smem_tiles) {
+    const __half* src = tiles.smem + static_cast<size_t>(rt) * tiles.KT * kTileHalves + off;
 #pragma unroll
-  for (int i = 0; i < TPW; ++i) {
-    const uint4 q = *reinterpret_cast<const uint4*>(src + i * kTileHalves);
-    e[i][0] = q.x, e[i][1] = q.y, e[i][2] = q.z, e[i][3] = q.w;
+    for (int i = 0; i < TPW; ++i) {
+      const uint4 q = *reinterpret_cast<const uint4*>(src + i * kTileHalves);
+      e[i][0] = q.x, e[i][1] = q.y, e[i][2] = q.z, e[i][3] = q.w;
+    }
+  } else {
+    const __half* src = tiles.ws + static_cast<size_t>(rt - tiles.smem_tiles) * tiles.KT * kTileHalves + off;
+#pragma unroll
+    for (int i = 0; i < TPW; ++i) {
+      const uint4 q = __ldcg(reinterpret_cast<const uint4*>(src + i * kTileHalves));
+      e[i][0] = q.x, e[i][1] = q.y, e[i][2] = q.z, e[i][3] = q.w;
+    }
   }
 }
 

@@ -246,6 +246,10 @@ template <typename T>
 T __ldg(const T* p) {
   return *p;
 }
+template <typename T>
+T __ldcg(const T* p) {  // through L2 only: the same value on one coherent memory
+  return *p;
+}
 inline void __trap() {
   ::mira::emu::trap("__trap()");
 }
