@@ -631,6 +631,11 @@ TEST_CASE("gpu mira: the tensor-core updates against the f64 reference and the f
     std::vector<Tensor> in = views;
     if (sh.bf16)  // the references see the logits the kernel reads
       for (Tensor& t : in) t = t.to(DType::BF16).to(DType::F32);
+    std::vector<std::vector<double>> ref, tw;  // f64 and the f16 copy's twin, once per view
+    for (int v = 0; v < 2; ++v) {
+      ref.push_back(reference(in[v]));
+      tw.push_back(twin(in[v], AssignWorkingCopy::F16, 0));
+    }
     for (const S sched : {S::Concurrent, S::Sequential}) {
       CAPTURE(static_cast<int>(sched));
       cuda::MiraPlanOptions o = plan_opts(C::F16, sched);
@@ -641,23 +646,22 @@ TEST_CASE("gpu mira: the tensor-core updates against the f64 reference and the f
       CAPTURE(plan.rows_per_block);
       CAPTURE(plan.smem_rows);
       for (int v = 0; v < 2; ++v) {
-        CHECK(allclose(got[v], reference(in[v]), kF16CacheTol, "tensor-core updates vs f64"));
-        CHECK(allclose(got[v], twin(in[v], AssignWorkingCopy::F16, 0), kF16TwinTol, "vs the CPU twin"));
+        CHECK(allclose(got[v], ref[v], kF16CacheTol, "tensor-core updates vs f64"));
+        CHECK(allclose(got[v], tw[v], kF16TwinTol, "vs the CPU twin"));
         CHECK(finite_simplex(got[v], sh.N, sh.K, 1e-4));
       }
       // Deterministic, and the FMA path of wide passes as close to the twin.
       CHECK(run_kernel(views, cuda::MiraVariant::Fused, o, sh.bf16) == got);
       const auto fma = run_kernel(views, cuda::MiraVariant::Fused, o, sh.bf16, kTau, kBeta, 30, nullptr, true);
-      for (int v = 0; v < 2; ++v)
-        CHECK(allclose(fma[v], twin(in[v], AssignWorkingCopy::F16, 0), kF16TwinTol, "FMA path vs the CPU twin"));
+      for (int v = 0; v < 2; ++v) CHECK(allclose(fma[v], tw[v], kF16TwinTol, "FMA path vs the CPU twin"));
     }
     // The engine's op with the option (config mira.assign_plan "mma-rows"), one view.
     AssignOptions ao;
     ao.working_copy = AssignWorkingCopy::F16;
     ao.mma_rows = true;
     const Tensor dev_in = sh.bf16 ? views[0].to(Device::cuda(0)).to(DType::BF16) : views[0].to(Device::cuda(0));
-    CHECK(allclose(mira_assign(dev_in, kTau, kBeta, 30, local_comm(), nullptr, ao).to_vector(),
-                   twin(in[0], AssignWorkingCopy::F16, 0), kF16TwinTol, "the op with mma_rows vs the CPU twin"));
+    CHECK(allclose(mira_assign(dev_in, kTau, kBeta, 30, local_comm(), nullptr, ao).to_vector(), tw[0], kF16TwinTol,
+                   "the op with mma_rows vs the CPU twin"));
   }
 }
 
