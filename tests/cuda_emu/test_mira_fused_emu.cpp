@@ -383,6 +383,17 @@ TEST_CASE("cuda_emu: the tensor-core updates against the f16 copy's CPU twin") {
     CHECK(o.plan.smem_rows % 16 == 0);
     CHECK(o.plan.smem_rows < o.plan.rows_per_block);
   }
+  SUBCASE("0 and 1 iterations, three views, one view of one row") {
+    c.N = 40, c.K = 300;
+    for (const int iters : {0, 1}) {
+      c.iters = iters;
+      check(c);
+    }
+    c.iters = 30, c.V = 3;
+    check(c);
+    c.V = 1, c.N = 1;
+    CHECK(check(c).plan.grid == 1);
+  }
   SUBCASE("every pass on the fused multiply-adds of wide passes") {
     c.N = 80, c.K = 700, c.mma_fallback = true;
     check(c);
