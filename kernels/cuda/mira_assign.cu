@@ -425,12 +425,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   }
   __shared__ float redc[kFusedMaxBlock];  // the column reduction's (subset, column) sums
   cg::grid_group grid = cg::this_grid();
-  unsigned* sync_target = nullptr;  // fused_grid_sync's (a constant address: no register)
-  if constexpr (SYNC != 0) {
-    __shared__ unsigned target;
-    sync_target = &target;
-    fused_sync_init(a, sync_target);
-  }
+  unsigned* sync_target = fused_sync_target<SYNC>(a);
 
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;

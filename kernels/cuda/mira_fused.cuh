@@ -456,12 +456,21 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
   }
 }
 
-// Counter barriers (SYNC != 0) start from 0: thread 0 of each block zeroes its target, block 0
-// the counter, before the launch's first barrier (a grid.sync()).
-__device__ __forceinline__ void fused_sync_init(const FusedArgs& a, unsigned* target) {
-  if (threadIdx.x == 0) {
-    *target = 0;
-    if (blockIdx.x == 0) *a.sync_count = 0u;
+// The block's target for fused_grid_sync (below): null for cooperative barriers (SYNC 0), else
+// a word of shared memory (a constant address: no register). Counter barriers start from 0:
+// thread 0 of each block zeroes its target, block 0 the counter, before the launch's first
+// barrier (a grid.sync()).
+template <int SYNC>
+__device__ __forceinline__ unsigned* fused_sync_target(const FusedArgs& a) {
+  if constexpr (SYNC == 0) {
+    return nullptr;
+  } else {
+    __shared__ unsigned target;
+    if (threadIdx.x == 0) {
+      target = 0;
+      if (blockIdx.x == 0) *a.sync_count = 0u;
+    }
+    return &target;
   }
 }
 

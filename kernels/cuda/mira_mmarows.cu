@@ -422,12 +422,7 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
   __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
   const MmaSmem s = mma_smem(smem_raw, a.Kp);
   cg::grid_group grid = cg::this_grid();
-  unsigned* sync_target = nullptr;  // fused_grid_sync's (a constant address: no register)
-  if constexpr (SYNC != 0) {
-    __shared__ unsigned target;
-    sync_target = &target;
-    fused_sync_init(a, sync_target);
-  }
+  unsigned* sync_target = fused_sync_target<SYNC>(a);
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
   const int row_tiles = (a.rows_per_block + 15) / 16;
