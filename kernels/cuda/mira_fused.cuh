@@ -123,6 +123,14 @@ struct ECache<__half> {
   static __device__ __forceinline__ float round(float x) { return __half2float(__float2half_rn(x * kF16Scale)); }
 };
 
+__device__ __forceinline__ float warp_sum(float v) {
+  // An xor butterfly: every lane adds the same two values at every step (in either order),
+  // so every lane ends with the same bits.
+#pragma unroll
+  for (int off = 16; off >= 1; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
+  return v;
+}
+
 template <bool MAX>
 __device__ __forceinline__ float rop(float a, float b) {
   return MAX ? fmaxf(a, b) : a + b;

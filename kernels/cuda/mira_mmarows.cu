@@ -74,12 +74,10 @@ __device__ __forceinline__ MmaSmem mma_smem(unsigned char* base, int Kp) {
 }
 
 // How an update pass multiplies by the weights: their halves against 2^-e (unscale = 2^e), or
-// (wide) f32 weights and fused multiply-adds; fma_cols: the column sums on fused
-// multiply-adds in every row tile (MiraPlan::mma_fallback, for the tests).
+// (wide) f32 weights and fused multiply-adds.
 struct PassWeights {
   bool wide;
   float unscale;
-  bool fma_cols;
 };
 
 // The weights of pass p of view v into s.w, for the whole block (ends with a barrier): 1 for
@@ -102,7 +100,7 @@ __device__ __forceinline__ PassWeights mma_weights(const FusedArgs& a, int v, in
       }
     }
     __syncthreads();
-    return {a.mma_fallback, 1.f, a.mma_fallback};
+    return {a.mma_fallback, 1.f};
   }
   const float* cs = a.colsum + static_cast<size_t>(v) * a.Kp;
   const float* l2s = a.colsum_log2 ? a.colsum_log2 + static_cast<size_t>(v) * a.Kp : nullptr;
@@ -127,7 +125,7 @@ __device__ __forceinline__ PassWeights mma_weights(const FusedArgs& a, int v, in
     }
   }
   __syncthreads();
-  return {!halves, halves ? unscale : 1.f, a.mma_fallback};
+  return {!halves, halves ? unscale : 1.f};
 }
 
 // Where a block's row tiles live: the first smem_tiles in shared memory, the rest in the
@@ -271,8 +269,9 @@ __device__ __forceinline__ void load_tile(const Tiles& tiles, int rt, unsigned (
 // columns 16 (w TPW + i) + g and + g + 8 in c[i][0], c[i][1] (the other lanes' c are never
 // stored).
 template <int TPW>
-__device__ __forceinline__ void update_tile(int Kp, int row0, int r1, const MmaSmem& s, const PassWeights& pw,
-                                            const unsigned (&e)[TPW][4], float (&c)[TPW][2], int& pb) {
+__device__ __forceinline__ void update_tile(const FusedArgs& a, int row0, int r1, const MmaSmem& s,
+                                            const PassWeights& pw, const unsigned (&e)[TPW][4], float (&c)[TPW][2],
+                                            int& pb) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int ct0 = warp * TPW;
@@ -280,7 +279,7 @@ __device__ __forceinline__ void update_tile(int Kp, int row0, int r1, const MmaS
   float pr[2] = {0.f, 0.f};
   if (!pw.wide) {
     const __half* whi = reinterpret_cast<const __half*>(s.w);
-    const __half* wlo = whi + Kp;
+    const __half* wlo = whi + a.Kp;
     float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};  // two chains of mma
 #pragma unroll
     for (int i = 0; i < TPW; ++i) {
@@ -331,7 +330,8 @@ __device__ __forceinline__ void update_tile(int Kp, int row0, int r1, const MmaS
   for (int k = 0; k < 4; ++k) xr[k] = __shfl_sync(kFull, x, 2 * t + (k & 1) + 8 * (k >> 1));
   float scale, unscale;
   half_scale(xmax, scale, unscale);
-  if (!pw.fma_cols && xmin * scale >= kMinHalf) {
+  // MiraPlan::mma_fallback (the tests) takes every row tile to the fused multiply-adds.
+  if (!a.mma_fallback && xmin * scale >= kMinHalf) {
     __half hi[4], lo[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) split_half(xr[k] * scale, hi[k], lo[k]);
@@ -366,12 +366,6 @@ __device__ __forceinline__ void update_tile(int Kp, int row0, int r1, const MmaS
   }
 }
 
-__device__ __forceinline__ float warp_sum32(float v) {
-#pragma unroll
-  for (int off = 16; off >= 1; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
-  return v;
-}
-
 // The last pass: T_ij = w_j E_ij / sum_l w_l E_il with E in f32 from the logits and the row
 // maxima; a warp per row (rows r0 + warp, + warps, ...), lane l over the column quads l, l + 32.
 template <typename TIn>
@@ -392,7 +386,7 @@ __device__ __forceinline__ void mma_targets(const FusedArgs& a, const BlockRows<
 #pragma unroll
       for (int u = 0; u < kVec; ++u) d = fmaf(w[col + u], y[u], d);
     }
-    d = warp_sum32(d);
+    d = warp_sum(d);
     const float sc = d > 0.f ? 1.f / d : 0.f;
     float* trow = b.targets + static_cast<size_t>(row) * a.K;
     for (int col = kVec * lane; col < a.K; col += 32 * kVec) {
@@ -425,7 +419,6 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
   unsigned* sync_target = fused_sync_target<SYNC>(a);
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
-  const int row_tiles = (a.rows_per_block + 15) / 16;
   int parity = 0, pb = 0;
   float bad = 0;  // non-finite logits seen by this thread
   trace_start(a, ph);
@@ -441,7 +434,7 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
                (static_cast<size_t>(active ? v : 0) * a.blocks_per_view + bv) * a.ecache_rows_per_block * a.Kp;
     tiles.smem_tiles = a.smem_rows / 16;
     tiles.KT = a.Kp / 16;
-    const int nt = b.r1 > b.r0 ? min(row_tiles, (b.r1 - b.r0 + 15) / 16) : 0;  // uniform per block
+    const int nt = b.r1 > b.r0 ? (b.r1 - b.r0 + 15) / 16 : 0;  // row tiles, uniform per block
 
     for (int p = a.pass_begin; p < a.pass_end; ++p) {
       if (p > a.iters) {  // the targets (c is not live here: registers for them)
@@ -465,7 +458,7 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
           if (p == 0) build_tile<TPW>(a, b, tiles, s, rt, pb, bad);
           unsigned e[TPW][4];
           load_tile<TPW>(tiles, rt, e);
-          update_tile<TPW>(a.Kp, b.r0 + 16 * rt, b.r1, s, pw, e, c, pb);
+          update_tile<TPW>(a, b.r0 + 16 * rt, b.r1, s, pw, e, c, pb);
         }
         mark(p == 0 ? kTraceFirst : kTraceRows);
       }

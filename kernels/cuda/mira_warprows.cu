@@ -50,13 +50,6 @@ __device__ __forceinline__ int wr_col(int t, int lane) {
   return 128 * t + kVec * lane;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  // An xor butterfly: every lane adds the same two values at every step (in either order),
-  // so every lane ends with the same bits.
-#pragma unroll
-  for (int off = 16; off >= 1; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
-  return v;
-}
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int off = 16; off >= 1; off >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, off));
