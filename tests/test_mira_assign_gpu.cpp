@@ -630,7 +630,7 @@ TEST_CASE("gpu mira: the tensor-core updates against the f64 reference and the f
     const std::vector<Tensor> views = {cpu_logits(sh.N, sh.K, 21, 0.3), cpu_logits(sh.N, sh.K, 22, 0.3)};
     std::vector<Tensor> in = views;
     if (sh.bf16)  // the references see the logits the kernel reads
-      for (Tensor& t : in) t = t.to(DType::BF16).to(DType::F32);
+      for (Tensor& t : in) t = t.to(Device::cuda(0)).to(DType::BF16).to(DType::F32).to(Device::cpu());
     std::vector<std::vector<double>> ref, tw;  // f64 and the f16 copy's twin, once per view
     for (int v = 0; v < 2; ++v) {
       ref.push_back(reference(in[v]));
