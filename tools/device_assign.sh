@@ -45,21 +45,9 @@ fi
 # Last, as time allows (each takes ~30-60 s): the tensor-core updates (N 256) under both
 # tools, the cluster plan's tensor-core sweeps under
 # racecheck (cut off at 50 s in session 15), and its row groups (N 1024) under both tools.
-if command -v compute-sanitizer >/dev/null; then
-  for tool in racecheck synccheck; do
-    run "sanitize_${tool}_mmarows_n256" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      $B/mira_assign --time --device cuda --n 256 --pytorch none --reps 1 --warmup 0 \
-      --variants "fused f16-cache mma-rows concurrent"
-  done
-  run sanitize_racecheck_mma_n64 compute-sanitizer --tool racecheck --error-exitcode 9 \
-    $B/mira_assign --time --device cuda --n 64 --pytorch none --reps 1 --warmup 0 --variants "fused cluster f16-cache mma"
-  for tool in racecheck synccheck; do
-    run "sanitize_${tool}_n1024" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      $B/mira_assign --time --device cuda --n 1024 --pytorch none --reps 1 --warmup 0 --variants "fused cluster"
-  done
-else
-  echo "== compute-sanitizer: not found" >>"$R"
-fi
+sanitize_rows mmarows_n256 256 "fused f16-cache mma-rows concurrent"
+sanitize_rows mma_n64 64 "fused cluster f16-cache mma" racecheck
+sanitize_rows n1024 1024 "fused cluster"
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
 # The cluster plan's row groups launch without the cooperative attribute if the driver refuses
 # it (kernels/cuda/mira_fused_host.cpp, launch_row_groups): say so here, not only in a log.

@@ -1,5 +1,6 @@
-# Sourced by tools/device_profile.sh and tools/device_assign.sh: the build and the GPU tests,
-# the CUDA libraries on LD_LIBRARY_PATH, and `run`, which adds one row of output to a log.
+# Sourced by tools/device_profile.sh, device_assign.sh and device_mmarows.sh: the build and
+# the GPU tests, the CUDA libraries on LD_LIBRARY_PATH, and `run`, which adds one row of output
+# to a log.
 # The caller sets T0 (start, date +%s), LOG_DIR, R (the rows' log), DEADLINE (s after T0 past
 # which no row starts) and ROW_TIMEOUT (s per row).
 mkdir -p "$LOG_DIR/check"
@@ -19,4 +20,21 @@ run() {  # label command...
   echo "== $label: $*" >>"$R"
   timeout "$ROW_TIMEOUT" "$@" >>"$R" 2>>"$LOG_DIR/stderr_$label.log"
   echo "rc $? at $(($(date +%s) - T0)) s" >>"$R"
+}
+# compute-sanitizer's TOOLS (default racecheck and synccheck) on one launch of a
+# bench/mira_assign variant at N per view, a row each (sanitize_TOOL_NAME); the caller sets B
+# (the build's bench folder).
+sanitize_rows() {  # name N variant [tools...]
+  local name=$1 n=$2 variant=$3
+  shift 3
+  local tools=("$@")
+  ((${#tools[@]})) || tools=(racecheck synccheck)
+  if ! command -v compute-sanitizer >/dev/null; then
+    echo "== compute-sanitizer: not found" >>"$R"
+    return
+  fi
+  for tool in "${tools[@]}"; do
+    run "sanitize_${tool}_$name" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      "$B/mira_assign" --time --device cuda --n "$n" --pytorch none --reps 1 --warmup 0 --variants "$variant"
+  done
 }

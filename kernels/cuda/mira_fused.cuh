@@ -45,6 +45,16 @@ __device__ __forceinline__ float ldg_f32(const __nv_bfloat16* p) {
   return __bfloat162float(__ldg(p));
 }
 
+// Asks L2 for the 128-byte line holding p (prefetch.global.L2: no register, no wait); the
+// emulator has no cache and skips it.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#ifdef MIRA_CUDA_EMU
+  (void)p;
+#else
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#endif
+}
+
 // Four consecutive columns of one logits row starting at col (col % 4 == 0), -inf where col >= K;
 // vec: K % 4 == 0 and the rows are 16-byte (f32) / 8-byte (bf16) aligned.
 __device__ __forceinline__ void load_logits4(const float* row, int col, int K, bool vec, float (&x)[kVec]) {

@@ -83,15 +83,22 @@ struct PassWeights {
 // The weights of pass p of view v into s.w, for the whole block (ends with a barrier): 1 for
 // the first pass's columns, else from the previous pass's column sums (mira_weight, as every
 // fused kernel). Halves unless they would lose bits, or the pass is the last (the targets take
-// f32 weights in column order).
+// f32 weights in column order). A thread's TPW / 2 columns are tid + k blockDim.x (the block
+// has Kp / (16 TPW) warps, so every one is < Kp): their sums' loads go out together, then
+// their log2s' (a load per column behind a branch, or after a store through s.w, would wait
+// on each: measured, 3 us per pass).
+template <int TPW>
 __device__ __forceinline__ PassWeights mma_weights(const FusedArgs& a, int v, int p, const MmaSmem& s, float* red,
                                                    int& parity) {
+  constexpr int kCols = TPW / 2;
   const int tid = threadIdx.x, bd = blockDim.x;
   __half* whi = reinterpret_cast<__half*>(s.w);
   __half* wlo = whi + a.Kp;
   if (p == 0) {
     const __half one = __float2half_rn(1.f), zero = __float2half_rn(0.f);
-    for (int j = tid; j < a.Kp; j += bd) {
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+      const int j = tid + k * bd;
       if (a.mma_fallback) {
         s.w[j] = j < a.K ? 1.f : 0.f;
       } else {
@@ -104,20 +111,26 @@ __device__ __forceinline__ PassWeights mma_weights(const FusedArgs& a, int v, in
   }
   const float* cs = a.colsum + static_cast<size_t>(v) * a.Kp;
   const float* l2s = a.colsum_log2 ? a.colsum_log2 + static_cast<size_t>(v) * a.Kp : nullptr;
+  float x[kCols], l2[kCols];
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) x[k] = cs[tid + k * bd];
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) l2[k] = l2s ? l2s[tid + k * bd] : 0.f;
   // The largest sum and (negated) the smallest positive one.
   float m[2] = {0.f, -INFINITY};
-  for (int j = tid; j < a.Kp; j += bd) {
-    const float x = cs[j];
-    m[0] = fmaxf(m[0], x);
-    if (x > 0.f) m[1] = fmaxf(m[1], -x);
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) {
+    m[0] = fmaxf(m[0], x[k]);
+    if (x[k] > 0.f) m[1] = fmaxf(m[1], -x[k]);
   }
   RowReduce<2>::allreduce<true>(m, red, 64, parity);
   const float l2max = log2f(m[0]);
   float scale = 1.f, unscale = 1.f;
   const bool halves = p <= a.iters && !a.mma_fallback && weight_scale(a, -m[1], m[0], l2max, scale, unscale);
-  for (int j = tid; j < a.Kp; j += bd) {
-    const float x = cs[j];
-    const float w = mira_weight_log2(a, x, l2s ? l2s[j] : log2f(x), l2max);
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) {
+    const int j = tid + k * bd;
+    const float w = mira_weight_log2(a, x[k], l2s ? l2[k] : log2f(x[k]), l2max);
     if (halves) {
       split_half(w * scale, whi[frag_pos(j)], wlo[frag_pos(j)]);
     } else {
@@ -155,6 +168,21 @@ __device__ __forceinline__ const float* publish_rows(const MmaSmem& s, int& pb, 
   return part;
 }
 
+// Place rho of the warps' values in a publish_rows buffer, summed (MAX: their maximum) in warp
+// order: over a constant bound, predicated, so that the loads go out together (a loop to
+// nwarps would wait on each).
+template <bool MAX>
+__device__ __forceinline__ float fold_warps(const float* part, int rho, int nwarps) {
+  float v[kMaxWarps];
+#pragma unroll
+  for (int w = 0; w < kMaxWarps; ++w) v[w] = w < nwarps ? part[w * 16 + rho] : 0.f;
+  float r = MAX ? -INFINITY : 0.f;
+#pragma unroll
+  for (int w = 0; w < kMaxWarps; ++w)
+    if (w < nwarps) r = MAX ? fmaxf(r, v[w]) : r + v[w];
+  return r;
+}
+
 // Logits (row, col) and (row, col + 1), col even: -inf where the row is past r1 or the column
 // past K; one 8-byte (f32) or 4-byte (bf16) load where the rows are aligned (vec_logits).
 __device__ __forceinline__ float2 load_pair(const float* p, bool vec) {
@@ -176,33 +204,54 @@ __device__ __forceinline__ float2 logit_pair(const FusedArgs& a, const TIn* logi
 // The first pass's E for row tile rt: the fragments' logits (-inf beyond the rows and K),
 // their row maxima across the block, E = exp2((L - max) k2) rounded to the f16 copy (E 2^15),
 // stored to the tile (each lane its own fragments: it reads them back without a barrier).
-// Counts non-finite logits in bad. A tile's 8 loads per lane at a time (32 KB in flight per
-// SM; all 8 TPW at once would be too many registers next to the column sums c).
+// Counts non-finite logits in bad. Both sweeps load kBatch tiles (16 pairs per lane) at a time
+// (all TPW at once would be too many registers next to the column sums c); and the next row
+// tile's logits are asked of L2 first.
+constexpr int kBatch = 4;
 template <int TPW, typename TIn>
 __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<TIn, __half>& b, const Tiles& tiles,
                                            const MmaSmem& s, int rt, int& pb, float& bad) {
+  static_assert(TPW % kBatch == 0, "whole batches of tiles");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
+  {
+    const int n0 = b.r0 + 16 * (rt + 1), n1 = min(b.r1, n0 + 16);
+    const int bytes = a.K * static_cast<int>(sizeof(TIn)), lines = (bytes + 127) / 128 + 1;
+    const char* base = reinterpret_cast<const char*>(b.logits);
+    for (int q = threadIdx.x; q < (n1 - n0) * lines; q += blockDim.x) {
+      const int r = q / lines, l = q % lines;
+      prefetch_l2(base + static_cast<size_t>(n0 + r) * bytes + min(128 * l, bytes - 1));
+    }
+  }
   const int row0 = b.r0 + 16 * rt + g;  // the lane's rows: row0 and row0 + 8
   const int col0 = 16 * warp * TPW + 2 * t;
   // Fragment register q of tile i: rows row0 + 8 (q & 1), columns col0 + 16 i + 8 (q >> 1) + {0, 1}.
   auto pair = [&](int i, int q) {
     return logit_pair(a, b.logits, row0 + 8 * (q & 1), b.r1, col0 + 16 * i + 8 * (q >> 1));
   };
+  // Tiles i0 .. i0 + kBatch - 1: all their loads first, in their own loop (loads interleaved
+  // with the checks that use them were issued a tile at a time: measured).
+  auto load_batch = [&](int i0, float2(&x)[kBatch][4]) {
+#pragma unroll
+    for (int di = 0; di < kBatch; ++di)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) x[di][q] = pair(i0 + di, q);
+  };
   float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll 1
-  for (int i = 0; i < TPW; ++i) {
-    float2 x[4];
+  for (int i0 = 0; i0 < TPW; i0 += kBatch) {
+    float2 x[kBatch][4];
+    load_batch(i0, x);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) x[q] = pair(i, q);
+    for (int di = 0; di < kBatch; ++di)
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      // Masked places hold -inf, which isfinite would count: only in-range values are counted.
-      const int row = row0 + 8 * (q & 1), col = col0 + 16 * i + 8 * (q >> 1);
-      if (row < b.r1 && col < a.K && !isfinite(x[q].x)) bad += 1.f;
-      if (row < b.r1 && col + 1 < a.K && !isfinite(x[q].y)) bad += 1.f;
-      mx[q & 1] = fmaxf(mx[q & 1], fmaxf(x[q].x, x[q].y));
-    }
+      for (int q = 0; q < 4; ++q) {
+        // Masked places hold -inf, which isfinite would count: only in-range values are counted.
+        const int row = row0 + 8 * (q & 1), col = col0 + 16 * (i0 + di) + 8 * (q >> 1);
+        if (row < b.r1 && col < a.K && !isfinite(x[di][q].x)) bad += 1.f;
+        if (row < b.r1 && col + 1 < a.K && !isfinite(x[di][q].y)) bad += 1.f;
+        mx[q & 1] = fmaxf(mx[q & 1], fmaxf(x[di][q].x, x[di][q].y));
+      }
   }
 #pragma unroll
   for (int k = 0; k < 2; ++k) {
@@ -210,11 +259,7 @@ __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<T
     mx[k] = fmaxf(mx[k], __shfl_xor_sync(kFull, mx[k], 2));
   }
   const float* part = publish_rows(s, pb, mx);
-  float m[2] = {-INFINITY, -INFINITY};
-  for (int w = 0; w < nwarps; ++w) {
-    m[0] = fmaxf(m[0], part[w * 16 + g]);
-    m[1] = fmaxf(m[1], part[w * 16 + g + 8]);
-  }
+  const float m[2] = {fold_warps<true>(part, g, nwarps), fold_warps<true>(part, g + 8, nwarps)};
   if (warp == 0 && t == 0) {
     if (row0 < b.r1) a.rowmax[static_cast<size_t>(b.v) * a.N + row0] = m[0];
     if (row0 + 8 < b.r1) a.rowmax[static_cast<size_t>(b.v) * a.N + row0 + 8] = m[1];
@@ -225,18 +270,20 @@ __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<T
     return __float2half_rn((in ? exp2f((x - m) * a.k2) : 0.f) * kF16Scale);  // ECache<__half>::round's value
   };
 #pragma unroll 1
-  for (int i = 0; i < TPW; ++i) {
-    float2 x[4];
+  for (int i0 = 0; i0 < TPW; i0 += kBatch) {
+    float2 x[kBatch][4];
+    load_batch(i0, x);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) x[q] = pair(i, q);
-    unsigned e[4];
+    for (int di = 0; di < kBatch; ++di) {
+      unsigned e[4];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int row = row0 + 8 * (q & 1), col = col0 + 16 * i + 8 * (q >> 1);
-      e[q] = pack_halves(to_half(x[q].x, m[q & 1], row < b.r1 && col < a.K),
-                         to_half(x[q].y, m[q & 1], row < b.r1 && col + 1 < a.K));
+      for (int q = 0; q < 4; ++q) {
+        const int row = row0 + 8 * (q & 1), col = col0 + 16 * (i0 + di) + 8 * (q >> 1);
+        e[q] = pack_halves(to_half(x[di][q].x, m[q & 1], row < b.r1 && col < a.K),
+                           to_half(x[di][q].y, m[q & 1], row < b.r1 && col + 1 < a.K));
+      }
+      *reinterpret_cast<uint4*>(dst + (i0 + di) * kTileHalves) = make_uint4(e[0], e[1], e[2], e[3]);
     }
-    *reinterpret_cast<uint4*>(dst + i * kTileHalves) = make_uint4(e[0], e[1], e[2], e[3]);
   }
 }
 
@@ -280,19 +327,22 @@ __device__ __forceinline__ void update_tile(const FusedArgs& a, int row0, int r1
   if (!pw.wide) {
     const __half* whi = reinterpret_cast<const __half*>(s.w);
     const __half* wlo = whi + a.Kp;
-    float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};  // two chains of mma
+    float d[4][4];  // four chains of mma (tile i on chain i % 4)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) d[k][0] = d[k][1] = d[k][2] = d[k][3] = 0.f;
 #pragma unroll
     for (int i = 0; i < TPW; ++i) {
       unsigned bf[2];
       b_fragment(whi, wlo, 16 * (ct0 + i), lane, bf);
-      if (i & 1) {
-        mma_16816(d1, e[i], bf);
-      } else {
-        mma_16816(d0, e[i], bf);
-      }
+      mma_16816(d[i & 3], e[i], bf);
     }
-    pr[0] = (fmaf(d0[1], 1.f / kLoScale, d0[0]) + fmaf(d1[1], 1.f / kLoScale, d1[0])) * pw.unscale;
-    pr[1] = (fmaf(d0[3], 1.f / kLoScale, d0[2]) + fmaf(d1[3], 1.f / kLoScale, d1[2])) * pw.unscale;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float h[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) h[k] = fmaf(d[k][2 * r + 1], 1.f / kLoScale, d[k][2 * r]);
+      pr[r] = ((h[0] + h[1]) + (h[2] + h[3])) * pw.unscale;
+    }
   } else {
 #pragma unroll
     for (int i = 0; i < TPW; ++i) {
@@ -314,15 +364,13 @@ __device__ __forceinline__ void update_tile(const FusedArgs& a, int row0, int r1
   // (0 for an empty row or one past the block's rows). c_j adds S_ij x_i (S = E 2^15, and the
   // total carries the same 2^15).
   const int rho = lane & 15;
-  float tot = 0.f;
-  for (int w = 0; w < nwarps; ++w) tot += part[w * 16 + rho];
+  const float tot = fold_warps<false>(part, rho, nwarps);
   const float x = row0 + rho < r1 && tot > 0.f ? 1.f / tot : 0.f;
-  float xmax = x, xmin = x > 0.f ? x : INFINITY;
-#pragma unroll
-  for (int off = 1; off < 16; off <<= 1) {
-    xmax = fmaxf(xmax, __shfl_xor_sync(kFull, xmax, off));
-    xmin = fminf(xmin, __shfl_xor_sync(kFull, xmin, off));
-  }
+  // Their largest and smallest positive one over the 16 rows (lanes 16-31 repeat lanes 0-15):
+  // x >= 0, so its bits order as the floats, and one redux.sync each does it.
+  const unsigned ux = __float_as_uint(x);
+  const float xmax = __uint_as_float(__reduce_max_sync(kFull, ux));
+  const float xmin = __uint_as_float(__reduce_min_sync(kFull, x > 0.f ? ux : __float_as_uint(INFINITY)));
   if (!(xmax > 0.f)) return;  // no row of the tile adds anything (uniform across the block)
   // The x of rows 2t, 2t + 1, 2t + 8, 2t + 9: the B fragment's places.
   float xr[4];
@@ -368,38 +416,61 @@ __device__ __forceinline__ void update_tile(const FusedArgs& a, int row0, int r1
 
 // The last pass: T_ij = w_j E_ij / sum_l w_l E_il with E in f32 from the logits and the row
 // maxima; a warp per row (rows r0 + warp, + warps, ...), lane l over the column quads l, l + 32.
+// The warp's next row is asked of L2 first, and each sweep loads kQuads quads per lane before
+// it uses any (a quad or two at a time waited on memory ~24 times per row: measured).
+constexpr int kQuads = 6;
 template <typename TIn>
 __device__ __forceinline__ void mma_targets(const FusedArgs& a, const BlockRows<TIn, __half>& b, const float* w) {
+  constexpr int kStep = 32 * kVec;  // a warp's quads: columns kStep apart per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int bytes = a.K * static_cast<int>(sizeof(TIn));
   for (int row = b.r0 + warp; row < b.r1; row += nwarps) {
     const TIn* lrow = b.logits + static_cast<size_t>(row) * a.K;
+    if (row + nwarps < b.r1) {
+      const char* next = reinterpret_cast<const char*>(lrow + static_cast<size_t>(nwarps) * a.K);
+      for (int l = lane; 128 * l < bytes + 127; l += 32) prefetch_l2(next + min(128 * l, bytes - 1));
+    }
     const float m = a.rowmax[static_cast<size_t>(b.v) * a.N + row];
-    auto exact = [&](int col, float(&y)[kVec]) {
-      load_logits4(lrow, col, a.K, a.vec_logits, y);
+    // Quads c0, c0 + kStep, ...: the logits (-inf from K on), then E in f32 (0 from K on).
+    auto exact = [&](int c0, float(&y)[kQuads][kVec]) {
 #pragma unroll
-      for (int u = 0; u < kVec; ++u) y[u] = col + u < a.K ? exp2f((y[u] - m) * a.k2) : 0.f;
+      for (int q = 0; q < kQuads; ++q) load_logits4(lrow, c0 + q * kStep, a.K, a.vec_logits, y[q]);
+#pragma unroll
+      for (int q = 0; q < kQuads; ++q)
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) y[q][u] = c0 + q * kStep + u < a.K ? exp2f((y[q][u] - m) * a.k2) : 0.f;
     };
     float d = 0.f;
-    for (int col = kVec * lane; col < a.Kp; col += 32 * kVec) {
-      float y[kVec];
-      exact(col, y);
+    for (int c0 = kVec * lane; c0 < a.Kp; c0 += kQuads * kStep) {
+      float y[kQuads][kVec];
+      exact(c0, y);
 #pragma unroll
-      for (int u = 0; u < kVec; ++u) d = fmaf(w[col + u], y[u], d);
+      for (int q = 0; q < kQuads; ++q) {
+        const int col = c0 + q * kStep;
+        if (col < a.Kp)
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) d = fmaf(w[col + u], y[q][u], d);
+      }
     }
     d = warp_sum(d);
     const float sc = d > 0.f ? 1.f / d : 0.f;
     float* trow = b.targets + static_cast<size_t>(row) * a.K;
-    for (int col = kVec * lane; col < a.K; col += 32 * kVec) {
-      float y[kVec];
-      exact(col, y);
+    for (int c0 = kVec * lane; c0 < a.K; c0 += kQuads * kStep) {
+      float y[kQuads][kVec];
+      exact(c0, y);
 #pragma unroll
-      for (int u = 0; u < kVec; ++u) y[u] = w[col + u] * y[u] * sc;
-      if (a.vec_logits) {
-        *reinterpret_cast<float4*>(trow + col) = make_float4(y[0], y[1], y[2], y[3]);
-      } else {
+      for (int q = 0; q < kQuads; ++q) {
+        const int col = c0 + q * kStep;
+        if (col >= a.K) continue;
 #pragma unroll
-        for (int u = 0; u < kVec; ++u)
-          if (col + u < a.K) trow[col + u] = y[u];
+        for (int u = 0; u < kVec; ++u) y[q][u] = w[col + u] * y[q][u] * sc;
+        if (a.vec_logits) {
+          *reinterpret_cast<float4*>(trow + col) = make_float4(y[q][0], y[q][1], y[q][2], y[q][3]);
+        } else {
+#pragma unroll
+          for (int u = 0; u < kVec; ++u)
+            if (col + u < a.K) trow[col + u] = y[q][u];
+        }
       }
     }
   }
@@ -439,7 +510,7 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
     for (int p = a.pass_begin; p < a.pass_end; ++p) {
       if (p > a.iters) {  // the targets (c is not live here: registers for them)
         if (active) {
-          mma_weights(a, v, p, s, red, parity);
+          mma_weights<TPW>(a, v, p, s, red, parity);
           mark(kTraceWeights);
           mma_targets<TIn>(a, b, s.w);
           mark(kTraceLast);
@@ -452,10 +523,13 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
 #pragma unroll
       for (int i = 0; i < TPW; ++i) c[i][0] = c[i][1] = 0.f;
       if (active) {
-        const PassWeights pw = mma_weights(a, v, p, s, red, parity);
+        const PassWeights pw = mma_weights<TPW>(a, v, p, s, red, parity);
         mark(kTraceWeights);
+        // The first pass stores every row tile before its update (the column sums c are not
+        // live while the logits' loads are in flight: registers for more of them).
+        if (p == 0)
+          for (int rt = 0; rt < nt; ++rt) build_tile<TPW>(a, b, tiles, s, rt, pb, bad);
         for (int rt = 0; rt < nt; ++rt) {
-          if (p == 0) build_tile<TPW>(a, b, tiles, s, rt, pb, bad);
           unsigned e[TPW][4];
           load_tile<TPW>(tiles, rt, e);
           update_tile<TPW>(a, b.r0 + 16 * rt, b.r1, s, pw, e, c, pb);

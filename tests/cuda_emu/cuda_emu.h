@@ -242,6 +242,21 @@ T __shfl_down_sync(unsigned mask, T v, unsigned off) {
   const int l = ::mira::emu::lane_id(), src = l + static_cast<int>(off);
   return ::mira::emu::shfl_bits(mask, v, src < 32 ? src : l, (5 << 16) | static_cast<int>(off));
 }
+// redux.sync (sm_80): the warp's largest / smallest unsigned, as a butterfly of exchanges.
+inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const unsigned o = ::mira::emu::shfl_bits(mask, v, ::mira::emu::lane_id() ^ off, (6 << 16) | off);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+inline unsigned __reduce_min_sync(unsigned mask, unsigned v) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const unsigned o = ::mira::emu::shfl_bits(mask, v, ::mira::emu::lane_id() ^ off, (7 << 16) | off);
+    v = o < v ? o : v;
+  }
+  return v;
+}
 template <typename T>
 T __ldg(const T* p) {
   return *p;
