@@ -36,6 +36,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/mira_assign.cuh"
@@ -183,31 +184,37 @@ __device__ __forceinline__ float fold_warps(const float* part, int rho, int nwar
   return r;
 }
 
-// Logits (row, col) and (row, col + 1), col even: -inf where the row is past r1 or the column
-// past K; one 8-byte (f32) or 4-byte (bf16) load where the rows are aligned (vec_logits).
-__device__ __forceinline__ float2 load_pair(const float* p, bool vec) {
-  if (vec) return __ldg(reinterpret_cast<const float2*>(p));
-  return make_float2(__ldg(p), __ldg(p + 1));
+// The first pass's logits loads have no branches: a masked place (a row past the block's, a
+// column past K) loads the view's first logit, which is in range, and is replaced by -inf
+// after the load. (Loads behind such branches went out one at a time: bench/RESULTS.md,
+// session 17.) VEC: FusedArgs::vec_logits (K % 4 == 0, rows 16-byte (f32) or 8-byte (bf16)
+// aligned), taken once per batch of loads.
+__device__ __forceinline__ float2 load_pair(const float* p) {
+  return __ldg(reinterpret_cast<const float2*>(p));
 }
-__device__ __forceinline__ float2 load_pair(const __nv_bfloat16* p, bool vec) {
-  if (vec) return __bfloat1622float2(__ldg(reinterpret_cast<const __nv_bfloat162*>(p)));
-  return make_float2(ldg_f32(p), ldg_f32(p + 1));
+__device__ __forceinline__ float2 load_pair(const __nv_bfloat16* p) {
+  return __bfloat1622float2(__ldg(reinterpret_cast<const __nv_bfloat162*>(p)));
 }
-template <typename TIn>
+// Logits (row, col) and (row, col + 1), col even (VEC: col + 1 < K wherever col < K).
+template <bool VEC, typename TIn>
 __device__ __forceinline__ float2 logit_pair(const FusedArgs& a, const TIn* logits, int row, int r1, int col) {
-  if (row >= r1 || col >= a.K) return make_float2(-INFINITY, -INFINITY);
-  const TIn* p = logits + static_cast<size_t>(row) * a.K + col;
-  if (col + 1 < a.K) return load_pair(p, a.vec_logits);
-  return make_float2(ldg_f32(p), -INFINITY);
+  const bool in0 = row < r1 && col < a.K, in1 = in0 && col + 1 < a.K;
+  const size_t off = static_cast<size_t>(row) * a.K + col;
+  float2 v;
+  if constexpr (VEC) {
+    v = load_pair(logits + (in0 ? off : 0));
+  } else {
+    v = make_float2(ldg_f32(logits + (in0 ? off : 0)), ldg_f32(logits + (in1 ? off + 1 : 0)));
+  }
+  return make_float2(in0 ? v.x : -INFINITY, in1 ? v.y : -INFINITY);
 }
-
 // The first pass's E for row tile rt: the fragments' logits (-inf beyond the rows and K),
 // their row maxima across the block, E = exp2((L - max) k2) rounded to the f16 copy (E 2^15),
 // stored to the tile (each lane its own fragments: it reads them back without a barrier).
-// Counts non-finite logits in bad. Both sweeps load kBatch tiles (16 pairs per lane) at a time
-// (all TPW at once would be too many registers next to the column sums c); and the next row
-// tile's logits are asked of L2 first.
-constexpr int kBatch = 4;
+// Counts non-finite logits in bad. Both sweeps load kBatch tiles (8 pairs per lane, each with
+// its own address) at a time (12 bytes of spills at 12 tiles per warp on sm_90; batches of 4
+// tiles spilled 32-40); and the next row tile's logits are asked of L2 first.
+constexpr int kBatch = 2;
 template <int TPW, typename TIn>
 __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<TIn, __half>& b, const Tiles& tiles,
                                            const MmaSmem& s, int rt, int& pb, float& bad) {
@@ -226,16 +233,23 @@ __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<T
   const int row0 = b.r0 + 16 * rt + g;  // the lane's rows: row0 and row0 + 8
   const int col0 = 16 * warp * TPW + 2 * t;
   // Fragment register q of tile i: rows row0 + 8 (q & 1), columns col0 + 16 i + 8 (q >> 1) + {0, 1}.
-  auto pair = [&](int i, int q) {
-    return logit_pair(a, b.logits, row0 + 8 * (q & 1), b.r1, col0 + 16 * i + 8 * (q >> 1));
+  auto pair = [&](auto vec, int i, int q) {
+    return logit_pair<decltype(vec)::value>(a, b.logits, row0 + 8 * (q & 1), b.r1, col0 + 16 * i + 8 * (q >> 1));
   };
   // Tiles i0 .. i0 + kBatch - 1: all their loads first, in their own loop (loads interleaved
   // with the checks that use them were issued a tile at a time: measured).
   auto load_batch = [&](int i0, float2(&x)[kBatch][4]) {
+    auto fill = [&](auto vec) {
 #pragma unroll
-    for (int di = 0; di < kBatch; ++di)
+      for (int di = 0; di < kBatch; ++di)
 #pragma unroll
-      for (int q = 0; q < 4; ++q) x[di][q] = pair(i0 + di, q);
+        for (int q = 0; q < 4; ++q) x[di][q] = pair(vec, i0 + di, q);
+    };
+    if (a.vec_logits) {
+      fill(std::true_type{});
+    } else {
+      fill(std::false_type{});
+    }
   };
   float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll 1
