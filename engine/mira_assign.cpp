@@ -228,7 +228,9 @@ void mira_cuda_group(const std::vector<Tensor>& views, const std::vector<Tensor>
   po.exact_passes = opts.exact_passes;
   po.cluster = opts.cluster_plan;
   po.cluster_mma = opts.cluster_mma;
-  po.mma_rows = opts.mma_rows;
+  // The tensor-core updates only where every SM gets a row tile (below, the default kernel is
+  // faster: cuda::mira_mma_rows_fill).
+  po.mma_rows = opts.mma_rows && cuda::mira_mma_rows_fill(p, ctx.device());
   const cuda::MiraPlan plan = cached_plan(p, variant, po, ctx.device());
   Tensor ws = Tensor::empty(Shape{static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   const float* flag = cuda::mira_nonfinite_count(plan, ws.raw());

@@ -52,10 +52,12 @@ struct AssignOptions {
   // With the cluster plan and the f16 working copy: its sweeps on tensor cores (MiraPlanOptions::
   // cluster_mma; config mira.assign_plan "cluster-mma"). Opt-in (measured: docs/assignment.md).
   bool cluster_mma = false;
-  // CUDA, one process, the f16 working copy, no exact passes, K <= 3072, sm_80: the updates on
-  // tensor cores (MiraPlanOptions::mma_rows, kernels/cuda/mira_mmarows.cu), else the default
-  // fused kernel. Other summation order, as close to the reference. Opt-in until measured on a
-  // GPU (config mira.assign_plan "mma-rows").
+  // CUDA, one process, the f16 working copy, no exact passes, K <= 3072, sm_80, and a row tile
+  // of 16 for every SM (V ceil(N / 16) >= SMs): the updates on tensor cores
+  // (MiraPlanOptions::mma_rows, kernels/cuda/mira_mmarows.cu), else the default fused kernel.
+  // Other summation order, as close to the reference. Opt-in: on an H200 slower than the
+  // default kernel with the f16 copy (bench/RESULTS.md, session 17; config mira.assign_plan
+  // "mma-rows").
   bool mma_rows = false;
   // CUDA: read back the count of non-finite logits and throw if there are any. This
   // synchronises the stream once per call; turn it off while capturing a CUDA graph.

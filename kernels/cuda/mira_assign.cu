@@ -921,6 +921,10 @@ bool mira_fused_supports(int K) {
   return K >= 1 && K <= kFusedMaxK;
 }
 
+bool mira_mma_rows_fill(const MiraProblem& p, int device) {
+  return static_cast<long long>(p.V) * ceil_div(p.N, 16) >= device_attr(cudaDevAttrMultiProcessorCount, device);
+}
+
 MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOptions& opts) {
   MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews, "mira_plan: 1 to ", kMiraMaxViews, " views, got ", p.V);
   MIRA_CHECK(p.N >= 1 && p.K >= 1, "mira_plan: empty problem (N = ", p.N, ", K = ", p.K, ")");

@@ -23,7 +23,8 @@
 //   (bench/RESULTS.md, session 15).
 // - Fused with MiraPlanOptions::mma_rows (f16 copy, no exact updates, K <= 3072, sm_80): the
 //   default kernel's blocks and passes with the updates' two sweeps on tensor cores
-//   (kernels/cuda/mira_mmarows.cu). Opt-in until measured on a GPU.
+//   (kernels/cuda/mira_mmarows.cu). Opt-in: on an H200 slower than the default kernel with
+//   the same f16 copy (0.729 against 0.649 ms at N 4096; bench/RESULTS.md, session 17).
 // - Unfused: six small kernels and four launches per iteration, E in the workspace (a bench
 //   baseline, and the path for K > 12288 where the fused kernel's registers do not reach).
 // MiraCache::BF16 / F16 store E in 16 bits during the iteration (bf16; or f16 of E * 2^15, 3
@@ -203,6 +204,11 @@ struct MiraPlanOptions {
 MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOptions& opts = {});
 // Can the fused / per-pass kernel take this K? (K <= 12288: 768 threads x 16 columns)
 bool mira_fused_supports(int K);
+// Does every SM of `device` get a row tile of 16 from the tensor-core updates
+// (MiraPlanOptions::mma_rows): V ceil(N / 16) >= SMs? Where not, they ran slower than the
+// default kernel (an H200, N 64 and 256: 0.30-0.33 against 0.20 ms; bench/RESULTS.md, session
+// 17), so the engine's op asks for them only where this holds.
+bool mira_mma_rows_fill(const MiraProblem& p, int device);
 
 // Fused and Unfused: the whole assignment of every view, on `stream`. The workspace must hold
 // plan.workspace_bytes and stay untouched until the work completes.

@@ -422,6 +422,22 @@ TEST_CASE("cuda_emu: the tensor-core updates against the f16 copy's CPU twin") {
     CHECK(cuda::mira_plan(p, cuda::MiraVariant::Fused, o).mma_rows == 4);
     CHECK(cuda::mira_plan(p, cuda::MiraVariant::PerPass, o).mma_rows == 0);
   }
+  SUBCASE("the engine's op asks for them only where every SM gets a row tile of 16") {
+    const int sms = gpu().sms;
+    cuda::MiraProblem p;
+    p.K = 300;
+    emu::set_device(gpu());
+    for (const int V : {1, 2}) {
+      CAPTURE(V);
+      p.V = V;
+      p.N = 16 * (sms / V);  // V ceil(N / 16) = SMs (sms even)
+      CHECK(cuda::mira_mma_rows_fill(p, 0));
+      p.N -= 16;
+      CHECK(!cuda::mira_mma_rows_fill(p, 0));
+      p.N += 1;  // a partial row tile counts
+      CHECK(cuda::mira_mma_rows_fill(p, 0));
+    }
+  }
 }
 
 TEST_CASE("cuda_emu: the default fused kernel counts non-finite logits") {
