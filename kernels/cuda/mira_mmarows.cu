@@ -59,17 +59,30 @@ __device__ __forceinline__ float2 unpack_halves(unsigned r) {
   return __half22float2(*reinterpret_cast<const __half2*>(&r));
 }
 
-// A block's shared memory: the weights (Kp f32, or their halves hi then lo in fragment order),
-// two buffers of 16 floats per warp (the row tile's partial maxima or sums), then E's tiles.
+// A block's shared memory: the weights (Kp f32, or their halves hi, then lo 16 halves further,
+// in fragment order), Kp halves of zeros (32 bytes past lo), two buffers of 16 floats per warp
+// (the row tile's partial maxima or sums), then E's tiles. Kp is a multiple of 64, so hi, lo
+// and the zeros start 0, 32 and 64 bytes into a 128-byte line: a B fragment's load (lanes 0-3
+// hi, 4-7 lo, the rest zeros) touches each bank once.
+constexpr int kWeightPad = 16;  // halves
+__host__ __device__ constexpr int weight_floats(int Kp) {
+  return (3 * Kp) / 2 + kWeightPad;
+}
 struct MmaSmem {
   float* w;
+  __half* whi;
+  __half* wlo;
+  __half* zero;
   float* part;
   __half* E;
 };
 __device__ __forceinline__ MmaSmem mma_smem(unsigned char* base, int Kp) {
   MmaSmem s;
   s.w = reinterpret_cast<float*>(base);
-  s.part = s.w + Kp;
+  s.whi = reinterpret_cast<__half*>(base);
+  s.wlo = s.whi + Kp + kWeightPad;
+  s.zero = s.wlo + Kp + kWeightPad;
+  s.part = s.w + weight_floats(Kp);
   s.E = reinterpret_cast<__half*>(s.part + 2 * kMaxWarps * 16);
   return s;
 }
@@ -93,8 +106,8 @@ __device__ __forceinline__ PassWeights mma_weights(const FusedArgs& a, int v, in
                                                    int& parity) {
   constexpr int kCols = TPW / 2;
   const int tid = threadIdx.x, bd = blockDim.x;
-  __half* whi = reinterpret_cast<__half*>(s.w);
-  __half* wlo = whi + a.Kp;
+  __half* whi = s.whi;
+  __half* wlo = s.wlo;
   if (p == 0) {
     const __half one = __float2half_rn(1.f), zero = __float2half_rn(0.f);
 #pragma unroll
@@ -339,15 +352,15 @@ __device__ __forceinline__ void update_tile(const FusedArgs& a, int row0, int r1
   // This warp's share of the 16 rows' sums: rows g and g + 8 in pr (lanes t = 0).
   float pr[2] = {0.f, 0.f};
   if (!pw.wide) {
-    const __half* whi = reinterpret_cast<const __half*>(s.w);
-    const __half* wlo = whi + a.Kp;
+    // The B fragments (b_fragment's layout) without a select: lanes 8-31 read zeros.
+    const __half* bsrc = (lane < 8 ? (lane & 4 ? s.wlo : s.whi) : s.zero) + 16 * ct0 + 4 * (lane & 3);
     float d[4][4];  // four chains of mma (tile i on chain i % 4)
 #pragma unroll
     for (int k = 0; k < 4; ++k) d[k][0] = d[k][1] = d[k][2] = d[k][3] = 0.f;
 #pragma unroll
     for (int i = 0; i < TPW; ++i) {
-      unsigned bf[2];
-      b_fragment(whi, wlo, 16 * (ct0 + i), lane, bf);
+      const uint2 v = *reinterpret_cast<const uint2*>(bsrc + 16 * i);
+      const unsigned bf[2] = {v.x, v.y};
       mma_16816(d[i & 3], e[i], bf);
     }
 #pragma unroll
@@ -508,6 +521,8 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
   float bad = 0;  // non-finite logits seen by this thread
   trace_start(a, ph);
   auto mark = [&](int k) { trace_mark(a, ph, k); };
+  // The B fragments' zeros, for the whole launch (the first weights' barrier publishes them).
+  for (int j = threadIdx.x; j < a.Kp; j += blockDim.x) s.zero[j] = __float2half_rn(0.f);
 
   for (int gi = 0; gi < groups; ++gi) {
     const int v = gi * a.views_per_group + vg;
@@ -587,7 +602,7 @@ int mmarows_warps(int K) {
 }
 
 size_t mmarows_extra_bytes(int Kp) {
-  return static_cast<size_t>(Kp) * sizeof(float) + 2 * kMaxWarps * 16 * sizeof(float);
+  return static_cast<size_t>(weight_floats(Kp) + 2 * kMaxWarps * 16) * sizeof(float);
 }
 
 FusedFn mmarows_sync_fn(int tpw, GridSync sync) {
