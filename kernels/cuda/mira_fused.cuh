@@ -54,6 +54,16 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 #endif
 }
+// Thread i of n asks L2 for every 128-byte line of `rows` consecutive rows of row_bytes each
+// from `first` (a row that starts inside a line spans one line more than its length).
+__device__ __forceinline__ void prefetch_rows_l2(const void* first, int row_bytes, int rows, int i, int n) {
+  const int lines = (row_bytes + 127) / 128 + 1;
+  const char* base = static_cast<const char*>(first);
+  for (int q = i; q < rows * lines; q += n) {
+    const int r = q / lines, l = q % lines;
+    prefetch_l2(base + static_cast<size_t>(r) * row_bytes + min(128 * l, row_bytes - 1));
+  }
+}
 
 // Four consecutive columns of one logits row starting at col (col % 4 == 0), -inf where col >= K;
 // vec: K % 4 == 0 and the rows are 16-byte (f32) / 8-byte (bf16) aligned.

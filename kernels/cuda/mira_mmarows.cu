@@ -225,8 +225,8 @@ __device__ __forceinline__ float2 logit_pair(const FusedArgs& a, const TIn* logi
 // their row maxima across the block, E = exp2((L - max) k2) rounded to the f16 copy (E 2^15),
 // stored to the tile (each lane its own fragments: it reads them back without a barrier).
 // Counts non-finite logits in bad. Both sweeps load kBatch tiles (8 pairs per lane, each with
-// its own address) at a time (12 bytes of spills at 12 tiles per warp on sm_90; batches of 4
-// tiles spilled 32-40); and the next row tile's logits are asked of L2 first.
+// its own address) at a time (batches of 4 tiles spilled 32-40 bytes at 12 tiles per warp);
+// and the next row tile's logits are asked of L2 first.
 constexpr int kBatch = 2;
 template <int TPW, typename TIn>
 __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<TIn, __half>& b, const Tiles& tiles,
@@ -236,12 +236,8 @@ __device__ __forceinline__ void build_tile(const FusedArgs& a, const BlockRows<T
   const int g = lane >> 2, t = lane & 3;
   {
     const int n0 = b.r0 + 16 * (rt + 1), n1 = min(b.r1, n0 + 16);
-    const int bytes = a.K * static_cast<int>(sizeof(TIn)), lines = (bytes + 127) / 128 + 1;
-    const char* base = reinterpret_cast<const char*>(b.logits);
-    for (int q = threadIdx.x; q < (n1 - n0) * lines; q += blockDim.x) {
-      const int r = q / lines, l = q % lines;
-      prefetch_l2(base + static_cast<size_t>(n0 + r) * bytes + min(128 * l, bytes - 1));
-    }
+    prefetch_rows_l2(b.logits + static_cast<size_t>(n0) * a.K, a.K * static_cast<int>(sizeof(TIn)), n1 - n0,
+                     threadIdx.x, blockDim.x);
   }
   const int row0 = b.r0 + 16 * rt + g;  // the lane's rows: row0 and row0 + 8
   const int col0 = 16 * warp * TPW + 2 * t;
@@ -450,13 +446,10 @@ template <typename TIn>
 __device__ __forceinline__ void mma_targets(const FusedArgs& a, const BlockRows<TIn, __half>& b, const float* w) {
   constexpr int kStep = 32 * kVec;  // a warp's quads: columns kStep apart per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const int bytes = a.K * static_cast<int>(sizeof(TIn));
   for (int row = b.r0 + warp; row < b.r1; row += nwarps) {
     const TIn* lrow = b.logits + static_cast<size_t>(row) * a.K;
-    if (row + nwarps < b.r1) {
-      const char* next = reinterpret_cast<const char*>(lrow + static_cast<size_t>(nwarps) * a.K);
-      for (int l = lane; 128 * l < bytes + 127; l += 32) prefetch_l2(next + min(128 * l, bytes - 1));
-    }
+    if (row + nwarps < b.r1)
+      prefetch_rows_l2(lrow + static_cast<size_t>(nwarps) * a.K, a.K * static_cast<int>(sizeof(TIn)), 1, lane, 32);
     const float m = a.rowmax[static_cast<size_t>(b.v) * a.N + row];
     // Quads c0, c0 + kStep, ...: the logits (-inf from K on), then E in f32 (0 from K on).
     auto exact = [&](int c0, float(&y)[kQuads][kVec]) {
