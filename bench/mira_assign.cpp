@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -582,6 +583,21 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   at = 1;
   Variant mma_rows{"fused f16-cache mma-rows", MV::Fused, MC::F16, MS::Auto, 4, false};
   mma_rows.mma_rows = true;
+  // A counter per view group (the views side by side never wait for each other; "stagger":
+  // their passes alternate on each SM), where a block of each view shares every SM: 8 columns
+  // per thread at two blocks per SM, side by side (the f16 copy's auto plan at N 4096).
+  for (Variant v :
+       std::vector<Variant>{{"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
+                            {"fused cpt8 bps2 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
+                            {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3}}) {
+    for (const auto& [sync, tag] : {std::pair{cuda::GridSync::ViewCounter, " view-sync"},
+                                    std::pair{cuda::GridSync::ViewCounterStagger, " view-sync stagger"}}) {
+      Variant w = v;
+      w.name += tag;
+      w.sync = sync;
+      variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
+    }
+  }
   for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
                                   std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
     for (Variant v :
@@ -765,7 +781,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
         // One more launch with phase timing: each phase's mean over blocks of its share of the
         // block's cycles, times the median launch, in microseconds per launch. (Fused only: the
         // per-pass variant's launches would each overwrite the buffer.)
-        const int64_t n = static_cast<int64_t>(plan.grid) * cuda::kMiraTracePhases;
+        const int64_t n = static_cast<int64_t>(plan.grid) * cuda::kMiraTraceWords;
         Tensor tr = Tensor::zeros({n}, DType::I64, dev);
         cuda::MiraPlan traced = plan;
         traced.trace = reinterpret_cast<unsigned long long*>(tr.raw());
@@ -781,15 +797,29 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
         static const char* const kNames[cuda::kMiraTracePhases] = {"first_pass", "weights", "update_rows", "last_pass",
                                                                   "barrier1",   "reduce",  "barrier2",    "total"};
         json tj;
+        const auto word = [&](int b, int k) { return cyc[static_cast<size_t>(b) * cuda::kMiraTraceWords + k]; };
         for (int k = 0; k < cuda::kMiraTracePhases; ++k) {
           double share = 0;
           for (int b = 0; b < plan.grid; ++b) {
-            const double tot = cyc[static_cast<size_t>(b) * cuda::kMiraTracePhases + cuda::kMiraTracePhases - 1];
-            if (tot > 0) share += cyc[static_cast<size_t>(b) * cuda::kMiraTracePhases + k] / tot;
+            const double tot = word(b, cuda::kMiraTracePhases - 1);
+            if (tot > 0) share += word(b, k) / tot;
           }
           tj[kNames[k]] = share / plan.grid * t.median() * 1e3;
         }
         j["trace_us"] = tj;
+        // Where the blocks ran: SMs used, the most blocks on one, and the SMs holding blocks of
+        // more than one view group (side by side, a group is blocks_per_view consecutive blocks).
+        std::map<int, std::set<int>> groups_on;
+        std::map<int, int> blocks_on;
+        for (int b = 0; b < plan.grid; ++b) {
+          const int sm = static_cast<int>(word(b, cuda::kMiraTracePhases));
+          ++blocks_on[sm];
+          if (plan.blocks_per_view > 0) groups_on[sm].insert(b / plan.blocks_per_view);
+        }
+        int most = 0, shared = 0;
+        for (const auto& [sm, nb] : blocks_on) most = std::max(most, nb);
+        for (const auto& [sm, gs] : groups_on) shared += gs.size() > 1 ? 1 : 0;
+        j["trace_sms"] = {{"sms", blocks_on.size()}, {"most_blocks_on_one", most}, {"shared_by_view_groups", shared}};
       }
     } catch (const Error& e) {
       j["error"] = e.what();

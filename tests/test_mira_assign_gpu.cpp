@@ -366,9 +366,10 @@ TEST_CASE("gpu mira: the grid barriers order every block's writes before the oth
 
 TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperative barriers' bits") {
   // MiraPlanOptions::grid_sync on the GPU's memory model: every barrier after the launch's
-  // first as a counter, per block or per cluster (sm_90; else the per-block counter). The
-  // issue's shape in f32 (views one after another) and f16 + 3 exact (side by side), a
-  // training shape, and 2 iterations; the tensor-core updates (sm_80) at the issue's shape.
+  // first as a counter, per block or per cluster (sm_90; else the per-block counter), or per
+  // view group, staggered or not (8 columns per thread only). The issue's shape in f32 (views
+  // one after another) and f16 + 3 exact (side by side), a training shape, and 2 iterations;
+  // the tensor-core updates (sm_80) at the issue's shape.
   using GS = cuda::GridSync;
   using C = cuda::MiraCache;
   const int major = compute_major();
@@ -391,12 +392,18 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
     o.exact_passes = s.cache == C::F16 && !s.mma ? 3 : 0;
     o.mma_rows = s.mma;
     const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters);
-    for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
+    for (const GS kind : {GS::Counter, GS::ClusterCounter, GS::ViewCounter, GS::ViewCounterStagger}) {
       CAPTURE(std::string(cuda::grid_sync_name(kind)));
       o.grid_sync = kind;
       cuda::MiraPlan plan;
       const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters, &plan);
-      if (kind == GS::Counter || major < 9) {
+      if (kind == GS::ViewCounter || kind == GS::ViewCounterStagger) {
+        // Kernels only for 8 columns per thread (2-row batches), not the tensor-core updates.
+        const bool has = !s.mma && plan.cpt == 8 && plan.batch_rows == 2;
+        CHECK(plan.grid_sync == (has ? static_cast<int>(kind) : 0));
+        if (has && plan.views_per_group == 2)
+          MESSAGE(cuda::grid_sync_name(kind), " at N ", s.N, ": views side by side, ", plan.grid, " blocks");
+      } else if (kind == GS::Counter || major < 9) {
         CHECK(plan.grid_sync == static_cast<int>(GS::Counter));
       } else if (plan.grid_sync != static_cast<int>(kind)) {
         // cudaOccupancyMaxActiveClusters said the grid's clusters do not all fit at once.

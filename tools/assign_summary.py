@@ -62,6 +62,12 @@ def main(path, predictions=None):
                  if p else "")
         if p.get("cluster"):  # the cluster plan: blocks per cluster x clusters per view
             shape += f" cl{p['cluster']}x{p.get('cluster_groups', 1)}"
+        if p.get("grid_sync", "cooperative") != "cooperative":
+            shape += f" {p['grid_sync']}"
+        sms = j.get("trace_sms")  # where the traced launch's blocks ran
+        if sms:
+            shape += (f" sms{sms['sms']} max{sms['most_blocks_on_one']}/sm"
+                      f" shared{sms['shared_by_view_groups']}")
         print(f"  {j['variant']:<46} {j.get('median_ms', float('nan')):7.3f} ms err "
               f"{j.get('max_abs_err', float('nan')):.1e} valid {j.get('valid')} N{j.get('N')}{shape} {tr} "
               f"{j.get('error', '')}{j.get('skipped', '')}")

@@ -1,4 +1,4 @@
-# Sourced by tools/device_profile.sh, device_assign.sh and device_mmarows.sh: the build and
+# Sourced by tools/device_profile.sh, device_assign.sh and device_focus.sh: the build and
 # the GPU tests, the CUDA libraries on LD_LIBRARY_PATH, and `run`, which adds one row of output
 # to a log.
 # The caller sets T0 (start, date +%s), LOG_DIR, R (the rows' log), DEADLINE (s after T0 past

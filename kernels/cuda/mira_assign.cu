@@ -454,6 +454,8 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
       for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
         for (int u = 0; u < kVec; ++u) c[ch][u] = 0.f;
+      // ViewCounterStagger: the view groups' passes alternate from the first update on.
+      if (gi == 0 && p == 1 && a.pass_begin == 0 && a.iters >= 1) fused_view_stagger<SYNC>(a, sync_target);
 
       if (active) {
         if (p == 0) {
@@ -621,7 +623,14 @@ FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, boo
 // auto plans at K 3000); null for the rest, which keep cooperative barriers.
 template <int SYNC>
 FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
-  if (cache == MiraCache::F32) {
+  if constexpr (view_sync(SYNC)) {
+    // A counter per view group pays only where a view group's block shares its SM with
+    // another's: 8 columns per thread, two blocks per SM, the views side by side (the auto
+    // plan of the f16 copy at N 4096).
+    if (nch != 2 || batch_rows != 2) return nullptr;
+    if (cache == MiraCache::F32) return mira_fused_kernel<float, float, 2, 2, false, false, SYNC>;
+    if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 2, false, false, SYNC>;
+  } else if (cache == MiraCache::F32) {
     if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, float, 1, 4, false, false, SYNC>;
     if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, float, 2, 2, false, false, SYNC>;
   } else if (cache == MiraCache::F16) {
@@ -640,6 +649,10 @@ FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
       return fused_sync_fn<1>(plan.cache, nch, plan.batch_rows);
     case GridSync::ClusterCounter:
       return fused_sync_fn<2>(plan.cache, nch, plan.batch_rows);
+    case GridSync::ViewCounter:
+      return fused_sync_fn<3>(plan.cache, nch, plan.batch_rows);
+    case GridSync::ViewCounterStagger:
+      return fused_sync_fn<4>(plan.cache, nch, plan.batch_rows);
     case GridSync::Cooperative:
       break;
   }
@@ -866,8 +879,9 @@ int ceil_div(int64_t a, int64_t b) {
 // MiraPlanOptions::grid_sync on a default fused plan: the kind where its kernel exists
 // (select_fused_sync) and fits as the plan's (the same blocks per SM with the plan's shared
 // memory), the cluster size (ClusterCounter: the asked size halved until it divides the grid,
-// where sm_90 code runs and that many clusters fit at once; else Counter), and 256 bytes of
-// workspace for the counter. Else the plan keeps cooperative barriers.
+// where sm_90 code runs and that many clusters fit at once; else Counter), and workspace for
+// the counter (256 bytes; the view kinds: 128 per view group, at least 256). Else the plan
+// keeps cooperative barriers.
 void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, int dev) {
   MIRA_CHECK(opts.grid_sync_cluster >= 1 && opts.grid_sync_cluster <= 8 &&
                  (opts.grid_sync_cluster & (opts.grid_sync_cluster - 1)) == 0,
@@ -908,11 +922,13 @@ void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, in
     }
     if (size == 1) kind = GridSync::Counter;
   }
-  if (kind == GridSync::Counter && !kernel_for(kind)) return;
+  if (kind != GridSync::ClusterCounter && !kernel_for(kind)) return;
   plan.grid_sync = static_cast<int>(kind);
   plan.grid_sync_cluster = size;
   plan.off_sync = plan.workspace_bytes;
-  plan.workspace_bytes += 256;
+  // One 128-byte line per counter: the view kinds keep one per view group.
+  const bool per_view = kind == GridSync::ViewCounter || kind == GridSync::ViewCounterStagger;
+  plan.workspace_bytes += std::max<size_t>(256, per_view ? 4 * fused::kSyncCounterStride * plan.views_per_group : 0);
 }
 
 }  // namespace

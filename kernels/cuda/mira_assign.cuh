@@ -113,14 +113,16 @@ struct MiraPlan {
   size_t off_colsum_log2 = 0;
   int64_t ecache_rows_per_block = 0;  // rows of E per block held in the workspace
   int64_t flag_index = 0;             // index of the non-finite counter in colsum
-  // Fused / per-pass, for performance work: null, or device memory of grid * kMiraTracePhases
+  // Fused / per-pass, for performance work: null, or device memory of grid * kMiraTraceWords
   // u64 that each launch overwrites with block b's clock64 cycles per phase at
-  // [b * kMiraTracePhases + k]: first pass, weights, update rows, last pass (targets), grid
-  // barrier 1 (with the partials' store), column reduction, grid barrier 2, whole launch.
+  // [b * kMiraTraceWords + k]: first pass, weights, update rows, last pass (targets), grid
+  // barrier 1 (with the partials' store), column reduction, grid barrier 2, whole launch;
+  // then the SM the block ran on (%smid; 0 in tests/cuda_emu).
   // With flag_sync the barriers read ~0: the waits fall in the reduction and the weights.
   unsigned long long* trace = nullptr;
 };
 constexpr int kMiraTracePhases = 8;
+constexpr int kMiraTraceWords = kMiraTracePhases + 1;
 
 // How to run a problem; the defaults are the engine's. cache: E's working copy (f32 exact, or
 // 16 bits, see above); exact_passes >= 0 (16-bit caches only; clipped to iters).
@@ -196,6 +198,10 @@ struct MiraPlanOptions {
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they
   // divide the grid; a Counter plan where clusters do not run or fit at once). The same bits.
   // Opt-in until measured (bench/mira_assign --probe-sync, and the "counter-sync" rows).
+  // ViewCounter / ViewCounterStagger: a counter per view group, so that views side by side
+  // never wait for each other (kernels only for 8 columns per thread at two blocks per SM,
+  // where each SM holds a block of each view; else cooperative barriers); Stagger makes their
+  // passes alternate (mira_fused.cuh, fused_view_stagger). Also the same bits.
   GridSync grid_sync = GridSync::Cooperative;
   int grid_sync_cluster = 8;
 };

@@ -369,12 +369,23 @@ __device__ __forceinline__ void trace_mark(const FusedArgs& a, long long* ph, in
     ph[kMiraTracePhases] = now;
   }
 }
-// The whole launch, and the block's row of the trace.
+// The SM this thread runs on (0 in the emulator).
+__device__ __forceinline__ unsigned sm_id() {
+#ifdef MIRA_CUDA_EMU
+  return 0u;
+#else
+  unsigned s;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+  return s;
+#endif
+}
+// The whole launch, and the block's row of the trace (its phases, then its SM).
 __device__ __forceinline__ void trace_finish(const FusedArgs& a, long long* ph) {
   if (a.trace != nullptr && threadIdx.x == 0) {
     ph[kTraceTotal] = clock64() - ph[kMiraTracePhases + 1];
-    for (int k = 0; k < kMiraTracePhases; ++k)
-      a.trace[static_cast<size_t>(blockIdx.x) * kMiraTracePhases + k] = static_cast<unsigned long long>(ph[k]);
+    unsigned long long* row = a.trace + static_cast<size_t>(blockIdx.x) * kMiraTraceWords;
+    for (int k = 0; k < kMiraTracePhases; ++k) row[k] = static_cast<unsigned long long>(ph[k]);
+    row[kMiraTracePhases] = sm_id();
   }
 }
 
@@ -488,6 +499,17 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
 // a word of shared memory (a constant address: no register). Counter barriers start from 0:
 // thread 0 of each block zeroes its target, block 0 the counter, before the launch's first
 // barrier (a grid.sync()).
+// The view kinds (ViewCounter, ViewCounterStagger) keep one counter per view group, on
+// 128-byte lines of their own (MiraPlan::off_sync has views_per_group of them).
+constexpr int kSyncCounterStride = 32;
+constexpr bool view_sync(int sync) {
+  return sync == static_cast<int>(GridSync::ViewCounter) || sync == static_cast<int>(GridSync::ViewCounterStagger);
+}
+// The view kinds' counter of this block's group, in shared memory (set by fused_sync_target).
+__device__ __forceinline__ unsigned*& view_counter() {
+  __shared__ unsigned* counter;
+  return counter;
+}
 template <int SYNC>
 __device__ __forceinline__ unsigned* fused_sync_target(const FusedArgs& a) {
   if constexpr (SYNC == 0) {
@@ -496,7 +518,10 @@ __device__ __forceinline__ unsigned* fused_sync_target(const FusedArgs& a) {
     __shared__ unsigned target;
     if (threadIdx.x == 0) {
       target = 0;
-      if (blockIdx.x == 0) *a.sync_count = 0u;
+      if (blockIdx.x == 0)
+        for (int g = 0; g < (view_sync(SYNC) ? a.views_per_group : 1); ++g) a.sync_count[g * kSyncCounterStride] = 0u;
+      if (view_sync(SYNC))
+        view_counter() = a.sync_count + static_cast<int>(blockIdx.x) / a.blocks_per_view * kSyncCounterStride;
     }
     return &target;
   }
@@ -519,6 +544,12 @@ __device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_
       return;
     }
     constexpr bool kClustered = SYNC == static_cast<int>(GridSync::ClusterCounter);
+    if constexpr (view_sync(SYNC)) {
+      // Only the blocks of this block's view group meet (a view group's blocks are consecutive).
+      if (threadIdx.x == 0) *target += static_cast<unsigned>(a.blocks_per_view);
+      count_sync(view_counter(), *target);
+      return;
+    }
     if (threadIdx.x == 0) *target += kClustered ? gridDim.x / static_cast<unsigned>(a.sync_cluster) : gridDim.x;
     if constexpr (!kClustered) {
       count_sync(a.sync_count, *target);
@@ -530,6 +561,27 @@ __device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_
       __trap();  // clusters need sm_90: mira_plan never picks ClusterCounter below it
 #endif
     }
+  }
+}
+
+// ViewCounterStagger, at the start of the first update pass (pass 1, after one counter
+// barrier of every group: the launch's first barrier is a grid.sync()): the blocks of view
+// group g > 0 wait until group g - 1 has passed its next barrier, the one after its rows of
+// pass 1. From then on the groups' passes alternate on each SM (one block of each group per
+// SM): one group's boundary (barriers, reduction, weights: mostly waiting) overlaps the
+// other's row updates. Every thread of the block; target: fused_grid_sync's.
+template <int SYNC>
+__device__ __forceinline__ void fused_view_stagger(const FusedArgs& a, const unsigned* target) {
+  if constexpr (SYNC == static_cast<int>(GridSync::ViewCounterStagger)) {
+    const int g = static_cast<int>(blockIdx.x) / a.blocks_per_view;
+    if (g == 0) return;  // uniform per block
+    if (threadIdx.x == 0) {
+      const unsigned* prev = view_counter() - kSyncCounterStride;
+      const unsigned want = *target + static_cast<unsigned>(a.blocks_per_view);
+      int n = 0;
+      while (static_cast<int>(load_acquire(prev) - want) < 0) sync_spin(n);
+    }
+    __syncthreads();
   }
 }
 

@@ -43,7 +43,7 @@ struct FusedArgs {
   // and (V, Kp) sums as {float, pass + 1} words.
   uint2* ll_partial;
   uint2* ll_colsum;
-  unsigned long long* trace;  // null, or (grid, kMiraTracePhases) clock64 sums (MiraPlan::trace)
+  unsigned long long* trace;  // null, or (grid, kMiraTraceWords): clock64 sums and the SM (MiraPlan::trace)
   // The cluster plan (MiraPlan::cluster): blocks per cluster, columns per block, clusters per
   // view (row groups of rows_per_block rows).
   int cluster, cluster_cols, cluster_groups;

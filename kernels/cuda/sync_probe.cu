@@ -92,6 +92,8 @@ ProbeFn probe_fn(GridSync kind) {
       return sync_probe_kernel<1>;
     case GridSync::ClusterCounter:
       return sync_probe_kernel<2>;
+    case GridSync::ViewCounter:
+    case GridSync::ViewCounterStagger:
     case GridSync::Cooperative:
       break;
   }
@@ -106,6 +108,10 @@ const char* grid_sync_name(GridSync kind) {
       return "counter";
     case GridSync::ClusterCounter:
       return "cluster-counter";
+    case GridSync::ViewCounter:
+      return "view-counter";
+    case GridSync::ViewCounterStagger:
+      return "view-counter-stagger";
     case GridSync::Cooperative:
       break;
   }
@@ -126,6 +132,9 @@ void sync_probe_launch(GridSync kind, int blocks, int threads, int cluster, size
                        void* scratch, cudaStream_t stream) {
   MIRA_CHECK(blocks >= 1 && threads >= 32 && threads % 32 == 0 && checks >= 0 && iters >= 0,
              "sync_probe_launch: bad shape (", blocks, " blocks of ", threads, " threads)");
+  MIRA_CHECK(kind != GridSync::ViewCounter && kind != GridSync::ViewCounterStagger,
+             "sync_probe_launch: ", grid_sync_name(kind),
+             " barriers are the assignment kernel's (a counter per view group), not a probe's");
   const bool clustered = kind == GridSync::ClusterCounter;
   MIRA_CHECK(!clustered || (cluster >= 1 && blocks % cluster == 0), "sync_probe_launch: clusters of ", cluster,
              " do not divide ", blocks, " blocks");
@@ -160,6 +169,9 @@ SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int che
                           size_t scratch_bytes) {
   constexpr int kThreads = kSyncProbeThreads;
   MIRA_CHECK(blocks_per_sm >= 1 && iters >= 1, "mira_sync_probe: blocks_per_sm and iters must be >= 1");
+  MIRA_CHECK(kind != GridSync::ViewCounter && kind != GridSync::ViewCounterStagger,
+             "mira_sync_probe: ", grid_sync_name(kind),
+             " barriers are the assignment kernel's (a counter per view group), not a probe's");
   const bool clustered = kind == GridSync::ClusterCounter;
   SyncProbe r;
   r.kind = kind;

@@ -13,6 +13,12 @@ enum class GridSync {
   Cooperative = 0,     // cooperative_groups::this_grid().sync()
   Counter = 1,         // count_sync: one arrival per block
   ClusterCounter = 2,  // cluster_count_sync (sm_90): one arrival per cluster
+  // The fused assignment's only (not a probe's): a counter per view group, so that views side
+  // by side never wait for each other; Stagger also holds the second view's first update until
+  // the first view's is done everywhere, so that their pass boundaries alternate
+  // (mira_fused.cuh, fused_grid_sync).
+  ViewCounter = 3,
+  ViewCounterStagger = 4,
 };
 const char* grid_sync_name(GridSync kind);
 

@@ -340,6 +340,56 @@ TEST_CASE("cuda_emu: counter barriers, per block or per cluster, give the cooper
   CHECK(o.plan.grid_sync == static_cast<int>(GS::Counter));
 }
 
+TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the cooperative barriers' bits") {
+  // GridSync::ViewCounter / ViewCounterStagger: each view group's blocks meet only each other,
+  // and with Stagger the second group's first update waits for the first group's. 8 columns
+  // per thread at two blocks per SM (their only kernels), the views side by side (two and
+  // three groups: the stagger cascades), f32 and f16 + 3 exact, 1 iteration (the stagger waits
+  // for pass 1's rows, the last update) and 0 (no update: no stagger), views one after another
+  // (one group: a plain counter); threads shuffled at every barrier. A plan with no such
+  // kernel (4 columns per thread) keeps cooperative barriers.
+  using GS = cuda::GridSync;
+  struct Shape {
+    int N, K, V;
+    C cache;
+    S schedule;
+    int iters;
+  };
+  for (const Shape& sh : {Shape{96, 3000, 2, C::F32, S::Concurrent, 30}, Shape{64, 2500, 2, C::F16, S::Concurrent, 30},
+                          Shape{50, 2100, 3, C::F32, S::Concurrent, 12}, Shape{96, 3000, 2, C::F16, S::Concurrent, 1},
+                          Shape{64, 3000, 2, C::F32, S::Concurrent, 0}, Shape{96, 3000, 2, C::F32, S::Sequential, 8}}) {
+    CAPTURE(sh.N);
+    CAPTURE(sh.K);
+    CAPTURE(sh.V);
+    CAPTURE(static_cast<int>(sh.schedule));
+    CAPTURE(sh.iters);
+    Case c;
+    c.N = sh.N, c.K = sh.K, c.V = sh.V, c.cache = sh.cache, c.schedule = sh.schedule, c.iters = sh.iters;
+    c.exact = sh.cache == C::F16 ? 3 : 0;
+    c.min_cpt = 8, c.bps = 2;
+    const Out plain = check(c);
+    REQUIRE(plain.plan.cpt == 8);
+    REQUIRE(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
+    CHECK(plain.plan.views_per_group == (sh.schedule == S::Concurrent ? sh.V : 1));
+    for (const GS kind : {GS::ViewCounter, GS::ViewCounterStagger}) {
+      CAPTURE(cuda::grid_sync_name(kind));
+      c.grid_sync = kind;
+      emu::set_schedule(5);
+      const Out o = check(c);
+      emu::set_schedule(0);
+      CHECK(o.plan.grid == plain.plan.grid);
+      CHECK(o.plan.grid_sync == static_cast<int>(kind));
+      CHECK(o.plan.workspace_bytes == plain.plan.workspace_bytes + std::max(256, 128 * plain.plan.views_per_group));
+      CHECK(same_bits(o.targets, plain.targets));
+    }
+  }
+  Case four;
+  four.K = 1000, four.min_cpt = 4, four.grid_sync = GS::ViewCounterStagger;
+  const Out o = check(four);
+  CHECK(o.plan.cpt == 4);
+  CHECK(o.plan.grid_sync == static_cast<int>(GS::Cooperative));
+}
+
 TEST_CASE("cuda_emu: the warp-row kernel against the f64 reference and its f16 twin") {
   Case c;
   c.warp_rows = true;

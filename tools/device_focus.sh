@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# A few rows of the MIRA assignment on a GPU in one short device call (~3-4 minutes): builds
+# only bench/mira_assign and test_mira_assign_gpu and runs that test (tools/device_check.sh
+# with MIRA_BUILD_TARGETS / MIRA_GPU_TESTS); times the rows with the per-phase trace at N 4096
+# (PyTorch in the same run) and at the MIRA_FOCUS_NS sizes, and at 60 iterations; optionally
+# Nsight Compute on one launch of one row with the stall reasons and the per-instruction samples
+# (LOG_DIR/focus_source.csv.gz), a kernel object's SASS (LOG_DIR/focus.sass.gz, for
+# tools/sass_loops.py), and racecheck and synccheck of one row at N 256. Then
+# tools/assign_summary.py against bench/assign_predictions.json.
+# Rows that would start after MIRA_DEADLINE_S (default 200 s) are skipped.
+#   tools/device_focus.sh [LOG_DIR]
+# What it runs (environment; the defaults are the per-view-group barriers of session 18):
+#   MIRA_FOCUS_VARIANTS  comma-separated bench/mira_assign --variants
+#   MIRA_FOCUS_NCU       the row Nsight Compute profiles ("" for none)
+#   MIRA_FOCUS_SASS      the object whose SASS is dumped, e.g. mira_mmarows.cu.o ("" for none)
+#   MIRA_FOCUS_SANITIZE  the row compute-sanitizer runs at N 256 ("" for none)
+#   MIRA_FOCUS_NS        the sizes per view timed after N 4096 (default "1024 256")
+# tools/device_mmarows.sh sets them for the tensor-core updates.
+set -u
+T0=$(date +%s)
+cd "$(dirname "$0")/.." || exit 2
+LOG_DIR=${1:-${OUT:-./device_logs}}
+R=$LOG_DIR/assign.log
+DEADLINE=${MIRA_DEADLINE_S:-200}
+ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
+V_DEFAULT="fused f16-cache,fused f16-cache view-sync,fused f16-cache view-sync stagger"
+V_DEFAULT="$V_DEFAULT,fused f16-cache exact3,fused f16-cache exact3 view-sync stagger"
+V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent,fused cpt8 bps2 concurrent view-sync stagger,fused"
+V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
+NCU_ROW=${MIRA_FOCUS_NCU-}
+SASS_OBJ=${MIRA_FOCUS_SASS-}
+SANITIZE_ROW=${MIRA_FOCUS_SANITIZE-}
+NS=${MIRA_FOCUS_NS:-1024 256}
+export MIRA_BUILD_TARGETS="mira_assign test_mira_assign_gpu" MIRA_GPU_TESTS=test_mira_assign_gpu
+# shellcheck source=tools/device_rows.sh
+source tools/device_rows.sh
+BUILD=${MIRA_DEVICE_BUILD:-build-device}
+B=$BUILD/bench
+run assign "$B/mira_assign" --time --device cuda --trace --variants "$V"
+for n in $NS; do
+  run "assign_n$n" "$B/mira_assign" --time --device cuda --n "$n" --pytorch none --trace --variants "$V"
+done
+run assign_iters60 "$B/mira_assign" --time --device cuda --iters 60 --pytorch none --variants "$V"
+if [[ -n "$SASS_OBJ" ]]; then
+  OBJ=$(find "$BUILD" -name "$SASS_OBJ" | head -n 1)
+  if command -v cuobjdump >/dev/null && [[ -n "$OBJ" ]]; then
+    cuobjdump -sass "$OBJ" | gzip >"$LOG_DIR/focus.sass.gz"
+  fi
+fi
+if [[ -n "$NCU_ROW" ]] && command -v ncu >/dev/null; then
+  STALLS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+  run ncu_focus ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
+    --section SchedulerStats --section WarpStateStats --section SourceCounters --metrics "$STALLS" \
+    -o "$LOG_DIR/focus" "$B/mira_assign" --time --device cuda --pytorch none --reps 1 --warmup 0 \
+    --variants "$NCU_ROW"
+  if [[ -f $LOG_DIR/focus.ncu-rep ]]; then
+    ncu -i "$LOG_DIR/focus.ncu-rep" --print-details all >>"$R" 2>&1
+    ncu -i "$LOG_DIR/focus.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip >"$LOG_DIR/focus_source.csv.gz"
+    rm -f "$LOG_DIR/focus.ncu-rep"
+  fi
+fi
+[[ -n "$SANITIZE_ROW" ]] && sanitize_rows focus_n256 256 "$SANITIZE_ROW"
+python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
+grep -A8 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
+grep -E 'stalled_.*ratio|Warp Cycles Per Issued|Issued Warp|No Eligible' "$R" | awk '$NF + 0 > 0.2 || /Warp|Eligible/' | cut -c1-150
+(cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
+ls -la "$LOG_DIR"
