@@ -493,6 +493,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool mma = false;        // the cluster plan's f16 sweeps on tensor cores
     cuda::GridSync sync = cuda::GridSync::Cooperative;  // the default kernel's barriers after the first
     bool mma_rows = false;  // the f16 copy's updates on tensor cores (kernels/cuda/mira_mmarows.cu)
+    bool ahead = false;     // the f16 copy's rows in the workspace loaded a batch ahead
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -598,6 +599,15 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
     }
   }
+  // The f16 copy's rows in the workspace loaded a batch ahead (MiraPlanOptions::rows_ahead),
+  // with cooperative barriers and with the staggered per-view counters.
+  for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Cooperative, " rows-ahead"},
+                                  std::pair{cuda::GridSync::ViewCounterStagger, " rows-ahead view-sync stagger"}}) {
+    Variant w{std::string("fused f16-cache") + tag, MV::Fused, MC::F16, MS::Auto, 4, false};
+    w.sync = sync;
+    w.ahead = true;
+    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
+  }
   for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
                                   std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
     for (Variant v :
@@ -688,6 +698,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.cluster_mma = var.mma;
       po.grid_sync = var.sync;
       po.mma_rows = var.mma_rows;
+      po.rows_ahead = var.ahead;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
       if (var.mma_rows && plan.mma_rows == 0) {
         j["skipped"] = "no tensor-core updates for this shape and device (K <= 3072, sm_80)";
@@ -745,6 +756,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"cluster_groups", plan.cluster_groups},
                      {"cluster_mma", plan.cluster_mma},
                      {"mma_rows", plan.mma_rows},
+                     {"rows_ahead", plan.rows_ahead},
                      {"grid_sync", cuda::grid_sync_name(static_cast<cuda::GridSync>(plan.grid_sync))},
                      {"grid_sync_cluster", plan.grid_sync_cluster},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};

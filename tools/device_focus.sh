@@ -9,10 +9,10 @@
 # tools/assign_summary.py against bench/assign_predictions.json.
 # Rows that would start after MIRA_DEADLINE_S (default 200 s) are skipped.
 #   tools/device_focus.sh [LOG_DIR]
-# What it runs (environment; the defaults are the per-view-group barriers of session 18):
+# What it runs (environment; the defaults are session 18's per-view-group barriers and rows ahead):
 #   MIRA_FOCUS_VARIANTS  comma-separated bench/mira_assign --variants
 #   MIRA_FOCUS_NCU       the row Nsight Compute profiles ("" for none)
-#   MIRA_FOCUS_SASS      the object whose SASS is dumped, e.g. mira_mmarows.cu.o ("" for none)
+#   MIRA_FOCUS_SASS      the object whose SASS is dumped (default mira_assign.cu.o; "" for none)
 #   MIRA_FOCUS_SANITIZE  the row compute-sanitizer runs at N 256 ("" for none)
 #   MIRA_FOCUS_NS        the sizes per view timed after N 4096 (default "1024 256")
 # tools/device_mmarows.sh sets them for the tensor-core updates.
@@ -25,10 +25,11 @@ DEADLINE=${MIRA_DEADLINE_S:-200}
 ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
 V_DEFAULT="fused f16-cache,fused f16-cache view-sync,fused f16-cache view-sync stagger"
 V_DEFAULT="$V_DEFAULT,fused f16-cache exact3,fused f16-cache exact3 view-sync stagger"
-V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent,fused cpt8 bps2 concurrent view-sync stagger,fused"
+V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent,fused cpt8 bps2 concurrent view-sync stagger"
+V_DEFAULT="$V_DEFAULT,fused f16-cache rows-ahead,fused f16-cache rows-ahead view-sync stagger,fused"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
 NCU_ROW=${MIRA_FOCUS_NCU-}
-SASS_OBJ=${MIRA_FOCUS_SASS-}
+SASS_OBJ=${MIRA_FOCUS_SASS-mira_assign.cu.o}
 SANITIZE_ROW=${MIRA_FOCUS_SANITIZE-}
 NS=${MIRA_FOCUS_NS:-1024 256}
 export MIRA_BUILD_TARGETS="mira_assign test_mira_assign_gpu" MIRA_GPU_TESTS=test_mira_assign_gpu
@@ -47,6 +48,17 @@ if [[ -n "$SASS_OBJ" ]]; then
     cuobjdump -sass "$OBJ" | gzip >"$LOG_DIR/focus.sass.gz"
   fi
 fi
+# The f16 copy's 8-column kernels (plain, staggered, rows ahead, both): their loops'
+# instruction mix, spills (local memory) included.
+if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
+  zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
+  for k in Li0ELb0E Li4ELb0E Li0ELb1E Li4ELb1E; do
+    echo "== sass_loops f16 cpt8 $k" >>"$R"
+    python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelIf6__halfLi2ELi2ELb0ELb0E$k" --min-ffma 16 \
+      >>"$R" 2>&1
+  done
+  rm -f "$LOG_DIR/focus.sass"
+fi
 if [[ -n "$NCU_ROW" ]] && command -v ncu >/dev/null; then
   STALLS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
   run ncu_focus ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
@@ -61,6 +73,7 @@ if [[ -n "$NCU_ROW" ]] && command -v ncu >/dev/null; then
 fi
 [[ -n "$SANITIZE_ROW" ]] && sanitize_rows focus_n256 256 "$SANITIZE_ROW"
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
+grep -A6 -E '^== sass_loops' "$R" | cut -c1-160
 grep -A8 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
 grep -E 'stalled_.*ratio|Warp Cycles Per Issued|Issued Warp|No Eligible' "$R" | awk '$NF + 0 > 0.2 || /Warp|Eligible/' | cut -c1-150
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)

@@ -239,17 +239,60 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
   }
 }
 
+// update_rows for the rows in the workspace of a 16-bit cache, with the next batch's loads
+// issued before this batch's block reduction, so that their L2 latency overlaps it instead of
+// following it (a GEMM's register double-buffering: 2 registers per 4 values in flight). The
+// same values in the same order: the same bits. A row past row_end (the last batch of an odd
+// count) reads row_end - 1 again; its finite sum is reduced and dropped, and add_rows adds it
+// with a factor 0 (E is finite), so the columns' partials are those of update_rows.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void update_rows_ahead(const BlockRows<TIn, TE>& b, const TE* p, int row_begin, int row_end,
+                                                  const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
+  const size_t kp = static_cast<size_t>(b.a->Kp);
+  const int cstep = static_cast<int>(blockDim.x) * kVec;
+  uint2 next[RB][NCH];
+  // All of a batch's loads in one loop with no branch between them (a load behind a branch
+  // waits alone, bench/NOTES.md session 17).
+  auto fetch = [&](const TE* q, int row0) {
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const TE* qr = q + static_cast<size_t>(min(rr, row_end - 1 - row0)) * kp;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch) next[rr][ch] = ECache<TE>::load_raw(qr + ch * cstep);
+    }
+  };
+  if (row_begin < row_end) fetch(p, row_begin);
+  for (int row0 = row_begin; row0 < row_end; row0 += RB, p += RB * kp) {
+    float e[RB][NCH][kVec];
+    float d[RB];
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr)
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch) ECache<TE>::unpack(next[rr][ch], e[rr][ch]);
+    row_dots<RB, NCH>(w, e, d);
+    if (row0 + RB < row_end) fetch(p + RB * kp, row0 + RB);
+    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+    add_rows<RB, NCH>(row0, row_end, e, d, c);
+  }
+}
+
 // An update: r_i = sum_j w_j E_ij, c_j += E_ij / r_i, E from the cache. The hot loop: the
 // block's rows in shared memory, then those in the workspace, each with a pointer that steps
 // from batch to batch (not a row address worked out per batch, and shared-memory loads the
 // compiler can see as such). The same batches as load_batch's loop, so the same bits: a batch
 // never straddles the two (smem_rows is a multiple of RB, or all of the block's rows).
-template <int RB, int NCH, typename TIn, typename TE>
+// AHEAD (MiraPlan::rows_ahead, 16-bit caches): the workspace's rows through update_rows_ahead.
+template <int RB, int NCH, bool AHEAD, typename TIn, typename TE>
 __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
                                             float (&c)[NCH][kVec], int& parity) {
   const int split = min(b.r1, b.r0 + b.a->smem_rows);
   update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
-  if (split < b.r1) update_rows<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
+  if (split < b.r1) {
+    if constexpr (AHEAD && !std::is_same<TE, float>::value)
+      update_rows_ahead<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
+    else
+      update_rows<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
+  }
 }
 
 // pass_update on exact E (load_batch_exact), R rows at a time: the last updates of a 16-bit cache.
@@ -410,7 +453,7 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
 // take half as many.
-template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0>
+template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, bool AHEAD = false>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   constexpr int RH = R > 1 ? R / 2 : 1;
   MIRA_DYNAMIC_SMEM(smem_raw);
@@ -519,7 +562,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             } else if constexpr (PIPE) {
               pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
             } else {
-              pass_update<R, NCH>(b, w, c, parity);
+              pass_update<R, NCH, AHEAD>(b, w, c, parity);
             }
             mark(kTraceRows);
           } else {
@@ -640,8 +683,23 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
   return nullptr;
 }
 
+// The kernels with the workspace's rows loaded a batch ahead (MiraPlan::rows_ahead): f32
+// logits, the f16 copy, 8 columns per thread, with cooperative barriers (SYNC 0) or staggered
+// per-view counters; null for the rest.
+FusedFn fused_ahead_fn(GridSync sync) {
+  switch (sync) {
+    case GridSync::Cooperative:
+      return mira_fused_kernel<float, __half, 2, 2, false, false, 0, true>;
+    case GridSync::ViewCounterStagger:
+      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger), true>;
+    default:
+      return nullptr;
+  }
+}
+
 FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
   if (bf16_in || plan.pipelined || plan.flag_sync || plan.warp_rows) return nullptr;
+  if (plan.rows_ahead) return sync == GridSync::Cooperative ? nullptr : fused_ahead_fn(sync);
   if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
   const int nch = plan.cpt / kVec;
   switch (sync) {
@@ -1095,6 +1153,18 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   const Kernel& k = kernels[static_cast<size_t>(best.shape)];
   MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows,
                            shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync);
+  // The workspace's rows a batch ahead: where its kernel exists and fits as the plan's kernel.
+  if (opts.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cache == MiraCache::F16 && fp.cpt == 8 &&
+      fp.batch_rows == 2 && !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0) {
+    const void* f = reinterpret_cast<const void*>(fused_ahead_fn(GridSync::Cooperative));
+    cudaFuncAttributes fa{};
+    MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, f));
+    MIRA_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         std::max(0, smem_optin - static_cast<int>(fa.sharedSizeBytes))));
+    int occ = 0;
+    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, f, fp.block, fp.smem_bytes));
+    fp.rows_ahead = static_cast<int64_t>(occ) * sms >= fp.grid;
+  }
   if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
     set_grid_sync(fp, opts, p.logits_bf16, dev);
   return fp;
@@ -1134,6 +1204,7 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
     return;
   }
   const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
+                     : plan.rows_ahead   ? fused_ahead_fn(GridSync::Cooperative)
                      : plan.mma_rows > 0 ? mmarows_fn(p.logits_bf16, plan.mma_rows)
                      : plan.warp_rows    ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
                                          : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,

@@ -86,6 +86,7 @@ struct MiraPlan {
   int cluster_mma = 0;  // the cluster plan, f16 copy: > 0, its sweeps on tensor cores (row chunks of the column sums)
   int mma_rows = 0;     // > 0: the f16 copy's updates on tensor cores (see mira_plan), column tiles of 16 per warp
   bool mma_fallback = false;  // mma_rows, for the tests: every update on the f32 fused multiply-adds of wide passes
+  bool rows_ahead = false;    // the f16 copy's rows in the workspace loaded a batch ahead (MiraPlanOptions::rows_ahead)
   // The default fused kernel's grid barriers after the launch's first (MiraPlanOptions::
   // grid_sync): GridSync as int, blocks per cluster of the launch for ClusterCounter, and the
   // counter's place in the workspace.
@@ -193,6 +194,13 @@ struct MiraPlanOptions {
   int cluster_size = 0;
   bool cluster_mma = false;
   bool mma_rows = false;
+  // The default fused kernel with the f16 copy at 8 columns per thread, f32 logits, one
+  // launch: the rows of E in the workspace (L2) loaded a batch ahead, so that their latency
+  // overlaps the previous batch's block reduction (mira_assign.cu, update_rows_ahead). The
+  // same bits. With cooperative barriers or ViewCounterStagger (with another grid_sync kind
+  // the plan keeps cooperative barriers); elsewhere MiraPlan::rows_ahead stays false.
+  // Opt-in until measured.
+  bool rows_ahead = false;
   // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they

@@ -102,14 +102,20 @@ struct ECache<float> {
   }
   static __device__ __forceinline__ float round(float x) { return x; }
 };
+// The 16-bit caches also load their four values packed (load_raw, 8 bytes in two registers)
+// and widen them later (unpack), so that a batch's loads can be in flight while the previous
+// batch finishes (update_rows_ahead); load = unpack(load_raw), the same values.
 template <>
 struct ECache<__nv_bfloat16> {
-  static __device__ __forceinline__ void load(const __nv_bfloat16* p, float (&v)[kVec]) {
-    const uint2 q = *reinterpret_cast<const uint2*>(p);
+  static __device__ __forceinline__ uint2 load_raw(const __nv_bfloat16* p) {
+    return *reinterpret_cast<const uint2*>(p);
+  }
+  static __device__ __forceinline__ void unpack(uint2 q, float (&v)[kVec]) {
     const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.x));
     const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.y));
     v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
   }
+  static __device__ __forceinline__ void load(const __nv_bfloat16* p, float (&v)[kVec]) { unpack(load_raw(p), v); }
   static __device__ __forceinline__ void store(__nv_bfloat16* p, const float (&v)[kVec]) {
     __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]);
     __nv_bfloat162 b = __floats2bfloat162_rn(v[2], v[3]);
@@ -126,12 +132,13 @@ struct ECache<__nv_bfloat16> {
 // leaves room for the 2^15 in the row sums: fused_args).
 template <>
 struct ECache<__half> {
-  static __device__ __forceinline__ void load(const __half* p, float (&v)[kVec]) {
-    const uint2 q = *reinterpret_cast<const uint2*>(p);
+  static __device__ __forceinline__ uint2 load_raw(const __half* p) { return *reinterpret_cast<const uint2*>(p); }
+  static __device__ __forceinline__ void unpack(uint2 q, float (&v)[kVec]) {
     const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&q.x));
     const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&q.y));
     v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
   }
+  static __device__ __forceinline__ void load(const __half* p, float (&v)[kVec]) { unpack(load_raw(p), v); }
   static __device__ __forceinline__ void store(__half* p, const float (&v)[kVec]) {
     __half2 a = __floats2half2_rn(v[0], v[1]);
     __half2 b = __floats2half2_rn(v[2], v[3]);

@@ -63,6 +63,7 @@ struct Case {
   int bps = 0;  // blocks per SM (0: the model picks)
   bool pipelined = false, flag_sync = false, warp_rows = false, bf16 = false;
   bool mma_rows = false, mma_fallback = false;  // the tensor-core updates (f16 copy); every pass on their FMA path
+  bool rows_ahead = false;                      // the f16 copy's workspace rows loaded a batch ahead
   int iters = 30;
   float tau = kTau, beta = kBeta;
   S schedule = S::Auto;
@@ -89,6 +90,7 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.warp_rows = c.warp_rows;
   o.mma_rows = c.mma_rows;
   o.grid_sync = c.grid_sync;
+  o.rows_ahead = c.rows_ahead;
   return o;
 }
 
@@ -388,6 +390,54 @@ TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the coope
   const Out o = check(four);
   CHECK(o.plan.cpt == 4);
   CHECK(o.plan.grid_sync == static_cast<int>(GS::Cooperative));
+}
+
+TEST_CASE("cuda_emu: the f16 copy's workspace rows loaded a batch ahead give the plain kernel's bits") {
+  // MiraPlanOptions::rows_ahead: update_rows_ahead reads the workspace's rows one batch early
+  // (a row past the block's end reads the last row again; add_rows drops it). On a device with
+  // little shared memory (2-4 rows per block in it): 9 and 1 rows in the workspace (N 58: 11
+  // rows per block, the last block 3), 14 (N 96), 4 and none (N 90, views one after another),
+  // cooperative barriers and staggered per-view counters, threads shuffled. Where it does not
+  // apply (f32 copy, 4 columns per thread) the plan says so.
+  using GS = cuda::GridSync;
+  struct Shape {
+    int N, K;
+    int iters;
+    S schedule;
+  };
+  for (const Shape& sh :
+       {Shape{58, 3000, 30, S::Concurrent}, Shape{96, 2500, 8, S::Concurrent}, Shape{90, 2100, 3, S::Sequential}}) {
+    CAPTURE(sh.N);
+    CAPTURE(sh.K);
+    Case c;
+    c.N = sh.N, c.K = sh.K, c.iters = sh.iters, c.schedule = sh.schedule;
+    c.cache = C::F16;
+    c.min_cpt = 8, c.bps = 2;
+    c.dev = tight();
+    const Out plain = check(c);
+    REQUIRE(plain.plan.cpt == 8);
+    CHECK_FALSE(plain.plan.rows_ahead);
+    CHECK(plain.plan.smem_rows < plain.plan.rows_per_block);  // rows in the workspace
+    c.rows_ahead = true;
+    for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger}) {
+      CAPTURE(cuda::grid_sync_name(kind));
+      c.grid_sync = kind;
+      emu::set_schedule(5);
+      const Out o = check(c);
+      emu::set_schedule(0);
+      CHECK(o.plan.rows_ahead);
+      CHECK(o.plan.grid_sync == static_cast<int>(kind));
+      CHECK(same_bits(o.targets, plain.targets));
+    }
+  }
+  Case f32;
+  f32.K = 3000, f32.min_cpt = 8, f32.bps = 2, f32.rows_ahead = true;
+  CHECK_FALSE(check(f32).plan.rows_ahead);
+  Case four;
+  four.K = 1000, four.cache = C::F16, four.rows_ahead = true;
+  const Out o4 = check(four);
+  CHECK(o4.plan.cpt == 4);
+  CHECK_FALSE(o4.plan.rows_ahead);
 }
 
 TEST_CASE("cuda_emu: the warp-row kernel against the f64 reference and its f16 twin") {
