@@ -591,8 +591,10 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
        std::vector<Variant>{{"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
                             {"fused cpt8 bps2 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
                             {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3}}) {
-    for (const auto& [sync, tag] : {std::pair{cuda::GridSync::ViewCounter, " view-sync"},
-                                    std::pair{cuda::GridSync::ViewCounterStagger, " view-sync stagger"}}) {
+    for (const auto& [sync, tag] :
+         {std::pair{cuda::GridSync::ViewCounter, " view-sync"},
+          std::pair{cuda::GridSync::ViewCounterStagger, " view-sync stagger"},
+          std::pair{cuda::GridSync::ViewCounterStaggerInterleaved, " view-sync stagger interleaved"}}) {
       Variant w = v;
       w.name += tag;
       w.sync = sync;
@@ -601,8 +603,10 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   }
   // The f16 copy's rows in the workspace loaded a batch ahead (MiraPlanOptions::rows_ahead),
   // with cooperative barriers and with the staggered per-view counters.
-  for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Cooperative, " rows-ahead"},
-                                  std::pair{cuda::GridSync::ViewCounterStagger, " rows-ahead view-sync stagger"}}) {
+  for (const auto& [sync, tag] :
+       {std::pair{cuda::GridSync::Cooperative, " rows-ahead"},
+        std::pair{cuda::GridSync::ViewCounterStagger, " rows-ahead view-sync stagger"},
+        std::pair{cuda::GridSync::ViewCounterStaggerInterleaved, " rows-ahead view-sync stagger interleaved"}}) {
     Variant w{std::string("fused f16-cache") + tag, MV::Fused, MC::F16, MS::Auto, 4, false};
     w.sync = sync;
     w.ahead = true;
@@ -820,13 +824,16 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
         }
         j["trace_us"] = tj;
         // Where the blocks ran: SMs used, the most blocks on one, and the SMs holding blocks of
-        // more than one view group (side by side, a group is blocks_per_view consecutive blocks).
+        // more than one view group (side by side, a group is blocks_per_view consecutive blocks,
+        // or every views_per_group-th block with interleaved groups).
         std::map<int, std::set<int>> groups_on;
         std::map<int, int> blocks_on;
         for (int b = 0; b < plan.grid; ++b) {
           const int sm = static_cast<int>(word(b, cuda::kMiraTracePhases));
           ++blocks_on[sm];
-          if (plan.blocks_per_view > 0) groups_on[sm].insert(b / plan.blocks_per_view);
+          const bool interleaved = plan.grid_sync == static_cast<int>(cuda::GridSync::ViewCounterStaggerInterleaved);
+          if (plan.blocks_per_view > 0)
+            groups_on[sm].insert(interleaved ? b % plan.views_per_group : b / plan.blocks_per_view);
         }
         int most = 0, shared = 0;
         for (const auto& [sm, nb] : blocks_on) most = std::max(most, nb);

@@ -392,12 +392,13 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
     o.exact_passes = s.cache == C::F16 && !s.mma ? 3 : 0;
     o.mma_rows = s.mma;
     const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters);
-    for (const GS kind : {GS::Counter, GS::ClusterCounter, GS::ViewCounter, GS::ViewCounterStagger}) {
+    for (const GS kind : {GS::Counter, GS::ClusterCounter, GS::ViewCounter, GS::ViewCounterStagger,
+                          GS::ViewCounterStaggerInterleaved}) {
       CAPTURE(std::string(cuda::grid_sync_name(kind)));
       o.grid_sync = kind;
       cuda::MiraPlan plan;
       const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters, &plan);
-      if (kind == GS::ViewCounter || kind == GS::ViewCounterStagger) {
+      if (cuda::grid_sync_per_view(kind)) {
         // Kernels only for 8 columns per thread (2-row batches), not the tensor-core updates.
         const bool has = !s.mma && plan.cpt == 8 && plan.batch_rows == 2;
         CHECK(plan.grid_sync == (has ? static_cast<int>(kind) : 0));
@@ -440,7 +441,7 @@ TEST_CASE("gpu mira: the f16 copy's workspace rows loaded a batch ahead give the
     if (plain_plan.smem_rows >= plain_plan.rows_per_block)
       MESSAGE("N ", N, ": every row in shared memory here, the rows ahead are not exercised");
     o.rows_ahead = true;
-    for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger}) {
+    for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
       CAPTURE(std::string(cuda::grid_sync_name(kind)));
       o.grid_sync = kind;
       cuda::MiraPlan plan;

@@ -470,7 +470,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   cg::grid_group grid = cg::this_grid();
   unsigned* sync_target = fused_sync_target<SYNC>(a);
 
-  const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
+  const int vg = fused_view_group<SYNC>(a), bv = fused_view_block<SYNC>(a);
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
   int parity = 0;
   float bad = 0;  // non-finite logits seen by this thread
@@ -692,6 +692,9 @@ FusedFn fused_ahead_fn(GridSync sync) {
       return mira_fused_kernel<float, __half, 2, 2, false, false, 0, true>;
     case GridSync::ViewCounterStagger:
       return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger), true>;
+    case GridSync::ViewCounterStaggerInterleaved:
+      return mira_fused_kernel<float, __half, 2, 2, false, false,
+                               static_cast<int>(GridSync::ViewCounterStaggerInterleaved), true>;
     default:
       return nullptr;
   }
@@ -711,6 +714,8 @@ FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
       return fused_sync_fn<3>(plan.cache, nch, plan.batch_rows);
     case GridSync::ViewCounterStagger:
       return fused_sync_fn<4>(plan.cache, nch, plan.batch_rows);
+    case GridSync::ViewCounterStaggerInterleaved:
+      return fused_sync_fn<5>(plan.cache, nch, plan.batch_rows);
     case GridSync::Cooperative:
       break;
   }
@@ -985,7 +990,7 @@ void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, in
   plan.grid_sync_cluster = size;
   plan.off_sync = plan.workspace_bytes;
   // One 128-byte line per counter: the view kinds keep one per view group.
-  const bool per_view = kind == GridSync::ViewCounter || kind == GridSync::ViewCounterStagger;
+  const bool per_view = grid_sync_per_view(kind);
   plan.workspace_bytes += std::max<size_t>(256, per_view ? 4 * fused::kSyncCounterStride * plan.views_per_group : 0);
 }
 

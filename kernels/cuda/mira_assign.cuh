@@ -197,8 +197,9 @@ struct MiraPlanOptions {
   // The default fused kernel with the f16 copy at 8 columns per thread, f32 logits, one
   // launch: the rows of E in the workspace (L2) loaded a batch ahead, so that their latency
   // overlaps the previous batch's block reduction (mira_assign.cu, update_rows_ahead). The
-  // same bits. With cooperative barriers or ViewCounterStagger (with another grid_sync kind
-  // the plan keeps cooperative barriers); elsewhere MiraPlan::rows_ahead stays false.
+  // same bits. With cooperative barriers or the staggered view counters (with another
+  // grid_sync kind the plan keeps cooperative barriers); elsewhere MiraPlan::rows_ahead stays
+  // false.
   // Opt-in until measured.
   bool rows_ahead = false;
   // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
@@ -209,7 +210,9 @@ struct MiraPlanOptions {
   // ViewCounter / ViewCounterStagger: a counter per view group, so that views side by side
   // never wait for each other (kernels only for 8 columns per thread at two blocks per SM,
   // where each SM holds a block of each view; else cooperative barriers); Stagger makes their
-  // passes alternate (mira_fused.cuh, fused_view_stagger). Also the same bits.
+  // passes alternate (mira_fused.cuh, fused_view_stagger); StaggerInterleaved also puts block
+  // b in group b % groups, for a launch that places consecutive blocks on one SM. Also the
+  // same bits.
   GridSync grid_sync = GridSync::Cooperative;
   int grid_sync_cluster = 8;
 };

@@ -510,7 +510,25 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
 // 128-byte lines of their own (MiraPlan::off_sync has views_per_group of them).
 constexpr int kSyncCounterStride = 32;
 constexpr bool view_sync(int sync) {
-  return sync == static_cast<int>(GridSync::ViewCounter) || sync == static_cast<int>(GridSync::ViewCounterStagger);
+  return grid_sync_per_view(static_cast<GridSync>(sync));
+}
+constexpr bool view_stagger(int sync) {
+  return sync == static_cast<int>(GridSync::ViewCounterStagger) ||
+         sync == static_cast<int>(GridSync::ViewCounterStaggerInterleaved);
+}
+// A block's view group and its block within the group: consecutive runs of blocks_per_view,
+// or (ViewCounterStaggerInterleaved) block b in group b % views_per_group.
+template <int SYNC>
+__device__ __forceinline__ int fused_view_group(const FusedArgs& a) {
+  if constexpr (SYNC == static_cast<int>(GridSync::ViewCounterStaggerInterleaved))
+    return blockIdx.x % a.views_per_group;
+  return blockIdx.x / a.blocks_per_view;
+}
+template <int SYNC>
+__device__ __forceinline__ int fused_view_block(const FusedArgs& a) {
+  if constexpr (SYNC == static_cast<int>(GridSync::ViewCounterStaggerInterleaved))
+    return blockIdx.x / a.views_per_group;
+  return blockIdx.x % a.blocks_per_view;
 }
 // The view kinds' counter of this block's group, in shared memory (set by fused_sync_target).
 __device__ __forceinline__ unsigned*& view_counter() {
@@ -527,8 +545,7 @@ __device__ __forceinline__ unsigned* fused_sync_target(const FusedArgs& a) {
       target = 0;
       if (blockIdx.x == 0)
         for (int g = 0; g < (view_sync(SYNC) ? a.views_per_group : 1); ++g) a.sync_count[g * kSyncCounterStride] = 0u;
-      if (view_sync(SYNC))
-        view_counter() = a.sync_count + static_cast<int>(blockIdx.x) / a.blocks_per_view * kSyncCounterStride;
+      if (view_sync(SYNC)) view_counter() = a.sync_count + fused_view_group<SYNC>(a) * kSyncCounterStride;
     }
     return &target;
   }
@@ -552,7 +569,7 @@ __device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_
     }
     constexpr bool kClustered = SYNC == static_cast<int>(GridSync::ClusterCounter);
     if constexpr (view_sync(SYNC)) {
-      // Only the blocks of this block's view group meet (a view group's blocks are consecutive).
+      // Only the blocks of this block's view group meet.
       if (threadIdx.x == 0) *target += static_cast<unsigned>(a.blocks_per_view);
       count_sync(view_counter(), *target);
       return;
@@ -579,9 +596,8 @@ __device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_
 // other's row updates. Every thread of the block; target: fused_grid_sync's.
 template <int SYNC>
 __device__ __forceinline__ void fused_view_stagger(const FusedArgs& a, const unsigned* target) {
-  if constexpr (SYNC == static_cast<int>(GridSync::ViewCounterStagger)) {
-    const int g = static_cast<int>(blockIdx.x) / a.blocks_per_view;
-    if (g == 0) return;  // uniform per block
+  if constexpr (view_stagger(SYNC)) {
+    if (fused_view_group<SYNC>(a) == 0) return;  // uniform per block
     if (threadIdx.x == 0) {
       const unsigned* prev = view_counter() - kSyncCounterStride;
       const unsigned want = *target + static_cast<unsigned>(a.blocks_per_view);

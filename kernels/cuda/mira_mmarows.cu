@@ -607,6 +607,7 @@ FusedFn mmarows_sync_fn(int tpw, GridSync sync) {
       return mira_mmarows_kernel<12, float, static_cast<int>(GridSync::ClusterCounter)>;
     case GridSync::ViewCounter:  // one block per SM: the views side by side share no SM
     case GridSync::ViewCounterStagger:
+    case GridSync::ViewCounterStaggerInterleaved:
     case GridSync::Cooperative:
       break;
   }

@@ -94,6 +94,7 @@ ProbeFn probe_fn(GridSync kind) {
       return sync_probe_kernel<2>;
     case GridSync::ViewCounter:
     case GridSync::ViewCounterStagger:
+    case GridSync::ViewCounterStaggerInterleaved:
     case GridSync::Cooperative:
       break;
   }
@@ -112,6 +113,8 @@ const char* grid_sync_name(GridSync kind) {
       return "view-counter";
     case GridSync::ViewCounterStagger:
       return "view-counter-stagger";
+    case GridSync::ViewCounterStaggerInterleaved:
+      return "view-counter-stagger-interleaved";
     case GridSync::Cooperative:
       break;
   }
@@ -132,8 +135,7 @@ void sync_probe_launch(GridSync kind, int blocks, int threads, int cluster, size
                        void* scratch, cudaStream_t stream) {
   MIRA_CHECK(blocks >= 1 && threads >= 32 && threads % 32 == 0 && checks >= 0 && iters >= 0,
              "sync_probe_launch: bad shape (", blocks, " blocks of ", threads, " threads)");
-  MIRA_CHECK(kind != GridSync::ViewCounter && kind != GridSync::ViewCounterStagger,
-             "sync_probe_launch: ", grid_sync_name(kind),
+  MIRA_CHECK(!grid_sync_per_view(kind), "sync_probe_launch: ", grid_sync_name(kind),
              " barriers are the assignment kernel's (a counter per view group), not a probe's");
   const bool clustered = kind == GridSync::ClusterCounter;
   MIRA_CHECK(!clustered || (cluster >= 1 && blocks % cluster == 0), "sync_probe_launch: clusters of ", cluster,
@@ -169,8 +171,7 @@ SyncProbe mira_sync_probe(GridSync kind, int blocks_per_sm, int cluster, int che
                           size_t scratch_bytes) {
   constexpr int kThreads = kSyncProbeThreads;
   MIRA_CHECK(blocks_per_sm >= 1 && iters >= 1, "mira_sync_probe: blocks_per_sm and iters must be >= 1");
-  MIRA_CHECK(kind != GridSync::ViewCounter && kind != GridSync::ViewCounterStagger,
-             "mira_sync_probe: ", grid_sync_name(kind),
+  MIRA_CHECK(!grid_sync_per_view(kind), "mira_sync_probe: ", grid_sync_name(kind),
              " barriers are the assignment kernel's (a counter per view group), not a probe's");
   const bool clustered = kind == GridSync::ClusterCounter;
   SyncProbe r;

@@ -19,8 +19,17 @@ enum class GridSync {
   // (mira_fused.cuh, fused_grid_sync).
   ViewCounter = 3,
   ViewCounterStagger = 4,
+  // ViewCounterStagger with the view groups interleaved (block b in group b % groups) instead
+  // of consecutive: the pairing that puts a block of each view on every SM if the launch
+  // places blocks depth-first (two consecutive blocks per SM) rather than breadth-first.
+  ViewCounterStaggerInterleaved = 5,
 };
 const char* grid_sync_name(GridSync kind);
+// A counter per view group (ViewCounter and its staggered kinds)?
+constexpr bool grid_sync_per_view(GridSync kind) {
+  return kind == GridSync::ViewCounter || kind == GridSync::ViewCounterStagger ||
+         kind == GridSync::ViewCounterStaggerInterleaved;
+}
 
 // Device memory a run over `blocks` blocks of `threads` needs, and where its results are: the
 // number of failed checks (one unsigned) and each block's clock64 cycles over the timed barriers.

@@ -344,7 +344,8 @@ TEST_CASE("cuda_emu: counter barriers, per block or per cluster, give the cooper
 
 TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the cooperative barriers' bits") {
   // GridSync::ViewCounter / ViewCounterStagger: each view group's blocks meet only each other,
-  // and with Stagger the second group's first update waits for the first group's. 8 columns
+  // and with Stagger the second group's first update waits for the first group's (Interleaved:
+  // block b in group b % groups, so that other blocks meet and wait). 8 columns
   // per thread at two blocks per SM (their only kernels), the views side by side (two and
   // three groups: the stagger cascades), f32 and f16 + 3 exact, 1 iteration (the stagger waits
   // for pass 1's rows, the last update) and 0 (no update: no stagger), views one after another
@@ -373,7 +374,7 @@ TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the coope
     REQUIRE(plain.plan.cpt == 8);
     REQUIRE(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
     CHECK(plain.plan.views_per_group == (sh.schedule == S::Concurrent ? sh.V : 1));
-    for (const GS kind : {GS::ViewCounter, GS::ViewCounterStagger}) {
+    for (const GS kind : {GS::ViewCounter, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
       CAPTURE(cuda::grid_sync_name(kind));
       c.grid_sync = kind;
       emu::set_schedule(5);
@@ -419,7 +420,7 @@ TEST_CASE("cuda_emu: the f16 copy's workspace rows loaded a batch ahead give the
     CHECK_FALSE(plain.plan.rows_ahead);
     CHECK(plain.plan.smem_rows < plain.plan.rows_per_block);  // rows in the workspace
     c.rows_ahead = true;
-    for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger}) {
+    for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
       CAPTURE(cuda::grid_sync_name(kind));
       c.grid_sync = kind;
       emu::set_schedule(5);
