@@ -502,11 +502,7 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
   }
 }
 
-// The block's target for fused_grid_sync (below): null for cooperative barriers (SYNC 0), else
-// a word of shared memory (a constant address: no register). Counter barriers start from 0:
-// thread 0 of each block zeroes its target, block 0 the counter, before the launch's first
-// barrier (a grid.sync()).
-// The view kinds (ViewCounter, ViewCounterStagger) keep one counter per view group, on
+// The view kinds (ViewCounter and its staggered kinds) keep one counter per view group, on
 // 128-byte lines of their own (MiraPlan::off_sync has views_per_group of them).
 constexpr int kSyncCounterStride = 32;
 constexpr bool view_sync(int sync) {
@@ -535,6 +531,11 @@ __device__ __forceinline__ unsigned*& view_counter() {
   __shared__ unsigned* counter;
   return counter;
 }
+// The block's target for fused_grid_sync (below): null for cooperative barriers (SYNC 0), else
+// a word of shared memory (a constant address: no register). Counter barriers start from 0:
+// thread 0 of each block zeroes its target, block 0 the counter (the view kinds: every
+// group's), before the launch's first barrier (a grid.sync()); with the view kinds thread 0
+// also keeps its group's counter address (view_counter).
 template <int SYNC>
 __device__ __forceinline__ unsigned* fused_sync_target(const FusedArgs& a) {
   if constexpr (SYNC == 0) {
