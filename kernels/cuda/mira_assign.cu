@@ -939,6 +939,22 @@ int ceil_div(int64_t a, int64_t b) {
   return static_cast<int>((a + b - 1) / b);
 }
 
+// Makes fn ready to launch with plan's shape (dynamic shared memory up to the device's opt-in)
+// and says whether as many of its blocks as the plan's grid fit on the device at once (the
+// plan's blocks per SM with its shared memory): the test for a kernel standing in for the
+// plan's own (grid barriers, rows ahead).
+bool fits_plan(FusedFn fn, const MiraPlan& plan, int dev) {
+  const void* f = reinterpret_cast<const void*>(fn);
+  cudaFuncAttributes fa{};
+  MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, f));
+  const int optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  MIRA_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       std::max(0, optin - static_cast<int>(fa.sharedSizeBytes))));
+  int occ = 0;
+  MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, f, plan.block, plan.smem_bytes));
+  return static_cast<int64_t>(occ) * device_attr(cudaDevAttrMultiProcessorCount, dev) >= plan.grid;
+}
+
 // MiraPlanOptions::grid_sync on a default fused plan: the kind where its kernel exists
 // (select_fused_sync) and fits as the plan's (the same blocks per SM with the plan's shared
 // memory), the cluster size (ClusterCounter: the asked size halved until it divides the grid,
@@ -949,8 +965,6 @@ void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, in
   MIRA_CHECK(opts.grid_sync_cluster >= 1 && opts.grid_sync_cluster <= 8 &&
                  (opts.grid_sync_cluster & (opts.grid_sync_cluster - 1)) == 0,
              "mira_plan: grid_sync_cluster is a power of two up to 8, got ", opts.grid_sync_cluster);
-  const int sms = device_attr(cudaDevAttrMultiProcessorCount, dev);
-  const int optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   // The kernel of a kind, ready to launch with the plan's shape; null where there is none.
   auto kernel_for = [&](GridSync kind) -> const void* {
     const FusedFn fn = select_fused_sync(plan, bf16_in, kind);
@@ -961,11 +975,7 @@ void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, in
     if (kind == GridSync::ClusterCounter &&
         (device_attr(cudaDevAttrComputeCapabilityMajor, dev) < 9 || (fa.binaryVersion < 90 && fa.ptxVersion < 90)))
       return nullptr;
-    MIRA_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         std::max(0, optin - static_cast<int>(fa.sharedSizeBytes))));
-    int occ = 0;
-    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, f, plan.block, plan.smem_bytes));
-    return static_cast<int64_t>(occ) * sms >= plan.grid ? f : nullptr;
+    return fits_plan(fn, plan, dev) ? f : nullptr;
   };
   GridSync kind = opts.grid_sync;
   int size = 1;
@@ -1160,16 +1170,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
                            shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync);
   // The workspace's rows a batch ahead: where its kernel exists and fits as the plan's kernel.
   if (opts.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cache == MiraCache::F16 && fp.cpt == 8 &&
-      fp.batch_rows == 2 && !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0) {
-    const void* f = reinterpret_cast<const void*>(fused_ahead_fn(GridSync::Cooperative));
-    cudaFuncAttributes fa{};
-    MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, f));
-    MIRA_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         std::max(0, smem_optin - static_cast<int>(fa.sharedSizeBytes))));
-    int occ = 0;
-    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, f, fp.block, fp.smem_bytes));
-    fp.rows_ahead = static_cast<int64_t>(occ) * sms >= fp.grid;
-  }
+      fp.batch_rows == 2 && !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0)
+    fp.rows_ahead = fits_plan(fused_ahead_fn(GridSync::Cooperative), fp, dev);
   if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
     set_grid_sync(fp, opts, p.logits_bf16, dev);
   return fp;

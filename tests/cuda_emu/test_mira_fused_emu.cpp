@@ -205,6 +205,16 @@ Out check(const Case& c) {
   return o;
 }
 
+// check() with the threads shuffled at every barrier (emu::set_schedule 5): a read that a
+// barrier leaves unordered shows as other bits. The plain order is restored however it ends.
+Out check_shuffled(const Case& c) {
+  struct Restore {
+    ~Restore() { emu::set_schedule(0); }
+  } restore;
+  emu::set_schedule(5);
+  return check(c);
+}
+
 }  // namespace
 
 TEST_CASE("cuda_emu: the default fused kernel's instantiations against the f64 reference") {
@@ -321,9 +331,7 @@ TEST_CASE("cuda_emu: counter barriers, per block or per cluster, give the cooper
     for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
       CAPTURE(static_cast<int>(kind));  // 1: per block, 2: per cluster
       c.grid_sync = kind;
-      emu::set_schedule(5);  // threads shuffled at every barrier: a read the barrier leaves unordered shows
-      const Out o = check(c);
-      emu::set_schedule(0);
+      const Out o = check_shuffled(c);
       CHECK(o.plan.grid == plain.plan.grid);
       CHECK(o.plan.grid_sync == static_cast<int>(kind));
       if (kind == GS::ClusterCounter) {
@@ -377,9 +385,7 @@ TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the coope
     for (const GS kind : {GS::ViewCounter, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
       CAPTURE(cuda::grid_sync_name(kind));
       c.grid_sync = kind;
-      emu::set_schedule(5);
-      const Out o = check(c);
-      emu::set_schedule(0);
+      const Out o = check_shuffled(c);
       CHECK(o.plan.grid == plain.plan.grid);
       CHECK(o.plan.grid_sync == static_cast<int>(kind));
       CHECK(o.plan.workspace_bytes == plain.plan.workspace_bytes + std::max(256, 128 * plain.plan.views_per_group));
@@ -423,9 +429,7 @@ TEST_CASE("cuda_emu: the f16 copy's workspace rows loaded a batch ahead give the
     for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
       CAPTURE(cuda::grid_sync_name(kind));
       c.grid_sync = kind;
-      emu::set_schedule(5);
-      const Out o = check(c);
-      emu::set_schedule(0);
+      const Out o = check_shuffled(c);
       CHECK(o.plan.rows_ahead);
       CHECK(o.plan.grid_sync == static_cast<int>(kind));
       CHECK(same_bits(o.targets, plain.targets));
