@@ -367,9 +367,10 @@ TEST_CASE("gpu mira: the grid barriers order every block's writes before the oth
 TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperative barriers' bits") {
   // MiraPlanOptions::grid_sync on the GPU's memory model: every barrier after the launch's
   // first as a counter, per block or per cluster (sm_90; else the per-block counter), or per
-  // view group, staggered or not (8 columns per thread only). The issue's shape in f32 (views
-  // one after another) and f16 + 3 exact (side by side), a training shape, and 2 iterations;
-  // the tensor-core updates (sm_80) at the issue's shape.
+  // view group, staggered or not (8 columns per thread only), or the plan's choice (Auto,
+  // plan_model::auto_barrier). The issue's shape in f32 (views one after another) and f16, plain
+  // and + 3 exact (side by side), a training shape, and 2 iterations; the tensor-core updates
+  // (sm_80) at the issue's shape.
   using GS = cuda::GridSync;
   using C = cuda::MiraCache;
   const int major = compute_major();
@@ -378,9 +379,11 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
     C cache;
     int iters;
     bool mma = false;
+    int exact = 3;  // the f16 copy's exact passes (not with mma)
   };
-  for (const Shape3 s : {Shape3{4096, 3000, C::F32, 30}, Shape3{4096, 3000, C::F16, 30}, Shape3{256, 3000, C::F32, 30},
-                         Shape3{300, 1000, C::F32, 2}, Shape3{4096, 3000, C::F16, 30, true}}) {
+  for (const Shape3 s :
+       {Shape3{4096, 3000, C::F32, 30}, Shape3{4096, 3000, C::F16, 30}, Shape3{4096, 3000, C::F16, 30, false, 0},
+        Shape3{256, 3000, C::F32, 30}, Shape3{300, 1000, C::F32, 2}, Shape3{4096, 3000, C::F16, 30, true}}) {
     if (s.mma && major < 8) continue;
     CAPTURE(s.N);
     CAPTURE(static_cast<int>(s.cache));
@@ -389,16 +392,27 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
     const std::vector<Tensor> views = {cpu_logits(s.N, s.K, 51, 0.3), cpu_logits(s.N, s.K, 52, 0.3)};
     cuda::MiraPlanOptions o;
     o.cache = s.cache;
-    o.exact_passes = s.cache == C::F16 && !s.mma ? 3 : 0;
+    o.exact_passes = s.cache == C::F16 && !s.mma ? s.exact : 0;
     o.mma_rows = s.mma;
+    o.grid_sync = GS::Cooperative;
     const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters);
-    for (const GS kind : {GS::Counter, GS::ClusterCounter, GS::ViewCounter, GS::ViewCounterStagger,
+    for (const GS kind : {GS::Auto, GS::Counter, GS::ClusterCounter, GS::ViewCounter, GS::ViewCounterStagger,
                           GS::ViewCounterStaggerInterleaved}) {
       CAPTURE(std::string(cuda::grid_sync_name(kind)));
       o.grid_sync = kind;
       cuda::MiraPlan plan;
       const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters, &plan);
-      if (cuda::grid_sync_per_view(kind)) {
+      if (kind == GS::Auto) {
+        // The per-view counters with the views side by side at 8 columns x 2-row batches: plain
+        // for the f16 copy without exact passes, staggered for f32; else cooperative.
+        const bool side = !s.mma && plan.cpt == 8 && plan.batch_rows == 2 && plan.views_per_group >= 2;
+        const GS want = !side                                      ? GS::Cooperative
+                        : s.cache == C::F32                        ? GS::ViewCounterStagger
+                        : s.cache == C::F16 && o.exact_passes == 0 ? GS::ViewCounter
+                                                                   : GS::Cooperative;
+        CHECK(plan.grid_sync == static_cast<int>(want));
+        MESSAGE("auto barriers at N ", s.N, ": ", cuda::grid_sync_name(static_cast<GS>(plan.grid_sync)));
+      } else if (cuda::grid_sync_per_view(kind)) {
         // Kernels only for 8 columns per thread (2-row batches), not the tensor-core updates.
         const bool has = !s.mma && plan.cpt == 8 && plan.batch_rows == 2;
         CHECK(plan.grid_sync == (has ? static_cast<int>(kind) : 0));

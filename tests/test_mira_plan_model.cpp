@@ -247,3 +247,31 @@ TEST_CASE("plan model: the cluster plan's size and layout") {
     CHECK(cluster_shape(2048, 40, 1, 4, 16, optin, st, active).size <= 8);
   }
 }
+
+TEST_CASE("plan model: the automatic grid barriers follow the H200's measurements") {
+  // bench/RESULTS.md, session 19 (N x K 3000, 2 views, 30 iterations, ms): the f16 copy's auto
+  // plan at N 4096 0.650 cooperative, 0.643 plain per-view counters, 0.663 staggered; at N 1024
+  // 0.295 / 0.289 / 0.295. The f32 copy's auto plan at N 1024 (8 columns, side by side) 0.286
+  // cooperative, 0.279 staggered; at N 4096 it runs the views one after another.
+  const std::vector<Shape> both = {shape8(), shape4()};
+  auto barrier_for = [&](int N, int cache_bytes, bool f16, int exact) {
+    const Choice c = plan(N, cache_bytes, both);
+    const Shape& sh = both[static_cast<size_t>(c.shape)];
+    BarrierCase b;
+    b.vpg = c.vpg, b.cpt = sh.cpt, b.batch_rows = sh.batch_rows;
+    b.cache_bytes = cache_bytes, b.f16 = f16, b.exact_passes = exact;
+    return auto_barrier(b);
+  };
+  CHECK(barrier_for(4096, 2, true, 0) == Barrier::ViewCounter);
+  CHECK(barrier_for(1024, 2, true, 0) == Barrier::ViewCounter);
+  CHECK(barrier_for(1024, 4, false, 0) == Barrier::ViewCounterStagger);
+  CHECK(barrier_for(4096, 4, false, 0) == Barrier::Cooperative);  // views one after another
+  CHECK(barrier_for(256, 4, false, 0) == Barrier::Cooperative);   // 4 columns, one block per SM
+  CHECK(barrier_for(4096, 2, true, 3) == Barrier::Cooperative);   // exact passes: staggered lost
+  CHECK(barrier_for(4096, 2, false, 0) == Barrier::Cooperative);  // bf16 copy: no such kernel
+  BarrierCase other;
+  other.vpg = 2, other.cpt = 8, other.batch_rows = 2, other.cache_bytes = 2, other.f16 = true;
+  CHECK(auto_barrier(other) == Barrier::ViewCounter);
+  other.default_kernel = false;  // tensor-core rows, rows ahead, flags, warp rows, pipelining
+  CHECK(auto_barrier(other) == Barrier::Cooperative);
+}

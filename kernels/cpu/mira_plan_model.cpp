@@ -191,4 +191,10 @@ ClusterShape cluster_shape(int N, int K, int V, int te_bytes, int max_size, int 
   return ClusterShape{};
 }
 
+Barrier auto_barrier(const BarrierCase& c) {
+  if (!c.default_kernel || c.vpg < 2 || c.cpt != 8 || c.batch_rows != 2) return Barrier::Cooperative;
+  if (c.cache_bytes == 4) return Barrier::ViewCounterStagger;
+  return c.f16 && c.exact_passes == 0 ? Barrier::ViewCounter : Barrier::Cooperative;
+}
+
 }  // namespace mira::plan_model

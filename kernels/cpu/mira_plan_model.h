@@ -61,6 +61,27 @@ using Occupancy = std::function<int(int shape, long long dyn_smem)>;
 // The cheapest plan over the shapes (ties go to the earlier shape); shape = -1 when none fits.
 Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shapes, const Occupancy& occupancy);
 
+// ---- the default kernel's grid barriers (MiraPlanOptions::grid_sync = GridSync::Auto)
+// Which barriers the automatic choice gives a plan of the default kernel (one launch, no
+// pipelining, flags, warp rows, tensor-core rows or rows ahead). A counter per view group pays
+// only with the views side by side at 8 columns x 2 rows per batch, where each SM holds a
+// block of each view; measured on an H200 (bench/RESULTS.md, session 19): for the f16 copy the
+// plain counters (0.650 to 0.643 ms at N 4096, 0.295 to 0.289 at N 1024; staggered they lost:
+// 0.663, 0.295), for the f32 copy the staggered ones (0.286 to 0.279 ms at N 1024, its auto
+// plan; 0.989 to 0.976 at N 4096 side by side). Untried elsewhere (exact passes, bf16 copy):
+// the cooperative barriers stay.
+enum class Barrier { Cooperative, ViewCounter, ViewCounterStagger };
+struct BarrierCase {
+  int vpg = 1;                 // views side by side
+  int cpt = 0;                 // columns per thread
+  int batch_rows = 0;          // rows per register batch
+  int cache_bytes = 4;         // E's working copy: 4 (f32) or 2
+  bool f16 = false;            // a 2-byte copy in f16 (else bf16)
+  int exact_passes = 0;        // exact updates at the end (16-bit copies)
+  bool default_kernel = true;  // the plan runs the default kernel as above
+};
+Barrier auto_barrier(const BarrierCase& c);
+
 // ---- the cluster plan (kernels/cuda/mira_cluster.cu, MiraPlanOptions::cluster; sm_90)
 // A thread-block cluster holds the E of `rows` rows of one view in its blocks' shared memory
 // (f32, or the f16 cache): block r of a cluster of `size` owns columns [r cols, (r + 1) cols)

@@ -716,6 +716,7 @@ FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
       return fused_sync_fn<4>(plan.cache, nch, plan.batch_rows);
     case GridSync::ViewCounterStaggerInterleaved:
       return fused_sync_fn<5>(plan.cache, nch, plan.batch_rows);
+    case GridSync::Auto:
     case GridSync::Cooperative:
       break;
   }
@@ -955,13 +956,36 @@ bool fits_plan(FusedFn fn, const MiraPlan& plan, int dev) {
   return static_cast<int64_t>(occ) * device_attr(cudaDevAttrMultiProcessorCount, dev) >= plan.grid;
 }
 
-// MiraPlanOptions::grid_sync on a default fused plan: the kind where its kernel exists
+// GridSync::Auto on a fused plan: plan_model::auto_barrier's choice (the per-view counters
+// where a block of each view shares every SM and they measured faster; else cooperative).
+GridSync auto_grid_sync(const MiraPlan& plan, bool bf16_in) {
+  plan_model::BarrierCase c;
+  c.vpg = plan.views_per_group;
+  c.cpt = plan.cpt;
+  c.batch_rows = plan.batch_rows;
+  c.cache_bytes = plan.cache == MiraCache::F32 ? 4 : 2;
+  c.f16 = plan.cache == MiraCache::F16;
+  c.exact_passes = plan.exact_passes;
+  c.default_kernel = plan.variant == MiraVariant::Fused && plan.cluster == 0 && !bf16_in && !plan.pipelined &&
+                     !plan.flag_sync && !plan.warp_rows && plan.mma_rows == 0 && !plan.rows_ahead;
+  switch (plan_model::auto_barrier(c)) {
+    case plan_model::Barrier::ViewCounter:
+      return GridSync::ViewCounter;
+    case plan_model::Barrier::ViewCounterStagger:
+      return GridSync::ViewCounterStagger;
+    case plan_model::Barrier::Cooperative:
+      break;
+  }
+  return GridSync::Cooperative;
+}
+
+// A kind of MiraPlanOptions::grid_sync (not Auto) on a default fused plan: the kind where its kernel exists
 // (select_fused_sync) and fits as the plan's (the same blocks per SM with the plan's shared
 // memory), the cluster size (ClusterCounter: the asked size halved until it divides the grid,
 // where sm_90 code runs and that many clusters fit at once; else Counter), and workspace for
 // the counter (256 bytes; the view kinds: 128 per view group, at least 256). Else the plan
 // keeps cooperative barriers.
-void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, int dev) {
+void set_grid_sync(MiraPlan& plan, GridSync kind, const MiraPlanOptions& opts, bool bf16_in, int dev) {
   MIRA_CHECK(opts.grid_sync_cluster >= 1 && opts.grid_sync_cluster <= 8 &&
                  (opts.grid_sync_cluster & (opts.grid_sync_cluster - 1)) == 0,
              "mira_plan: grid_sync_cluster is a power of two up to 8, got ", opts.grid_sync_cluster);
@@ -977,7 +1001,6 @@ void set_grid_sync(MiraPlan& plan, const MiraPlanOptions& opts, bool bf16_in, in
       return nullptr;
     return fits_plan(fn, plan, dev) ? f : nullptr;
   };
-  GridSync kind = opts.grid_sync;
   int size = 1;
   if (kind == GridSync::ClusterCounter) {
     const void* f = kernel_for(kind);
@@ -1172,8 +1195,9 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   if (opts.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cache == MiraCache::F16 && fp.cpt == 8 &&
       fp.batch_rows == 2 && !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0)
     fp.rows_ahead = fits_plan(fused_ahead_fn(GridSync::Cooperative), fp, dev);
-  if (opts.grid_sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
-    set_grid_sync(fp, opts, p.logits_bf16, dev);
+  const GridSync sync = opts.grid_sync == GridSync::Auto ? auto_grid_sync(fp, p.logits_bf16) : opts.grid_sync;
+  if (sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
+    set_grid_sync(fp, sync, opts, p.logits_bf16, dev);
   return fp;
 }
 

@@ -200,20 +200,24 @@ struct MiraPlanOptions {
   // same bits. With cooperative barriers or the staggered view counters (with another
   // grid_sync kind the plan keeps cooperative barriers); elsewhere MiraPlan::rows_ahead stays
   // false.
-  // Opt-in until measured.
+  // Opt-in: slower on an H200 (0.709 against 0.650 ms at N 4096; its spills sit in the pass
+  // loop: bench/RESULTS.md, session 19).
   bool rows_ahead = false;
   // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they
   // divide the grid; a Counter plan where clusters do not run or fit at once). The same bits.
-  // Opt-in until measured (bench/mira_assign --probe-sync, and the "counter-sync" rows).
+  // Counter and ClusterCounter: opt-in (no faster: bench/mira_assign --probe-sync, and the
+  // "counter-sync" rows).
   // ViewCounter / ViewCounterStagger: a counter per view group, so that views side by side
   // never wait for each other (kernels only for 8 columns per thread at two blocks per SM,
   // where each SM holds a block of each view; else cooperative barriers); Stagger makes their
   // passes alternate (mira_fused.cuh, fused_view_stagger); StaggerInterleaved also puts block
   // b in group b % groups, for a launch that places consecutive blocks on one SM. Also the
-  // same bits.
-  GridSync grid_sync = GridSync::Cooperative;
+  // same bits. Auto (the default): the per-view counters where they measured faster, for the
+  // f16 copy plain and for the f32 copy staggered (plan_model::auto_barrier; 1-2.5 % on an
+  // H200, bench/RESULTS.md session 19), else cooperative barriers.
+  GridSync grid_sync = GridSync::Auto;
   int grid_sync_cluster = 8;
 };
 

@@ -608,6 +608,7 @@ FusedFn mmarows_sync_fn(int tpw, GridSync sync) {
     case GridSync::ViewCounter:  // one block per SM: the views side by side share no SM
     case GridSync::ViewCounterStagger:
     case GridSync::ViewCounterStaggerInterleaved:
+    case GridSync::Auto:
     case GridSync::Cooperative:
       break;
   }

@@ -95,6 +95,7 @@ ProbeFn probe_fn(GridSync kind) {
     case GridSync::ViewCounter:
     case GridSync::ViewCounterStagger:
     case GridSync::ViewCounterStaggerInterleaved:
+    case GridSync::Auto:
     case GridSync::Cooperative:
       break;
   }
@@ -115,6 +116,8 @@ const char* grid_sync_name(GridSync kind) {
       return "view-counter-stagger";
     case GridSync::ViewCounterStaggerInterleaved:
       return "view-counter-stagger-interleaved";
+    case GridSync::Auto:
+      return "auto";
     case GridSync::Cooperative:
       break;
   }
@@ -135,6 +138,7 @@ void sync_probe_launch(GridSync kind, int blocks, int threads, int cluster, size
                        void* scratch, cudaStream_t stream) {
   MIRA_CHECK(blocks >= 1 && threads >= 32 && threads % 32 == 0 && checks >= 0 && iters >= 0,
              "sync_probe_launch: bad shape (", blocks, " blocks of ", threads, " threads)");
+  MIRA_CHECK(kind != GridSync::Auto, "sync_probe_launch: a probe runs one kind of barrier, not auto");
   MIRA_CHECK(!grid_sync_per_view(kind), "sync_probe_launch: ", grid_sync_name(kind),
              " barriers are the assignment kernel's (a counter per view group), not a probe's");
   const bool clustered = kind == GridSync::ClusterCounter;

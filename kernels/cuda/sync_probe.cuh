@@ -10,6 +10,8 @@
 namespace mira::cuda {
 
 enum class GridSync {
+  // MiraPlanOptions only: mira_plan picks (plan_model::auto_barrier); never a plan's or a probe's.
+  Auto = -1,
   Cooperative = 0,     // cooperative_groups::this_grid().sync()
   Counter = 1,         // count_sync: one arrival per block
   ClusterCounter = 2,  // cluster_count_sync (sm_90): one arrival per cluster

@@ -399,6 +399,48 @@ TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the coope
   CHECK(o.plan.grid_sync == static_cast<int>(GS::Cooperative));
 }
 
+TEST_CASE("cuda_emu: the automatic barriers pick the per-view counters where they measured faster") {
+  // GridSync::Auto (MiraPlanOptions' default; plan_model::auto_barrier): 8 columns x 2 blocks
+  // per SM with the views side by side take the plain per-view counters with the f16 copy and
+  // the staggered ones with f32; one view group, exact passes, the bf16 copy, 4 columns per
+  // thread and the rows-ahead kernel keep cooperative barriers. Each against the same plan with
+  // cooperative barriers pinned: the same bits.
+  using GS = cuda::GridSync;
+  struct Row {
+    C cache;
+    int exact;
+    S schedule;
+    int min_cpt;
+    bool rows_ahead;
+    GS expect;
+  };
+  for (const Row& r : {Row{C::F16, 0, S::Concurrent, 8, false, GS::ViewCounter},
+                       Row{C::F32, 0, S::Concurrent, 8, false, GS::ViewCounterStagger},
+                       Row{C::F16, 3, S::Concurrent, 8, false, GS::Cooperative},
+                       Row{C::BF16, 0, S::Concurrent, 8, false, GS::Cooperative},
+                       Row{C::F32, 0, S::Sequential, 8, false, GS::Cooperative},
+                       Row{C::F16, 0, S::Concurrent, 8, true, GS::Cooperative},
+                       Row{C::F32, 0, S::Concurrent, 4, false, GS::Cooperative}}) {
+    CAPTURE(static_cast<int>(r.cache));
+    CAPTURE(r.exact);
+    CAPTURE(static_cast<int>(r.schedule));
+    CAPTURE(r.min_cpt);
+    CAPTURE(r.rows_ahead);
+    Case c;
+    c.N = 96, c.K = 3000, c.V = 2, c.cache = r.cache, c.exact = r.exact, c.schedule = r.schedule, c.iters = 6;
+    c.min_cpt = r.min_cpt, c.bps = r.min_cpt == 8 ? 2 : 0, c.rows_ahead = r.rows_ahead;
+    const Out plain = check(c);
+    REQUIRE(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
+    c.grid_sync = GS::Auto;
+    const Out o = check_shuffled(c);
+    CHECK(o.plan.grid_sync == static_cast<int>(r.expect));
+    CHECK(o.plan.grid == plain.plan.grid);
+    CHECK(same_bits(o.targets, plain.targets));
+  }
+  // The options' default is Auto.
+  CHECK(cuda::MiraPlanOptions{}.grid_sync == GS::Auto);
+}
+
 TEST_CASE("cuda_emu: the f16 copy's workspace rows loaded a batch ahead give the plain kernel's bits") {
   // MiraPlanOptions::rows_ahead: update_rows_ahead reads the workspace's rows one batch early
   // (a row past the block's end reads the last row again; add_rows drops it). On a device with
