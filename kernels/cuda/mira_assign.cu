@@ -212,7 +212,12 @@ __device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&
 }
 
 // pass_update's rows [row_begin, row_end), all in shared memory or all in the workspace: p
-// points at this thread's first column of row row_begin and steps RB rows per batch.
+// points at this thread's first column of row row_begin and steps RB rows per batch. No
+// branch per row: a row past row_end (the last batch of a count that RB does not divide)
+// reads row_end - 1 again, and add_rows adds it with a factor 0 (E is finite, the partials
+// are never -0), so the same bits as loading zeros for it. Guarded loads cost ~20 of the
+// loop's ~150 instructions per batch (a branch region and zeroed registers per row;
+// bench/RESULTS.md, session 19); a second, unguarded copy of the loop spilled more.
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const TE* p, int row_begin, int row_end,
                                             const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
@@ -223,15 +228,9 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
     float d[RB];
 #pragma unroll
     for (int rr = 0; rr < RB; ++rr) {
-      if (row0 + rr < row_end) {
+      const TE* q = p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
 #pragma unroll
-        for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(p + rr * kp + ch * cstep, e[rr][ch]);
-      } else {
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) e[rr][ch][u] = 0.f;
-      }
+      for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(q + ch * cstep, e[rr][ch]);
     }
     row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
