@@ -452,6 +452,64 @@ int run_probe_sync(const Args& a) {
   return ok ? 0 : 1;
 }
 
+// From the trace's timelines (MiraPlan::trace: each block's first marks, clock64 << 4 | phase,
+// on its SM's clock): do the blocks that share an SM update rows at the same time, and how
+// long does a block's row update take when its neighbour is doing the same, and when not? For
+// each SM with exactly two blocks, each update-rows interval of one is split by how much of it
+// the other spent in its own update rows: "shared" (over 3/4), "alone" (under 1/4). Times in
+// us, from the launch's cycles per us (the blocks' mean cycles over the median launch).
+json rows_timeline(const int64_t* words, int grid, double median_ms) {
+  struct Span {
+    double t0, t1;
+  };
+  const auto word = [&](int b, int k) {
+    return static_cast<unsigned long long>(words[static_cast<size_t>(b) * cuda::kMiraTraceWords + k]);
+  };
+  std::vector<std::vector<Span>> rows(static_cast<size_t>(grid));
+  std::map<int, std::vector<int>> on_sm;
+  double cycles = 0;
+  int marks = 0;
+  for (int b = 0; b < grid; ++b) {
+    cycles += static_cast<double>(word(b, cuda::kMiraTracePhases - 1));
+    on_sm[static_cast<int>(word(b, cuda::kMiraTracePhases))].push_back(b);
+    double prev = -1;
+    for (int i = 0; i < cuda::kMiraTraceMarks; ++i) {
+      const unsigned long long w = word(b, cuda::kMiraTracePhases + 1 + i);
+      if (w == 0) break;
+      const double t = static_cast<double>(w >> 4);  // exact: clock64 < 2^53
+      if (i > 0 && static_cast<int>(w & 15) == 2) rows[static_cast<size_t>(b)].push_back({prev, t});  // update rows
+      prev = t;
+      marks = std::max(marks, i + 1);
+    }
+  }
+  const double per_us = cycles / grid / (median_ms * 1e3);
+  double total = 0, both = 0, alone = 0, shared = 0;
+  int n_alone = 0, n_shared = 0, pairs = 0;
+  for (const auto& [sm, blocks] : on_sm) {
+    if (blocks.size() != 2) continue;
+    ++pairs;
+    for (int s = 0; s < 2; ++s) {
+      const auto& mine = rows[static_cast<size_t>(blocks[static_cast<size_t>(s)])];
+      const auto& other = rows[static_cast<size_t>(blocks[static_cast<size_t>(1 - s)])];
+      for (const Span& x : mine) {
+        double ov = 0;
+        for (const Span& y : other) ov += std::max(0.0, std::min(x.t1, y.t1) - std::max(x.t0, y.t0));
+        const double len = x.t1 - x.t0;
+        total += len;
+        both += ov;
+        if (len <= 0) continue;
+        if (ov < 0.25 * len) alone += len, ++n_alone;
+        if (ov > 0.75 * len) shared += len, ++n_shared;
+      }
+    }
+  }
+  json j = {{"sms_with_two_blocks", pairs}, {"marks", marks}, {"cycles_per_us", per_us}};
+  j["rows_overlap"] = total > 0 ? both / total : 0.0;
+  j["rows_alone"] = {{"n", n_alone}, {"mean_us", n_alone ? alone / n_alone / per_us : 0.0}};
+  j["rows_shared"] = {{"n", n_shared}, {"mean_us", n_shared ? shared / n_shared / per_us : 0.0}};
+  return j;
+}
+
 int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double beta, int iters) {
   const int reps = a.integer("reps", 50), warmup = a.integer("warmup", 5);
   constexpr int kSets = 4;
@@ -819,7 +877,8 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
           same = same && compare(targets[v].to_vector(), (var.bf16_logits ? ref_bf16 : ref)[v], atol, rtol).second;
         j["trace_valid"] = same;
         if (!same) ++failures;
-        const std::vector<double> cyc = tr.to(Device::cpu()).to(DType::F64).to_vector();
+        const Tensor tr_host = tr.to(Device::cpu());
+        const std::vector<double> cyc = tr_host.to(DType::F64).to_vector();
         static const char* const kNames[cuda::kMiraTracePhases] = {"first_pass", "weights", "update_rows", "last_pass",
                                                                   "barrier1",   "reduce",  "barrier2",    "total"};
         json tj;
@@ -849,6 +908,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
         for (const auto& [sm, nb] : blocks_on) most = std::max(most, nb);
         for (const auto& [sm, gs] : groups_on) shared += gs.size() > 1 ? 1 : 0;
         j["trace_sms"] = {{"sms", blocks_on.size()}, {"most_blocks_on_one", most}, {"shared_by_view_groups", shared}};
+        j["trace_timeline"] = rows_timeline(tr_host.data<int64_t>(), plan.grid, t.median());
       }
     } catch (const Error& e) {
       j["error"] = e.what();

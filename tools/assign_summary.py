@@ -68,6 +68,11 @@ def main(path, predictions=None):
         if sms:
             shape += (f" sms{sms['sms']} max{sms['most_blocks_on_one']}/sm"
                       f" shared{sms['shared_by_view_groups']}")
+        tl = j.get("trace_timeline")  # two blocks of an SM: rows at the same time, or apart
+        if tl and tl.get("sms_with_two_blocks"):
+            shape += (f" rows_overlap{tl['rows_overlap']:.2f}"
+                      f" alone{tl['rows_alone']['n']}x{tl['rows_alone']['mean_us']:.2f}us"
+                      f" shared{tl['rows_shared']['n']}x{tl['rows_shared']['mean_us']:.2f}us")
         print(f"  {j['variant']:<46} {j.get('median_ms', float('nan')):7.3f} ms err "
               f"{j.get('max_abs_err', float('nan')):.1e} valid {j.get('valid')} N{j.get('N')}{shape} {tr} "
               f"{j.get('error', '')}{j.get('skipped', '')}")

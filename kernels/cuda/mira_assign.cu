@@ -474,7 +474,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   int parity = 0;
   float bad = 0;  // non-finite logits seen by this thread
 
-  __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
+  __shared__ long long ph[kTraceShared];  // MiraPlan::trace (trace_start)
   trace_start(a, ph);
   auto mark = [&](int k) { trace_mark(a, ph, k); };
 

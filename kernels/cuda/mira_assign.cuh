@@ -118,12 +118,17 @@ struct MiraPlan {
   // u64 that each launch overwrites with block b's clock64 cycles per phase at
   // [b * kMiraTraceWords + k]: first pass, weights, update rows, last pass (targets), grid
   // barrier 1 (with the partials' store), column reduction, grid barrier 2, whole launch;
-  // then the SM the block ran on (%smid; 0 in tests/cuda_emu).
+  // then the SM the block ran on (%smid; 0 in tests/cuda_emu); then the block's timeline,
+  // kMiraTraceMarks words of clock64 << 4 | phase: the launch's start (phase 7, whole launch),
+  // then the end of each phase in the order they ran, as far as the words go (~8 passes), 0
+  // after the last. Blocks on one SM share its clock, so the timeline shows whether they ran
+  // their phases at the same time.
   // With flag_sync the barriers read ~0: the waits fall in the reduction and the weights.
   unsigned long long* trace = nullptr;
 };
 constexpr int kMiraTracePhases = 8;
-constexpr int kMiraTraceWords = kMiraTracePhases + 1;
+constexpr int kMiraTraceMarks = 48;
+constexpr int kMiraTraceWords = kMiraTracePhases + 1 + kMiraTraceMarks;
 
 // How to run a problem; the defaults are the engine's. cache: E's working copy (f32 exact, or
 // 16 bits, see above); exact_passes >= 0 (16-bit caches only; clipped to iters).

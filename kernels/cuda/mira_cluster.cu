@@ -721,7 +721,7 @@ __device__ __forceinline__ void cluster_body(const FusedArgs& a) {
   __shared__ float cmax;                          // this block's largest column sum, read by the whole cluster
   __shared__ float cmin;                          // its smallest positive one (tensor-core weight scale)
   __shared__ int rinv_wide;                       // a row inverse too small for the tensor-core halves
-  __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
+  __shared__ long long ph[kTraceShared];          // MiraPlan::trace (trace_start)
   // The launch shape the plan's layout assumes (launch_cluster): else every index is wrong.
   if (blockDim.x != kBlock || cl.num_blocks() != static_cast<unsigned>(a.cluster)) __trap();
   const bool mma_layout = std::is_same<TE, __half>::value && a.cluster_mma > 0;

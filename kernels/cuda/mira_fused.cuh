@@ -360,13 +360,21 @@ __device__ __forceinline__ BlockRows<TIn, TE> block_rows(const FusedArgs& a, int
   return b;
 }
 
-// Phase timing (MiraPlan::trace): thread 0 adds clock64 deltas per phase; one branch per
-// phase when off. ph: kMiraTracePhases + 2 long longs of shared memory (the phases, then the
-// last mark and the start): the hot loops have no registers to spare for them.
+// Phase timing (MiraPlan::trace): thread 0 adds clock64 deltas per phase, and writes the
+// launch's first kMiraTraceMarks - 1 marks to the block's timeline; one branch per phase when
+// off. ph: kTraceShared long longs of shared memory (the phases, then the last mark, the start,
+// and the timeline's next and end words as addresses): the hot loops have no registers to
+// spare for them (an address kept in registers across the kernel spilled 8-100 bytes more).
+constexpr int kTraceShared = kMiraTracePhases + 4;
 __device__ __forceinline__ void trace_start(const FusedArgs& a, long long* ph) {
   if (a.trace != nullptr && threadIdx.x == 0) {
     for (int k = 0; k < kMiraTracePhases; ++k) ph[k] = 0;
     ph[kMiraTracePhases] = ph[kMiraTracePhases + 1] = clock64();
+    unsigned long long* tl = a.trace + static_cast<size_t>(blockIdx.x) * kMiraTraceWords + kMiraTracePhases + 1;
+    // Word 0: the start, tagged with the phase number kTraceTotal (no phase ends there).
+    tl[0] = static_cast<unsigned long long>(ph[kMiraTracePhases]) << 4 | kTraceTotal;
+    ph[kMiraTracePhases + 2] = reinterpret_cast<long long>(tl + 1);
+    ph[kMiraTracePhases + 3] = reinterpret_cast<long long>(tl + kMiraTraceMarks);
   }
 }
 __device__ __forceinline__ void trace_mark(const FusedArgs& a, long long* ph, int k) {
@@ -374,6 +382,11 @@ __device__ __forceinline__ void trace_mark(const FusedArgs& a, long long* ph, in
     const long long now = clock64();
     ph[k] += now - ph[kMiraTracePhases];
     ph[kMiraTracePhases] = now;
+    if (ph[kMiraTracePhases + 2] < ph[kMiraTracePhases + 3]) {
+      *reinterpret_cast<unsigned long long*>(ph[kMiraTracePhases + 2]) =
+          static_cast<unsigned long long>(now) << 4 | static_cast<unsigned>(k);
+      ph[kMiraTracePhases + 2] += sizeof(unsigned long long);
+    }
   }
 }
 // The SM this thread runs on (0 in the emulator).

@@ -504,7 +504,7 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
   MIRA_DYNAMIC_SMEM(smem_raw);
   __shared__ float red[2 * 64];                   // RowReduce<2> (the weights' largest and smallest sums)
   __shared__ float redc[kMmaRowsBlock];           // the column reduction's (subset, column) sums
-  __shared__ long long ph[kMiraTracePhases + 2];  // MiraPlan::trace (trace_start)
+  __shared__ long long ph[kTraceShared];          // MiraPlan::trace (trace_start)
   const MmaSmem s = mma_smem(smem_raw, a.Kp);
   cg::grid_group grid = cg::this_grid();
   unsigned* sync_target = fused_sync_target<SYNC>(a);

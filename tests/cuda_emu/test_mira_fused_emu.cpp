@@ -441,6 +441,60 @@ TEST_CASE("cuda_emu: the automatic barriers pick the per-view counters where the
   CHECK(cuda::MiraPlanOptions{}.grid_sync == GS::Auto);
 }
 
+TEST_CASE("cuda_emu: the trace's timeline holds each block's phases in order, summing to its totals") {
+  // MiraPlan::trace: per block, the phase totals, the SM, then the timeline (clock64 << 4 |
+  // phase): the start (tagged kTraceTotal), then each phase's end as far as kMiraTraceMarks
+  // words go. With 2 iterations every mark fits, and each phase's intervals sum exactly to its
+  // total; with 30 the timeline stops at its last word and sums to no more. Tracing changes
+  // no target.
+  for (const int iters : {2, 30}) {
+    CAPTURE(iters);
+    Case c;
+    c.N = 96, c.K = 3000, c.V = 2, c.cache = C::F16, c.schedule = S::Concurrent, c.iters = iters;
+    c.min_cpt = 8, c.bps = 2, c.grid_sync = cuda::GridSync::Auto;
+    const auto views = make_views(c);
+    const Out plain = run_fused(c, views);
+    emu::set_device(c.dev);
+    std::vector<std::vector<__nv_bfloat16>> b16;
+    std::vector<std::vector<float>> targets;
+    const cuda::MiraProblem p = problem(c, views, b16, targets);
+    cuda::MiraPlan plan = cuda::mira_plan(p, cuda::MiraVariant::Fused, plan_options(c));
+    std::vector<unsigned long long> trace(static_cast<size_t>(plan.grid) * cuda::kMiraTraceWords, 0);
+    plan.trace = trace.data();
+    Workspace ws(plan.workspace_bytes);
+    cuda::mira_assign_cuda(p, plan, ws.base, nullptr);
+    CHECK(same_bits(targets, plain.targets));
+    for (int b = 0; b < plan.grid; ++b) {
+      CAPTURE(b);
+      const unsigned long long* row = trace.data() + static_cast<size_t>(b) * cuda::kMiraTraceWords;
+      const unsigned long long* tl = row + cuda::kMiraTracePhases + 1;
+      REQUIRE((tl[0] & 15) == cuda::kMiraTracePhases - 1);
+      std::vector<unsigned long long> sums(cuda::kMiraTracePhases, 0);
+      int n = 1;
+      bool ordered = true, tagged = true;
+      for (; n < cuda::kMiraTraceMarks && tl[n] != 0; ++n) {
+        ordered = ordered && (tl[n] >> 4) >= (tl[n - 1] >> 4);
+        const unsigned k = tl[n] & 15;
+        tagged = tagged && k < cuda::kMiraTracePhases - 1;
+        if (k < cuda::kMiraTracePhases) sums[k] += (tl[n] >> 4) - (tl[n - 1] >> 4);
+      }
+      CHECK(ordered);
+      CHECK(tagged);
+      CHECK((tl[1] & 15) == 0);                                                   // the first pass ends first
+      CHECK((tl[n - 1] >> 4) - (tl[0] >> 4) <= row[cuda::kMiraTracePhases - 1]);  // within the launch
+      for (int k = 0; k + 1 < cuda::kMiraTracePhases; ++k) {
+        CAPTURE(k);
+        if (iters == 2)
+          CHECK(sums[static_cast<size_t>(k)] == row[k]);
+        else
+          CHECK(sums[static_cast<size_t>(k)] <= row[k]);
+      }
+      if (iters == 2) CHECK(n < cuda::kMiraTraceMarks);
+      if (iters == 30) CHECK(n == cuda::kMiraTraceMarks);
+    }
+  }
+}
+
 TEST_CASE("cuda_emu: the f16 copy's workspace rows loaded a batch ahead give the plain kernel's bits") {
   // MiraPlanOptions::rows_ahead: update_rows_ahead reads the workspace's rows one batch early
   // (a row past the block's end reads the last row again; add_rows drops it). On a device with
