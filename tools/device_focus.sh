@@ -9,7 +9,7 @@
 # tools/assign_summary.py against bench/assign_predictions.json.
 # Rows that would start after MIRA_DEADLINE_S (default 200 s) are skipped.
 #   tools/device_focus.sh [LOG_DIR]
-# What it runs (environment; the defaults are session 18's per-view-group barriers and rows ahead):
+# What it runs (environment; the defaults are session 19's automatic barriers and clamped rows):
 #   MIRA_FOCUS_VARIANTS  comma-separated bench/mira_assign --variants
 #   MIRA_FOCUS_NCU       the row Nsight Compute profiles ("" for none)
 #   MIRA_FOCUS_SASS      the object whose SASS is dumped (default mira_assign.cu.o; "" for none)
@@ -24,11 +24,11 @@ R=$LOG_DIR/assign.log
 DEADLINE=${MIRA_DEADLINE_S:-200}
 ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
 # The plain rows first: a row that hangs (a counter barrier's trap) ends its process's rows.
-V_DEFAULT="fused f16-cache,fused,fused f16-cache exact3,fused cpt8 bps2 concurrent,fused f16-cache rows-ahead"
-V_DEFAULT="$V_DEFAULT,fused f16-cache view-sync,fused f16-cache view-sync stagger"
-V_DEFAULT="$V_DEFAULT,fused f16-cache view-sync stagger interleaved,fused f16-cache exact3 view-sync stagger"
-V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent view-sync stagger,fused f16-cache rows-ahead view-sync stagger"
-V_DEFAULT="$V_DEFAULT,fused f16-cache rows-ahead view-sync stagger interleaved"
+# Session 19's: the plans' own barriers (GridSync::Auto: per-view counters where measured
+# faster) against the cooperative ones pinned, each with the row loop's clamped last row, and
+# the staggered f16 row for its timeline (trace_timeline: do an SM's blocks overlap their rows).
+V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused,fused cpt8 bps2 concurrent"
+V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent coop-sync,fused f16-cache view-sync stagger,fused f16-cache exact3"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
 NCU_ROW=${MIRA_FOCUS_NCU-}
 SASS_OBJ=${MIRA_FOCUS_SASS-mira_assign.cu.o}
@@ -50,14 +50,14 @@ if [[ -n "$SASS_OBJ" ]]; then
     cuobjdump -sass "$OBJ" | gzip >"$LOG_DIR/focus.sass.gz"
   fi
 fi
-# The f16 copy's 8-column kernels (plain, staggered, rows ahead, both): their loops'
-# instruction mix, spills (local memory) included.
+# The 8-column kernels of the f16 copy (cooperative, per-view counters) and of f32 (cooperative,
+# staggered counters): their loops' instruction mix, spills (local memory) included.
 if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
   zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
-  for k in Li0ELb0E Li4ELb0E Li0ELb1E Li4ELb1E; do
-    echo "== sass_loops f16 cpt8 $k" >>"$R"
-    python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelIf6__halfLi2ELi2ELb0ELb0E$k" --min-ffma 16 \
-      >>"$R" 2>&1
+  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELb0E f6__halfLi2ELi2ELb0ELb0ELi3ELb0E ffLi2ELi2ELb0ELb0ELi0ELb0E \
+    ffLi2ELi2ELb0ELb0ELi4ELb0E; do
+    echo "== sass_loops cpt8 $k" >>"$R"
+    python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1
   done
   rm -f "$LOG_DIR/focus.sass"
 fi
