@@ -661,6 +661,15 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
     }
   }
+  // The f16 copy's update in batches of 4 rows (batch_rows 8 at 8 columns; packed in
+  // registers, update_rows): half the block reductions per row. Cooperative barriers (the
+  // plan's choice) and the plain per-view counters.
+  for (const auto& [sync, tag] :
+       {std::pair{cuda::GridSync::Auto, ""}, std::pair{cuda::GridSync::ViewCounter, " view-sync"}}) {
+    Variant w{std::string("fused f16-cache rows8") + tag, MV::Fused, MC::F16, MS::Auto, 8, false};
+    w.sync = sync;
+    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
+  }
   // The f16 copy's rows in the workspace loaded a batch ahead (MiraPlanOptions::rows_ahead),
   // with cooperative barriers and with the staggered per-view counters.
   for (const auto& [sync, tag] :

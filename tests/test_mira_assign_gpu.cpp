@@ -467,6 +467,41 @@ TEST_CASE("gpu mira: the f16 copy's workspace rows loaded a batch ahead give the
   }
 }
 
+TEST_CASE("gpu mira: the f16 copy's packed 4-row update gives the 2-row kernel's bits") {
+  // batch_rows 8 at 8 columns (MiraPlanOptions): the f16 copy's update passes in batches of 4
+  // rows packed in registers. Over the 12 warps of 384 threads (K 3000) RowReduce sums each
+  // row in the same order for 2 and 4 rows, so the same bits: the issue's shape and N 1000 (rows per block that 4 does
+  // not divide), 0 and 3 exact passes, cooperative barriers and the plain per-view counters.
+  using GS = cuda::GridSync;
+  using C = cuda::MiraCache;
+  for (const int64_t N : {4096, 1000}) {
+    for (const int exact : {0, 3}) {
+      CAPTURE(N);
+      CAPTURE(exact);
+      const std::vector<Tensor> views = {cpu_logits(N, 3000, 63, 0.3), cpu_logits(N, 3000, 64, 0.3)};
+      cuda::MiraPlanOptions o;
+      o.cache = C::F16;
+      o.exact_passes = exact;
+      o.min_cols_per_thread = 8;
+      o.blocks_per_sm = 2;
+      o.grid_sync = GS::Cooperative;
+      cuda::MiraPlan two_plan;
+      const auto two = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &two_plan);
+      REQUIRE(two_plan.batch_rows == 2);
+      o.batch_rows = 8;
+      for (const GS kind : {GS::Cooperative, GS::ViewCounter}) {
+        CAPTURE(std::string(cuda::grid_sync_name(kind)));
+        o.grid_sync = kind;
+        cuda::MiraPlan plan;
+        const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plan);
+        CHECK(plan.batch_rows == 4);
+        CHECK(plan.grid_sync == static_cast<int>(kind));
+        CHECK(got == two);
+      }
+    }
+  }
+}
+
 TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference") {
   const int major = compute_major();
   if (major < 9) {

@@ -26,8 +26,10 @@ ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
 # The plain rows first: a row that hangs (a counter barrier's trap) ends its process's rows.
 # Session 19's: the plans' own barriers (GridSync::Auto: per-view counters where measured
 # faster) against the cooperative ones pinned, each with the row loop's clamped last row, and
-# the staggered f16 row for its timeline (trace_timeline: do an SM's blocks overlap their rows).
-V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused,fused cpt8 bps2 concurrent"
+# the staggered f16 row for its timeline (trace_timeline: do an SM's blocks overlap their rows),
+# and the f16 copy's packed 4-row update (rows8).
+V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused f16-cache rows8,fused f16-cache rows8 view-sync"
+V_DEFAULT="$V_DEFAULT,fused,fused cpt8 bps2 concurrent"
 V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent coop-sync,fused f16-cache view-sync stagger,fused f16-cache exact3"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
 NCU_ROW=${MIRA_FOCUS_NCU-}
@@ -54,8 +56,8 @@ fi
 # staggered counters): their loops' instruction mix, spills (local memory) included.
 if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
   zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
-  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELb0E f6__halfLi2ELi2ELb0ELb0ELi3ELb0E ffLi2ELi2ELb0ELb0ELi0ELb0E \
-    ffLi2ELi2ELb0ELb0ELi4ELb0E; do
+  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELb0E f6__halfLi2ELi2ELb0ELb0ELi3ELb0E f6__halfLi2ELi4ELb0ELb0ELi0ELb0E \
+    ffLi2ELi2ELb0ELb0ELi0ELb0E ffLi2ELi2ELb0ELb0ELi4ELb0E; do
     echo "== sass_loops cpt8 $k" >>"$R"
     python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1
   done

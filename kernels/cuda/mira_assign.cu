@@ -223,18 +223,56 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
                                             const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
   const size_t kp = static_cast<size_t>(b.a->Kp);
   const int cstep = static_cast<int>(blockDim.x) * kVec;
+  // A 16-bit copy's batches of more than 16 values per thread (8 columns x 4 rows, 4 x 8) stay
+  // packed in registers, 2 per 4 values, and are widened where used, in row_dots' and
+  // add_rows' order: the same values, in 16 registers instead of 32 (unpacked they spilled
+  // under the 80-register cap).
+  constexpr bool kPacked = !std::is_same<TE, float>::value && RB * NCH > 4;
   for (int row0 = row_begin; row0 < row_end; row0 += RB, p += RB * kp) {
-    float e[RB][NCH][kVec];
     float d[RB];
+    if constexpr (kPacked) {
+      uint2 q[RB][NCH];
 #pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      const TE* q = p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
+      for (int rr = 0; rr < RB; ++rr) {
+        const TE* qr = p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
 #pragma unroll
-      for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(q + ch * cstep, e[rr][ch]);
+        for (int ch = 0; ch < NCH; ++ch) q[rr][ch] = ECache<TE>::load_raw(qr + ch * cstep);
+      }
+#pragma unroll
+      for (int rr = 0; rr < RB; ++rr) {
+        d[rr] = 0.f;
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch) {
+          float e[kVec];
+          ECache<TE>::unpack(q[rr][ch], e);
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[u], d[rr]);
+        }
+      }
+      RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+#pragma unroll
+      for (int rr = 0; rr < RB; ++rr) {
+        const float sr = row0 + rr < row_end ? d[rr] : 0.f;
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch) {
+          float e[kVec];
+          ECache<TE>::unpack(q[rr][ch], e);
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[u], sr, c[ch][u]);
+        }
+      }
+    } else {
+      float e[RB][NCH][kVec];
+#pragma unroll
+      for (int rr = 0; rr < RB; ++rr) {
+        const TE* q = p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(q + ch * cstep, e[rr][ch]);
+      }
+      row_dots<RB, NCH>(w, e, d);
+      RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+      add_rows<RB, NCH>(row0, row_end, e, d, c);
     }
-    row_dots<RB, NCH>(w, e, d);
-    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
-    add_rows<RB, NCH>(row0, row_end, e, d, c);
   }
 }
 
@@ -557,7 +595,10 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             // The last updates of a 16-bit cache read exact E (exact_from > iters otherwise).
             constexpr bool kRounded = !std::is_same<TE, float>::value;
             if (kRounded && p >= a.exact_from) {
-              if constexpr (kRounded) pass_update_exact<R, NCH>(b, w, c, parity);
+              // A 16-bit copy's packed kernels read exact E R / 2 rows at a time, unpacked (at
+              // 8 columns, 384 threads, RowReduce<2> sums each row as RowReduce<4> does).
+              constexpr int kExactR = kRounded && R * NCH > 4 ? RH : R;
+              if constexpr (kRounded) pass_update_exact<kExactR, NCH>(b, w, c, parity);
             } else if constexpr (PIPE) {
               pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
             } else {
@@ -613,7 +654,7 @@ FusedFn fused_fn(int nch, int batch_rows, bool pipelined, bool flag_sync) {
           return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, true> : mira_fused_kernel<TIn, TE, 1, 4, false, true>;
       return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, false> : mira_fused_kernel<TIn, TE, 1, 4, false, false>;
     case 2:
-      if constexpr (std::is_same<TE, float>::value)
+      if constexpr (!std::is_same<TE, __nv_bfloat16>::value)
         if (batch_rows == 4) return mira_fused_kernel<TIn, TE, 2, 4, false, false>;
       if constexpr (kFlags)
         if (flag_sync)
@@ -625,12 +666,12 @@ FusedFn fused_fn(int nch, int batch_rows, bool pipelined, bool flag_sync) {
 }
 
 // Rows per batch: 16 values of E per thread (4 x 4 columns, 2 x 8, 1 x 16), or 32 where
-// batch_rows 8 is asked for with 4 columns per thread, or with 8 and the f32 cache (half the
-// block reductions per row; at 8 columns the 16-bit caches' kernels would spill in their
-// update loops under the 80-register cap, so they keep 2 rows).
+// batch_rows 8 is asked for with 4 columns per thread, or with 8 and the f32 or f16 cache (half
+// the block reductions per row; at 8 columns the f16 copy's update keeps its 4 rows packed,
+// update_rows; the bf16 copy keeps 2 rows).
 int fused_batch_rows(int nch, int requested, MiraCache cache) {
   if (nch == 1) return requested == 8 ? 8 : 4;
-  if (nch == 2) return requested == 8 && cache == MiraCache::F32 ? 4 : 2;
+  if (nch == 2) return requested == 8 && cache != MiraCache::BF16 ? 4 : 2;
   return 1;
 }
 
@@ -669,7 +710,14 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
     // A counter per view group pays only where a view group's block shares its SM with
     // another's: 8 columns per thread, two blocks per SM, the views side by side (the auto
     // plan of the f16 copy at N 4096).
-    if (nch != 2 || batch_rows != 2) return nullptr;
+    if (nch != 2) return nullptr;
+    // The f16 copy's packed 4-row update with the plain per-view counters (bench rows).
+    if (batch_rows == 4) {
+      if constexpr (SYNC == static_cast<int>(GridSync::ViewCounter))
+        if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 4, false, false, SYNC>;
+      return nullptr;
+    }
+    if (batch_rows != 2) return nullptr;
     if (cache == MiraCache::F32) return mira_fused_kernel<float, float, 2, 2, false, false, SYNC>;
     if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 2, false, false, SYNC>;
   } else if (cache == MiraCache::F32) {

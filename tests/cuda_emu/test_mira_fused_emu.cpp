@@ -234,6 +234,14 @@ TEST_CASE("cuda_emu: the default fused kernel's instantiations against the f64 r
     c.min_cpt = 8;
     c.batch_rows = 8;
   }
+  SUBCASE("8 columns, 4 rows (batch_rows 8), f16 copy (packed), 3 exact updates") {
+    c.K = 3000;
+    c.N = 62;
+    c.min_cpt = 8;
+    c.batch_rows = 8;
+    c.cache = C::F16;
+    c.exact = 3;
+  }
   SUBCASE("16 columns (K 10000: one row per batch), one view") {
     c.K = 10000;
     c.N = 24;
@@ -439,6 +447,50 @@ TEST_CASE("cuda_emu: the automatic barriers pick the per-view counters where the
   }
   // The options' default is Auto.
   CHECK(cuda::MiraPlanOptions{}.grid_sync == GS::Auto);
+}
+
+TEST_CASE("cuda_emu: the f16 copy's packed 4-row update gives the 2-row kernel's bits") {
+  // batch_rows 8 at 8 columns: the f16 copy's update passes in batches of 4 rows, kept packed
+  // in registers (update_rows), and its exact passes 2 rows at a time. Over 12 warps (384
+  // threads) RowReduce sums each row in the same order for 2 and 4 rows, so the targets must be
+  // bitwise those of the 2-row kernel: block row counts that 4 does not divide, rows in shared memory and in the
+  // workspace (a smaller device), 0 and 3 exact passes, views side by side and one after another, and the per-view
+  // counters; threads shuffled. Also the 4-column kernel's 8-row batches of the f16 copy, packed too, against the twin.
+  using GS = cuda::GridSync;
+  struct Row {
+    int N, exact;
+    S schedule;
+    GS sync;
+    bool tight;
+    int cpt = 8;  // 4: the 4-column kernel's 8-row batches (packed too) against its 4-row ones
+  };
+  for (const Row& r :
+       {Row{96, 0, S::Concurrent, GS::Cooperative, false}, Row{61, 3, S::Concurrent, GS::Cooperative, false},
+        Row{300, 0, S::Sequential, GS::Cooperative, true}, Row{96, 0, S::Concurrent, GS::ViewCounter, false},
+        Row{250, 3, S::Concurrent, GS::ViewCounter, true}, Row{77, 3, S::Concurrent, GS::Cooperative, false, 4}}) {
+    CAPTURE(r.N);
+    CAPTURE(r.exact);
+    CAPTURE(static_cast<int>(r.schedule));
+    CAPTURE(cuda::grid_sync_name(r.sync));
+    CAPTURE(r.tight);
+    Case c;
+    c.N = r.N, c.K = 3000, c.V = 2, c.cache = C::F16, c.exact = r.exact, c.schedule = r.schedule, c.iters = 7;
+    c.min_cpt = r.cpt, c.bps = r.cpt == 8 ? 2 : 1, c.grid_sync = r.sync;
+    CAPTURE(r.cpt);
+    if (r.tight) c.dev = tight();
+    const Out two = check(c);
+    REQUIRE(two.plan.batch_rows == (r.cpt == 8 ? 2 : 4));
+    c.batch_rows = 8;
+    const Out four = check_shuffled(c);
+    CHECK(four.plan.batch_rows == (r.cpt == 8 ? 4 : 8));
+    CHECK(four.plan.cpt == r.cpt);
+    // 24 warps (4 columns, 768 threads): the 8-row reduction sums a row's warps in another
+    // order than the 4-row one (rounding apart; check_shuffled held it to the twin).
+    if (r.cpt == 4) continue;
+    CHECK(four.plan.grid_sync == static_cast<int>(r.sync));
+    if (r.tight) CHECK(four.plan.smem_rows < (four.plan.rows_per_block));
+    CHECK(same_bits(four.targets, two.targets));
+  }
 }
 
 TEST_CASE("cuda_emu: the trace's timeline holds each block's phases in order, summing to its totals") {
