@@ -492,7 +492,11 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // take half as many.
 template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, bool AHEAD = false>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
-  constexpr int RH = R > 1 ? R / 2 : 1;
+  // Rows per batch of the first pass and the targets: half the update's, but the f16 copy's
+  // packed 4-row kernel (8 columns) keeps the 2-row kernel's 1, prefetch included (over 12
+  // warps RowReduce<1> sums and maxes a row as RowReduce<2> does: the same bits).
+  constexpr bool kPacked4 = !std::is_same<TE, float>::value && NCH == 2 && R == 4;
+  constexpr int RH = kPacked4 ? 1 : R > 1 ? R / 2 : 1;
   MIRA_DYNAMIC_SMEM(smem_raw);
   __shared__ float red[2 * 32 * R];
   __shared__ float pbuf[PIPE ? kPipeDepth * 32 * R : 1];  // the pipelined update's slots
@@ -597,7 +601,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             if (kRounded && p >= a.exact_from) {
               // A 16-bit copy's packed kernels read exact E R / 2 rows at a time, unpacked (at
               // 8 columns, 384 threads, RowReduce<2> sums each row as RowReduce<4> does).
-              constexpr int kExactR = kRounded && R * NCH > 4 ? RH : R;
+              constexpr int kExactR = kRounded && R * NCH > 4 ? (R > 1 ? R / 2 : 1) : R;
               if constexpr (kRounded) pass_update_exact<kExactR, NCH>(b, w, c, parity);
             } else if constexpr (PIPE) {
               pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
