@@ -211,6 +211,13 @@ __device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&
   }
 }
 
+// Row rr of the batch at row0 whose first row p points at: rows past row_end read row_end - 1
+// again (the update loops add them with a factor 0).
+template <typename TE>
+__device__ __forceinline__ const TE* batch_row(const TE* p, int rr, int row0, int row_end, size_t kp) {
+  return p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
+}
+
 // pass_update's rows [row_begin, row_end), all in shared memory or all in the workspace: p
 // points at this thread's first column of row row_begin and steps RB rows per batch. No
 // branch per row: a row past row_end (the last batch of a count that RB does not divide)
@@ -234,7 +241,7 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
       uint2 q[RB][NCH];
 #pragma unroll
       for (int rr = 0; rr < RB; ++rr) {
-        const TE* qr = p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
+        const TE* qr = batch_row(p, rr, row0, row_end, kp);
 #pragma unroll
         for (int ch = 0; ch < NCH; ++ch) q[rr][ch] = ECache<TE>::load_raw(qr + ch * cstep);
       }
@@ -265,7 +272,7 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
       float e[RB][NCH][kVec];
 #pragma unroll
       for (int rr = 0; rr < RB; ++rr) {
-        const TE* q = p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
+        const TE* q = batch_row(p, rr, row0, row_end, kp);
 #pragma unroll
         for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(q + ch * cstep, e[rr][ch]);
       }
@@ -293,7 +300,7 @@ __device__ __forceinline__ void update_rows_ahead(const BlockRows<TIn, TE>& b, c
   auto fetch = [&](const TE* q, int row0) {
 #pragma unroll
     for (int rr = 0; rr < RB; ++rr) {
-      const TE* qr = q + static_cast<size_t>(min(rr, row_end - 1 - row0)) * kp;
+      const TE* qr = batch_row(q, rr, row0, row_end, kp);
 #pragma unroll
       for (int ch = 0; ch < NCH; ++ch) next[rr][ch] = ECache<TE>::load_raw(qr + ch * cstep);
     }
