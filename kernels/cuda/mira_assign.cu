@@ -556,43 +556,46 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           // Weights from the previous pass's column sums: w_j = (c_j / max c)^(-beta), capped;
           // 0 for an empty column (including the padding beyond K).
           float w[NCH][kVec];
-          float cm[1] = {0.f};
-          if constexpr (LL) {
-            // The previous pass's sums, tagged p: all chunks' loads go out together, then a
-            // chunk whose tags do not all match yet is polled until they do.
-            const uint2* src = a.ll_colsum + static_cast<size_t>(v) * a.Kp;
-            const unsigned want = static_cast<unsigned>(p);
-            bool ok[NCH];
+          if (!LL && a.colsum_max) {
+            // From the column reduction's log2 of each sum and its largest sum: one round of
+            // loads and no block reduction (the same max, hence the same weights, as below).
 #pragma unroll
-            for (int ch = 0; ch < NCH; ++ch) ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
+            for (int ch = 0; ch < NCH; ++ch)
+              ECache<float>::load(a.colsum_log2 + static_cast<size_t>(v) * a.Kp + b.col(ch), w[ch]);
+            const float l2max = log2f(__uint_as_float(a.colsum_max[static_cast<size_t>(v) * (a.iters + 1) + (p - 1)]));
 #pragma unroll
-            for (int ch = 0; ch < NCH; ++ch) {
-              int n = 0;
-              while (!ok[ch]) {
-                ll_spin(n);
-                ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
+            for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+              for (int u = 0; u < kVec; ++u) w[ch][u] = mira_weight_l2(a, w[ch][u], l2max);
+          } else {
+            float cm[1] = {0.f};
+            if constexpr (LL) {
+              // The previous pass's sums, tagged p: all chunks' loads go out together, then a
+              // chunk whose tags do not all match yet is polled until they do.
+              const uint2* src = a.ll_colsum + static_cast<size_t>(v) * a.Kp;
+              const unsigned want = static_cast<unsigned>(p);
+              bool ok[NCH];
+#pragma unroll
+              for (int ch = 0; ch < NCH; ++ch) ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
+#pragma unroll
+              for (int ch = 0; ch < NCH; ++ch) {
+                int n = 0;
+                while (!ok[ch]) {
+                  ll_spin(n);
+                  ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
+                }
               }
+            } else {
+#pragma unroll
+              for (int ch = 0; ch < NCH; ++ch)
+                ECache<float>::load(a.colsum + static_cast<size_t>(v) * a.Kp + b.col(ch), w[ch]);
             }
-          } else {
 #pragma unroll
-            for (int ch = 0; ch < NCH; ++ch) ECache<float>::load(a.colsum + static_cast<size_t>(v) * a.Kp + b.col(ch), w[ch]);
-          }
+            for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
-          for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-            for (int u = 0; u < kVec; ++u) cm[0] = fmaxf(cm[0], w[ch][u]);
-          RowReduce<1>::allreduce<true>(cm, red, 32 * R, parity);
-          const float l2max = log2f(cm[0]);
-          if (!LL && a.colsum_log2) {
-            // The reduction stored log2f of each sum: the same weights without a log2f here.
-#pragma unroll
-            for (int ch = 0; ch < NCH; ++ch) {
-              float l2[kVec];
-              ECache<float>::load(a.colsum_log2 + static_cast<size_t>(v) * a.Kp + b.col(ch), l2);
-#pragma unroll
-              for (int u = 0; u < kVec; ++u) w[ch][u] = mira_weight_log2(a, w[ch][u], l2[u], l2max);
-            }
-          } else {
+              for (int u = 0; u < kVec; ++u) cm[0] = fmaxf(cm[0], w[ch][u]);
+            RowReduce<1>::allreduce<true>(cm, red, 32 * R, parity);
+            const float l2max = log2f(cm[0]);
 #pragma unroll
             for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
@@ -626,6 +629,11 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
       if (p <= a.iters) {
         const unsigned seq = static_cast<unsigned>(p + 1);
         if (active) {
+          // This pass's largest-sum word starts at 0 (the sums are >= 0): cleared by the
+          // view's first block before the barrier that precedes every column reduction's
+          // atomicMax into it (its readers come after the next barrier).
+          if (!LL && a.colsum_max && bv == 0 && threadIdx.x == 0)
+            a.colsum_max[static_cast<size_t>(v) * (a.iters + 1) + p] = 0u;
           const size_t part_off = (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
           if constexpr (LL) {
 #pragma unroll

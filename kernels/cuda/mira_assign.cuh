@@ -112,6 +112,11 @@ struct MiraPlan {
   // of their own (a ~30-instruction polynomial per column and pass in every block).
   bool log2_sums = false;
   size_t off_colsum_log2 = 0;
+  // The default kernel with log2_sums: the column reduction also publishes each pass's largest
+  // column sum per view (V * (iters + 1) words at off_colsum_max, atomicMax of its bits), so
+  // each block's weights need neither the sums themselves nor a block reduction of their max.
+  bool max_sums = false;
+  size_t off_colsum_max = 0;
   int64_t ecache_rows_per_block = 0;  // rows of E per block held in the workspace
   int64_t flag_index = 0;             // index of the non-finite counter in colsum
   // Fused / per-pass, for performance work: null, or device memory of grid * kMiraTraceWords

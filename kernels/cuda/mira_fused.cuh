@@ -434,10 +434,17 @@ __device__ __forceinline__ float mira_weight_log2(const FusedArgs& a, float x, f
 __device__ __forceinline__ float mira_weight(const FusedArgs& a, float x, float l2max) {
   return mira_weight_log2(a, x, log2f(x), l2max);
 }
+// The same from l2 = log2f(x) alone: x > 0 exactly where l2 > -inf (log2f(0) is -inf, and a
+// positive sum's log2f is finite, subnormals included: nothing here flushes them to zero;
+// NaN gives 0 either way).
+__device__ __forceinline__ float mira_weight_l2(const FusedArgs& a, float l2, float l2max) {
+  return l2 > -INFINITY ? exp2f(fminf(a.exponent * (l2 - l2max), a.log2_cap)) : 0.f;
+}
 
 // The column sums of pass seq - 1 of view v from the blocks' partials (all written, or with
 // LL polled until tagged seq): block bv sums its tile of columns and writes the sums (LL:
-// tagged seq). redc: blockDim.x floats of shared memory.
+// tagged seq; else also their log2f where colsum_log2 is set, and their largest into the
+// pass's word of colsum_max where that is set). redc: blockDim.x floats of shared memory.
 template <bool LL>
 __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv, unsigned seq, float* redc) {
   const int tid = threadIdx.x, bd = blockDim.x;
@@ -501,11 +508,11 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
       redc[sub * nc + j] = s;
     }
     __syncthreads();
+    float t = 0.f;  // column j's sum (threads tid < nc)
     if (tid < nc) {
       // The subsets' sums in subset order, their shared-memory loads 8 at a time ahead of the
       // adds (a runtime-bound loop of load-then-add waited out each load: S is 16 at N 4096).
       constexpr int kSubBatch = 8;
-      float t = 0.f;
       for (int k0 = 0; k0 < S; k0 += kSubBatch) {
         float y[kSubBatch];
 #pragma unroll
@@ -519,6 +526,18 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
       } else {
         a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
         if (a.colsum_log2) a.colsum_log2[static_cast<size_t>(v) * a.Kp + col] = log2f(t);
+      }
+    }
+    if constexpr (!LL) {
+      // The tile's largest sum, one atomic per warp that holds any of its columns (the others'
+      // t is 0). The sums are >= 0, so their bits order as their values do: the pass's word
+      // ends as the bits of the view's largest sum, whatever the order of the atomics.
+      if (a.colsum_max && (tid & ~31) < nc) {
+        float m = t;
+#pragma unroll
+        for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
+        if ((tid & 31) == 0)
+          atomicMax(a.colsum_max + static_cast<size_t>(v) * (a.iters + 1) + (seq - 1), __float_as_uint(m));
       }
     }
     __syncthreads();

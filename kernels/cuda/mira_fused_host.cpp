@@ -48,6 +48,7 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.partial = reinterpret_cast<float*>(base + plan.off_partial);
   a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
   a.colsum_log2 = plan.log2_sums ? reinterpret_cast<float*>(base + plan.off_colsum_log2) : nullptr;
+  a.colsum_max = plan.max_sums ? reinterpret_cast<unsigned*>(base + plan.off_colsum_max) : nullptr;
   a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
   a.ll_partial =
       plan.flag_sync || plan.cluster_groups > 1 ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
@@ -110,6 +111,12 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   if (plan.log2_sums) {
     plan.off_colsum_log2 = off;
     off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(float), 256);
+  }
+  // The tensor-core kernel reduces its weights' range (largest and smallest sum) itself.
+  plan.max_sums = plan.log2_sums && mma_rows == 0;
+  if (plan.max_sums) {
+    plan.off_colsum_max = off;
+    off = align_up(off + static_cast<size_t>(p.V) * (p.iters + 1) * sizeof(unsigned), 256);
   }
   plan.workspace_bytes = off;
   plan.flag_index = static_cast<int64_t>(p.V) * plan.Kp;

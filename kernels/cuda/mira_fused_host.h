@@ -38,6 +38,9 @@ struct FusedArgs {
   float* partial;      // (V, blocks_per_view, Kp)
   float* colsum;       // (V, Kp) + the non-finite counter
   float* colsum_log2;  // null, or (V, Kp): log2f of each sum, written with it (MiraPlan::log2_sums)
+  // null, or (V, iters + 1): the bits of pass p's largest column sum of view v at
+  // [v * (iters + 1) + p], atomicMax'ed by the column reduction (MiraPlan::max_sums)
+  unsigned* colsum_max;
   float* rowmax;       // (V, N)
   // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
   // and (V, Kp) sums as {float, pass + 1} words.
