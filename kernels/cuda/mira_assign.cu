@@ -103,6 +103,20 @@ __device__ __forceinline__ void load_batch_exact(const BlockRows<TIn, TE>& b, in
   }
 }
 
+// The passes on exact E behind a 16-bit cache (the exact updates, the targets) read the
+// logits from HBM one batch at a time, between block reductions. They ask L2 for the logits
+// of rows [row, row + n) of the block kRowsAhead rows ahead (prefetch.global.L2: no registers;
+// holding the next batch's logits in registers, as pass_first does, spilled 8-12 bytes in the
+// per-view counter kernels), so that a batch's loads wait on L2 rather than on HBM.
+constexpr int kRowsAhead = 4;
+template <int n, typename TIn, typename TE>
+__device__ __forceinline__ void prefetch_logits(const BlockRows<TIn, TE>& b, int row) {
+  const int rows = min(n, b.r1 - row);
+  if (rows > 0)
+    prefetch_rows_l2(b.logits + static_cast<size_t>(row) * b.a->K, b.a->K * static_cast<int>(sizeof(TIn)), rows,
+                     threadIdx.x, blockDim.x);
+}
+
 // d_r = sum_j w_j E_rj over this thread's columns.
 template <int R, int NCH>
 __device__ __forceinline__ void row_dots(const float (&w)[NCH][kVec], const float (&e)[R][NCH][kVec], float (&d)[R]) {
@@ -343,9 +357,11 @@ __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const f
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void pass_update_exact(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
                                                   float (&c)[NCH][kVec], int& parity) {
+  prefetch_logits<kRowsAhead>(b, b.r0);
   for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
     float e[RB][NCH][kVec];
     float d[RB];
+    prefetch_logits<RB>(b, row0 + kRowsAhead);
     load_batch_exact<RB, NCH>(b, row0, e);
     row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
@@ -459,13 +475,16 @@ __device__ __forceinline__ void pass_update_pipelined(const BlockRows<TIn, TE>& 
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec], int& parity) {
   const FusedArgs& a = *b.a;
+  constexpr bool kExact = !std::is_same<TE, float>::value;
+  if constexpr (kExact) prefetch_logits<kRowsAhead>(b, b.r0);
   for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
     float e[RB][NCH][kVec];
     float d[RB];
-    if constexpr (std::is_same<TE, float>::value) {
-      load_batch<RB, NCH>(b, row0, e);
-    } else {
+    if constexpr (kExact) {
+      prefetch_logits<RB>(b, row0 + kRowsAhead);
       load_batch_exact<RB, NCH>(b, row0, e);
+    } else {
+      load_batch<RB, NCH>(b, row0, e);
     }
     row_dots<RB, NCH>(w, e, d);
     RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
