@@ -9,7 +9,8 @@
 # tools/assign_summary.py against bench/assign_predictions.json.
 # Rows that would start after MIRA_DEADLINE_S (default 200 s) are skipped.
 #   tools/device_focus.sh [LOG_DIR]
-# What it runs (environment; the defaults are session 19's automatic barriers and clamped rows):
+# What it runs (environment; the defaults are session 19's automatic barriers and clamped rows,
+# and session 20's published largest sums and targets' L2 prefetch, read off the trace's phases):
 #   MIRA_FOCUS_VARIANTS  comma-separated bench/mira_assign --variants
 #   MIRA_FOCUS_NCU       the row Nsight Compute profiles ("" for none)
 #   MIRA_FOCUS_SASS      the object whose SASS is dumped (default mira_assign.cu.o; "" for none)
