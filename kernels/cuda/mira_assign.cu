@@ -170,11 +170,15 @@ __device__ __forceinline__ void pass_first(const BlockRows<TIn, TE>& b, float (&
     }
   };
   float next[kPrefetch ? RB : 1][NCH][kVec];
+  // L2 is also asked for the logits kRowsAhead rows ahead (prefetch_logits), so that a batch's
+  // loads wait on L2 rather than HBM.
+  prefetch_logits<kRowsAhead>(b, b.r0);
   if constexpr (kPrefetch)
     if (b.r0 < b.r1) load(b.r0, next);
   for (int row0 = b.r0; row0 < b.r1; row0 += RB) {
     float e[RB][NCH][kVec];
     float m[RB], d[RB];
+    prefetch_logits<RB>(b, row0 + kRowsAhead);
     if constexpr (kPrefetch) {
 #pragma unroll
       for (int rr = 0; rr < RB; ++rr)
