@@ -40,6 +40,7 @@
 
 #ifdef MIRA_HAS_CUDA
 #include "engine/cuda/context.h"
+#include "kernels/cpu/mira_trace.h"
 #include "kernels/cuda/mira_assign.cuh"
 #include "kernels/cuda/sync_probe.cuh"
 #endif
@@ -452,61 +453,33 @@ int run_probe_sync(const Args& a) {
   return ok ? 0 : 1;
 }
 
-// From the trace's timelines (MiraPlan::trace: each block's first marks, clock64 << 4 | phase,
-// on its SM's clock): do the blocks that share an SM update rows at the same time, and how
-// long does a block's row update take when its neighbour is doing the same, and when not? For
-// each SM with exactly two blocks, each update-rows interval of one is split by how much of it
-// the other spent in its own update rows: "shared" (over 3/4), "alone" (under 1/4). Times in
-// us, from the launch's cycles per us (the blocks' mean cycles over the median launch).
-json rows_timeline(const int64_t* words, int grid, double median_ms) {
-  struct Span {
-    double t0, t1;
-  };
-  const auto word = [&](int b, int k) {
-    return static_cast<unsigned long long>(words[static_cast<size_t>(b) * cuda::kMiraTraceWords + k]);
-  };
-  std::vector<std::vector<Span>> rows(static_cast<size_t>(grid));
-  std::map<int, std::vector<int>> on_sm;
-  double cycles = 0;
-  int marks = 0;
-  for (int b = 0; b < grid; ++b) {
-    cycles += static_cast<double>(word(b, cuda::kMiraTracePhases - 1));
-    on_sm[static_cast<int>(word(b, cuda::kMiraTracePhases))].push_back(b);
-    double prev = -1;
-    for (int i = 0; i < cuda::kMiraTraceMarks; ++i) {
-      const unsigned long long w = word(b, cuda::kMiraTracePhases + 1 + i);
-      if (w == 0) break;
-      const double t = static_cast<double>(w >> 4);  // exact: clock64 < 2^53
-      if (i > 0 && static_cast<int>(w & 15) == 2) rows[static_cast<size_t>(b)].push_back({prev, t});  // update rows
-      prev = t;
-      marks = std::max(marks, i + 1);
-    }
-  }
-  const double per_us = cycles / grid / (median_ms * 1e3);
-  double total = 0, both = 0, alone = 0, shared = 0;
-  int n_alone = 0, n_shared = 0, pairs = 0;
-  for (const auto& [sm, blocks] : on_sm) {
-    if (blocks.size() != 2) continue;
-    ++pairs;
-    for (int s = 0; s < 2; ++s) {
-      const auto& mine = rows[static_cast<size_t>(blocks[static_cast<size_t>(s)])];
-      const auto& other = rows[static_cast<size_t>(blocks[static_cast<size_t>(1 - s)])];
-      for (const Span& x : mine) {
-        double ov = 0;
-        for (const Span& y : other) ov += std::max(0.0, std::min(x.t1, y.t1) - std::max(x.t0, y.t0));
-        const double len = x.t1 - x.t0;
-        total += len;
-        both += ov;
-        if (len <= 0) continue;
-        if (ov < 0.25 * len) alone += len, ++n_alone;
-        if (ov > 0.75 * len) shared += len, ++n_shared;
-      }
-    }
-  }
-  json j = {{"sms_with_two_blocks", pairs}, {"marks", marks}, {"cycles_per_us", per_us}};
-  j["rows_overlap"] = total > 0 ? both / total : 0.0;
-  j["rows_alone"] = {{"n", n_alone}, {"mean_us", n_alone ? alone / n_alone / per_us : 0.0}};
-  j["rows_shared"] = {{"n", n_shared}, {"mean_us", n_shared ? shared / n_shared / per_us : 0.0}};
+// The trace's timelines (kernels/cpu/mira_trace.h): whether the two blocks of an SM update
+// rows at the same time (and how long a block's rows take alone, or beside the other's), and
+// per barrier group how far apart its blocks arrive at the barrier after their rows, and
+// whether the same blocks come last pass after pass. Times in us, from the launch's cycles per
+// us (the blocks' mean cycles over the median launch).
+json trace_timeline(const int64_t* words, const cuda::MiraPlan& plan, double median_ms) {
+  const trace::Layout lay{cuda::kMiraTracePhases, cuda::kMiraTraceMarks};
+  const double per_us = trace::cycles_per_us(words, lay, plan.grid, median_ms);
+  const trace::RowsOverlap ro = trace::rows_overlap(words, lay, plan.grid, per_us);
+  json j = {{"sms_with_two_blocks", ro.sms_with_two_blocks}, {"marks", ro.marks}, {"cycles_per_us", per_us}};
+  j["rows_overlap"] = ro.overlap;
+  j["rows_alone"] = {{"n", ro.n_alone}, {"mean_us", ro.alone_us}};
+  j["rows_shared"] = {{"n", ro.n_shared}, {"mean_us", ro.shared_us}};
+  // Barrier groups: a view group each with per-view counters, else the whole grid.
+  const auto kind = static_cast<cuda::GridSync>(plan.grid_sync);
+  std::vector<int> group(static_cast<size_t>(plan.grid), 0);
+  if (cuda::grid_sync_per_view(kind) && plan.blocks_per_view > 0)
+    for (int b = 0; b < plan.grid; ++b)
+      group[static_cast<size_t>(b)] =
+          kind == cuda::GridSync::ViewCounterStaggerInterleaved ? b % plan.views_per_group : b / plan.blocks_per_view;
+  const trace::PassSpread ps = trace::pass_spread(words, lay, group, per_us);
+  const auto spread = [](const trace::Spread& s) { return json::array({s.min, s.median, s.max}); };
+  j["pass_spread"] = {{"passes", ps.passes},
+                      {"barrier1_wait_us", spread(ps.barrier1)},
+                      {"weights_us", spread(ps.weights)},
+                      {"rows_us", spread(ps.rows)},
+                      {"late_repeat", ps.late_repeat}};
   return j;
 }
 
@@ -917,7 +890,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
         for (const auto& [sm, nb] : blocks_on) most = std::max(most, nb);
         for (const auto& [sm, gs] : groups_on) shared += gs.size() > 1 ? 1 : 0;
         j["trace_sms"] = {{"sms", blocks_on.size()}, {"most_blocks_on_one", most}, {"shared_by_view_groups", shared}};
-        j["trace_timeline"] = rows_timeline(tr_host.data<int64_t>(), plan.grid, t.median());
+        j["trace_timeline"] = trace_timeline(tr_host.data<int64_t>(), plan, t.median());
       }
     } catch (const Error& e) {
       j["error"] = e.what();

@@ -73,6 +73,12 @@ def main(path, predictions=None):
             shape += (f" rows_overlap{tl['rows_overlap']:.2f}"
                       f" alone{tl['rows_alone']['n']}x{tl['rows_alone']['mean_us']:.2f}us"
                       f" shared{tl['rows_shared']['n']}x{tl['rows_shared']['mean_us']:.2f}us")
+        ps = (tl or {}).get("pass_spread")  # per barrier group and pass: min/median/max over blocks
+        if ps and ps.get("passes"):
+            def mmm(x):
+                return "/".join(f"{v:.2f}" for v in x)
+            shape += (f" b1wait{mmm(ps['barrier1_wait_us'])}us rows{mmm(ps['rows_us'])}us"
+                      f" weights{mmm(ps['weights_us'])}us late_repeat{ps['late_repeat']:.2f}")
         print(f"  {j['variant']:<46} {j.get('median_ms', float('nan')):7.3f} ms err "
               f"{j.get('max_abs_err', float('nan')):.1e} valid {j.get('valid')} N{j.get('N')}{shape} {tr} "
               f"{j.get('error', '')}{j.get('skipped', '')}")

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cpu/mira_trace.h"  // the host reads the trace with the same phase numbers
 #include "kernels/cuda/check.h"  // MIRA_DYNAMIC_SMEM
 #include "kernels/cuda/grid_sync.cuh"
 #include "kernels/cuda/mira_assign.cuh"
@@ -35,6 +36,12 @@ enum TracePhase {
   kTraceTotal
 };
 static_assert(kTraceTotal + 1 == kMiraTracePhases, "trace phases");
+namespace host_trace = ::mira::trace;
+static_assert(int{kTraceFirst} == host_trace::kFirst && int{kTraceWeights} == host_trace::kWeights &&
+                  int{kTraceRows} == host_trace::kRows && int{kTraceLast} == host_trace::kLast &&
+                  int{kTraceBarrier1} == host_trace::kBarrier1 && int{kTraceReduce} == host_trace::kReduce &&
+                  int{kTraceBarrier2} == host_trace::kBarrier2 && int{kTraceTotal} == host_trace::kStart,
+              "the host reads the trace with these numbers (kernels/cpu/mira_trace.h)");
 
 // ---- element access
 

@@ -20,6 +20,7 @@
 
 #include "kernels/cpu/mira_assign.h"
 #include "kernels/cpu/mira_plan_model.h"
+#include "kernels/cpu/mira_trace.h"
 #include "kernels/cuda/mira_assign.cuh"
 #include "tests/cuda_emu/emu_testing.h"
 #include "tests/testing.h"
@@ -544,6 +545,23 @@ TEST_CASE("cuda_emu: the trace's timeline holds each block's phases in order, su
       if (iters == 2) CHECK(n < cuda::kMiraTraceMarks);
       if (iters == 30) CHECK(n == cuda::kMiraTraceMarks);
     }
+    // The host's reading of it (kernels/cpu/mira_trace.h, bench/mira_assign --trace): per view
+    // group (the plan's per-view counters), every update pass the timelines hold: both with 2
+    // iterations, the first 9 with 30 (5 marks for the first pass, 5 per update, 48 in all).
+    REQUIRE(cuda::grid_sync_per_view(static_cast<cuda::GridSync>(plan.grid_sync)));
+    const mira::trace::Layout lay{cuda::kMiraTracePhases, cuda::kMiraTraceMarks};
+    std::vector<int> group(static_cast<size_t>(plan.grid));
+    for (int b = 0; b < plan.grid; ++b) group[static_cast<size_t>(b)] = b / plan.blocks_per_view;
+    const auto* words = reinterpret_cast<const int64_t*>(trace.data());
+    const mira::trace::PassSpread ps = mira::trace::pass_spread(words, lay, group, 1.0);
+    CHECK(ps.passes == c.V * (iters == 2 ? 2 : 9));
+    CHECK(ps.barrier1.min >= 0);
+    CHECK(ps.barrier1.min <= ps.barrier1.median);
+    CHECK(ps.barrier1.median <= ps.barrier1.max);
+    CHECK(ps.rows.min > 0);
+    CHECK(ps.late_repeat >= 0);
+    CHECK(ps.late_repeat <= 1);
+    CHECK(mira::trace::rows_overlap(words, lay, plan.grid, 1.0).marks == (iters == 2 ? 5 + 2 * 5 + 2 : 48));
   }
 }
 
