@@ -100,7 +100,7 @@ PassSpread pass_spread(const int64_t* words, const Layout& lay, const std::vecto
     if (!u.empty()) by_group[group[static_cast<size_t>(b)]].push_back(std::move(u));  // blocks of no view: none
   }
   PassSpread r;
-  Spread sum_w, sum_x, sum_r;
+  Spread sum_wait, sum_weights, sum_rows;
   int late_pairs = 0, late_hits = 0;
   const auto add = [](Spread& s, const std::vector<double>& x) {
     s.min += *std::min_element(x.begin(), x.end());
@@ -118,9 +118,9 @@ PassSpread pass_spread(const int64_t* words, const Layout& lay, const std::vecto
         weights.push_back(u[k].weights);
         rows.push_back(u[k].rows);
       }
-      add(sum_w, wait);
-      add(sum_x, weights);
-      add(sum_r, rows);
+      add(sum_wait, wait);
+      add(sum_weights, weights);
+      add(sum_rows, rows);
       ++r.passes;
       // Blocks by their wait, shortest first (the last to arrive first), ties by index.
       std::vector<int> order(blocks.size());
@@ -136,9 +136,9 @@ PassSpread pass_spread(const int64_t* words, const Layout& lay, const std::vecto
   }
   if (r.passes > 0 && per_us > 0) {
     const double f = 1.0 / (r.passes * per_us);
-    r.barrier1 = {sum_w.min * f, sum_w.median * f, sum_w.max * f};
-    r.weights = {sum_x.min * f, sum_x.median * f, sum_x.max * f};
-    r.rows = {sum_r.min * f, sum_r.median * f, sum_r.max * f};
+    r.barrier1 = {sum_wait.min * f, sum_wait.median * f, sum_wait.max * f};
+    r.weights = {sum_weights.min * f, sum_weights.median * f, sum_weights.max * f};
+    r.rows = {sum_rows.min * f, sum_rows.median * f, sum_rows.max * f};
   }
   r.late_repeat = late_pairs > 0 ? static_cast<double>(late_hits) / late_pairs : 0.0;
   return r;

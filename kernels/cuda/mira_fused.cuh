@@ -24,24 +24,20 @@ constexpr unsigned kFull = 0xffffffffu;
 
 constexpr int kFusedMaxBlock = 768;
 constexpr int kFusedMaxK = kFusedMaxBlock * 16;
-// Phases of MiraPlan::trace (kernels/cuda/mira_assign.cuh lists them).
-enum TracePhase {
-  kTraceFirst,
-  kTraceWeights,
-  kTraceRows,
-  kTraceLast,
-  kTraceBarrier1,
-  kTraceReduce,
-  kTraceBarrier2,
-  kTraceTotal
+// Phases of MiraPlan::trace (kernels/cuda/mira_assign.cuh lists them), numbered as the host
+// reads them (kernels/cpu/mira_trace.h); the whole launch's sum shares its index with the
+// timeline's start tag.
+enum TracePhase : int {
+  kTraceFirst = ::mira::trace::kFirst,
+  kTraceWeights = ::mira::trace::kWeights,
+  kTraceRows = ::mira::trace::kRows,
+  kTraceLast = ::mira::trace::kLast,
+  kTraceBarrier1 = ::mira::trace::kBarrier1,
+  kTraceReduce = ::mira::trace::kReduce,
+  kTraceBarrier2 = ::mira::trace::kBarrier2,
+  kTraceTotal = ::mira::trace::kStart
 };
 static_assert(kTraceTotal + 1 == kMiraTracePhases, "trace phases");
-namespace host_trace = ::mira::trace;
-static_assert(int{kTraceFirst} == host_trace::kFirst && int{kTraceWeights} == host_trace::kWeights &&
-                  int{kTraceRows} == host_trace::kRows && int{kTraceLast} == host_trace::kLast &&
-                  int{kTraceBarrier1} == host_trace::kBarrier1 && int{kTraceReduce} == host_trace::kReduce &&
-                  int{kTraceBarrier2} == host_trace::kBarrier2 && int{kTraceTotal} == host_trace::kStart,
-              "the host reads the trace with these numbers (kernels/cpu/mira_trace.h)");
 
 // ---- element access
 
