@@ -525,6 +525,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     cuda::GridSync sync = cuda::GridSync::Auto;  // the default kernel's barriers after the first
     bool mma_rows = false;  // the f16 copy's updates on tensor cores (kernels/cuda/mira_mmarows.cu)
     bool ahead = false;     // the f16 copy's rows in the workspace loaded a batch ahead
+    bool stage = false;     // the workspace's rows staged through shared memory (cp.async)
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -654,6 +655,18 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     w.ahead = true;
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
   }
+  // The workspace's rows staged through shared memory (MiraPlanOptions::stage_rows): the f16
+  // copy with its automatic barriers (per-view counters) and cooperative ones; the f32 copy's
+  // plan (views one after another) and its views side by side (staggered counters).
+  for (Variant w :
+       std::vector<Variant>{{"fused f16-cache stage", MV::Fused, MC::F16, MS::Auto, 4, false},
+                            {"fused f16-cache stage coop-sync", MV::Fused, MC::F16, MS::Auto, 4, false},
+                            {"fused stage", MV::Fused, MC::F32, MS::Auto, 4, false},
+                            {"fused cpt8 bps2 concurrent stage", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2}}) {
+    w.stage = true;
+    if (w.name.find("coop-sync") != std::string::npos) w.sync = cuda::GridSync::Cooperative;
+    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
+  }
   for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
                                   std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
     for (Variant v :
@@ -753,6 +766,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.grid_sync = var.sync;
       po.mma_rows = var.mma_rows;
       po.rows_ahead = var.ahead;
+      po.stage_rows = var.stage;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
       if (var.mma_rows && plan.mma_rows == 0) {
         j["skipped"] = "no tensor-core updates for this shape and device (K <= 3072, sm_80)";
@@ -811,6 +825,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"cluster_mma", plan.cluster_mma},
                      {"mma_rows", plan.mma_rows},
                      {"rows_ahead", plan.rows_ahead},
+                     {"stage_rows", plan.stage_rows},
                      {"grid_sync", cuda::grid_sync_name(static_cast<cuda::GridSync>(plan.grid_sync))},
                      {"grid_sync_cluster", plan.grid_sync_cluster},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};

@@ -467,6 +467,54 @@ TEST_CASE("gpu mira: the f16 copy's workspace rows loaded a batch ahead give the
   }
 }
 
+TEST_CASE("gpu mira: the workspace's rows staged through shared memory give the plain kernel's bits") {
+  // MiraPlanOptions::stage_rows on the GPU (cp.async into a ring of shared memory): the
+  // issue's shape and N 1000 (odd rows per block), the f16 copy with cooperative barriers and
+  // its per-view counters, the f32 copy with cooperative barriers (views one after another)
+  // and staggered counters (side by side).
+  using GS = cuda::GridSync;
+  using C = cuda::MiraCache;
+  struct Case {
+    C cache;
+    cuda::MiraSchedule schedule;
+    std::vector<GS> kinds;
+  };
+  for (const Case& c : {Case{C::F16, cuda::MiraSchedule::Auto, {GS::Cooperative, GS::ViewCounter}},
+                        Case{C::F32, cuda::MiraSchedule::Sequential, {GS::Cooperative}},
+                        Case{C::F32, cuda::MiraSchedule::Concurrent, {GS::ViewCounterStagger}}}) {
+    for (const int64_t N : {4096, 1000}) {
+      CAPTURE(static_cast<int>(c.cache));
+      CAPTURE(static_cast<int>(c.schedule));
+      CAPTURE(N);
+      const std::vector<Tensor> views = {cpu_logits(N, 3000, 63, 0.3), cpu_logits(N, 3000, 64, 0.3)};
+      cuda::MiraPlanOptions o;
+      o.cache = c.cache;
+      o.schedule = c.schedule;
+      o.min_cols_per_thread = 8;
+      o.blocks_per_sm = 2;
+      o.grid_sync = GS::Cooperative;
+      cuda::MiraPlan plain_plan;
+      const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plain_plan);
+      CHECK(plain_plan.stage_rows == 0);
+      if (plain_plan.smem_rows >= plain_plan.rows_per_block) {
+        MESSAGE("N ", N, ": every row in shared memory here, nothing to stage");
+        continue;
+      }
+      o.stage_rows = true;
+      for (const GS kind : c.kinds) {
+        CAPTURE(std::string(cuda::grid_sync_name(kind)));
+        o.grid_sync = kind;
+        cuda::MiraPlan plan;
+        const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plan);
+        CHECK(plan.stage_rows == 4);
+        CHECK(plan.smem_rows == plain_plan.smem_rows - 4);
+        CHECK(plan.grid_sync == static_cast<int>(kind));
+        CHECK(got == plain);
+      }
+    }
+  }
+}
+
 TEST_CASE("gpu mira: the f16 copy's packed 4-row update gives the 2-row kernel's bits") {
   // batch_rows 8 at 8 columns (MiraPlanOptions): the f16 copy's update passes in batches of 4
   // rows packed in registers. Over the 12 warps of 384 threads (K 3000) RowReduce sums each

@@ -28,10 +28,11 @@ ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
 # Session 19's: the plans' own barriers (GridSync::Auto: per-view counters where measured
 # faster) against the cooperative ones pinned, each with the row loop's clamped last row, and
 # the staggered f16 row for its timeline (trace_timeline: do an SM's blocks overlap their rows),
-# and the f16 copy's packed 4-row update (rows8).
-V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused f16-cache rows8,fused f16-cache rows8 view-sync"
-V_DEFAULT="$V_DEFAULT,fused,fused cpt8 bps2 concurrent"
-V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent coop-sync,fused f16-cache view-sync stagger,fused f16-cache exact3"
+# and the f16 copy's packed 4-row update (rows8); session 21's workspace rows staged through
+# shared memory (stage) beside the rows they would replace.
+V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused f16-cache rows8,fused f16-cache stage"
+V_DEFAULT="$V_DEFAULT,fused f16-cache rows8 view-sync,fused,fused stage,fused cpt8 bps2 concurrent"
+V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent stage,fused f16-cache exact3"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
 NCU_ROW=${MIRA_FOCUS_NCU-}
 SASS_OBJ=${MIRA_FOCUS_SASS-mira_assign.cu.o}
@@ -53,12 +54,13 @@ if [[ -n "$SASS_OBJ" ]]; then
     cuobjdump -sass "$OBJ" | gzip >"$LOG_DIR/focus.sass.gz"
   fi
 fi
-# The 8-column kernels of the f16 copy (cooperative, per-view counters) and of f32 (cooperative,
-# staggered counters): their loops' instruction mix, spills (local memory) included.
+# The 8-column kernels of the f16 copy (cooperative, per-view counters, packed 4 rows, staged
+# with per-view counters) and of f32 (cooperative, staggered counters, staged cooperative):
+# their loops' instruction mix, spills (local memory) included.
 if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
   zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
-  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELb0E f6__halfLi2ELi2ELb0ELb0ELi3ELb0E f6__halfLi2ELi4ELb0ELb0ELi0ELb0E \
-    ffLi2ELi2ELb0ELb0ELi0ELb0E ffLi2ELi2ELb0ELb0ELi4ELb0E; do
+  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELi0E f6__halfLi2ELi2ELb0ELb0ELi3ELi0E f6__halfLi2ELi4ELb0ELb0ELi0ELi0E \
+    f6__halfLi2ELi2ELb0ELb0ELi3ELi2E ffLi2ELi2ELb0ELb0ELi0ELi0E ffLi2ELi2ELb0ELb0ELi4ELi0E ffLi2ELi2ELb0ELb0ELi0ELi2E; do
     echo "== sass_loops cpt8 $k" >>"$R"
     python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1
   done

@@ -236,16 +236,16 @@ __device__ __forceinline__ const TE* batch_row(const TE* p, int rr, int row0, in
   return p + static_cast<size_t>(rr == 0 ? 0 : min(rr, row_end - 1 - row0)) * kp;
 }
 
-// pass_update's rows [row_begin, row_end), all in shared memory or all in the workspace: p
-// points at this thread's first column of row row_begin and steps RB rows per batch. No
+// One batch of pass_update's rows [row_begin, row_end), all in shared memory or all in the
+// workspace: the RB rows from row0, p at this thread's first column of row row0. No
 // branch per row: a row past row_end (the last batch of a count that RB does not divide)
 // reads row_end - 1 again, and add_rows adds it with a factor 0 (E is finite, the partials
 // are never -0), so the same bits as loading zeros for it. Guarded loads cost ~20 of the
 // loop's ~150 instructions per batch (a branch region and zeroed registers per row;
 // bench/RESULTS.md, session 19); a second, unguarded copy of the loop spilled more.
 template <int RB, int NCH, typename TIn, typename TE>
-__device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const TE* p, int row_begin, int row_end,
-                                            const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
+__device__ __forceinline__ void update_batch(const BlockRows<TIn, TE>& b, const TE* p, int row0, int row_end,
+                                             const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
   const size_t kp = static_cast<size_t>(b.a->Kp);
   const int cstep = static_cast<int>(blockDim.x) * kVec;
   // A 16-bit copy's batches of more than 16 values per thread (8 columns x 4 rows, 4 x 8) stay
@@ -253,52 +253,122 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
   // add_rows' order: the same values, in 16 registers instead of 32 (unpacked they spilled
   // under the 80-register cap).
   constexpr bool kPacked = !std::is_same<TE, float>::value && RB * NCH > 4;
-  for (int row0 = row_begin; row0 < row_end; row0 += RB, p += RB * kp) {
-    float d[RB];
-    if constexpr (kPacked) {
-      uint2 q[RB][NCH];
+  float d[RB];
+  if constexpr (kPacked) {
+    uint2 q[RB][NCH];
 #pragma unroll
-      for (int rr = 0; rr < RB; ++rr) {
-        const TE* qr = batch_row(p, rr, row0, row_end, kp);
+    for (int rr = 0; rr < RB; ++rr) {
+      const TE* qr = batch_row(p, rr, row0, row_end, kp);
 #pragma unroll
-        for (int ch = 0; ch < NCH; ++ch) q[rr][ch] = ECache<TE>::load_raw(qr + ch * cstep);
-      }
-#pragma unroll
-      for (int rr = 0; rr < RB; ++rr) {
-        d[rr] = 0.f;
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch) {
-          float e[kVec];
-          ECache<TE>::unpack(q[rr][ch], e);
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[u], d[rr]);
-        }
-      }
-      RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
-#pragma unroll
-      for (int rr = 0; rr < RB; ++rr) {
-        const float sr = row0 + rr < row_end ? d[rr] : 0.f;
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch) {
-          float e[kVec];
-          ECache<TE>::unpack(q[rr][ch], e);
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[u], sr, c[ch][u]);
-        }
-      }
-    } else {
-      float e[RB][NCH][kVec];
-#pragma unroll
-      for (int rr = 0; rr < RB; ++rr) {
-        const TE* q = batch_row(p, rr, row0, row_end, kp);
-#pragma unroll
-        for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(q + ch * cstep, e[rr][ch]);
-      }
-      row_dots<RB, NCH>(w, e, d);
-      RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
-      add_rows<RB, NCH>(row0, row_end, e, d, c);
+      for (int ch = 0; ch < NCH; ++ch) q[rr][ch] = ECache<TE>::load_raw(qr + ch * cstep);
     }
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      d[rr] = 0.f;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch) {
+        float e[kVec];
+        ECache<TE>::unpack(q[rr][ch], e);
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) d[rr] = fmaf(w[ch][u], e[u], d[rr]);
+      }
+    }
+    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const float sr = row0 + rr < row_end ? d[rr] : 0.f;
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch) {
+        float e[kVec];
+        ECache<TE>::unpack(q[rr][ch], e);
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) c[ch][u] = fmaf(e[u], sr, c[ch][u]);
+      }
+    }
+  } else {
+    float e[RB][NCH][kVec];
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr) {
+      const TE* q = batch_row(p, rr, row0, row_end, kp);
+#pragma unroll
+      for (int ch = 0; ch < NCH; ++ch) ECache<TE>::load(q + ch * cstep, e[rr][ch]);
+    }
+    row_dots<RB, NCH>(w, e, d);
+    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
+    add_rows<RB, NCH>(row0, row_end, e, d, c);
   }
+}
+
+// The rows [row_begin, row_end), p at this thread's first column of row row_begin, stepping
+// RB rows per batch.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const TE* p, int row_begin, int row_end,
+                                            const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
+  const size_t kp = static_cast<size_t>(b.a->Kp);
+  for (int row0 = row_begin; row0 < row_end; row0 += RB, p += RB * kp)
+    update_batch<RB, NCH>(b, p, row0, row_end, w, c, parity);
+}
+
+// The workspace's rows staged through shared memory (MiraPlan::stage_rows): a ring of
+// kStageDepth slots of RB rows after the block's smem_rows, into which each thread copies its
+// own columns of the batch kStageDepth - 1 ahead with cp.async (no registers in flight, so
+// nothing to spill), and from which it reads them as update_batch reads rows in shared
+// memory. A thread reads only what it copied itself: cp_async_wait, no block barrier. The
+// same values in the same batches: the same bits as update_rows.
+constexpr int kStageDepth = 2;
+// How pass_update reads the block's rows in the workspace: the kernel's WS argument.
+enum WorkspaceRows : int { kWsPlain = 0, kWsAhead = 1, kWsStaged = 2 };
+
+// Slot `slot` of the ring at this thread's first column.
+template <int RB, typename TIn, typename TE>
+__device__ __forceinline__ TE* stage_slot(const BlockRows<TIn, TE>& b, int slot) {
+  return b.scache + (static_cast<size_t>(b.a->smem_rows) + static_cast<size_t>(slot) * RB) * b.a->Kp + b.col(0);
+}
+
+// Copies the batch at row0 of the workspace rows [row_begin, row_end) (src at row_begin, this
+// thread's first column) into slot `slot` and closes a group (an empty one past row_end, so
+// that every batch waits on the same count). Rows past row_end are not copied: update_batch
+// reads row_end - 1 in their place.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void stage_batch(const BlockRows<TIn, TE>& b, const TE* src, int row_begin, int row0,
+                                            int row_end, int slot) {
+  const size_t kp = static_cast<size_t>(b.a->Kp);
+  const int cstep = static_cast<int>(blockDim.x) * kVec;
+  if (row0 < row_end) {
+    const TE* from = src + static_cast<size_t>(row0 - row_begin) * kp;
+    TE* to = stage_slot<RB>(b, slot);
+#pragma unroll
+    for (int rr = 0; rr < RB; ++rr)
+      if (rr == 0 || row0 + rr < row_end)
+#pragma unroll
+        for (int ch = 0; ch < NCH; ++ch)
+          cp_async<kVec * sizeof(TE)>(to + rr * kp + ch * cstep, from + rr * kp + ch * cstep);
+  }
+  cp_async_commit();
+}
+
+// The ring's first kStageDepth - 1 batches, issued before the rows in shared memory so that
+// they arrive while those are updated.
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void stage_first(const BlockRows<TIn, TE>& b, const TE* src, int row_begin, int row_end) {
+#pragma unroll
+  for (int s = 0; s + 1 < kStageDepth; ++s) stage_batch<RB, NCH>(b, src, row_begin, row_begin + s * RB, row_end, s);
+}
+
+template <int RB, int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void update_rows_staged(const BlockRows<TIn, TE>& b, const TE* src, int row_begin,
+                                                   int row_end, const float (&w)[NCH][kVec], float (&c)[NCH][kVec],
+                                                   int& parity) {
+  int slot = 0;
+  for (int row0 = row_begin; row0 < row_end; row0 += RB) {
+    // Slot slot - 1 (mod depth) was last read by this thread's previous batch: refill it.
+    const int ahead = slot + kStageDepth - 1 >= kStageDepth ? slot - 1 : slot + kStageDepth - 1;
+    stage_batch<RB, NCH>(b, src, row_begin, row0 + (kStageDepth - 1) * RB, row_end, ahead);
+    cp_async_wait<kStageDepth - 1>();  // this batch's group is complete
+    update_batch<RB, NCH>(b, stage_slot<RB>(b, slot), row0, row_end, w, c, parity);
+    slot = slot + 1 == kStageDepth ? 0 : slot + 1;
+  }
+  // Nothing is left in flight: the groups after the last batch's are empty.
 }
 
 // update_rows for the rows in the workspace of a 16-bit cache, with the next batch's loads
@@ -343,14 +413,23 @@ __device__ __forceinline__ void update_rows_ahead(const BlockRows<TIn, TE>& b, c
 // from batch to batch (not a row address worked out per batch, and shared-memory loads the
 // compiler can see as such). The same batches as load_batch's loop, so the same bits: a batch
 // never straddles the two (smem_rows is a multiple of RB, or all of the block's rows).
-// AHEAD (MiraPlan::rows_ahead, 16-bit caches): the workspace's rows through update_rows_ahead.
-template <int RB, int NCH, bool AHEAD, typename TIn, typename TE>
+// WS, how the workspace's rows are read: kWsAhead (MiraPlan::rows_ahead, 16-bit caches)
+// through update_rows_ahead; kWsStaged (MiraPlan::stage_rows) through the shared-memory ring
+// of update_rows_staged, its first batches asked for before the rows in shared memory.
+template <int RB, int NCH, int WS, typename TIn, typename TE>
 __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
                                             float (&c)[NCH][kVec], int& parity) {
   const int split = min(b.r1, b.r0 + b.a->smem_rows);
+  if constexpr (WS == kWsStaged) {
+    const TE* ws = b.cache_row(split) + b.col(0);  // only read where split < r1
+    if (split < b.r1) stage_first<RB, NCH>(b, ws, split, b.r1);
+    update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
+    if (split < b.r1) update_rows_staged<RB, NCH>(b, ws, split, b.r1, w, c, parity);
+    return;
+  }
   update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
   if (split < b.r1) {
-    if constexpr (AHEAD && !std::is_same<TE, float>::value)
+    if constexpr (WS == kWsAhead && !std::is_same<TE, float>::value)
       update_rows_ahead<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
     else
       update_rows<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
@@ -520,7 +599,7 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
 // take half as many.
-template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, bool AHEAD = false>
+template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, int WS = kWsPlain>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   // Rows per batch of the first pass and the targets: half the update's, but the f16 copy's
   // packed 4-row kernel (8 columns) keeps the 2-row kernel's 1, prefetch included (over 12
@@ -639,7 +718,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             } else if constexpr (PIPE) {
               pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
             } else {
-              pass_update<R, NCH, AHEAD>(b, w, c, parity);
+              pass_update<R, NCH, WS>(b, w, c, parity);
             }
             mark(kTraceRows);
           } else {
@@ -778,20 +857,42 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
 FusedFn fused_ahead_fn(GridSync sync) {
   switch (sync) {
     case GridSync::Cooperative:
-      return mira_fused_kernel<float, __half, 2, 2, false, false, 0, true>;
+      return mira_fused_kernel<float, __half, 2, 2, false, false, 0, kWsAhead>;
     case GridSync::ViewCounterStagger:
-      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger), true>;
+      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger),
+                               kWsAhead>;
     case GridSync::ViewCounterStaggerInterleaved:
       return mira_fused_kernel<float, __half, 2, 2, false, false,
-                               static_cast<int>(GridSync::ViewCounterStaggerInterleaved), true>;
+                               static_cast<int>(GridSync::ViewCounterStaggerInterleaved), kWsAhead>;
     default:
       return nullptr;
   }
 }
 
+// The kernels with the workspace's rows staged through shared memory (MiraPlan::stage_rows):
+// f32 logits, 8 columns per thread in 2-row batches; the f16 copy with cooperative barriers
+// or its per-view counters, the f32 copy with cooperative barriers or the staggered per-view
+// counters (each cache's automatic choices); null for the rest.
+FusedFn fused_staged_fn(MiraCache cache, int batch_rows, GridSync sync) {
+  if (batch_rows != 2) return nullptr;
+  if (cache == MiraCache::F16) {
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, false, false, 0, kWsStaged>;
+    if (sync == GridSync::ViewCounter)
+      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounter), kWsStaged>;
+  } else if (cache == MiraCache::F32) {
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, float, 2, 2, false, false, 0, kWsStaged>;
+    if (sync == GridSync::ViewCounterStagger)
+      return mira_fused_kernel<float, float, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger),
+                               kWsStaged>;
+  }
+  return nullptr;
+}
+
 FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
   if (bf16_in || plan.pipelined || plan.flag_sync || plan.warp_rows) return nullptr;
   if (plan.rows_ahead) return sync == GridSync::Cooperative ? nullptr : fused_ahead_fn(sync);
+  if (plan.stage_rows > 0)
+    return sync == GridSync::Cooperative ? nullptr : fused_staged_fn(plan.cache, plan.batch_rows, sync);
   if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
   const int nch = plan.cpt / kVec;
   switch (sync) {
@@ -1284,6 +1385,19 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   if (opts.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cache == MiraCache::F16 && fp.cpt == 8 &&
       fp.batch_rows == 2 && !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0)
     fp.rows_ahead = fits_plan(fused_ahead_fn(GridSync::Cooperative), fp, dev);
+  // The workspace's rows staged through shared memory: the ring's rows come out of those the
+  // block keeps in shared memory (the same dynamic shared memory), where the plan has some in
+  // the workspace to stage and its kernel exists and fits.
+  if (opts.stage_rows && !fp.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 &&
+      !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0 && fp.ecache_rows_per_block > 0) {
+    const FusedFn staged = fused_staged_fn(fp.cache, fp.batch_rows, GridSync::Cooperative);
+    const int ring = kStageDepth * fp.batch_rows;
+    if (staged && fp.smem_rows >= ring) {
+      const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows,
+                                     shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync, ring);
+      if (fits_plan(staged, sp, dev)) fp = sp;
+    }
+  }
   const GridSync sync = opts.grid_sync == GridSync::Auto ? auto_grid_sync(fp, p.logits_bf16) : opts.grid_sync;
   if (sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
     set_grid_sync(fp, sync, opts, p.logits_bf16, dev);
@@ -1325,10 +1439,11 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
   }
   const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
                      : plan.rows_ahead   ? fused_ahead_fn(GridSync::Cooperative)
-                     : plan.mma_rows > 0 ? mmarows_fn(p.logits_bf16, plan.mma_rows)
-                     : plan.warp_rows    ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
-                                         : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
-                                                        plan.pipelined, plan.flag_sync);
+                     : plan.stage_rows > 0 ? fused_staged_fn(plan.cache, plan.batch_rows, GridSync::Cooperative)
+                     : plan.mma_rows > 0   ? mmarows_fn(p.logits_bf16, plan.mma_rows)
+                     : plan.warp_rows      ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
+                                           : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
+                                                          plan.pipelined, plan.flag_sync);
   MIRA_CHECK(fn, "mira_assign_cuda: no kernel for this plan's grid barriers (make it with mira_plan)");
   // Flag-tagged sums start untagged in each launch, and the tensor-core kernel's E lives in
   // shared memory from its first pass on: such plans run every pass in one launch.

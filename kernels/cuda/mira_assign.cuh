@@ -87,6 +87,9 @@ struct MiraPlan {
   int mma_rows = 0;     // > 0: the f16 copy's updates on tensor cores (see mira_plan), column tiles of 16 per warp
   bool mma_fallback = false;  // mma_rows, for the tests: every update on the f32 fused multiply-adds of wide passes
   bool rows_ahead = false;    // the f16 copy's rows in the workspace loaded a batch ahead (MiraPlanOptions::rows_ahead)
+  // > 0: the workspace's rows staged through a ring of this many rows of shared memory, after
+  // the smem_rows rows (MiraPlanOptions::stage_rows)
+  int stage_rows = 0;
   // The default fused kernel's grid barriers after the launch's first (MiraPlanOptions::
   // grid_sync): GridSync as int, blocks per cluster of the launch for ClusterCounter, and the
   // counter's place in the workspace.
@@ -213,6 +216,15 @@ struct MiraPlanOptions {
   // Opt-in: slower on an H200 (0.709 against 0.650 ms at N 4096; its spills sit in the pass
   // loop: bench/RESULTS.md, session 19).
   bool rows_ahead = false;
+  // The default fused kernel at 8 columns per thread in 2-row batches, f32 logits, the f16
+  // or f32 copy, with the plan's automatic barriers or cooperative ones: the block's rows in
+  // the workspace staged through shared memory (mira_assign.cu, update_rows_staged). Each
+  // thread copies its own columns of the next batch with cp.async (no registers wait on
+  // them, unlike rows_ahead's) into a ring of 2 batches taken from the rows the block would
+  // keep in shared memory, so that their latency overlaps the batch before. The same bits.
+  // Elsewhere (no rows in the workspace, no other kernel) MiraPlan::stage_rows stays 0.
+  // Opt-in: not yet measured.
+  bool stage_rows = false;
   // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they

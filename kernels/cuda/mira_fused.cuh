@@ -68,6 +68,39 @@ __device__ __forceinline__ void prefetch_rows_l2(const void* first, int row_byte
   }
 }
 
+// cp.async: a thread's own asynchronous copy of BYTES (8 or 16) from global to shared memory,
+// no register held while it is in flight; copies complete in the groups commit closes, and
+// cp_async_wait<N>() returns once every group but the N newest has (the emulator applies a
+// copy only then). Shared memory a thread stages this way is read by that thread alone.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* smem_dst, const void* src) {
+  static_assert(BYTES == 8 || BYTES == 16, "cp.async of 8 or 16 bytes");
+#ifdef MIRA_CUDA_EMU
+  ::mira::emu::cp_async(smem_dst, src, BYTES);
+#else
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  if constexpr (BYTES == 16)  // .cg: through L2 only (16-byte copies)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef MIRA_CUDA_EMU
+  ::mira::emu::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef MIRA_CUDA_EMU
+  ::mira::emu::cp_async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 // Four consecutive columns of one logits row starting at col (col % 4 == 0), -inf where col >= K;
 // vec: K % 4 == 0 and the rows are 16-byte (f32) / 8-byte (bf16) aligned.
 __device__ __forceinline__ void load_logits4(const float* row, int col, int K, bool vec, float (&x)[kVec]) {

@@ -124,12 +124,23 @@ struct ThreadCtx {
   dim3 bdim, gdim;
 };
 
+// A cp.async in flight: the bytes it read, where they go, and the group it belongs to (the
+// thread's count of commits when it was issued: committed once that count has moved on).
+struct AsyncCopy {
+  unsigned char* dst = nullptr;
+  unsigned char data[16] = {};
+  int bytes = 0;
+  unsigned group = 0;
+};
+
 struct Fiber {
   void* sp = nullptr;
   Wait wait = Wait::Run;
   int site = 0;
   unsigned syncs = 0;  // warp exchanges passed (slot parity)
   ThreadCtx ctx;
+  std::vector<AsyncCopy> copies;  // cp.async not yet complete
+  unsigned commits = 0;           // cp.async.commit_group so far
   unsigned char* stack = nullptr;  // lowest address
 #ifdef MIRA_EMU_ASAN
   void* fake = nullptr;
@@ -246,6 +257,9 @@ void arrived(Block& b, Fiber& f, size_t index) {
     case Wait::Run:
       return;
     case Wait::Done:
+      if (!f.copies.empty())
+        throw Error("thread " + std::to_string(index) + " ended with " + std::to_string(f.copies.size()) +
+                    " cp.async copies never waited for");
       --b.live;
       break;
     case Wait::Warp: {
@@ -559,6 +573,38 @@ void mbar_wait(unsigned long long* bar, unsigned parity) {
     if (tblock->L->abort) throw Error("launch aborted while waiting on an mbarrier");
     if (Clock::now() - t0 > kWaitLimit) trap("an mbarrier phase that never completes");
   }
+}
+
+void cp_async(void* dst, const void* src, int bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) trap("cp.async of other than 4, 8 or 16 bytes");
+  if (reinterpret_cast<uintptr_t>(dst) % static_cast<uintptr_t>(bytes) != 0 ||
+      reinterpret_cast<uintptr_t>(src) % static_cast<uintptr_t>(bytes) != 0)
+    trap("a misaligned cp.async");
+  const unsigned char* d = static_cast<const unsigned char*>(dst);
+  if (d < dynamic_smem() || d + bytes > dynamic_smem() + tblock->L->cfg.smem)
+    trap("a cp.async outside the block's dynamic shared memory");
+  Fiber& f = *tblock->cur;
+  AsyncCopy c;
+  c.dst = static_cast<unsigned char*>(dst);
+  std::memcpy(c.data, src, static_cast<size_t>(bytes));
+  c.bytes = bytes;
+  c.group = f.commits;
+  f.copies.push_back(c);
+}
+void cp_async_commit() {
+  ++tblock->cur->commits;
+}
+void cp_async_wait(int pending) {
+  Fiber& f = *tblock->cur;
+  const unsigned done = f.commits > static_cast<unsigned>(pending) ? f.commits - static_cast<unsigned>(pending) : 0u;
+  auto keep = f.copies.begin();
+  for (auto it = f.copies.begin(); it != f.copies.end(); ++it) {
+    if (it->group < done)
+      std::memcpy(it->dst, it->data, static_cast<size_t>(it->bytes));
+    else
+      *keep++ = *it;
+  }
+  f.copies.erase(keep, f.copies.end());
 }
 
 unsigned cluster_rank() {

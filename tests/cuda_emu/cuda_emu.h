@@ -69,6 +69,15 @@ long long clock();
 void mbar_init(unsigned long long* bar, unsigned count);
 void mbar_arrive(unsigned long long* bar);
 void mbar_wait(unsigned long long* bar, unsigned parity);
+// cp.async (PTX: a thread's asynchronous copy of 4, 8 or 16 bytes from global to shared
+// memory), in groups: the source is read when the copy is issued (a GPU may read it any time
+// until the copy completes), the destination written only when cp_async_wait lets its group
+// complete, so a thread that reads its copy's bytes without waiting for them sees the old ones;
+// a thread that ends with copies never waited for is an error. cp_async_wait(n): every group
+// committed before the n newest is complete (cp.async.wait_group n).
+void cp_async(void* dst, const void* src, int bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
 
 struct LaunchConfig {
   unsigned grid = 1;     // blocks (gdim.x * gdim.y * gdim.z where gdim is given)

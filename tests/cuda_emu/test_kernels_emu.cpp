@@ -859,3 +859,64 @@ TEST_CASE("emulated grid barriers: every block's writes before a barrier reach e
   }
   emu::set_schedule(0);
 }
+
+TEST_CASE("emulated cp.async: a copy lands when a wait completes its group, not before") {
+  // What update_rows_staged relies on, and what makes a missing or short wait visible: the
+  // source is read at the copy, the destination written at the wait_group that completes the
+  // copy's group (an uncommitted copy at none); a thread that ends with a copy in flight, a
+  // misaligned copy or one outside the dynamic shared memory is an error.
+  std::vector<float> src = {1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f};
+  std::vector<float> seen(24 * 2, -1.f);
+  emu::LaunchConfig cfg;
+  cfg.block = 32;  // threads 0 and 1 copy; the rest of the warp idles
+  cfg.smem = 64;
+  emu::launch(cfg, [&] {
+    if (threadIdx.x >= 2) return;
+    float* sm = reinterpret_cast<float*>(emu::dynamic_smem()) + 4 * threadIdx.x;
+    for (int i = 0; i < 4; ++i) sm[i] = 0.f;
+    float* out = seen.data() + 24 * threadIdx.x;
+    float* from = src.data() + 4 * threadIdx.x;
+    emu::cp_async(sm, from, 8);  // group 0
+    emu::cp_async_commit();
+    emu::cp_async(sm + 2, from + 2, 8);  // group 1
+    from[2] = -9.f;                      // after the copy read it
+    emu::cp_async_commit();
+    for (int i = 0; i < 4; ++i) out[i] = sm[i];  // nothing landed yet
+    emu::cp_async_wait(1);
+    for (int i = 0; i < 4; ++i) out[4 + i] = sm[i];  // group 0 only
+    emu::cp_async_wait(0);
+    for (int i = 0; i < 4; ++i) out[8 + i] = sm[i];
+    emu::cp_async(sm, sm + 2, 8);  // uncommitted: no wait completes it
+    emu::cp_async_wait(0);
+    for (int i = 0; i < 4; ++i) out[12 + i] = sm[i];
+    emu::cp_async_commit();
+    emu::cp_async_wait(0);
+    for (int i = 0; i < 4; ++i) out[16 + i] = sm[i];
+  });
+  for (int t = 0; t < 2; ++t) {
+    CAPTURE(t);
+    const float* o = seen.data() + 24 * t;
+    const float a = 4.f * t + 1, b = a + 1, c = a + 2, d = a + 3;
+    const std::vector<float> got(o, o + 20);
+    CHECK(got == std::vector<float>{0, 0, 0, 0, a, b, 0, 0, a, b, c, d, a, b, c, d, c, d, c, d});
+  }
+  emu::LaunchConfig one;
+  one.block = 32;
+  one.smem = 64;
+  alignas(16) float in[4] = {1.f, 2.f, 3.f, 4.f};
+  CHECK_THROWS_WITH_AS(emu::launch(one,
+                                   [&] {
+                                     if (threadIdx.x == 0) emu::cp_async(emu::dynamic_smem(), in, 16);
+                                   }),
+                       doctest::Contains("never waited for"), emu::Error);
+  CHECK_THROWS_WITH_AS(emu::launch(one,
+                                   [&] {
+                                     if (threadIdx.x == 0) emu::cp_async(emu::dynamic_smem() + 4, in, 8);
+                                   }),
+                       doctest::Contains("misaligned"), emu::Error);
+  CHECK_THROWS_WITH_AS(emu::launch(one,
+                                   [&] {
+                                     if (threadIdx.x == 0) emu::cp_async(emu::dynamic_smem() + 64, in, 8);
+                                   }),
+                       doctest::Contains("outside"), emu::Error);
+}

@@ -65,6 +65,7 @@ struct Case {
   bool pipelined = false, flag_sync = false, warp_rows = false, bf16 = false;
   bool mma_rows = false, mma_fallback = false;  // the tensor-core updates (f16 copy); every pass on their FMA path
   bool rows_ahead = false;                      // the f16 copy's workspace rows loaded a batch ahead
+  bool stage_rows = false;                      // the workspace's rows staged through shared memory
   int iters = 30;
   float tau = kTau, beta = kBeta;
   S schedule = S::Auto;
@@ -92,6 +93,7 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.mma_rows = c.mma_rows;
   o.grid_sync = c.grid_sync;
   o.rows_ahead = c.rows_ahead;
+  o.stage_rows = c.stage_rows;
   return o;
 }
 
@@ -609,6 +611,81 @@ TEST_CASE("cuda_emu: the f16 copy's workspace rows loaded a batch ahead give the
   const Out o4 = check(four);
   CHECK(o4.plan.cpt == 4);
   CHECK_FALSE(o4.plan.rows_ahead);
+}
+
+TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the plain kernel's bits") {
+  // MiraPlanOptions::stage_rows: update_rows_staged copies each thread's columns of the next
+  // batch with cp.async into a ring of 2 batches after the rows kept in shared memory (the
+  // emulator writes a copy only at the wait that completes it, so a read that does not wait
+  // sees the ring's old rows). The f16 copy on a device with 7 rows of shared memory per block
+  // (6 kept, 4 of them become the ring): 8 rows per block staged (N 58, the last block fewer),
+  // N 96 at K 2500, N 150 with views one after another; its cooperative barriers and per-view
+  // counters. The f32 copy on one with 8 rows (4 kept): cooperative and staggered counters.
+  // Threads shuffled.
+  using GS = cuda::GridSync;
+  emu::DeviceProps mid;
+  mid.smem_optin = 48 * 1024, mid.smem_sm = 96 * 1024;
+  emu::DeviceProps roomy;
+  roomy.smem_optin = 100 * 1024, roomy.smem_sm = 200 * 1024;
+  struct Shape {
+    C cache;
+    int N, K, iters;
+    S schedule;
+    emu::DeviceProps dev;
+    std::vector<GS> kinds;
+  };
+  for (const Shape& sh :
+       {Shape{C::F16, 58, 3000, 30, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
+        Shape{C::F16, 96, 2500, 8, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
+        Shape{C::F16, 150, 2100, 3, S::Sequential, mid, {GS::Cooperative}},
+        Shape{C::F32, 96, 3000, 6, S::Concurrent, roomy, {GS::Cooperative, GS::ViewCounterStagger}}}) {
+    CAPTURE(static_cast<int>(sh.cache));
+    CAPTURE(sh.N);
+    CAPTURE(sh.K);
+    Case c;
+    c.N = sh.N, c.K = sh.K, c.iters = sh.iters, c.schedule = sh.schedule, c.cache = sh.cache;
+    c.min_cpt = 8, c.bps = 2;
+    c.dev = sh.dev;
+    const Out plain = check(c);
+    REQUIRE(plain.plan.cpt == 8);
+    REQUIRE(plain.plan.batch_rows == 2);
+    CHECK(plain.plan.stage_rows == 0);
+    CHECK(plain.plan.smem_rows >= 4);
+    CHECK(plain.plan.smem_rows < plain.plan.rows_per_block);  // rows in the workspace
+    c.stage_rows = true;
+    for (const GS kind : sh.kinds) {
+      CAPTURE(cuda::grid_sync_name(kind));
+      c.grid_sync = kind;
+      const Out o = check_shuffled(c);
+      CHECK(o.plan.stage_rows == 4);
+      CHECK(o.plan.smem_rows == plain.plan.smem_rows - 4);
+      CHECK(o.plan.smem_bytes == plain.plan.smem_bytes);
+      CHECK(o.plan.grid_sync == static_cast<int>(kind));
+      CHECK(same_bits(o.targets, plain.targets));
+    }
+  }
+  // Where it does not apply the plan says so: 4 columns per thread, bf16 logits, every row in
+  // shared memory, or too few rows there for the ring.
+  Case four;
+  four.K = 1000, four.cache = C::F16, four.stage_rows = true;
+  const Out o4 = check(four);
+  CHECK(o4.plan.cpt == 4);
+  CHECK(o4.plan.stage_rows == 0);
+  Case b16;
+  b16.K = 3000, b16.N = 58, b16.cache = C::F16, b16.bf16 = true, b16.min_cpt = 8, b16.bps = 2, b16.dev = mid;
+  b16.stage_rows = true;
+  CHECK(check(b16).plan.stage_rows == 0);
+  Case all;
+  all.K = 3000, all.N = 58, all.cache = C::F16, all.min_cpt = 8, all.bps = 2, all.stage_rows = true;
+  const Out oa = check(all);
+  CHECK(oa.plan.smem_rows >= oa.plan.rows_per_block);
+  CHECK(oa.plan.stage_rows == 0);
+  Case tight_f32;
+  tight_f32.K = 3000, tight_f32.N = 58, tight_f32.min_cpt = 8, tight_f32.bps = 2, tight_f32.dev = mid;
+  tight_f32.stage_rows = true;
+  const Out ot = check(tight_f32);
+  CHECK(ot.plan.smem_rows < 4);
+  CHECK(ot.plan.stage_rows == 0);
 }
 
 TEST_CASE("cuda_emu: the warp-row kernel against the f64 reference and its f16 twin") {
