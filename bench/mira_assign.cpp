@@ -526,6 +526,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool mma_rows = false;  // the f16 copy's updates on tensor cores (kernels/cuda/mira_mmarows.cu)
     bool ahead = false;     // the f16 copy's rows in the workspace loaded a batch ahead
     bool stage = false;     // the workspace's rows staged through shared memory (cp.async)
+    int smem_rows = -1;     // at most this many rows per block kept in shared memory (-1: all that fit)
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -667,6 +668,16 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     if (w.name.find("coop-sync") != std::string::npos) w.sync = cuda::GridSync::Cooperative;
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
   }
+  // What a row read from the workspace costs against one in shared memory: the f16 copy's
+  // plan with at most 8 rows per block kept in shared memory (at N 4096 ~18 fit), the rest
+  // from the workspace (L2), with and without staging.
+  for (const bool stage : {false, true}) {
+    Variant w{
+        std::string("fused f16-cache") + (stage ? " stage" : "") + " smem8", MV::Fused, MC::F16, MS::Auto, 4, false};
+    w.stage = stage;
+    w.smem_rows = 8;
+    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
+  }
   for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
                                   std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
     for (Variant v :
@@ -767,6 +778,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.mma_rows = var.mma_rows;
       po.rows_ahead = var.ahead;
       po.stage_rows = var.stage;
+      po.max_smem_rows = var.smem_rows;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
       if (var.mma_rows && plan.mma_rows == 0) {
         j["skipped"] = "no tensor-core updates for this shape and device (K <= 3072, sm_80)";

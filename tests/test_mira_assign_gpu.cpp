@@ -3,6 +3,7 @@
 // (f32 and bf16 cache, both view schedules, both row batches), per-pass (one launch per pass,
 // with two thread-ranks), unfused; f32 and bf16 logits; every column-per-thread width;
 // extreme inputs; the non-finite error; statistics; Sinkhorn; CUDA graph capture.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -512,6 +513,27 @@ TEST_CASE("gpu mira: the workspace's rows staged through shared memory give the 
         CHECK(got == plain);
       }
     }
+  }
+}
+
+TEST_CASE("gpu mira: fewer rows kept in shared memory give the same bits (max_smem_rows)") {
+  // The bench's "smem8" rows: at most 8 rows per block in shared memory, the rest from the
+  // workspace, without and with staging; the issue's shape, the f16 copy, its automatic barriers.
+  const std::vector<Tensor> views = {cpu_logits(4096, 3000, 65, 0.3), cpu_logits(4096, 3000, 66, 0.3)};
+  cuda::MiraPlanOptions o;
+  o.cache = cuda::MiraCache::F16;
+  cuda::MiraPlan plain_plan;
+  const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plain_plan);
+  o.max_smem_rows = 8;
+  for (const bool stage : {false, true}) {
+    CAPTURE(stage);
+    o.stage_rows = stage;
+    cuda::MiraPlan plan;
+    const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plan);
+    CHECK(plan.stage_rows == (stage ? 4 : 0));
+    CHECK(plan.smem_rows == std::min(plain_plan.smem_rows, 8) - plan.stage_rows);
+    CHECK(plan.smem_bytes == plain_plan.smem_bytes);
+    CHECK(got == plain);
   }
 }
 

@@ -33,6 +33,8 @@ ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
 V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused f16-cache rows8,fused f16-cache stage"
 V_DEFAULT="$V_DEFAULT,fused f16-cache rows8 view-sync,fused,fused stage,fused cpt8 bps2 concurrent"
 V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent stage,fused f16-cache exact3"
+# What a workspace row costs against a shared-memory one: 8 rows per block kept (~18 fit).
+V_DEFAULT="$V_DEFAULT,fused f16-cache smem8,fused f16-cache stage smem8"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
 NCU_ROW=${MIRA_FOCUS_NCU-}
 SASS_OBJ=${MIRA_FOCUS_SASS-mira_assign.cu.o}

@@ -1379,8 +1379,17 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   });
   MIRA_CHECK(best.shape >= 0, "mira_plan: no launch configuration fits the device");
   const Kernel& k = kernels[static_cast<size_t>(best.shape)];
-  MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows,
-                           shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync);
+  const plan_model::Shape& shape = shapes[static_cast<size_t>(best.shape)];
+  MiraPlan fp =
+      fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best, k.pipelined, k.flag_sync);
+  // Fewer rows in shared memory than fit (for measurements): the same shared memory, the rest
+  // of the rows from the workspace.
+  int unused = 0;
+  if (opts.max_smem_rows >= 0 && !fp.warp_rows && fp.mma_rows == 0 && fp.smem_rows > opts.max_smem_rows) {
+    unused = fp.smem_rows - opts.max_smem_rows / fp.batch_rows * fp.batch_rows;
+    fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best, k.pipelined,
+                    k.flag_sync, 0, unused);
+  }
   // The workspace's rows a batch ahead: where its kernel exists and fits as the plan's kernel.
   if (opts.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cache == MiraCache::F16 && fp.cpt == 8 &&
       fp.batch_rows == 2 && !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0)
@@ -1393,8 +1402,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     const FusedFn staged = fused_staged_fn(fp.cache, fp.batch_rows, GridSync::Cooperative);
     const int ring = kStageDepth * fp.batch_rows;
     if (staged && fp.smem_rows >= ring) {
-      const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows,
-                                     shapes[static_cast<size_t>(best.shape)], best, k.pipelined, k.flag_sync, ring);
+      const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best,
+                                     k.pipelined, k.flag_sync, ring, unused);
       if (fits_plan(staged, sp, dev)) fp = sp;
     }
   }

@@ -225,6 +225,11 @@ struct MiraPlanOptions {
   // Elsewhere (no rows in the workspace, no other kernel) MiraPlan::stage_rows stays 0.
   // Opt-in: not yet measured.
   bool stage_rows = false;
+  // For measurements (bench rows "smemN"): at most this many rows of E per block kept in shared
+  // memory (rounded down to whole batches), the rest read from the workspace, with the plan's
+  // shared memory and blocks unchanged; -1: as many as fit. The default and pipelined column
+  // kernels (not warp_rows, mma_rows or the cluster plan). The same bits.
+  int max_smem_rows = -1;
   // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they

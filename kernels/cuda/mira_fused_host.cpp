@@ -67,7 +67,7 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
 
 MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
                     int mma_rows, const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined,
-                    bool flag_sync, int stage_rows) {
+                    bool flag_sync, int stage_rows, int unused_rows) {
   MiraPlan plan;
   plan.variant = variant;
   plan.cache = cache;
@@ -86,11 +86,11 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   plan.blocks_per_view = best.bpv;
   plan.grid = best.vpg * best.bpv;
   plan.rows_per_block = best.rpb;
-  // The staging ring (stage_rows > 0) takes the last rows of the same shared memory.
-  MIRA_CHECK(stage_rows >= 0 && stage_rows <= best.smem_rows, "fused_plan: a staging ring of ", stage_rows, " rows in ",
-             best.smem_rows);
+  // The staging ring (stage_rows > 0) takes rows of the same shared memory after the kept ones.
+  MIRA_CHECK(stage_rows >= 0 && unused_rows >= 0 && stage_rows + unused_rows <= best.smem_rows,
+             "fused_plan: a staging ring of ", stage_rows, " rows and ", unused_rows, " unused in ", best.smem_rows);
   plan.stage_rows = stage_rows;
-  plan.smem_rows = best.smem_rows - stage_rows;
+  plan.smem_rows = best.smem_rows - stage_rows - unused_rows;
   plan.smem_bytes = static_cast<size_t>(best.smem_rows) * row_bytes + smem_extra;
   plan.ecache_rows_per_block = plan_model::stored_rows(sh, best.rpb) - plan.smem_rows;
 

@@ -66,6 +66,7 @@ struct Case {
   bool mma_rows = false, mma_fallback = false;  // the tensor-core updates (f16 copy); every pass on their FMA path
   bool rows_ahead = false;                      // the f16 copy's workspace rows loaded a batch ahead
   bool stage_rows = false;                      // the workspace's rows staged through shared memory
+  int max_smem_rows = -1;                       // rows per block kept in shared memory at most
   int iters = 30;
   float tau = kTau, beta = kBeta;
   S schedule = S::Auto;
@@ -94,6 +95,7 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.grid_sync = c.grid_sync;
   o.rows_ahead = c.rows_ahead;
   o.stage_rows = c.stage_rows;
+  o.max_smem_rows = c.max_smem_rows;
   return o;
 }
 
@@ -686,6 +688,36 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
   const Out ot = check(tight_f32);
   CHECK(ot.plan.smem_rows < 4);
   CHECK(ot.plan.stage_rows == 0);
+}
+
+TEST_CASE("cuda_emu: fewer rows kept in shared memory give the same bits (MiraPlanOptions::max_smem_rows)") {
+  // The bench's "smemN" rows: the same plan with at most N rows per block in shared memory
+  // (whole batches), the rest from the workspace; with the staging ring too. Every row of these
+  // shapes fits shared memory without the cap.
+  struct Shape {
+    C cache;
+    int K, min_cpt, bps, cap;
+    bool stage;
+    int smem_rows;  // expected
+  };
+  for (const Shape& sh : {Shape{C::F16, 3000, 8, 2, 5, false, 4}, Shape{C::F16, 3000, 8, 2, 8, true, 4},
+                          Shape{C::F32, 1000, 0, 0, 0, false, 0}, Shape{C::F32, 1000, 0, 0, 3, false, 0}}) {
+    CAPTURE(static_cast<int>(sh.cache));
+    CAPTURE(sh.K);
+    CAPTURE(sh.cap);
+    Case c;
+    c.N = 58, c.K = sh.K, c.cache = sh.cache, c.min_cpt = sh.min_cpt, c.bps = sh.bps, c.iters = 6;
+    const Out plain = check(c);
+    REQUIRE(plain.plan.smem_rows >= plain.plan.rows_per_block);
+    c.max_smem_rows = sh.cap;
+    c.stage_rows = sh.stage;
+    const Out o = check_shuffled(c);
+    CHECK(o.plan.smem_rows == sh.smem_rows);
+    CHECK(o.plan.stage_rows == (sh.stage ? 4 : 0));
+    CHECK(o.plan.smem_bytes == plain.plan.smem_bytes);
+    CHECK(o.plan.grid == plain.plan.grid);
+    CHECK(same_bits(o.targets, plain.targets));
+  }
 }
 
 TEST_CASE("cuda_emu: the warp-row kernel against the f64 reference and its f16 twin") {
