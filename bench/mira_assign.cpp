@@ -524,7 +524,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool mma = false;        // the cluster plan's f16 sweeps on tensor cores
     cuda::GridSync sync = cuda::GridSync::Auto;  // the default kernel's barriers after the first
     bool mma_rows = false;  // the f16 copy's updates on tensor cores (kernels/cuda/mira_mmarows.cu)
-    bool ahead = false;     // the f16 copy's rows in the workspace loaded a batch ahead
     bool stage = false;     // the workspace's rows staged through shared memory (cp.async)
     int smem_rows = -1;     // at most this many rows per block kept in shared memory (-1: all that fit)
   };
@@ -643,17 +642,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
        {std::pair{cuda::GridSync::Auto, ""}, std::pair{cuda::GridSync::ViewCounter, " view-sync"}}) {
     Variant w{std::string("fused f16-cache rows8") + tag, MV::Fused, MC::F16, MS::Auto, 8, false};
     w.sync = sync;
-    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
-  }
-  // The f16 copy's rows in the workspace loaded a batch ahead (MiraPlanOptions::rows_ahead),
-  // with cooperative barriers and with the staggered per-view counters.
-  for (const auto& [sync, tag] :
-       {std::pair{cuda::GridSync::Cooperative, " rows-ahead"},
-        std::pair{cuda::GridSync::ViewCounterStagger, " rows-ahead view-sync stagger"},
-        std::pair{cuda::GridSync::ViewCounterStaggerInterleaved, " rows-ahead view-sync stagger interleaved"}}) {
-    Variant w{std::string("fused f16-cache") + tag, MV::Fused, MC::F16, MS::Auto, 4, false};
-    w.sync = sync;
-    w.ahead = true;
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
   }
   // The workspace's rows staged through shared memory (MiraPlanOptions::stage_rows): the f16
@@ -776,7 +764,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.cluster_mma = var.mma;
       po.grid_sync = var.sync;
       po.mma_rows = var.mma_rows;
-      po.rows_ahead = var.ahead;
       po.stage_rows = var.stage;
       po.max_smem_rows = var.smem_rows;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
@@ -836,7 +823,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"cluster_groups", plan.cluster_groups},
                      {"cluster_mma", plan.cluster_mma},
                      {"mma_rows", plan.mma_rows},
-                     {"rows_ahead", plan.rows_ahead},
                      {"stage_rows", plan.stage_rows},
                      {"grid_sync", cuda::grid_sync_name(static_cast<cuda::GridSync>(plan.grid_sync))},
                      {"grid_sync_cluster", plan.grid_sync_cluster},

@@ -437,37 +437,6 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
   }
 }
 
-TEST_CASE("gpu mira: the f16 copy's workspace rows loaded a batch ahead give the plain kernel's bits") {
-  // MiraPlanOptions::rows_ahead on the GPU: the issue's shape (views side by side, half of E in
-  // the workspace) and N 1000 (odd rows per block), with cooperative barriers and with the
-  // staggered per-view counters.
-  using GS = cuda::GridSync;
-  using C = cuda::MiraCache;
-  for (const int64_t N : {4096, 1000}) {
-    CAPTURE(N);
-    const std::vector<Tensor> views = {cpu_logits(N, 3000, 61, 0.3), cpu_logits(N, 3000, 62, 0.3)};
-    cuda::MiraPlanOptions o;
-    o.cache = C::F16;
-    o.min_cols_per_thread = 8;
-    o.blocks_per_sm = 2;
-    cuda::MiraPlan plain_plan;
-    const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plain_plan);
-    CHECK_FALSE(plain_plan.rows_ahead);
-    if (plain_plan.smem_rows >= plain_plan.rows_per_block)
-      MESSAGE("N ", N, ": every row in shared memory here, the rows ahead are not exercised");
-    o.rows_ahead = true;
-    for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
-      CAPTURE(std::string(cuda::grid_sync_name(kind)));
-      o.grid_sync = kind;
-      cuda::MiraPlan plan;
-      const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plan);
-      CHECK(plan.rows_ahead);
-      CHECK(plan.grid_sync == static_cast<int>(kind));
-      CHECK(got == plain);
-    }
-  }
-}
-
 TEST_CASE("gpu mira: the workspace's rows staged through shared memory give the plain kernel's bits") {
   // MiraPlanOptions::stage_rows on the GPU (cp.async into a ring of shared memory): the
   // issue's shape and N 1000 (odd rows per block), the f16 copy with cooperative barriers and

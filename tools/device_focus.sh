@@ -61,8 +61,8 @@ fi
 # their loops' instruction mix, spills (local memory) included.
 if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
   zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
-  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELi0E f6__halfLi2ELi2ELb0ELb0ELi3ELi0E f6__halfLi2ELi4ELb0ELb0ELi0ELi0E \
-    f6__halfLi2ELi2ELb0ELb0ELi3ELi2E ffLi2ELi2ELb0ELb0ELi0ELi0E ffLi2ELi2ELb0ELb0ELi4ELi0E ffLi2ELi2ELb0ELb0ELi0ELi2E; do
+  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELb0E f6__halfLi2ELi2ELb0ELb0ELi3ELb0E f6__halfLi2ELi4ELb0ELb0ELi0ELb0E \
+    f6__halfLi2ELi2ELb0ELb0ELi3ELb1E ffLi2ELi2ELb0ELb0ELi0ELb0E ffLi2ELi2ELb0ELb0ELi4ELb0E ffLi2ELi2ELb0ELb0ELi0ELb1E; do
     echo "== sass_loops cpt8 $k" >>"$R"
     python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1
   done

@@ -316,8 +316,6 @@ __device__ __forceinline__ void update_rows(const BlockRows<TIn, TE>& b, const T
 // memory. A thread reads only what it copied itself: cp_async_wait, no block barrier. The
 // same values in the same batches: the same bits as update_rows.
 constexpr int kStageDepth = 2;
-// How pass_update reads the block's rows in the workspace: the kernel's WS argument.
-enum WorkspaceRows : int { kWsPlain = 0, kWsAhead = 1, kWsStaged = 2 };
 
 // Slot `slot` of the ring at this thread's first column.
 template <int RB, typename TIn, typename TE>
@@ -371,56 +369,18 @@ __device__ __forceinline__ void update_rows_staged(const BlockRows<TIn, TE>& b, 
   // Nothing is left in flight: the groups after the last batch's are empty.
 }
 
-// update_rows for the rows in the workspace of a 16-bit cache, with the next batch's loads
-// issued before this batch's block reduction, so that their L2 latency overlaps it instead of
-// following it (a GEMM's register double-buffering: 2 registers per 4 values in flight). The
-// same values in the same order: the same bits. A row past row_end (the last batch of an odd
-// count) reads row_end - 1 again; its finite sum is reduced and dropped, and add_rows adds it
-// with a factor 0 (E is finite), so the columns' partials are those of update_rows.
-template <int RB, int NCH, typename TIn, typename TE>
-__device__ __forceinline__ void update_rows_ahead(const BlockRows<TIn, TE>& b, const TE* p, int row_begin, int row_end,
-                                                  const float (&w)[NCH][kVec], float (&c)[NCH][kVec], int& parity) {
-  const size_t kp = static_cast<size_t>(b.a->Kp);
-  const int cstep = static_cast<int>(blockDim.x) * kVec;
-  uint2 next[RB][NCH];
-  // All of a batch's loads in one loop with no branch between them (a load behind a branch
-  // waits alone, bench/NOTES.md session 17).
-  auto fetch = [&](const TE* q, int row0) {
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr) {
-      const TE* qr = batch_row(q, rr, row0, row_end, kp);
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch) next[rr][ch] = ECache<TE>::load_raw(qr + ch * cstep);
-    }
-  };
-  if (row_begin < row_end) fetch(p, row_begin);
-  for (int row0 = row_begin; row0 < row_end; row0 += RB, p += RB * kp) {
-    float e[RB][NCH][kVec];
-    float d[RB];
-#pragma unroll
-    for (int rr = 0; rr < RB; ++rr)
-#pragma unroll
-      for (int ch = 0; ch < NCH; ++ch) ECache<TE>::unpack(next[rr][ch], e[rr][ch]);
-    row_dots<RB, NCH>(w, e, d);
-    if (row0 + RB < row_end) fetch(p + RB * kp, row0 + RB);
-    RowReduce<RB>::template allreduce<false, true>(d, b.red, b.red_stride, parity);  // d: 1 / total
-    add_rows<RB, NCH>(row0, row_end, e, d, c);
-  }
-}
-
 // An update: r_i = sum_j w_j E_ij, c_j += E_ij / r_i, E from the cache. The hot loop: the
 // block's rows in shared memory, then those in the workspace, each with a pointer that steps
 // from batch to batch (not a row address worked out per batch, and shared-memory loads the
 // compiler can see as such). The same batches as load_batch's loop, so the same bits: a batch
 // never straddles the two (smem_rows is a multiple of RB, or all of the block's rows).
-// WS, how the workspace's rows are read: kWsAhead (MiraPlan::rows_ahead, 16-bit caches)
-// through update_rows_ahead; kWsStaged (MiraPlan::stage_rows) through the shared-memory ring
-// of update_rows_staged, its first batches asked for before the rows in shared memory.
-template <int RB, int NCH, int WS, typename TIn, typename TE>
+// STAGED (MiraPlan::stage_rows): the workspace's rows through the shared-memory ring of
+// update_rows_staged, its first batches asked for before the rows in shared memory.
+template <int RB, int NCH, bool STAGED, typename TIn, typename TE>
 __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
                                             float (&c)[NCH][kVec], int& parity) {
   const int split = min(b.r1, b.r0 + b.a->smem_rows);
-  if constexpr (WS == kWsStaged) {
+  if constexpr (STAGED) {
     const TE* ws = b.cache_row(split) + b.col(0);  // only read where split < r1
     if (split < b.r1) stage_first<RB, NCH>(b, ws, split, b.r1);
     update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
@@ -428,12 +388,7 @@ __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const f
     return;
   }
   update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
-  if (split < b.r1) {
-    if constexpr (WS == kWsAhead && !std::is_same<TE, float>::value)
-      update_rows_ahead<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
-    else
-      update_rows<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
-  }
+  if (split < b.r1) update_rows<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
 }
 
 // pass_update on exact E (load_batch_exact), R rows at a time: the last updates of a 16-bit cache.
@@ -599,7 +554,7 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
 // take half as many.
-template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, int WS = kWsPlain>
+template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, bool STAGED = false>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   // Rows per batch of the first pass and the targets: half the update's, but the f16 copy's
   // packed 4-row kernel (8 columns) keeps the 2-row kernel's 1, prefetch included (over 12
@@ -718,7 +673,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
             } else if constexpr (PIPE) {
               pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
             } else {
-              pass_update<R, NCH, WS>(b, w, c, parity);
+              pass_update<R, NCH, STAGED>(b, w, c, parity);
             }
             mark(kTraceRows);
           } else {
@@ -851,24 +806,6 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
   return nullptr;
 }
 
-// The kernels with the workspace's rows loaded a batch ahead (MiraPlan::rows_ahead): f32
-// logits, the f16 copy, 8 columns per thread, with cooperative barriers (SYNC 0) or staggered
-// per-view counters; null for the rest.
-FusedFn fused_ahead_fn(GridSync sync) {
-  switch (sync) {
-    case GridSync::Cooperative:
-      return mira_fused_kernel<float, __half, 2, 2, false, false, 0, kWsAhead>;
-    case GridSync::ViewCounterStagger:
-      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger),
-                               kWsAhead>;
-    case GridSync::ViewCounterStaggerInterleaved:
-      return mira_fused_kernel<float, __half, 2, 2, false, false,
-                               static_cast<int>(GridSync::ViewCounterStaggerInterleaved), kWsAhead>;
-    default:
-      return nullptr;
-  }
-}
-
 // The kernels with the workspace's rows staged through shared memory (MiraPlan::stage_rows):
 // f32 logits, 8 columns per thread in 2-row batches; the f16 copy with cooperative barriers
 // or its per-view counters, the f32 copy with cooperative barriers or the staggered per-view
@@ -876,21 +813,19 @@ FusedFn fused_ahead_fn(GridSync sync) {
 FusedFn fused_staged_fn(MiraCache cache, int batch_rows, GridSync sync) {
   if (batch_rows != 2) return nullptr;
   if (cache == MiraCache::F16) {
-    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, false, false, 0, kWsStaged>;
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, false, false, 0, true>;
     if (sync == GridSync::ViewCounter)
-      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounter), kWsStaged>;
+      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounter), true>;
   } else if (cache == MiraCache::F32) {
-    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, float, 2, 2, false, false, 0, kWsStaged>;
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, float, 2, 2, false, false, 0, true>;
     if (sync == GridSync::ViewCounterStagger)
-      return mira_fused_kernel<float, float, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger),
-                               kWsStaged>;
+      return mira_fused_kernel<float, float, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger), true>;
   }
   return nullptr;
 }
 
 FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
   if (bf16_in || plan.pipelined || plan.flag_sync || plan.warp_rows) return nullptr;
-  if (plan.rows_ahead) return sync == GridSync::Cooperative ? nullptr : fused_ahead_fn(sync);
   if (plan.stage_rows > 0)
     return sync == GridSync::Cooperative ? nullptr : fused_staged_fn(plan.cache, plan.batch_rows, sync);
   if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
@@ -1133,7 +1068,7 @@ int ceil_div(int64_t a, int64_t b) {
 // Makes fn ready to launch with plan's shape (dynamic shared memory up to the device's opt-in)
 // and says whether as many of its blocks as the plan's grid fit on the device at once (the
 // plan's blocks per SM with its shared memory): the test for a kernel standing in for the
-// plan's own (grid barriers, rows ahead).
+// plan's own (grid barriers, staging).
 bool fits_plan(FusedFn fn, const MiraPlan& plan, int dev) {
   const void* f = reinterpret_cast<const void*>(fn);
   cudaFuncAttributes fa{};
@@ -1157,7 +1092,7 @@ GridSync auto_grid_sync(const MiraPlan& plan, bool bf16_in) {
   c.f16 = plan.cache == MiraCache::F16;
   c.exact_passes = plan.exact_passes;
   c.default_kernel = plan.variant == MiraVariant::Fused && plan.cluster == 0 && !bf16_in && !plan.pipelined &&
-                     !plan.flag_sync && !plan.warp_rows && plan.mma_rows == 0 && !plan.rows_ahead;
+                     !plan.flag_sync && !plan.warp_rows && plan.mma_rows == 0;
   switch (plan_model::auto_barrier(c)) {
     case plan_model::Barrier::ViewCounter:
       return GridSync::ViewCounter;
@@ -1390,15 +1325,11 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best, k.pipelined,
                     k.flag_sync, 0, unused);
   }
-  // The workspace's rows a batch ahead: where its kernel exists and fits as the plan's kernel.
-  if (opts.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cache == MiraCache::F16 && fp.cpt == 8 &&
-      fp.batch_rows == 2 && !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0)
-    fp.rows_ahead = fits_plan(fused_ahead_fn(GridSync::Cooperative), fp, dev);
   // The workspace's rows staged through shared memory: the ring's rows come out of those the
   // block keeps in shared memory (the same dynamic shared memory), where the plan has some in
   // the workspace to stage and its kernel exists and fits.
-  if (opts.stage_rows && !fp.rows_ahead && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 &&
-      !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0 && fp.ecache_rows_per_block > 0) {
+  if (opts.stage_rows && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && !fp.pipelined &&
+      !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0 && fp.ecache_rows_per_block > 0) {
     const FusedFn staged = fused_staged_fn(fp.cache, fp.batch_rows, GridSync::Cooperative);
     const int ring = kStageDepth * fp.batch_rows;
     if (staged && fp.smem_rows >= ring) {
@@ -1447,7 +1378,6 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
     return;
   }
   const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
-                     : plan.rows_ahead   ? fused_ahead_fn(GridSync::Cooperative)
                      : plan.stage_rows > 0 ? fused_staged_fn(plan.cache, plan.batch_rows, GridSync::Cooperative)
                      : plan.mma_rows > 0   ? mmarows_fn(p.logits_bf16, plan.mma_rows)
                      : plan.warp_rows      ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)

@@ -86,7 +86,6 @@ struct MiraPlan {
   int cluster_mma = 0;  // the cluster plan, f16 copy: > 0, its sweeps on tensor cores (row chunks of the column sums)
   int mma_rows = 0;     // > 0: the f16 copy's updates on tensor cores (see mira_plan), column tiles of 16 per warp
   bool mma_fallback = false;  // mma_rows, for the tests: every update on the f32 fused multiply-adds of wide passes
-  bool rows_ahead = false;    // the f16 copy's rows in the workspace loaded a batch ahead (MiraPlanOptions::rows_ahead)
   // > 0: the workspace's rows staged through a ring of this many rows of shared memory, after
   // the smem_rows rows (MiraPlanOptions::stage_rows)
   int stage_rows = 0;
@@ -207,21 +206,13 @@ struct MiraPlanOptions {
   int cluster_size = 0;
   bool cluster_mma = false;
   bool mma_rows = false;
-  // The default fused kernel with the f16 copy at 8 columns per thread, f32 logits, one
-  // launch: the rows of E in the workspace (L2) loaded a batch ahead, so that their latency
-  // overlaps the previous batch's block reduction (mira_assign.cu, update_rows_ahead). The
-  // same bits. With cooperative barriers or the staggered view counters (with another
-  // grid_sync kind the plan keeps cooperative barriers); elsewhere MiraPlan::rows_ahead stays
-  // false.
-  // Opt-in: slower on an H200 (0.709 against 0.650 ms at N 4096; its spills sit in the pass
-  // loop: bench/RESULTS.md, session 19).
-  bool rows_ahead = false;
   // The default fused kernel at 8 columns per thread in 2-row batches, f32 logits, the f16
   // or f32 copy, with the plan's automatic barriers or cooperative ones: the block's rows in
   // the workspace staged through shared memory (mira_assign.cu, update_rows_staged). Each
-  // thread copies its own columns of the next batch with cp.async (no registers wait on
-  // them, unlike rows_ahead's) into a ring of 2 batches taken from the rows the block would
-  // keep in shared memory, so that their latency overlaps the batch before. The same bits.
+  // thread copies its own columns of the next batch with cp.async into a ring of 2 batches
+  // taken from the rows the block would keep in shared memory, so that their latency overlaps
+  // the batch before, with no registers waiting on them (loading them into registers instead,
+  // session 18's rows_ahead, spilled and measured slower; removed). The same bits.
   // Elsewhere (no rows in the workspace, no other kernel) MiraPlan::stage_rows stays 0.
   // Opt-in: not yet measured.
   bool stage_rows = false;

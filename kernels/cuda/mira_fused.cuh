@@ -139,8 +139,8 @@ struct ECache<float> {
   static __device__ __forceinline__ float round(float x) { return x; }
 };
 // The 16-bit caches also load their four values packed (load_raw, 8 bytes in two registers)
-// and widen them later (unpack), so that a batch's loads can be in flight while the previous
-// batch finishes (update_rows_ahead); load = unpack(load_raw), the same values.
+// and widen them later (unpack), so that a batch can stay packed in registers until each
+// sweep uses it (update_batch); load = unpack(load_raw), the same values.
 template <>
 struct ECache<__nv_bfloat16> {
   static __device__ __forceinline__ uint2 load_raw(const __nv_bfloat16* p) {

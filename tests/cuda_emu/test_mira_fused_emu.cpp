@@ -64,7 +64,6 @@ struct Case {
   int bps = 0;  // blocks per SM (0: the model picks)
   bool pipelined = false, flag_sync = false, warp_rows = false, bf16 = false;
   bool mma_rows = false, mma_fallback = false;  // the tensor-core updates (f16 copy); every pass on their FMA path
-  bool rows_ahead = false;                      // the f16 copy's workspace rows loaded a batch ahead
   bool stage_rows = false;                      // the workspace's rows staged through shared memory
   int max_smem_rows = -1;                       // rows per block kept in shared memory at most
   int iters = 30;
@@ -93,7 +92,6 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.warp_rows = c.warp_rows;
   o.mma_rows = c.mma_rows;
   o.grid_sync = c.grid_sync;
-  o.rows_ahead = c.rows_ahead;
   o.stage_rows = c.stage_rows;
   o.max_smem_rows = c.max_smem_rows;
   return o;
@@ -415,33 +413,28 @@ TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the coope
 TEST_CASE("cuda_emu: the automatic barriers pick the per-view counters where they measured faster") {
   // GridSync::Auto (MiraPlanOptions' default; plan_model::auto_barrier): 8 columns x 2 blocks
   // per SM with the views side by side take the plain per-view counters with the f16 copy and
-  // the staggered ones with f32; one view group, exact passes, the bf16 copy, 4 columns per
-  // thread and the rows-ahead kernel keep cooperative barriers. Each against the same plan with
-  // cooperative barriers pinned: the same bits.
+  // the staggered ones with f32; one view group, exact passes, the bf16 copy and 4 columns per
+  // thread keep cooperative barriers. Each against the same plan with cooperative barriers
+  // pinned: the same bits.
   using GS = cuda::GridSync;
   struct Row {
     C cache;
     int exact;
     S schedule;
     int min_cpt;
-    bool rows_ahead;
     GS expect;
   };
-  for (const Row& r : {Row{C::F16, 0, S::Concurrent, 8, false, GS::ViewCounter},
-                       Row{C::F32, 0, S::Concurrent, 8, false, GS::ViewCounterStagger},
-                       Row{C::F16, 3, S::Concurrent, 8, false, GS::Cooperative},
-                       Row{C::BF16, 0, S::Concurrent, 8, false, GS::Cooperative},
-                       Row{C::F32, 0, S::Sequential, 8, false, GS::Cooperative},
-                       Row{C::F16, 0, S::Concurrent, 8, true, GS::Cooperative},
-                       Row{C::F32, 0, S::Concurrent, 4, false, GS::Cooperative}}) {
+  for (const Row& r :
+       {Row{C::F16, 0, S::Concurrent, 8, GS::ViewCounter}, Row{C::F32, 0, S::Concurrent, 8, GS::ViewCounterStagger},
+        Row{C::F16, 3, S::Concurrent, 8, GS::Cooperative}, Row{C::BF16, 0, S::Concurrent, 8, GS::Cooperative},
+        Row{C::F32, 0, S::Sequential, 8, GS::Cooperative}, Row{C::F32, 0, S::Concurrent, 4, GS::Cooperative}}) {
     CAPTURE(static_cast<int>(r.cache));
     CAPTURE(r.exact);
     CAPTURE(static_cast<int>(r.schedule));
     CAPTURE(r.min_cpt);
-    CAPTURE(r.rows_ahead);
     Case c;
     c.N = 96, c.K = 3000, c.V = 2, c.cache = r.cache, c.exact = r.exact, c.schedule = r.schedule, c.iters = 6;
-    c.min_cpt = r.min_cpt, c.bps = r.min_cpt == 8 ? 2 : 0, c.rows_ahead = r.rows_ahead;
+    c.min_cpt = r.min_cpt, c.bps = r.min_cpt == 8 ? 2 : 0;
     const Out plain = check(c);
     REQUIRE(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
     c.grid_sync = GS::Auto;
@@ -569,52 +562,6 @@ TEST_CASE("cuda_emu: the trace's timeline holds each block's phases in order, su
   }
 }
 
-TEST_CASE("cuda_emu: the f16 copy's workspace rows loaded a batch ahead give the plain kernel's bits") {
-  // MiraPlanOptions::rows_ahead: update_rows_ahead reads the workspace's rows one batch early
-  // (a row past the block's end reads the last row again; add_rows drops it). On a device with
-  // little shared memory (2-4 rows per block in it): 9 and 1 rows in the workspace (N 58: 11
-  // rows per block, the last block 3), 14 (N 96), 4 and none (N 90, views one after another),
-  // cooperative barriers and staggered per-view counters, threads shuffled. Where it does not
-  // apply (f32 copy, 4 columns per thread) the plan says so.
-  using GS = cuda::GridSync;
-  struct Shape {
-    int N, K;
-    int iters;
-    S schedule;
-  };
-  for (const Shape& sh :
-       {Shape{58, 3000, 30, S::Concurrent}, Shape{96, 2500, 8, S::Concurrent}, Shape{90, 2100, 3, S::Sequential}}) {
-    CAPTURE(sh.N);
-    CAPTURE(sh.K);
-    Case c;
-    c.N = sh.N, c.K = sh.K, c.iters = sh.iters, c.schedule = sh.schedule;
-    c.cache = C::F16;
-    c.min_cpt = 8, c.bps = 2;
-    c.dev = tight();
-    const Out plain = check(c);
-    REQUIRE(plain.plan.cpt == 8);
-    CHECK_FALSE(plain.plan.rows_ahead);
-    CHECK(plain.plan.smem_rows < plain.plan.rows_per_block);  // rows in the workspace
-    c.rows_ahead = true;
-    for (const GS kind : {GS::Cooperative, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
-      CAPTURE(cuda::grid_sync_name(kind));
-      c.grid_sync = kind;
-      const Out o = check_shuffled(c);
-      CHECK(o.plan.rows_ahead);
-      CHECK(o.plan.grid_sync == static_cast<int>(kind));
-      CHECK(same_bits(o.targets, plain.targets));
-    }
-  }
-  Case f32;
-  f32.K = 3000, f32.min_cpt = 8, f32.bps = 2, f32.rows_ahead = true;
-  CHECK_FALSE(check(f32).plan.rows_ahead);
-  Case four;
-  four.K = 1000, four.cache = C::F16, four.rows_ahead = true;
-  const Out o4 = check(four);
-  CHECK(o4.plan.cpt == 4);
-  CHECK_FALSE(o4.plan.rows_ahead);
-}
-
 TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the plain kernel's bits") {
   // MiraPlanOptions::stage_rows: update_rows_staged copies each thread's columns of the next
   // batch with cp.async into a ring of 2 batches after the rows kept in shared memory (the
@@ -623,7 +570,7 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
   // (6 kept, 4 of them become the ring): 8 rows per block staged (N 58, the last block fewer),
   // N 96 at K 2500, N 150 with views one after another; its cooperative barriers and per-view
   // counters. The f32 copy on one with 8 rows (4 kept): cooperative and staggered counters.
-  // Threads shuffled.
+  // And the automatic barriers, which stay those of the plain plan. Threads shuffled.
   using GS = cuda::GridSync;
   emu::DeviceProps mid;
   mid.smem_optin = 48 * 1024, mid.smem_sm = 96 * 1024;
@@ -638,9 +585,9 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
   };
   for (const Shape& sh :
        {Shape{C::F16, 58, 3000, 30, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
-        Shape{C::F16, 96, 2500, 8, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
-        Shape{C::F16, 150, 2100, 3, S::Sequential, mid, {GS::Cooperative}},
-        Shape{C::F32, 96, 3000, 6, S::Concurrent, roomy, {GS::Cooperative, GS::ViewCounterStagger}}}) {
+        Shape{C::F16, 96, 2500, 8, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter, GS::Auto}},
+        Shape{C::F16, 150, 2100, 3, S::Sequential, mid, {GS::Cooperative, GS::Auto}},
+        Shape{C::F32, 96, 3000, 6, S::Concurrent, roomy, {GS::Cooperative, GS::ViewCounterStagger, GS::Auto}}}) {
     CAPTURE(static_cast<int>(sh.cache));
     CAPTURE(sh.N);
     CAPTURE(sh.K);
@@ -662,7 +609,11 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
       CHECK(o.plan.stage_rows == 4);
       CHECK(o.plan.smem_rows == plain.plan.smem_rows - 4);
       CHECK(o.plan.smem_bytes == plain.plan.smem_bytes);
-      CHECK(o.plan.grid_sync == static_cast<int>(kind));
+      const GS want = kind != GS::Auto               ? kind
+                      : sh.schedule == S::Sequential ? GS::Cooperative
+                      : sh.cache == C::F16           ? GS::ViewCounter
+                                                     : GS::ViewCounterStagger;
+      CHECK(o.plan.grid_sync == static_cast<int>(want));
       CHECK(same_bits(o.targets, plain.targets));
     }
   }
