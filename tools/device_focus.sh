@@ -2,9 +2,9 @@
 # A few rows of the MIRA assignment on a GPU in one short device call (~3-4 minutes): builds
 # only bench/mira_assign and test_mira_assign_gpu and runs that test (tools/device_check.sh
 # with MIRA_BUILD_TARGETS / MIRA_GPU_TESTS); times the rows with the per-phase trace at N 4096
-# (PyTorch in the same run) and at the MIRA_FOCUS_NS sizes, and at 60 iterations; optionally
-# Nsight Compute on one launch of one row with the stall reasons and the per-instruction samples
-# (LOG_DIR/focus_source.csv.gz), a kernel object's SASS (LOG_DIR/focus.sass.gz, for
+# (PyTorch in the same run) and at the MIRA_FOCUS_NS sizes, and at 60 iterations; Nsight
+# Compute on one launch of one row (by default the f16 copy's default kernel) with the stall
+# reasons and the per-instruction samples (LOG_DIR/focus_source.csv.gz), a kernel object's SASS (LOG_DIR/focus.sass.gz, for
 # tools/sass_loops.py), and racecheck and synccheck of one row at N 256. Then
 # tools/assign_summary.py against bench/assign_predictions.json.
 # Rows that would start after MIRA_DEADLINE_S (default 200 s) are skipped.
@@ -12,7 +12,8 @@
 # What it runs (environment; the defaults are session 19's automatic barriers and clamped rows,
 # and session 20's published largest sums and targets' L2 prefetch, read off the trace's phases):
 #   MIRA_FOCUS_VARIANTS  comma-separated bench/mira_assign --variants
-#   MIRA_FOCUS_NCU       the row Nsight Compute profiles ("" for none)
+#   MIRA_FOCUS_NCU       the row Nsight Compute profiles at N 4096 (default "fused f16-cache", the
+#                        f16 copy's default kernel; "" for none)
 #   MIRA_FOCUS_SASS      the object whose SASS is dumped (default mira_assign.cu.o; "" for none)
 #   MIRA_FOCUS_SANITIZE  the row compute-sanitizer runs at N 256 ("" for none)
 #   MIRA_FOCUS_NS        the sizes per view timed after N 4096 (default "1024 256")
@@ -36,7 +37,7 @@ V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent stage,fused f16-cache exact3"
 # What a workspace row costs against a shared-memory one: 8 rows per block kept (~18 fit).
 V_DEFAULT="$V_DEFAULT,fused f16-cache smem8,fused f16-cache stage smem8"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
-NCU_ROW=${MIRA_FOCUS_NCU-}
+NCU_ROW=${MIRA_FOCUS_NCU-fused f16-cache}
 SASS_OBJ=${MIRA_FOCUS_SASS-mira_assign.cu.o}
 SANITIZE_ROW=${MIRA_FOCUS_SANITIZE-}
 NS=${MIRA_FOCUS_NS:-1024 256}
@@ -45,7 +46,24 @@ export MIRA_BUILD_TARGETS="mira_assign test_mira_assign_gpu" MIRA_GPU_TESTS=test
 source tools/device_rows.sh
 BUILD=${MIRA_DEVICE_BUILD:-build-device}
 B=$BUILD/bench
+# Nsight Compute on one launch of the NCU_ROW row at N 4096: stall reasons and per-instruction
+# samples (where the row loop's warps wait: issue, barrier, L2, shared memory).
+ncu_row() {
+  [[ -n "$NCU_ROW" ]] && command -v ncu >/dev/null || return 0
+  STALLS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+  run ncu_focus ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
+    --section SchedulerStats --section WarpStateStats --section SourceCounters --metrics "$STALLS" \
+    -o "$LOG_DIR/focus" "$B/mira_assign" --time --device cuda --pytorch none --reps 1 --warmup 0 \
+    --variants "$NCU_ROW"
+  if [[ -f $LOG_DIR/focus.ncu-rep ]]; then
+    ncu -i "$LOG_DIR/focus.ncu-rep" --print-details all >>"$R" 2>&1
+    ncu -i "$LOG_DIR/focus.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip >"$LOG_DIR/focus_source.csv.gz"
+    rm -f "$LOG_DIR/focus.ncu-rep"
+  fi
+}
 run assign "$B/mira_assign" --time --device cuda --trace --variants "$V"
+# Right after the main row: the profile says more than the smaller sizes if the deadline comes.
+ncu_row
 for n in $NS; do
   run "assign_n$n" "$B/mira_assign" --time --device cuda --n "$n" --pytorch none --trace --variants "$V"
 done
@@ -67,18 +85,6 @@ if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
     python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1
   done
   rm -f "$LOG_DIR/focus.sass"
-fi
-if [[ -n "$NCU_ROW" ]] && command -v ncu >/dev/null; then
-  STALLS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
-  run ncu_focus ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \
-    --section SchedulerStats --section WarpStateStats --section SourceCounters --metrics "$STALLS" \
-    -o "$LOG_DIR/focus" "$B/mira_assign" --time --device cuda --pytorch none --reps 1 --warmup 0 \
-    --variants "$NCU_ROW"
-  if [[ -f $LOG_DIR/focus.ncu-rep ]]; then
-    ncu -i "$LOG_DIR/focus.ncu-rep" --print-details all >>"$R" 2>&1
-    ncu -i "$LOG_DIR/focus.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip >"$LOG_DIR/focus_source.csv.gz"
-    rm -f "$LOG_DIR/focus.ncu-rep"
-  fi
 fi
 [[ -n "$SANITIZE_ROW" ]] && sanitize_rows focus_n256 256 "$SANITIZE_ROW"
 python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
