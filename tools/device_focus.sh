@@ -4,7 +4,8 @@
 # with MIRA_BUILD_TARGETS / MIRA_GPU_TESTS); times the rows with the per-phase trace at N 4096
 # (PyTorch in the same run) and at the MIRA_FOCUS_NS sizes, and at 60 iterations; Nsight
 # Compute on one launch of one row (by default the f16 copy's default kernel) with the stall
-# reasons and the per-instruction samples (LOG_DIR/focus_source.csv.gz), a kernel object's SASS (LOG_DIR/focus.sass.gz, for
+# reasons and the per-instruction samples (LOG_DIR/focus_source.csv.gz, summarised by loop and
+# instruction by tools/ncu_stalls.py into LOG_DIR/focus_stalls.txt), a kernel object's SASS (LOG_DIR/focus.sass.gz, for
 # tools/sass_loops.py), and racecheck and synccheck of one row at N 256. Then
 # tools/assign_summary.py against bench/assign_predictions.json.
 # Rows that would start after MIRA_DEADLINE_S (default 200 s) are skipped.
@@ -91,5 +92,10 @@ python3 tools/assign_summary.py "$R" --predictions bench/assign_predictions.json
 grep -A6 -E '^== sass_loops' "$R" | cut -c1-160
 grep -A8 -E '^== sanitize' "$R" | grep -E '^== sanitize|^rc|ERROR SUMMARY|hazard|error' | cut -c1-160
 grep -E 'stalled_.*ratio|Warp Cycles Per Issued|Issued Warp|No Eligible' "$R" | awk '$NF + 0 > 0.2 || /Warp|Eligible/' | cut -c1-150
+# Where the profiled kernel's warps wait, by loop and instruction (the samples' own summary).
+if [[ -f $LOG_DIR/focus_source.csv.gz ]]; then
+  python3 tools/ncu_stalls.py "$LOG_DIR/focus_source.csv.gz" --top 10 --loops 6 >"$LOG_DIR/focus_stalls.txt" 2>&1
+  cut -c1-200 "$LOG_DIR/focus_stalls.txt"
+fi
 (cd "$LOG_DIR" && tar czf check.tgz check && rm -rf check && tar czf stderr.tgz stderr_*.log && rm -f stderr_*.log)
 ls -la "$LOG_DIR"
