@@ -441,17 +441,19 @@ TEST_CASE("gpu mira: the workspace's rows staged through shared memory give the 
   // MiraPlanOptions::stage_rows on the GPU (cp.async into a ring of shared memory): the
   // issue's shape and N 1000 (odd rows per block), the f16 copy with cooperative barriers and
   // its per-view counters, the f32 copy with cooperative barriers (views one after another)
-  // and staggered counters (side by side).
+  // and staggered counters (side by side), the f16 copy's packed 4-row batches (a ring of 8).
   using GS = cuda::GridSync;
   using C = cuda::MiraCache;
   struct Case {
     C cache;
     cuda::MiraSchedule schedule;
     std::vector<GS> kinds;
+    int batch_rows = 4;  // asked for (8: the f16 copy's packed 4-row batches)
   };
   for (const Case& c : {Case{C::F16, cuda::MiraSchedule::Auto, {GS::Cooperative, GS::ViewCounter}},
                         Case{C::F32, cuda::MiraSchedule::Sequential, {GS::Cooperative}},
-                        Case{C::F32, cuda::MiraSchedule::Concurrent, {GS::ViewCounterStagger}}}) {
+                        Case{C::F32, cuda::MiraSchedule::Concurrent, {GS::ViewCounterStagger}},
+                        Case{C::F16, cuda::MiraSchedule::Auto, {GS::Cooperative, GS::ViewCounter}, 8}}) {
     for (const int64_t N : {4096, 1000}) {
       CAPTURE(static_cast<int>(c.cache));
       CAPTURE(static_cast<int>(c.schedule));
@@ -462,6 +464,7 @@ TEST_CASE("gpu mira: the workspace's rows staged through shared memory give the 
       o.schedule = c.schedule;
       o.min_cols_per_thread = 8;
       o.blocks_per_sm = 2;
+      o.batch_rows = c.batch_rows;
       o.grid_sync = GS::Cooperative;
       cuda::MiraPlan plain_plan;
       const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plain_plan);
@@ -476,8 +479,8 @@ TEST_CASE("gpu mira: the workspace's rows staged through shared memory give the 
         o.grid_sync = kind;
         cuda::MiraPlan plan;
         const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plan);
-        CHECK(plan.stage_rows == 4);
-        CHECK(plan.smem_rows == plain_plan.smem_rows - 4);
+        CHECK(plan.stage_rows == 2 * plain_plan.batch_rows);
+        CHECK(plan.smem_rows == plain_plan.smem_rows - plan.stage_rows);
         CHECK(plan.grid_sync == static_cast<int>(kind));
         CHECK(got == plain);
       }

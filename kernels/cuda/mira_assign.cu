@@ -323,17 +323,16 @@ __device__ __forceinline__ TE* stage_slot(const BlockRows<TIn, TE>& b, int slot)
   return b.scache + (static_cast<size_t>(b.a->smem_rows) + static_cast<size_t>(slot) * RB) * b.a->Kp + b.col(0);
 }
 
-// Copies the batch at row0 of the workspace rows [row_begin, row_end) (src at row_begin, this
-// thread's first column) into slot `slot` and closes a group (an empty one past row_end, so
-// that every batch waits on the same count). Rows past row_end are not copied: update_batch
-// reads row_end - 1 in their place.
+// Copies the batch at row0 of the workspace rows (from: this thread's first column of row
+// row0) into slot `slot` and closes a group (an empty one past row_end, so that every batch
+// waits on the same count). Rows past row_end are not copied: update_batch reads row_end - 1
+// in their place.
 template <int RB, int NCH, typename TIn, typename TE>
-__device__ __forceinline__ void stage_batch(const BlockRows<TIn, TE>& b, const TE* src, int row_begin, int row0,
-                                            int row_end, int slot) {
+__device__ __forceinline__ void stage_batch(const BlockRows<TIn, TE>& b, const TE* from, int row0, int row_end,
+                                            int slot) {
   const size_t kp = static_cast<size_t>(b.a->Kp);
   const int cstep = static_cast<int>(blockDim.x) * kVec;
   if (row0 < row_end) {
-    const TE* from = src + static_cast<size_t>(row0 - row_begin) * kp;
     TE* to = stage_slot<RB>(b, slot);
 #pragma unroll
     for (int rr = 0; rr < RB; ++rr)
@@ -345,23 +344,27 @@ __device__ __forceinline__ void stage_batch(const BlockRows<TIn, TE>& b, const T
   cp_async_commit();
 }
 
-// The ring's first kStageDepth - 1 batches, issued before the rows in shared memory so that
-// they arrive while those are updated.
+// The ring's first kStageDepth - 1 batches of the workspace rows [row_begin, row_end) (src:
+// this thread's first column of row row_begin), issued before the rows in shared memory so
+// that they arrive while those are updated.
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void stage_first(const BlockRows<TIn, TE>& b, const TE* src, int row_begin, int row_end) {
+  const size_t kp = static_cast<size_t>(b.a->Kp);
 #pragma unroll
-  for (int s = 0; s + 1 < kStageDepth; ++s) stage_batch<RB, NCH>(b, src, row_begin, row_begin + s * RB, row_end, s);
+  for (int s = 0; s + 1 < kStageDepth; ++s)
+    stage_batch<RB, NCH>(b, src + static_cast<size_t>(s) * RB * kp, row_begin + s * RB, row_end, s);
 }
 
 template <int RB, int NCH, typename TIn, typename TE>
 __device__ __forceinline__ void update_rows_staged(const BlockRows<TIn, TE>& b, const TE* src, int row_begin,
                                                    int row_end, const float (&w)[NCH][kVec], float (&c)[NCH][kVec],
                                                    int& parity) {
+  const size_t kp = static_cast<size_t>(b.a->Kp);
+  const TE* next = src + static_cast<size_t>(kStageDepth - 1) * RB * kp;  // the batch to copy next
   int slot = 0;
-  for (int row0 = row_begin; row0 < row_end; row0 += RB) {
+  for (int row0 = row_begin; row0 < row_end; row0 += RB, next += RB * kp) {
     // Slot slot - 1 (mod depth) was last read by this thread's previous batch: refill it.
-    const int ahead = slot + kStageDepth - 1 >= kStageDepth ? slot - 1 : slot + kStageDepth - 1;
-    stage_batch<RB, NCH>(b, src, row_begin, row0 + (kStageDepth - 1) * RB, row_end, ahead);
+    stage_batch<RB, NCH>(b, next, row0 + (kStageDepth - 1) * RB, row_end, slot == 0 ? kStageDepth - 1 : slot - 1);
     cp_async_wait<kStageDepth - 1>();  // this batch's group is complete
     update_batch<RB, NCH>(b, stage_slot<RB>(b, slot), row0, row_end, w, c, parity);
     slot = slot + 1 == kStageDepth ? 0 : slot + 1;
@@ -381,10 +384,9 @@ __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const f
                                             float (&c)[NCH][kVec], int& parity) {
   const int split = min(b.r1, b.r0 + b.a->smem_rows);
   if constexpr (STAGED) {
-    const TE* ws = b.cache_row(split) + b.col(0);  // only read where split < r1
-    if (split < b.r1) stage_first<RB, NCH>(b, ws, split, b.r1);
+    if (split < b.r1) stage_first<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1);
     update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
-    if (split < b.r1) update_rows_staged<RB, NCH>(b, ws, split, b.r1, w, c, parity);
+    if (split < b.r1) update_rows_staged<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
     return;
   }
   update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
@@ -809,8 +811,16 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
 // The kernels with the workspace's rows staged through shared memory (MiraPlan::stage_rows):
 // f32 logits, 8 columns per thread in 2-row batches; the f16 copy with cooperative barriers
 // or its per-view counters, the f32 copy with cooperative barriers or the staggered per-view
-// counters (each cache's automatic choices); null for the rest.
+// counters (each cache's automatic choices); also the f16 copy's packed 4-row batches
+// (batch_rows 8, a ring of 8 rows) with cooperative barriers or per-view counters; null for
+// the rest.
 FusedFn fused_staged_fn(MiraCache cache, int batch_rows, GridSync sync) {
+  if (batch_rows == 4 && cache == MiraCache::F16) {
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 4, false, false, 0, true>;
+    if (sync == GridSync::ViewCounter)
+      return mira_fused_kernel<float, __half, 2, 4, false, false, static_cast<int>(GridSync::ViewCounter), true>;
+    return nullptr;
+  }
   if (batch_rows != 2) return nullptr;
   if (cache == MiraCache::F16) {
     if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, false, false, 0, true>;

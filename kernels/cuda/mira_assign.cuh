@@ -207,7 +207,8 @@ struct MiraPlanOptions {
   bool cluster_mma = false;
   bool mma_rows = false;
   // The default fused kernel at 8 columns per thread in 2-row batches, f32 logits, the f16
-  // or f32 copy, with the plan's automatic barriers or cooperative ones: the block's rows in
+  // or f32 copy (and the f16 copy's packed 4-row batches, batch_rows 8: a ring of 8 rows),
+  // with the plan's automatic barriers or cooperative ones: the block's rows in
   // the workspace staged through shared memory (mira_assign.cu, update_rows_staged). Each
   // thread copies its own columns of the next batch with cp.async into a ring of 2 batches
   // taken from the rows the block would keep in shared memory, so that their latency overlaps

@@ -570,7 +570,9 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
   // (6 kept, 4 of them become the ring): 8 rows per block staged (N 58, the last block fewer),
   // N 96 at K 2500, N 150 with views one after another; its cooperative barriers and per-view
   // counters. The f32 copy on one with 8 rows (4 kept): cooperative and staggered counters.
-  // And the automatic barriers, which stay those of the plain plan. Threads shuffled.
+  // The f16 copy's packed 4-row batches (batch_rows 8, a ring of 8 rows) on a device with 16
+  // rows per block (N 250: 26 staged). And the automatic barriers, which stay those of the
+  // plain plan. Threads shuffled.
   using GS = cuda::GridSync;
   emu::DeviceProps mid;
   mid.smem_optin = 48 * 1024, mid.smem_sm = 96 * 1024;
@@ -582,37 +584,40 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
     S schedule;
     emu::DeviceProps dev;
     std::vector<GS> kinds;
+    int batch_rows = 4;  // asked for: 2 rows per batch at 8 columns; 8: the f16 copy's packed 4
   };
   for (const Shape& sh :
        {Shape{C::F16, 58, 3000, 30, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
         Shape{C::F16, 96, 2500, 8, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter, GS::Auto}},
         Shape{C::F16, 150, 2100, 3, S::Sequential, mid, {GS::Cooperative, GS::Auto}},
-        Shape{C::F32, 96, 3000, 6, S::Concurrent, roomy, {GS::Cooperative, GS::ViewCounterStagger, GS::Auto}}}) {
+        Shape{C::F32, 96, 3000, 6, S::Concurrent, roomy, {GS::Cooperative, GS::ViewCounterStagger, GS::Auto}},
+        Shape{C::F16, 250, 3000, 6, S::Concurrent, roomy, {GS::Cooperative, GS::ViewCounter, GS::Auto}, 8}}) {
     CAPTURE(static_cast<int>(sh.cache));
     CAPTURE(sh.N);
     CAPTURE(sh.K);
     Case c;
     c.N = sh.N, c.K = sh.K, c.iters = sh.iters, c.schedule = sh.schedule, c.cache = sh.cache;
-    c.min_cpt = 8, c.bps = 2;
+    c.min_cpt = 8, c.bps = 2, c.batch_rows = sh.batch_rows;
     c.dev = sh.dev;
     const Out plain = check(c);
     REQUIRE(plain.plan.cpt == 8);
-    REQUIRE(plain.plan.batch_rows == 2);
+    const int ring = sh.batch_rows == 8 ? 8 : 4;  // 2 batches
+    REQUIRE(plain.plan.batch_rows == ring / 2);
     CHECK(plain.plan.stage_rows == 0);
-    CHECK(plain.plan.smem_rows >= 4);
+    CHECK(plain.plan.smem_rows >= ring);
     CHECK(plain.plan.smem_rows < plain.plan.rows_per_block);  // rows in the workspace
     c.stage_rows = true;
     for (const GS kind : sh.kinds) {
       CAPTURE(cuda::grid_sync_name(kind));
       c.grid_sync = kind;
       const Out o = check_shuffled(c);
-      CHECK(o.plan.stage_rows == 4);
-      CHECK(o.plan.smem_rows == plain.plan.smem_rows - 4);
+      CHECK(o.plan.stage_rows == ring);
+      CHECK(o.plan.smem_rows == plain.plan.smem_rows - ring);
       CHECK(o.plan.smem_bytes == plain.plan.smem_bytes);
-      const GS want = kind != GS::Auto               ? kind
-                      : sh.schedule == S::Sequential ? GS::Cooperative
-                      : sh.cache == C::F16           ? GS::ViewCounter
-                                                     : GS::ViewCounterStagger;
+      const GS want = kind != GS::Auto                                             ? kind
+                      : sh.schedule == S::Sequential || plain.plan.batch_rows != 2 ? GS::Cooperative
+                      : sh.cache == C::F16                                         ? GS::ViewCounter
+                                                                                   : GS::ViewCounterStagger;
       CHECK(o.plan.grid_sync == static_cast<int>(want));
       CHECK(same_bits(o.targets, plain.targets));
     }
