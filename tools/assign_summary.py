@@ -62,6 +62,10 @@ def main(path, predictions=None):
                  if p else "")
         if p.get("cluster"):  # the cluster plan: blocks per cluster x clusters per view
             shape += f" cl{p['cluster']}x{p.get('cluster_groups', 1)}"
+        if p and "smem_rows" in p:  # rows per block in shared memory, of rows_per_block; the staging ring
+            shape += f" smem{p['smem_rows']}/{p.get('rows_per_block', '?')}"
+            if p.get("stage_rows"):
+                shape += f"+ring{p['stage_rows']}"
         if p.get("grid_sync", "cooperative") != "cooperative":
             shape += f" {p['grid_sync']}"
         sms = j.get("trace_sms")  # where the traced launch's blocks ran
