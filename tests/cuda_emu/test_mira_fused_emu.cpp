@@ -1092,3 +1092,52 @@ TEST_CASE("cuda_emu: the fused kernels give the same bits whatever order their t
   emu::set_schedule(0);
   CHECK(same_bits(out[1], out[0]));
 }
+
+TEST_CASE("cuda_emu: the plans of tools/device_focus.sh's staging rows at the issue's shape on an H200-sized device") {
+  // Plans only (no launch): N 4096 per view, K 3000, 2 views on 132 SMs with an H200's shared
+  // memory, so that a device call's "stage" and "smem8" rows are known to get the plans they are
+  // named for (a row whose option does not apply runs the plain plan under another name).
+  using GS = cuda::GridSync;
+  emu::DeviceProps h200;
+  h200.sms = 132;
+  emu::set_device(h200);
+  cuda::MiraProblem p;
+  p.V = 2, p.N = 4096, p.K = 3000, p.tau_t = kTau, p.beta = kBeta, p.iters = 30;
+  auto plan = [&](C cache, int batch_rows, bool stage, int max_smem_rows, S schedule, int cpt, int bps) {
+    cuda::MiraPlanOptions o;
+    o.cache = cache, o.batch_rows = batch_rows, o.stage_rows = stage, o.max_smem_rows = max_smem_rows;
+    o.schedule = schedule, o.min_cols_per_thread = cpt, o.blocks_per_sm = bps;
+    return cuda::mira_plan(p, cuda::MiraVariant::Fused, o);
+  };
+  const cuda::MiraPlan f16 = plan(C::F16, 4, false, -1, S::Auto, 0, 0);
+  MESSAGE("f16 copy: grid ", f16.grid, ", ", f16.rows_per_block, " rows per block, ", f16.smem_rows,
+          " in shared memory");
+  CHECK(f16.cpt == 8);
+  CHECK(f16.views_per_group == 2);
+  CHECK(f16.grid_sync == static_cast<int>(GS::ViewCounter));
+  CHECK(f16.smem_rows >= 12);
+  CHECK(f16.smem_rows < f16.rows_per_block);
+  const cuda::MiraPlan staged = plan(C::F16, 4, true, -1, S::Auto, 0, 0);
+  CHECK(staged.stage_rows == 4);
+  CHECK(staged.smem_rows == f16.smem_rows - 4);
+  CHECK(staged.grid_sync == static_cast<int>(GS::ViewCounter));
+  CHECK(staged.grid == f16.grid);
+  const cuda::MiraPlan smem8 = plan(C::F16, 4, false, 8, S::Auto, 0, 0);
+  CHECK(smem8.smem_rows == 8);
+  CHECK(smem8.stage_rows == 0);
+  CHECK(smem8.smem_bytes == f16.smem_bytes);
+  const cuda::MiraPlan stage8 = plan(C::F16, 4, true, 8, S::Auto, 0, 0);
+  CHECK(stage8.smem_rows == 4);
+  CHECK(stage8.stage_rows == 4);
+  const cuda::MiraPlan rows8 = plan(C::F16, 8, true, -1, S::Auto, 0, 0);
+  CHECK(rows8.batch_rows == 4);
+  CHECK(rows8.stage_rows == 8);
+  const cuda::MiraPlan f32 = plan(C::F32, 4, true, -1, S::Auto, 0, 0);
+  MESSAGE("f32 copy: grid ", f32.grid, ", views side by side ", f32.views_per_group, ", ", f32.rows_per_block,
+          " rows per block, ", f32.smem_rows, " in shared memory + a ring of ", f32.stage_rows);
+  CHECK(f32.cpt == 8);
+  CHECK(f32.stage_rows == 4);
+  const cuda::MiraPlan f32c = plan(C::F32, 4, true, -1, S::Concurrent, 8, 2);
+  CHECK(f32c.stage_rows == 4);
+  CHECK(f32c.grid_sync == static_cast<int>(GS::ViewCounterStagger));
+}
