@@ -648,16 +648,17 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   // copy with its automatic barriers (per-view counters) and cooperative ones; the f32 copy's
   // plan (views one after another) and its views side by side (staggered counters); the f16
   // copy's packed 4-row batches (a ring of 8 rows), cooperative and with per-view counters.
-  for (Variant w :
-       std::vector<Variant>{{"fused f16-cache stage", MV::Fused, MC::F16, MS::Auto, 4, false},
-                            {"fused f16-cache stage coop-sync", MV::Fused, MC::F16, MS::Auto, 4, false},
-                            {"fused stage", MV::Fused, MC::F32, MS::Auto, 4, false},
-                            {"fused cpt8 bps2 concurrent stage", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
-                            {"fused f16-cache rows8 stage", MV::Fused, MC::F16, MS::Auto, 8, false},
-                            {"fused f16-cache rows8 stage view-sync", MV::Fused, MC::F16, MS::Auto, 8, false}}) {
+  for (auto [w, sync] : std::vector<std::pair<Variant, cuda::GridSync>>{
+           {{"fused f16-cache stage", MV::Fused, MC::F16, MS::Auto, 4, false}, cuda::GridSync::Auto},
+           {{"fused f16-cache stage coop-sync", MV::Fused, MC::F16, MS::Auto, 4, false}, cuda::GridSync::Cooperative},
+           {{"fused stage", MV::Fused, MC::F32, MS::Auto, 4, false}, cuda::GridSync::Auto},
+           {{"fused cpt8 bps2 concurrent stage", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
+            cuda::GridSync::Auto},
+           {{"fused f16-cache rows8 stage", MV::Fused, MC::F16, MS::Auto, 8, false}, cuda::GridSync::Auto},
+           {{"fused f16-cache rows8 stage view-sync", MV::Fused, MC::F16, MS::Auto, 8, false},
+            cuda::GridSync::ViewCounter}}) {
     w.stage = true;
-    if (w.name.find("coop-sync") != std::string::npos) w.sync = cuda::GridSync::Cooperative;
-    if (w.name.find("view-sync") != std::string::npos) w.sync = cuda::GridSync::ViewCounter;
+    w.sync = sync;
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
   }
   // What a row read from the workspace costs against one in shared memory: the f16 copy's

@@ -336,7 +336,7 @@ __device__ __forceinline__ void stage_batch(const BlockRows<TIn, TE>& b, const T
     TE* to = stage_slot<RB>(b, slot);
 #pragma unroll
     for (int rr = 0; rr < RB; ++rr)
-      if (rr == 0 || row0 + rr < row_end)
+      if (row0 + rr < row_end)
 #pragma unroll
         for (int ch = 0; ch < NCH; ++ch)
           cp_async<kVec * sizeof(TE)>(to + rr * kp + ch * cstep, from + rr * kp + ch * cstep);
@@ -384,6 +384,8 @@ __device__ __forceinline__ void pass_update(const BlockRows<TIn, TE>& b, const f
                                             float (&c)[NCH][kVec], int& parity) {
   const int split = min(b.r1, b.r0 + b.a->smem_rows);
   if constexpr (STAGED) {
+    // The workspace pointer is formed twice rather than held across the shared-memory rows
+    // (a register less there; it is a few integer operations per pass).
     if (split < b.r1) stage_first<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1);
     update_rows<RB, NCH>(b, b.scache + b.col(0), b.r0, split, w, c, parity);
     if (split < b.r1) update_rows_staged<RB, NCH>(b, b.cache_row(split) + b.col(0), split, b.r1, w, c, parity);
