@@ -526,6 +526,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool mma_rows = false;  // the f16 copy's updates on tensor cores (kernels/cuda/mira_mmarows.cu)
     bool stage = false;     // the workspace's rows staged through shared memory (cp.async)
     int smem_rows = -1;     // at most this many rows per block kept in shared memory (-1: all that fit)
+    bool atomic = false;    // the column sums added by atomics, one barrier per pass
   };
   using MV = cuda::MiraVariant;
   using MC = cuda::MiraCache;
@@ -671,6 +672,20 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     w.smem_rows = 8;
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
   }
+  // The column sums added by vector float atomics into one K-vector per view and pass
+  // (MiraPlanOptions::atomic_sums): one grid barrier per pass and no reduction phase. The f16
+  // copy with its automatic barriers (per-view counters) and cooperative ones; the f32 copy's
+  // plan (views one after another) and its views side by side (staggered counters).
+  for (auto [w, sync] : std::vector<std::pair<Variant, cuda::GridSync>>{
+           {{"fused f16-cache atomic", MV::Fused, MC::F16, MS::Auto, 4, false}, cuda::GridSync::Auto},
+           {{"fused f16-cache atomic coop-sync", MV::Fused, MC::F16, MS::Auto, 4, false}, cuda::GridSync::Cooperative},
+           {{"fused atomic", MV::Fused, MC::F32, MS::Auto, 4, false}, cuda::GridSync::Auto},
+           {{"fused cpt8 bps2 concurrent atomic", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
+            cuda::GridSync::Auto}}) {
+    w.atomic = true;
+    w.sync = sync;
+    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
+  }
   for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
                                   std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
     for (Variant v :
@@ -771,9 +786,15 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.mma_rows = var.mma_rows;
       po.stage_rows = var.stage;
       po.max_smem_rows = var.smem_rows;
+      po.atomic_sums = var.atomic;
       const cuda::MiraPlan plan = cuda::mira_plan(p, var.variant, po);
       if (var.mma_rows && plan.mma_rows == 0) {
         j["skipped"] = "no tensor-core updates for this shape and device (K <= 3072, sm_80)";
+        print(j);
+        continue;
+      }
+      if (var.atomic && !plan.atomic_sums) {
+        j["skipped"] = "no atomic column sums for this plan (8 columns per thread, 2-row batches, f32 logits)";
         print(j);
         continue;
       }
@@ -829,6 +850,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"cluster_mma", plan.cluster_mma},
                      {"mma_rows", plan.mma_rows},
                      {"stage_rows", plan.stage_rows},
+                     {"atomic_sums", plan.atomic_sums},
                      {"grid_sync", cuda::grid_sync_name(static_cast<cuda::GridSync>(plan.grid_sync))},
                      {"grid_sync_cluster", plan.grid_sync_cluster},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};

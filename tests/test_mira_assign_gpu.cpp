@@ -488,6 +488,55 @@ TEST_CASE("gpu mira: the workspace's rows staged through shared memory give the 
   }
 }
 
+TEST_CASE("gpu mira: the column sums added by atomics give the plain kernel's targets to f32 rounding") {
+  // MiraPlanOptions::atomic_sums on the GPU (red.global.add.v4.f32 on sm_90): one grid barrier
+  // per pass, the sums in three buffers in turn. Their order varies from run to run, so the
+  // targets are held to the deterministic kernel's within f32 rounding carried through the
+  // passes (the emulator's bound), and to the f64 reference as the plain kernel is. The issue's
+  // shape and N 1000, the f16 copy with cooperative barriers and its per-view counters, the
+  // f32 copy with cooperative barriers (views one after another) and staggered counters.
+  using GS = cuda::GridSync;
+  using C = cuda::MiraCache;
+  const Tol near{1e-7, 1e-5};
+  struct Case {
+    C cache;
+    cuda::MiraSchedule schedule;
+    std::vector<GS> kinds;
+  };
+  for (const Case& c : {Case{C::F16, cuda::MiraSchedule::Auto, {GS::Cooperative, GS::ViewCounter}},
+                        Case{C::F32, cuda::MiraSchedule::Sequential, {GS::Cooperative}},
+                        Case{C::F32, cuda::MiraSchedule::Concurrent, {GS::ViewCounterStagger}}}) {
+    for (const int64_t N : {4096, 1000}) {
+      CAPTURE(static_cast<int>(c.cache));
+      CAPTURE(static_cast<int>(c.schedule));
+      CAPTURE(N);
+      const std::vector<Tensor> views = {cpu_logits(N, 3000, 67, 0.3), cpu_logits(N, 3000, 68, 0.3)};
+      cuda::MiraPlanOptions o;
+      o.cache = c.cache;
+      o.exact_passes = c.cache == C::F16 ? 3 : 0;
+      o.schedule = c.schedule;
+      o.min_cols_per_thread = 8;
+      o.blocks_per_sm = 2;
+      o.grid_sync = GS::Cooperative;
+      const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30);
+      o.atomic_sums = true;
+      for (const GS kind : c.kinds) {
+        CAPTURE(std::string(cuda::grid_sync_name(kind)));
+        o.grid_sync = kind;
+        cuda::MiraPlan plan;
+        const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plan);
+        CHECK(plan.atomic_sums);
+        CHECK(plan.grid_sync == static_cast<int>(kind));
+        for (size_t v = 0; v < got.size(); ++v) {
+          CAPTURE(v);
+          CHECK(allclose(got[v], plain[v], near, "atomic sums vs the plain kernel"));
+          CHECK(allclose(got[v], reference(views[v], kTau, kBeta, 30), kGpuTol, "atomic sums vs f64"));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("gpu mira: fewer rows kept in shared memory give the same bits (max_smem_rows)") {
   // The bench's "smem8" rows: at most 8 rows per block in shared memory, the rest from the
   // workspace, without and with staging; the issue's shape, the f16 copy, its automatic barriers.

@@ -31,11 +31,13 @@ ROW_TIMEOUT=${MIRA_ROW_TIMEOUT:-90}
 # faster) against the cooperative ones pinned, each with the row loop's clamped last row, and
 # the staggered f16 row for its timeline (trace_timeline: do an SM's blocks overlap their rows),
 # and the f16 copy's packed 4-row update (rows8); session 21's workspace rows staged through
-# shared memory (stage) beside the rows they would replace.
-V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused f16-cache rows8,fused f16-cache stage"
+# shared memory (stage) beside the rows they would replace; session 22's column sums by
+# atomics (atomic: one grid barrier per pass, no reduction phase).
+V_DEFAULT="fused f16-cache,fused f16-cache coop-sync,fused f16-cache atomic,fused f16-cache rows8,fused f16-cache stage"
 V_DEFAULT="$V_DEFAULT,fused f16-cache rows8 view-sync,fused f16-cache rows8 stage view-sync"
 V_DEFAULT="$V_DEFAULT,fused,fused stage,fused cpt8 bps2 concurrent"
-V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent stage,fused f16-cache exact3"
+V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent stage,fused cpt8 bps2 concurrent atomic,fused f16-cache exact3"
+V_DEFAULT="$V_DEFAULT,fused f16-cache atomic coop-sync,fused atomic"
 # What a workspace row costs against a shared-memory one: 8 rows per block kept (~18 fit).
 V_DEFAULT="$V_DEFAULT,fused f16-cache smem8,fused f16-cache stage smem8"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
@@ -77,12 +79,15 @@ if [[ -n "$SASS_OBJ" ]]; then
   fi
 fi
 # The 8-column kernels of the f16 copy (cooperative, per-view counters, packed 4 rows, staged
-# with per-view counters, 2 and packed 4 rows: the latter spills 8 bytes, ptxas) and of f32 (cooperative, staggered counters, staged cooperative):
-# their loops' instruction mix, spills (local memory) included.
+# with per-view counters, 2 and packed 4 rows: the latter spills 8 bytes, ptxas; atomic sums
+# with per-view counters) and of f32 (cooperative, staggered counters, staged cooperative):
+# their loops' instruction mix, spills (local memory) included. (The same SASS comes without a
+# GPU: tools/fetch_sass_tools.sh.)
 if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
   zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
-  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELb0E f6__halfLi2ELi2ELb0ELb0ELi3ELb0E f6__halfLi2ELi4ELb0ELb0ELi0ELb0E \
-    f6__halfLi2ELi2ELb0ELb0ELi3ELb1E f6__halfLi2ELi4ELb0ELb0ELi3ELb1E ffLi2ELi2ELb0ELb0ELi0ELb0E ffLi2ELi2ELb0ELb0ELi4ELb0E ffLi2ELi2ELb0ELb0ELi0ELb1E; do
+  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELi0E f6__halfLi2ELi2ELb0ELb0ELi3ELi0E f6__halfLi2ELi4ELb0ELb0ELi0ELi0E \
+    f6__halfLi2ELi2ELb0ELb0ELi3ELi1E f6__halfLi2ELi4ELb0ELb0ELi3ELi1E f6__halfLi2ELi2ELb0ELb0ELi3ELi2E \
+    ffLi2ELi2ELb0ELb0ELi0ELi0E ffLi2ELi2ELb0ELb0ELi4ELi0E ffLi2ELi2ELb0ELb0ELi0ELi1E; do
     echo "== sass_loops cpt8 $k" >>"$R"
     python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1
   done

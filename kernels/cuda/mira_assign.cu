@@ -15,7 +15,8 @@
 // - Column sums are made deterministic: every block writes its K partials, a grid barrier,
 //   then tile t of 32 columns is summed over the blocks in a fixed order by one block (lanes
 //   = columns, warps = strided block subsets, then a fixed cross-warp order), another grid
-//   barrier. Two grid barriers per pass is the price of bitwise reproducible targets.
+//   barrier. Two grid barriers per pass is the price of bitwise reproducible targets (opt-in,
+//   MiraPlanOptions::atomic_sums: the partials added by atomics, one barrier, no such bits).
 // - 768 threads at most (K <= 768 * 16), so __launch_bounds__(768, 1) leaves 80 registers
 //   per thread for the R x 4 NCH values of E, 2 x 4 NCH of w and c, and addresses; see
 //   fused_fn for the R that fits each NCH without spilling.
@@ -558,8 +559,33 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // ceil(K / (4 NCH)) threads rounded up to warps. R rows per batch in the update passes (R * 4
 // NCH = 32 values of E in registers); the first and last passes, which hold more per row,
 // take half as many.
-template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, bool STAGED = false>
+// The fused kernel's opt-in levers (its last template argument, OPT, a set of these bits).
+constexpr int kOptStaged = 1;      // MiraPlan::stage_rows: the workspace's rows staged through shared memory
+constexpr int kOptAtomicSums = 2;  // MiraPlan::atomic_sums: the column sums added by atomics
+
+// Clears block bv's share of one view's K-vector (buffer `sums`, Kp floats) for a later pass:
+// the 4-column chunks of this thread's columns whose index is bv modulo the view's blocks (no
+// loop: a predicated store per chunk).
+template <int NCH, typename TIn, typename TE>
+__device__ __forceinline__ void clear_sums_share(const BlockRows<TIn, TE>& b, float* sums, int bv, int bpv) {
+  constexpr float kZero[kVec] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int ch = 0; ch < NCH; ++ch)
+    if ((ch * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) % bpv == bv)
+      ECache<float>::store(sums + b.col(ch), kZero);
+}
+
+template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, int OPT = 0>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
+  constexpr bool STAGED = (OPT & kOptStaged) != 0;
+  // Atomic column sums: after its rows of pass p a block adds its partials into buffer
+  // p % kMiraSumBuffers of its view (zeroed before the launch) and meets the others at one
+  // barrier; the next pass's weights read that buffer. Pass p (p >= 2) also clears the block's
+  // share of buffer (p + 1) % kMiraSumBuffers: its last readers (the weights of pass p - 1)
+  // were done before the barrier that ended pass p - 1, and its next writers (pass p + 1's
+  // additions) wait for the barrier that ends pass p.
+  constexpr bool kAtomic = (OPT & kOptAtomicSums) != 0;
+  static_assert(!(kAtomic && (LL || PIPE)), "atomic sums are for the plain kernel");
   // Rows per batch of the first pass and the targets: half the update's, but the f16 copy's
   // packed 4-row kernel (8 columns) keeps the 2-row kernel's 1, prefetch included (over 12
   // warps RowReduce<1> sums and maxes a row as RowReduce<2> does: the same bits).
@@ -617,7 +643,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           // Weights from the previous pass's column sums: w_j = (c_j / max c)^(-beta), capped;
           // 0 for an empty column (including the padding beyond K).
           float w[NCH][kVec];
-          if (!LL && a.colsum_max) {
+          if (!LL && !kAtomic && a.colsum_max) {
             // From the column reduction's log2 of each sum and its largest sum: one round of
             // loads and no block reduction (the same max, hence the same weights, as below).
 #pragma unroll
@@ -647,9 +673,10 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
                 }
               }
             } else {
+              const float* src = kAtomic ? a.sums + (static_cast<size_t>((p - 1) % kMiraSumBuffers) * a.V + v) * a.Kp
+                                         : a.colsum + static_cast<size_t>(v) * a.Kp;
 #pragma unroll
-              for (int ch = 0; ch < NCH; ++ch)
-                ECache<float>::load(a.colsum + static_cast<size_t>(v) * a.Kp + b.col(ch), w[ch]);
+              for (int ch = 0; ch < NCH; ++ch) ECache<float>::load(src + b.col(ch), w[ch]);
             }
 #pragma unroll
             for (int ch = 0; ch < NCH; ++ch)
@@ -687,7 +714,17 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
         }
       }
 
-      if (p <= a.iters) {
+      if (kAtomic && p <= a.iters) {
+        if (active) {
+          const size_t vk = static_cast<size_t>(a.V) * a.Kp, off = static_cast<size_t>(v) * a.Kp;
+          float* dst = a.sums + (p % kMiraSumBuffers) * vk + off;
+#pragma unroll
+          for (int ch = 0; ch < NCH; ++ch) red_add4(dst + b.col(ch), c[ch]);
+          if (p >= 2) clear_sums_share<NCH>(b, a.sums + ((p + 1) % kMiraSumBuffers) * vk + off, bv, a.blocks_per_view);
+        }
+        fused_grid_sync<SYNC>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
+        mark(kTraceBarrier1);
+      } else if (p <= a.iters) {
         const unsigned seq = static_cast<unsigned>(p + 1);
         if (active) {
           // This pass's largest-sum word starts at 0 (the sums are >= 0): cleared by the
@@ -810,36 +847,45 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
   return nullptr;
 }
 
-// The kernels with the workspace's rows staged through shared memory (MiraPlan::stage_rows):
-// f32 logits, 8 columns per thread in 2-row batches; the f16 copy with cooperative barriers
-// or its per-view counters, the f32 copy with cooperative barriers or the staggered per-view
-// counters (each cache's automatic choices); also the f16 copy's packed 4-row batches
+// The kernels with an opt-in lever (OPT, kOptStaged or kOptAtomicSums): f32 logits, 8 columns
+// per thread in 2-row batches; the f16 copy with cooperative barriers or its per-view
+// counters, the f32 copy with cooperative barriers or the staggered per-view counters (each
+// cache's automatic choices); staging also for the f16 copy's packed 4-row batches
 // (batch_rows 8, a ring of 8 rows) with cooperative barriers or per-view counters; null for
 // the rest.
-FusedFn fused_staged_fn(MiraCache cache, int batch_rows, GridSync sync) {
+template <int OPT>
+FusedFn fused_opt_fn(MiraCache cache, int batch_rows, GridSync sync) {
+  constexpr int kViewCounter = static_cast<int>(GridSync::ViewCounter);
   if (batch_rows == 4 && cache == MiraCache::F16) {
-    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 4, false, false, 0, true>;
-    if (sync == GridSync::ViewCounter)
-      return mira_fused_kernel<float, __half, 2, 4, false, false, static_cast<int>(GridSync::ViewCounter), true>;
+    if constexpr (OPT == kOptStaged) {
+      if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 4, false, false, 0, OPT>;
+      if (sync == GridSync::ViewCounter) return mira_fused_kernel<float, __half, 2, 4, false, false, kViewCounter, OPT>;
+    }
     return nullptr;
   }
   if (batch_rows != 2) return nullptr;
   if (cache == MiraCache::F16) {
-    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, false, false, 0, true>;
-    if (sync == GridSync::ViewCounter)
-      return mira_fused_kernel<float, __half, 2, 2, false, false, static_cast<int>(GridSync::ViewCounter), true>;
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, false, false, 0, OPT>;
+    if (sync == GridSync::ViewCounter) return mira_fused_kernel<float, __half, 2, 2, false, false, kViewCounter, OPT>;
   } else if (cache == MiraCache::F32) {
-    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, float, 2, 2, false, false, 0, true>;
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, float, 2, 2, false, false, 0, OPT>;
     if (sync == GridSync::ViewCounterStagger)
-      return mira_fused_kernel<float, float, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger), true>;
+      return mira_fused_kernel<float, float, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger), OPT>;
   }
+  return nullptr;
+}
+
+// The kernel of a plan with an opt-in lever (staged rows or atomic sums) and barriers `sync`.
+FusedFn fused_opt_fn(const MiraPlan& plan, GridSync sync) {
+  if (plan.stage_rows > 0) return fused_opt_fn<kOptStaged>(plan.cache, plan.batch_rows, sync);
+  if (plan.atomic_sums) return fused_opt_fn<kOptAtomicSums>(plan.cache, plan.batch_rows, sync);
   return nullptr;
 }
 
 FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
   if (bf16_in || plan.pipelined || plan.flag_sync || plan.warp_rows) return nullptr;
-  if (plan.stage_rows > 0)
-    return sync == GridSync::Cooperative ? nullptr : fused_staged_fn(plan.cache, plan.batch_rows, sync);
+  if (plan.stage_rows > 0 || plan.atomic_sums)
+    return sync == GridSync::Cooperative ? nullptr : fused_opt_fn(plan, sync);
   if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
   const int nch = plan.cpt / kVec;
   switch (sync) {
@@ -1342,12 +1388,22 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   // the workspace to stage and its kernel exists and fits.
   if (opts.stage_rows && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && !fp.pipelined &&
       !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0 && fp.ecache_rows_per_block > 0) {
-    const FusedFn staged = fused_staged_fn(fp.cache, fp.batch_rows, GridSync::Cooperative);
+    const FusedFn staged = fused_opt_fn<kOptStaged>(fp.cache, fp.batch_rows, GridSync::Cooperative);
     const int ring = kStageDepth * fp.batch_rows;
     if (staged && fp.smem_rows >= ring) {
       const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best,
                                      k.pipelined, k.flag_sync, ring, unused);
       if (fits_plan(staged, sp, dev)) fp = sp;
+    }
+  }
+  // The column sums by atomics (one launch; no kernel combines them with staging yet).
+  if (opts.atomic_sums && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && fp.stage_rows == 0 &&
+      !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0) {
+    const FusedFn fn = fused_opt_fn<kOptAtomicSums>(fp.cache, fp.batch_rows, GridSync::Cooperative);
+    if (fn) {
+      const MiraPlan ap = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best,
+                                     k.pipelined, k.flag_sync, 0, unused, true);
+      if (fits_plan(fn, ap, dev)) fp = ap;
     }
   }
   const GridSync sync = opts.grid_sync == GridSync::Auto ? auto_grid_sync(fp, p.logits_bf16) : opts.grid_sync;
@@ -1390,11 +1446,11 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
     return;
   }
   const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
-                     : plan.stage_rows > 0 ? fused_staged_fn(plan.cache, plan.batch_rows, GridSync::Cooperative)
-                     : plan.mma_rows > 0   ? mmarows_fn(p.logits_bf16, plan.mma_rows)
-                     : plan.warp_rows      ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
-                                           : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
-                                                          plan.pipelined, plan.flag_sync);
+                     : plan.stage_rows > 0 || plan.atomic_sums ? fused_opt_fn(plan, GridSync::Cooperative)
+                     : plan.mma_rows > 0                       ? mmarows_fn(p.logits_bf16, plan.mma_rows)
+                     : plan.warp_rows ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
+                                      : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
+                                                     plan.pipelined, plan.flag_sync);
   MIRA_CHECK(fn, "mira_assign_cuda: no kernel for this plan's grid barriers (make it with mira_plan)");
   // Flag-tagged sums start untagged in each launch, and the tensor-core kernel's E lives in
   // shared memory from its first pass on: such plans run every pass in one launch.
@@ -1402,6 +1458,12 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
              "mira_assign_cuda: a flag_sync plan runs all passes in one launch");
   MIRA_CHECK(plan.mma_rows == 0 || (pass_begin == 0 && pass_end == p.iters + 2),
              "mira_assign_cuda: an mma_rows plan runs all passes in one launch");
+  MIRA_CHECK(!plan.atomic_sums || (pass_begin == 0 && pass_end == p.iters + 2),
+             "mira_assign_cuda: an atomic_sums plan runs all passes in one launch");
+  // The atomic sums' buffers start at zero (the kernel clears each again before its reuse).
+  if (plan.atomic_sums)
+    MIRA_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(ws) + plan.off_sums, 0,
+                                    static_cast<size_t>(kMiraSumBuffers) * p.V * plan.Kp * sizeof(float), stream));
   FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
   const bool clustered = plan.grid_sync == static_cast<int>(GridSync::ClusterCounter);
 #ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every block at once, as a cooperative launch

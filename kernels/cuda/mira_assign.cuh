@@ -50,6 +50,9 @@
 namespace mira::cuda {
 
 constexpr int kMiraMaxViews = 4;
+// MiraPlan::atomic_sums: the column sums' buffers, used in turn by the passes (a pass's sums
+// are read in the next pass while the pass after clears the third).
+constexpr int kMiraSumBuffers = 3;
 
 enum class MiraVariant : int { Fused, PerPass, Unfused };
 enum class MiraCache : int { F32, BF16, F16 };
@@ -89,6 +92,11 @@ struct MiraPlan {
   // > 0: the workspace's rows staged through a ring of this many rows of shared memory, after
   // the smem_rows rows (MiraPlanOptions::stage_rows)
   int stage_rows = 0;
+  // The column sums added by every block into one K-vector per view and pass with vector
+  // float atomics (MiraPlanOptions::atomic_sums): kMiraSumBuffers * V * Kp floats at off_sums,
+  // buffer p % kMiraSumBuffers for pass p, zeroed before the launch and cleared in turn.
+  bool atomic_sums = false;
+  size_t off_sums = 0;
   // The default fused kernel's grid barriers after the launch's first (MiraPlanOptions::
   // grid_sync): GridSync as int, blocks per cluster of the launch for ClusterCounter, and the
   // counter's place in the workspace.
@@ -222,6 +230,16 @@ struct MiraPlanOptions {
   // shared memory and blocks unchanged; -1: as many as fit. The default and pipelined column
   // kernels (not warp_rows, mma_rows or the cluster plan). The same bits.
   int max_smem_rows = -1;
+  // The default fused kernel at 8 columns per thread in 2-row batches, f32 logits, the f16 or
+  // f32 copy, one launch (Fused, not PerPass), with the plan's automatic barriers or
+  // cooperative ones, rows not staged: each block adds its partial column sums into the pass's
+  // sums with vector float atomics (red.global.add.v4.f32 on sm_90; four scalar ones before)
+  // instead of storing them for a column reduction between two grid barriers. One grid
+  // barrier per pass instead of two, and no reduction phase; the weights then take the
+  // largest sum with a block reduction. The order of the additions varies from run to run, so
+  // the targets are not bitwise reproducible (within f32 rounding of the deterministic
+  // kernel's). Elsewhere MiraPlan::atomic_sums stays false. Opt-in: not yet measured.
+  bool atomic_sums = false;
   // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they

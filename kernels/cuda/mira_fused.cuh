@@ -101,6 +101,19 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// Adds four floats to p[0..3] (16-byte aligned global memory) with no return value: one
+// vector reduction (red.global.add.v4.f32) on sm_90, four scalar ones before (atomicAdd
+// with its result unused compiles to RED); the emulator adds them one by one, atomically.
+__device__ __forceinline__ void red_add4(float* p, const float (&x)[4]) {
+#if !defined(MIRA_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(x[0]), "f"(x[1]), "f"(x[2]), "f"(x[3])
+               : "memory");
+#else
+#pragma unroll
+  for (int u = 0; u < 4; ++u) atomicAdd(p + u, x[u]);
+#endif
+}
+
 // Four consecutive columns of one logits row starting at col (col % 4 == 0), -inf where col >= K;
 // vec: K % 4 == 0 and the rows are 16-byte (f32) / 8-byte (bf16) aligned.
 __device__ __forceinline__ void load_logits4(const float* row, int col, int K, bool vec, float (&x)[kVec]) {

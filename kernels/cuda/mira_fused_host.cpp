@@ -45,11 +45,12 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.vec_logits = vec;
   char* base = static_cast<char*>(ws);
   a.ecache = base + plan.off_ecache;
-  a.partial = reinterpret_cast<float*>(base + plan.off_partial);
+  a.partial = plan.atomic_sums ? nullptr : reinterpret_cast<float*>(base + plan.off_partial);
   a.colsum = reinterpret_cast<float*>(base + plan.off_colsum);
   a.colsum_log2 = plan.log2_sums ? reinterpret_cast<float*>(base + plan.off_colsum_log2) : nullptr;
   a.colsum_max = plan.max_sums ? reinterpret_cast<unsigned*>(base + plan.off_colsum_max) : nullptr;
   a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
+  a.sums = plan.atomic_sums ? reinterpret_cast<float*>(base + plan.off_sums) : nullptr;
   a.ll_partial =
       plan.flag_sync || plan.cluster_groups > 1 ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
   a.ll_colsum = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_colsum) : nullptr;
@@ -67,7 +68,7 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
 
 MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
                     int mma_rows, const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined,
-                    bool flag_sync, int stage_rows, int unused_rows) {
+                    bool flag_sync, int stage_rows, int unused_rows, bool atomic_sums) {
   MiraPlan plan;
   plan.variant = variant;
   plan.cache = cache;
@@ -97,8 +98,15 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   size_t off = 0;
   plan.off_ecache = off;
   off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.ecache_rows_per_block * row_bytes, 256);
+  MIRA_CHECK(!atomic_sums || (variant == MiraVariant::Fused && !flag_sync && !warp_rows && mma_rows == 0),
+             "fused_plan: atomic column sums are for the default kernel's one launch");
+  plan.atomic_sums = atomic_sums;
   plan.off_partial = off;
-  off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(float), 256);
+  if (!atomic_sums) off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(float), 256);
+  if (atomic_sums) {
+    plan.off_sums = off;
+    off = align_up(off + static_cast<size_t>(kMiraSumBuffers) * p.V * plan.Kp * sizeof(float), 256);
+  }
   plan.off_colsum = off;
   off = align_up(off + (static_cast<size_t>(p.V) * plan.Kp + 1) * sizeof(float), 256);
   plan.off_rowmax = off;
@@ -111,7 +119,7 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   }
   // One launch for all passes: the sums a block reads are the ones the reduction wrote (with
   // PerPass they are summed over ranks between launches, after any log2 could be taken).
-  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !plan.warp_rows;
+  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !plan.warp_rows && !atomic_sums;
   if (plan.log2_sums) {
     plan.off_colsum_log2 = off;
     off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(float), 256);

@@ -42,6 +42,8 @@ struct FusedArgs {
   // [v * (iters + 1) + p], atomicMax'ed by the column reduction (MiraPlan::max_sums)
   unsigned* colsum_max;
   float* rowmax;       // (V, N)
+  // null, or (kMiraSumBuffers, V, Kp): the column sums added by atomics (MiraPlan::atomic_sums)
+  float* sums;
   // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
   // and (V, Kp) sums as {float, pass + 1} words.
   uint2* ll_partial;
@@ -70,10 +72,11 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
 // mma_rows: MiraPlan::mma_rows (0, or the tensor-core kernel's column tiles per warp).
 // stage_rows: MiraPlan::stage_rows (0, or the staging ring's rows, taken from the choice's
 // rows in shared memory); unused_rows: rows of the choice's shared memory left unused
-// (MiraPlanOptions::max_smem_rows), their rows read from the workspace.
+// (MiraPlanOptions::max_smem_rows), their rows read from the workspace; atomic_sums:
+// MiraPlan::atomic_sums (the sums' buffers instead of the partials, log2 sums and largest sums).
 MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
                     int mma_rows, const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined,
-                    bool flag_sync, int stage_rows = 0, int unused_rows = 0);
+                    bool flag_sync, int stage_rows = 0, int unused_rows = 0, bool atomic_sums = false);
 
 // The cluster plan of p for a shape from plan_model::cluster_shape (cs.size > 0): launch
 // geometry, shared memory and workspace layout; variant Fused, the given cache (F32 or F16)

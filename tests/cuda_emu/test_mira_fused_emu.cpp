@@ -66,6 +66,7 @@ struct Case {
   bool mma_rows = false, mma_fallback = false;  // the tensor-core updates (f16 copy); every pass on their FMA path
   bool stage_rows = false;                      // the workspace's rows staged through shared memory
   int max_smem_rows = -1;                       // rows per block kept in shared memory at most
+  bool atomic_sums = false;                     // the column sums added by atomics
   int iters = 30;
   float tau = kTau, beta = kBeta;
   S schedule = S::Auto;
@@ -94,6 +95,7 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.grid_sync = c.grid_sync;
   o.stage_rows = c.stage_rows;
   o.max_smem_rows = c.max_smem_rows;
+  o.atomic_sums = c.atomic_sums;
   return o;
 }
 
@@ -646,6 +648,98 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
   CHECK(ot.plan.stage_rows == 0);
 }
 
+TEST_CASE("cuda_emu: the column sums added by atomics give the plain kernel's targets to f32 rounding") {
+  // MiraPlanOptions::atomic_sums: each block adds its partial column sums into its view's
+  // buffer of the pass (three in turn: zeroed by the launch, each cleared again two passes
+  // after its sums were read), one grid barrier per pass. The emulator runs blocks on OS
+  // threads, so the additions come in varying order: the targets are held to the plain
+  // kernel's within a bound far below what a missed clear does (tried: 0.1 apart; a buffer
+  // never zeroed starts from the workspace's NaN fill). The f16 copy
+  // on a device with rows in the workspace, views side by side (cooperative barriers and
+  // per-view counters) and one after another (whose views restart the buffers' turn); the
+  // f32 copy with cooperative and staggered counters; 0 to 3 iterations (the first clear is
+  // in pass 2). Threads shuffled.
+  using GS = cuda::GridSync;
+  emu::DeviceProps mid;
+  mid.smem_optin = 48 * 1024, mid.smem_sm = 96 * 1024;
+  emu::DeviceProps roomy;
+  roomy.smem_optin = 100 * 1024, roomy.smem_sm = 200 * 1024;
+  struct Shape {
+    C cache;
+    int N, K, iters;
+    S schedule;
+    emu::DeviceProps dev;
+    std::vector<GS> kinds;
+  };
+  const Tol near{1e-7, 1e-5};  // f32 rounding of the column sums, carried through the passes
+  for (const Shape& sh : {Shape{C::F16, 58, 3000, 30, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
+                          Shape{C::F16, 96, 2500, 8, S::Concurrent, mid, {GS::ViewCounter, GS::Auto}},
+                          Shape{C::F16, 150, 2100, 5, S::Sequential, mid, {GS::Cooperative, GS::Auto}},
+                          Shape{C::F32, 96, 3000, 6, S::Concurrent, roomy, {GS::Cooperative, GS::ViewCounterStagger}},
+                          Shape{C::F32, 40, 3000, 0, S::Concurrent, roomy, {GS::Auto}},
+                          Shape{C::F32, 40, 3000, 1, S::Concurrent, roomy, {GS::Auto}},
+                          Shape{C::F32, 40, 3000, 2, S::Sequential, roomy, {GS::Auto}},
+                          Shape{C::F32, 40, 3000, 3, S::Concurrent, roomy, {GS::Auto}}}) {
+    CAPTURE(static_cast<int>(sh.cache));
+    CAPTURE(sh.N);
+    CAPTURE(sh.K);
+    CAPTURE(sh.iters);
+    Case c;
+    c.N = sh.N, c.K = sh.K, c.iters = sh.iters, c.schedule = sh.schedule, c.cache = sh.cache;
+    c.min_cpt = 8, c.bps = 2;
+    c.dev = sh.dev;
+    const Out plain = check(c);
+    REQUIRE(plain.plan.cpt == 8);
+    REQUIRE(plain.plan.batch_rows == 2);
+    CHECK(!plain.plan.atomic_sums);
+    c.atomic_sums = true;
+    for (const GS kind : sh.kinds) {
+      CAPTURE(cuda::grid_sync_name(kind));
+      c.grid_sync = kind;
+      const Out o = check_shuffled(c);
+      CHECK(o.plan.atomic_sums);
+      CHECK(!o.plan.log2_sums);
+      CHECK(!o.plan.max_sums);
+      CHECK(o.plan.grid == plain.plan.grid);
+      CHECK(o.plan.smem_rows == plain.plan.smem_rows);
+      const GS want = kind != GS::Auto               ? kind
+                      : sh.schedule == S::Sequential ? GS::Cooperative
+                      : sh.cache == C::F16           ? GS::ViewCounter
+                                                     : GS::ViewCounterStagger;
+      CHECK(o.plan.grid_sync == static_cast<int>(want));
+      for (int v = 0; v < c.V; ++v) {
+        CAPTURE(v);
+        CHECK(allclose(std::vector<double>(o.targets[v].begin(), o.targets[v].end()),
+                       std::vector<double>(plain.targets[v].begin(), plain.targets[v].end()), near,
+                       "atomic sums vs the plain kernel (emulated)"));
+      }
+    }
+  }
+  // Where it does not apply the plan says so: 4 columns per thread, bf16 logits, with the
+  // staging ring (no kernel combines them), and the per-pass variant.
+  Case four;
+  four.K = 1000, four.atomic_sums = true;
+  const Out o4 = check(four);
+  CHECK(o4.plan.cpt == 4);
+  CHECK(!o4.plan.atomic_sums);
+  Case b16;
+  b16.K = 3000, b16.N = 58, b16.bf16 = true, b16.min_cpt = 8, b16.bps = 2, b16.atomic_sums = true;
+  CHECK(!check(b16).plan.atomic_sums);
+  Case staged;
+  staged.K = 3000, staged.N = 58, staged.cache = C::F16, staged.min_cpt = 8, staged.bps = 2, staged.dev = mid;
+  staged.stage_rows = true, staged.atomic_sums = true;
+  const Out os = check(staged);
+  CHECK(os.plan.stage_rows == 4);
+  CHECK(!os.plan.atomic_sums);
+  emu::set_device(gpu());
+  cuda::MiraProblem p;
+  p.V = 2, p.N = 64, p.K = 3000, p.tau_t = kTau, p.beta = kBeta, p.iters = 4;
+  cuda::MiraPlanOptions po;
+  po.atomic_sums = true, po.min_cols_per_thread = 8, po.blocks_per_sm = 2;
+  CHECK(!cuda::mira_plan(p, cuda::MiraVariant::PerPass, po).atomic_sums);
+  CHECK(cuda::mira_plan(p, cuda::MiraVariant::Fused, po).atomic_sums);
+}
+
 TEST_CASE("cuda_emu: fewer rows kept in shared memory give the same bits (MiraPlanOptions::max_smem_rows)") {
   // The bench's "smemN" rows: the same plan with at most N rows per block in shared memory
   // (whole batches), the rest from the workspace; with the staging ring too. Every row of these
@@ -1093,7 +1187,7 @@ TEST_CASE("cuda_emu: the fused kernels give the same bits whatever order their t
   CHECK(same_bits(out[1], out[0]));
 }
 
-TEST_CASE("cuda_emu: the plans of tools/device_focus.sh's staging rows at the issue's shape on an H200-sized device") {
+TEST_CASE("cuda_emu: the plans of device_focus.sh's staging and atomic rows at N 4096 on an H200-sized device") {
   // Plans only (no launch): N 4096 per view, K 3000, 2 views on 132 SMs with an H200's shared
   // memory, so that a device call's "stage" and "smem8" rows are known to get the plans they are
   // named for (a row whose option does not apply runs the plain plan under another name).
@@ -1140,4 +1234,21 @@ TEST_CASE("cuda_emu: the plans of tools/device_focus.sh's staging rows at the is
   const cuda::MiraPlan f32c = plan(C::F32, 4, true, -1, S::Concurrent, 8, 2);
   CHECK(f32c.stage_rows == 4);
   CHECK(f32c.grid_sync == static_cast<int>(GS::ViewCounterStagger));
+  // The "atomic" rows: the plain plans' blocks and rows with the sums' buffers.
+  auto atomic = [&](C cache, S schedule, int cpt, int bps) {
+    cuda::MiraPlanOptions o;
+    o.cache = cache, o.atomic_sums = true, o.schedule = schedule, o.min_cols_per_thread = cpt, o.blocks_per_sm = bps;
+    return cuda::mira_plan(p, cuda::MiraVariant::Fused, o);
+  };
+  const cuda::MiraPlan af16 = atomic(C::F16, S::Auto, 0, 0);
+  CHECK(af16.atomic_sums);
+  CHECK(af16.grid == f16.grid);
+  CHECK(af16.smem_rows == f16.smem_rows);
+  CHECK(af16.grid_sync == static_cast<int>(GS::ViewCounter));
+  const cuda::MiraPlan af32 = atomic(C::F32, S::Auto, 0, 0);
+  CHECK(af32.atomic_sums);
+  CHECK(af32.grid_sync == static_cast<int>(GS::Cooperative));
+  const cuda::MiraPlan af32c = atomic(C::F32, S::Concurrent, 8, 2);
+  CHECK(af32c.atomic_sums);
+  CHECK(af32c.grid_sync == static_cast<int>(GS::ViewCounterStagger));
 }
