@@ -562,6 +562,11 @@ __device__ __forceinline__ void pass_targets(const BlockRows<TIn, TE>& b, const 
 // The fused kernel's opt-in levers (its last template argument, OPT, a set of these bits).
 constexpr int kOptStaged = 1;      // MiraPlan::stage_rows: the workspace's rows staged through shared memory
 constexpr int kOptAtomicSums = 2;  // MiraPlan::atomic_sums: the column sums added by atomics
+// Float atomics on global memory flush subnormal inputs and results to zero (REDG...FTZ in the
+// SASS), where the plain kernel's sums keep them: atomic sums are added scaled by 2^64 and
+// unscaled when read (exact: powers of two; a view's sums are at most its N rows, far below
+// 2^64), so that only sums below 2^-190 would flush.
+constexpr float kAtomicSumScale = 0x1p64f, kAtomicSumUnscale = 0x1p-64f;
 
 // Clears block bv's share of one view's K-vector (buffer `sums`, Kp floats) for a later pass:
 // the 4-column chunks of this thread's columns whose index is bv modulo the view's blocks (no
@@ -677,6 +682,11 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
                                          : a.colsum + static_cast<size_t>(v) * a.Kp;
 #pragma unroll
               for (int ch = 0; ch < NCH; ++ch) ECache<float>::load(src + b.col(ch), w[ch]);
+              if constexpr (kAtomic)
+#pragma unroll
+                for (int ch = 0; ch < NCH; ++ch)
+#pragma unroll
+                  for (int u = 0; u < kVec; ++u) w[ch][u] *= kAtomicSumUnscale;
             }
 #pragma unroll
             for (int ch = 0; ch < NCH; ++ch)
@@ -719,7 +729,12 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           const size_t vk = static_cast<size_t>(a.V) * a.Kp, off = static_cast<size_t>(v) * a.Kp;
           float* dst = a.sums + (p % kMiraSumBuffers) * vk + off;
 #pragma unroll
-          for (int ch = 0; ch < NCH; ++ch) red_add4(dst + b.col(ch), c[ch]);
+          for (int ch = 0; ch < NCH; ++ch) {
+            float x[kVec];
+#pragma unroll
+            for (int u = 0; u < kVec; ++u) x[u] = c[ch][u] * kAtomicSumScale;
+            red_add4(dst + b.col(ch), x);
+          }
           if (p >= 2) clear_sums_share<NCH>(b, a.sums + ((p + 1) % kMiraSumBuffers) * vk + off, bv, a.blocks_per_view);
         }
         fused_grid_sync<SYNC>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
