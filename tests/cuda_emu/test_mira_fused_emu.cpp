@@ -55,6 +55,22 @@ emu::DeviceProps tight() {
   return d;
 }
 
+// Shared memory for ~7 rows of K 3000 per block in the f16 copy (4 in f32): the staging and
+// atomic-sum cases' rows in the workspace at small N.
+emu::DeviceProps mid_smem() {
+  emu::DeviceProps d;
+  d.smem_optin = 48 * 1024;
+  d.smem_sm = 96 * 1024;
+  return d;
+}
+// ~8 rows of K 3000 in f32 per block.
+emu::DeviceProps roomy_smem() {
+  emu::DeviceProps d;
+  d.smem_optin = 100 * 1024;
+  d.smem_sm = 200 * 1024;
+  return d;
+}
+
 struct Case {
   int N = 128, K = 1000, V = 2;
   C cache = C::F32;
@@ -576,10 +592,7 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
   // rows per block (N 250: 26 staged). And the automatic barriers, which stay those of the
   // plain plan. Threads shuffled.
   using GS = cuda::GridSync;
-  emu::DeviceProps mid;
-  mid.smem_optin = 48 * 1024, mid.smem_sm = 96 * 1024;
-  emu::DeviceProps roomy;
-  roomy.smem_optin = 100 * 1024, roomy.smem_sm = 200 * 1024;
+  const emu::DeviceProps mid = mid_smem(), roomy = roomy_smem();
   struct Shape {
     C cache;
     int N, K, iters;
@@ -660,10 +673,7 @@ TEST_CASE("cuda_emu: the column sums added by atomics give the plain kernel's ta
   // f32 copy with cooperative and staggered counters; 0 to 3 iterations (the first clear is
   // in pass 2). Threads shuffled.
   using GS = cuda::GridSync;
-  emu::DeviceProps mid;
-  mid.smem_optin = 48 * 1024, mid.smem_sm = 96 * 1024;
-  emu::DeviceProps roomy;
-  roomy.smem_optin = 100 * 1024, roomy.smem_sm = 200 * 1024;
+  const emu::DeviceProps mid = mid_smem(), roomy = roomy_smem();
   struct Shape {
     C cache;
     int N, K, iters;
