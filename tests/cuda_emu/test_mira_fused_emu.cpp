@@ -71,6 +71,16 @@ emu::DeviceProps roomy_smem() {
   return d;
 }
 
+// A shape of the opt-in levers' cases (staging, atomic sums) and the barrier kinds it runs.
+struct LeverShape {
+  C cache;
+  int N, K, iters;
+  S schedule;
+  emu::DeviceProps dev;
+  std::vector<cuda::GridSync> kinds;
+  int batch_rows = 4;  // asked for: 2 rows per batch at 8 columns; 8: the f16 copy's packed 4
+};
+
 struct Case {
   int N = 128, K = 1000, V = 2;
   C cache = C::F32;
@@ -593,14 +603,7 @@ TEST_CASE("cuda_emu: the workspace's rows staged through shared memory give the 
   // plain plan. Threads shuffled.
   using GS = cuda::GridSync;
   const emu::DeviceProps mid = mid_smem(), roomy = roomy_smem();
-  struct Shape {
-    C cache;
-    int N, K, iters;
-    S schedule;
-    emu::DeviceProps dev;
-    std::vector<GS> kinds;
-    int batch_rows = 4;  // asked for: 2 rows per batch at 8 columns; 8: the f16 copy's packed 4
-  };
+  using Shape = LeverShape;
   for (const Shape& sh :
        {Shape{C::F16, 58, 3000, 30, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
         Shape{C::F16, 96, 2500, 8, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter, GS::Auto}},
@@ -667,20 +670,13 @@ TEST_CASE("cuda_emu: the column sums added by atomics give the plain kernel's ta
   // after its sums were read), one grid barrier per pass. The emulator runs blocks on OS
   // threads, so the additions come in varying order: the targets are held to the plain
   // kernel's within a bound far below what a missed clear does (tried: 0.1 apart; a buffer
-  // never zeroed starts from the workspace's NaN fill). The f16 copy
-  // on a device with rows in the workspace, views side by side (cooperative barriers and
-  // per-view counters) and one after another (whose views restart the buffers' turn); the
-  // f32 copy with cooperative and staggered counters; 0 to 3 iterations (the first clear is
-  // in pass 2). Threads shuffled.
+  // never zeroed starts from the workspace's NaN fill). The f16 copy on a device with rows in
+  // the workspace, views side by side (cooperative barriers and per-view counters) and one
+  // after another (whose views restart the buffers' turn); the f32 copy with cooperative and
+  // staggered counters; 0 to 3 iterations (the first clear is in pass 2). Threads shuffled.
   using GS = cuda::GridSync;
   const emu::DeviceProps mid = mid_smem(), roomy = roomy_smem();
-  struct Shape {
-    C cache;
-    int N, K, iters;
-    S schedule;
-    emu::DeviceProps dev;
-    std::vector<GS> kinds;
-  };
+  using Shape = LeverShape;
   const Tol near{1e-7, 1e-5};  // f32 rounding of the column sums, carried through the passes
   for (const Shape& sh : {Shape{C::F16, 58, 3000, 30, S::Concurrent, mid, {GS::Cooperative, GS::ViewCounter}},
                           Shape{C::F16, 96, 2500, 8, S::Concurrent, mid, {GS::ViewCounter, GS::Auto}},
