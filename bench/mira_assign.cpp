@@ -518,8 +518,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     int bps = 0;  // blocks per SM (0: the plan's choice)
     bool pipelined = false;
     int exact = 0;  // exact updates at the end (16-bit caches)
-    bool flags = false;  // flag-tagged column sums instead of grid barriers
-    bool warp_rows = false;  // a warp per row (kernels/cuda/mira_warprows.cu)
+    bool flags = false;      // flag-tagged column sums instead of grid barriers
     int cluster = 0;         // a cluster per view (kernels/cuda/mira_cluster.cu): -1 the plan's size, > 0 that size
     bool mma = false;        // the cluster plan's f16 sweeps on tensor cores
     cuda::GridSync sync = cuda::GridSync::Auto;  // the default kernel's barriers after the first
@@ -572,43 +571,27 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
            {"per-pass f16-cache exact3", MV::PerPass, MC::F16, MS::Auto, 4, false, 0, 0, false, 3}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
-  // A warp per row (K <= 3072): no block barrier inside the update passes (bench/NOTES.md).
-  at = 1;
-  for (const Variant& v : std::vector<Variant>{
-           {"fused warprows", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, true},
-           {"fused warprows flags", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, true, true},
-           {"fused warprows f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, true},
-           {"fused warprows f16-cache exact3 flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, true,
-            true},
-           {"fused warprows f16-cache exact1 flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, true,
-            true},
-           {"fused warprows f16-cache exact3 concurrent flags", MV::Fused, MC::F16, MS::Concurrent, 4, false, 0, 0,
-            false, 3, true, true}}) {
-    variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
-  }
   // A cluster of blocks per view, all of E in its shared memory (where it fits: the training
   // shapes; sm_90): two cluster barriers per pass, no grid barrier.
   at = 1;
   for (const Variant& v : std::vector<Variant>{
-           {"fused cluster", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, -1},
-           {"fused cluster8", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, 8},
-           {"fused cluster16", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, false, 16},
-           {"fused cluster bf16-logits", MV::Fused, MC::F32, MS::Auto, 4, true, 0, 0, false, 0, false, false, -1},
+           {"fused cluster", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, -1},
+           {"fused cluster8", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, 8},
+           {"fused cluster16", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, 16},
+           {"fused cluster bf16-logits", MV::Fused, MC::F32, MS::Auto, 4, true, 0, 0, false, 0, false, -1},
            // Row groups where one cluster cannot hold a view: N 4096 takes the f16 copy.
-           {"fused cluster f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false, -1},
-           {"fused cluster8 f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false, 8},
-           {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, false, -1},
+           {"fused cluster f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, -1},
+           {"fused cluster8 f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, 8},
+           {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, -1},
            // Every update on the split copy (hi in shared memory + lo in L2, ~22 bits).
-           {"fused cluster f16-cache exact30", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 30, false, false,
-            -1},
+           {"fused cluster f16-cache exact30", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 30, false, -1},
            // The f16 copy's sweeps on tensor cores (mma.sync, the weights and row inverses as two
            // f16 halves).
-           {"fused cluster f16-cache exact3 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, false,
-            -1, true},
-           {"fused cluster f16-cache exact1 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, false,
-            -1, true},
-           {"fused cluster f16-cache mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 0, false, false, -1,
-            true}}) {
+           {"fused cluster f16-cache exact3 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, -1,
+            true},
+           {"fused cluster f16-cache exact1 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, -1,
+            true},
+           {"fused cluster f16-cache mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 0, false, -1, true}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
   // The default kernel's grid barriers after the first as counter barriers, one arrival per
@@ -778,7 +761,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.blocks_per_sm = var.bps;
       po.pipelined = var.pipelined;
       po.flag_sync = var.flags;
-      po.warp_rows = var.warp_rows;
       po.cluster = var.cluster != 0;
       po.cluster_size = std::max(0, var.cluster);
       po.cluster_mma = var.mma;
@@ -844,7 +826,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                                                         : "f16"},
                      {"exact_passes", plan.exact_passes},
                      {"flag_sync", plan.flag_sync},
-                     {"warp_rows", plan.warp_rows},
                      {"cluster", plan.cluster},
                      {"cluster_groups", plan.cluster_groups},
                      {"cluster_mma", plan.cluster_mma},

@@ -45,7 +45,7 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
 cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedule = cuda::MiraSchedule::Auto,
                                 int batch_rows = 4, int cols_per_thread = 0, int blocks_per_sm = 0,
                                 bool pipelined = false, int exact_passes = 0, bool flag_sync = false,
-                                bool warp_rows = false, bool cluster = false, int cluster_size = 0) {
+                                bool cluster = false, int cluster_size = 0) {
   cuda::MiraPlanOptions o;
   o.cache = cache;
   o.schedule = schedule;
@@ -55,7 +55,6 @@ cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedu
   o.pipelined = pipelined;
   o.exact_passes = exact_passes;
   o.flag_sync = flag_sync;
-  o.warp_rows = warp_rows;
   o.cluster = cluster;
   o.cluster_size = cluster_size;
   return o;
@@ -88,17 +87,12 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
   if (plan_out) *plan_out = plan;
   // The cluster plan: fused with the f32 or f16 cache only.
   CHECK((plan.cluster == 0 || (o.cluster && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16)));
-  // A warp per row: fused or per-pass, K <= 3072, f32 or f16 cache; the options about
-  // columns per thread do not apply to it.
-  CHECK(plan.warp_rows ==
-        (o.warp_rows && variant != cuda::MiraVariant::Unfused && p.K <= 3072 && o.cache != cuda::MiraCache::BF16));
   // The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
-  CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused && !plan.warp_rows &&
+  CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused &&
                            ((plan.cpt == 4 && plan.batch_rows == 4) || (plan.cpt == 8 && plan.batch_rows == 2))));
-  // Flag-tagged sums: the same shapes or a warp per row, fused only, f32 and f16 caches.
-  CHECK(plan.flag_sync ==
-        (o.flag_sync && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16 &&
-         (plan.warp_rows || (plan.cpt == 4 && plan.batch_rows == 4) || (plan.cpt == 8 && plan.batch_rows == 2))));
+  // Flag-tagged sums: the same shapes, fused only, f32 and f16 caches.
+  CHECK(plan.flag_sync == (o.flag_sync && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16 &&
+                           ((plan.cpt == 4 && plan.batch_rows == 4) || (plan.cpt == 8 && plan.batch_rows == 2))));
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
   if (plan.flag_sync) {
     // Poison the flag-tagged words with wrong values carrying every tag a pass will wait for:
@@ -189,33 +183,24 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
       int exact = 0;  // exact updates at the end (16-bit caches)
       bool pipelined = false;
       bool flags = false;
-      bool warp_rows = false;  // taken up to K = 3072; beyond, the default kernel runs
     };
-    const Run runs[] = {
-        {"fused", V::Fused, C::F32, S::Auto, 4},
-        {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
-        {"fused sequential", V::Fused, C::F32, S::Sequential, 4},
-        {"fused 8-row batches", V::Fused, C::F32, S::Auto, 8},
-        {"per-pass", V::PerPass, C::F32, S::Auto, 4},
-        {"unfused", V::Unfused, C::F32, S::Auto, 4},
-        {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4},
-        {"fused 4 columns per thread, 1 block per SM", V::Fused, C::F32, S::Auto, 4, 4, 1},
-        {"fused 8 columns per thread, 2 blocks per SM", V::Fused, C::F32, S::Auto, 4, 8, 2},
-        {"fused 8 columns per thread, 4-row batches", V::Fused, C::F32, S::Auto, 8, 8, 2},
-        {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4},
-        {"fused f16 cache", V::Fused, C::F16, S::Auto, 4},
-        {"fused f16 cache, 3 exact updates", V::Fused, C::F16, S::Auto, 4, 0, 0, 3},
-        {"fused f16 cache, 3 exact, pipelined", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, true},
-        {"fused f16 cache, 3 exact, concurrent", V::Fused, C::F16, S::Concurrent, 4, 0, 0, 3},
-        {"per-pass f16 cache, 3 exact updates", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3},
-        {"fused bf16 cache, 5 exact updates", V::Fused, C::BF16, S::Auto, 4, 0, 0, 5},
-        {"fused warp rows", V::Fused, C::F32, S::Auto, 4, 0, 0, 0, false, false, true},
-        {"fused warp rows, flags", V::Fused, C::F32, S::Auto, 4, 0, 0, 0, false, true, true},
-        {"fused warp rows, concurrent", V::Fused, C::F32, S::Concurrent, 4, 0, 0, 0, false, false, true},
-        {"per-pass warp rows", V::PerPass, C::F32, S::Auto, 4, 0, 0, 0, false, false, true},
-        {"fused warp rows, f16 cache", V::Fused, C::F16, S::Auto, 4, 0, 0, 0, false, false, true},
-        {"fused warp rows, f16 cache, 3 exact, flags", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, false, true, true},
-        {"per-pass warp rows, f16 cache, 3 exact", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3, false, false, true}};
+    const Run runs[] = {{"fused", V::Fused, C::F32, S::Auto, 4},
+                        {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
+                        {"fused sequential", V::Fused, C::F32, S::Sequential, 4},
+                        {"fused 8-row batches", V::Fused, C::F32, S::Auto, 8},
+                        {"per-pass", V::PerPass, C::F32, S::Auto, 4},
+                        {"unfused", V::Unfused, C::F32, S::Auto, 4},
+                        {"fused bf16 cache", V::Fused, C::BF16, S::Auto, 4},
+                        {"fused 4 columns per thread, 1 block per SM", V::Fused, C::F32, S::Auto, 4, 4, 1},
+                        {"fused 8 columns per thread, 2 blocks per SM", V::Fused, C::F32, S::Auto, 4, 8, 2},
+                        {"fused 8 columns per thread, 4-row batches", V::Fused, C::F32, S::Auto, 8, 8, 2},
+                        {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4},
+                        {"fused f16 cache", V::Fused, C::F16, S::Auto, 4},
+                        {"fused f16 cache, 3 exact updates", V::Fused, C::F16, S::Auto, 4, 0, 0, 3},
+                        {"fused f16 cache, 3 exact, pipelined", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, true},
+                        {"fused f16 cache, 3 exact, concurrent", V::Fused, C::F16, S::Concurrent, 4, 0, 0, 3},
+                        {"per-pass f16 cache, 3 exact updates", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3},
+                        {"fused bf16 cache, 5 exact updates", V::Fused, C::BF16, S::Auto, 4, 0, 0, 5}};
     std::vector<std::vector<double>> fused;
     // The CPU twins of the f16 runs, each computed once per (view, exact updates).
     std::map<std::pair<int, int>, std::vector<double>> twins;
@@ -227,9 +212,8 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
     };
     for (const Run& r : runs) {
       CAPTURE(r.name);
-      const auto got =
-          run_kernel(views, r.variant,
-                     plan_opts(r.cache, r.schedule, r.rows, r.cpt, r.bps, r.pipelined, r.exact, r.flags, r.warp_rows));
+      const auto got = run_kernel(views, r.variant,
+                                  plan_opts(r.cache, r.schedule, r.rows, r.cpt, r.bps, r.pipelined, r.exact, r.flags));
       // With exact updates at the end a 16-bit cache is as close to f64 as f32 (kF16CacheTol).
       const Tol tol = r.exact > 0          ? kGpuTol
                       : r.cache == C::BF16 ? kBf16CacheTol
@@ -240,8 +224,7 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
         CHECK(finite_simplex(got[v], s.N, s.K, 1e-4));
         if (r.cache == C::F16) CHECK(allclose(got[v], f16_twin(v, r.exact), kF16TwinTol, "vs the CPU twin"));
       }
-      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0 &&
-          !r.warp_rows && !r.flags)
+      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0 && !r.flags)
         fused = got;
       // Fused and unfused are the same computation up to f32 summation order.
       if (r.variant == V::Unfused)
@@ -274,34 +257,6 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
           run_kernel(views, V::Fused, plan_opts(C::F32, S::Concurrent)));
     CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential, 4, 0, 0, false, 0, true)) ==
           run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential)));
-    // A warp per row: deterministic, and flag-tagged sums add in the same order as the
-    // barriers, for both caches.
-    auto warp = [&](C cache, int exact, bool flags_on, V variant = V::Fused) {
-      return run_kernel(views, variant, plan_opts(cache, S::Auto, 4, 0, 0, false, exact, flags_on, true));
-    };
-    const auto wr = warp(C::F32, 0, false);
-    CHECK(warp(C::F32, 0, false) == wr);
-    CHECK(warp(C::F32, 0, true) == wr);
-    CHECK(warp(C::F16, 3, true) == warp(C::F16, 3, false));
-  }
-}
-
-TEST_CASE("gpu mira: a warp per row at the benchmark's shape, E partly in the workspace") {
-  // N 4096, K 3000: with the f32 cache a block holds 16 of its 32 rows in shared memory and
-  // reads the rest from the workspace; the f16 cache holds them all.
-  const int64_t N = 4096, K = 3000;
-  const std::vector<Tensor> views = {cpu_logits(N, K, 11, 0.3)};
-  const auto ref = reference(views[0]);
-  for (const bool flags : {false, true}) {
-    CAPTURE(flags);
-    const auto f32 =
-        run_kernel(views, cuda::MiraVariant::Fused,
-                   plan_opts(cuda::MiraCache::F32, cuda::MiraSchedule::Auto, 4, 0, 0, false, 0, flags, true));
-    CHECK(allclose(f32[0], ref, kGpuTol, "warp rows, f32 cache"));
-    const auto f16 =
-        run_kernel(views, cuda::MiraVariant::Fused,
-                   plan_opts(cuda::MiraCache::F16, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, flags, true));
-    CHECK(allclose(f16[0], ref, kGpuTol, "warp rows, f16 cache, 3 exact updates"));
   }
 }
 
@@ -644,7 +599,7 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
     std::vector<Tensor> views;
     for (int v = 0; v < c.views; ++v) views.push_back(cpu_logits(c.N, c.K, 31 + v, 0.3));
     cuda::MiraPlan plan;
-    auto opts = plan_opts(c.cache, S::Auto, 4, 0, 0, false, c.exact, false, false, true, c.size);
+    auto opts = plan_opts(c.cache, S::Auto, 4, 0, 0, false, c.exact, false, true, c.size);
     opts.cluster_mma = c.mma;
     const auto got = run_kernel(views, V::Fused, opts, false, kTau, kBeta, 30, &plan);
     if (plan.cluster == 0) {
@@ -693,7 +648,7 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
   }
   // bf16 logits, and 2 iterations (where every pass shows in the targets).
   const std::vector<Tensor> two = {cpu_logits(128, 3000, 41, 0.3), cpu_logits(128, 3000, 42, 0.3)};
-  const auto cl = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, false, false, true);
+  const auto cl = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, false, true);
   const auto b16 = run_kernel(two, V::Fused, cl, true);
   // bf16 tensors live on the GPU: round there, compare on the host.
   const Tensor rounded = two[0].to(Device::cuda(0)).to(DType::BF16).to(DType::F32).to(Device::cpu());
@@ -900,25 +855,14 @@ TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
       if (c.kind == 2)
         for (int64_t i = 0; i < c.N; ++i) CHECK(t[i * c.K + 3] == 0);
     }
-    // A warp per row (up to K = 3072), both caches.
-    if (c.K <= 3072) {
-      for (cuda::MiraCache cache : {cuda::MiraCache::F32, cuda::MiraCache::F16}) {
-        const auto t = run_kernel({host}, cuda::MiraVariant::Fused,
-                                  plan_opts(cache, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, false, true), false,
-                                  c.tau, c.beta)[0];
-        CHECK(finite_simplex(t, c.N, c.K, 1e-4));
-        if (c.kind == 2)
-          for (int64_t i = 0; i < c.N; ++i) CHECK(t[i * c.K + 3] == 0);
-      }
-    }
     // The cluster plan (sm_90: N 65536 x K 3 in row groups of one-block clusters), f32 and
     // f16 + 3 exact updates.
     if (cuda::mira_fused_supports(static_cast<int>(c.K))) {
       for (cuda::MiraCache cache : {cuda::MiraCache::F32, cuda::MiraCache::F16}) {
         cuda::MiraPlan plan;
         const auto t = run_kernel({host}, cuda::MiraVariant::Fused,
-                                  plan_opts(cache, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, false, false, true),
-                                  false, c.tau, c.beta, 30, &plan)[0];
+                                  plan_opts(cache, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, false, true), false,
+                                  c.tau, c.beta, 30, &plan)[0];
         if (major >= 9) CHECK(plan.cluster > 0);
         CHECK(finite_simplex(t, c.N, c.K, 1e-4));
         if (c.kind == 2)

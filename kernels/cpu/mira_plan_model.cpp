@@ -14,24 +14,15 @@ long long ceil_div(long long a, long long b) {
 }  // namespace
 
 // Update-pass rates measured on an H200: 8 columns per thread at 2 blocks of 384 per SM ~12.1 G
-// elements/s per SM (f32 and f16 copies alike), 4 columns at 1 block of 768 ~8.7 G; the warp-row
-// kernel ~7.8 G. Lone blocks wait on their own row reductions; two per SM overlap them. Rows
-// beyond shared memory: 4 columns per thread keep half the bytes in flight (~0.75 of the rate:
-// 33 us per pass with 76 MB from HBM, against 22 us for 78 MB at 8), the warp rows fewer still
-// (long-scoreboard stalls, 44 % L2 hits).
+// elements/s per SM (f32 and f16 copies alike), 4 columns at 1 block of 768 ~8.7 G. Lone blocks
+// wait on their own row reductions; two per SM overlap them. Rows beyond shared memory: 4
+// columns per thread keep half the bytes in flight (~0.75 of the rate: 33 us per pass with 76
+// MB from HBM, against 22 us for 78 MB at 8).
 Shape column_shape(int cpt, int block, int Kp, int batch_rows) {
   Shape s;
   s.cpt = cpt, s.block = block, s.Kp = Kp, s.batch_rows = batch_rows;
   s.rate_1 = 8.7e9, s.rate_2 = 12.1e9;
   s.offchip = cpt >= 8 ? 1.0 : 0.75;
-  return s;
-}
-
-Shape warp_row_shape(int cpt, int block, int Kp) {
-  Shape s;
-  s.cpt = cpt, s.block = block, s.Kp = Kp, s.batch_rows = 1;
-  s.rate_1 = s.rate_2 = 7.8e9;
-  s.offchip = 0.5;
   return s;
 }
 

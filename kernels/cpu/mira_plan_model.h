@@ -36,7 +36,6 @@ struct Shape {
 
 // Measured rates (H200, bench/RESULTS.md 2026-11-27) for the two kinds of kernel.
 Shape column_shape(int cpt, int block, int Kp, int batch_rows);  // mira_assign.cu's kernel
-Shape warp_row_shape(int cpt, int block, int Kp);                // mira_warprows.cu's
 Shape mma_row_shape(int block, int Kp);                          // mira_mmarows.cu's
 // Rows of E a block stores: its rows rounded up to the shape's row tiles.
 inline int stored_rows(const Shape& sh, int rows_per_block) {

@@ -898,7 +898,7 @@ FusedFn fused_opt_fn(const MiraPlan& plan, GridSync sync) {
 }
 
 FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
-  if (bf16_in || plan.pipelined || plan.flag_sync || plan.warp_rows) return nullptr;
+  if (bf16_in || plan.pipelined || plan.flag_sync) return nullptr;
   if (plan.stage_rows > 0 || plan.atomic_sums)
     return sync == GridSync::Cooperative ? nullptr : fused_opt_fn(plan, sync);
   if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
@@ -1165,7 +1165,7 @@ GridSync auto_grid_sync(const MiraPlan& plan, bool bf16_in) {
   c.f16 = plan.cache == MiraCache::F16;
   c.exact_passes = plan.exact_passes;
   c.default_kernel = plan.variant == MiraVariant::Fused && plan.cluster == 0 && !bf16_in && !plan.pipelined &&
-                     !plan.flag_sync && !plan.warp_rows && plan.mma_rows == 0;
+                     !plan.flag_sync && plan.mma_rows == 0;
   switch (plan_model::auto_barrier(c)) {
     case plan_model::Barrier::ViewCounter:
       return GridSync::ViewCounter;
@@ -1296,9 +1296,8 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
       if (cs.size > 0) return cluster_plan(p, cache, plan.exact_passes, cs);
     }
   }
-  plan.warp_rows = opts.warp_rows && p.K <= kWarpRowsMaxK && cache != MiraCache::BF16;
   // The tensor-core updates (mira_mmarows.cu): column tiles per warp, or 0.
-  const int mma_rows = opts.mma_rows && !plan.warp_rows && variant == MiraVariant::Fused && cache == MiraCache::F16 &&
+  const int mma_rows = opts.mma_rows && variant == MiraVariant::Fused && cache == MiraCache::F16 &&
                                plan.exact_passes == 0 && !opts.flag_sync && p.K <= kMmaRowsMaxK &&
                                device_attr(cudaDevAttrComputeCapabilityMajor, dev) >= 8
                            ? mmarows_tiles(p.K)
@@ -1328,13 +1327,6 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
       sh.max_bpv = ceil_div(p.N, 16);
       sh.smem_extra = static_cast<long long>(mmarows_extra_bytes(sh.Kp));
       fn = mmarows_fn(p.logits_bf16, mma_rows);
-    } else if (plan.warp_rows) {
-      const int T = warprows_chunks(p.K);
-      sh = plan_model::warp_row_shape(kVec * T, kWarpRowsBlock, 128 * T);
-      sh.max_bpv = ceil_div(p.N, kWarpRowsBlock / 32);  // a row for each of the 8 warps at least
-      ll = variant == MiraVariant::Fused && opts.flag_sync;
-      fn = warprows_fn(p.logits_bf16, cache, p.K, ll);
-      sh.smem_extra = static_cast<long long>(warprows_comb_bytes(p.K));
     } else {
       int nch = min_cpt / kVec;
       while (nch < 4 && ceil_div(p.K, kVec * nch) > kFusedMaxBlock) nch *= 2;
@@ -1357,7 +1349,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     shapes.push_back(sh);
     kernels.push_back({fn, pipe, ll});
   };
-  if (plan.warp_rows || mma_rows > 0) {
+  if (mma_rows > 0) {
     add_shape(0, 1);
   } else if (min_cols_per_thread == 0 && blocks_per_sm == 0 && variant == MiraVariant::Fused &&
              ceil_div(p.K, kVec) > 512) {
@@ -1388,41 +1380,39 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   MIRA_CHECK(best.shape >= 0, "mira_plan: no launch configuration fits the device");
   const Kernel& k = kernels[static_cast<size_t>(best.shape)];
   const plan_model::Shape& shape = shapes[static_cast<size_t>(best.shape)];
-  MiraPlan fp =
-      fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best, k.pipelined, k.flag_sync);
+  MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined, k.flag_sync);
   // Fewer rows in shared memory than fit (for measurements): the same shared memory, the rest
   // of the rows from the workspace.
   int unused = 0;
-  if (opts.max_smem_rows >= 0 && !fp.warp_rows && fp.mma_rows == 0 && fp.smem_rows > opts.max_smem_rows) {
+  if (opts.max_smem_rows >= 0 && fp.mma_rows == 0 && fp.smem_rows > opts.max_smem_rows) {
     unused = fp.smem_rows - opts.max_smem_rows / fp.batch_rows * fp.batch_rows;
-    fp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best, k.pipelined,
-                    k.flag_sync, 0, unused);
+    fp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined, k.flag_sync, 0, unused);
   }
   // The workspace's rows staged through shared memory: the ring's rows come out of those the
   // block keeps in shared memory (the same dynamic shared memory), where the plan has some in
   // the workspace to stage and its kernel exists and fits.
   if (opts.stage_rows && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && !fp.pipelined &&
-      !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0 && fp.ecache_rows_per_block > 0) {
+      !fp.flag_sync && fp.mma_rows == 0 && fp.ecache_rows_per_block > 0) {
     const FusedFn staged = fused_opt_fn<kOptStaged>(fp.cache, fp.batch_rows, GridSync::Cooperative);
     const int ring = kStageDepth * fp.batch_rows;
     if (staged && fp.smem_rows >= ring) {
-      const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best,
-                                     k.pipelined, k.flag_sync, ring, unused);
+      const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined,
+                                     k.flag_sync, ring, unused);
       if (fits_plan(staged, sp, dev)) fp = sp;
     }
   }
   // The column sums by atomics (one launch; no kernel combines them with staging yet).
   if (opts.atomic_sums && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && fp.stage_rows == 0 &&
-      !fp.pipelined && !fp.flag_sync && !fp.warp_rows && fp.mma_rows == 0) {
+      !fp.pipelined && !fp.flag_sync && fp.mma_rows == 0) {
     const FusedFn fn = fused_opt_fn<kOptAtomicSums>(fp.cache, fp.batch_rows, GridSync::Cooperative);
     if (fn) {
-      const MiraPlan ap = fused_plan(p, variant, cache, plan.exact_passes, plan.warp_rows, mma_rows, shape, best,
-                                     k.pipelined, k.flag_sync, 0, unused, true);
+      const MiraPlan ap = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined,
+                                     k.flag_sync, 0, unused, true);
       if (fits_plan(fn, ap, dev)) fp = ap;
     }
   }
   const GridSync sync = opts.grid_sync == GridSync::Auto ? auto_grid_sync(fp, p.logits_bf16) : opts.grid_sync;
-  if (sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync && !fp.warp_rows)
+  if (sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync)
     set_grid_sync(fp, sync, opts, p.logits_bf16, dev);
   return fp;
 }
@@ -1463,9 +1453,8 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
   const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
                      : plan.stage_rows > 0 || plan.atomic_sums ? fused_opt_fn(plan, GridSync::Cooperative)
                      : plan.mma_rows > 0                       ? mmarows_fn(p.logits_bf16, plan.mma_rows)
-                     : plan.warp_rows ? warprows_fn(p.logits_bf16, plan.cache, p.K, plan.flag_sync)
-                                      : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
-                                                     plan.pipelined, plan.flag_sync);
+                                         : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
+                                                        plan.pipelined, plan.flag_sync);
   MIRA_CHECK(fn, "mira_assign_cuda: no kernel for this plan's grid barriers (make it with mira_plan)");
   // Flag-tagged sums start untagged in each launch, and the tensor-core kernel's E lives in
   // shared memory from its first pass on: such plans run every pass in one launch.

@@ -13,9 +13,6 @@
 // - PerPass: the fused kernel cut at the all-reduce: one cooperative launch per pass (the
 //   iteration count plus two), E in the workspace, and the caller sums the column sums over
 //   ranks between launches. Plain stream work, so it can be captured in a CUDA graph.
-// - Fused or PerPass with MiraPlanOptions::warp_rows (K <= 3072): the same passes with a warp
-//   per row instead of a thread per column (kernels/cuda/mira_warprows.cu). Opt-in: slower than the default on an H200
-//   (bench/RESULTS.md, sessions 8 and 15).
 // - Fused with MiraPlanOptions::cluster (sm_90, f32 cache, where a view's E fits one cluster's
 //   shared memory: the training shapes of one GPU): a thread-block cluster per view, its
 //   blocks splitting the columns, so that a pass needs two cluster barriers and no grid
@@ -81,7 +78,6 @@ struct MiraPlan {
   int batch_rows = 4;       // rows per register batch (fused / per-pass)
   bool pipelined = false;   // update passes with split-phase barriers (see mira_plan)
   bool flag_sync = false;   // column sums as flag-tagged words, no grid barriers (see mira_plan)
-  bool warp_rows = false;   // a warp per row (see mira_plan); cpt is then a lane's columns
   int cluster = 0;          // > 0: the cluster plan (see mira_plan) with this many blocks per view
   int cluster_cols = 0;     // the cluster plan: columns per block
   int cluster_groups = 0;   // the cluster plan: clusters per view (row groups of rows_per_block)
@@ -117,7 +113,7 @@ struct MiraPlan {
   // and, right after them, the non-finite counter (so one all-reduce carries both).
   size_t off_ecache = 0, off_partial = 0, off_colsum = 0, off_rowmax = 0, off_w = 0;
   size_t off_ll_partial = 0, off_ll_colsum = 0;  // flag_sync: tagged partials and sums
-  // Fused with grid barriers (not flag_sync, not warp_rows): the column reduction also stores
+  // Fused with grid barriers (not flag_sync): the column reduction also stores
   // log2 of each sum (V * Kp floats at off_colsum_log2), so each block's weights need no log2f
   // of their own (a ~30-instruction polynomial per column and pass in every block).
   bool log2_sums = false;
@@ -167,11 +163,6 @@ constexpr int kMiraTraceWords = kMiraTracePhases + 1 + kMiraTraceMarks;
 // column tile starts on each partial as it lands, and each block starts its next pass as soon
 // as the sums it reads are there. The same additions in the same order: the same bits. One
 // grid barrier at the start clears the tags; twice the bytes for partials and sums.
-// warp_rows (Fused and PerPass, K <= 3072, f32 or f16 cache; MiraPlan::warp_rows says whether
-// it took): kernels/cuda/mira_warprows.cu, where a warp owns whole rows and no warp waits for
-// another during the update passes; blocks of 256, one per SM. Other bits than the default
-// kernel (other summation order), as close to the f64 reference. batch_rows,
-// min_cols_per_thread and pipelined do not apply; flag_sync does.
 // cluster (Fused, f32 or f16 cache, sm_90; MiraPlan::cluster says whether it took):
 // kernels/cuda/mira_cluster.cu, thread-block clusters of up to 16 blocks each holding the E of
 // a run of rows of one view in shared memory, block r owning a slice of the columns of those
@@ -209,7 +200,6 @@ struct MiraPlanOptions {
   int blocks_per_sm = 0;
   bool pipelined = false;
   bool flag_sync = false;
-  bool warp_rows = false;
   bool cluster = false;
   int cluster_size = 0;
   bool cluster_mma = false;
@@ -228,7 +218,7 @@ struct MiraPlanOptions {
   // For measurements (bench rows "smemN"): at most this many rows of E per block kept in shared
   // memory (rounded down to whole batches), the rest read from the workspace, with the plan's
   // shared memory and blocks unchanged; -1: as many as fit. The default and pipelined column
-  // kernels (not warp_rows, mma_rows or the cluster plan). The same bits.
+  // kernels (not mma_rows or the cluster plan). The same bits.
   int max_smem_rows = -1;
   // The default fused kernel at 8 columns per thread in 2-row batches, f32 logits, the f16 or
   // f32 copy, one launch (Fused, not PerPass), with the plan's automatic barriers or
@@ -240,7 +230,7 @@ struct MiraPlanOptions {
   // the targets are not bitwise reproducible (within f32 rounding of the deterministic
   // kernel's). Elsewhere MiraPlan::atomic_sums stays false. Opt-in: not yet measured.
   bool atomic_sums = false;
-  // The default fused kernel (one launch, not flag_sync, not warp_rows): its grid barriers
+  // The default fused kernel (one launch, not flag_sync): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they
   // divide the grid; a Counter plan where clusters do not run or fit at once). The same bits.

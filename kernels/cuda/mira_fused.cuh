@@ -1,5 +1,5 @@
 // Internal to the fused MIRA assignment kernels (mira_assign.cu: columns per thread;
-// mira_warprows.cu: a warp per row): element access, the 16-bit working copies, block
+// mira_mmarows.cu: the f16 copy's updates on tensor cores): element access, the 16-bit working copies, block
 // reductions, the kernel arguments, the flag-tagged words, and the pieces of a pass both
 // kernels share (the flags' clearing, the weights, the column reduction). Read the file
 // comment of mira_assign.cu first.
@@ -701,15 +701,6 @@ __device__ __forceinline__ void fused_view_stagger(const FusedArgs& a, const uns
 }
 
 using FusedFn = void (*)(const FusedArgs);
-
-// mira_warprows.cu: the fused kernel with a warp per row (MiraPlan::warp_rows) for T chunks of
-// 128 columns (K <= 128 T; T is 8, 16 or 24), f32 or f16 cache.
-constexpr int kWarpRowsBlock = 256;
-constexpr int kWarpRowsMaxK = 24 * 128;
-int warprows_chunks(int K);
-// Dynamic shared memory ahead of the rows of E: the combine buffer (kernel comment).
-size_t warprows_comb_bytes(int K);
-FusedFn warprows_fn(bool bf16_in, MiraCache cache, int K, bool flag_sync);
 
 // mira_mmarows.cu: the fused kernel with the f16 copy's updates on tensor cores
 // (MiraPlan::mma_rows), warps of TPW column tiles of 16 (mmarows_tiles: 4, 8 or 12 for K up to

@@ -66,14 +66,13 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   return a;
 }
 
-MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
-                    int mma_rows, const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined,
-                    bool flag_sync, int stage_rows, int unused_rows, bool atomic_sums) {
+MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, int mma_rows,
+                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync,
+                    int stage_rows, int unused_rows, bool atomic_sums) {
   MiraPlan plan;
   plan.variant = variant;
   plan.cache = cache;
   plan.exact_passes = cache == MiraCache::F32 ? 0 : exact_passes;
-  plan.warp_rows = warp_rows;
   plan.mma_rows = mma_rows;
   plan.cpt = sh.cpt;
   plan.block = sh.block;
@@ -98,7 +97,7 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   size_t off = 0;
   plan.off_ecache = off;
   off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.ecache_rows_per_block * row_bytes, 256);
-  MIRA_CHECK(!atomic_sums || (variant == MiraVariant::Fused && !flag_sync && !warp_rows && mma_rows == 0),
+  MIRA_CHECK(!atomic_sums || (variant == MiraVariant::Fused && !flag_sync && mma_rows == 0),
              "fused_plan: atomic column sums are for the default kernel's one launch");
   plan.atomic_sums = atomic_sums;
   plan.off_partial = off;
@@ -119,7 +118,7 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   }
   // One launch for all passes: the sums a block reads are the ones the reduction wrote (with
   // PerPass they are summed over ranks between launches, after any log2 could be taken).
-  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !plan.warp_rows && !atomic_sums;
+  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !atomic_sums;
   if (plan.log2_sums) {
     plan.off_colsum_log2 = off;
     off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(float), 256);

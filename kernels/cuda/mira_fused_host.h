@@ -67,16 +67,16 @@ struct FusedArgs {
 // workspace at ws (checks the views' pointers; vector access where K and their alignment allow).
 FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass_begin, int pass_end);
 
-// The fused / per-pass plan (default and warp-row kernels) of p from the cost model's choice
+// The fused / per-pass plan (the column kernels and the tensor-core kernel) of p from the cost model's choice
 // (plan_model::choose) among its candidate shapes: launch geometry, shared memory, workspace.
 // mma_rows: MiraPlan::mma_rows (0, or the tensor-core kernel's column tiles per warp).
 // stage_rows: MiraPlan::stage_rows (0, or the staging ring's rows, taken from the choice's
 // rows in shared memory); unused_rows: rows of the choice's shared memory left unused
 // (MiraPlanOptions::max_smem_rows), their rows read from the workspace; atomic_sums:
 // MiraPlan::atomic_sums (the sums' buffers instead of the partials, log2 sums and largest sums).
-MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, bool warp_rows,
-                    int mma_rows, const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined,
-                    bool flag_sync, int stage_rows = 0, int unused_rows = 0, bool atomic_sums = false);
+MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, int mma_rows,
+                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync,
+                    int stage_rows = 0, int unused_rows = 0, bool atomic_sums = false);
 
 // The cluster plan of p for a shape from plan_model::cluster_shape (cs.size > 0): launch
 // geometry, shared memory and workspace layout; variant Fused, the given cache (F32 or F16)

@@ -1,5 +1,5 @@
-// The default fused kernel (kernels/cuda/mira_assign.cu) and the warp-row kernel
-// (mira_warprows.cu) run on the CPU by the CUDA emulator (cuda_emu.h), through the engine's own
+// The default fused kernel (kernels/cuda/mira_assign.cu) and the tensor-core updates
+// (mira_mmarows.cu) run on the CPU by the CUDA emulator (cuda_emu.h), through the engine's own
 // host code (mira_plan, mira_assign_cuda) on a small emulated GPU:
 // - against the f64 reference (or, for the 16-bit working copies, their CPU twins) with the
 //   tolerances of test_mira_assign_gpu, over the instantiations mira_plan can pick: 4, 8 and
@@ -88,7 +88,7 @@ struct Case {
   int min_cpt = 0;  // 0: mira_plan's rule (8 above K 2048, else 4)
   int batch_rows = 4;
   int bps = 0;  // blocks per SM (0: the model picks)
-  bool pipelined = false, flag_sync = false, warp_rows = false, bf16 = false;
+  bool pipelined = false, flag_sync = false, bf16 = false;
   bool mma_rows = false, mma_fallback = false;  // the tensor-core updates (f16 copy); every pass on their FMA path
   bool stage_rows = false;                      // the workspace's rows staged through shared memory
   int max_smem_rows = -1;                       // rows per block kept in shared memory at most
@@ -116,7 +116,6 @@ cuda::MiraPlanOptions plan_options(const Case& c) {
   o.blocks_per_sm = c.bps;
   o.pipelined = c.pipelined;
   o.flag_sync = c.flag_sync;
-  o.warp_rows = c.warp_rows;
   o.mma_rows = c.mma_rows;
   o.grid_sync = c.grid_sync;
   o.stage_rows = c.stage_rows;
@@ -154,7 +153,6 @@ Out run_fused(const Case& c, const std::vector<std::vector<float>>& views) {
   REQUIRE(o.plan.cluster == 0);
   CHECK(o.plan.pipelined == c.pipelined);
   CHECK(o.plan.flag_sync == c.flag_sync);
-  CHECK(o.plan.warp_rows == c.warp_rows);
   CHECK((o.plan.mma_rows > 0) == c.mma_rows);
   o.plan.mma_fallback = c.mma_fallback;
   Workspace ws(o.plan.workspace_bytes);
@@ -206,7 +204,6 @@ Out check(const Case& c) {
   CAPTURE(c.exact);
   CAPTURE(c.min_cpt);
   CAPTURE(c.batch_rows);
-  CAPTURE(c.warp_rows);
   CAPTURE(c.mma_rows);
   CAPTURE(c.mma_fallback);
   CAPTURE(c.iters);
@@ -776,23 +773,6 @@ TEST_CASE("cuda_emu: fewer rows kept in shared memory give the same bits (MiraPl
   }
 }
 
-TEST_CASE("cuda_emu: the warp-row kernel against the f64 reference and its f16 twin") {
-  Case c;
-  c.warp_rows = true;
-  SUBCASE("f32") {}
-  SUBCASE("f32, K 3000, flag-tagged sums") {
-    c.K = 3000;
-    c.N = 64;
-    c.flag_sync = true;
-  }
-  SUBCASE("f16 copy, 3 exact updates, scalar access") {
-    c.K = 999;
-    c.cache = C::F16;
-    c.exact = 3;
-  }
-  check(c);
-}
-
 TEST_CASE("cuda_emu: the tensor-core updates against the f16 copy's CPU twin") {
   Case c;
   c.cache = C::F16;
@@ -888,11 +868,9 @@ TEST_CASE("cuda_emu: the default fused kernel counts non-finite logits") {
 // test_mira_assign_gpu's extreme and degenerate inputs (the issue's list: logits of +-100,
 // tau' down to 0.01, beta 0.99, N = 1, K = 1, N and K up to 65536, an empty column) through
 // every path the engine can take without clusters: the default fused kernel, with the f32 and
-// the f16 copy, one rank's per-pass launches, the unfused kernels, a warp per row and the
-// tensor-core updates (at N 65536 the f32 fused kernel only: the GPU test runs the rest there).
-TEST_CASE(
-    "cuda_emu: extreme and degenerate inputs stay finite on the fused, per-pass, unfused, warp-row and tensor-core "
-    "paths") {
+// the f16 copy, one rank's per-pass launches, the unfused kernels and the tensor-core updates (at N 65536 the f32 fused
+// kernel only: the GPU test runs the rest there).
+TEST_CASE("cuda_emu: extreme and degenerate inputs stay finite on the fused, per-pass, unfused and tensor-core paths") {
   struct X {
     const char* what;
     int N, K;
@@ -935,22 +913,18 @@ TEST_CASE(
         if (huge && cache == C::F16) continue;
         c.cache = cache;
         c.exact = cache == C::F16 ? 3 : 0;
-        for (const bool warp : {false, true}) {
-          if (warp && (x.K > 3072 || huge)) continue;  // a warp per row: up to K 3072
-          c.warp_rows = warp;
-          const Out o = run_fused(c, views);
-          CHECK(o.nonfinite == 0.f);
-          check_targets(o.targets[0], warp ? "warp rows" : cache == C::F16 ? "fused, f16 copy + 3 exact" : "fused");
-        }
+        const Out o = run_fused(c, views);
+        CHECK(o.nonfinite == 0.f);
+        check_targets(o.targets[0], cache == C::F16 ? "fused, f16 copy + 3 exact" : "fused");
       }
       if (x.K <= 3072 && !huge) {  // the tensor-core updates (f16 copy, no exact updates)
-        c.cache = C::F16, c.exact = 0, c.warp_rows = false, c.mma_rows = true;
+        c.cache = C::F16, c.exact = 0, c.mma_rows = true;
         const Out o = run_fused(c, views);
         CHECK(o.nonfinite == 0.f);
         check_targets(o.targets[0], "tensor-core updates");
         c.mma_rows = false;
       }
-      c.cache = C::F32, c.exact = 0, c.warp_rows = false;
+      c.cache = C::F32, c.exact = 0;
       if (huge) continue;
       // One rank's per-pass launches (no all-reduce between them).
       std::vector<std::vector<__nv_bfloat16>> b16;
@@ -1151,9 +1125,6 @@ TEST_CASE("cuda_emu: the fused kernels give the same bits whatever order their t
   f.K = 3000;
   f.N = 64;
   variants.push_back({"flag-tagged sums, 8 columns", f});
-  Case r = c;
-  r.warp_rows = true;
-  variants.push_back({"warp rows", r});
   Case m = c;
   m.cache = C::F16;
   m.mma_rows = true;
