@@ -658,13 +658,18 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   // The column sums added by vector float atomics into one K-vector per view and pass
   // (MiraPlanOptions::atomic_sums): one grid barrier per pass and no reduction phase. The f16
   // copy with its automatic barriers (per-view counters) and cooperative ones; the f32 copy's
-  // plan (views one after another) and its views side by side (staggered counters).
+  // plan (views one after another) and its views side by side (staggered counters); the f16
+  // copy's packed 4-row batches with cooperative barriers (their automatic ones) and per-view
+  // counters.
   for (auto [w, sync] : std::vector<std::pair<Variant, cuda::GridSync>>{
            {{"fused f16-cache atomic", MV::Fused, MC::F16, MS::Auto, 4, false}, cuda::GridSync::Auto},
            {{"fused f16-cache atomic coop-sync", MV::Fused, MC::F16, MS::Auto, 4, false}, cuda::GridSync::Cooperative},
            {{"fused atomic", MV::Fused, MC::F32, MS::Auto, 4, false}, cuda::GridSync::Auto},
            {{"fused cpt8 bps2 concurrent atomic", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
-            cuda::GridSync::Auto}}) {
+            cuda::GridSync::Auto},
+           {{"fused f16-cache rows8 atomic", MV::Fused, MC::F16, MS::Auto, 8, false}, cuda::GridSync::Auto},
+           {{"fused f16-cache rows8 atomic view-sync", MV::Fused, MC::F16, MS::Auto, 8, false},
+            cuda::GridSync::ViewCounter}}) {
     w.atomic = true;
     w.sync = sync;
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
@@ -776,7 +781,9 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
         continue;
       }
       if (var.atomic && !plan.atomic_sums) {
-        j["skipped"] = "no atomic column sums for this plan (8 columns per thread, 2-row batches, f32 logits)";
+        j["skipped"] =
+            "no atomic column sums for this plan (8 columns per thread, 2-row batches or the f16 copy's packed 4, f32 "
+            "logits)";
         print(j);
         continue;
       }

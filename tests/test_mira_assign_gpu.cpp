@@ -448,8 +448,9 @@ TEST_CASE("gpu mira: the column sums added by atomics give the plain kernel's ta
   // per pass, the sums in three buffers in turn. Their order varies from run to run, so the
   // targets are held to the deterministic kernel's within f32 rounding carried through the
   // passes (the emulator's bound), and to the f64 reference as the plain kernel is. The issue's
-  // shape and N 1000, the f16 copy with cooperative barriers and its per-view counters, the
-  // f32 copy with cooperative barriers (views one after another) and staggered counters.
+  // shape and N 1000, the f16 copy with cooperative barriers and its per-view counters (2-row
+  // and packed 4-row batches), the f32 copy with cooperative barriers (views one after
+  // another) and staggered counters.
   using GS = cuda::GridSync;
   using C = cuda::MiraCache;
   const Tol near{1e-7, 1e-5};
@@ -457,19 +458,23 @@ TEST_CASE("gpu mira: the column sums added by atomics give the plain kernel's ta
     C cache;
     cuda::MiraSchedule schedule;
     std::vector<GS> kinds;
+    int batch_rows = 4;
   };
   for (const Case& c : {Case{C::F16, cuda::MiraSchedule::Auto, {GS::Cooperative, GS::ViewCounter}},
+                        Case{C::F16, cuda::MiraSchedule::Auto, {GS::Cooperative, GS::ViewCounter}, 8},
                         Case{C::F32, cuda::MiraSchedule::Sequential, {GS::Cooperative}},
                         Case{C::F32, cuda::MiraSchedule::Concurrent, {GS::ViewCounterStagger}}}) {
     for (const int64_t N : {4096, 1000}) {
       CAPTURE(static_cast<int>(c.cache));
       CAPTURE(static_cast<int>(c.schedule));
+      CAPTURE(c.batch_rows);
       CAPTURE(N);
       const std::vector<Tensor> views = {cpu_logits(N, 3000, 67, 0.3), cpu_logits(N, 3000, 68, 0.3)};
       cuda::MiraPlanOptions o;
       o.cache = c.cache;
       o.exact_passes = c.cache == C::F16 ? 3 : 0;
       o.schedule = c.schedule;
+      o.batch_rows = c.batch_rows;
       o.min_cols_per_thread = 8;
       o.blocks_per_sm = 2;
       o.grid_sync = GS::Cooperative;
@@ -481,6 +486,7 @@ TEST_CASE("gpu mira: the column sums added by atomics give the plain kernel's ta
         cuda::MiraPlan plan;
         const auto got = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, 30, &plan);
         CHECK(plan.atomic_sums);
+        CHECK(plan.batch_rows == c.batch_rows / 2);  // 8 columns: 2 rows, or the packed 4
         CHECK(plan.grid_sync == static_cast<int>(kind));
         for (size_t v = 0; v < got.size(); ++v) {
           CAPTURE(v);

@@ -38,6 +38,8 @@ V_DEFAULT="$V_DEFAULT,fused f16-cache rows8 view-sync,fused f16-cache rows8 stag
 V_DEFAULT="$V_DEFAULT,fused,fused stage,fused cpt8 bps2 concurrent"
 V_DEFAULT="$V_DEFAULT,fused cpt8 bps2 concurrent stage,fused cpt8 bps2 concurrent atomic,fused f16-cache exact3"
 V_DEFAULT="$V_DEFAULT,fused f16-cache atomic coop-sync,fused atomic"
+# Session 23's combination of the two: the packed 4-row batches with atomic sums.
+V_DEFAULT="$V_DEFAULT,fused f16-cache rows8 atomic,fused f16-cache rows8 atomic view-sync"
 # What a workspace row costs against a shared-memory one: 8 rows per block kept (~18 fit).
 V_DEFAULT="$V_DEFAULT,fused f16-cache smem8,fused f16-cache stage smem8"
 V=${MIRA_FOCUS_VARIANTS:-$V_DEFAULT}
@@ -80,13 +82,14 @@ if [[ -n "$SASS_OBJ" ]]; then
 fi
 # The 8-column kernels of the f16 copy (cooperative, per-view counters, packed 4 rows, staged
 # with per-view counters, 2 and packed 4 rows: the latter spills 8 bytes, ptxas; atomic sums
-# with per-view counters) and of f32 (cooperative, staggered counters, staged cooperative):
-# their loops' instruction mix, spills (local memory) included. (The same SASS comes without a
-# GPU: tools/fetch_sass_tools.sh.)
+# with per-view counters, 2 rows, and cooperative, packed 4 rows: 12 bytes) and of f32
+# (cooperative, staggered counters, staged cooperative): their loops' instruction mix, spills
+# (local memory) included. (The same SASS comes without a GPU: tools/fetch_sass_tools.sh.)
 if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
   zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
   for k in f6__halfLi2ELi2ELb0ELb0ELi0ELi0E f6__halfLi2ELi2ELb0ELb0ELi3ELi0E f6__halfLi2ELi4ELb0ELb0ELi0ELi0E \
     f6__halfLi2ELi2ELb0ELb0ELi3ELi1E f6__halfLi2ELi4ELb0ELb0ELi3ELi1E f6__halfLi2ELi2ELb0ELb0ELi3ELi2E \
+    f6__halfLi2ELi4ELb0ELb0ELi0ELi2E \
     ffLi2ELi2ELb0ELb0ELi0ELi0E ffLi2ELi2ELb0ELb0ELi4ELi0E ffLi2ELi2ELb0ELb0ELi0ELi1E; do
     echo "== sass_loops cpt8 $k" >>"$R"
     python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1

@@ -865,14 +865,14 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
 // The kernels with an opt-in lever (OPT, kOptStaged or kOptAtomicSums): f32 logits, 8 columns
 // per thread in 2-row batches; the f16 copy with cooperative barriers or its per-view
 // counters, the f32 copy with cooperative barriers or the staggered per-view counters (each
-// cache's automatic choices); staging also for the f16 copy's packed 4-row batches
-// (batch_rows 8, a ring of 8 rows) with cooperative barriers or per-view counters; null for
-// the rest.
+// cache's automatic choices); both levers also for the f16 copy's packed 4-row batches
+// (batch_rows 8; staged: a ring of 8 rows) with cooperative barriers or per-view counters; null
+// for the rest.
 template <int OPT>
 FusedFn fused_opt_fn(MiraCache cache, int batch_rows, GridSync sync) {
   constexpr int kViewCounter = static_cast<int>(GridSync::ViewCounter);
   if (batch_rows == 4 && cache == MiraCache::F16) {
-    if constexpr (OPT == kOptStaged) {
+    if constexpr (OPT == kOptStaged || OPT == kOptAtomicSums) {
       if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 4, false, false, 0, OPT>;
       if (sync == GridSync::ViewCounter) return mira_fused_kernel<float, __half, 2, 4, false, false, kViewCounter, OPT>;
     }

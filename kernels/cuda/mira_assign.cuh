@@ -221,11 +221,12 @@ struct MiraPlanOptions {
   // kernels (not mma_rows or the cluster plan). The same bits.
   int max_smem_rows = -1;
   // The default fused kernel at 8 columns per thread in 2-row batches, f32 logits, the f16 or
-  // f32 copy, one launch (Fused, not PerPass), with the plan's automatic barriers or
-  // cooperative ones, rows not staged: each block adds its partial column sums into the pass's
-  // sums with vector float atomics (red.global.add.v4.f32 on sm_90; four scalar ones before)
-  // instead of storing them for a column reduction between two grid barriers. One grid
-  // barrier per pass instead of two, and no reduction phase; the weights then take the
+  // f32 copy (and the f16 copy's packed 4-row batches, batch_rows 8), one launch (Fused, not
+  // PerPass), with the plan's automatic barriers or cooperative ones (the packed batches: or
+  // per-view counters), rows not staged: each block adds its partial column sums into the
+  // pass's sums with vector float atomics (red.global.add.v4.f32 on sm_90; four scalar ones
+  // before) instead of storing them for a column reduction between two grid barriers. One
+  // grid barrier per pass instead of two, and no reduction phase; the weights then take the
   // largest sum with a block reduction. The order of the additions varies from run to run, so
   // the targets are not bitwise reproducible (within f32 rounding of the deterministic
   // kernel's). Elsewhere MiraPlan::atomic_sums stays false. Opt-in: not yet measured.

@@ -670,7 +670,8 @@ TEST_CASE("cuda_emu: the column sums added by atomics give the plain kernel's ta
   // never zeroed starts from the workspace's NaN fill). The f16 copy on a device with rows in
   // the workspace, views side by side (cooperative barriers and per-view counters) and one
   // after another (whose views restart the buffers' turn); the f32 copy with cooperative and
-  // staggered counters; 0 to 3 iterations (the first clear is in pass 2). Threads shuffled.
+  // staggered counters; 0 to 3 iterations (the first clear is in pass 2); the f16 copy's
+  // packed 4-row batches. Threads shuffled.
   using GS = cuda::GridSync;
   const emu::DeviceProps mid = mid_smem(), roomy = roomy_smem();
   using Shape = LeverShape;
@@ -715,6 +716,34 @@ TEST_CASE("cuda_emu: the column sums added by atomics give the plain kernel's ta
         CHECK(allclose(std::vector<double>(o.targets[v].begin(), o.targets[v].end()),
                        std::vector<double>(plain.targets[v].begin(), plain.targets[v].end()), near,
                        "atomic sums vs the plain kernel (emulated)"));
+      }
+    }
+  }
+  // The f16 copy's packed 4-row batches (batch_rows 8): their plain kernel against the same
+  // with atomic sums, cooperative barriers (the automatic choice) and per-view counters, rows
+  // in the workspace, views side by side; 30 and 2 iterations.
+  for (const int iters : {30, 2}) {
+    CAPTURE(iters);
+    Case c;
+    c.N = 96, c.K = 3000, c.iters = iters, c.cache = C::F16, c.schedule = S::Concurrent, c.batch_rows = 8;
+    c.min_cpt = 8, c.bps = 2, c.dev = mid;
+    const Out plain = check(c);
+    REQUIRE(plain.plan.batch_rows == 4);
+    CHECK(plain.plan.ecache_rows_per_block > 0);
+    c.atomic_sums = true;
+    for (const GS kind : {GS::Auto, GS::ViewCounter}) {
+      CAPTURE(cuda::grid_sync_name(kind));
+      c.grid_sync = kind;
+      const Out o = check_shuffled(c);
+      CHECK(o.plan.atomic_sums);
+      CHECK(o.plan.batch_rows == 4);
+      CHECK(o.plan.grid == plain.plan.grid);
+      CHECK(o.plan.grid_sync == static_cast<int>(kind == GS::Auto ? GS::Cooperative : kind));
+      for (int v = 0; v < c.V; ++v) {
+        CAPTURE(v);
+        CHECK(allclose(std::vector<double>(o.targets[v].begin(), o.targets[v].end()),
+                       std::vector<double>(plain.targets[v].begin(), plain.targets[v].end()), near,
+                       "packed 4-row batches, atomic sums vs the plain kernel (emulated)"));
       }
     }
   }
@@ -1228,4 +1257,18 @@ TEST_CASE("cuda_emu: the plans of device_focus.sh's staging and atomic rows at N
   const cuda::MiraPlan af32c = atomic(C::F32, S::Concurrent, 8, 2);
   CHECK(af32c.atomic_sums);
   CHECK(af32c.grid_sync == static_cast<int>(GS::ViewCounterStagger));
+  // "rows8 atomic": the f16 copy's packed 4-row batches with atomic sums, the plain rows8 plan's
+  // blocks and rows, cooperative barriers unless asked.
+  cuda::MiraPlanOptions r8;
+  r8.cache = C::F16, r8.batch_rows = 8;
+  const cuda::MiraPlan rows8_plain = cuda::mira_plan(p, cuda::MiraVariant::Fused, r8);
+  r8.atomic_sums = true;
+  const cuda::MiraPlan ar8 = cuda::mira_plan(p, cuda::MiraVariant::Fused, r8);
+  CHECK(ar8.atomic_sums);
+  CHECK(ar8.batch_rows == 4);
+  CHECK(ar8.grid == rows8_plain.grid);
+  CHECK(ar8.smem_rows == rows8_plain.smem_rows);
+  CHECK(ar8.grid_sync == static_cast<int>(GS::Cooperative));
+  r8.grid_sync = GS::ViewCounter;
+  CHECK(cuda::mira_plan(p, cuda::MiraVariant::Fused, r8).grid_sync == static_cast<int>(GS::ViewCounter));
 }
