@@ -1,8 +1,7 @@
 // Internal to the fused MIRA assignment kernels (mira_assign.cu: columns per thread;
-// mira_mmarows.cu: the f16 copy's updates on tensor cores): element access, the 16-bit working copies, block
-// reductions, the kernel arguments, the flag-tagged words, and the pieces of a pass both
-// kernels share (the flags' clearing, the weights, the column reduction). Read the file
-// comment of mira_assign.cu first.
+// mira_mmarows.cu: the f16 copy's updates on tensor cores): element access, the 16-bit
+// working copies, block reductions, the kernel arguments, the flag-tagged words, the weights
+// and the column reduction. Read the file comment of mira_assign.cu first.
 #pragma once
 
 #include <cooperative_groups.h>
