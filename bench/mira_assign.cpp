@@ -516,9 +516,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     bool bf16_logits;
     int cpt = 0;  // min columns per thread (0: the plan's choice)
     int bps = 0;  // blocks per SM (0: the plan's choice)
-    bool pipelined = false;
-    int exact = 0;  // exact updates at the end (16-bit caches)
-    bool flags = false;      // flag-tagged column sums instead of grid barriers
+    int exact = 0;           // exact updates at the end (16-bit caches)
     int cluster = 0;         // a cluster per view (kernels/cuda/mira_cluster.cu): -1 the plan's size, > 0 that size
     bool mma = false;        // the cluster plan's f16 sweeps on tensor cores
     cuda::GridSync sync = cuda::GridSync::Auto;  // the default kernel's barriers after the first
@@ -541,57 +539,37 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   // SM); one block per SM with 4 columns per thread (the plan until 2026-11-26); 4 blocks of 16.
   variants.insert(variants.begin() + 1, {"fused cpt4 bps1", MV::Fused, MC::F32, MS::Auto, 4, false, 4, 1});
   variants.insert(variants.begin() + 2, {"fused cpt16 bps4", MV::Fused, MC::F32, MS::Auto, 4, false, 16, 4});
-  // The update passes with split-phase barriers (the next batch published before the last is
-  // finished), on the plan's choice and on one block of 768 per SM.
-  variants.insert(variants.begin() + 3, {"fused pipelined", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, true});
-  variants.insert(variants.begin() + 4,
-                  {"fused pipelined cpt4 bps1", MV::Fused, MC::F32, MS::Auto, 4, false, 4, 1, true});
   // 16-bit working copies that put all of E on chip (f16: E * 2^15), with the last updates on
   // exact E recomputed from the logits (f16 + 3: about f32's error; docs/assignment.md).
-  size_t at = 5;  // after the pipelined rows, in this order
+  size_t at = 3;  // after the block sizes, in this order
   for (const Variant& v : std::vector<Variant>{
-           {"fused flags", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, true},
-           {"fused pipelined flags", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, true, 0, true},
-           {"fused f16-cache exact3 flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, true},
-           {"fused f16-cache exact3 pipelined flags", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, true, 3, true},
-           // With cheaper pass boundaries, fewer larger blocks or both views at once may win.
-           {"fused f16-cache exact3 pipelined flags cpt4 bps1", MV::Fused, MC::F16, MS::Auto, 4, false, 4, 1, true, 3,
-            true},
-           {"fused f16-cache exact3 concurrent pipelined flags", MV::Fused, MC::F16, MS::Concurrent, 4, false, 0, 0,
-            true, 3, true},
-           {"fused pipelined flags cpt4 bps1", MV::Fused, MC::F32, MS::Auto, 4, false, 4, 1, true, 0, true},
            {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
-           {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3},
-           {"fused f16-cache exact3 pipelined", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, true, 3},
-           {"fused f16-cache exact3 pipelined cpt4 bps1", MV::Fused, MC::F16, MS::Auto, 4, false, 4, 1, true, 3},
-           {"fused f16-cache exact3 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4, false, 0, 0, false, 3},
-           {"fused bf16-cache pipelined", MV::Fused, MC::BF16, MS::Auto, 4, false, 0, 0, true},
-           {"fused bf16-cache exact5", MV::Fused, MC::BF16, MS::Auto, 4, false, 0, 0, false, 5},
-           {"fused bf16-logits f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, true, 0, 0, false, 3},
-           {"per-pass f16-cache exact3", MV::PerPass, MC::F16, MS::Auto, 4, false, 0, 0, false, 3}}) {
+           {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3},
+           {"fused f16-cache exact3 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4, false, 0, 0, 3},
+           {"fused bf16-cache exact5", MV::Fused, MC::BF16, MS::Auto, 4, false, 0, 0, 5},
+           {"fused bf16-logits f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, true, 0, 0, 3},
+           {"per-pass f16-cache exact3", MV::PerPass, MC::F16, MS::Auto, 4, false, 0, 0, 3}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
   // A cluster of blocks per view, all of E in its shared memory (where it fits: the training
   // shapes; sm_90): two cluster barriers per pass, no grid barrier.
   at = 1;
   for (const Variant& v : std::vector<Variant>{
-           {"fused cluster", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, -1},
-           {"fused cluster8", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, 8},
-           {"fused cluster16", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, false, 0, false, 16},
-           {"fused cluster bf16-logits", MV::Fused, MC::F32, MS::Auto, 4, true, 0, 0, false, 0, false, -1},
+           {"fused cluster", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, 0, -1},
+           {"fused cluster8", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, 0, 8},
+           {"fused cluster16", MV::Fused, MC::F32, MS::Auto, 4, false, 0, 0, 0, 16},
+           {"fused cluster bf16-logits", MV::Fused, MC::F32, MS::Auto, 4, true, 0, 0, 0, -1},
            // Row groups where one cluster cannot hold a view: N 4096 takes the f16 copy.
-           {"fused cluster f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, -1},
-           {"fused cluster8 f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, 8},
-           {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, -1},
+           {"fused cluster f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3, -1},
+           {"fused cluster8 f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3, 8},
+           {"fused cluster f16-cache exact1", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 1, -1},
            // Every update on the split copy (hi in shared memory + lo in L2, ~22 bits).
-           {"fused cluster f16-cache exact30", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 30, false, -1},
+           {"fused cluster f16-cache exact30", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 30, -1},
            // The f16 copy's sweeps on tensor cores (mma.sync, the weights and row inverses as two
            // f16 halves).
-           {"fused cluster f16-cache exact3 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3, false, -1,
-            true},
-           {"fused cluster f16-cache exact1 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 1, false, -1,
-            true},
-           {"fused cluster f16-cache mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 0, false, -1, true}}) {
+           {"fused cluster f16-cache exact3 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3, -1, true},
+           {"fused cluster f16-cache exact1 mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 1, -1, true},
+           {"fused cluster f16-cache mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 0, -1, true}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
   // The default kernel's grid barriers after the first as counter barriers, one arrival per
@@ -608,7 +586,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   for (Variant v :
        std::vector<Variant>{{"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
                             {"fused cpt8 bps2 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
-                            {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3}}) {
+                            {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3}}) {
     for (const auto& [sync, tag] :
          {std::pair{cuda::GridSync::Cooperative, " coop-sync"}, std::pair{cuda::GridSync::ViewCounter, " view-sync"},
           std::pair{cuda::GridSync::ViewCounterStagger, " view-sync stagger"},
@@ -676,11 +654,10 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
   }
   for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
                                   std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
-    for (Variant v :
-         std::vector<Variant>{{"fused", MV::Fused, MC::F32, MS::Auto, 4, false},
-                              {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
-                              {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, false, 3},
-                              mma_rows}) {
+    for (Variant v : std::vector<Variant>{{"fused", MV::Fused, MC::F32, MS::Auto, 4, false},
+                                          {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
+                                          {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3},
+                                          mma_rows}) {
       v.name += tag;
       v.sync = sync;
       variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
@@ -702,17 +679,14 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     // The block shapes and schedules the cost model chooses between, each pinned (the auto
     // plan until 2026-11-27 was "fused cpt8 bps2 sequential" for f32 and for f16).
     at = 3;
-    for (const Variant& v :
-         std::vector<Variant>{{"fused cpt8 bps2 sequential", MV::Fused, MC::F32, MS::Sequential, 4, false, 8, 2},
-                              {"fused cpt8 bps2 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
-                              {"fused cpt4 bps1 sequential", MV::Fused, MC::F32, MS::Sequential, 4, false, 4, 1},
-                              {"fused cpt4 bps1 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 4, 1},
-                              {"fused f16-cache exact3 cpt8 bps2 sequential", MV::Fused, MC::F16, MS::Sequential, 4,
-                               false, 8, 2, false, 3},
-                              {"fused f16-cache exact3 cpt8 bps2 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4,
-                               false, 8, 2, false, 3},
-                              {"fused f16-cache exact3 cpt4 bps1 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4,
-                               false, 4, 1, false, 3}}) {
+    for (const Variant& v : std::vector<Variant>{
+             {"fused cpt8 bps2 sequential", MV::Fused, MC::F32, MS::Sequential, 4, false, 8, 2},
+             {"fused cpt8 bps2 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 8, 2},
+             {"fused cpt4 bps1 sequential", MV::Fused, MC::F32, MS::Sequential, 4, false, 4, 1},
+             {"fused cpt4 bps1 concurrent", MV::Fused, MC::F32, MS::Concurrent, 4, false, 4, 1},
+             {"fused f16-cache exact3 cpt8 bps2 sequential", MV::Fused, MC::F16, MS::Sequential, 4, false, 8, 2, 3},
+             {"fused f16-cache exact3 cpt8 bps2 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4, false, 8, 2, 3},
+             {"fused f16-cache exact3 cpt4 bps1 concurrent", MV::Fused, MC::F16, MS::Concurrent, 4, false, 4, 1, 3}}) {
       variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
     }
   }
@@ -764,8 +738,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
       po.batch_rows = var.rows;
       po.min_cols_per_thread = var.cpt;
       po.blocks_per_sm = var.bps;
-      po.pipelined = var.pipelined;
-      po.flag_sync = var.flags;
       po.cluster = var.cluster != 0;
       po.cluster_size = std::max(0, var.cluster);
       po.cluster_mma = var.mma;
@@ -827,12 +799,10 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"rows_per_block", plan.rows_per_block},
                      {"smem_rows", plan.smem_rows},
                      {"smem_kb", plan.smem_bytes / 1024.0},
-                     {"pipelined", plan.pipelined},
                      {"cache", plan.cache == MC::F32    ? "f32"
                                : plan.cache == MC::BF16 ? "bf16"
                                                         : "f16"},
                      {"exact_passes", plan.exact_passes},
-                     {"flag_sync", plan.flag_sync},
                      {"cluster", plan.cluster},
                      {"cluster_groups", plan.cluster_groups},
                      {"cluster_mma", plan.cluster_mma},

@@ -44,17 +44,14 @@ std::vector<double> reference(const Tensor& logits_cpu, double tau = kTau, doubl
 
 cuda::MiraPlanOptions plan_opts(cuda::MiraCache cache, cuda::MiraSchedule schedule = cuda::MiraSchedule::Auto,
                                 int batch_rows = 4, int cols_per_thread = 0, int blocks_per_sm = 0,
-                                bool pipelined = false, int exact_passes = 0, bool flag_sync = false,
-                                bool cluster = false, int cluster_size = 0) {
+                                int exact_passes = 0, bool cluster = false, int cluster_size = 0) {
   cuda::MiraPlanOptions o;
   o.cache = cache;
   o.schedule = schedule;
   o.batch_rows = batch_rows;
   o.min_cols_per_thread = cols_per_thread;
   o.blocks_per_sm = blocks_per_sm;
-  o.pipelined = pipelined;
   o.exact_passes = exact_passes;
-  o.flag_sync = flag_sync;
   o.cluster = cluster;
   o.cluster_size = cluster_size;
   return o;
@@ -87,25 +84,7 @@ std::vector<std::vector<double>> run_kernel(const std::vector<Tensor>& views, cu
   if (plan_out) *plan_out = plan;
   // The cluster plan: fused with the f32 or f16 cache only.
   CHECK((plan.cluster == 0 || (o.cluster && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16)));
-  // The pipelined update exists for 4 rows of 4 columns and 2 rows of 8 columns per thread.
-  CHECK(plan.pipelined == (o.pipelined && variant != cuda::MiraVariant::Unfused &&
-                           ((plan.cpt == 4 && plan.batch_rows == 4) || (plan.cpt == 8 && plan.batch_rows == 2))));
-  // Flag-tagged sums: the same shapes, fused only, f32 and f16 caches.
-  CHECK(plan.flag_sync == (o.flag_sync && variant == cuda::MiraVariant::Fused && o.cache != cuda::MiraCache::BF16 &&
-                           ((plan.cpt == 4 && plan.batch_rows == 4) || (plan.cpt == 8 && plan.batch_rows == 2))));
   Tensor ws = Tensor::empty({static_cast<int64_t>(plan.workspace_bytes)}, DType::U8, dev);
-  if (plan.flag_sync) {
-    // Poison the flag-tagged words with wrong values carrying every tag a pass will wait for:
-    // only the launch's own clearing keeps them from being taken for this launch's sums.
-    const size_t words = (plan.workspace_bytes - plan.off_ll_partial) / 8;
-    std::vector<uint32_t> junk(2 * words);
-    for (size_t i = 0; i < words; ++i) {
-      const float bad = 1e3f;
-      std::memcpy(&junk[2 * i], &bad, sizeof bad);
-      junk[2 * i + 1] = static_cast<uint32_t>(i % static_cast<size_t>(iters + 1)) + 1;
-    }
-    cuda::copy(static_cast<char*>(ws.raw()) + plan.off_ll_partial, dev, junk.data(), Device::cpu(), words * 8, false);
-  }
   const cudaStream_t stream = cuda::CudaContext::get().stream();
   if (variant == cuda::MiraVariant::PerPass) {
     for (int pass = 0; pass <= iters + 1; ++pass) cuda::mira_assign_pass_cuda(p, plan, pass, ws.raw(), stream);
@@ -181,8 +160,6 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
       int cpt = 0;    // min columns per thread (0: the plan's choice)
       int bps = 0;    // blocks per SM (0: the plan's choice)
       int exact = 0;  // exact updates at the end (16-bit caches)
-      bool pipelined = false;
-      bool flags = false;
     };
     const Run runs[] = {{"fused", V::Fused, C::F32, S::Auto, 4},
                         {"fused concurrent", V::Fused, C::F32, S::Concurrent, 4},
@@ -197,7 +174,6 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
                         {"fused 16 columns per thread, 4 blocks per SM", V::Fused, C::F32, S::Auto, 4, 16, 4},
                         {"fused f16 cache", V::Fused, C::F16, S::Auto, 4},
                         {"fused f16 cache, 3 exact updates", V::Fused, C::F16, S::Auto, 4, 0, 0, 3},
-                        {"fused f16 cache, 3 exact, pipelined", V::Fused, C::F16, S::Auto, 4, 0, 0, 3, true},
                         {"fused f16 cache, 3 exact, concurrent", V::Fused, C::F16, S::Concurrent, 4, 0, 0, 3},
                         {"per-pass f16 cache, 3 exact updates", V::PerPass, C::F16, S::Auto, 4, 0, 0, 3},
                         {"fused bf16 cache, 5 exact updates", V::Fused, C::BF16, S::Auto, 4, 0, 0, 5}};
@@ -212,8 +188,7 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
     };
     for (const Run& r : runs) {
       CAPTURE(r.name);
-      const auto got = run_kernel(views, r.variant,
-                                  plan_opts(r.cache, r.schedule, r.rows, r.cpt, r.bps, r.pipelined, r.exact, r.flags));
+      const auto got = run_kernel(views, r.variant, plan_opts(r.cache, r.schedule, r.rows, r.cpt, r.bps, r.exact));
       // With exact updates at the end a 16-bit cache is as close to f64 as f32 (kF16CacheTol).
       const Tol tol = r.exact > 0          ? kGpuTol
                       : r.cache == C::BF16 ? kBf16CacheTol
@@ -224,39 +199,13 @@ TEST_CASE("gpu mira: every variant against the CPU f64 reference") {
         CHECK(finite_simplex(got[v], s.N, s.K, 1e-4));
         if (r.cache == C::F16) CHECK(allclose(got[v], f16_twin(v, r.exact), kF16TwinTol, "vs the CPU twin"));
       }
-      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0 && !r.flags)
-        fused = got;
+      if (r.variant == V::Fused && r.cache == C::F32 && r.rows == 4 && r.schedule == S::Auto && r.cpt == 0) fused = got;
       // Fused and unfused are the same computation up to f32 summation order.
       if (r.variant == V::Unfused)
         for (int v = 0; v < 2; ++v) CHECK(allclose(got[v], fused[v], Tol{1e-6, 1e-4}, "fused vs unfused"));
     }
     // Deterministic: the same bits on a second run.
     CHECK(run_kernel(views, V::Fused) == fused);
-    // The pipelined update passes add the same values in the same order: the same bits for the
-    // same launch geometry (these shapes get the same plan either way), on the plan's choice and
-    // on one block per SM of 4 columns per thread (up to K = 3072).
-    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 0, 0, true)) == fused);
-    if (s.K <= 3072) {
-      const auto one_block = run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 4, 1));
-      CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 4, 1, true)) == one_block);
-      CHECK(run_kernel(views, V::PerPass, plan_opts(C::F32, S::Auto, 4, 4, 0, true)) ==
-            run_kernel(views, V::PerPass, plan_opts(C::F32, S::Auto, 4, 4, 0)));
-    }
-    // The f16 cache: pipelined or not, the same bits.
-    const auto f16 = run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, false, 3));
-    CHECK(run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, true, 3)) == f16);
-    // Flag-tagged column sums instead of grid barriers add the same values in the same order:
-    // the same bits, alone, pipelined, with the f16 cache, both view schedules, and twice
-    // (run_kernel poisons the tagged words first).
-    const auto flags = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, true);
-    CHECK(run_kernel(views, V::Fused, flags) == fused);
-    CHECK(run_kernel(views, V::Fused, flags) == fused);
-    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Auto, 4, 0, 0, true, 0, true)) == fused);
-    CHECK(run_kernel(views, V::Fused, plan_opts(C::F16, S::Auto, 4, 0, 0, true, 3, true)) == f16);
-    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Concurrent, 4, 0, 0, false, 0, true)) ==
-          run_kernel(views, V::Fused, plan_opts(C::F32, S::Concurrent)));
-    CHECK(run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential, 4, 0, 0, false, 0, true)) ==
-          run_kernel(views, V::Fused, plan_opts(C::F32, S::Sequential)));
   }
 }
 
@@ -605,7 +554,7 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
     std::vector<Tensor> views;
     for (int v = 0; v < c.views; ++v) views.push_back(cpu_logits(c.N, c.K, 31 + v, 0.3));
     cuda::MiraPlan plan;
-    auto opts = plan_opts(c.cache, S::Auto, 4, 0, 0, false, c.exact, false, true, c.size);
+    auto opts = plan_opts(c.cache, S::Auto, 4, 0, 0, c.exact, true, c.size);
     opts.cluster_mma = c.mma;
     const auto got = run_kernel(views, V::Fused, opts, false, kTau, kBeta, 30, &plan);
     if (plan.cluster == 0) {
@@ -654,7 +603,7 @@ TEST_CASE("gpu mira: the cluster plan against its CPU twin and the f64 reference
   }
   // bf16 logits, and 2 iterations (where every pass shows in the targets).
   const std::vector<Tensor> two = {cpu_logits(128, 3000, 41, 0.3), cpu_logits(128, 3000, 42, 0.3)};
-  const auto cl = plan_opts(C::F32, S::Auto, 4, 0, 0, false, 0, false, true);
+  const auto cl = plan_opts(C::F32, S::Auto, 4, 0, 0, 0, true);
   const auto b16 = run_kernel(two, V::Fused, cl, true);
   // bf16 tensors live on the GPU: round there, compare on the host.
   const Tensor rounded = two[0].to(Device::cuda(0)).to(DType::BF16).to(DType::F32).to(Device::cpu());
@@ -866,9 +815,9 @@ TEST_CASE("gpu mira: extreme and degenerate inputs stay finite") {
     if (cuda::mira_fused_supports(static_cast<int>(c.K))) {
       for (cuda::MiraCache cache : {cuda::MiraCache::F32, cuda::MiraCache::F16}) {
         cuda::MiraPlan plan;
-        const auto t = run_kernel({host}, cuda::MiraVariant::Fused,
-                                  plan_opts(cache, cuda::MiraSchedule::Auto, 4, 0, 0, false, 3, false, true), false,
-                                  c.tau, c.beta, 30, &plan)[0];
+        const auto t =
+            run_kernel({host}, cuda::MiraVariant::Fused, plan_opts(cache, cuda::MiraSchedule::Auto, 4, 0, 0, 3, true),
+                       false, c.tau, c.beta, 30, &plan)[0];
         if (major >= 9) CHECK(plan.cluster > 0);
         CHECK(finite_simplex(t, c.N, c.K, 1e-4));
         if (c.kind == 2)

@@ -272,6 +272,6 @@ TEST_CASE("plan model: the automatic grid barriers follow the H200's measurement
   BarrierCase other;
   other.vpg = 2, other.cpt = 8, other.batch_rows = 2, other.cache_bytes = 2, other.f16 = true;
   CHECK(auto_barrier(other) == Barrier::ViewCounter);
-  other.default_kernel = false;  // tensor-core rows, flags, warp rows, pipelining
+  other.default_kernel = false;  // tensor-core rows
   CHECK(auto_barrier(other) == Barrier::Cooperative);
 }

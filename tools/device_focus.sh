@@ -87,10 +87,10 @@ fi
 # (local memory) included. (The same SASS comes without a GPU: tools/fetch_sass_tools.sh.)
 if [[ -f $LOG_DIR/focus.sass.gz && $SASS_OBJ == mira_assign.cu.o ]]; then
   zcat "$LOG_DIR/focus.sass.gz" >"$LOG_DIR/focus.sass"
-  for k in f6__halfLi2ELi2ELb0ELb0ELi0ELi0E f6__halfLi2ELi2ELb0ELb0ELi3ELi0E f6__halfLi2ELi4ELb0ELb0ELi0ELi0E \
-    f6__halfLi2ELi2ELb0ELb0ELi3ELi1E f6__halfLi2ELi4ELb0ELb0ELi3ELi1E f6__halfLi2ELi2ELb0ELb0ELi3ELi2E \
-    f6__halfLi2ELi4ELb0ELb0ELi0ELi2E \
-    ffLi2ELi2ELb0ELb0ELi0ELi0E ffLi2ELi2ELb0ELb0ELi4ELi0E ffLi2ELi2ELb0ELb0ELi0ELi1E; do
+  for k in f6__halfLi2ELi2ELi0ELi0E f6__halfLi2ELi2ELi3ELi0E f6__halfLi2ELi4ELi0ELi0E \
+    f6__halfLi2ELi2ELi3ELi1E f6__halfLi2ELi4ELi3ELi1E f6__halfLi2ELi2ELi3ELi2E \
+    f6__halfLi2ELi4ELi0ELi2E \
+    ffLi2ELi2ELi0ELi0E ffLi2ELi2ELi4ELi0E ffLi2ELi2ELi0ELi1E; do
     echo "== sass_loops cpt8 $k" >>"$R"
     python3 tools/sass_loops.py "$LOG_DIR/focus.sass" "mira_fused_kernelI$k" --min-ffma 16 >>"$R" 2>&1
   done

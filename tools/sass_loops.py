@@ -3,7 +3,7 @@
 issues per element without a GPU.
 
     cuobjdump -sass -arch sm_90 OBJ.o > k.sass      # cuobjdump: CUDA toolkit, or tools/fetch_sass_tools.sh
-    tools/sass_loops.py k.sass mira_fused_kernelIffLi2ELi2ELb0ELb0ELi0ELi0E [--min-ffma 30]
+    tools/sass_loops.py k.sass mira_fused_kernelIffLi2ELi2ELi0ELi0E [--min-ffma 30]
 
 Prints, for each backward branch of the first function whose mangled name contains the given
 text, the loop's address range, its length and counts of FFMA, shared (LDS) and generic or

@@ -62,7 +62,7 @@ Choice choose(const Problem& p, const Device& d, const std::vector<Shape>& shape
 
 // ---- the default kernel's grid barriers (MiraPlanOptions::grid_sync = GridSync::Auto)
 // Which barriers the automatic choice gives a plan of the default kernel (one launch, no
-// pipelining, flags, warp rows, tensor-core rows). A counter per view group pays
+// tensor-core rows). A counter per view group pays
 // only with the views side by side at 8 columns x 2 rows per batch, where each SM holds a
 // block of each view; measured on an H200 (bench/RESULTS.md, session 19): for the f16 copy the
 // plain counters (0.650 to 0.643 ms at N 4096, 0.295 to 0.289 at N 1024; staggered they lost:

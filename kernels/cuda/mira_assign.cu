@@ -412,107 +412,6 @@ __device__ __forceinline__ void pass_update_exact(const BlockRows<TIn, TE>& b, c
   }
 }
 
-// Split-phase block barriers (mbarrier, sm_80+), for the pipelined update: every thread
-// arrives (release) and may go on; a wait (acquire) returns once the phase of the given
-// parity has completed, i.e. once every thread arrived.
-#ifdef MIRA_CUDA_EMU  // tests/cuda_emu: the same barrier phases in the emulator
-__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
-  ::mira::emu::mbar_init(bar, count);
-}
-__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
-  ::mira::emu::mbar_arrive(bar);
-}
-__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
-  ::mira::emu::mbar_wait(bar, parity);
-}
-#else
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
-  asm volatile(
-      "{\n\t.reg .b64 st;\n\t"
-      "mbarrier.arrive.shared.b64 st, [%0];\n\t}" ::"r"(smem_addr(bar))
-      : "memory");
-}
-__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
-  asm volatile(
-      "{\n\t.reg .pred done;\n"
-      "MIRA_MBAR_WAIT_%=:\n\t"
-      "mbarrier.test_wait.parity.shared.b64 done, [%0], %1;\n\t"
-      "@!done bra MIRA_MBAR_WAIT_%=;\n\t}" ::"r"(smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-}
-#endif
-
-// Pipelined buffers: kPipeDepth slots of 32 R floats and one mbarrier each, used in turn by
-// the block's batches (sequence number q, across passes). Batch k + 1's loads, dot products
-// and partials go out before the wait for batch k's totals, so a warp always has work while
-// the other warps reach the barrier. A slot is rewritten kPipeDepth batches later; by then
-// every warp has arrived for the batch two before, which it does only after reading the
-// totals of the batch four before: so 4 slots are enough (3 are not), and a barrier's next
-// phase never starts before its previous one completed. The waits poll (test_wait, sm_80 and
-// sm_90); try_wait, which can suspend a warp, would leave more issue slots to a second block.
-constexpr int kPipeDepth = 4;
-
-template <int R, int NCH>
-__device__ __forceinline__ void publish_batch(const float (&w)[NCH][kVec], const float (&e)[R][NCH][kVec],
-                                              float* pbuf, unsigned long long* mbar, int q) {
-  float d[R];
-  row_dots<R, NCH>(w, e, d);
-  const int slot = q % kPipeDepth;
-  RowReduce<R>::publish(d, pbuf + slot * 32 * R);
-  mbar_arrive(mbar + slot);
-}
-
-template <int R, int NCH, typename TIn, typename TE>
-__device__ __forceinline__ void finish_batch(const BlockRows<TIn, TE>& b, int row0, const float (&e)[R][NCH][kVec],
-                                             float (&c)[NCH][kVec], const float* pbuf, unsigned long long* mbar,
-                                             int q) {
-  const int slot = q % kPipeDepth;
-  mbar_wait(mbar + slot, static_cast<unsigned>((q / kPipeDepth) & 1));
-  float d[R];
-  RowReduce<R>::template collect<true>(d, pbuf + slot * 32 * R);  // d: 1 / total
-  add_rows<R, NCH>(row0, b.r1, e, d, c);
-}
-
-// pass_update with batch k + 1 published before batch k is finished; the same arithmetic in
-// the same order as pass_update (the same bits for the same plan: the slots add static shared
-// memory, which can change the planner's choice for large N). q: the block's batch sequence
-// number.
-template <int R, int NCH, typename TIn, typename TE>
-__device__ __forceinline__ void pass_update_pipelined(const BlockRows<TIn, TE>& b, const float (&w)[NCH][kVec],
-                                                      float (&c)[NCH][kVec], float* pbuf, unsigned long long* mbar,
-                                                      int& q) {
-  const int nb = (b.r1 - b.r0 + R - 1) / R;  // uniform per block
-  if (nb <= 0) return;
-  float ea[R][NCH][kVec], eb[R][NCH][kVec];
-  load_batch<R, NCH>(b, b.r0, ea);
-  publish_batch<R, NCH>(w, ea, pbuf, mbar, q);
-  for (int k = 0; k < nb; k += 2) {
-    const int row_a = b.r0 + k * R, row_b = row_a + R;
-    if (k + 1 < nb) {
-      load_batch<R, NCH>(b, row_b, eb);
-      publish_batch<R, NCH>(w, eb, pbuf, mbar, q + 1);
-    }
-    finish_batch<R, NCH>(b, row_a, ea, c, pbuf, mbar, q);
-    if (k + 1 >= nb) {
-      q += 1;
-      break;
-    }
-    if (k + 2 < nb) {
-      load_batch<R, NCH>(b, row_b + R, ea);
-      publish_batch<R, NCH>(w, ea, pbuf, mbar, q + 2);
-    }
-    finish_batch<R, NCH>(b, row_b, eb, c, pbuf, mbar, q + 1);
-    q += 2;
-  }
-}
-
 // The last pass: T_ij = w_j E_ij / sum_l w_l E_il. With a 16-bit cache E is recomputed in
 // f32 from the logits and the stored row maxima, so the targets see exact E.
 template <int RB, int NCH, typename TIn, typename TE>
@@ -580,7 +479,7 @@ __device__ __forceinline__ void clear_sums_share(const BlockRows<TIn, TE>& b, fl
       ECache<float>::store(sums + b.col(ch), kZero);
 }
 
-template <typename TIn, typename TE, int NCH, int R, bool PIPE, bool LL, int SYNC = 0, int OPT = 0>
+template <typename TIn, typename TE, int NCH, int R, int SYNC = 0, int OPT = 0>
 __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __grid_constant__ FusedArgs a) {
   constexpr bool STAGED = (OPT & kOptStaged) != 0;
   // Atomic column sums: after its rows of pass p a block adds its partials into buffer
@@ -590,7 +489,6 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   // were done before the barrier that ended pass p - 1, and its next writers (pass p + 1's
   // additions) wait for the barrier that ends pass p.
   constexpr bool kAtomic = (OPT & kOptAtomicSums) != 0;
-  static_assert(!(kAtomic && (LL || PIPE)), "atomic sums are for the plain kernel");
   // Rows per batch of the first pass and the targets: half the update's, but the f16 copy's
   // packed 4-row kernel (8 columns) keeps the 2-row kernel's 1, prefetch included (over 12
   // warps RowReduce<1> sums and maxes a row as RowReduce<2> does: the same bits).
@@ -598,14 +496,6 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   constexpr int RH = kPacked4 ? 1 : R > 1 ? R / 2 : 1;
   MIRA_DYNAMIC_SMEM(smem_raw);
   __shared__ float red[2 * 32 * R];
-  __shared__ float pbuf[PIPE ? kPipeDepth * 32 * R : 1];  // the pipelined update's slots
-  __shared__ unsigned long long mbar[kPipeDepth];
-  int q = 0;  // pipelined batches so far
-  if constexpr (PIPE) {
-    if (threadIdx.x == 0)
-      for (int i = 0; i < kPipeDepth; ++i) mbar_init(mbar + i, blockDim.x);
-    __syncthreads();
-  }
   __shared__ float redc[kFusedMaxBlock];  // the column reduction's (subset, column) sums
   cg::grid_group grid = cg::this_grid();
   unsigned* sync_target = fused_sync_target<SYNC>(a);
@@ -618,13 +508,6 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   __shared__ long long ph[kTraceShared];  // MiraPlan::trace (trace_start)
   trace_start(a, ph);
   auto mark = [&](int k) { trace_mark(a, ph, k); };
-
-  if constexpr (LL) {
-    // Flag-tagged words start untagged (the workspace holds anything): each block clears the
-    // partials it will write and the sums it will write, then one grid barrier.
-    clear_flags(a, vg, bv);
-    grid.sync();
-  }
 
   for (int gi = 0; gi < groups; ++gi) {
     const int v = gi * a.views_per_group + vg;
@@ -648,7 +531,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           // Weights from the previous pass's column sums: w_j = (c_j / max c)^(-beta), capped;
           // 0 for an empty column (including the padding beyond K).
           float w[NCH][kVec];
-          if (!LL && !kAtomic && a.colsum_max) {
+          if (!kAtomic && a.colsum_max) {
             // From the column reduction's log2 of each sum and its largest sum: one round of
             // loads and no block reduction (the same max, hence the same weights, as below).
 #pragma unroll
@@ -661,33 +544,15 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
               for (int u = 0; u < kVec; ++u) w[ch][u] = mira_weight_l2(a, w[ch][u], l2max);
           } else {
             float cm[1] = {0.f};
-            if constexpr (LL) {
-              // The previous pass's sums, tagged p: all chunks' loads go out together, then a
-              // chunk whose tags do not all match yet is polled until they do.
-              const uint2* src = a.ll_colsum + static_cast<size_t>(v) * a.Kp;
-              const unsigned want = static_cast<unsigned>(p);
-              bool ok[NCH];
+            const float* src = kAtomic ? a.sums + (static_cast<size_t>((p - 1) % kMiraSumBuffers) * a.V + v) * a.Kp
+                                       : a.colsum + static_cast<size_t>(v) * a.Kp;
 #pragma unroll
-              for (int ch = 0; ch < NCH; ++ch) ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
+            for (int ch = 0; ch < NCH; ++ch) ECache<float>::load(src + b.col(ch), w[ch]);
+            if constexpr (kAtomic)
 #pragma unroll
-              for (int ch = 0; ch < NCH; ++ch) {
-                int n = 0;
-                while (!ok[ch]) {
-                  ll_spin(n);
-                  ok[ch] = ll_load4(src + b.col(ch), want, w[ch]);
-                }
-              }
-            } else {
-              const float* src = kAtomic ? a.sums + (static_cast<size_t>((p - 1) % kMiraSumBuffers) * a.V + v) * a.Kp
-                                         : a.colsum + static_cast<size_t>(v) * a.Kp;
+              for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
-              for (int ch = 0; ch < NCH; ++ch) ECache<float>::load(src + b.col(ch), w[ch]);
-              if constexpr (kAtomic)
-#pragma unroll
-                for (int ch = 0; ch < NCH; ++ch)
-#pragma unroll
-                  for (int u = 0; u < kVec; ++u) w[ch][u] *= kAtomicSumUnscale;
-            }
+                for (int u = 0; u < kVec; ++u) w[ch][u] *= kAtomicSumUnscale;
 #pragma unroll
             for (int ch = 0; ch < NCH; ++ch)
 #pragma unroll
@@ -711,8 +576,6 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
               // 8 columns, 384 threads, RowReduce<2> sums each row as RowReduce<4> does).
               constexpr int kExactR = kRounded && R * NCH > 4 ? (R > 1 ? R / 2 : 1) : R;
               if constexpr (kRounded) pass_update_exact<kExactR, NCH>(b, w, c, parity);
-            } else if constexpr (PIPE) {
-              pass_update_pipelined<R, NCH>(b, w, c, pbuf, mbar, q);
             } else {
               pass_update<R, NCH, STAGED>(b, w, c, parity);
             }
@@ -745,22 +608,17 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
           // This pass's largest-sum word starts at 0 (the sums are >= 0): cleared by the
           // view's first block before the barrier that precedes every column reduction's
           // atomicMax into it (its readers come after the next barrier).
-          if (!LL && a.colsum_max && bv == 0 && threadIdx.x == 0)
+          if (a.colsum_max && bv == 0 && threadIdx.x == 0)
             a.colsum_max[static_cast<size_t>(v) * (a.iters + 1) + p] = 0u;
           const size_t part_off = (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
-          if constexpr (LL) {
 #pragma unroll
-            for (int ch = 0; ch < NCH; ++ch) ll_store4(a.ll_partial + part_off + b.col(ch), c[ch], seq);
-          } else {
-#pragma unroll
-            for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(a.partial + part_off + b.col(ch), c[ch]);
-          }
+          for (int ch = 0; ch < NCH; ++ch) ECache<float>::store(a.partial + part_off + b.col(ch), c[ch]);
         }
-        if constexpr (!LL) fused_grid_sync<SYNC>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
+        fused_grid_sync<SYNC>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
         mark(kTraceBarrier1);
-        if (active) reduce_columns<LL>(a, v, bv, seq, redc);
+        if (active) reduce_columns(a, v, bv, seq, redc);
         mark(kTraceReduce);
-        if (!LL && p + 1 < a.pass_end) fused_grid_sync<SYNC>(a, grid, false, sync_target);  // flags: no barrier
+        if (p + 1 < a.pass_end) fused_grid_sync<SYNC>(a, grid, false, sync_target);
         mark(kTraceBarrier2);
       }
     }
@@ -773,27 +631,19 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
 // registers of 768 threads (for sm_90; for sm_80 the 16-bit caches, with their second copy of
 // the hot loop in pass_update_exact, spill 12 bytes); R = 8 halves the barriers but spills
 // ~20-30 bytes, and is kept for the bench to decide. NCH = 2: R = 2 (no spills); NCH = 4
-// (K > 6144): one row (spills 40-110 bytes). The pipelined kernels spill 36-72 bytes.
+// (K > 6144): one row (spills 40-110 bytes).
 template <typename TIn, typename TE>
-FusedFn fused_fn(int nch, int batch_rows, bool pipelined, bool flag_sync) {
-  constexpr bool kFlags = !std::is_same<TE, __nv_bfloat16>::value;  // no flag-tagged bf16-cache kernels
-  (void)flag_sync;  // unused where kFlags is false
+FusedFn fused_fn(int nch, int batch_rows) {
   switch (nch) {
     case 1:
-      if (batch_rows == 8) return mira_fused_kernel<TIn, TE, 1, 8, false, false>;
-      if constexpr (kFlags)
-        if (flag_sync)
-          return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, true> : mira_fused_kernel<TIn, TE, 1, 4, false, true>;
-      return pipelined ? mira_fused_kernel<TIn, TE, 1, 4, true, false> : mira_fused_kernel<TIn, TE, 1, 4, false, false>;
+      if (batch_rows == 8) return mira_fused_kernel<TIn, TE, 1, 8>;
+      return mira_fused_kernel<TIn, TE, 1, 4>;
     case 2:
       if constexpr (!std::is_same<TE, __nv_bfloat16>::value)
-        if (batch_rows == 4) return mira_fused_kernel<TIn, TE, 2, 4, false, false>;
-      if constexpr (kFlags)
-        if (flag_sync)
-          return pipelined ? mira_fused_kernel<TIn, TE, 2, 2, true, true> : mira_fused_kernel<TIn, TE, 2, 2, false, true>;
-      return pipelined ? mira_fused_kernel<TIn, TE, 2, 2, true, false> : mira_fused_kernel<TIn, TE, 2, 2, false, false>;
+        if (batch_rows == 4) return mira_fused_kernel<TIn, TE, 2, 4>;
+      return mira_fused_kernel<TIn, TE, 2, 2>;
     default:
-      return mira_fused_kernel<TIn, TE, 4, 1, false, false>;
+      return mira_fused_kernel<TIn, TE, 4, 1>;
   }
 }
 
@@ -807,35 +657,26 @@ int fused_batch_rows(int nch, int requested, MiraCache cache) {
   return 1;
 }
 
-// The pipelined update and the flag-tagged sums exist for 4 rows of 4 columns and 2 rows of 8
-// columns per thread (not the 32-value batches); flag-tagged sums for f32 and f16 caches.
-bool fused_pipelined(int nch, int batch_rows, bool requested) {
-  return requested && ((nch == 1 && batch_rows == 4) || (nch == 2 && batch_rows == 2));
-}
-bool fused_flag_sync(int nch, int batch_rows, MiraCache cache, bool requested) {
-  return requested && cache != MiraCache::BF16 && ((nch == 1 && batch_rows == 4) || (nch == 2 && batch_rows == 2));
-}
-
 template <typename TIn>
-FusedFn select_fused_in(MiraCache cache, int nch, int batch_rows, bool pipelined, bool flag_sync) {
+FusedFn select_fused_in(MiraCache cache, int nch, int batch_rows) {
   switch (cache) {
     case MiraCache::BF16:
-      return fused_fn<TIn, __nv_bfloat16>(nch, batch_rows, pipelined, false);
+      return fused_fn<TIn, __nv_bfloat16>(nch, batch_rows);
     case MiraCache::F16:
-      return fused_fn<TIn, __half>(nch, batch_rows, pipelined, flag_sync);
+      return fused_fn<TIn, __half>(nch, batch_rows);
     default:
-      return fused_fn<TIn, float>(nch, batch_rows, pipelined, flag_sync);
+      return fused_fn<TIn, float>(nch, batch_rows);
   }
 }
 
-FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows, bool pipelined, bool flag_sync) {
-  return bf16_in ? select_fused_in<__nv_bfloat16>(cache, nch, batch_rows, pipelined, flag_sync)
-                 : select_fused_in<float>(cache, nch, batch_rows, pipelined, flag_sync);
+FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows) {
+  return bf16_in ? select_fused_in<__nv_bfloat16>(cache, nch, batch_rows)
+                 : select_fused_in<float>(cache, nch, batch_rows);
 }
 
 // The kernels with counter barriers (MiraPlanOptions::grid_sync): f32 logits, the f32 or f16
-// copy, 4 or 8 columns per thread with their default row batches, no pipelining or flags (the
-// auto plans at K 3000); null for the rest, which keep cooperative barriers.
+// copy, 4 or 8 columns per thread with their default row batches (the auto plans at K 3000);
+// null for the rest, which keep cooperative barriers.
 template <int SYNC>
 FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
   if constexpr (view_sync(SYNC)) {
@@ -846,18 +687,18 @@ FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
     // The f16 copy's packed 4-row update with the plain per-view counters (bench rows).
     if (batch_rows == 4) {
       if constexpr (SYNC == static_cast<int>(GridSync::ViewCounter))
-        if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 4, false, false, SYNC>;
+        if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 4, SYNC>;
       return nullptr;
     }
     if (batch_rows != 2) return nullptr;
-    if (cache == MiraCache::F32) return mira_fused_kernel<float, float, 2, 2, false, false, SYNC>;
-    if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 2, false, false, SYNC>;
+    if (cache == MiraCache::F32) return mira_fused_kernel<float, float, 2, 2, SYNC>;
+    if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 2, SYNC>;
   } else if (cache == MiraCache::F32) {
-    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, float, 1, 4, false, false, SYNC>;
-    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, float, 2, 2, false, false, SYNC>;
+    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, float, 1, 4, SYNC>;
+    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, float, 2, 2, SYNC>;
   } else if (cache == MiraCache::F16) {
-    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, __half, 1, 4, false, false, SYNC>;
-    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, __half, 2, 2, false, false, SYNC>;
+    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, __half, 1, 4, SYNC>;
+    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, __half, 2, 2, SYNC>;
   }
   return nullptr;
 }
@@ -873,19 +714,19 @@ FusedFn fused_opt_fn(MiraCache cache, int batch_rows, GridSync sync) {
   constexpr int kViewCounter = static_cast<int>(GridSync::ViewCounter);
   if (batch_rows == 4 && cache == MiraCache::F16) {
     if constexpr (OPT == kOptStaged || OPT == kOptAtomicSums) {
-      if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 4, false, false, 0, OPT>;
-      if (sync == GridSync::ViewCounter) return mira_fused_kernel<float, __half, 2, 4, false, false, kViewCounter, OPT>;
+      if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 4, 0, OPT>;
+      if (sync == GridSync::ViewCounter) return mira_fused_kernel<float, __half, 2, 4, kViewCounter, OPT>;
     }
     return nullptr;
   }
   if (batch_rows != 2) return nullptr;
   if (cache == MiraCache::F16) {
-    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, false, false, 0, OPT>;
-    if (sync == GridSync::ViewCounter) return mira_fused_kernel<float, __half, 2, 2, false, false, kViewCounter, OPT>;
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, __half, 2, 2, 0, OPT>;
+    if (sync == GridSync::ViewCounter) return mira_fused_kernel<float, __half, 2, 2, kViewCounter, OPT>;
   } else if (cache == MiraCache::F32) {
-    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, float, 2, 2, false, false, 0, OPT>;
+    if (sync == GridSync::Cooperative) return mira_fused_kernel<float, float, 2, 2, 0, OPT>;
     if (sync == GridSync::ViewCounterStagger)
-      return mira_fused_kernel<float, float, 2, 2, false, false, static_cast<int>(GridSync::ViewCounterStagger), OPT>;
+      return mira_fused_kernel<float, float, 2, 2, static_cast<int>(GridSync::ViewCounterStagger), OPT>;
   }
   return nullptr;
 }
@@ -898,7 +739,7 @@ FusedFn fused_opt_fn(const MiraPlan& plan, GridSync sync) {
 }
 
 FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
-  if (bf16_in || plan.pipelined || plan.flag_sync) return nullptr;
+  if (bf16_in) return nullptr;
   if (plan.stage_rows > 0 || plan.atomic_sums)
     return sync == GridSync::Cooperative ? nullptr : fused_opt_fn(plan, sync);
   if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
@@ -1164,8 +1005,7 @@ GridSync auto_grid_sync(const MiraPlan& plan, bool bf16_in) {
   c.cache_bytes = plan.cache == MiraCache::F32 ? 4 : 2;
   c.f16 = plan.cache == MiraCache::F16;
   c.exact_passes = plan.exact_passes;
-  c.default_kernel = plan.variant == MiraVariant::Fused && plan.cluster == 0 && !bf16_in && !plan.pipelined &&
-                     !plan.flag_sync && plan.mma_rows == 0;
+  c.default_kernel = plan.variant == MiraVariant::Fused && plan.cluster == 0 && !bf16_in && plan.mma_rows == 0;
   switch (plan_model::auto_barrier(c)) {
     case plan_model::Barrier::ViewCounter:
       return GridSync::ViewCounter;
@@ -1298,7 +1138,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   }
   // The tensor-core updates (mira_mmarows.cu): column tiles per warp, or 0.
   const int mma_rows = opts.mma_rows && variant == MiraVariant::Fused && cache == MiraCache::F16 &&
-                               plan.exact_passes == 0 && !opts.flag_sync && p.K <= kMmaRowsMaxK &&
+                               plan.exact_passes == 0 && p.K <= kMmaRowsMaxK &&
                                device_attr(cudaDevAttrComputeCapabilityMajor, dev) >= 8
                            ? mmarows_tiles(p.K)
                            : 0;
@@ -1310,16 +1150,11 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
 
   // The candidate block shapes (kernel instantiations) and the cost model's choice among them
   // (kernels/cpu/mira_plan_model.h: measured rates, and the fit to an H200's traces).
-  struct Kernel {  // what the model does not see of a shape
-    FusedFn fn;
-    bool pipelined, flag_sync;
-  };
   std::vector<plan_model::Shape> shapes;
-  std::vector<Kernel> kernels;
+  std::vector<FusedFn> kernels;
   auto add_shape = [&](int min_cpt, int bps) {
     plan_model::Shape sh;
     FusedFn fn = nullptr;
-    bool pipe = false, ll = false;
     if (mma_rows > 0) {
       const int warps = mmarows_warps(p.K);
       sh = plan_model::mma_row_shape(32 * warps, 16 * mma_rows * warps);
@@ -1333,9 +1168,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
       const int block = ceil_div(ceil_div(p.K, kVec * nch), 32) * 32;
       const int rows = fused_batch_rows(nch, opts.batch_rows, cache);
       sh = plan_model::column_shape(kVec * nch, block, kVec * nch * block, rows);
-      pipe = fused_pipelined(nch, rows, opts.pipelined);
-      ll = variant == MiraVariant::Fused && fused_flag_sync(nch, rows, cache, opts.flag_sync);
-      fn = select_fused(p.logits_bf16, cache, nch, rows, pipe, ll);
+      fn = select_fused(p.logits_bf16, cache, nch, rows);
     }
     sh.bps_fixed = bps;
     cudaFuncAttributes fa{};
@@ -1347,7 +1180,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&sh.occ0, fn, sh.block, sh.smem_extra));
     MIRA_CHECK(sh.occ0 >= 1, "mira_plan: the fused kernel does not fit an SM (", sh.block, " threads)");
     shapes.push_back(sh);
-    kernels.push_back({fn, pipe, ll});
+    kernels.push_back(fn);
   };
   if (mma_rows > 0) {
     add_shape(0, 1);
@@ -1373,47 +1206,43 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   const plan_model::Choice best = plan_model::choose(mp, md, shapes, [&](int si, long long dyn) {
     int occ = 0;
     const plan_model::Shape& sh = shapes[static_cast<size_t>(si)];
-    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernels[static_cast<size_t>(si)].fn, sh.block,
+    MIRA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernels[static_cast<size_t>(si)], sh.block,
                                                                   static_cast<size_t>(dyn)));
     return occ;
   });
   MIRA_CHECK(best.shape >= 0, "mira_plan: no launch configuration fits the device");
-  const Kernel& k = kernels[static_cast<size_t>(best.shape)];
   const plan_model::Shape& shape = shapes[static_cast<size_t>(best.shape)];
-  MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined, k.flag_sync);
+  MiraPlan fp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best);
   // Fewer rows in shared memory than fit (for measurements): the same shared memory, the rest
   // of the rows from the workspace.
   int unused = 0;
   if (opts.max_smem_rows >= 0 && fp.mma_rows == 0 && fp.smem_rows > opts.max_smem_rows) {
     unused = fp.smem_rows - opts.max_smem_rows / fp.batch_rows * fp.batch_rows;
-    fp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined, k.flag_sync, 0, unused);
+    fp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, 0, unused);
   }
   // The workspace's rows staged through shared memory: the ring's rows come out of those the
   // block keeps in shared memory (the same dynamic shared memory), where the plan has some in
   // the workspace to stage and its kernel exists and fits.
-  if (opts.stage_rows && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && !fp.pipelined &&
-      !fp.flag_sync && fp.mma_rows == 0 && fp.ecache_rows_per_block > 0) {
+  if (opts.stage_rows && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && fp.mma_rows == 0 &&
+      fp.ecache_rows_per_block > 0) {
     const FusedFn staged = fused_opt_fn<kOptStaged>(fp.cache, fp.batch_rows, GridSync::Cooperative);
     const int ring = kStageDepth * fp.batch_rows;
     if (staged && fp.smem_rows >= ring) {
-      const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined,
-                                     k.flag_sync, ring, unused);
+      const MiraPlan sp = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, ring, unused);
       if (fits_plan(staged, sp, dev)) fp = sp;
     }
   }
   // The column sums by atomics (one launch; no kernel combines them with staging yet).
   if (opts.atomic_sums && variant == MiraVariant::Fused && !p.logits_bf16 && fp.cpt == 8 && fp.stage_rows == 0 &&
-      !fp.pipelined && !fp.flag_sync && fp.mma_rows == 0) {
+      fp.mma_rows == 0) {
     const FusedFn fn = fused_opt_fn<kOptAtomicSums>(fp.cache, fp.batch_rows, GridSync::Cooperative);
     if (fn) {
-      const MiraPlan ap = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, k.pipelined,
-                                     k.flag_sync, 0, unused, true);
+      const MiraPlan ap = fused_plan(p, variant, cache, plan.exact_passes, mma_rows, shape, best, 0, unused, true);
       if (fits_plan(fn, ap, dev)) fp = ap;
     }
   }
   const GridSync sync = opts.grid_sync == GridSync::Auto ? auto_grid_sync(fp, p.logits_bf16) : opts.grid_sync;
-  if (sync != GridSync::Cooperative && variant == MiraVariant::Fused && !fp.flag_sync)
-    set_grid_sync(fp, sync, opts, p.logits_bf16, dev);
+  if (sync != GridSync::Cooperative && variant == MiraVariant::Fused) set_grid_sync(fp, sync, opts, p.logits_bf16, dev);
   return fp;
 }
 
@@ -1453,13 +1282,10 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
   const FusedFn fn = plan.grid_sync != 0 ? select_fused_sync(plan, p.logits_bf16, static_cast<GridSync>(plan.grid_sync))
                      : plan.stage_rows > 0 || plan.atomic_sums ? fused_opt_fn(plan, GridSync::Cooperative)
                      : plan.mma_rows > 0                       ? mmarows_fn(p.logits_bf16, plan.mma_rows)
-                                         : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows,
-                                                        plan.pipelined, plan.flag_sync);
+                                         : select_fused(p.logits_bf16, plan.cache, plan.cpt / kVec, plan.batch_rows);
   MIRA_CHECK(fn, "mira_assign_cuda: no kernel for this plan's grid barriers (make it with mira_plan)");
   // Flag-tagged sums start untagged in each launch, and the tensor-core kernel's E lives in
   // shared memory from its first pass on: such plans run every pass in one launch.
-  MIRA_CHECK(!plan.flag_sync || (pass_begin == 0 && pass_end == p.iters + 2),
-             "mira_assign_cuda: a flag_sync plan runs all passes in one launch");
   MIRA_CHECK(plan.mma_rows == 0 || (pass_begin == 0 && pass_end == p.iters + 2),
              "mira_assign_cuda: an mma_rows plan runs all passes in one launch");
   MIRA_CHECK(!plan.atomic_sums || (pass_begin == 0 && pass_end == p.iters + 2),

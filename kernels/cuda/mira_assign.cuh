@@ -76,8 +76,6 @@ struct MiraPlan {
   int exact_passes = 0;     // 16-bit caches: the last updates that read exact E
   int cpt = 4;              // columns per thread (fused / per-pass)
   int batch_rows = 4;       // rows per register batch (fused / per-pass)
-  bool pipelined = false;   // update passes with split-phase barriers (see mira_plan)
-  bool flag_sync = false;   // column sums as flag-tagged words, no grid barriers (see mira_plan)
   int cluster = 0;          // > 0: the cluster plan (see mira_plan) with this many blocks per view
   int cluster_cols = 0;     // the cluster plan: columns per block
   int cluster_groups = 0;   // the cluster plan: clusters per view (row groups of rows_per_block)
@@ -112,8 +110,8 @@ struct MiraPlan {
   // Byte offsets into the workspace. colsum holds the column sums (V * Kp floats; unfused: K)
   // and, right after them, the non-finite counter (so one all-reduce carries both).
   size_t off_ecache = 0, off_partial = 0, off_colsum = 0, off_rowmax = 0, off_w = 0;
-  size_t off_ll_partial = 0, off_ll_colsum = 0;  // flag_sync: tagged partials and sums
-  // Fused with grid barriers (not flag_sync): the column reduction also stores
+  size_t off_ll_partial = 0;  // the cluster plan with row groups: tagged partials
+  // Fused (one launch): the column reduction also stores
   // log2 of each sum (V * Kp floats at off_colsum_log2), so each block's weights need no log2f
   // of their own (a ~30-instruction polynomial per column and pass in every block).
   bool log2_sums = false;
@@ -134,7 +132,6 @@ struct MiraPlan {
   // then the end of each phase in the order they ran, as far as the words go (~8 passes), 0
   // after the last. Blocks on one SM share its clock, so the timeline shows whether they ran
   // their phases at the same time.
-  // With flag_sync the barriers read ~0: the waits fall in the reduction and the weights.
   unsigned long long* trace = nullptr;
 };
 constexpr int kMiraTracePhases = 8;
@@ -154,15 +151,6 @@ constexpr int kMiraTraceWords = kMiraTracePhases + 1 + kMiraTraceMarks;
 // blocks at each pass boundary: better where there are few rows per block); else 4, and 8
 // for K > 2048 with blocks_per_sm given. The schedule (views side by side or one after
 // another) comes from the same model, fitted to an H200's traces (kernels/cpu/mira_plan_model.h).
-// pipelined: the update passes publish a row batch's partial sums before finishing the
-// previous batch (split-phase barriers), where the plan has 4 rows of 4 or 2 rows of 8 columns
-// per thread (MiraPlan::pipelined says whether it took); the same bits for the same launch
-// geometry (its slots add ~2 KB of static shared memory, which can change the plan for large N).
-// flag_sync (Fused only): the column partials and sums travel as 8-byte {value, pass} words
-// that readers poll (NCCL's LL protocol), so a pass needs no grid barrier: the block summing a
-// column tile starts on each partial as it lands, and each block starts its next pass as soon
-// as the sums it reads are there. The same additions in the same order: the same bits. One
-// grid barrier at the start clears the tags; twice the bytes for partials and sums.
 // cluster (Fused, f32 or f16 cache, sm_90; MiraPlan::cluster says whether it took):
 // kernels/cuda/mira_cluster.cu, thread-block clusters of up to 16 blocks each holding the E of
 // a run of rows of one view in shared memory, block r owning a slice of the columns of those
@@ -189,8 +177,8 @@ constexpr int kMiraTraceWords = kMiraTracePhases + 1 + kMiraTraceMarks;
 // inverses split into two f16 halves (~22 significant bits; f32 fused multiply-adds where
 // their values span more than the halves hold). Other bits than the default kernel (other
 // summation order), as close to the f64 reference as the f16 copy. batch_rows,
-// min_cols_per_thread, blocks_per_sm, pipelined and flag_sync do not apply; grid_sync does for
-// f32 logits at K 2049-3072.
+// min_cols_per_thread and blocks_per_sm do not apply; grid_sync does for f32 logits at K
+// 2049-3072.
 struct MiraPlanOptions {
   MiraCache cache = MiraCache::F32;
   int exact_passes = 0;
@@ -198,8 +186,6 @@ struct MiraPlanOptions {
   int batch_rows = 4;
   int min_cols_per_thread = 0;
   int blocks_per_sm = 0;
-  bool pipelined = false;
-  bool flag_sync = false;
   bool cluster = false;
   int cluster_size = 0;
   bool cluster_mma = false;
@@ -217,8 +203,8 @@ struct MiraPlanOptions {
   bool stage_rows = false;
   // For measurements (bench rows "smemN"): at most this many rows of E per block kept in shared
   // memory (rounded down to whole batches), the rest read from the workspace, with the plan's
-  // shared memory and blocks unchanged; -1: as many as fit. The default and pipelined column
-  // kernels (not mma_rows or the cluster plan). The same bits.
+  // shared memory and blocks unchanged; -1: as many as fit. The default column kernels (not
+  // mma_rows or the cluster plan). The same bits.
   int max_smem_rows = -1;
   // The default fused kernel at 8 columns per thread in 2-row batches, f32 logits, the f16 or
   // f32 copy (and the f16 copy's packed 4-row batches, batch_rows 8), one launch (Fused, not
@@ -231,7 +217,7 @@ struct MiraPlanOptions {
   // the targets are not bitwise reproducible (within f32 rounding of the deterministic
   // kernel's). Elsewhere MiraPlan::atomic_sums stays false. Opt-in: not yet measured.
   bool atomic_sums = false;
-  // The default fused kernel (one launch, not flag_sync): its grid barriers
+  // The default fused kernel (one launch): its grid barriers
   // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
   // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they
   // divide the grid; a Counter plan where clusters do not run or fit at once). The same bits.

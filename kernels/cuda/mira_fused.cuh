@@ -243,35 +243,6 @@ struct RowReduce {
     }
   }
 
-  // The two halves of allreduce<false> for the pipelined update (same slots, same order of
-  // additions, so the same bits): publish writes this warp's partials of the R rows to buf;
-  // after a barrier, collect gives every thread the R totals.
-  static __device__ __forceinline__ void publish(float (&d)[R], float* buf) {
-    constexpr int LPR = kLanesPerRow;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    butterfly<R, 16, false>(d, lane);
-    float v = d[0];
-#pragma unroll
-    for (int off = LPR / 2; off >= 1; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
-    const int rho = lane / LPR, sub = lane % LPR;
-    if (sub == 0) buf[(warp / LPR) * 32 + rho * LPR + warp % LPR] = v;
-  }
-  template <bool RECIP = false>  // as allreduce's RECIP: 1 / total (or 0) instead of total
-  static __device__ __forceinline__ void collect(float (&d)[R], const float* buf) {
-    constexpr int LPR = kLanesPerRow;
-    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-    const int sub = lane % LPR;
-    float acc = 0.f;
-#pragma unroll
-    for (int k = 0; k < kMaxWarpGroups; ++k)
-      if (k * LPR + sub < nwarps) acc += buf[k * 32 + lane];
-#pragma unroll
-    for (int off = LPR / 2; off >= 1; off >>= 1) acc += __shfl_xor_sync(kFull, acc, off);
-    if constexpr (RECIP) acc = acc > 0.f ? 1.f / acc : 0.f;
-#pragma unroll
-    for (int r = 0; r < R; ++r) d[r] = __shfl_sync(kFull, acc, r * LPR);
-  }
-
   // RECIP (sums only): every thread gets, for each row, s = 1 / total where the total is > 0,
   // else 0, formed once per lane before the broadcast instead of R times per thread after it
   // (the same values: the same division of the same total).
@@ -305,20 +276,18 @@ struct RowReduce {
 
 // ---- flag-tagged words (the LL protocol of NCCL): a float travels with the number of the
 // pass that wrote it (pass + 1; 0 = never written) in one aligned 8-byte word, stored and
-// loaded whole, so a reader polls the data itself: no grid barrier between the blocks that
-// write column partials and the block that sums them, nor between it and the blocks that
-// read the sums. Volatile accesses go to L2, where all SMs see one copy.
+// loaded whole, so a reader polls the data itself: the cluster plan's row groups exchange
+// their column sums this way, with no grid barrier. Volatile accesses go to L2, where all
+// SMs see one copy.
 // Each word is one 64-bit scalar (tag in the high half), the unit the PTX memory model makes
 // single-copy atomic; v2.b64 moves two words.
 __device__ __forceinline__ unsigned long long ll_word(float v, unsigned seq) {
   return (static_cast<unsigned long long>(seq) << 32) | __float_as_uint(v);
 }
 #ifdef MIRA_CUDA_EMU  // tests/cuda_emu: the same 8-byte words through the host's atomics
-__device__ __forceinline__ void ll_store1(uint2* p, float v, unsigned seq) {
-  __atomic_store_n(reinterpret_cast<unsigned long long*>(p), ll_word(v, seq), __ATOMIC_RELEASE);
-}
 __device__ __forceinline__ void ll_store4(uint2* p, const float (&v)[kVec], unsigned seq) {
-  for (int u = 0; u < kVec; ++u) ll_store1(p + u, v[u], seq);
+  for (int u = 0; u < kVec; ++u)
+    __atomic_store_n(reinterpret_cast<unsigned long long*>(p + u), ll_word(v[u], seq), __ATOMIC_RELEASE);
 }
 __device__ __forceinline__ uint2 ll_load1(const uint2* p) {
   const unsigned long long w = __atomic_load_n(reinterpret_cast<const unsigned long long*>(p), __ATOMIC_ACQUIRE);
@@ -338,9 +307,6 @@ __device__ __forceinline__ void ll_store4(uint2* p, const float (&v)[kVec], unsi
   asm volatile("st.volatile.global.v2.b64 [%0], {%1, %2};" ::"l"(p + 2), "l"(ll_word(v[2], seq)),
                "l"(ll_word(v[3], seq))
                : "memory");
-}
-__device__ __forceinline__ void ll_store1(uint2* p, float v, unsigned seq) {
-  asm volatile("st.volatile.global.b64 [%0], %1;" ::"l"(p), "l"(ll_word(v, seq)) : "memory");
 }
 // Loads as {value bits, tag} pairs.
 __device__ __forceinline__ uint2 ll_load1(const uint2* p) {
@@ -457,22 +423,6 @@ __device__ __forceinline__ void trace_finish(const FusedArgs& a, long long* ph) 
   }
 }
 
-// Flag-tagged words start untagged (the workspace holds anything): block bv of view group vg
-// clears the partials it will write and its share of the sums; a grid barrier must follow.
-__device__ __forceinline__ void clear_flags(const FusedArgs& a, int vg, int bv) {
-  const int tid = threadIdx.x, bd = blockDim.x;
-  const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
-  for (int gi = 0; gi < groups; ++gi) {
-    const int v = gi * a.views_per_group + vg;
-    if (v >= a.V) continue;
-    uint2* part = a.ll_partial + (static_cast<size_t>(v) * a.blocks_per_view + bv) * a.Kp;
-    for (int j = tid; j < a.Kp; j += bd) part[j] = make_uint2(0u, 0u);
-    const int cpb = (a.Kp + a.blocks_per_view - 1) / a.blocks_per_view;
-    const int c_lo = bv * cpb, c_hi = min(a.Kp, c_lo + cpb);
-    for (int j = c_lo + tid; j < c_hi; j += bd) a.ll_colsum[static_cast<size_t>(v) * a.Kp + j] = make_uint2(0u, 0u);
-  }
-}
-
 // The weight of a column of sum x (> 0: the pass's column sum; 0: an empty column, or
 // padding) given log2 of the largest column sum: w = (x / max)^(-beta), capped.
 // With l2 = log2f(x) given (FusedArgs::colsum_log2, written by the column reduction).
@@ -489,22 +439,19 @@ __device__ __forceinline__ float mira_weight_l2(const FusedArgs& a, float l2, fl
   return l2 > -INFINITY ? exp2f(fminf(a.exponent * (l2 - l2max), a.log2_cap)) : 0.f;
 }
 
-// The column sums of pass seq - 1 of view v from the blocks' partials (all written, or with
-// LL polled until tagged seq): block bv sums its tile of columns and writes the sums (LL:
-// tagged seq; else also their log2f where colsum_log2 is set, and their largest into the
-// pass's word of colsum_max where that is set). redc: blockDim.x floats of shared memory.
-template <bool LL>
+// The column sums of pass seq - 1 of view v from the blocks' partials (all written): block bv
+// sums its tile of columns and writes the sums, their log2f where colsum_log2 is set, and
+// their largest into the pass's word of colsum_max where that is set. redc: blockDim.x floats
+// of shared memory.
 __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv, unsigned seq, float* redc) {
   const int tid = threadIdx.x, bd = blockDim.x;
   // Block bv sums the columns [c_lo, c_lo + ncol) over the view's blocks: threads are
   // (column, subset) pairs, subset s adding blocks s, s + S, ... with its loads issued
-  // together (16 at a time; 8 with flag-tagged words), then column j's S subset sums are
-  // added in subset order. A fixed order either way (the targets are bitwise reproducible,
-  // and the same with flag-tagged words), and one round of L2 latency rather than one per
-  // block summed.
+  // together (16 at a time), then column j's S subset sums are added in subset order. A
+  // fixed order (the targets are bitwise reproducible), and one round of L2 latency rather
+  // than one per block summed.
   const size_t view_off = static_cast<size_t>(v) * a.blocks_per_view * a.Kp;
   const float* base = a.partial + view_off;
-  const uint2* base_ll = LL ? a.ll_partial + view_off : nullptr;
   const int bpv = a.blocks_per_view;
   const int cpb = (a.Kp + bpv - 1) / bpv;
   const int c_lo = bv * cpb, ncol = min(a.Kp, c_lo + cpb) - c_lo;
@@ -514,44 +461,21 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
     const int col = c_lo + cc0 + j;
     if (sub < S) {
       float s = 0.f;
-      if constexpr (LL) {
-        for (int qb0 = sub; qb0 < bpv; qb0 += 8 * S) {
-          uint2 x[8];
+      // A subset's loads all go out before its first add, 16 at a time, and are added in
+      // block order (the same bits). `#pragma unroll 8` on the plain loop compiled to
+      // load, add, exit test, load...: one L2 round trip per partial (SASS), ~0.3 us each,
+      // 9 per pass at N 4096.
+      constexpr int kBatch = 16;
+      for (int qb0 = sub; qb0 < bpv; qb0 += kBatch * S) {
+        float x[kBatch];
 #pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            const int qb = qb0 + k * S;
-            if (qb < bpv) x[k] = ll_load1(base_ll + static_cast<size_t>(qb) * a.Kp + col);
-          }
-#pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            const int qb = qb0 + k * S;
-            if (qb < bpv) {
-              int n = 0;
-              while (x[k].y != seq) {
-                ll_spin(n);
-                x[k] = ll_load1(base_ll + static_cast<size_t>(qb) * a.Kp + col);
-              }
-              s += __uint_as_float(x[k].x);
-            }
-          }
+        for (int k = 0; k < kBatch; ++k) {
+          const int qb = qb0 + k * S;
+          x[k] = qb < bpv ? base[static_cast<size_t>(qb) * a.Kp + col] : 0.f;
         }
-      } else {
-        // A subset's loads all go out before its first add, 16 at a time, and are added in
-        // block order (the same bits). `#pragma unroll 8` on the plain loop compiled to
-        // load, add, exit test, load...: one L2 round trip per partial (SASS), ~0.3 us each,
-        // 9 per pass at N 4096.
-        constexpr int kBatch = 16;
-        for (int qb0 = sub; qb0 < bpv; qb0 += kBatch * S) {
-          float x[kBatch];
 #pragma unroll
-          for (int k = 0; k < kBatch; ++k) {
-            const int qb = qb0 + k * S;
-            x[k] = qb < bpv ? base[static_cast<size_t>(qb) * a.Kp + col] : 0.f;
-          }
-#pragma unroll
-          for (int k = 0; k < kBatch; ++k)
-            if (qb0 + k * S < bpv) s += x[k];
-        }
+        for (int k = 0; k < kBatch; ++k)
+          if (qb0 + k * S < bpv) s += x[k];
       }
       redc[sub * nc + j] = s;
     }
@@ -569,24 +493,18 @@ __device__ __forceinline__ void reduce_columns(const FusedArgs& a, int v, int bv
         for (int k = 0; k < kSubBatch; ++k)
           if (k0 + k < S) t += y[k];
       }
-      if constexpr (LL) {
-        ll_store1(a.ll_colsum + static_cast<size_t>(v) * a.Kp + col, t, seq);
-      } else {
-        a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
-        if (a.colsum_log2) a.colsum_log2[static_cast<size_t>(v) * a.Kp + col] = log2f(t);
-      }
+      a.colsum[static_cast<size_t>(v) * a.Kp + col] = t;
+      if (a.colsum_log2) a.colsum_log2[static_cast<size_t>(v) * a.Kp + col] = log2f(t);
     }
-    if constexpr (!LL) {
-      // The tile's largest sum, one atomic per warp that holds any of its columns (the others'
-      // t is 0). The sums are >= 0, so their bits order as their values do: the pass's word
-      // ends as the bits of the view's largest sum, whatever the order of the atomics.
-      if (a.colsum_max && (tid & ~31) < nc) {
-        float m = t;
+    // The tile's largest sum, one atomic per warp that holds any of its columns (the others'
+    // t is 0). The sums are >= 0, so their bits order as their values do: the pass's word
+    // ends as the bits of the view's largest sum, whatever the order of the atomics.
+    if (a.colsum_max && (tid & ~31) < nc) {
+      float m = t;
 #pragma unroll
-        for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
-        if ((tid & 31) == 0)
-          atomicMax(a.colsum_max + static_cast<size_t>(v) * (a.iters + 1) + (seq - 1), __float_as_uint(m));
-      }
+      for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
+      if ((tid & 31) == 0)
+        atomicMax(a.colsum_max + static_cast<size_t>(v) * (a.iters + 1) + (seq - 1), __float_as_uint(m));
     }
     __syncthreads();
   }

@@ -51,9 +51,7 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.colsum_max = plan.max_sums ? reinterpret_cast<unsigned*>(base + plan.off_colsum_max) : nullptr;
   a.rowmax = reinterpret_cast<float*>(base + plan.off_rowmax);
   a.sums = plan.atomic_sums ? reinterpret_cast<float*>(base + plan.off_sums) : nullptr;
-  a.ll_partial =
-      plan.flag_sync || plan.cluster_groups > 1 ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
-  a.ll_colsum = plan.flag_sync ? reinterpret_cast<uint2*>(base + plan.off_ll_colsum) : nullptr;
+  a.ll_partial = plan.cluster_groups > 1 ? reinterpret_cast<uint2*>(base + plan.off_ll_partial) : nullptr;
   a.trace = plan.trace;
   a.cluster = plan.cluster;
   a.cluster_cols = plan.cluster_cols;
@@ -67,8 +65,8 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
 }
 
 MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, int mma_rows,
-                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync,
-                    int stage_rows, int unused_rows, bool atomic_sums) {
+                    const plan_model::Shape& sh, const plan_model::Choice& best, int stage_rows, int unused_rows,
+                    bool atomic_sums) {
   MiraPlan plan;
   plan.variant = variant;
   plan.cache = cache;
@@ -78,8 +76,6 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   plan.block = sh.block;
   plan.Kp = sh.Kp;
   plan.batch_rows = sh.batch_rows;
-  plan.pipelined = pipelined;
-  plan.flag_sync = flag_sync;
   const size_t row_bytes = static_cast<size_t>(plan.Kp) * (cache == MiraCache::F32 ? 4 : 2);
   const size_t smem_extra = static_cast<size_t>(sh.smem_extra);
   plan.views_per_group = best.vpg;
@@ -97,7 +93,7 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   size_t off = 0;
   plan.off_ecache = off;
   off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.ecache_rows_per_block * row_bytes, 256);
-  MIRA_CHECK(!atomic_sums || (variant == MiraVariant::Fused && !flag_sync && mma_rows == 0),
+  MIRA_CHECK(!atomic_sums || (variant == MiraVariant::Fused && mma_rows == 0),
              "fused_plan: atomic column sums are for the default kernel's one launch");
   plan.atomic_sums = atomic_sums;
   plan.off_partial = off;
@@ -110,15 +106,9 @@ MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, 
   off = align_up(off + (static_cast<size_t>(p.V) * plan.Kp + 1) * sizeof(float), 256);
   plan.off_rowmax = off;
   off = align_up(off + static_cast<size_t>(p.V) * p.N * sizeof(float), 256);
-  if (plan.flag_sync) {
-    plan.off_ll_partial = off;
-    off = align_up(off + static_cast<size_t>(p.V) * best.bpv * plan.Kp * sizeof(uint2), 256);
-    plan.off_ll_colsum = off;
-    off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(uint2), 256);
-  }
   // One launch for all passes: the sums a block reads are the ones the reduction wrote (with
   // PerPass they are summed over ranks between launches, after any log2 could be taken).
-  plan.log2_sums = variant == MiraVariant::Fused && !plan.flag_sync && !atomic_sums;
+  plan.log2_sums = variant == MiraVariant::Fused && !atomic_sums;
   if (plan.log2_sums) {
     plan.off_colsum_log2 = off;
     off = align_up(off + static_cast<size_t>(p.V) * plan.Kp * sizeof(float), 256);

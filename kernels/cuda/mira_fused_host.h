@@ -44,10 +44,8 @@ struct FusedArgs {
   float* rowmax;       // (V, N)
   // null, or (kMiraSumBuffers, V, Kp): the column sums added by atomics (MiraPlan::atomic_sums)
   float* sums;
-  // Flag-tagged column sums (MiraPlan::flag_sync): null, or (V, blocks_per_view, Kp) partials
-  // and (V, Kp) sums as {float, pass + 1} words.
+  // The cluster plan's flag-tagged partials (row groups > 1): null, or {float, pass + 1} words.
   uint2* ll_partial;
-  uint2* ll_colsum;
   unsigned long long* trace;  // null, or (grid, kMiraTraceWords): clock64 sums and the SM (MiraPlan::trace)
   // The cluster plan (MiraPlan::cluster): blocks per cluster, columns per block, clusters per
   // view (row groups of rows_per_block rows).
@@ -75,8 +73,8 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
 // (MiraPlanOptions::max_smem_rows), their rows read from the workspace; atomic_sums:
 // MiraPlan::atomic_sums (the sums' buffers instead of the partials, log2 sums and largest sums).
 MiraPlan fused_plan(const MiraProblem& p, MiraVariant variant, MiraCache cache, int exact_passes, int mma_rows,
-                    const plan_model::Shape& sh, const plan_model::Choice& best, bool pipelined, bool flag_sync,
-                    int stage_rows = 0, int unused_rows = 0, bool atomic_sums = false);
+                    const plan_model::Shape& sh, const plan_model::Choice& best, int stage_rows = 0,
+                    int unused_rows = 0, bool atomic_sums = false);
 
 // The cluster plan of p for a shape from plan_model::cluster_shape (cs.size > 0): launch
 // geometry, shared memory and workspace layout; variant Fused, the given cache (F32 or F16)

@@ -572,7 +572,7 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
         }
         fused_grid_sync<SYNC>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
         mark(kTraceBarrier1);
-        if (active) reduce_columns<false>(a, v, bv, seq, redc);
+        if (active) reduce_columns(a, v, bv, seq, redc);
         mark(kTraceReduce);
         if (p + 1 < a.pass_end) fused_grid_sync<SYNC>(a, grid, false, sync_target);
         mark(kTraceBarrier2);

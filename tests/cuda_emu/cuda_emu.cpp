@@ -552,29 +552,6 @@ void grid_sync() {
   to_scheduler(Wait::Grid, 0);
 }
 
-// The mbarrier word: arrivals (bits 0-31), expected count (32-47), completed phases (48-63).
-void mbar_init(unsigned long long* bar, unsigned count) {
-  *bar = static_cast<unsigned long long>(count) << 32;
-}
-void mbar_arrive(unsigned long long* bar) {
-  const unsigned long long w = *bar;
-  const unsigned arrived = static_cast<unsigned>(w) + 1, expected = static_cast<unsigned>(w >> 32) & 0xffffu;
-  const unsigned long long phases = w >> 48;
-  if (arrived == expected)
-    *bar = ((phases + 1) << 48) | (static_cast<unsigned long long>(expected) << 32);
-  else
-    *bar = (phases << 48) | (static_cast<unsigned long long>(expected) << 32) | arrived;
-}
-void mbar_wait(unsigned long long* bar, unsigned parity) {
-  // The phase of this parity has completed when the current phase's parity differs.
-  const auto t0 = Clock::now();
-  while (((*bar >> 48) & 1u) == (parity & 1u)) {
-    to_scheduler(Wait::Run, 0);  // the block's other threads arrive meanwhile
-    if (tblock->L->abort) throw Error("launch aborted while waiting on an mbarrier");
-    if (Clock::now() - t0 > kWaitLimit) trap("an mbarrier phase that never completes");
-  }
-}
-
 void cp_async(void* dst, const void* src, int bytes) {
   if (bytes != 4 && bytes != 8 && bytes != 16) trap("cp.async of other than 4, 8 or 16 bytes");
   if (reinterpret_cast<uintptr_t>(dst) % static_cast<uintptr_t>(bytes) != 0 ||

@@ -64,11 +64,6 @@ void* map_shared(const void* p, unsigned rank);
 [[noreturn]] void trap(const char* what);
 void spin_wait(int& n);  // a flag poll that has not seen its word yet: yields, gives up after ~60 s
 long long clock();
-// mbarrier (the PTX split-phase block barrier) in its 8 bytes of shared memory: arrivals,
-// the expected count and the completed phases; a wait lets the block's other threads run.
-void mbar_init(unsigned long long* bar, unsigned count);
-void mbar_arrive(unsigned long long* bar);
-void mbar_wait(unsigned long long* bar, unsigned parity);
 // cp.async (PTX: a thread's asynchronous copy of 4, 8 or 16 bytes from global to shared
 // memory), in groups: the source is read when the copy is issued (a GPU may read it any time
 // until the copy completes), the destination written only when cp_async_wait lets its group
