@@ -470,9 +470,7 @@ json trace_timeline(const int64_t* words, const cuda::MiraPlan& plan, double med
   const auto kind = static_cast<cuda::GridSync>(plan.grid_sync);
   std::vector<int> group(static_cast<size_t>(plan.grid), 0);
   if (cuda::grid_sync_per_view(kind) && plan.blocks_per_view > 0)
-    for (int b = 0; b < plan.grid; ++b)
-      group[static_cast<size_t>(b)] =
-          kind == cuda::GridSync::ViewCounterStaggerInterleaved ? b % plan.views_per_group : b / plan.blocks_per_view;
+    for (int b = 0; b < plan.grid; ++b) group[static_cast<size_t>(b)] = b / plan.blocks_per_view;
   const trace::PassSpread ps = trace::pass_spread(words, lay, group, per_us);
   const auto spread = [](const trace::Spread& s) { return json::array({s.min, s.median, s.max}); };
   j["pass_spread"] = {{"passes", ps.passes},
@@ -572,12 +570,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
            {"fused cluster f16-cache mma", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 0, -1, true}}) {
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
   }
-  // The default kernel's grid barriers after the first as counter barriers, one arrival per
-  // block or per cluster of 8 (kernels/cuda/grid_sync.cuh; the same bits); also those of the
-  // tensor-core updates.
   at = 1;
-  Variant mma_rows{"fused f16-cache mma-rows", MV::Fused, MC::F16, MS::Auto, 4, false};
-  mma_rows.mma_rows = true;
   // A counter per view group (the views side by side never wait for each other; "stagger":
   // their passes alternate on each SM), where a block of each view shares every SM: 8 columns
   // per thread at two blocks per SM, side by side (the f16 copy's auto plan at N 4096). The
@@ -589,8 +582,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                             {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3}}) {
     for (const auto& [sync, tag] :
          {std::pair{cuda::GridSync::Cooperative, " coop-sync"}, std::pair{cuda::GridSync::ViewCounter, " view-sync"},
-          std::pair{cuda::GridSync::ViewCounterStagger, " view-sync stagger"},
-          std::pair{cuda::GridSync::ViewCounterStaggerInterleaved, " view-sync stagger interleaved"}}) {
+          std::pair{cuda::GridSync::ViewCounterStagger, " view-sync stagger"}}) {
       Variant w = v;
       w.name += tag;
       w.sync = sync;
@@ -651,17 +643,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
     w.atomic = true;
     w.sync = sync;
     variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), w);
-  }
-  for (const auto& [sync, tag] : {std::pair{cuda::GridSync::Counter, " counter-sync"},
-                                  std::pair{cuda::GridSync::ClusterCounter, " cluster-sync"}}) {
-    for (Variant v : std::vector<Variant>{{"fused", MV::Fused, MC::F32, MS::Auto, 4, false},
-                                          {"fused f16-cache", MV::Fused, MC::F16, MS::Auto, 4, false},
-                                          {"fused f16-cache exact3", MV::Fused, MC::F16, MS::Auto, 4, false, 0, 0, 3},
-                                          mma_rows}) {
-      v.name += tag;
-      v.sync = sync;
-      variants.insert(variants.begin() + static_cast<std::ptrdiff_t>(at++), v);
-    }
   }
   // The f16 copy's updates on tensor cores: one 16-byte load, two mma and four movmatrix per
   // 16 x 16 tile of E (kernels/cuda/mira_mmarows.cu), the plan's schedule and each pinned.
@@ -810,7 +791,6 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
                      {"stage_rows", plan.stage_rows},
                      {"atomic_sums", plan.atomic_sums},
                      {"grid_sync", cuda::grid_sync_name(static_cast<cuda::GridSync>(plan.grid_sync))},
-                     {"grid_sync_cluster", plan.grid_sync_cluster},
                      {"workspace_mb", plan.workspace_bytes / 1048576.0}};
       }
       if (!(ok && bad == 0)) {
@@ -880,9 +860,7 @@ int run_time_cuda(const Args& a, int V, int64_t N, int64_t K, double tau, double
         for (int b = 0; b < plan.grid; ++b) {
           const int sm = static_cast<int>(word(b, cuda::kMiraTracePhases));
           ++blocks_on[sm];
-          const bool interleaved = plan.grid_sync == static_cast<int>(cuda::GridSync::ViewCounterStaggerInterleaved);
-          if (plan.blocks_per_view > 0)
-            groups_on[sm].insert(interleaved ? b % plan.views_per_group : b / plan.blocks_per_view);
+          if (plan.blocks_per_view > 0) groups_on[sm].insert(b / plan.blocks_per_view);
         }
         int most = 0, shared = 0;
         for (const auto& [sm, nb] : blocks_on) most = std::max(most, nb);

@@ -271,11 +271,11 @@ TEST_CASE("gpu mira: the grid barriers order every block's writes before the oth
 
 TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperative barriers' bits") {
   // MiraPlanOptions::grid_sync on the GPU's memory model: every barrier after the launch's
-  // first as a counter, per block or per cluster (sm_90; else the per-block counter), or per
-  // view group, staggered or not (8 columns per thread only), or the plan's choice (Auto,
-  // plan_model::auto_barrier). The issue's shape in f32 (views one after another) and f16, plain
-  // and + 3 exact (side by side), a training shape, and 2 iterations; the tensor-core updates
-  // (sm_80) at the issue's shape.
+  // first as a counter per view group, staggered or not (8 columns per thread only), or the
+  // plan's choice (Auto, plan_model::auto_barrier); the probe's kinds are refused. The issue's
+  // shape in f32 (views one after another) and f16, plain and + 3 exact (side by side), a
+  // training shape, and 2 iterations; the tensor-core updates (sm_80; cooperative barriers
+  // only) at the issue's shape.
   using GS = cuda::GridSync;
   using C = cuda::MiraCache;
   const int major = compute_major();
@@ -301,8 +301,7 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
     o.mma_rows = s.mma;
     o.grid_sync = GS::Cooperative;
     const auto plain = run_kernel(views, cuda::MiraVariant::Fused, o, false, kTau, kBeta, s.iters);
-    for (const GS kind : {GS::Auto, GS::Counter, GS::ClusterCounter, GS::ViewCounter, GS::ViewCounterStagger,
-                          GS::ViewCounterStaggerInterleaved}) {
+    for (const GS kind : {GS::Auto, GS::ViewCounter, GS::ViewCounterStagger}) {
       CAPTURE(std::string(cuda::grid_sync_name(kind)));
       o.grid_sync = kind;
       cuda::MiraPlan plan;
@@ -317,21 +316,12 @@ TEST_CASE("gpu mira: the default kernel with counter barriers gives the cooperat
                                                                    : GS::Cooperative;
         CHECK(plan.grid_sync == static_cast<int>(want));
         MESSAGE("auto barriers at N ", s.N, ": ", cuda::grid_sync_name(static_cast<GS>(plan.grid_sync)));
-      } else if (cuda::grid_sync_per_view(kind)) {
+      } else {
         // Kernels only for 8 columns per thread (2-row batches), not the tensor-core updates.
         const bool has = !s.mma && plan.cpt == 8 && plan.batch_rows == 2;
         CHECK(plan.grid_sync == (has ? static_cast<int>(kind) : 0));
         if (has && plan.views_per_group == 2)
           MESSAGE(cuda::grid_sync_name(kind), " at N ", s.N, ": views side by side, ", plan.grid, " blocks");
-      } else if (kind == GS::Counter || major < 9) {
-        CHECK(plan.grid_sync == static_cast<int>(GS::Counter));
-      } else if (plan.grid_sync != static_cast<int>(kind)) {
-        // cudaOccupancyMaxActiveClusters said the grid's clusters do not all fit at once.
-        MESSAGE("clusters of up to ", o.grid_sync_cluster, " over ", plan.grid,
-                " blocks do not fit at once here: the per-block counter instead");
-        CHECK(plan.grid_sync == static_cast<int>(GS::Counter));
-      } else {
-        CHECK(plan.grid % plan.grid_sync_cluster == 0);
       }
       CHECK(plan.mma_rows == (s.mma ? 12 : 0));
       CHECK(got == plain);

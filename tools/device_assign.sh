@@ -29,9 +29,9 @@ run assign $B/mira_assign --time --device cuda --trace
 run assign_n64 $B/mira_assign --time --device cuda --n 64 --pytorch none --trace
 run assign_n256 $B/mira_assign --time --device cuda --n 256 --pytorch auto --trace
 run assign_iters60 $B/mira_assign --time --device cuda --iters 60 --pytorch none \
-  --variants "fused,fused cluster-sync,fused f16-cache,fused f16-cache cluster-sync,fused f16-cache exact3 concurrent,fused f16-cache mma-rows concurrent,fused f16-cache mma-rows sequential,fused f16-cache mma-rows cluster-sync"
+  --variants "fused,fused f16-cache,fused f16-cache exact3 concurrent,fused f16-cache mma-rows concurrent,fused f16-cache mma-rows sequential"
 if command -v ncu >/dev/null; then
-  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused f16-cache mma-rows concurrent;fused;fused cluster-sync;fused f16-cache;fused f16-cache cluster-sync}"
+  IFS=";" read -r -a NCU_VARIANTS <<<"${MIRA_NCU_VARIANTS-fused f16-cache mma-rows concurrent;fused;fused f16-cache}"
   for v in "${NCU_VARIANTS[@]}"; do
     label=ncu_$(echo "$v" | tr ' ' '_')
     run "$label" ncu --clock-control none -k regex:mira_ --launch-count 1 --section SpeedOfLight \

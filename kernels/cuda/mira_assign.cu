@@ -674,32 +674,24 @@ FusedFn select_fused(bool bf16_in, MiraCache cache, int nch, int batch_rows) {
                  : select_fused_in<float>(cache, nch, batch_rows);
 }
 
-// The kernels with counter barriers (MiraPlanOptions::grid_sync): f32 logits, the f32 or f16
-// copy, 4 or 8 columns per thread with their default row batches (the auto plans at K 3000);
-// null for the rest, which keep cooperative barriers.
+// The kernels with a counter per view group (MiraPlanOptions::grid_sync, the view kinds): f32
+// logits, the f32 or f16 copy, 8 columns per thread in 2-row batches (the f16 copy's packed
+// 4-row batches with the plain per-view counters too); null for the rest, which keep
+// cooperative barriers. A counter per view group pays only where a view group's block shares
+// its SM with another's: 8 columns per thread, two blocks per SM, the views side by side (the
+// auto plan of the f16 copy at N 4096).
 template <int SYNC>
 FusedFn fused_sync_fn(MiraCache cache, int nch, int batch_rows) {
-  if constexpr (view_sync(SYNC)) {
-    // A counter per view group pays only where a view group's block shares its SM with
-    // another's: 8 columns per thread, two blocks per SM, the views side by side (the auto
-    // plan of the f16 copy at N 4096).
-    if (nch != 2) return nullptr;
-    // The f16 copy's packed 4-row update with the plain per-view counters (bench rows).
-    if (batch_rows == 4) {
-      if constexpr (SYNC == static_cast<int>(GridSync::ViewCounter))
-        if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 4, SYNC>;
-      return nullptr;
-    }
-    if (batch_rows != 2) return nullptr;
-    if (cache == MiraCache::F32) return mira_fused_kernel<float, float, 2, 2, SYNC>;
-    if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 2, SYNC>;
-  } else if (cache == MiraCache::F32) {
-    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, float, 1, 4, SYNC>;
-    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, float, 2, 2, SYNC>;
-  } else if (cache == MiraCache::F16) {
-    if (nch == 1 && batch_rows == 4) return mira_fused_kernel<float, __half, 1, 4, SYNC>;
-    if (nch == 2 && batch_rows == 2) return mira_fused_kernel<float, __half, 2, 2, SYNC>;
+  static_assert(view_sync(SYNC), "counter barriers per view group only");
+  if (nch != 2) return nullptr;
+  if (batch_rows == 4) {
+    if constexpr (SYNC == static_cast<int>(GridSync::ViewCounter))
+      if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 4, SYNC>;
+    return nullptr;
   }
+  if (batch_rows != 2) return nullptr;
+  if (cache == MiraCache::F32) return mira_fused_kernel<float, float, 2, 2, SYNC>;
+  if (cache == MiraCache::F16) return mira_fused_kernel<float, __half, 2, 2, SYNC>;
   return nullptr;
 }
 
@@ -742,21 +734,14 @@ FusedFn select_fused_sync(const MiraPlan& plan, bool bf16_in, GridSync sync) {
   if (bf16_in) return nullptr;
   if (plan.stage_rows > 0 || plan.atomic_sums)
     return sync == GridSync::Cooperative ? nullptr : fused_opt_fn(plan, sync);
-  if (plan.mma_rows > 0) return mmarows_sync_fn(plan.mma_rows, sync);
+  if (plan.mma_rows > 0) return nullptr;  // cooperative barriers only
   const int nch = plan.cpt / kVec;
   switch (sync) {
-    case GridSync::Counter:
-      return fused_sync_fn<1>(plan.cache, nch, plan.batch_rows);
-    case GridSync::ClusterCounter:
-      return fused_sync_fn<2>(plan.cache, nch, plan.batch_rows);
     case GridSync::ViewCounter:
-      return fused_sync_fn<3>(plan.cache, nch, plan.batch_rows);
+      return fused_sync_fn<static_cast<int>(GridSync::ViewCounter)>(plan.cache, nch, plan.batch_rows);
     case GridSync::ViewCounterStagger:
-      return fused_sync_fn<4>(plan.cache, nch, plan.batch_rows);
-    case GridSync::ViewCounterStaggerInterleaved:
-      return fused_sync_fn<5>(plan.cache, nch, plan.batch_rows);
-    case GridSync::Auto:
-    case GridSync::Cooperative:
+      return fused_sync_fn<static_cast<int>(GridSync::ViewCounterStagger)>(plan.cache, nch, plan.batch_rows);
+    default:
       break;
   }
   return nullptr;
@@ -1017,52 +1002,16 @@ GridSync auto_grid_sync(const MiraPlan& plan, bool bf16_in) {
   return GridSync::Cooperative;
 }
 
-// A kind of MiraPlanOptions::grid_sync (not Auto) on a default fused plan: the kind where its kernel exists
-// (select_fused_sync) and fits as the plan's (the same blocks per SM with the plan's shared
-// memory), the cluster size (ClusterCounter: the asked size halved until it divides the grid,
-// where sm_90 code runs and that many clusters fit at once; else Counter), and workspace for
-// the counter (256 bytes; the view kinds: 128 per view group, at least 256). Else the plan
-// keeps cooperative barriers.
-void set_grid_sync(MiraPlan& plan, GridSync kind, const MiraPlanOptions& opts, bool bf16_in, int dev) {
-  MIRA_CHECK(opts.grid_sync_cluster >= 1 && opts.grid_sync_cluster <= 8 &&
-                 (opts.grid_sync_cluster & (opts.grid_sync_cluster - 1)) == 0,
-             "mira_plan: grid_sync_cluster is a power of two up to 8, got ", opts.grid_sync_cluster);
-  // The kernel of a kind, ready to launch with the plan's shape; null where there is none.
-  auto kernel_for = [&](GridSync kind) -> const void* {
-    const FusedFn fn = select_fused_sync(plan, bf16_in, kind);
-    if (!fn) return nullptr;
-    const void* f = reinterpret_cast<const void*>(fn);
-    cudaFuncAttributes fa{};
-    MIRA_CUDA_CHECK(cudaFuncGetAttributes(&fa, f));
-    if (kind == GridSync::ClusterCounter &&
-        (device_attr(cudaDevAttrComputeCapabilityMajor, dev) < 9 || (fa.binaryVersion < 90 && fa.ptxVersion < 90)))
-      return nullptr;
-    return fits_plan(fn, plan, dev) ? f : nullptr;
-  };
-  int size = 1;
-  if (kind == GridSync::ClusterCounter) {
-    const void* f = kernel_for(kind);
-    size = f ? opts.grid_sync_cluster : 1;
-    while (size > 1 && plan.grid % size != 0) size /= 2;
-    if (size > 1) {
-      cudaLaunchAttribute attr[2];
-      const cudaLaunchConfig_t cfg = launch_config(size, plan.block, plan.smem_bytes, nullptr, false, size, attr);
-      int active = 0;
-      if (cudaOccupancyMaxActiveClusters(&active, f, &cfg) != cudaSuccess) {
-        (void)cudaGetLastError();
-        active = 0;
-      }
-      if (active < plan.grid / size) size = 1;
-    }
-    if (size == 1) kind = GridSync::Counter;
-  }
-  if (kind != GridSync::ClusterCounter && !kernel_for(kind)) return;
+// A kind of MiraPlanOptions::grid_sync (a per-view kind) on a default fused plan: the kind
+// where its kernel exists (select_fused_sync) and fits as the plan's (the same blocks per SM
+// with the plan's shared memory), and workspace for the counters (128 bytes per view group,
+// at least 256). Else the plan keeps cooperative barriers.
+void set_grid_sync(MiraPlan& plan, GridSync kind, bool bf16_in, int dev) {
+  const FusedFn fn = select_fused_sync(plan, bf16_in, kind);
+  if (!fn || !fits_plan(fn, plan, dev)) return;
   plan.grid_sync = static_cast<int>(kind);
-  plan.grid_sync_cluster = size;
   plan.off_sync = plan.workspace_bytes;
-  // One 128-byte line per counter: the view kinds keep one per view group.
-  const bool per_view = grid_sync_per_view(kind);
-  plan.workspace_bytes += std::max<size_t>(256, per_view ? 4 * fused::kSyncCounterStride * plan.views_per_group : 0);
+  plan.workspace_bytes += std::max<size_t>(256, 4 * fused::kSyncCounterStride * plan.views_per_group);
 }
 
 }  // namespace
@@ -1079,6 +1028,11 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
   MIRA_CHECK(p.V >= 1 && p.V <= kMiraMaxViews, "mira_plan: 1 to ", kMiraMaxViews, " views, got ", p.V);
   MIRA_CHECK(p.N >= 1 && p.K >= 1, "mira_plan: empty problem (N = ", p.N, ", K = ", p.K, ")");
   MIRA_CHECK(opts.exact_passes >= 0, "mira_plan: exact_passes must be >= 0, got ", opts.exact_passes);
+  MIRA_CHECK(opts.grid_sync == GridSync::Auto || opts.grid_sync == GridSync::Cooperative ||
+                 opts.grid_sync == GridSync::ViewCounter || opts.grid_sync == GridSync::ViewCounterStagger,
+             "mira_plan: grid_sync ", grid_sync_name(opts.grid_sync),
+             " is a barrier of bench/mira_assign --probe-sync only (as the fused kernel's it measured no faster, "
+             "and was removed); use auto, cooperative, view-counter or view-counter-stagger");
   const MiraCache cache = opts.cache;
   const MiraSchedule schedule = opts.schedule;
   const int min_cols_per_thread = opts.min_cols_per_thread, blocks_per_sm = opts.blocks_per_sm;
@@ -1242,7 +1196,7 @@ MiraPlan mira_plan(const MiraProblem& p, MiraVariant variant, const MiraPlanOpti
     }
   }
   const GridSync sync = opts.grid_sync == GridSync::Auto ? auto_grid_sync(fp, p.logits_bf16) : opts.grid_sync;
-  if (sync != GridSync::Cooperative && variant == MiraVariant::Fused) set_grid_sync(fp, sync, opts, p.logits_bf16, dev);
+  if (sync != GridSync::Cooperative && variant == MiraVariant::Fused) set_grid_sync(fp, sync, p.logits_bf16, dev);
   return fp;
 }
 
@@ -1295,24 +1249,15 @@ void launch_fused(const MiraProblem& p, const MiraPlan& plan, void* ws, int pass
     MIRA_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(ws) + plan.off_sums, 0,
                                     static_cast<size_t>(kMiraSumBuffers) * p.V * plan.Kp * sizeof(float), stream));
   FusedArgs a = fused_args(p, plan, ws, pass_begin, pass_end);
-  const bool clustered = plan.grid_sync == static_cast<int>(GridSync::ClusterCounter);
 #ifdef MIRA_CUDA_EMU  // tests/cuda_emu: every block at once, as a cooperative launch
   emu::LaunchConfig cfg;
   cfg.grid = static_cast<unsigned>(plan.grid), cfg.block = static_cast<unsigned>(plan.block);
-  cfg.cluster = clustered ? static_cast<unsigned>(plan.grid_sync_cluster) : 1;
   cfg.smem = plan.smem_bytes;
   emu::launch(cfg, fn, a);
 #else
   void* args[] = {&a};
-  if (clustered) {
-    cudaLaunchAttribute attr[2];
-    const cudaLaunchConfig_t cfg =
-        launch_config(plan.grid, plan.block, plan.smem_bytes, stream, true, plan.grid_sync_cluster, attr);
-    MIRA_CUDA_CHECK(cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(fn), args));
-  } else {
-    MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),
-                                                args, plan.smem_bytes, stream));
-  }
+  MIRA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(plan.grid), dim3(plan.block),
+                                              args, plan.smem_bytes, stream));
 #endif
   MIRA_CUDA_LAUNCH_CHECK(stream);
 }

@@ -92,10 +92,8 @@ struct MiraPlan {
   bool atomic_sums = false;
   size_t off_sums = 0;
   // The default fused kernel's grid barriers after the launch's first (MiraPlanOptions::
-  // grid_sync): GridSync as int, blocks per cluster of the launch for ClusterCounter, and the
-  // counter's place in the workspace.
+  // grid_sync): GridSync as int, and the counters' place in the workspace.
   int grid_sync = 0;
-  int grid_sync_cluster = 0;
   size_t off_sync = 0;
   int block = 256;          // threads per block
   int grid = 0;             // blocks (cooperative: all resident)
@@ -217,22 +215,18 @@ struct MiraPlanOptions {
   // the targets are not bitwise reproducible (within f32 rounding of the deterministic
   // kernel's). Elsewhere MiraPlan::atomic_sums stays false. Opt-in: not yet measured.
   bool atomic_sums = false;
-  // The default fused kernel (one launch): its grid barriers
-  // after the first as counter barriers (kernels/cuda/grid_sync.cuh) instead of cooperative
-  // groups'; ClusterCounter launches clusters of grid_sync_cluster blocks (halved until they
-  // divide the grid; a Counter plan where clusters do not run or fit at once). The same bits.
-  // Counter and ClusterCounter: opt-in (no faster: bench/mira_assign --probe-sync, and the
-  // "counter-sync" rows).
-  // ViewCounter / ViewCounterStagger: a counter per view group, so that views side by side
-  // never wait for each other (kernels only for 8 columns per thread at two blocks per SM,
-  // where each SM holds a block of each view; else cooperative barriers); Stagger makes their
-  // passes alternate (mira_fused.cuh, fused_view_stagger); StaggerInterleaved also puts block
-  // b in group b % groups, for a launch that places consecutive blocks on one SM. Also the
-  // same bits. Auto (the default): the per-view counters where they measured faster, for the
-  // f16 copy plain and for the f32 copy staggered (plan_model::auto_barrier; 1-2.5 % on an
-  // H200, bench/RESULTS.md session 19), else cooperative barriers.
+  // The default fused kernel (one launch): its grid barriers after the first as counter
+  // barriers (kernels/cuda/grid_sync.cuh) instead of cooperative groups'. ViewCounter /
+  // ViewCounterStagger: a counter per view group, so that views side by side never wait for
+  // each other (kernels only for 8 columns per thread at two blocks per SM, where each SM
+  // holds a block of each view; else cooperative barriers); Stagger makes their passes
+  // alternate (mira_fused.cuh, fused_view_stagger). The same bits. Auto (the default): the
+  // per-view counters where they measured faster, for the f16 copy plain and for the f32 copy
+  // staggered (plan_model::auto_barrier; 1-2.5 % on an H200, bench/RESULTS.md session 19),
+  // else cooperative barriers. Counter and ClusterCounter (one counter for the whole grid, per
+  // block or per cluster) are the probe's only (bench/mira_assign --probe-sync): as the fused
+  // kernels' barriers they measured no faster, and mira_plan refuses them.
   GridSync grid_sync = GridSync::Auto;
-  int grid_sync_cluster = 8;
 };
 
 // Plans for the current device. Fused and PerPass need K <= 12288 (else use Unfused).

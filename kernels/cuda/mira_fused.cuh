@@ -517,21 +517,15 @@ constexpr bool view_sync(int sync) {
   return grid_sync_per_view(static_cast<GridSync>(sync));
 }
 constexpr bool view_stagger(int sync) {
-  return sync == static_cast<int>(GridSync::ViewCounterStagger) ||
-         sync == static_cast<int>(GridSync::ViewCounterStaggerInterleaved);
+  return sync == static_cast<int>(GridSync::ViewCounterStagger);
 }
-// A block's view group and its block within the group: consecutive runs of blocks_per_view,
-// or (ViewCounterStaggerInterleaved) block b in group b % views_per_group.
+// A block's view group and its block within the group: consecutive runs of blocks_per_view.
 template <int SYNC>
 __device__ __forceinline__ int fused_view_group(const FusedArgs& a) {
-  if constexpr (SYNC == static_cast<int>(GridSync::ViewCounterStaggerInterleaved))
-    return blockIdx.x % a.views_per_group;
   return blockIdx.x / a.blocks_per_view;
 }
 template <int SYNC>
 __device__ __forceinline__ int fused_view_block(const FusedArgs& a) {
-  if constexpr (SYNC == static_cast<int>(GridSync::ViewCounterStaggerInterleaved))
-    return blockIdx.x / a.views_per_group;
   return blockIdx.x % a.blocks_per_view;
 }
 // The view kinds' counter of this block's group, in shared memory (set by fused_sync_target).
@@ -560,15 +554,18 @@ __device__ __forceinline__ unsigned* fused_sync_target(const FusedArgs& a) {
   }
 }
 
-// A grid barrier of the fused kernels (mira_assign.cu's and mira_mmarows.cu's), SYNC a GridSync (MiraPlan::grid_sync):
-// cooperative groups' throughout for Cooperative, else for the launch's first (`first`; block 0 zeroed the counter
-// before it, so every block sees 0 after it) and counter barriers after it, per block or per
-// cluster. A template parameter, not an argument: the kernel is at its register limit (80 for
-// 768 threads), and reading the kind at run time spilled more in every instantiation. target:
-// the count the last counter barrier waited for, thread 0's, in shared memory.
+// A grid barrier of the fused kernels (mira_assign.cu's and mira_mmarows.cu's), SYNC a GridSync
+// (MiraPlan::grid_sync): cooperative groups' throughout for Cooperative, else (the per-view
+// kinds) for the launch's first (`first`; block 0 zeroed the counters before it, so every
+// block sees 0 after it) and after it a counter barrier of the block's view group. A template
+// parameter, not an argument: the kernel is at its register limit (80 for 768 threads), and
+// reading the kind at run time spilled more in every instantiation. target: the count the last
+// counter barrier waited for, thread 0's, in shared memory.
 template <int SYNC>
 __device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_groups::grid_group& grid, bool first,
                                                 unsigned* target) {
+  static_assert(SYNC == static_cast<int>(GridSync::Cooperative) || view_sync(SYNC),
+                "the fused kernels' barriers: cooperative, or a counter per view group");
   if constexpr (SYNC == static_cast<int>(GridSync::Cooperative)) {
     grid.sync();
   } else {
@@ -576,24 +573,9 @@ __device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_
       grid.sync();
       return;
     }
-    constexpr bool kClustered = SYNC == static_cast<int>(GridSync::ClusterCounter);
-    if constexpr (view_sync(SYNC)) {
-      // Only the blocks of this block's view group meet.
-      if (threadIdx.x == 0) *target += static_cast<unsigned>(a.blocks_per_view);
-      count_sync(view_counter(), *target);
-      return;
-    }
-    if (threadIdx.x == 0) *target += kClustered ? gridDim.x / static_cast<unsigned>(a.sync_cluster) : gridDim.x;
-    if constexpr (!kClustered) {
-      count_sync(a.sync_count, *target);
-    } else {
-#if defined(MIRA_CUDA_EMU) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-      cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
-      cluster_count_sync(a.sync_count, *target, cl);
-#else
-      __trap();  // clusters need sm_90: mira_plan never picks ClusterCounter below it
-#endif
-    }
+    // Only the blocks of this block's view group meet.
+    if (threadIdx.x == 0) *target += static_cast<unsigned>(a.blocks_per_view);
+    count_sync(view_counter(), *target);
   }
 }
 
@@ -629,9 +611,6 @@ int mmarows_warps(int K);
 // Dynamic shared memory ahead of the tiles of E (the weights and the row partials).
 size_t mmarows_extra_bytes(int Kp);
 FusedFn mmarows_fn(bool bf16_in, int tpw);
-// With counter barriers (MiraPlan::grid_sync): f32 logits and 12 tiles per warp (K 2049-3072);
-// null for the rest.
-FusedFn mmarows_sync_fn(int tpw, GridSync sync);
 
 // mira_cluster.cu: the cluster plan (MiraPlan::cluster; sm_90), clusters of blocks per view.
 FusedFn cluster_fn(bool bf16_in, MiraCache cache);

@@ -59,7 +59,6 @@ FusedArgs fused_args(const MiraProblem& p, const MiraPlan& plan, void* ws, int p
   a.cluster_ld = plan.cluster_ld;
   a.cluster_mma = plan.cluster_mma;
   a.mma_fallback = plan.mma_fallback;
-  a.sync_cluster = std::max(1, plan.grid_sync_cluster);
   a.sync_count = plan.grid_sync != 0 ? reinterpret_cast<unsigned*>(base + plan.off_sync) : nullptr;
   return a;
 }

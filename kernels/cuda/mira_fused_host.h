@@ -55,9 +55,8 @@ struct FusedArgs {
   int cluster_ld, cluster_mma;
   // The tensor-core updates (MiraPlan::mma_fallback): every pass as a wide one.
   bool mma_fallback;
-  // The default kernel's counter barriers (MiraPlan::grid_sync; its kind is the kernel's
-  // template argument): blocks per cluster of the launch, and the counter (null: none).
-  int sync_cluster;
+  // The default kernel's counter barriers per view group (MiraPlan::grid_sync; its kind is
+  // the kernel's template argument): the counters (null: none).
   unsigned* sync_count;
 };
 

@@ -497,9 +497,10 @@ __device__ __forceinline__ void mma_targets(const FusedArgs& a, const BlockRows<
 }
 
 // Grid: views_per_group * blocks_per_view blocks, all resident (cooperative launch), one per
-// SM; block: Kp / (16 TPW) warps (16 at most), Kp the multiple of 16 TPW from K up. SYNC: the
-// grid barriers' kind (GridSync as int; mira_fused.cuh, fused_grid_sync).
-template <int TPW, typename TIn, int SYNC = 0>
+// SM; block: Kp / (16 TPW) warps (16 at most), Kp the multiple of 16 TPW from K up. Cooperative
+// grid barriers (counter barriers, per block or per cluster, measured no faster: RESULTS.md,
+// session 17).
+template <int TPW, typename TIn>
 __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __grid_constant__ FusedArgs a) {
   MIRA_DYNAMIC_SMEM(smem_raw);
   __shared__ float red[2 * 64];                   // RowReduce<2> (the weights' largest and smallest sums)
@@ -507,7 +508,7 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
   __shared__ long long ph[kTraceShared];          // MiraPlan::trace (trace_start)
   const MmaSmem s = mma_smem(smem_raw, a.Kp);
   cg::grid_group grid = cg::this_grid();
-  unsigned* sync_target = fused_sync_target<SYNC>(a);
+  unsigned* sync_target = fused_sync_target<0>(a);
   const int vg = blockIdx.x / a.blocks_per_view, bv = blockIdx.x % a.blocks_per_view;
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
   int parity = 0, pb = 0;
@@ -570,11 +571,11 @@ __global__ void __launch_bounds__(kMmaRowsBlock, 1) mira_mmarows_kernel(const __
             part[16 * i + 8] = c[i][1];
           }
         }
-        fused_grid_sync<SYNC>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
+        fused_grid_sync<0>(a, grid, gi == 0 && p == a.pass_begin, sync_target);
         mark(kTraceBarrier1);
         if (active) reduce_columns(a, v, bv, seq, redc);
         mark(kTraceReduce);
-        if (p + 1 < a.pass_end) fused_grid_sync<SYNC>(a, grid, false, sync_target);
+        if (p + 1 < a.pass_end) fused_grid_sync<0>(a, grid, false, sync_target);
         mark(kTraceBarrier2);
       }
     }
@@ -596,23 +597,6 @@ int mmarows_warps(int K) {
 
 size_t mmarows_extra_bytes(int Kp) {
   return static_cast<size_t>(weight_floats(Kp) + 2 * kMaxWarps * 16) * sizeof(float);
-}
-
-FusedFn mmarows_sync_fn(int tpw, GridSync sync) {
-  if (tpw != 12) return nullptr;
-  switch (sync) {
-    case GridSync::Counter:
-      return mira_mmarows_kernel<12, float, static_cast<int>(GridSync::Counter)>;
-    case GridSync::ClusterCounter:
-      return mira_mmarows_kernel<12, float, static_cast<int>(GridSync::ClusterCounter)>;
-    case GridSync::ViewCounter:  // one block per SM: the views side by side share no SM
-    case GridSync::ViewCounterStagger:
-    case GridSync::ViewCounterStaggerInterleaved:
-    case GridSync::Auto:
-    case GridSync::Cooperative:
-      break;
-  }
-  return nullptr;
 }
 
 FusedFn mmarows_fn(bool bf16_in, int tpw) {

@@ -94,7 +94,6 @@ ProbeFn probe_fn(GridSync kind) {
       return sync_probe_kernel<2>;
     case GridSync::ViewCounter:
     case GridSync::ViewCounterStagger:
-    case GridSync::ViewCounterStaggerInterleaved:
     case GridSync::Auto:
     case GridSync::Cooperative:
       break;
@@ -114,8 +113,6 @@ const char* grid_sync_name(GridSync kind) {
       return "view-counter";
     case GridSync::ViewCounterStagger:
       return "view-counter-stagger";
-    case GridSync::ViewCounterStaggerInterleaved:
-      return "view-counter-stagger-interleaved";
     case GridSync::Auto:
       return "auto";
     case GridSync::Cooperative:

@@ -12,25 +12,24 @@ namespace mira::cuda {
 enum class GridSync {
   // MiraPlanOptions only: mira_plan picks (plan_model::auto_barrier); never a plan's or a probe's.
   Auto = -1,
-  Cooperative = 0,     // cooperative_groups::this_grid().sync()
+  Cooperative = 0,  // cooperative_groups::this_grid().sync()
+  // The probe's only: as the fused assignment's barriers they measured no faster (an H200,
+  // bench/RESULTS.md, sessions 17 and 19) and were removed in session 24 (commit ec4e164 has them).
   Counter = 1,         // count_sync: one arrival per block
   ClusterCounter = 2,  // cluster_count_sync (sm_90): one arrival per cluster
   // The fused assignment's only (not a probe's): a counter per view group, so that views side
   // by side never wait for each other; Stagger also holds the second view's first update until
   // the first view's is done everywhere, so that their pass boundaries alternate
-  // (mira_fused.cuh, fused_grid_sync).
+  // (mira_fused.cuh, fused_grid_sync). (An interleaved stagger, block b in group b % groups,
+  // was for launches that place blocks depth-first; an H200's place them breadth-first, and it
+  // measured slower: removed in session 24.)
   ViewCounter = 3,
   ViewCounterStagger = 4,
-  // ViewCounterStagger with the view groups interleaved (block b in group b % groups) instead
-  // of consecutive: the pairing that puts a block of each view on every SM if the launch
-  // places blocks depth-first (two consecutive blocks per SM) rather than breadth-first.
-  ViewCounterStaggerInterleaved = 5,
 };
 const char* grid_sync_name(GridSync kind);
 // A counter per view group (ViewCounter and its staggered kinds)?
 constexpr bool grid_sync_per_view(GridSync kind) {
-  return kind == GridSync::ViewCounter || kind == GridSync::ViewCounterStagger ||
-         kind == GridSync::ViewCounterStaggerInterleaved;
+  return kind == GridSync::ViewCounter || kind == GridSync::ViewCounterStagger;
 }
 
 // Device memory a run over `blocks` blocks of `threads` needs, and where its results are: the

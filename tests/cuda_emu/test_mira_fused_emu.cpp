@@ -348,62 +348,9 @@ TEST_CASE("cuda_emu: one launch gives the bits of one launch per pass (published
   }
 }
 
-TEST_CASE("cuda_emu: counter barriers, per block or per cluster, give the cooperative barriers' bits") {
-  // MiraPlanOptions::grid_sync: the barriers after the launch's first become counter barriers
-  // (kernels/cuda/grid_sync.cuh). Views one after another and side by side, f32 and f16 with
-  // exact updates, threads in shuffled order, (12 blocks: clusters of 8 halve to 4), a
-  // single-block view, 0 and 1 iterations (no counter barrier, one); the tensor-core updates
-  // (12 tiles per warp) with the views both ways.
-  using GS = cuda::GridSync;
-  struct Shape {
-    int N, K;
-    C cache;
-    S schedule;
-    int iters;
-    bool mma = false;
-  };
-  for (const Shape& sh :
-       {Shape{128, 1000, C::F32, S::Sequential, 30}, Shape{128, 1000, C::F32, S::Concurrent, 30},
-        Shape{64, 3000, C::F16, S::Auto, 30}, Shape{3, 40, C::F32, S::Auto, 30}, Shape{96, 700, C::F32, S::Auto, 0},
-        Shape{96, 700, C::F16, S::Auto, 1}, Shape{80, 3000, C::F16, S::Concurrent, 30, true},
-        Shape{128, 3000, C::F16, S::Sequential, 5, true}}) {
-    CAPTURE(sh.N);
-    CAPTURE(sh.K);
-    CAPTURE(static_cast<int>(sh.schedule));
-    CAPTURE(sh.iters);
-    CAPTURE(sh.mma);
-    Case c;
-    c.N = sh.N, c.K = sh.K, c.cache = sh.cache, c.schedule = sh.schedule, c.iters = sh.iters;
-    c.exact = sh.cache == C::F16 && !sh.mma ? 3 : 0;
-    c.mma_rows = sh.mma;
-    const Out plain = check(c);
-    CHECK(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
-    for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
-      CAPTURE(static_cast<int>(kind));  // 1: per block, 2: per cluster
-      c.grid_sync = kind;
-      const Out o = check_shuffled(c);
-      CHECK(o.plan.grid == plain.plan.grid);
-      CHECK(o.plan.grid_sync == static_cast<int>(kind));
-      if (kind == GS::ClusterCounter) {
-        CHECK(o.plan.grid_sync_cluster > 1);
-        CHECK(o.plan.grid % o.plan.grid_sync_cluster == 0);
-      }
-      CHECK(o.plan.workspace_bytes == plain.plan.workspace_bytes + 256);
-      CHECK(same_bits(o.targets, plain.targets));
-    }
-  }
-  // A grid no cluster size divides (one block: N 1) takes the per-block counter.
-  Case one;
-  one.N = 1, one.K = 50, one.V = 1, one.grid_sync = GS::ClusterCounter;
-  const Out o = check(one);
-  CHECK(o.plan.grid == 1);
-  CHECK(o.plan.grid_sync == static_cast<int>(GS::Counter));
-}
-
 TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the cooperative barriers' bits") {
   // GridSync::ViewCounter / ViewCounterStagger: each view group's blocks meet only each other,
-  // and with Stagger the second group's first update waits for the first group's (Interleaved:
-  // block b in group b % groups, so that other blocks meet and wait). 8 columns
+  // and with Stagger the second group's first update waits for the first group's. 8 columns
   // per thread at two blocks per SM (their only kernels), the views side by side (two and
   // three groups: the stagger cascades), f32 and f16 + 3 exact, 1 iteration (the stagger waits
   // for pass 1's rows, the last update) and 0 (no update: no stagger), views one after another
@@ -432,7 +379,7 @@ TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the coope
     REQUIRE(plain.plan.cpt == 8);
     REQUIRE(plain.plan.grid_sync == static_cast<int>(GS::Cooperative));
     CHECK(plain.plan.views_per_group == (sh.schedule == S::Concurrent ? sh.V : 1));
-    for (const GS kind : {GS::ViewCounter, GS::ViewCounterStagger, GS::ViewCounterStaggerInterleaved}) {
+    for (const GS kind : {GS::ViewCounter, GS::ViewCounterStagger}) {
       CAPTURE(cuda::grid_sync_name(kind));
       c.grid_sync = kind;
       const Out o = check_shuffled(c);
@@ -447,6 +394,17 @@ TEST_CASE("cuda_emu: a counter per view group, staggered or not, gives the coope
   const Out o = check(four);
   CHECK(o.plan.cpt == 4);
   CHECK(o.plan.grid_sync == static_cast<int>(GS::Cooperative));
+  // One counter for the whole grid, per block or per cluster, is the probe's only: refused.
+  emu::set_device(gpu());
+  const auto views = make_views(four);
+  std::vector<std::vector<__nv_bfloat16>> b16;
+  std::vector<std::vector<float>> t;
+  const cuda::MiraProblem p = problem(four, views, b16, t);
+  for (const GS kind : {GS::Counter, GS::ClusterCounter}) {
+    cuda::MiraPlanOptions po = plan_options(four);
+    po.grid_sync = kind;
+    CHECK_THROWS_WITH_AS(cuda::mira_plan(p, cuda::MiraVariant::Fused, po), doctest::Contains("probe-sync only"), Error);
+  }
 }
 
 TEST_CASE("cuda_emu: the automatic barriers pick the per-view counters where they measured faster") {
