@@ -500,7 +500,7 @@ __global__ void __launch_bounds__(kFusedMaxBlock, 1) mira_fused_kernel(const __g
   cg::grid_group grid = cg::this_grid();
   unsigned* sync_target = fused_sync_target<SYNC>(a);
 
-  const int vg = fused_view_group<SYNC>(a), bv = fused_view_block<SYNC>(a);
+  const int vg = fused_view_group(a), bv = fused_view_block(a);
   const int groups = (a.V + a.views_per_group - 1) / a.views_per_group;
   int parity = 0;
   float bad = 0;  // non-finite logits seen by this thread

@@ -520,11 +520,9 @@ constexpr bool view_stagger(int sync) {
   return sync == static_cast<int>(GridSync::ViewCounterStagger);
 }
 // A block's view group and its block within the group: consecutive runs of blocks_per_view.
-template <int SYNC>
 __device__ __forceinline__ int fused_view_group(const FusedArgs& a) {
   return blockIdx.x / a.blocks_per_view;
 }
-template <int SYNC>
 __device__ __forceinline__ int fused_view_block(const FusedArgs& a) {
   return blockIdx.x % a.blocks_per_view;
 }
@@ -534,21 +532,22 @@ __device__ __forceinline__ unsigned*& view_counter() {
   return counter;
 }
 // The block's target for fused_grid_sync (below): null for cooperative barriers (SYNC 0), else
-// a word of shared memory (a constant address: no register). Counter barriers start from 0:
-// thread 0 of each block zeroes its target, block 0 the counter (the view kinds: every
-// group's), before the launch's first barrier (a grid.sync()); with the view kinds thread 0
-// also keeps its group's counter address (view_counter).
+// (a per-view kind) a word of shared memory (a constant address: no register). Counter
+// barriers start from 0: thread 0 of each block zeroes its target and keeps its group's
+// counter address (view_counter), block 0 zeroes every group's counter, before the launch's
+// first barrier (a grid.sync()).
 template <int SYNC>
 __device__ __forceinline__ unsigned* fused_sync_target(const FusedArgs& a) {
   if constexpr (SYNC == 0) {
     return nullptr;
   } else {
+    static_assert(view_sync(SYNC), "counter barriers per view group only");
     __shared__ unsigned target;
     if (threadIdx.x == 0) {
       target = 0;
       if (blockIdx.x == 0)
-        for (int g = 0; g < (view_sync(SYNC) ? a.views_per_group : 1); ++g) a.sync_count[g * kSyncCounterStride] = 0u;
-      if (view_sync(SYNC)) view_counter() = a.sync_count + fused_view_group<SYNC>(a) * kSyncCounterStride;
+        for (int g = 0; g < a.views_per_group; ++g) a.sync_count[g * kSyncCounterStride] = 0u;
+      view_counter() = a.sync_count + fused_view_group(a) * kSyncCounterStride;
     }
     return &target;
   }
@@ -588,7 +587,7 @@ __device__ __forceinline__ void fused_grid_sync(const FusedArgs& a, cooperative_
 template <int SYNC>
 __device__ __forceinline__ void fused_view_stagger(const FusedArgs& a, const unsigned* target) {
   if constexpr (view_stagger(SYNC)) {
-    if (fused_view_group<SYNC>(a) == 0) return;  // uniform per block
+    if (fused_view_group(a) == 0) return;  // uniform per block
     if (threadIdx.x == 0) {
       const unsigned* prev = view_counter() - kSyncCounterStride;
       const unsigned want = *target + static_cast<unsigned>(a.blocks_per_view);
