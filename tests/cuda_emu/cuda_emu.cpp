@@ -73,6 +73,10 @@ constexpr size_t kStack = 512 * 1024;
 #else
 constexpr size_t kStack = 64 * 1024;
 #endif
+// Fiber stacks lie kStackStride apart: a power-of-two stride would put every fiber's canary
+// and its top frames in the same few cache sets (a warp's 32 fibers run one after another),
+// and the host would miss its caches at almost every switch; 37 lines more spread them.
+constexpr size_t kStackStride = kStack + 37 * 64;
 constexpr uint64_t kCanary = 0x6d6972615f656d75ull;
 constexpr unsigned char kSmemGuard = 0xa5;
 constexpr uintptr_t kTlsSpan = 4u << 20;  // static TLS below the thread pointer, searched for shared memory
@@ -150,7 +154,7 @@ struct Fiber {
 struct WarpState {
   int arrived = 0;
   int site = 0;
-  uint64_t slot[2][32] = {};
+  uint64_t slot[2][32][kWarpShareWords] = {};  // by parity, lane, word
 };
 
 struct Block {
@@ -357,17 +361,17 @@ void run_block(Launch* L, unsigned id) {
   tblock = &b;
   const size_t n = L->cfg.block;
   try {
-    unsigned char* stacks = t_stacks.get(n * kStack);
+    unsigned char* stacks = t_stacks.get(n * kStackStride);
 #ifdef MIRA_EMU_ASAN
     // Reused stacks: the frames of fibers that ended by switching away were never unwound, so
     // their redzones are still poisoned.
-    ASAN_UNPOISON_MEMORY_REGION(stacks, n * kStack);
+    ASAN_UNPOISON_MEMORY_REGION(stacks, n * kStackStride);
 #endif
     b.fibers.resize(n);
     b.warps.resize((n + 31) / 32);
     for (size_t i = 0; i < n; ++i) {
       Fiber& f = b.fibers[i];
-      f.stack = stacks + i * kStack;
+      f.stack = stacks + i * kStackStride;
       std::memcpy(f.stack, &kCanary, sizeof kCanary);  // a stack overflow shows (no guard pages: one
                                                        // mapping per block, not one per thread)
       void** sp = reinterpret_cast<void**>(f.stack + kStack);
@@ -389,42 +393,59 @@ void run_block(Launch* L, unsigned id) {
     // faults on a shared-memory address beyond the block's allocation).
     std::memset(dynamic_smem() + L->cfg.smem, kSmemGuard, dynamic_smem_size() - L->cfg.smem);
     b.cl->tp[b.rank] = thread_pointer();
-    // The order the threads run in between barriers (set_schedule): a kernel whose result
-    // depends on it reads what another thread writes without a barrier between.
+    // The order the threads run in (set_schedule): a kernel whose result depends on it reads
+    // what another thread writes without a barrier between. A warp runs until none of its
+    // threads can go on (each waits at a block, cluster or grid barrier, polls a flag, or has
+    // ended), then the next warp: between two block barriers, each warp's stretch runs whole
+    // before or after another's, in the warp order of the sweep, and its lanes in the lane
+    // order of the round (both reversed with order 1, shuffled anew with order >= 2). Running a
+    // warp's 32 fibers through its shuffles together keeps their stacks in the host's caches.
     const int order = g_schedule.load();
-    std::vector<size_t> perm(n);
-    for (size_t i = 0; i < n; ++i) perm[i] = order == 1 ? n - 1 - i : i;
+    const size_t nwarps = b.warps.size();
+    std::vector<size_t> wperm(nwarps), lperm(32);
+    for (size_t i = 0; i < nwarps; ++i) wperm[i] = order == 1 ? nwarps - 1 - i : i;
+    for (size_t i = 0; i < 32; ++i) lperm[i] = order == 1 ? 31 - i : i;
     std::mt19937 rng(static_cast<uint32_t>(order) * 7919u + id);
     while (b.live > 0 && !L->abort) {
-      bool ran = false;
-      int runs = 0;
-      b.spun = 0;
-      if (order >= 2) std::shuffle(perm.begin(), perm.end(), rng);
-      for (size_t k = 0; k < n && !L->abort; ++k) {
-        const size_t i = perm[k];
-        Fiber& f = b.fibers[i];
-        if (f.wait != Wait::Run) continue;
-        b.cur = &f;
-        threadIdx = f.ctx.tid;
-        blockIdx = f.ctx.bid;
-        blockDim = f.ctx.bdim;
-        gridDim = f.ctx.gdim;
+      int runs = 0, spins = 0;
+      if (order >= 2) std::shuffle(wperm.begin(), wperm.end(), rng);
+      for (size_t k = 0; k < nwarps && !L->abort; ++k) {
+        const size_t base = wperm[k] * 32;
+        for (;;) {
+          int round = 0;
+          b.spun = 0;
+          if (order >= 2) std::shuffle(lperm.begin(), lperm.end(), rng);
+          for (size_t l = 0; l < 32 && !L->abort; ++l) {
+            const size_t i = base + lperm[l];
+            Fiber& f = b.fibers[i];
+            if (f.wait != Wait::Run) continue;
+            b.cur = &f;
+            threadIdx = f.ctx.tid;
+            blockIdx = f.ctx.bid;
+            blockDim = f.ctx.bdim;
+            gridDim = f.ctx.gdim;
 #ifdef MIRA_EMU_ASAN
-        __sanitizer_start_switch_fiber(&b.sched_fake, f.stack, kStack);
+            __sanitizer_start_switch_fiber(&b.sched_fake, f.stack, kStack);
 #endif
-        mira_emu_switch(&b.sched_sp, f.sp);
+            mira_emu_switch(&b.sched_sp, f.sp);
 #ifdef MIRA_EMU_ASAN
-        __sanitizer_finish_switch_fiber(b.sched_fake, nullptr, nullptr);
+            __sanitizer_finish_switch_fiber(b.sched_fake, nullptr, nullptr);
 #endif
-        ran = true;
-        ++runs;
-        if (std::memcmp(f.stack, &kCanary, sizeof kCanary) != 0)
-          throw Error("thread " + std::to_string(i) + ": fiber stack overflow");
-        arrived(b, f, i);
+            ++round;
+            if (std::memcmp(f.stack, &kCanary, sizeof kCanary) != 0)
+              throw Error("thread " + std::to_string(i) + ": fiber stack overflow");
+            arrived(b, f, i);
+          }
+          runs += round;
+          spins += b.spun;
+          // Nothing left to run, or every thread that ran only polled a flag (another warp
+          // or block writes it): the next warp.
+          if (round == 0 || b.spun == round || L->abort) break;
+        }
       }
-      if (!ran && b.live > 0 && !L->abort) L->fail(stuck(b));
+      if (runs == 0 && b.live > 0 && !L->abort) L->fail(stuck(b));
       // Every thread that ran only polled a flag: leave the cores to the blocks that write.
-      if (runs > 0 && b.spun == runs) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (runs > 0 && spins == runs) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     if (!L->abort)
       for (size_t k = L->cfg.smem; k < dynamic_smem_size(); ++k)
@@ -467,15 +488,14 @@ void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
   const uint64_t me = reinterpret_cast<uintptr_t>(p);
   // The PTX ISA: each row address 16-byte aligned (a GPU faults with a misaligned address).
   if (me % 16 != 0) trap("ldmatrix: a row address that is not 16-byte aligned");
+  const uint64_t* all = warp_share(0xffffffffu, &me, 1, kSiteLdmatrix | (trans ? 1 : 0));
+  auto row = [&](int lane) { return reinterpret_cast<const void*>(all[lane * kWarpShareWords]); };
   for (int i = 0; i < 4; ++i) {
     if (!trans) {
-      const void* row = reinterpret_cast<const void*>(warp_exchange(0xffffffffu, me, 8 * i + g, kSiteLdmatrix));
-      r[i] = half_bits(row, 2 * t) | half_bits(row, 2 * t + 1) << 16;
+      const void* a = row(8 * i + g);
+      r[i] = half_bits(a, 2 * t) | half_bits(a, 2 * t + 1) << 16;
     } else {
-      const void* r0 = reinterpret_cast<const void*>(warp_exchange(0xffffffffu, me, 8 * i + 2 * t, kSiteLdmatrix | 1));
-      const void* r1 =
-          reinterpret_cast<const void*>(warp_exchange(0xffffffffu, me, 8 * i + 2 * t + 1, kSiteLdmatrix | 1));
-      r[i] = half_bits(r0, g) | half_bits(r1, g) << 16;
+      r[i] = half_bits(row(8 * i + 2 * t), g) | half_bits(row(8 * i + 2 * t + 1), g) << 16;
     }
   }
 }
@@ -483,8 +503,10 @@ void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
 unsigned movmatrix_trans(unsigned r) {
   const int l = lane_id(), g = l / 4, t = l % 4;
   // M(i, j) sits in lane 4i + j / 2, half j % 2.
-  const auto x0 = static_cast<unsigned>(warp_exchange(0xffffffffu, r, 4 * (2 * t) + g / 2, kSiteMovmatrix));
-  const auto x1 = static_cast<unsigned>(warp_exchange(0xffffffffu, r, 4 * (2 * t + 1) + g / 2, kSiteMovmatrix | 1));
+  const uint64_t mine = r;
+  const uint64_t* all = warp_share(0xffffffffu, &mine, 1, kSiteMovmatrix);
+  const auto x0 = static_cast<unsigned>(all[(4 * (2 * t) + g / 2) * kWarpShareWords]);
+  const auto x1 = static_cast<unsigned>(all[(4 * (2 * t + 1) + g / 2) * kWarpShareWords]);
   const int sh = 16 * (g % 2);
   return ((x0 >> sh) & 0xffffu) | ((x1 >> sh) & 0xffffu) << 16;
 }
@@ -493,11 +515,11 @@ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])
   const int l = lane_id(), g = l / 4, t = l % 4;
   // Rows g and g + 8 of A from lanes 4g + s, columns 2t and 2t + 1 of B from lanes 4n + s.
   float A[2][16], B[16][2];
-  const uint64_t a01 = a[0] | static_cast<uint64_t>(a[1]) << 32, a23 = a[2] | static_cast<uint64_t>(a[3]) << 32;
-  const uint64_t b01 = b[0] | static_cast<uint64_t>(b[1]) << 32;
+  const uint64_t mine[3] = {a[0] | static_cast<uint64_t>(a[1]) << 32, a[2] | static_cast<uint64_t>(a[3]) << 32,
+                            b[0] | static_cast<uint64_t>(b[1]) << 32};
+  const uint64_t* all = warp_share(0xffffffffu, mine, 3, kSiteMma);
   for (int s = 0; s < 4; ++s) {
-    const uint64_t x01 = warp_exchange(0xffffffffu, a01, 4 * g + s, kSiteMma);
-    const uint64_t x23 = warp_exchange(0xffffffffu, a23, 4 * g + s, kSiteMma | 1);
+    const uint64_t x01 = all[(4 * g + s) * kWarpShareWords], x23 = all[(4 * g + s) * kWarpShareWords + 1];
     for (int k = 0; k < 2; ++k) {
       A[0][2 * s + k] = half_of(static_cast<unsigned>(x01), k);
       A[1][2 * s + k] = half_of(static_cast<unsigned>(x01 >> 32), k);
@@ -505,7 +527,7 @@ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])
       A[1][2 * s + 8 + k] = half_of(static_cast<unsigned>(x23 >> 32), k);
     }
     for (int n = 0; n < 2; ++n) {
-      const uint64_t y = warp_exchange(0xffffffffu, b01, 4 * (2 * t + n) + s, kSiteMma | 2);
+      const uint64_t y = all[(4 * (2 * t + n) + s) * kWarpShareWords + 2];
       for (int k = 0; k < 2; ++k) {
         B[2 * s + k][n] = half_of(static_cast<unsigned>(y), k);
         B[2 * s + 8 + k][n] = half_of(static_cast<unsigned>(y >> 32), k);
@@ -531,17 +553,23 @@ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])
     }
 }
 
-uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site) {
+const uint64_t* warp_share(unsigned mask, const uint64_t* words, int n, int site) {
   if (mask != 0xffffffffu) trap("a shuffle with a partial mask (not emulated)");
   Block* b = tblock;
   Fiber* f = b->cur;
   const size_t index = static_cast<size_t>(f - b->fibers.data());
   WarpState& ws = b->warps[index / 32];
+  // Slots alternate by parity: a lane writes the next exchange's slot only after its warp
+  // passed this one, and the one after only once every lane has read this one.
   const unsigned par = f->syncs & 1u;
-  ws.slot[par][index % 32] = bits;
+  std::memcpy(ws.slot[par][index % 32], words, sizeof(uint64_t) * static_cast<size_t>(n));
   to_scheduler(Wait::Warp, site);
   ++f->syncs;
-  return ws.slot[par][src_lane];
+  return &ws.slot[par][0][0];
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site) {
+  return warp_share(mask, &bits, 1, site)[static_cast<size_t>(src_lane) * kWarpShareWords];
 }
 
 void cluster_sync() {

@@ -6,7 +6,9 @@
 // - Every block of the grid is an OS thread, all at once (so blocks that wait on each other,
 //   as the cluster plan's row groups do, all make progress). Its threads are fibers on that OS
 //   thread, each with its own stack, switched cooperatively: a fiber runs until it reaches a
-//   __syncthreads, a warp shuffle, a cluster barrier or its end.
+//   __syncthreads, a warp shuffle, a cluster barrier or its end. A warp's 32 fibers take turns
+//   through its shuffles until none can go on (all at block-wide barriers, polling a flag, or
+//   ended), then the next warp's run (set_schedule gives both orders).
 // - __shared__ variables are thread_local: one copy per block (OS thread). Dynamic shared
 //   memory (MIRA_DYNAMIC_SMEM) is a thread_local array of the runtime, filled
 //   with 0xff bytes (NaN floats) at each block's start, so reading what no thread wrote shows.
@@ -56,6 +58,12 @@ size_t dynamic_smem_size();
 
 void syncthreads();
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site);
+// A warp-wide instruction's one exchange (ldmatrix, mma.sync, movmatrix, redux.sync): each
+// lane gives n <= kWarpShareWords words and, once the warp's 32 lanes have, gets all of them
+// (lane l's at [l * kWarpShareWords]), readable until the lane's next exchange. One barrier of
+// the warp's fibers where a shuffle per value would take a barrier each.
+constexpr int kWarpShareWords = 4;
+const uint64_t* warp_share(unsigned mask, const uint64_t* words, int n, int site);
 void cluster_sync();
 void grid_sync();  // cooperative_groups::this_grid().sync(): every thread of every block
 unsigned cluster_rank();
@@ -86,9 +94,12 @@ struct LaunchConfig {
   // few at a time, one after another (a plain launch, as a GPU may run it).
   bool all_resident = true;
 };
-// The order a block's threads run in between barriers: 0 by index, 1 reversed, n >= 2
-// shuffled anew at every barrier (seed n). Results that change with it reveal a race: a read
-// of shared or global memory that another thread writes without a barrier between them.
+// The order a block's threads run in: its warps by index (0), reversed (1) or shuffled anew at
+// each sweep over them (n >= 2, seed n), and within a warp its lanes likewise at each of their
+// turns. Between two block barriers a warp's whole stretch runs before or after another's, so
+// index and reversed order put every unordered pair of a write and a read both ways: results
+// that change with the order reveal a race, a read of shared or global memory that another
+// thread writes without a barrier (or, within a warp, a shuffle) between them.
 void set_schedule(int order);
 
 // Runs body in every thread of the grid; returns when all are done, or throws Error.
@@ -246,19 +257,17 @@ T __shfl_down_sync(unsigned mask, T v, unsigned off) {
   const int l = ::mira::emu::lane_id(), src = l + static_cast<int>(off);
   return ::mira::emu::shfl_bits(mask, v, src < 32 ? src : l, (5 << 16) | static_cast<int>(off));
 }
-// redux.sync (sm_80): the warp's largest / smallest unsigned, as a butterfly of exchanges.
+// redux.sync (sm_80): the warp's largest / smallest unsigned, from one exchange.
 inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
-  for (int off = 16; off > 0; off >>= 1) {
-    const unsigned o = ::mira::emu::shfl_bits(mask, v, ::mira::emu::lane_id() ^ off, (6 << 16) | off);
-    v = o > v ? o : v;
-  }
+  const uint64_t mine = v;
+  const uint64_t* all = ::mira::emu::warp_share(mask, &mine, 1, 6 << 16);
+  for (int l = 0; l < 32; ++l) v = std::max(v, static_cast<unsigned>(all[l * ::mira::emu::kWarpShareWords]));
   return v;
 }
 inline unsigned __reduce_min_sync(unsigned mask, unsigned v) {
-  for (int off = 16; off > 0; off >>= 1) {
-    const unsigned o = ::mira::emu::shfl_bits(mask, v, ::mira::emu::lane_id() ^ off, (7 << 16) | off);
-    v = o < v ? o : v;
-  }
+  const uint64_t mine = v;
+  const uint64_t* all = ::mira::emu::warp_share(mask, &mine, 1, 7 << 16);
+  for (int l = 0; l < 32; ++l) v = std::min(v, static_cast<unsigned>(all[l * ::mira::emu::kWarpShareWords]));
   return v;
 }
 template <typename T>

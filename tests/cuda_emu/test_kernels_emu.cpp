@@ -26,6 +26,7 @@
 //
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -858,6 +859,50 @@ TEST_CASE("emulated grid barriers: every block's writes before a barrier reach e
     }
   }
   emu::set_schedule(0);
+}
+
+TEST_CASE("emulated thread orders: a read no barrier orders after another thread's write changes with the order") {
+  // What in_every_order relies on (cuda_emu.h, set_schedule): index and reversed order run any
+  // two threads' stretches between barriers both ways round, for threads of two warps (either
+  // first) and for two lanes of one warp (after a shuffle, where each resumes in its turn).
+  // With a __syncthreads between the write and the read, every order reads the write.
+  struct Pair {
+    unsigned writer, reader;
+    bool barrier;
+  };
+  const Pair pairs[] = {{0, 32, false}, {33, 2, false}, {0, 1, false}, {6, 5, false}, {33, 2, true}, {0, 1, true}};
+  for (const Pair& p : pairs) {
+    CAPTURE(p.writer);
+    CAPTURE(p.reader);
+    CAPTURE(p.barrier);
+    std::vector<int> seen;
+    for (int order : {0, 1, 4}) {
+      emu::set_schedule(order);
+      int got = -1;
+      emu::LaunchConfig cfg;
+      cfg.block = 64;
+      cfg.smem = 16;
+      emu::launch(cfg, [&] {
+        int* word = reinterpret_cast<int*>(emu::dynamic_smem());
+        if (threadIdx.x == 0) *word = 7;
+        __syncthreads();
+        const int partner = __shfl_xor_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1);
+        if (threadIdx.x == p.writer) *word = partner >= 0 ? 1 : 2;
+        if (p.barrier) __syncthreads();
+        if (threadIdx.x == p.reader) got = *word;
+        if (!p.barrier) __syncthreads();  // the same barriers for every thread either way
+      });
+      seen.push_back(got);
+    }
+    emu::set_schedule(0);
+    if (p.barrier) {
+      CHECK(seen == std::vector<int>{1, 1, 1});
+    } else {
+      CHECK(seen[0] != seen[1]);  // 7 (the reader first) one way, 1 the other
+      CHECK(std::min(seen[0], seen[1]) == 1);
+      CHECK(std::max(seen[0], seen[1]) == 7);
+    }
+  }
 }
 
 TEST_CASE("emulated cp.async: a copy lands when a wait completes its group, not before") {
