@@ -488,8 +488,8 @@ void ldmatrix_x4(unsigned (&r)[4], const void* p, bool trans) {
   const uint64_t me = reinterpret_cast<uintptr_t>(p);
   // The PTX ISA: each row address 16-byte aligned (a GPU faults with a misaligned address).
   if (me % 16 != 0) trap("ldmatrix: a row address that is not 16-byte aligned");
-  const uint64_t* all = warp_share(0xffffffffu, &me, 1, kSiteLdmatrix | (trans ? 1 : 0));
-  auto row = [&](int lane) { return reinterpret_cast<const void*>(all[lane * kWarpShareWords]); };
+  const WarpWords all = warp_share(0xffffffffu, &me, 1, kSiteLdmatrix | (trans ? 1 : 0));
+  auto row = [&](int lane) { return reinterpret_cast<const void*>(all[lane][0]); };
   for (int i = 0; i < 4; ++i) {
     if (!trans) {
       const void* a = row(8 * i + g);
@@ -504,9 +504,9 @@ unsigned movmatrix_trans(unsigned r) {
   const int l = lane_id(), g = l / 4, t = l % 4;
   // M(i, j) sits in lane 4i + j / 2, half j % 2.
   const uint64_t mine = r;
-  const uint64_t* all = warp_share(0xffffffffu, &mine, 1, kSiteMovmatrix);
-  const auto x0 = static_cast<unsigned>(all[(4 * (2 * t) + g / 2) * kWarpShareWords]);
-  const auto x1 = static_cast<unsigned>(all[(4 * (2 * t + 1) + g / 2) * kWarpShareWords]);
+  const WarpWords all = warp_share(0xffffffffu, &mine, 1, kSiteMovmatrix);
+  const auto x0 = static_cast<unsigned>(all[4 * (2 * t) + g / 2][0]);
+  const auto x1 = static_cast<unsigned>(all[4 * (2 * t + 1) + g / 2][0]);
   const int sh = 16 * (g % 2);
   return ((x0 >> sh) & 0xffffu) | ((x1 >> sh) & 0xffffu) << 16;
 }
@@ -517,9 +517,9 @@ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])
   float A[2][16], B[16][2];
   const uint64_t mine[3] = {a[0] | static_cast<uint64_t>(a[1]) << 32, a[2] | static_cast<uint64_t>(a[3]) << 32,
                             b[0] | static_cast<uint64_t>(b[1]) << 32};
-  const uint64_t* all = warp_share(0xffffffffu, mine, 3, kSiteMma);
+  const WarpWords all = warp_share(0xffffffffu, mine, 3, kSiteMma);
   for (int s = 0; s < 4; ++s) {
-    const uint64_t x01 = all[(4 * g + s) * kWarpShareWords], x23 = all[(4 * g + s) * kWarpShareWords + 1];
+    const uint64_t x01 = all[4 * g + s][0], x23 = all[4 * g + s][1];
     for (int k = 0; k < 2; ++k) {
       A[0][2 * s + k] = half_of(static_cast<unsigned>(x01), k);
       A[1][2 * s + k] = half_of(static_cast<unsigned>(x01 >> 32), k);
@@ -527,7 +527,7 @@ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])
       A[1][2 * s + 8 + k] = half_of(static_cast<unsigned>(x23 >> 32), k);
     }
     for (int n = 0; n < 2; ++n) {
-      const uint64_t y = all[(4 * (2 * t + n) + s) * kWarpShareWords + 2];
+      const uint64_t y = all[4 * (2 * t + n) + s][2];
       for (int k = 0; k < 2; ++k) {
         B[2 * s + k][n] = half_of(static_cast<unsigned>(y), k);
         B[2 * s + 8 + k][n] = half_of(static_cast<unsigned>(y >> 32), k);
@@ -553,7 +553,7 @@ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])
     }
 }
 
-const uint64_t* warp_share(unsigned mask, const uint64_t* words, int n, int site) {
+WarpWords warp_share(unsigned mask, const uint64_t* words, int n, int site) {
   if (mask != 0xffffffffu) trap("a shuffle with a partial mask (not emulated)");
   Block* b = tblock;
   Fiber* f = b->cur;
@@ -565,11 +565,11 @@ const uint64_t* warp_share(unsigned mask, const uint64_t* words, int n, int site
   std::memcpy(ws.slot[par][index % 32], words, sizeof(uint64_t) * static_cast<size_t>(n));
   to_scheduler(Wait::Warp, site);
   ++f->syncs;
-  return &ws.slot[par][0][0];
+  return ws.slot[par];
 }
 
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site) {
-  return warp_share(mask, &bits, 1, site)[static_cast<size_t>(src_lane) * kWarpShareWords];
+  return warp_share(mask, &bits, 1, site)[src_lane][0];
 }
 
 void cluster_sync() {

@@ -60,10 +60,11 @@ void syncthreads();
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, int site);
 // A warp-wide instruction's one exchange (ldmatrix, mma.sync, movmatrix, redux.sync): each
 // lane gives n <= kWarpShareWords words and, once the warp's 32 lanes have, gets all of them
-// (lane l's at [l * kWarpShareWords]), readable until the lane's next exchange. One barrier of
+// (lane l's word w at [l][w]), readable until the lane's next exchange. One barrier of
 // the warp's fibers where a shuffle per value would take a barrier each.
 constexpr int kWarpShareWords = 4;
-const uint64_t* warp_share(unsigned mask, const uint64_t* words, int n, int site);
+using WarpWords = const uint64_t (*)[kWarpShareWords];
+WarpWords warp_share(unsigned mask, const uint64_t* words, int n, int site);
 void cluster_sync();
 void grid_sync();  // cooperative_groups::this_grid().sync(): every thread of every block
 unsigned cluster_rank();
@@ -260,14 +261,14 @@ T __shfl_down_sync(unsigned mask, T v, unsigned off) {
 // redux.sync (sm_80): the warp's largest / smallest unsigned, from one exchange.
 inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
   const uint64_t mine = v;
-  const uint64_t* all = ::mira::emu::warp_share(mask, &mine, 1, 6 << 16);
-  for (int l = 0; l < 32; ++l) v = std::max(v, static_cast<unsigned>(all[l * ::mira::emu::kWarpShareWords]));
+  const auto all = ::mira::emu::warp_share(mask, &mine, 1, 6 << 16);
+  for (int l = 0; l < 32; ++l) v = std::max(v, static_cast<unsigned>(all[l][0]));
   return v;
 }
 inline unsigned __reduce_min_sync(unsigned mask, unsigned v) {
   const uint64_t mine = v;
-  const uint64_t* all = ::mira::emu::warp_share(mask, &mine, 1, 7 << 16);
-  for (int l = 0; l < 32; ++l) v = std::min(v, static_cast<unsigned>(all[l * ::mira::emu::kWarpShareWords]));
+  const auto all = ::mira::emu::warp_share(mask, &mine, 1, 7 << 16);
+  for (int l = 0; l < 32; ++l) v = std::min(v, static_cast<unsigned>(all[l][0]));
   return v;
 }
 template <typename T>
